@@ -1,0 +1,50 @@
+# vqhls — the two entry points are `make csim` and `make test`; both set
+# everything up themselves (Debian packages, .venv, torch, the project).
+SHELL := /bin/bash
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+DEB_PKGS := dataset-fashion-mnist iverilog yosys g++
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+MODEL ?= lenet-digits
+DATA ?=
+METHOD ?= mvq
+LIMIT ?=
+CSIM_ARGS ?=
+
+.PHONY: setup deps venv csim test test-fast bench clean
+
+setup: deps venv
+
+# apt only when a package is missing, so a ready machine needs no network
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "apt-get install:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+venv: .venv/.stamp
+
+# torch==2.13.0 first: the CPU wheel on local disk; anything looser pulls CUDA
+.venv/.stamp: pyproject.toml
+	python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+csim: setup
+	$(PY) -m flow.build --stage csim --model $(MODEL) --method $(METHOD) \
+	  $(if $(DATA),--data $(DATA)) $(if $(LIMIT),--limit $(LIMIT)) $(CSIM_ARGS)
+
+test: setup
+	$(PY) -m pytest -m "not vitis and not board" -q
+
+test-fast: setup
+	$(PY) -m pytest -m "not vitis and not board and not slow" -q
+
+bench: setup
+	$(PY) bench/compression.py
+	$(PY) bench/csim.py
+
+clean:
+	rm -rf build .cache .pytest_cache
