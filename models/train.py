@@ -1,0 +1,148 @@
+"""Training and evaluation of zoo models on the offline datasets.
+
+``python -m models.train --model resnet20 --data fashion-mnist --epochs 3``
+trains with progress bars and writes the checkpoint into the cache
+(``models.cache.cache_dir('checkpoints')``); ``get_trained`` reuses it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from models import data as datasets
+from models import zoo
+from models.cache import cache_dir
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+
+
+def evaluate(model: nn.Module, x, y, batch_size: int = 512) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on x [N,C,H,W], y [N]."""
+    x, y = _as_tensor(x).float(), _as_tensor(y).long()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+    return correct / max(len(x), 1)
+
+
+def train(
+    model: nn.Module,
+    x,
+    y,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+    params=None,
+) -> nn.Module:
+    """Train in place with Adam + cosine decay on x [N,C,H,W], y [N]; returns the model.
+
+    ``params`` restricts which parameters are trained (default: all).
+    """
+    x, y = _as_tensor(x).float(), _as_tensor(y).long()
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    steps = max(1, epochs * ((len(x) + batch_size - 1) // batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    loss_fn = nn.CrossEntropyLoss()
+    for ep in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=g)
+        bar = tqdm(range(0, len(x), batch_size), desc=f"epoch {ep + 1}/{epochs}", disable=not progress,
+                   leave=False, file=sys.stderr)
+        total = 0.0
+        for i in bar:
+            idx = perm[i:i + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if progress:
+            print(f"epoch {ep + 1}/{epochs}: loss {total / len(x):.4f}", file=sys.stderr)
+    model.eval()
+    return model
+
+
+def default_epochs(model_name: str) -> int:
+    return {"lenet-digits": 30, "cnn-fmnist": 3, "resnet20": 3}.get(model_name, 3)
+
+
+def build(model_name: str, data_name: str) -> nn.Module:
+    """A fresh zoo model shaped for ``data_name``'s images."""
+    shape = datasets.INFO[data_name]["shape"] if data_name in datasets.INFO else None
+    if shape is None:
+        datasets.load(data_name, "test")  # raises the clear unknown-dataset error
+    return zoo.get(model_name, in_channels=shape[0], num_classes=datasets.INFO[data_name]["classes"])
+
+
+def get_trained(
+    model_name: str,
+    data_name: str | None = None,
+    epochs: int | None = None,
+    train_limit: int | None = None,
+    progress: bool = True,
+    retrain: bool = False,
+) -> nn.Module:
+    """A trained zoo model, from the checkpoint cache when present, else trained and cached.
+
+    ``train_limit`` trains on the first N training images only (for short budgets).
+    """
+    zoo._check(model_name)
+    data_name = data_name or zoo.default_dataset(model_name)
+    epochs = default_epochs(model_name) if epochs is None else epochs
+    tag = f"{model_name}-{data_name}-e{epochs}" + (f"-n{train_limit}" if train_limit else "")
+    path = cache_dir("checkpoints") / f"{tag}.pt"
+    model = build(model_name, data_name)
+    if path.exists() and not retrain:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+    x, y = datasets.load(data_name, "train")
+    if train_limit:
+        x, y = x[:train_limit], y[:train_limit]
+    t0 = time.time()
+    train(model, x, y, epochs=epochs, progress=progress)
+    if progress:
+        print(f"trained {tag} in {time.time() - t0:.1f} s -> {path}", file=sys.stderr)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves a truncated checkpoint
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help=f"one of {', '.join(zoo.names())}")
+    ap.add_argument("--data", default=None, help=f"one of {', '.join(datasets.DATASETS)} (default: the model's)")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    ap.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint")
+    a = ap.parse_args(argv)
+    try:
+        model = get_trained(a.model, a.data, a.epochs, a.limit, retrain=a.retrain)
+        data_name = a.data or zoo.default_dataset(a.model)
+        xt, yt = datasets.load(data_name, "test")
+    except (ValueError, datasets.DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.model} on {data_name}: test accuracy {100 * evaluate(model, xt, yt):.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

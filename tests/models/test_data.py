@@ -1,0 +1,73 @@
+import pickle
+
+import numpy as np
+import pytest
+
+from models import data
+
+
+def test_digits_split_is_disjoint_and_complete():
+    xtr, ytr = data.load("digits", "train")
+    xte, yte = data.load("digits", "test")
+    assert xtr.shape[1:] == (1, 8, 8) and xte.shape[1:] == (1, 8, 8)
+    assert len(xtr) + len(xte) == 1797
+    assert xtr.dtype == np.float32 and 0.0 <= xtr.min() and xtr.max() <= 1.0
+    # no image row appears in both splits more often than in the full set (the split is a permutation)
+    from sklearn.datasets import load_digits
+
+    full = load_digits().images.reshape(len(ytr) + len(yte), -1) / 16.0
+    both = np.concatenate([xtr, xte]).reshape(len(full), -1)
+    assert sorted(map(bytes, full.astype(np.float32))) == sorted(map(bytes, both))
+
+
+def test_fashion_mnist_from_debian_package():
+    x, y = data.load("fashion-mnist", "test")
+    assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,)
+    assert set(np.unique(y)) == set(range(10))
+    assert np.bincount(y).tolist() == [1000] * 10  # the documented balanced test split
+
+
+def test_fashion_mnist_missing_names_the_install_command(tmp_path):
+    with pytest.raises(data.DatasetError, match="apt-get install -y dataset-fashion-mnist"):
+        data.load("fashion-mnist", "train", root=tmp_path)
+
+
+def _write_cifar_batch(path, n, seed):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n).tolist()
+    with open(path, "wb") as f:
+        pickle.dump({b"data": arr, b"labels": labels, b"batch_label": b"x"}, f)
+    return arr, labels
+
+
+def test_cifar10_pickle_format(tmp_path):
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    arrs = [_write_cifar_batch(d / f"data_batch_{i}", 7, i) for i in range(1, 6)]
+    tarr, tlab = _write_cifar_batch(d / "test_batch", 5, 99)
+    x, y = data.load("cifar10", "train", root=tmp_path)
+    assert x.shape == (35, 3, 32, 32) and y.shape == (35,)
+    # pixel (c=1, h=2, w=3) of image 0 of batch 1 lives at 1*1024 + 2*32 + 3 in CIFAR's row layout
+    assert x[0, 1, 2, 3] == pytest.approx(arrs[0][0][0, 1024 + 64 + 3] / 255.0)
+    assert y.tolist() == sum((lab for _, lab in arrs), [])
+    xt, yt = data.load("cifar10", "test", root=d)
+    assert xt.shape == (5, 3, 32, 32) and yt.tolist() == tlab
+
+
+def test_cifar10_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.CIFAR_ENV, raising=False)
+    with pytest.raises(data.DatasetError, match="cannot be downloaded"):
+        data.load("cifar10", "train")
+    with pytest.raises(data.DatasetError, match="no CIFAR-10 batch files"):
+        data.load("cifar10", "test", root=tmp_path)
+    (tmp_path / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(data.DatasetError, match="not a CIFAR-10"):
+        data.load("cifar10", "test", root=tmp_path)
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(data.DatasetError, match="choose one of digits"):
+        data.load("imagenet", "train")
+    with pytest.raises(data.DatasetError, match="unknown split"):
+        data.load("digits", "val")

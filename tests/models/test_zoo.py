@@ -1,0 +1,51 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models import train, zoo
+
+
+@pytest.mark.parametrize("name,shape", [("lenet-digits", (1, 8, 8)), ("cnn-fmnist", (1, 28, 28)),
+                                        ("resnet20", (3, 32, 32)), ("resnet20", (1, 28, 28))])
+def test_models_build_and_run(name, shape):
+    m = zoo.get(name, in_channels=shape[0])
+    assert m(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+def test_resnet20_has_20_weight_layers():
+    m = zoo.get("resnet20")
+    convs = [x for x in m.modules() if isinstance(x, torch.nn.Conv2d) and x.kernel_size == (3, 3)]
+    fcs = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
+    assert len(convs) + len(fcs) == 20  # 19 3x3 convs + fc; 1x1 projection shortcuts are extra
+    assert [c.out_channels for c in convs][::6] == [16, 16, 32, 64]
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError, match="unknown model 'vgg'.*lenet-digits"):
+        zoo.get("vgg")
+
+
+def test_training_learns_digits(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQHLS_CACHE", str(tmp_path))
+    m = train.get_trained("lenet-digits", "digits", epochs=3, progress=False)
+    from models import data
+
+    x, y = data.load("digits", "test")
+    acc = train.evaluate(m, x, y)
+    assert acc > 0.8  # chance is 0.1
+    assert list((tmp_path / "checkpoints").glob("*.pt"))
+    # the second call loads the checkpoint: identical weights
+    m2 = train.get_trained("lenet-digits", "digits", epochs=3, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+
+def test_train_cli(tmp_path):
+    env = {"VQHLS_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "models.train", "--model", "lenet-digits", "--epochs", "1"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "models.train", "--model", "nope"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "unknown model" in r.stderr and "Traceback" not in r.stderr
