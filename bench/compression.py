@@ -1,0 +1,166 @@
+"""Float vs VQ vs MVQ (2:4) at matched compression ratios, and masked k-means speed.
+
+    python bench/compression.py [--quick]
+
+Part 1: for lenet-digits (digits) and resnet20 (Fashion-MNIST), pick for each
+method the (k, d) whose whole-model ratio (every stored bit counted) is
+closest to 8x, 16x and 24x, compress, and report test accuracy before and
+after codebook fine-tuning. Part 2: time per iteration of masked_kmeans
+against faiss-cpu and scikit-learn k-means on the same unmasked data of a
+ResNet-18-sized layer set (1.4M vectors, d=8, k=256).
+Writes bench/results/compression.json and compression.png.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS, save, table  # noqa: E402
+from flow.compress import compress, compression_report, finetune  # noqa: E402
+from flow.compress.kmeans import masked_kmeans  # noqa: E402
+from models import data as datasets  # noqa: E402
+from models import train as trainer  # noqa: E402
+
+TARGETS = (8.0, 16.0, 24.0)
+SETUPS = {
+    # model: (dataset, train epochs, train images, finetune epochs, finetune images)
+    "lenet-digits": ("digits", 30, None, 8, None),
+    "resnet20": ("fashion-mnist", 3, None, 1, 10000),
+}
+
+
+def _kw(method: str, k: int, d: int) -> dict:
+    return dict(method=method, n=2 if method == "mvq" else 4, m=4, k=k, d=d, clip_k=True)
+
+
+def pick_configs(model, method: str) -> dict[float, tuple[int, int, float]]:
+    """For each target ratio the (k, d, ratio) closest to it, from a 1-iteration k-means."""
+    found = []
+    for d, k in itertools.product((4, 8, 16), (16, 32, 64, 128, 256, 512, 1024)):
+        try:
+            r = compression_report(compress(model, iters=1, **_kw(method, k, d))).ratio
+        except ValueError:
+            continue
+        found.append((k, d, r))
+    return {t: min(found, key=lambda c: abs(np.log(c[2] / t))) for t in TARGETS}
+
+
+def accuracy_part(models: list[str]) -> list[dict]:
+    rows = []
+    for name in models:
+        data_name, ep, lim, ft_ep, ft_lim = SETUPS[name]
+        model = trainer.get_trained(name, data_name, ep, lim)
+        xtr, ytr = datasets.load(data_name, "train")
+        xte, yte = datasets.load(data_name, "test")
+        base = trainer.evaluate(model, xte, yte)
+        rows.append(dict(model=name, method="float", target="-", k="-", d="-", ratio=1.0,
+                         acc=100 * base, acc_ft=100 * base))
+        ft_lim = ft_lim or len(xtr)
+        xft, yft = torch.from_numpy(xtr[:ft_lim]), torch.from_numpy(ytr[:ft_lim])
+        for method in ("vq", "mvq"):
+            for target, (k, d, _) in pick_configs(model, method).items():
+                c = compress(model, iters=20, **_kw(method, k, d))
+                acc0 = trainer.evaluate(c, xte, yte)
+                finetune(c, xft, yft, epochs=ft_ep)
+                acc1 = trainer.evaluate(c, xte, yte)
+                ratio = compression_report(c).ratio
+                rows.append(dict(model=name, method=method, target=f"{target:g}x", k=k, d=d, ratio=ratio,
+                                 acc=100 * acc0, acc_ft=100 * acc1))
+                print(f"  {name} {method} {target:g}x: k={k} d={d} ratio {ratio:.1f} "
+                      f"acc {100 * acc0:.2f} -> {100 * acc1:.2f}", file=sys.stderr)
+    return rows
+
+
+def kmeans_part(n: int, iters: int) -> list[dict]:
+    import faiss
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    k = 256
+    rows = []
+
+    t = time.perf_counter()
+    res = masked_kmeans(torch.from_numpy(x), None, k, iters=iters, seed=0)
+    rows.append(dict(impl="vqhls masked_kmeans (no mask)", s_per_iter=(time.perf_counter() - t) / iters,
+                     objective=float(res.objective[-1]) / n))
+    mask = (rng.random((n, 8)) < 0.5).astype(np.float32)
+    t = time.perf_counter()
+    res = masked_kmeans(torch.from_numpy(x), torch.from_numpy(mask), k, iters=iters, seed=0)
+    rows.append(dict(impl="vqhls masked_kmeans (random mask)", s_per_iter=(time.perf_counter() - t) / iters,
+                     objective=float(res.objective[-1]) / n))
+
+    km = faiss.Kmeans(8, k, niter=iters, seed=0, verbose=False, max_points_per_centroid=n)
+    t = time.perf_counter()
+    km.train(x)
+    rows.append(dict(impl="faiss-cpu Kmeans", s_per_iter=(time.perf_counter() - t) / iters,
+                     objective=float(km.obj[-1]) / n))
+
+    sk_iters = max(2, iters // 4)
+    t = time.perf_counter()
+    skm = KMeans(k, n_init=1, max_iter=sk_iters, tol=0, init="random", random_state=0, algorithm="lloyd").fit(x)
+    rows.append(dict(impl="scikit-learn KMeans (lloyd)", s_per_iter=(time.perf_counter() - t) / skm.n_iter_,
+                     objective=float(skm.inertia_) / n))
+    faiss_t = rows[2]["s_per_iter"]
+    for r in rows:
+        r["vs_faiss"] = r["s_per_iter"] / faiss_t
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        for method, style in (("vq", "o--"), ("mvq", "s-")):
+            pts = sorted((r["ratio"], r["acc_ft"]) for r in rows if r["model"] == name and r["method"] == method)
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"{method.upper()} (fine-tuned)")
+        base = [r["acc"] for r in rows if r["model"] == name and r["method"] == "float"]
+        if base:
+            ax.axhline(base[0], color="k", lw=0.8, label="float32")
+        ax.set_xlabel("compression ratio (all stored bits)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(name)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="lenet-digits only, 200k vectors for k-means")
+    ap.add_argument("--kmeans-iters", type=int, default=10)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    models = ["lenet-digits"] if a.quick else ["lenet-digits", "resnet20"]
+    acc_rows = accuracy_part(models)
+    cols = ["model", "method", "target", "k", "d", "ratio", "acc", "acc_ft"]
+    print("Accuracy (%) at matched compression ratios; acc = after k-means, acc_ft = after codebook fine-tuning")
+    print(table(acc_rows, cols))
+    km_rows = kmeans_part(200_000 if a.quick else 1_400_000, a.kmeans_iters)
+    print()
+    print(f"k-means, {200_000 if a.quick else 1_400_000} vectors x 8, k=256, seconds per iteration")
+    print(table(km_rows, ["impl", "s_per_iter", "vs_faiss", "objective"]))
+    plot(acc_rows, RESULTS / "compression.png")
+    path = save("compression", {"accuracy": acc_rows, "kmeans": km_rows, "setups": {
+        k: dict(zip(("data", "train_epochs", "train_images", "finetune_epochs", "finetune_images"), v))
+        for k, v in SETUPS.items()}})
+    print(f"\nwrote {path} and {RESULTS / 'compression.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
