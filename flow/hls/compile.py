@@ -1,0 +1,139 @@
+"""g++ builds of a rendered HLS project: the testbench executable and the
+shared library the Python bridge loads (hls4ml's compile()).
+
+Builds are cached in ``$VQHLS_CACHE`` (default ``<repo>/.cache/vqhls/``) under
+``<engine hash>-<source hash>/``, where the source hash covers the project's
+firmware and testbench files as they are on disk (so the EngineConfig and the
+templates they were rendered from), the compiler flags and the g++ version:
+a second call with the same project does not recompile.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from flow.hls.ap_types import ap_types_dir
+from flow.hls.project import CXXFLAGS, Project
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TB_NAME = "vqhls_tb"
+LIB_NAME = "libvqhls_engine.so"
+
+
+class ToolchainError(RuntimeError):
+    """No usable C++ compiler."""
+
+
+class CompileError(RuntimeError):
+    """g++ rejected the project; the message holds the command and its output."""
+
+
+def cache_root() -> Path:
+    """Where builds are cached: $VQHLS_CACHE, else <repo>/.cache/vqhls."""
+    env = os.environ.get("VQHLS_CACHE")
+    return Path(env) if env else REPO_ROOT / ".cache" / "vqhls"
+
+
+@lru_cache(maxsize=None)
+def _find_cxx(name: str) -> tuple[str, str]:
+    path = shutil.which(name)
+    if path is None:
+        raise ToolchainError(
+            f"C++ compiler {name!r} not found: install it with `apt-get install g++` (or point CXX at one)"
+        )
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ToolchainError(f"{path} --version failed ({exc}): reinstall it with `apt-get install g++`") from exc
+    return path, version.splitlines()[0] if version else ""
+
+
+def find_cxx() -> tuple[str, str]:
+    """(path, version line) of the C++ compiler ($CXX, default g++)."""
+    return _find_cxx(os.environ.get("CXX", "g++"))
+
+
+def _sources(project: Project) -> list[Path]:
+    files = sorted(project.firmware_dir.glob("*.h")) + sorted(project.firmware_dir.glob("*.cpp"))
+    files += [project.tb_dir / "tb.cpp", project.tb_dir / "bridge.cpp"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"project {project.path} is incomplete (missing {', '.join(missing)}): rewrite it")
+    return files
+
+
+def build_key(project: Project) -> str:
+    """Cache key: engine config hash + hash of the sources on disk, flags and compiler."""
+    _, version = find_cxx()
+    h = hashlib.sha1()
+    for f in _sources(project):
+        h.update(f.relative_to(project.path).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update(" ".join(CXXFLAGS).encode() + b"\0" + version.encode() + b"\0" + str(ap_types_dir()).encode())
+    return f"{project.engine.hash()}-{h.hexdigest()[:12]}"
+
+
+def build_dir(project: Project) -> Path:
+    return cache_root() / build_key(project)
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(procs: list[tuple[list[str], subprocess.Popen]]) -> None:
+    errors = []
+    for cmd, proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            errors.append(f"$ {' '.join(cmd)}\n{out[-8000:]}")
+    if errors:
+        raise CompileError("g++ failed to build the engine:\n" + "\n".join(errors))
+
+
+def build(project: Project, *, force: bool = False) -> tuple[Path, Path]:
+    """Build (or fetch from the cache) the testbench executable and the shared library: (tb, lib)."""
+    cxx, _ = find_cxx()
+    inc = ["-I", str(project.firmware_dir), "-I", str(ap_types_dir())]
+    out = build_dir(project)
+    tb, lib = out / TB_NAME, out / LIB_NAME
+    if not force and tb.is_file() and lib.is_file():
+        return tb, lib
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=out))
+    try:
+        flags = [*CXXFLAGS, "-fPIC"]
+        objs = {"top": work / "top.o", "tb": work / "tb.o", "bridge": work / "bridge.o"}
+        srcs = {"top": project.firmware_dir / "top.cpp", "tb": project.tb_dir / "tb.cpp",
+                "bridge": project.tb_dir / "bridge.cpp"}
+        procs = []
+        for key in ("top", "bridge", "tb"):
+            cmd = [cxx, *flags, *inc, "-c", str(srcs[key]), "-o", str(objs[key])]
+            procs.append((cmd, _run(cmd, work)))
+        _wait(procs)
+        tb_tmp, lib_tmp = work / TB_NAME, work / LIB_NAME
+        _wait([
+            (cmd, _run(cmd, work)) for cmd in (
+                [cxx, *flags, str(objs["top"]), str(objs["tb"]), "-o", str(tb_tmp)],
+                [cxx, *flags, "-shared", str(objs["top"]), str(objs["bridge"]), "-o", str(lib_tmp)],
+            )
+        ])
+        os.replace(tb_tmp, tb)      # atomic: a concurrent build never sees half a binary
+        os.replace(lib_tmp, lib)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return tb, lib
+
+
+def build_testbench(project: Project, *, force: bool = False) -> Path:
+    """The testbench executable (tb PROGRAM.bin INPUTS.bin OUTPUTS.bin [EXPECTED.bin])."""
+    return build(project, force=force)[0]
+
+
+def build_library(project: Project, *, force: bool = False) -> Path:
+    """The shared library with the extern "C" bridge (vqhls_load / vqhls_run / vqhls_config_hash)."""
+    return build(project, force=force)[1]

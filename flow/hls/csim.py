@@ -1,0 +1,251 @@
+"""C-simulation of the engine: through the testbench executable (``csim``) or
+in-process through the shared-library bridge (``Engine.predict``), like
+hls4ml's ``compile()`` / ``predict()``.
+
+    outputs = csim(project, program, x_int)              # tb executable on files
+    engine = Engine(EngineConfig())                      # renders + compiles once (cached)
+    outputs = engine.predict(program, x_int)             # in-process, batched
+
+Inputs are integer activation codes [B, H, W, C] (int8, or uint8 when the first
+op reads unsigned); outputs are [B, OH, OW, OC] int8/uint8 codes.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from flow.compile.engine import EngineConfig
+from flow.compile.program import Program
+from flow.hls import vectors
+from flow.hls.compile import build_library, build_testbench, cache_root
+from flow.hls.project import Project, load_project, template_hash, write_project
+from host import regmap
+
+
+class CSimError(RuntimeError):
+    """The testbench could not run (bad files, crash)."""
+
+
+class CSimMismatch(AssertionError):
+    """The testbench ran and its outputs differ from the expected ones."""
+
+    def __init__(self, message: str, outputs: np.ndarray):
+        super().__init__(message)
+        self.outputs = outputs
+
+
+class EngineError(RuntimeError):
+    """The engine reported a non-zero STATUS (the program does not fit it, or a parameter is invalid)."""
+
+    def __init__(self, status: int, context: str = ""):
+        self.status = status
+        self.code, self.op = regmap.decode_status(status)
+        msg = regmap.status_message(status) if status != 0xFFFFFFFF else "bridge error: malformed stream or no program loaded"
+        super().__init__(f"{context}engine STATUS 0x{status:04x}: {msg}")
+
+
+def _as_project(project: Project | str | os.PathLike) -> Project:
+    return project if isinstance(project, Project) else load_project(project)
+
+
+def csim(
+    project: Project | str | os.PathLike,
+    program: Program,
+    inputs: np.ndarray,
+    *,
+    expected: np.ndarray | None = None,
+    workdir: str | os.PathLike | None = None,
+    timeout: float | None = None,
+) -> np.ndarray:
+    """Run the testbench executable of ``project`` on ``inputs``; return outputs [B, OH, OW, OC].
+
+    With ``expected`` the testbench compares byte for byte and a difference
+    raises CSimMismatch (carrying the outputs). A non-zero engine STATUS raises
+    EngineError. Files go to ``workdir`` (default: a temporary directory).
+    """
+    project = _as_project(project)
+    x = vectors.check_inputs(program, inputs)
+    exe = build_testbench(project)
+    with tempfile.TemporaryDirectory(prefix="vqhls-csim-") as tmp:
+        wd = Path(workdir) if workdir is not None else Path(tmp)
+        wd.mkdir(parents=True, exist_ok=True)
+        paths = {k: wd / f"{k}.bin" for k in ("program", "inputs", "outputs", "expected")}
+        paths["program"].write_bytes(program.to_bytes())
+        paths["inputs"].write_bytes(x.tobytes())
+        args = [str(exe), str(paths["program"]), str(paths["inputs"]), str(paths["outputs"])]
+        if expected is not None:
+            paths["expected"].write_bytes(vectors.outputs_to_bytes(program, expected).tobytes())
+            args.append(str(paths["expected"]))
+        n = x.shape[0]
+        if n == 0:
+            return vectors.bytes_to_outputs(program, np.zeros(0, np.uint8), 0)
+        try:
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise CSimError(f"testbench timed out after {timeout} s: {' '.join(args)}") from exc
+        log = proc.stdout + proc.stderr
+        if proc.returncode == 2:
+            m = re.search(r"STATUS 0x([0-9a-f]+)", log)
+            if m:
+                raise EngineError(int(m.group(1), 16), "testbench: ")
+            raise CSimError(f"testbench: engine stream error:\n{log}")
+        if proc.returncode not in (0, 1):
+            raise CSimError(f"testbench failed (exit {proc.returncode}): {' '.join(args)}\n{log}")
+        raw = np.frombuffer(paths["outputs"].read_bytes(), dtype=np.uint8)
+        if raw.size != n * program.output_bytes:
+            raise CSimError(f"testbench wrote {raw.size} output bytes, expected {n * program.output_bytes}\n{log}")
+        outputs = vectors.bytes_to_outputs(program, raw, n)
+        if proc.returncode == 1:
+            summary = "\n".join(line for line in log.splitlines() if "mismatch" in line)
+            raise CSimMismatch(f"C-simulation differs from the expected outputs:\n{summary}", outputs)
+        return outputs
+
+
+def _image_sizes(image: bytes) -> tuple[int, int]:
+    """(input bytes, output bytes) per image from a program image's header."""
+    hdr = np.frombuffer(bytes(image[:32]), dtype="<u4")
+    return int(hdr[5]), int(hdr[6])
+
+
+# ---------------------------------------------------------------------------
+# in-process bridge
+# ---------------------------------------------------------------------------
+_U64P = ctypes.POINTER(ctypes.c_ulonglong)
+_LIBS: dict[str, tuple[ctypes.CDLL, threading.Lock, list]] = {}
+_LIBS_LOCK = threading.Lock()
+
+
+def _open_library(path: Path) -> tuple[ctypes.CDLL, threading.Lock, list]:
+    """One handle, lock and 'loaded program' slot per library file (dlopen shares statics per path)."""
+    key = str(path.resolve())
+    with _LIBS_LOCK:
+        if key not in _LIBS:
+            lib = ctypes.CDLL(key)
+            lib.vqhls_config_hash.restype = ctypes.c_uint
+            lib.vqhls_config_hash.argtypes = []
+            lib.vqhls_load.restype = ctypes.c_uint
+            lib.vqhls_load.argtypes = [ctypes.c_char_p, ctypes.c_ulonglong, _U64P, _U64P, _U64P]
+            lib.vqhls_run.restype = ctypes.c_uint
+            lib.vqhls_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulonglong, _U64P]
+            _LIBS[key] = (lib, threading.Lock(), [None])
+        return _LIBS[key]
+
+
+def engine_project_dir(engine: EngineConfig) -> Path:
+    """Where Engine() keeps the project it renders for ``engine`` (inside the build cache)."""
+    return cache_root() / "projects" / f"{engine.hash()}-{template_hash()[:12]}"
+
+
+class Engine:
+    """The engine for one EngineConfig, compiled into a shared library and called in-process.
+
+    Renders the project (into the build cache unless ``project`` is given) and
+    compiles it once; later instances with the same config reuse the build.
+    Thread-safe (calls into one library are serialized).
+    """
+
+    def __init__(self, engine_config: EngineConfig | None = None, *, project: Project | str | os.PathLike | None = None):
+        if project is not None:
+            self.project = _as_project(project)
+            if engine_config is not None and engine_config != self.project.engine:
+                raise ValueError("engine_config differs from the project's EngineConfig")
+        else:
+            engine_config = engine_config or EngineConfig()
+            pdir = engine_project_dir(engine_config)
+            try:
+                self.project = load_project(pdir)
+            except (FileNotFoundError, ValueError, KeyError):
+                self.project = write_project(engine_config, pdir)
+        self.config: EngineConfig = self.project.engine
+        self.library_path = build_library(self.project)
+        self._lib, self._lock, self._loaded = _open_library(self.library_path)
+        self.config_hash: int = int(self._lib.vqhls_config_hash())
+        expected = regmap.config_hash_u32(self.config.hash())
+        if self.config_hash != expected:
+            raise RuntimeError(f"library {self.library_path} reports CONFIG_HASH 0x{self.config_hash:08x}, "
+                               f"expected 0x{expected:08x}: stale build cache? (delete {cache_root()})")
+        self.cycles: int = 0   # engine cycles of the last predict() / load()
+        self._image_key: bytes | None = None
+        self._image_sizes: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"Engine({self.config!r}, library={str(self.library_path)!r})"
+
+    def _load_locked(self, image: bytes) -> None:
+        key = hashlib.sha1(image).digest()
+        self._image_key = key
+        if self._loaded[0] == key:
+            return
+        self._loaded[0] = None
+        in_b, out_b, cyc = ctypes.c_ulonglong(), ctypes.c_ulonglong(), ctypes.c_ulonglong()
+        status = int(self._lib.vqhls_load(image, len(image), ctypes.byref(in_b), ctypes.byref(out_b), ctypes.byref(cyc)))
+        self.cycles = int(cyc.value)
+        if status != 0:
+            raise EngineError(status, "load: ")
+        self._loaded[0] = key
+
+    def load(self, program: Program) -> None:
+        """Load and validate ``program`` (an n_images = 0 call); raises EngineError when it does not fit."""
+        self.load_image(program.to_bytes())
+
+    def load_image(self, image: bytes) -> None:
+        """Load a parameter image (``Program.to_bytes()``, e.g. from a bundle) as the board's load() does."""
+        with self._lock:
+            self._load_locked(bytes(image))
+        self._image_sizes = _image_sizes(image)
+
+    def run_bytes(self, inputs: np.ndarray) -> np.ndarray:
+        """Stream raw input bytes [B, input_bytes] (uint8) through the loaded image; returns [B, output_bytes] uint8.
+
+        The byte-level path the host's sim backend mirrors (no dtype/shape interpretation)."""
+        if getattr(self, "_image_sizes", None) is None or self._loaded[0] is None:
+            raise RuntimeError("no program loaded: call load_image() (or load()) first")
+        in_bytes, out_bytes = self._image_sizes
+        x = np.ascontiguousarray(inputs)
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != in_bytes:
+            raise ValueError(f"inputs must be uint8 bytes [B, {in_bytes}], got {x.dtype} {list(x.shape)}")
+        out = np.empty((x.shape[0], out_bytes), dtype=np.uint8)
+        if x.shape[0] == 0:
+            return out
+        with self._lock:
+            if self._loaded[0] != self._image_key:
+                raise RuntimeError("another Engine on this library loaded a different program: load_image() again")
+            cyc = ctypes.c_ulonglong()
+            status = int(self._lib.vqhls_run(x.ctypes.data, out.ctypes.data, x.shape[0], ctypes.byref(cyc)))
+            self.cycles = int(cyc.value)
+        if status != 0:
+            raise EngineError(status, "run: ")
+        return out
+
+    def predict(self, program: Program, inputs: np.ndarray) -> np.ndarray:
+        """Run ``inputs`` [B, H, W, C] through ``program``; outputs [B, OH, OW, OC] (int8 or uint8)."""
+        x = vectors.check_inputs(program, inputs)
+        n = x.shape[0]
+        image = program.to_bytes()
+        out = np.empty((n, program.output_bytes), dtype=np.uint8)
+        with self._lock:
+            self._load_locked(image)
+            if n == 0:
+                return vectors.bytes_to_outputs(program, out, 0)
+            cyc = ctypes.c_ulonglong()
+            status = int(self._lib.vqhls_run(x.ctypes.data, out.ctypes.data, n, ctypes.byref(cyc)))
+            self.cycles = int(cyc.value)
+        if status != 0:
+            raise EngineError(status, "predict: ")
+        return vectors.bytes_to_outputs(program, out, n)
+
+
+def predict(engine_config: EngineConfig, program: Program, inputs: np.ndarray) -> np.ndarray:
+    """One-shot ``Engine(engine_config).predict(program, inputs)`` (the build is cached)."""
+    return Engine(engine_config).predict(program, inputs)
+
+
+__all__ = ["CSimError", "CSimMismatch", "Engine", "EngineError", "csim", "predict", "engine_project_dir"]

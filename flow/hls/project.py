@@ -1,0 +1,304 @@
+"""Render ``hls_templates/`` into an HLS project for one EngineConfig.
+
+    project = write_project(EngineConfig(), "build/hls")
+
+writes, atomically (rendered into a temporary sibling directory, then renamed
+into place, so a failure never leaves a half-written project)::
+
+    build/hls/firmware/   engine_config.h regmap.h codebook_decoder.h systolic_array.h
+                          post_op.h top.h top.cpp          (the synthesizable engine)
+    build/hls/tb/         tb.cpp (testbench main) bridge.cpp (ctypes entry points)
+                          data/*.bin (test vectors, when given)
+    build/hls/build.tcl   Vitis HLS: csim / csynth / cosim / export
+    build/hls/Makefile    g++ C-simulation build
+    build/hls/project.json
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from flow.compile import program as program_mod
+from flow.compile.engine import EngineConfig
+from flow.compile.program import Program
+from flow.hls import vectors
+from host import regmap
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hls_templates"
+PROJECT_NAME = "vqhls"
+DEFAULT_PART = "xc7z020clg400-1"
+DEFAULT_CLOCK_NS = 10.0
+CXXFLAGS = ("-O3", "-std=c++14")
+
+# output path -> template (relative to TEMPLATE_DIR)
+TEMPLATES: dict[str, str] = {
+    "firmware/engine_config.h": "engine/engine_config.h.j2",
+    "firmware/regmap.h": "engine/regmap.h.j2",
+    "firmware/codebook_decoder.h": "engine/codebook_decoder.h.j2",
+    "firmware/systolic_array.h": "engine/systolic_array.h.j2",
+    "firmware/post_op.h": "engine/post_op.h.j2",
+    "firmware/top.h": "engine/top.h.j2",
+    "firmware/top.cpp": "engine/top.cpp.j2",
+    "tb/tb.cpp": "tb/tb.cpp.j2",
+    "tb/bridge.cpp": "tb/bridge.cpp.j2",
+    "build.tcl": "tcl/build.tcl.j2",
+    "Makefile": "tcl/Makefile.j2",
+}
+FIRMWARE_SOURCES = ("top.cpp",)
+MANIFEST = "project.json"
+
+
+class UnsupportedEngineConfig(ValueError):
+    """The EngineConfig asks for something these templates do not implement."""
+
+
+@dataclass(frozen=True)
+class Project:
+    """A rendered HLS project on disk."""
+
+    path: Path
+    engine: EngineConfig
+    files: tuple[str, ...]
+    content_hash: str     # sha1 over the rendered files (names + contents)
+    template_hash: str    # sha1 over the template sources
+    part: str = DEFAULT_PART
+    clock_ns: float = DEFAULT_CLOCK_NS
+
+    @property
+    def firmware_dir(self) -> Path:
+        return self.path / "firmware"
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path / "tb" / "data"
+
+    @property
+    def build_tcl(self) -> Path:
+        return self.path / "build.tcl"
+
+    @property
+    def makefile(self) -> Path:
+        return self.path / "Makefile"
+
+    @property
+    def firmware_sources(self) -> list[Path]:
+        return [self.firmware_dir / f for f in FIRMWARE_SOURCES]
+
+
+def template_hash() -> str:
+    """sha1 over every template file (names and bytes): half of the build cache key."""
+    h = hashlib.sha1()
+    for rel in sorted(set(TEMPLATES.values())):
+        h.update(rel.encode() + b"\0" + (TEMPLATE_DIR / rel).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def derived_params(engine: EngineConfig) -> dict:
+    """Sizes the templates derive from an EngineConfig; raises UnsupportedEngineConfig."""
+    problems = []
+    if engine.act_bits != 8:
+        problems.append(f"act_bits={engine.act_bits} (activations are int8/uint8 bytes: act_bits must be 8)")
+    if engine.weight_bits != 8:
+        problems.append(f"weight_bits={engine.weight_bits} (the Program stores int8 weights: weight_bits must be 8)")
+    if engine.acc_bits != 32:
+        problems.append(f"acc_bits={engine.acc_bits} (the numeric contract's accumulator is int32: acc_bits must be 32)")
+    if engine.param_bytes % 4:
+        problems.append(f"param_bytes={engine.param_bytes} is not a multiple of 4")
+    if engine.max_ops > 255:
+        problems.append(f"max_ops={engine.max_ops} > 255 (STATUS reports the op index in 8 bits)")
+    if engine.num_bufs < 2:
+        problems.append(f"num_bufs={engine.num_bufs} < 2 (an op cannot write the buffer it reads)")
+    if engine.act_buf_bytes >= 1 << 28:
+        problems.append(f"act_buf_bytes={engine.act_buf_bytes} too large")
+    if problems:
+        raise UnsupportedEngineConfig("EngineConfig not supported by the HLS templates: " + "; ".join(problems))
+    pe_slots = engine.d_max * engine.n // engine.m
+    max_passes = -(-engine.d_max // pe_slots)
+    acc_pixels = max(engine.rows, (engine.act_buf_bytes // engine.cols) // engine.rows * engine.rows)
+    coord_bits = (engine.act_buf_bytes + 2 * engine.max_kernel + 2).bit_length() + 2
+    return {
+        "pe_slots": pe_slots,
+        "max_passes": max_passes,
+        "tile_slots": max_passes * pe_slots,
+        "acc_pixels": acc_pixels,
+        "acc_groups": acc_pixels // engine.rows,
+        "max_pix_tiles": -(-engine.act_buf_bytes // acc_pixels),
+        "max_oc_tiles": -(-engine.max_channels // engine.cols),
+        "max_chunks": -(-engine.max_channels // engine.d_max),
+        "max_vectors": engine.d_max,
+        "array_ii": -(-engine.rows // 2),
+        "coord_bits": coord_bits,
+        "coord_far": -(1 << (coord_bits - 2)),
+        "lane_bits": max(1, (engine.d_max - 1).bit_length()),
+        "idx_bits": max(1, (engine.k_max - 1).bit_length()),
+        "max_dim": max(1, math.isqrt(engine.act_buf_bytes)),
+        "param_words": engine.param_bytes // 4,
+        "psum_bits": engine.weight_bits + engine.act_bits + 1 + max(1, (pe_slots - 1).bit_length()),
+    }
+
+
+def _context(engine: EngineConfig, part: str, clock_ns: float) -> dict:
+    reg_names = [n for n in dir(regmap) if n.isupper() and isinstance(getattr(regmap, n), int)]
+    regs = sorted(((n, getattr(regmap, n)) for n in reg_names
+                   if not n.startswith(("ERR_", "STATUS_OP", "CTRL_")) and n != "OK"), key=lambda kv: (kv[1], kv[0]))
+    ctrl_bits = sorted(((n, getattr(regmap, n)) for n in reg_names if n.startswith("CTRL_")), key=lambda kv: kv[1])
+    status_codes = sorted(((n, getattr(regmap, n)) for n in reg_names if n.startswith("ERR_") or n == "OK"),
+                          key=lambda kv: kv[1])
+    return {
+        "cfg": engine.to_dict(),
+        "d": derived_params(engine),
+        "engine_hash": engine.hash(),
+        "config_hash": regmap.config_hash_u32(engine.hash()),
+        "magic": program_mod.MAGIC,
+        "format_version": program_mod.FORMAT_VERSION,
+        "header_words": program_mod.HEADER_WORDS,
+        "desc_words": program_mod.DESC_WORDS,
+        "desc_fields": list(program_mod.DESC_FIELDS),
+        "opcodes": dict(program_mod.OPCODES),
+        "wfmt_dense": program_mod.DENSE,
+        "wfmt_codebook": program_mod.CODEBOOK,
+        "regs": regs,
+        "ctrl_bits": ctrl_bits,
+        "status_codes": status_codes,
+        "status_op_none": regmap.STATUS_OP_NONE,
+        "ports": [(p, regmap.PORT_OFFSETS[p]) for p in ("n_images", "params", "config_hash", "cycles", "status")],
+        "firmware_sources": list(FIRMWARE_SOURCES),
+        "part": part,
+        "clock_ns": clock_ns,
+        "project_name": PROJECT_NAME,
+        "python": sys.executable,
+        "cxxflags": " ".join(CXXFLAGS),
+    }
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _render_one(env: jinja2.Environment, template: str, context: dict) -> str:
+    banner = f"Generated by vqhls (flow.hls) from hls_templates/{template} -- do not edit."
+    return env.get_template(template).render(banner=banner, **context)
+
+
+def render(engine: EngineConfig, *, part: str = DEFAULT_PART, clock_ns: float = DEFAULT_CLOCK_NS) -> dict[str, str]:
+    """Every project file as text, keyed by its path in the project."""
+    env = _environment()
+    context = _context(engine, part, clock_ns)
+    return {out: _render_one(env, tpl, context) for out, tpl in TEMPLATES.items()}
+
+
+def _content_hash(files: dict[str, bytes]) -> str:
+    h = hashlib.sha1()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + files[name] + b"\0")
+    return h.hexdigest()
+
+
+def write_project(
+    engine: EngineConfig,
+    outdir: str | os.PathLike,
+    *,
+    program: Program | None = None,
+    inputs=None,
+    expected=None,
+    part: str = DEFAULT_PART,
+    clock_ns: float = DEFAULT_CLOCK_NS,
+) -> Project:
+    """Render the HLS project for ``engine`` into ``outdir`` (replacing an earlier project there).
+
+    With ``program`` (and ``inputs`` [B,H,W,C], optionally ``expected`` [B,OH,OW,OC])
+    the test vectors go to ``tb/data/`` for ``make csim`` and Vitis csim/cosim.
+    Refuses to replace a directory that is not a vqhls project.
+    """
+    outdir = Path(outdir).resolve()
+    if outdir.exists() and not (outdir / MANIFEST).is_file() and any(outdir.iterdir()):
+        raise FileExistsError(f"{outdir} exists and is not a vqhls HLS project: refusing to overwrite it")
+    if (inputs is not None or expected is not None) and program is None:
+        raise ValueError("test vectors need the program they belong to (program=...)")
+
+    texts = render(engine, part=part, clock_ns=clock_ns)
+    files: dict[str, bytes] = {name: text.encode() for name, text in texts.items()}
+    if program is not None:
+        files["tb/data/program.bin"] = program.to_bytes()
+        if inputs is not None:
+            files["tb/data/inputs.bin"] = vectors.check_inputs(program, inputs).tobytes()
+        if expected is not None:
+            exp = vectors.outputs_to_bytes(program, expected)
+            if inputs is not None and exp.shape[0] != np.asarray(inputs).shape[0]:
+                raise ValueError(f"expected has {exp.shape[0]} images, inputs {np.asarray(inputs).shape[0]}")
+            files["tb/data/expected.bin"] = exp.tobytes()
+    tpl_hash = template_hash()
+    content_hash = _content_hash({k: v for k, v in files.items() if not k.startswith("tb/data/")})
+    manifest = {
+        "name": PROJECT_NAME,
+        "engine": engine.to_dict(),
+        "engine_hash": engine.hash(),
+        "template_hash": tpl_hash,
+        "content_hash": content_hash,
+        "part": part,
+        "clock_ns": clock_ns,
+        "files": sorted(files),
+    }
+    files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    try:
+        for name, data in files.items():
+            path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        _swap_into_place(tmp, outdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Project(outdir, engine, tuple(sorted(files)), content_hash, tpl_hash, part, clock_ns)
+
+
+def _swap_into_place(tmp: Path, outdir: Path) -> None:
+    if not outdir.exists():
+        os.rename(tmp, outdir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=outdir.parent))
+    old.rmdir()
+    os.rename(outdir, old)
+    try:
+        os.rename(tmp, outdir)
+    except BaseException:
+        os.rename(old, outdir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_project(path: str | os.PathLike) -> Project:
+    """The Project written earlier at ``path``."""
+    path = Path(path).resolve()
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is not a vqhls HLS project (no {MANIFEST}): write it with write_project()") from None
+    engine = EngineConfig(**manifest["engine"])
+    return Project(path, engine, tuple(manifest["files"]), manifest["content_hash"], manifest["template_hash"],
+                   manifest.get("part", DEFAULT_PART), manifest.get("clock_ns", DEFAULT_CLOCK_NS))
+

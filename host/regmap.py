@@ -1,0 +1,153 @@
+"""The engine's AXI-Lite register map: defined here once.
+
+The HLS templates render these offsets into ``firmware/regmap.h`` and into the
+``#pragma HLS INTERFACE s_axilite ... offset=`` lines of the top function; the
+host backends (PYNQ and the C-simulation bridge) read registers through the
+same names. Pure Python: imports neither torch nor the rest of the flow, so it
+runs on the board.
+
+Layout (the Vitis HLS ``ap_ctrl_hs`` block at 0x00..0x0C, then the ports of
+``vqhls_engine`` at fixed offsets; an output scalar has its data word(s)
+followed by a control word whose bit 0 is ``ap_vld``)::
+
+    0x00 CTRL         bit0 ap_start (R/W, self-clearing)  bit1 ap_done (COR)
+                      bit2 ap_idle  bit3 ap_ready  bit7 auto_restart
+    0x04 GIE          global interrupt enable
+    0x08 IER          interrupt enable (bit0 done, bit1 ready)
+    0x0C ISR          interrupt status (toggle-on-write)
+    0x10 N_IMAGES     images to stream through in this call (0: validate the program only)
+    0x18 PARAMS_LO    DDR byte address of the parameter image (Program.to_bytes()), low word
+    0x1C PARAMS_HI    ... high word
+    0x20 CONFIG_HASH  (RO) the engine's EngineConfig.hash() as uint32; 0x24 its ap_vld
+    0x30 CYCLES_LO    (RO) engine cycles of the last call (count of II=1 pipeline
+    0x34 CYCLES_HI         iterations of every loop: cycles up to fill/drain); 0x38 ap_vld
+    0x40 STATUS       (RO) 0 = ok, else ERR_* code in bits 7..0 and the failing
+                      op index in bits 15..8 (0xFF: not op-specific); 0x44 ap_vld
+
+Streams: the input AXI-Stream carries N_IMAGES x input_bytes bytes (NHWC, one
+byte per beat; TLAST is not required on input); the output stream carries
+N_IMAGES x output_bytes bytes with TLAST on the final byte of the final image
+of the call, so one DMA receive transfer covers a whole batch.
+
+Host sequence: write PARAMS, N_IMAGES=0, start, wait for ap_done, check STATUS
+and CONFIG_HASH (this validates the program without touching the streams);
+then per batch: write N_IMAGES, start the DMA transfers, start, wait.
+When STATUS reports a program error, no stream beat is consumed or produced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- control block (Vitis HLS ap_ctrl_hs) ---------------------------------
+CTRL = 0x00
+GIE = 0x04
+IER = 0x08
+ISR = 0x0C
+
+CTRL_AP_START = 1 << 0
+CTRL_AP_DONE = 1 << 1
+CTRL_AP_IDLE = 1 << 2
+CTRL_AP_READY = 1 << 3
+CTRL_AUTO_RESTART = 1 << 7
+
+# --- arguments ------------------------------------------------------------
+N_IMAGES = 0x10
+PARAMS_LO = 0x18
+PARAMS_HI = 0x1C
+CONFIG_HASH = 0x20
+CONFIG_HASH_CTRL = 0x24
+CYCLES_LO = 0x30
+CYCLES_HI = 0x34
+CYCLES_CTRL = 0x38
+STATUS = 0x40
+STATUS_CTRL = 0x44
+
+ADDRESS_RANGE = 0x80   # the s_axilite segment the block design must map (rounded up)
+
+# --- STATUS codes (bits 7..0) ---------------------------------------------
+OK = 0
+ERR_MAGIC = 1          # parameter image does not start with 'VQHL'
+ERR_VERSION = 2        # program format version differs from the engine's
+ERR_HEADER = 3         # n_ops / descriptor words / image size out of the engine's limits
+ERR_OPCODE = 4         # unknown opcode or weight format
+ERR_BUFFER = 5         # buffer index out of range, or an op writes a buffer it reads (input or residual)
+ERR_BUF_SIZE = 6       # an activation tensor is larger than act_buf_bytes
+ERR_SHAPE = 7          # output shape inconsistent with input shape / kernel / stride / pad
+ERR_LIMIT = 8          # channels, kernel, k, d, n:m beyond the engine's compile-time limits
+ERR_OFFSET = 9         # a parameter array is missing or runs past the end of the image
+ERR_PARAM = 10         # a parameter value is invalid (shift outside 1..31, codeword index >= k)
+ERR_IO = 11            # header input/output bytes disagree with the first/last op
+
+STATUS_NAMES = {
+    OK: "ok",
+    ERR_MAGIC: "bad magic (not a vqhls program image)",
+    ERR_VERSION: "program format version not supported by this engine",
+    ERR_HEADER: "program header out of the engine's limits (n_ops, descriptor size, image size)",
+    ERR_OPCODE: "unknown opcode or weight format",
+    ERR_BUFFER: "bad activation buffer (index out of range, output aliases an input, residual on a pool)",
+    ERR_BUF_SIZE: "activation tensor larger than the engine's act_buf_bytes",
+    ERR_SHAPE: "inconsistent op shape (output vs input, kernel, stride, pad)",
+    ERR_LIMIT: "op beyond the engine's compile-time limits (channels, kernel, k, d)",
+    ERR_OFFSET: "parameter array missing or outside the parameter image",
+    ERR_PARAM: "invalid parameter value (shift outside 1..31 or codeword index >= k)",
+    ERR_IO: "header input/output bytes disagree with the first/last op",
+}
+STATUS_OP_NONE = 0xFF
+
+
+def decode_status(status: int) -> tuple[int, int | None]:
+    """(error code, op index or None) from the STATUS register value."""
+    code = status & 0xFF
+    op = (status >> 8) & 0xFF
+    return code, (None if code == OK or op == STATUS_OP_NONE else op)
+
+
+def status_message(status: int) -> str:
+    """Human-readable STATUS, e.g. 'op 3: inconsistent op shape (...)'."""
+    code, op = decode_status(status)
+    text = STATUS_NAMES.get(code, f"unknown error code {code}")
+    if code == OK:
+        return text
+    return f"op {op}: {text}" if op is not None else text
+
+
+def config_hash_u32(engine_hash: str) -> int:
+    """The CONFIG_HASH register value for an ``EngineConfig.hash()`` string (8 hex digits)."""
+    return int(engine_hash, 16) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    offset: int
+    access: str          # "rw", "ro", "wo"
+    width: int = 32      # bits of the data (64: two consecutive words, low first)
+    port: str | None = None   # the C argument of vqhls_engine it belongs to
+    doc: str = ""
+
+
+REGISTERS: tuple[Register, ...] = (
+    Register("CTRL", CTRL, "rw", doc="ap_start / ap_done / ap_idle / ap_ready / auto_restart"),
+    Register("GIE", GIE, "rw", doc="global interrupt enable"),
+    Register("IER", IER, "rw", doc="interrupt enable"),
+    Register("ISR", ISR, "rw", doc="interrupt status"),
+    Register("N_IMAGES", N_IMAGES, "wo", 32, "n_images", "images in this call (0: validate only)"),
+    Register("PARAMS", PARAMS_LO, "wo", 64, "params", "DDR address of the parameter image"),
+    Register("CONFIG_HASH", CONFIG_HASH, "ro", 32, "config_hash", "EngineConfig.hash() as uint32"),
+    Register("CYCLES", CYCLES_LO, "ro", 64, "cycles", "engine cycles of the last call"),
+    Register("STATUS", STATUS, "ro", 32, "status", "0 ok, else code | op << 8"),
+)
+
+# C argument of vqhls_engine -> s_axilite offset (rendered into the INTERFACE pragmas)
+PORT_OFFSETS: dict[str, int] = {r.port: r.offset for r in REGISTERS if r.port}
+
+
+def _check() -> None:
+    spans = sorted((r.offset, r.offset + r.width // 8 + (4 if r.access == "ro" else 0), r.name) for r in REGISTERS)
+    for (a0, a1, n0), (b0, _, n1) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise AssertionError(f"register map: {n0} overlaps {n1}")
+    assert spans[-1][1] <= ADDRESS_RANGE
+
+
+_check()

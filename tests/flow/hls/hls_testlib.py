@@ -1,0 +1,208 @@
+"""Random Programs for the HLS engine tests, built directly from flow.compile.program.Op / Program
+(random integer arrays within their dtype ranges; mult / shift chosen so outputs do not always saturate)."""
+from __future__ import annotations
+
+import numpy as np
+
+from flow.compile.engine import EngineConfig
+from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, Op, Program
+
+INT32_MAX = (1 << 31) - 1
+
+# the default engine (PYNQ-Z2 sizing: 8x8 array, 2:4 PEs, d_max 16, k_max 256)
+DEFAULT_CFG = EngineConfig()
+# small limits: several pixel tiles per layer, 1:4 PEs (multi-pass for denser masks)
+SMALL_CFG = EngineConfig(rows=4, cols=4, n=1, m=4, k_max=64, d_max=8, act_buf_bytes=2048, num_bufs=3,
+                         max_channels=64, max_kernel=5, max_ops=8, param_bytes=1 << 20)
+# odd geometry: non-power-of-two array, 3:4 PEs, d_max 12 (codewords that do not tile it), 4 buffers
+ODD_CFG = EngineConfig(rows=5, cols=3, n=3, m=4, k_max=32, d_max=12, act_buf_bytes=3000, num_bufs=4,
+                       max_channels=96, max_kernel=5, max_ops=8, param_bytes=1 << 20)
+
+
+def out_size(size: int, k: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+def act_range(unsigned) -> tuple[int, int]:
+    return (0, 255) if unsigned else (-128, 127)
+
+
+def rand_inputs(rng: np.random.Generator, program: Program, batch: int) -> np.ndarray:
+    op = program.ops[0]
+    lo, hi = act_range(op.in_unsigned)
+    return rng.integers(lo, hi + 1, size=(batch, op.H, op.W, op.C)).astype(np.uint8 if op.in_unsigned else np.int8)
+
+
+def nm_masks(rng: np.random.Generator, count: int, d: int, n: int, m: int) -> np.ndarray:
+    """uint16 mask words: in each d-vector, exactly n of every m consecutive elements kept."""
+    assert d % m == 0
+    keep = np.zeros((count, d), dtype=bool)
+    for g in range(d // m):
+        # n random positions of each group of m
+        order = np.argsort(rng.random((count, m)), axis=1)[:, :n]
+        rows = np.repeat(np.arange(count), n)
+        keep[rows, g * m + order.ravel()] = True
+    bits = (keep.astype(np.int64) << np.arange(d)).sum(1)
+    return bits.astype(np.uint16)
+
+
+def requant_params(rng: np.random.Generator, acc_scale: np.ndarray, res_scale: float | None = None,
+                   shift_range=(1, 31)):
+    """mult/shift (and res_mult) per channel so that typical outputs land around +-60 (not always saturated)."""
+    oc = acc_scale.shape[0]
+    shift = rng.integers(shift_range[0], shift_range[1] + 1, size=oc)
+    target = rng.uniform(20, 100, size=oc)
+    sign = np.where(rng.random(oc) < 0.15, -1, 1)
+    mult = np.round(sign * target * (2.0 ** shift) / np.maximum(acc_scale, 1.0))
+    mult = np.where(mult == 0, sign, mult)
+    mult = np.clip(mult, -INT32_MAX, INT32_MAX).astype(np.int64)
+    res_mult = None
+    if res_scale is not None:
+        rt = rng.uniform(0.2, 1.0, size=oc)
+        res_mult = np.clip(np.round(rt * (2.0 ** shift)), -INT32_MAX, INT32_MAX).astype(np.int64)
+        res_mult = np.where(rng.random(oc) < 0.2, -res_mult, res_mult)
+    return mult, shift, res_mult
+
+
+def conv_op(rng: np.random.Generator, *, H: int, W: int, C: int, OC: int, K: int = 3, stride: int = 1,
+            pad: int = 1, wfmt: int = DENSE, n: int = 2, m: int = 4, d: int = 8, k: int = 16,
+            in_unsigned: int = 0, out_unsigned: int = 0, relu: bool | None = None,
+            in_buf: int = 0, out_buf: int = 1, res_buf: int = -1, res_unsigned: int = 0,
+            bias_scale: float = 2000.0, shift_range=(1, 31), name: str = "conv") -> Op:
+    OH, OW = out_size(H, K, stride, pad), out_size(W, K, stride, pad)
+    arrays: dict[str, np.ndarray] = {}
+    if wfmt == DENSE:
+        w = rng.integers(-128, 128, size=(OC, K, K, C))
+        arrays["weight"] = w
+        dense_w = w
+        kw = dict(wfmt=DENSE)
+    else:
+        nvec = C // d
+        codebook = rng.integers(-128, 128, size=(k, d))
+        idx = rng.integers(0, k, size=(OC, K, K, nvec))
+        masks = nm_masks(rng, OC * K * K * nvec, d, n, m).reshape(OC, K, K, nvec)
+        arrays.update(idx=idx, mask=masks, codebook=codebook)
+        keep = ((masks[..., None].astype(np.int64) >> np.arange(d)) & 1).astype(bool)
+        dense_w = (codebook[idx] * keep).reshape(OC, K, K, C)
+        kw = dict(wfmt=CODEBOOK, n=n, m=m, d=d, k=k)
+    x_rms = 147.0 if in_unsigned else 74.0
+    acc_scale = np.sqrt((dense_w.astype(np.float64) ** 2).reshape(OC, -1).sum(1)) * x_rms * 0.7 + 1
+    arrays["bias"] = rng.integers(-int(bias_scale), int(bias_scale) + 1, size=OC)
+    mult, shift, res_mult = requant_params(rng, acc_scale, 1.0 if res_buf >= 0 else None, shift_range)
+    arrays["mult"], arrays["shift"] = mult, shift
+    if res_mult is not None:
+        arrays["res_mult"] = res_mult
+    lo, hi = act_range(out_unsigned)
+    return Op(CONV, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=OC, KH=K, KW=K, stride=stride, pad=pad,
+              res_buf=res_buf, in_unsigned=in_unsigned, res_unsigned=res_unsigned, out_unsigned=out_unsigned,
+              lo=lo, hi=hi, name=name, arrays=arrays, **kw)
+
+
+def pool_op(rng: np.random.Generator, kind: str, *, H: int, W: int, C: int, K: int, stride: int,
+            in_unsigned: int = 0, out_unsigned: int | None = None, in_buf: int = 0, out_buf: int = 1,
+            name: str = "pool") -> Op:
+    OH, OW = out_size(H, K, stride, 0), out_size(W, K, stride, 0)
+    if kind == "max":
+        lo, hi = act_range(in_unsigned)
+        return Op(MAXPOOL, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=C, KH=K, KW=K, stride=stride,
+                  in_unsigned=in_unsigned, out_unsigned=in_unsigned, lo=lo, hi=hi, name=name)
+    out_unsigned = in_unsigned if out_unsigned is None else out_unsigned
+    lo, hi = act_range(out_unsigned)
+    acc_scale = np.full(C, K * K * (147.0 if in_unsigned else 74.0))
+    mult, shift, _ = requant_params(rng, acc_scale, None, (1, 31))
+    # an average: mult / 2^shift ~ 1 / (K*K) for some channels
+    avg = rng.random(C) < 0.5
+    shift = np.where(avg, 20, shift)
+    mult = np.where(avg, np.round((1 << 20) / (K * K)), mult).astype(np.int64)
+    return Op(AVGPOOL, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=C, KH=K, KW=K, stride=stride,
+              in_unsigned=in_unsigned, out_unsigned=out_unsigned, lo=lo, hi=hi, name=name,
+              arrays=dict(mult=mult, shift=shift))
+
+
+def program(*ops: Op) -> Program:
+    first = ops[0]
+    return Program(ops=list(ops), in_shape=(first.H, first.W, first.C))
+
+
+def lenet_program(rng: np.random.Generator, *, wfmt: int = CODEBOOK, k: int = 64) -> Program:
+    """A small digits CNN on 8x8x1: conv3x3(1->8, dense) relu, maxpool2, conv3x3(8->16) relu, linear(16*2*2 -> 10)."""
+    ops = [
+        conv_op(rng, H=8, W=8, C=1, OC=8, K=3, pad=1, in_unsigned=1, out_unsigned=1, shift_range=(8, 24),
+                in_buf=0, out_buf=1, name="conv1"),
+        pool_op(rng, "max", H=8, W=8, C=8, K=2, stride=2, in_unsigned=1, in_buf=1, out_buf=0, name="pool1"),
+        conv_op(rng, H=4, W=4, C=8, OC=16, K=3, pad=1, wfmt=wfmt, d=8, n=2, m=4, k=k, in_unsigned=1,
+                out_unsigned=1, shift_range=(8, 24), in_buf=0, out_buf=1, name="conv2"),
+        pool_op(rng, "max", H=4, W=4, C=16, K=2, stride=2, in_unsigned=1, in_buf=1, out_buf=0, name="pool2"),
+        conv_op(rng, H=1, W=1, C=64, OC=10, K=1, pad=0, wfmt=wfmt, d=8, n=2, m=4, k=k, in_unsigned=1,
+                out_unsigned=0, shift_range=(8, 24), in_buf=0, out_buf=1, name="fc"),
+    ]
+    return program(*ops)
+
+
+def resnet20_program(rng: np.random.Generator, *, size: int = 32, in_ch: int = 3, wfmt: int = CODEBOOK,
+                     n: int = 2, m: int = 4, d: int = 8, k: int = 256, classes: int = 10) -> Program:
+    """ResNet20-shaped Program (CIFAR layout: 16/32/64 channels, 3 blocks per stage, 1x1 projection
+    shortcuts at stage changes, global average pool, linear). Random parameters."""
+    kw = dict(wfmt=wfmt, n=n, m=m, d=d, k=k, shift_range=(10, 24))
+    ops = [conv_op(rng, H=size, W=size, C=in_ch, OC=16, K=3, pad=1, in_unsigned=0, out_unsigned=1,
+                   shift_range=(10, 24), in_buf=0, out_buf=1, name="stem")]
+    cur, hw, ch = 1, size, 16
+    for stage, width in enumerate((16, 32, 64)):
+        for block in range(3):
+            stride = 2 if (stage > 0 and block == 0) else 1
+            ohw = out_size(hw, 3, stride, 1)
+            free = [b for b in range(3) if b != cur]
+            if stride != 1 or width != ch:
+                sc, mid = free
+                ops.append(conv_op(rng, H=hw, W=hw, C=ch, OC=width, K=1, stride=stride, pad=0, in_unsigned=1,
+                                   out_unsigned=0, in_buf=cur, out_buf=sc, name=f"s{stage}b{block}sc", **kw))
+                ops.append(conv_op(rng, H=hw, W=hw, C=ch, OC=width, K=3, stride=stride, pad=1, in_unsigned=1,
+                                   out_unsigned=1, in_buf=cur, out_buf=mid, name=f"s{stage}b{block}c1", **kw))
+                res, res_uns, out = sc, 0, cur
+            else:
+                mid, out = free
+                ops.append(conv_op(rng, H=hw, W=hw, C=ch, OC=width, K=3, stride=1, pad=1, in_unsigned=1,
+                                   out_unsigned=1, in_buf=cur, out_buf=mid, name=f"s{stage}b{block}c1", **kw))
+                res, res_uns = cur, 1
+            ops.append(conv_op(rng, H=ohw, W=ohw, C=width, OC=width, K=3, stride=1, pad=1, in_unsigned=1,
+                               out_unsigned=1, in_buf=mid, out_buf=out, res_buf=res, res_unsigned=res_uns,
+                               name=f"s{stage}b{block}c2", **kw))
+            cur, hw, ch = out, ohw, width
+    pool_out = (cur + 1) % 3
+    ops.append(pool_op(rng, "avg", H=hw, W=hw, C=ch, K=hw, stride=1, in_unsigned=1, in_buf=cur, out_buf=pool_out,
+                       name="gap"))
+    ops.append(conv_op(rng, H=1, W=1, C=ch, OC=classes, K=1, pad=0, in_unsigned=1, out_unsigned=0,
+                       shift_range=(10, 24), in_buf=pool_out, out_buf=cur, name="fc"))
+    return program(*ops)
+
+
+def macs(program: Program) -> int:
+    """Dense multiply-accumulates of the conv ops."""
+    return sum(op.OH * op.OW * op.OC * op.KH * op.KW * op.C for op in program.ops if op.opcode == CONV)
+
+
+def conv_program(rng: np.random.Generator, *, residual: bool = False, res_unsigned: int = 0, **kw) -> Program:
+    """One conv (in buffer 0 -> 1); with ``residual`` a dense conv of the same geometry first writes
+    the residual tensor into buffer 2 (with signedness ``res_unsigned``)."""
+    if not residual:
+        return program(conv_op(rng, **kw))
+    geo = {k: kw[k] for k in ("H", "W", "C", "OC", "K", "stride", "pad") if k in kw}
+    res = conv_op(rng, **geo, in_unsigned=kw.get("in_unsigned", 0), out_unsigned=res_unsigned,
+                  in_buf=0, out_buf=2, shift_range=(8, 24), name="residual_src")
+    main = conv_op(rng, **kw, in_buf=0, out_buf=1, res_buf=2, res_unsigned=res_unsigned)
+    return program(res, main)
+
+
+def check_exact(engine, prog: Program, x: np.ndarray) -> np.ndarray:
+    """C-sim (bridge) vs the golden model, bit-exact; returns the outputs."""
+    from flow.quant.golden import run_program
+
+    want = run_program(prog, x)
+    got = engine.predict(prog, x)
+    if not np.array_equal(got, want):
+        bad = np.argwhere(got.astype(np.int64) != want)
+        i = tuple(bad[0])
+        raise AssertionError(
+            f"C-sim differs from golden at {len(bad)} of {want.size} outputs; first {i}: "
+            f"csim {int(got[i])} golden {int(want[i])}\nops: {[(op.name, op.opcode) for op in prog.ops]}")
+    return got
