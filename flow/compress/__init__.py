@@ -1,0 +1,33 @@
+"""Weight compression: N:M masks, masked k-means, MVQ / VQ layers, fine-tuning, size reports.
+
+``compress(model, method="mvq", n=2, m=4, k=256, d=8)`` returns a compressed
+deep copy; ``compression_report(model).table()`` counts every stored bit.
+"""
+from .api import LayerRow, Report, compress, compression_report, plan, recalibrate_bn_
+from .errors import (
+    ChannelDivisibilityError,
+    CodebookSizeError,
+    CompressionError,
+    DivisibilityError,
+    NMConfigError,
+    ShapeMismatchError,
+    UnknownLayerError,
+    UnknownMethodError,
+    UnsupportedLayerError,
+    VectorLengthError,
+)
+from .finetune import finetune, requantize_codebooks_
+from .kmeans import KMeansResult, assign_nearest, masked_kmeans
+from .mvq import MVQConv2d, MVQLinear, mask_bits_per_group
+from .nm import is_nm_sparse, nm_mask
+from .vq import VQConv2d, VQLinear
+
+__all__ = [
+    "compress", "compression_report", "plan", "recalibrate_bn_", "Report", "LayerRow",
+    "finetune", "requantize_codebooks_",
+    "masked_kmeans", "assign_nearest", "KMeansResult",
+    "nm_mask", "is_nm_sparse", "mask_bits_per_group",
+    "MVQConv2d", "MVQLinear", "VQConv2d", "VQLinear",
+    "CompressionError", "NMConfigError", "DivisibilityError", "VectorLengthError", "ChannelDivisibilityError",
+    "CodebookSizeError", "UnsupportedLayerError", "UnknownMethodError", "UnknownLayerError", "ShapeMismatchError",
+]

@@ -1,0 +1,155 @@
+"""Compress a trained zoo model and report size and accuracy.
+
+    python -m flow.compress --model lenet-digits --method mvq --n 2 --m 4 --k 64 --d 8 [--finetune-epochs E]
+
+Prints the per-layer storage table and the test accuracy of the float model,
+the compressed model, the compressed model with BatchNorm statistics
+re-estimated on training images (``--calibrate``), and after fine-tuning
+(``--finetune-epochs``).  Bad input: one line on stderr, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="python -m flow.compress", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="zoo model name (lenet-digits, cnn-fmnist, resnet20)")
+    ap.add_argument("--data", default=None, help="dataset (default: the model's)")
+    ap.add_argument("--method", default="mvq", help="mvq (N:M + masked k-means) or vq (dense codebooks)")
+    ap.add_argument("--n", type=int, default=2, help="keep n of every m weights (default 2)")
+    ap.add_argument("--m", type=int, default=4, help="N:M group size (default 4)")
+    ap.add_argument("--k", type=int, default=256, help="codebook size (default 256)")
+    ap.add_argument("--d", type=int, default=8, help="vector length along Cin (default 8)")
+    ap.add_argument("--iters", type=int, default=20, help="k-means iterations (default 20)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip", nargs="*", default=["first", "last"],
+                    help="layers kept dense: 'first', 'last' and/or module names (default: first last)")
+    ap.add_argument("--clip-k", action="store_true", help="use min(k, vectors) per layer instead of failing")
+    ap.add_argument("--float-codebooks", action="store_true", help="keep float32 codebooks (default: int8)")
+    ap.add_argument("--train-epochs", type=int, default=None, help="epochs for the float model (default: zoo's)")
+    ap.add_argument("--train-limit", type=int, default=None, help="train the float model on the first N images")
+    ap.add_argument("--calibrate", type=int, default=1024,
+                    help="training images for BatchNorm re-estimation after compression (0: off; default 1024)")
+    ap.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs (default 0)")
+    ap.add_argument("--finetune-lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the report and accuracies as JSON")
+    ap.add_argument("--quiet", action="store_true", help="no training progress on stderr")
+    return ap
+
+
+def _trained_model(name: str, data: str, epochs: int | None, limit: int | None, progress: bool):
+    """A trained float model: the cached checkpoint of models.train when available, else trained here."""
+    try:
+        from models.train import get_trained
+    except ImportError:  # models.train not there: a plain Adam loop
+        get_trained = None
+    if get_trained is not None:
+        return get_trained(name, data, epochs, train_limit=limit, progress=progress)
+    from models import data as datasets, zoo
+
+    x, y = datasets.load(data, "train")
+    if limit:
+        x, y = x[:limit], y[:limit]
+    info = datasets.INFO[data]
+    model = zoo.get(name, in_channels=info["shape"][0], num_classes=info["classes"])
+    from .finetune import finetune
+
+    return finetune(model, x, y, epochs=epochs or 10, lr=2e-3)
+
+
+def _accuracy(model, x, y) -> float:
+    try:
+        from models.train import evaluate
+    except ImportError:
+        evaluate = None
+    if evaluate is not None:
+        return evaluate(model, x, y)
+    model.eval()
+    with torch.no_grad():
+        xt, yt = torch.as_tensor(x).float(), torch.as_tensor(y).long()
+        correct = sum(int((model(xt[i:i + 512]).argmax(1) == yt[i:i + 512]).sum()) for i in range(0, len(xt), 512))
+    return correct / max(1, len(xt))
+
+
+def run(a: argparse.Namespace) -> int:
+    import copy
+
+    from models import data as datasets, zoo
+
+    from .api import compress, compression_report, plan, recalibrate_bn_
+    from .finetune import finetune
+
+    zoo.default_dataset(a.model)  # unknown model -> UnknownModelError (a ValueError) before any work
+    data_name = a.data or zoo.default_dataset(a.model)
+    for opt in ("train_epochs", "train_limit", "finetune_epochs", "calibrate"):
+        v = getattr(a, opt)
+        if v is not None and v < 0:
+            raise ValueError(f"--{opt.replace('_', '-')} must be >= 0, got {v}")
+    # Validate the compression arguments on an untrained model first: a typo costs no training time.
+    shape = datasets.INFO.get(data_name, {}).get("shape")
+    if shape is not None:
+        probe = zoo.get(a.model, in_channels=shape[0], num_classes=datasets.INFO[data_name]["classes"])
+        plan(probe, a.method, a.n, a.m, a.k, a.d, a.skip, None, a.iters, a.seed, a.clip_k)
+
+    xt, yt = datasets.load(data_name, "test")
+    model = _trained_model(a.model, data_name, a.train_epochs, a.train_limit, not a.quiet)
+    acc = {"float": _accuracy(model, xt, yt)}
+
+    t0 = time.perf_counter()
+    comp = compress(model, a.method, a.n, a.m, a.k, a.d, skip=a.skip, iters=a.iters, seed=a.seed,
+                    quantize_codebooks=not a.float_codebooks, clip_k=a.clip_k)
+    t_comp = time.perf_counter() - t0
+    acc["compressed"] = _accuracy(comp, xt, yt)
+    report = compression_report(comp)
+    print(f"{a.model} on {data_name}: {a.method} n:m={a.n}:{a.m} k={a.k} d={a.d} "
+          f"({'float' if a.float_codebooks else 'int8'} codebooks), compressed in {t_comp:.1f} s")
+    print(report.table())
+
+    x = y = None
+    if a.calibrate or a.finetune_epochs:
+        x, y = datasets.load(data_name, "train")
+    if a.calibrate:
+        comp = recalibrate_bn_(copy.deepcopy(comp), x[:a.calibrate]).eval()
+        acc["compressed+bn-calibrated"] = _accuracy(comp, xt, yt)
+    if a.finetune_epochs:
+        finetune(comp, x, y, epochs=a.finetune_epochs, lr=a.finetune_lr, batch_size=a.batch_size, seed=a.seed)
+        acc[f"finetuned ({a.finetune_epochs} epochs)"] = _accuracy(comp, xt, yt)
+
+    print()
+    print("test accuracy:")
+    for key, v in acc.items():
+        print(f"  {key:<28} {100 * v:6.2f}%")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"args": vars(a), "accuracy": acc, "report": report.as_dict()}, f, indent=2)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        from models.data import DatasetError
+    except ImportError:  # pragma: no cover
+        DatasetError = RuntimeError  # type: ignore[misc,assignment]
+    try:
+        return run(a)
+    except (ValueError, DatasetError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

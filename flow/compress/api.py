@@ -1,0 +1,372 @@
+"""Whole-model compression (:func:`compress`) and its honest size accounting (:func:`compression_report`)."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import (
+    CompressionError,
+    NMConfigError,
+    UnknownLayerError,
+    UnknownMethodError,
+    UnsupportedLayerError,
+)
+from .mvq import MVQConv2d, MVQLinear, _check_conv, _CodebookLayer, check_layer_config, mask_bits_per_group
+from .nm import check_nm
+from .vq import VQConv2d, VQLinear
+
+__all__ = ["compress", "compression_report", "Report", "LayerRow", "METHODS", "plan"]
+
+METHODS = ("mvq", "vq")
+_OVERRIDE_KEYS = ("method", "n", "m", "k", "d", "iters", "seed")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What :func:`compress` will do to one layer (method 'none' = keep it dense)."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    method: str
+    n: int
+    m: int
+    k: int
+    d: int
+    iters: int
+    seed: int
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Conv2d / Linear modules in module order (the ones 'first' / 'last' refer to)."""
+    return [(name, mod) for name, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+
+
+def _check_method(method: Any, where: str = "") -> None:
+    if method not in METHODS:
+        raise UnknownMethodError(f"{where}unknown method {method!r}: use one of {', '.join(map(repr, METHODS))}")
+
+
+def _matches(name: str, pattern: str) -> bool:
+    # a module name selects itself and everything inside it ("layers.0" skips the whole block)
+    return name == pattern or name.startswith(pattern + ".")
+
+
+def plan(
+    model: nn.Module,
+    method: str = "mvq",
+    n: int = 2,
+    m: int = 4,
+    k: int = 256,
+    d: int = 8,
+    skip: Iterable[str] | str | None = ("first", "last"),
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    iters: int = 20,
+    seed: int = 0,
+    clip_k: bool = False,
+) -> list[LayerPlan]:
+    """Resolve and validate the per-layer configuration of :func:`compress` without clustering anything.
+
+    Returns one :class:`LayerPlan` per Conv2d/Linear (method 'none' for layers kept dense).
+    Raises every documented error up front, so a bad argument fails in milliseconds.
+    """
+    _check_method(method)
+    check_nm(n, m)
+    if method == "mvq" and n >= m:
+        raise NMConfigError(
+            f"method='mvq' needs sparsity, i.e. n < m, got n={n}, m={m}: use method='vq' for dense codebooks"
+        )
+    cands = _candidates(model)
+    cand_names = [nm_ for nm_, _ in cands]
+    all_names = {nm_ for nm_, _ in model.named_modules()}
+    listing = ", ".join(cand_names) if cand_names else "(none)"
+
+    skip = (skip,) if isinstance(skip, str) else tuple(skip or ())
+    skipped: set[str] = set()
+    for s in skip:
+        if s == "first":
+            skipped.update(cand_names[:1])
+        elif s == "last":
+            skipped.update(cand_names[-1:])
+        elif not isinstance(s, str) or s not in all_names or s == "":
+            raise UnknownLayerError(f"skip entry {s!r} is not a module of the model: use 'first', 'last' or one of "
+                                    f"{listing}")
+        else:
+            skipped.update(c for c in cand_names if _matches(c, s))
+
+    overrides = dict(overrides or {})
+    by_name = dict(cands)
+    modules = dict(model.named_modules())
+    for name, ov in overrides.items():
+        if name not in modules or name == "":
+            raise UnknownLayerError(f"override {name!r} is not a module of the model: compressible layers are {listing}")
+        if name not in by_name:
+            raise UnsupportedLayerError(
+                f"override {name!r} points to a {type(modules[name]).__name__}: only Conv2d and Linear layers can be "
+                f"compressed (compressible layers: {listing})")
+        if not isinstance(ov, Mapping):
+            raise CompressionError(f"override for {name!r} must be a dict such as dict(k=64), got {ov!r}")
+        bad = sorted(set(ov) - set(_OVERRIDE_KEYS))
+        if bad:
+            raise CompressionError(f"override for {name!r} has unknown keys {bad}: use {', '.join(_OVERRIDE_KEYS)}")
+
+    plans: list[LayerPlan] = []
+    for name, mod in cands:
+        ov = overrides.get(name)
+        kind = "conv" if isinstance(mod, nn.Conv2d) else "linear"
+        if ov is None and name in skipped:
+            plans.append(LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0))
+            continue
+        cfg = dict(method=method, n=n, m=m, k=k, d=d, iters=iters, seed=seed)
+        cfg.update(ov or {})
+        lm = cfg["method"]
+        if lm == "none":
+            plans.append(LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0))
+            continue
+        _check_method(lm, f"layer {name!r}: ")
+        if kind == "conv":
+            try:
+                _check_conv(mod, name)
+            except UnsupportedLayerError:
+                if ov is not None:
+                    raise  # explicitly asked for: say why it cannot be done
+                plans.append(LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0))
+                continue  # the default sweep leaves grouped/dilated convs dense
+        ln, lmm = cfg["n"], cfg["m"]
+        check_nm(ln, lmm)
+        if lm == "mvq" and ln >= lmm:
+            raise NMConfigError(f"layer {name!r}: method='mvq' needs n < m, got n={ln}, m={lmm}: "
+                                f"use method='vq' for a dense codebook")
+        if lm == "vq":
+            ln = lmm  # dense: the engine's M:M mode
+        w = mod.weight
+        cin = w.shape[1]
+        ld, lk = cfg["d"], cfg["k"]
+        nvec = (w.numel() // ld) if isinstance(ld, int) and ld > 0 and cin % ld == 0 else 0
+        if clip_k and isinstance(lk, int) and nvec > 0:
+            lk = min(lk, nvec)
+        check_layer_config(name, cin, nvec, ln, lmm, lk, ld)
+        plans.append(LayerPlan(name, kind, lm, ln, lmm, lk, ld, int(cfg["iters"]), int(cfg["seed"])))
+    return plans
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+def compress(
+    model: nn.Module,
+    method: str = "mvq",
+    n: int = 2,
+    m: int = 4,
+    k: int = 256,
+    d: int = 8,
+    skip: Iterable[str] | str | None = ("first", "last"),
+    data: Tensor | np.ndarray | tuple | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    iters: int = 20,
+    seed: int = 0,
+    quantize_codebooks: bool = True,
+    clip_k: bool = False,
+) -> nn.Module:
+    """A deep copy of ``model`` with its Conv2d/Linear layers replaced by MVQ or VQ layers.
+
+    Args:
+        model: the float model (left untouched).
+        method: 'mvq' (N:M mask + masked k-means, needs n < m) or 'vq' (no mask; the layer gets n = m).
+        n, m: keep n of every m consecutive weights along Cin.
+        k, d: codebook size and vector length (d % m == 0, Cin % d == 0 for every compressed layer).
+        skip: 'first' / 'last' (first / last Conv2d-or-Linear in module order) and/or module names;
+            a name also skips every layer inside that module.
+        data: optional calibration inputs ``x [N, C, H, W]`` (or ``(x, y)``): BatchNorm running statistics
+            are re-estimated on them after compression, which recovers much of the accuracy lost to the
+            weight change without any training.
+        overrides: ``{layer name: dict(method=..., n=..., m=..., k=..., d=..., iters=..., seed=...)}``;
+            method 'none' keeps a layer dense.  An override wins over ``skip``.
+        iters, seed: masked k-means iterations and seed (deterministic).
+        quantize_codebooks: make every codebook int8 with a per-layer scale (what the engine stores).
+        clip_k: use ``min(k, number of vectors)`` per layer instead of raising :class:`CodebookSizeError`.
+
+    Grouped or dilated convolutions are kept dense by the default sweep; naming one in
+    ``overrides`` raises :class:`UnsupportedLayerError`.  All errors subclass ValueError.
+    """
+    plans = plan(model, method, n, m, k, d, skip, overrides, iters, seed, clip_k)
+    out = copy.deepcopy(model)
+    modules = dict(out.named_modules())
+    for p in plans:
+        if p.method == "none":
+            continue
+        mod = modules[p.name]
+        if p.kind == "conv":
+            new = (MVQConv2d.from_conv(mod, p.n, p.m, p.k, p.d, p.iters, p.seed, name=p.name) if p.method == "mvq"
+                   else VQConv2d.from_conv(mod, p.k, p.d, p.iters, p.seed, m=p.m, name=p.name))
+        else:
+            new = (MVQLinear.from_linear(mod, p.n, p.m, p.k, p.d, p.iters, p.seed, name=p.name) if p.method == "mvq"
+                   else VQLinear.from_linear(mod, p.k, p.d, p.iters, p.seed, m=p.m, name=p.name))
+        new.to(mod.weight.device)
+        if quantize_codebooks:
+            new.quantize_codebook_(8)
+        new.train(mod.training)
+        _set_module(out, p.name, new)
+    if data is not None:
+        recalibrate_bn_(out, data[0] if isinstance(data, (tuple, list)) else data)
+    return out
+
+
+@torch.no_grad()
+def recalibrate_bn_(model: nn.Module, x, batch_size: int = 256) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean/var on inputs ``x [N, C, H, W]`` (in place)."""
+    bns = [mod for mod in model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    x = x if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x))
+    x = x.float()
+    was_training = model.training
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all calibration batches
+    model.train()
+    device = next(model.parameters()).device
+    for i in range(0, len(x), batch_size):
+        model(x[i:i + batch_size].to(device))
+    for bn, mom in zip(bns, saved):
+        bn.momentum = mom
+    model.train(was_training)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# size accounting
+
+
+@dataclass
+class LayerRow:
+    """Stored size of one layer.  ``bits`` maps a component to its bit count:
+    weights (dense), indices, masks, codebook, scale, bias, bn."""
+
+    name: str
+    type: str
+    method: str  # mvq, vq, dense, bn, other
+    params: int  # float32 values the uncompressed layer needs
+    bits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_bits(self) -> int:
+        return int(sum(self.bits.values()))
+
+    @property
+    def float_bits(self) -> int:
+        return 32 * self.params
+
+    @property
+    def ratio(self) -> float:
+        return self.float_bits / self.total_bits if self.total_bits else float("inf")
+
+
+_COLUMNS = ("weights", "indices", "masks", "codebook", "scale", "bias", "bn")
+
+
+@dataclass
+class Report:
+    """Per-layer and whole-model storage of a (compressed) model; see :func:`compression_report`."""
+
+    rows: list[LayerRow]
+
+    @property
+    def total_bits(self) -> int:
+        return sum(r.total_bits for r in self.rows)
+
+    @property
+    def float_bits(self) -> int:
+        return sum(r.float_bits for r in self.rows)
+
+    @property
+    def ratio(self) -> float:
+        """float32 model bits / stored bits."""
+        return self.float_bits / self.total_bits if self.total_bits else float("inf")
+
+    def as_dict(self) -> dict:
+        return {
+            "layers": [dict(name=r.name, type=r.type, method=r.method, params=r.params, bits=dict(r.bits),
+                            total_bits=r.total_bits, float_bits=r.float_bits, ratio=r.ratio) for r in self.rows],
+            "total_bits": self.total_bits, "float_bits": self.float_bits, "ratio": self.ratio,
+        }
+
+    def table(self) -> str:
+        """A fixed-width text table: one row per layer, bits per component, size and ratio, then totals."""
+        head = ["layer", "type", "method", "params"] + list(_COLUMNS) + ["total bits", "KiB", "ratio"]
+        body = []
+        for r in self.rows:
+            body.append([r.name, r.type, r.method, f"{r.params:,}"] + [f"{r.bits.get(c, 0):,}" if r.bits.get(c) else "-"
+                                                                        for c in _COLUMNS]
+                        + [f"{r.total_bits:,}", f"{r.total_bits / 8192:.2f}", f"{r.ratio:.2f}x"])
+        tot = ["TOTAL", "", "", f"{sum(r.params for r in self.rows):,}"] + \
+            [f"{sum(r.bits.get(c, 0) for r in self.rows):,}" for c in _COLUMNS] + \
+            [f"{self.total_bits:,}", f"{self.total_bits / 8192:.2f}", f"{self.ratio:.2f}x"]
+        widths = [max(len(str(row[i])) for row in [head, *body, tot]) for i in range(len(head))]
+
+        def fmt(row):
+            return "  ".join(str(v).ljust(w) if i < 3 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+
+        rule = "-" * len(fmt(head))
+        lines = [fmt(head), rule, *map(fmt, body), rule, fmt(tot),
+                 f"float32 model: {self.float_bits / 8192:.2f} KiB -> stored: {self.total_bits / 8192:.2f} KiB "
+                 f"(compression {self.ratio:.2f}x)"]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def compression_report(model: nn.Module, dense_bits: int = 32) -> Report:
+    """Count every stored bit of ``model``, layer by layer.
+
+    * MVQ/VQ layer: indices ``n_vectors * ceil(log2 k)``; masks: each N:M group of m
+      weights stores its pattern as a rank among the C(m, n) possible ones,
+      ``ceil(log2 C(m, n))`` bits per group (2:4 -> 3 bits per 4 weights; a plain
+      m-bit bitmap would cost 4), none when n == m; codebook ``k * d * 8`` when
+      int8-quantized (its bit width in general) or ``k * d * 32`` when float, plus a
+      32-bit scale when quantized; bias 32 bits per output channel.
+    * Conv2d / Linear kept dense: ``dense_bits`` per weight (default float32; with
+      dense_bits < 32 a 32-bit per-layer scale is added), bias 32 bits per channel.
+    * BatchNorm: folded scale + shift, ``2 * C * 32`` bits.
+    * Any other module with parameters: 32 bits per parameter.
+
+    ``float_bits`` (the reference) counts every value the float32 model needs at 32 bits
+    (weights, biases, folded BN).
+    """
+    if isinstance(dense_bits, bool) or not isinstance(dense_bits, int) or not 1 <= dense_bits <= 32:
+        raise CompressionError(f"dense_bits={dense_bits!r}: use an integer in 1..32")
+    rows: list[LayerRow] = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, _CodebookLayer):
+            wnum = mod.mask.numel()
+            nbias = mod.bias.numel() if mod.bias is not None else 0
+            bits = {
+                "indices": mod.n_vectors * (math.ceil(math.log2(mod.k)) if mod.k > 1 else 0),
+                "masks": (wnum // mod.m) * mask_bits_per_group(mod.n, mod.m),
+                "codebook": mod.k * mod.d * (mod.codebook_bits or 32),
+                "scale": 32 if mod.codebook_scale is not None else 0,
+                "bias": 32 * nbias,
+            }
+            rows.append(LayerRow(name, type(mod).__name__, mod.method, wnum + nbias, bits))
+        elif isinstance(mod, (nn.Conv2d, nn.Linear)):
+            wnum = mod.weight.numel()
+            nbias = mod.bias.numel() if mod.bias is not None else 0
+            bits = {"weights": wnum * dense_bits, "scale": 32 if dense_bits < 32 else 0, "bias": 32 * nbias}
+            rows.append(LayerRow(name, type(mod).__name__, "dense", wnum + nbias, bits))
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            rows.append(LayerRow(name, type(mod).__name__, "bn", 2 * mod.num_features,
+                                 {"bn": 2 * mod.num_features * 32}))
+        else:
+            own = sum(p.numel() for p in mod.parameters(recurse=False))
+            if own:
+                rows.append(LayerRow(name, type(mod).__name__, "other", own, {"weights": 32 * own}))
+    return Report(rows)

@@ -1,0 +1,606 @@
+"""PQ: product quantization of activations (multiply-accumulate -> table lookup).
+
+The scheme of LUT-NN (Tang et al., "LUT-NN: Empower Efficient Neural Network
+Inference with Centroid Learning and Table Lookup", MobiCom 2023) and PQA
+(AbouElhamayed et al., "PQA: Exploring the Potential of Product Quantization in
+DNN Hardware Acceleration", TRETS 2024): a layer's input vector of length D is
+cut into ``C = D / v`` subvectors of length ``v``; subspace ``c`` has ``K``
+prototypes ``P[c]`` [K, v]. Because the layer is linear,
+
+    y = sum_c W_c a_c + b  ~=  sum_c W_c P[c, idx_c] + b = sum_c LUT[c, idx_c] + b,
+    LUT[c, k, o] = P[c, k] . W_c[o]          (W_c: weight block [Cout, v] of subspace c)
+
+so inference is: encode each subvector to its nearest prototype (``idx_c``),
+add up ``C`` LUT rows, requantize. No multiplications by weights remain.
+
+Subvector order (what the lowering and the lookup engine must reproduce):
+    * Linear: the input vector as is, ``a[..., c*v:(c+1)*v]``.
+    * Conv2d: the im2col patch of one output pixel in **channels-last order
+      (kh, kw, cin)**: element ``(i*kw + j)*Cin + ci`` is input channel ``ci`` at
+      kernel offset ``(i, j)``, so the engine reads ``Cin`` contiguous bytes of an
+      NHWC buffer per kernel offset. Subvectors may straddle kernel offsets
+      (v=9, Cin=16: subvector 1 holds channels 9..15 of (0,0) and 0..1 of (0,1)).
+      Zero padding is part of the patch: padded positions are zeros and are
+      encoded like any other data. The weight blocks use the same order:
+      ``weight.permute(0, 2, 3, 1).reshape(Cout, D)``.
+
+Encoding is brute force: squared Euclidean distance to all ``K`` prototypes,
+strict-less scan, so ties go to the lowest index (DESIGN.md; PQA's golden
+model). Training follows LUT-NN: the forward pass uses the hard one-hot
+assignment (what the hardware computes) and the backward pass the gradient of
+the soft assignment ``softmax(-||a - P||^2 / T)``; ``T`` is an annealed buffer
+(:meth:`set_temperature`, :func:`anneal_pq`), not learned, so a run is
+reproducible and the schedule is explicit.
+
+Stored precision (``stored_bits``): prototypes ``proto_bits = 8`` (int8/uint8 in
+the *input activation's* quantization grid, so the encoder compares integers
+with integers and no extra scale is stored), the LUT at ``lut_bits`` (8 or 16)
+with one float32 per-layer scale, bias int32. The float ``weight`` is kept for
+training and LUT recomputation only; it is not deployed.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from .errors import (
+    ChannelDivisibilityError,
+    CodebookSizeError,
+    ShapeMismatchError,
+    UnsupportedLayerError,
+    VectorLengthError,
+)
+from .kmeans import masked_kmeans
+from .vecq import BitWidthError, check_plain_conv, conv_padding
+
+__all__ = [
+    "PQConv2d",
+    "PQLinear",
+    "nearest_prototype",
+    "kmeans_subspaces",
+    "anneal_pq",
+    "convert_to_pq",
+    "pq_layers",
+    "LUT_BITS",
+]
+
+LUT_BITS = (8, 16)
+# Elements of the largest temporary tensor the hard-lookup path builds at once
+# ([rows, C, Cout] gather); bounds memory for big batches of big feature maps.
+_CHUNK_ELEMS = 1 << 22
+
+
+def _check_pq(D: int, v: int, K: int, where: str) -> int:
+    """Validate (D, v, K); return C = D // v."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise VectorLengthError(f"{where}: subvector length v={v!r} is invalid; use an integer v >= 1 (PQA: v=9)")
+    if isinstance(K, bool) or not isinstance(K, int) or K < 2:
+        raise CodebookSizeError(f"{where}: K={K!r} prototypes per subspace is invalid; use an integer K >= 2 (PQA: 16)")
+    if D % v:
+        divs = [d for d in range(1, min(D, 32) + 1) if D % d == 0]
+        raise ChannelDivisibilityError(
+            f"{where}: input length D={D} is not divisible by v={v}; pick v dividing D (e.g. one of {divs}) "
+            f"or keep this layer dense"
+        )
+    return D // v
+
+
+def _scan_nearest(a: Tensor, P: Tensor) -> Tensor:
+    """Reference encoder: a [R, v], P [R, K, v] -> int64 [R]; direct distances, strict-less scan."""
+    best_d = ((a - P[:, 0]) ** 2).sum(-1)
+    best_i = torch.zeros(best_d.shape, dtype=torch.int64, device=a.device)
+    for k in range(1, P.shape[1]):
+        d = ((a - P[:, k]) ** 2).sum(-1)
+        better = d < best_d  # strict: an equal distance keeps the lower index
+        best_d = torch.where(better, d, best_d)
+        best_i.masked_fill_(better, k)
+    return best_i
+
+
+def nearest_prototype(a: Tensor, prototypes: Tensor) -> Tensor:
+    """Index of the nearest prototype of every subvector, ties to the lowest index.
+
+    Args:
+        a: subvectors [..., C, v] (float).
+        prototypes: [C, K, v].
+
+    Returns:
+        int64 [..., C]: the first ``k`` minimising ``sum((a - P[c, k])^2)`` computed directly
+        in ``a``'s dtype — the hardware encoder's strict-less argmin. For integer-valued
+        data (the deployed int8 grid) those float distances are exact, so the result
+        is bit-exact with the integer encoder.
+
+    Speed: distances are first computed as ``||a||^2 - 2 a.P + ||P||^2`` (a batched
+    matmul, ~10x faster than the direct form on CPU). Its cancellation error is bounded
+    by ``tol``; every subvector whose runner-up lies within ``2 tol`` of its best is
+    re-encoded with the direct formula, so the answer is always the direct one.
+    """
+    C, K, v = prototypes.shape
+    if a.shape[-2:] != (C, v):
+        raise ShapeMismatchError(f"subvectors have trailing shape {tuple(a.shape[-2:])}, prototypes need ({C}, {v})")
+    lead = a.shape[:-2]
+    P = prototypes.to(a.dtype)
+    at = a.reshape(-1, C, v).transpose(0, 1)  # [C, M, v]
+    M = at.shape[1]
+    pn = (P * P).sum(-1)  # [C, K]
+    # Error of either distance formula <= ~(4v + 8) eps (||a||^2 + ||P||^2); doubled for margin.
+    rel = (8 * v + 16) * torch.finfo(a.dtype).eps
+    out = torch.empty(C, M, dtype=torch.int64, device=a.device)
+    step = max(1, _CHUNK_ELEMS // (C * K))
+    for i in range(0, M, step):
+        ac = at[:, i:i + step]  # [C, m, v]
+        an = (ac * ac).sum(-1)  # [C, m]
+        d = an[..., None] - 2 * torch.bmm(ac, P.transpose(1, 2)) + pn[:, None, :]  # [C, m, K]
+        dmin, idx = d.min(-1)
+        runner_up = d.scatter(-1, idx[..., None], math.inf).min(-1).values
+        tol = rel * (an + pn.max(-1).values[:, None])
+        ambiguous = runner_up <= dmin + 2 * tol  # the order of best and runner-up is within error: redo exactly
+        if ambiguous.any():
+            ci, mi = ambiguous.nonzero(as_tuple=True)
+            idx[ci, mi] = _scan_nearest(ac[ci, mi], P[ci])
+        out[:, i:i + step] = idx
+    return out.T.reshape(*lead, C)
+
+
+@torch.no_grad()
+def kmeans_subspaces(x: Tensor, K: int, iters: int = 20, seed: int = 0) -> Tensor:
+    """Plain k-means in every subspace: x [C, n, v] -> prototypes [C, K, v] in ``x``'s dtype.
+
+    One :func:`flow.compress.kmeans.masked_kmeans` run (mask None: plain k-means,
+    k-means++ seeding, ties to the lowest index, empty clusters re-seeded) per
+    subspace, all with ``seed``, so the result is deterministic.
+
+    Raises:
+        CodebookSizeError: ``K > n`` (fewer calibration subvectors than prototypes).
+    """
+    C, n, v = x.shape
+    if K > n:
+        raise CodebookSizeError(
+            f"only {n} calibration subvectors per subspace for K={K} prototypes: pass more calibration "
+            f"inputs (calib_x) or lower K"
+        )
+    return torch.stack([masked_kmeans(x[c], None, K, iters, seed).codebook for c in range(C)]).to(x)
+
+
+class _PQBase(nn.Module):
+    """State and math shared by :class:`PQConv2d` and :class:`PQLinear`.
+
+    Subclasses provide ``weight_matrix() -> [Cout, D]`` (subvector order) and ``forward``.
+    """
+
+    prototypes: nn.Parameter
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    temperature: Tensor
+    lut_scale: Tensor | None
+
+    def _init_pq(self, D: int, out: int, v: int, K: int, bias: bool, lut_bits: int, proto_bits: int) -> None:
+        self.num_subspaces = _check_pq(D, v, K, type(self).__name__)
+        self.v, self.K, self.D = v, K, D
+        if lut_bits not in LUT_BITS:
+            raise BitWidthError(f"lut_bits={lut_bits!r} is unsupported; the LUT memory holds {LUT_BITS} bit entries")
+        self.lut_bits = int(lut_bits)
+        if isinstance(proto_bits, bool) or not isinstance(proto_bits, int) or not 2 <= proto_bits <= 16:
+            raise BitWidthError(f"proto_bits={proto_bits!r} is invalid; prototypes share the activation format, "
+                                f"use 8 (int8/uint8)")
+        self.proto_bits = proto_bits
+        self.prototypes = nn.Parameter(torch.zeros(self.num_subspaces, K, v))
+        self.bias = nn.Parameter(torch.zeros(out)) if bias else None
+        self.register_buffer("temperature", torch.tensor(1.0))
+        # None until quantize_lut_(): the forward uses the float LUT until then.
+        self.register_buffer("lut_scale", None)
+
+    # --- LUT -------------------------------------------------------------------------
+    def weight_blocks(self) -> Tensor:
+        """Weight blocks ``W_c`` as [C, Cout, v] (subvector order, see module docstring)."""
+        Wm = self.weight_matrix()  # type: ignore[attr-defined]
+        return Wm.reshape(Wm.shape[0], self.num_subspaces, self.v).transpose(0, 1)
+
+    def lut(self) -> Tensor:
+        """Float LUT [C, K, Cout]: ``LUT[c, k, o] = P[c, k] . W_c[o]`` (differentiable)."""
+        return torch.einsum("ckv,cov->cko", self.prototypes, self.weight_blocks())
+
+    def _qmax(self) -> int:
+        return (1 << (self.lut_bits - 1)) - 1
+
+    @torch.no_grad()
+    def quantize_lut_(self, bits: int = 8) -> "_PQBase":
+        """Fix the LUT format: symmetric per-layer ``bits``-bit (8 or 16), scale = max|LUT| / (2^(b-1)-1).
+
+        Sets ``lut_bits`` and the 0-dim buffer ``lut_scale``; from then on the forward uses
+        the quantized LUT (straight-through in training). Call again after further
+        training to refit the scale (:func:`anneal_pq` does). Returns ``self``.
+        """
+        if bits not in LUT_BITS:
+            raise BitWidthError(f"LUT bits={bits!r} is unsupported; use one of {LUT_BITS}")
+        self.lut_bits = int(bits)
+        amax = float(self.lut().abs().max())
+        scale = amax / self._qmax() if amax > 0 else 1.0  # an all-zero LUT: any scale is exact
+        self.lut_scale = torch.tensor(scale, dtype=self.prototypes.dtype, device=self.prototypes.device)
+        return self
+
+    @torch.no_grad()
+    def int_lut(self) -> tuple[np.ndarray, float]:
+        """``(codes, scale)``: the quantized LUT [C, K, Cout] in ±(2^(b-1)-1) and its float scale.
+
+        ``codes`` is int8 for ``lut_bits`` 8, int16 for 16; ``codes * lut_scale`` (in the layer's
+        dtype) is exactly the LUT the forward uses. Raises ValueError unless
+        :meth:`quantize_lut_` was called.
+        """
+        if self.lut_scale is None:
+            raise ValueError("the LUT is not quantized yet; call quantize_lut_(bits) first")
+        q = torch.clamp(torch.round(self.lut() / self.lut_scale), -self._qmax(), self._qmax())
+        dtype = np.int8 if self.lut_bits == 8 else np.int16
+        return q.cpu().numpy().astype(dtype), float(self.lut_scale)
+
+    def effective_lut(self) -> Tensor:
+        """The LUT the forward uses [C, K, Cout]: float, or fake-quantized once ``lut_scale`` is set.
+
+        Fake quantization is straight-through, so training still reaches P and W.
+        """
+        lut = self.lut()
+        if self.lut_scale is None:
+            return lut
+        s = self.lut_scale.to(lut.dtype)
+        q = torch.clamp(torch.round(lut / s), -self._qmax(), self._qmax()) * s
+        # Value exactly q (lut - lut.detach() is exactly 0; "lut + (q - lut).detach()" can be an
+        # ulp off), gradient the identity.
+        return q.detach() + (lut - lut.detach())
+
+    # --- encoding and the product ------------------------------------------------------
+    def set_temperature(self, t: float) -> None:
+        """Set the softmax temperature ``T`` > 0 of the soft (backward-only) assignment."""
+        if not t > 0 or not math.isfinite(t):
+            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+        self.temperature.fill_(float(t))
+
+    @torch.no_grad()
+    def encode(self, a_sub: Tensor) -> Tensor:
+        """Nearest prototype of each subvector: a_sub [..., C, v] -> int64 [..., C], ties to the lowest index."""
+        return nearest_prototype(a_sub, self.prototypes.detach())
+
+    def _pq_product(self, a: Tensor) -> Tensor:
+        """a: subvectors [M, C, v] -> [M, Cout] = sum_c LUT[c, idx_c] (+ bias).
+
+        Training (with grad): value of the hard one-hot assignment, gradient of the soft
+        one (straight-through, LUT-NN). Otherwise a pure gather-and-sum: the LUT
+        computation the engine does.
+        """
+        M, C, K = a.shape[0], self.num_subspaces, self.K
+        lut = self.effective_lut()  # [C, K, Cout]
+        Cout = lut.shape[-1]
+        idx = self.encode(a.detach())  # [M, C]
+        if self.training and torch.is_grad_enabled():
+            P = self.prototypes
+            # Expanded distance for the gradient only (its value is never used to pick).
+            dist = (a * a).sum(-1, keepdim=True) - 2 * torch.einsum("mcv,ckv->mck", a, P) + (P * P).sum(-1)
+            soft = torch.softmax(-dist / self.temperature, dim=-1)
+            hard = F.one_hot(idx, K).to(soft.dtype)
+            assign = hard + (soft - soft.detach())  # value: exactly hard; gradient: soft's
+            out = assign.reshape(M, C * K) @ lut.reshape(C * K, Cout)
+        else:
+            flat = lut.reshape(C * K, Cout)
+            rows = idx + torch.arange(C, device=idx.device) * K  # row of (c, idx_c) in flat
+            step = max(1, _CHUNK_ELEMS // max(1, C * Cout))
+            out = torch.cat([flat[rows[i:i + step]].sum(1) for i in range(0, M, step)]) if M else \
+                lut.new_zeros(0, Cout)
+        return out if self.bias is None else out + self.bias
+
+    # --- accounting ----------------------------------------------------------------------
+    def stored_bits(self) -> dict[str, int]:
+        """Every stored bit: prototypes (``proto_bits``), LUT (``lut_bits``), LUT scale, int32 bias."""
+        C, K, v = self.num_subspaces, self.K, self.v
+        cout = self.weight.shape[0]
+        return {
+            "prototypes": C * K * v * self.proto_bits,
+            "lut": C * K * cout * self.lut_bits,
+            "lut_scale": 32,
+            "bias": 0 if self.bias is None else cout * 32,
+        }
+
+    def float_bits(self) -> int:
+        """Bits of the float32 source layer (weight + bias)."""
+        return 32 * (self.weight.numel() + (0 if self.bias is None else self.bias.numel()))
+
+    # lut_bits is a plain attribute; keep it (and a None/non-None lut_scale) across state_dict round trips.
+    def get_extra_state(self) -> dict:
+        return {"lut_bits": self.lut_bits}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.lut_bits = int(state["lut_bits"])
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "lut_scale"
+        if key in state_dict and self.lut_scale is None:
+            self.lut_scale = torch.zeros((), dtype=self.prototypes.dtype, device=self.prototypes.device)
+        elif key not in state_dict and self.lut_scale is not None:
+            self.lut_scale = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class PQConv2d(_PQBase):
+    """Conv2d whose input patches are product-quantized: [N, Cin, H, W] -> [N, Cout, OH, OW].
+
+    Attributes: ``in_channels``, ``out_channels``, ``kernel_size``/``stride``/``padding``
+    (tuples), ``v``, ``K``, ``num_subspaces`` (C = Cin*kh*kw / v), ``prototypes`` [C, K, v],
+    ``weight`` [Cout, Cin, kh, kw] (float, for the LUT), ``bias`` [Cout] or None,
+    ``temperature`` (0-dim buffer), ``lut_bits``, ``lut_scale`` (0-dim buffer or None).
+    Patch order: (kh, kw, cin), see the module docstring.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, bias: bool = True,
+                 v: int = 9, K: int = 16, lut_bits: int = 8, proto_bits: int = 8):
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
+        self.dilation, self.groups = (1, 1), 1
+        kh, kw = self.kernel_size
+        self._init_pq(self.in_channels * kh * kw, self.out_channels, v, K, bias, lut_bits, proto_bits)
+        self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels, kh, kw))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, v: int = 9, K: int = 16, calib_x: Tensor | None = None,
+                  iters: int = 20, seed: int = 0, max_samples: int = 8192) -> "PQConv2d":
+        """Build from a trained Conv2d; prototypes = per-subspace k-means of ``calib_x``'s patches.
+
+        Args:
+            conv: plain Conv2d (groups 1, dilation 1, zero padding).
+            calib_x: this layer's *input* activations [N, Cin, H, W] (required).
+            iters, seed: k-means iterations and seed.
+            max_samples: patches per subspace used for k-means (a seeded random subset
+                when there are more) — k-means cost grows with it, quality saturates.
+        """
+        check_plain_conv(conv, "PQConv2d.from_conv")
+        if calib_x is None:
+            raise ShapeMismatchError("PQConv2d.from_conv needs calib_x: this layer's input activations "
+                                     "[N, Cin, H, W] (capture them with a forward hook, or use convert_to_pq)")
+        m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
+                bias=conv.bias is not None, v=v, K=K)
+        m = m.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            m.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                m.bias.copy_(conv.bias)
+        a = m.subvectors(calib_x.detach().to(m.weight.dtype)).reshape(-1, m.num_subspaces, m.v)
+        _init_prototypes(m, a, iters, seed, max_samples)
+        return m
+
+    def weight_matrix(self) -> Tensor:
+        """Weight as [Cout, D] with D in (kh, kw, cin) order."""
+        return self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
+
+    def output_size(self, H: int, W: int) -> tuple[int, int]:
+        """(OH, OW) for an H x W input."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+
+    def subvectors(self, x: Tensor) -> Tensor:
+        """im2col in channels-last order: x [N, Cin, H, W] -> [N, OH*OW, C, v]."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ShapeMismatchError(f"PQConv2d expects input [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        kh, kw = self.kernel_size
+        # F.unfold rows are ordered (cin, kh, kw): [N, Cin*kh*kw, L]; reorder to (kh, kw, cin).
+        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
+        N, _, L = cols.shape
+        cols = cols.reshape(N, self.in_channels, kh * kw, L).permute(0, 3, 2, 1)  # [N, L, kh*kw, Cin]
+        return cols.reshape(N, L, self.num_subspaces, self.v)
+
+    def forward(self, x: Tensor) -> Tensor:
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x[None]
+        a = self.subvectors(x)
+        N, L = a.shape[:2]
+        OH, OW = self.output_size(x.shape[2], x.shape[3])
+        y = self._pq_product(a.reshape(N * L, self.num_subspaces, self.v))
+        y = y.reshape(N, OH, OW, self.out_channels).permute(0, 3, 1, 2)
+        return y[0] if unbatched else y
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, v={self.v}, K={self.K}, num_subspaces={self.num_subspaces}, "
+                f"lut_bits={self.lut_bits}")
+
+
+class PQLinear(_PQBase):
+    """Linear whose input is product-quantized: [..., in_features] -> [..., out_features].
+
+    Attributes as :class:`PQConv2d` with ``in_features``/``out_features``; subvector c is
+    ``x[..., c*v:(c+1)*v]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, v: int = 9, K: int = 16,
+                 lut_bits: int = 8, proto_bits: int = 8):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self._init_pq(self.in_features, self.out_features, v, K, bias, lut_bits, proto_bits)
+        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, v: int = 9, K: int = 16, calib_x: Tensor | None = None,
+                    iters: int = 20, seed: int = 0, max_samples: int = 8192) -> "PQLinear":
+        """Build from a trained Linear; ``calib_x`` = this layer's inputs [..., in_features] (required)."""
+        if not isinstance(lin, nn.Linear):
+            raise UnsupportedLayerError(f"PQLinear.from_linear needs an nn.Linear, got {type(lin).__name__}")
+        if calib_x is None:
+            raise ShapeMismatchError("PQLinear.from_linear needs calib_x: this layer's inputs [..., in_features] "
+                                     "(capture them with a forward hook, or use convert_to_pq)")
+        m = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, v=v, K=K)
+        m = m.to(device=lin.weight.device, dtype=lin.weight.dtype)
+        with torch.no_grad():
+            m.weight.copy_(lin.weight)
+            if lin.bias is not None:
+                m.bias.copy_(lin.bias)
+        _init_prototypes(m, m.subvectors(calib_x.detach().to(m.weight.dtype)).reshape(-1, m.num_subspaces, m.v),
+                         iters, seed, max_samples)
+        return m
+
+    def weight_matrix(self) -> Tensor:
+        """Weight as [Cout, D] (already in subvector order)."""
+        return self.weight
+
+    def subvectors(self, x: Tensor) -> Tensor:
+        """x [..., in_features] -> [..., C, v]."""
+        if x.shape[-1] != self.in_features:
+            raise ShapeMismatchError(f"PQLinear expects input [..., {self.in_features}], got {tuple(x.shape)}")
+        return x.reshape(*x.shape[:-1], self.num_subspaces, self.v)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.subvectors(x)
+        y = self._pq_product(a.reshape(-1, self.num_subspaces, self.v))
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, v={self.v}, K={self.K}, "
+                f"num_subspaces={self.num_subspaces}, lut_bits={self.lut_bits}")
+
+
+@torch.no_grad()
+def _init_prototypes(m: _PQBase, a: Tensor, iters: int, seed: int, max_samples: int) -> None:
+    """k-means prototypes from calibration subvectors a [n, C, v] (subsampled to max_samples)."""
+    n = a.shape[0]
+    if n == 0:
+        raise ShapeMismatchError("calib_x gives no subvectors; pass at least one calibration input")
+    if n > max_samples:
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_samples].to(a.device)
+        a = a[keep]
+    m.prototypes.copy_(kmeans_subspaces(a.transpose(0, 1).contiguous(), m.K, iters, seed))
+
+
+# ----------------------------------------------------------------------------- model level
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def pq_layers(model: nn.Module) -> list[_PQBase]:
+    """The PQ layers of ``model`` in module order."""
+    return [m for m in model.modules() if isinstance(m, _PQBase)]
+
+
+class _Captured(Exception):
+    """Raised by the calibration hook to stop the forward pass once the layer's input is seen."""
+
+
+def _layer_inputs(model: nn.Module, layer: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """The input ``layer`` receives when ``model`` runs on x (no grad, batched); stops each pass there."""
+    inputs: list[Tensor] = []
+
+    def grab(mod: nn.Module, args: tuple) -> None:
+        inputs.append(args[0].detach())
+        raise _Captured  # nothing downstream of this layer is needed
+
+    hook = layer.register_forward_pre_hook(grab)
+    try:
+        with torch.no_grad():
+            for j in range(0, len(x), batch_size):
+                try:
+                    model(x[j:j + batch_size])
+                except _Captured:
+                    pass
+    finally:
+        hook.remove()
+    if not inputs:
+        raise UnsupportedLayerError("convert_to_pq: a layer was never called in the forward pass; "
+                                    "only layers the model uses can be calibrated")
+    return torch.cat(inputs)
+
+
+def convert_to_pq(model: nn.Module, calib_x: Tensor, v: int = 9, K: int = 16, iters: int = 20, seed: int = 0,
+                  keep_first_last: bool = True, batch_size: int = 256) -> dict[str, str]:
+    """Replace Conv2d/Linear layers of ``model`` in place by PQ layers, calibrated one by one.
+
+    Each layer's k-means sees the inputs produced by the model *as converted so far*
+    (upstream PQ error included), as sequential calibration should. ``calib_x`` is the
+    model's input [N, ...]. The first and last Conv2d/Linear stay float when
+    ``keep_first_last`` (DESIGN.md keeps them int8 dense); layers whose D is not
+    divisible by ``v`` or that are grouped/dilated stay float too.
+
+    Returns ``{layer name: "pq" or the reason it was kept}``.
+    """
+    _check_pq(v, v, K, "convert_to_pq")  # validate v and K once, before touching the model
+    calib_x = torch.as_tensor(calib_x)
+    names = [n for n, mod in model.named_modules() if type(mod) in (nn.Conv2d, nn.Linear)]
+    was_training = model.training
+    model.eval()
+    done: dict[str, str] = {}
+    for i, name in enumerate(names):
+        layer = model.get_submodule(name)
+        if keep_first_last and i in (0, len(names) - 1):
+            done[name] = "kept dense: first/last layer"
+            continue
+        D = layer.in_features if isinstance(layer, nn.Linear) else \
+            layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+        if D % v:
+            done[name] = f"kept dense: D={D} not divisible by v={v}"
+            continue
+        try:
+            if isinstance(layer, nn.Conv2d):
+                check_plain_conv(layer, name)
+        except UnsupportedLayerError as e:
+            done[name] = f"kept dense: {e}"
+            continue
+        xin = _layer_inputs(model, layer, calib_x, batch_size)
+        new = (PQConv2d.from_conv(layer, v, K, xin, iters, seed) if isinstance(layer, nn.Conv2d)
+               else PQLinear.from_linear(layer, v, K, xin, iters, seed))
+        _set_submodule(model, name, new)
+        done[name] = "pq"
+    model.train(was_training)
+    return done
+
+
+def anneal_pq(model: nn.Module, x: Tensor, y: Tensor, epochs: int, t_start: float = 1.0, t_end: float = 0.01,
+              lr: float = 1e-3, batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """Fine-tune a model with PQ layers, annealing the soft-assignment temperature (LUT-NN).
+
+    Trains every parameter (prototypes, weights, BN, other layers) with Adam and
+    cross-entropy on x [N, ...], y [N] (class indices). ``T`` decays geometrically
+    per optimizer step from ``t_start`` to ``t_end`` in all PQ layers, so early steps
+    pass broad gradients to many prototypes and late ones only to near winners.
+    Layers whose LUT was quantized get their ``lut_scale`` refitted at the end.
+    Returns the model in eval mode.
+    """
+    layers = pq_layers(model)
+    if not layers:
+        raise UnsupportedLayerError("anneal_pq: the model has no PQConv2d/PQLinear; convert it with convert_to_pq")
+    if not (t_start > 0 and t_end > 0):
+        raise ValueError(f"temperatures must be > 0, got t_start={t_start}, t_end={t_end}")
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    x, y = torch.as_tensor(x).float(), torch.as_tensor(y).long()
+    g = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    per_epoch = (len(x) + batch_size - 1) // batch_size
+    total = max(1, epochs * per_epoch)
+    step = 0
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), batch_size):
+            t = t_start * (t_end / t_start) ** (step / max(1, total - 1))
+            for layer in layers:
+                layer.set_temperature(t)
+            idx = perm[i:i + batch_size]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            step += 1
+    for layer in layers:
+        layer.set_temperature(t_end)
+        if layer.lut_scale is not None:
+            layer.quantize_lut_(layer.lut_bits)
+    model.eval()
+    return model

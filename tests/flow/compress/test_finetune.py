@@ -1,0 +1,54 @@
+"""Fine-tuning through the decoding: pruned weights stay exactly zero, codebooks move and are re-quantized."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flow.compress import compress, finetune
+from flow.compress.mvq import MVQConv2d, MVQLinear
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3),
+    )
+
+
+def test_finetune_keeps_pruned_weights_zero_and_trains_codebooks():
+    torch.manual_seed(0)
+    x = torch.randn(96, 1, 6, 6)
+    y = (x.mean((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 1).long()
+    model = compress(tiny_net(), "mvq", n=2, m=4, k=8, d=8, iters=5)
+    layers = [mod for mod in model.modules() if isinstance(mod, (MVQConv2d, MVQLinear))]
+    assert len(layers) == 2
+    before = {id(layer): (layer.codebook.detach().clone(), layer.indices.clone(), layer.mask.clone())
+              for layer in layers}
+    first_conv = model[0].weight.detach().clone()
+    loss0 = nn.functional.cross_entropy(model.eval()(x), y).item()
+    out = finetune(model, x, y, epochs=4, lr=1e-2, batch_size=16)
+    assert out is model and not model.training
+    assert nn.functional.cross_entropy(model(x), y).item() < loss0
+    assert not torch.equal(model[0].weight, first_conv)  # uncompressed layers train too
+    for layer in layers:
+        cb, idx, mask = before[id(layer)]
+        assert not torch.equal(layer.codebook.detach(), cb)  # the codebook learned
+        assert torch.equal(layer.indices, idx) and torch.equal(layer.mask, mask)  # structure is fixed
+        w = layer.decoded_weight().detach()
+        assert bool((w[mask == 0] == 0).all())  # exactly zero, not merely small
+        # re-quantized: the codebook is exactly int8 codes times the (new) scale
+        q, s = layer.int_codebook()
+        assert torch.equal(layer.codebook.detach(), torch.from_numpy(q).float() * torch.tensor(s))
+        assert s == float(layer.codebook_scale) and abs(int(q.min())) <= 127
+
+
+def test_finetune_keeps_float_codebooks_float_and_zero_epochs_is_a_no_op():
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 1, 6, 6), torch.randint(0, 3, (32,))
+    model = compress(tiny_net(), "mvq", k=8, iters=3, quantize_codebooks=False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    finetune(model, x, y, epochs=0)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    finetune(model, x, y, epochs=1, lr=1e-2, batch_size=8)
+    assert all(mod.codebook_scale is None for mod in model.modules() if isinstance(mod, MVQConv2d))

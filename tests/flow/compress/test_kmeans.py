@@ -1,0 +1,214 @@
+"""Masked k-means against brute force, by-hand masked means, monotone objective, determinism, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flow.compress.errors import CodebookSizeError, CompressionError, ShapeMismatchError
+from flow.compress.kmeans import assign_nearest, masked_kmeans
+from flow.compress.nm import nm_mask
+
+
+def brute_distances(x: np.ndarray, mask: np.ndarray | None, C: np.ndarray) -> np.ndarray:
+    """[n, k] float64 masked squared distances with an explicit loop over codewords."""
+    x = x.astype(np.float64)
+    m = np.ones_like(x) if mask is None else mask.astype(np.float64)
+    D = np.empty((x.shape[0], C.shape[0]))
+    for j in range(C.shape[0]):
+        D[:, j] = (m * (x - C[j].astype(np.float64)) ** 2).sum(1)
+    return D
+
+
+def assert_is_argmin(assign: np.ndarray, D: np.ndarray, rel: float = 1e-5) -> None:
+    """Equal to the brute-force argmin (first index on ties) except on float32 near-ties."""
+    best = D.argmin(1)
+    diff = np.nonzero(assign != best)[0]
+    gap = D[diff, assign[diff]] - D[diff, best[diff]]
+    assert (gap <= rel * (1 + D[diff].max(1))).all(), (len(diff), gap.max() if len(diff) else 0)
+    assert len(diff) <= max(1, len(assign) // 1000)  # near-ties are rare
+
+
+def masked_means(x: np.ndarray, mask: np.ndarray | None, assign: np.ndarray, k: int):
+    """By hand: sum(mask*x)/sum(mask) per cluster and element, with explicit loops."""
+    n, d = x.shape
+    m = np.ones_like(x) if mask is None else mask
+    num, den = np.zeros((k, d)), np.zeros((k, d))
+    for i in range(n):
+        for e in range(d):
+            num[assign[i], e] += m[i, e] * x[i, e]
+            den[assign[i], e] += m[i, e]
+    return num, den
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("n,d,k", [(300, 8, 16), (1000, 4, 64), (257, 16, 5)])
+def test_assign_nearest_equals_brute_force(masked, n, d, k):
+    g = torch.Generator().manual_seed(n + d + k)
+    x = torch.randn(n, d, generator=g)
+    mask = (torch.rand(n, d, generator=g) > 0.4).float() if masked else None
+    C = torch.randn(k, d, generator=g)
+    got = assign_nearest(x, C, mask).numpy()
+    assert got.dtype == np.int64
+    assert_is_argmin(got, brute_distances(x.numpy(), None if mask is None else mask.numpy(), C.numpy()))
+
+
+def test_forced_ties_go_to_the_lowest_index():
+    # small integers: every distance is exact in float32, so ties are real ties
+    C = torch.tensor([[1., 0.], [0., 1.], [1., 0.], [-1., 0.], [0., -1.]])  # codeword 2 duplicates 0
+    x = torch.tensor([[0., 0.],   # equidistant from all five -> 0
+                      [1., 0.],   # exactly codewords 0 and 2 -> 0
+                      [0., 2.],   # only 1
+                      [-1., 0.],  # only 3
+                      [5., 5.]])  # 0 and 1 tie (41), 2 ties too -> 0
+    mask = torch.tensor([[1., 1.], [1., 1.], [1., 1.], [0., 1.], [1., 1.]])  # point 3 only sees y=0: ties 0,2,3
+    D = brute_distances(x.numpy(), mask.numpy(), C.numpy())
+    got = assign_nearest(x, C, mask).numpy()
+    np.testing.assert_array_equal(got, D.argmin(1))  # numpy argmin: first index of the minimum
+    assert got.tolist() == [0, 0, 1, 0, 0]
+    # integer data on a larger scale, many exact ties
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(-2, 3, (5000, 4), generator=g).float()
+    C = torch.randint(-2, 3, (40, 4), generator=g).float()
+    mask = torch.randint(0, 2, (5000, 4), generator=g).float()
+    np.testing.assert_array_equal(assign_nearest(x, C, mask).numpy(),
+                                  brute_distances(x.numpy(), mask.numpy(), C.numpy()).argmin(1))
+
+
+def test_large_k_uses_the_exact_path():
+    g = torch.Generator().manual_seed(2)
+    x, C = torch.randn(600, 3, generator=g), torch.randn(5000, 3, generator=g)  # k > 4096: no packed argmin
+    assert_is_argmin(assign_nearest(x, C).numpy(), brute_distances(x.numpy(), None, C.numpy()))
+
+
+@pytest.mark.parametrize("case", ["dense", "random-mask", "nm-grouped"])
+def test_every_iteration_assigns_to_the_nearest_codeword(case):
+    """Run t+1's assignment is the brute-force argmin for run t's codebook (runs are deterministic)."""
+    g = torch.Generator().manual_seed(3)
+    if case == "nm-grouped":  # enough points per 2:4 pattern for the pattern-grouped search
+        n, d, k = 20000, 8, 24
+    else:
+        n, d, k = 1500, 8, 32
+    x = torch.randn(n, d, generator=g)
+    mask = {"dense": None, "random-mask": (torch.rand(n, d, generator=g) > 0.5).float(),
+            "nm-grouped": nm_mask(x, 2, 4)}[case]
+    mnp = None if mask is None else mask.numpy()
+    for t in (1, 2, 4, 7):
+        ct = masked_kmeans(x, mask, k, iters=t, seed=5).codebook
+        nxt = masked_kmeans(x, mask, k, iters=t + 1, seed=5).assign
+        assert_is_argmin(nxt.numpy(), brute_distances(x.numpy(), mnp, ct.numpy()))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_codebook_is_the_masked_mean_by_hand(masked):
+    g = torch.Generator().manual_seed(4)
+    n, d, k = 400, 4, 12
+    x = torch.randn(n, d, generator=g)
+    mask = nm_mask(x, 1, 2) if masked else None
+    r = masked_kmeans(x, mask, k, iters=6, seed=1)
+    num, den = masked_means(x.numpy().astype(np.float64), None if mask is None else mask.numpy(),
+                            r.assign.numpy(), k)
+    seen = den > 0
+    cb = r.codebook.numpy().astype(np.float64)
+    np.testing.assert_allclose(cb[seen], (num[seen] / den[seen]), rtol=0, atol=1e-6)
+    # and it is the float32 value nearest to the mean, not just close
+    np.testing.assert_array_equal(r.codebook.numpy()[seen], (num[seen] / den[seen]).astype(np.float32))
+
+
+def test_element_never_kept_keeps_its_value():
+    # column 0 is masked everywhere: no member ever votes on it, so it keeps its seed value (0: seeds are
+    # masked points) while the other columns are real means
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(200, 3, generator=g) + 5
+    mask = torch.ones(200, 3)
+    mask[:, 0] = 0
+    x[:, 0] = float("nan")  # values under a zero mask are never read
+    r = masked_kmeans(x, mask, 8, iters=5, seed=0)
+    assert torch.equal(r.codebook[:, 0], torch.zeros(8))
+    assert torch.isfinite(r.codebook).all() and (r.codebook[:, 1:] > 2).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(20, 400), d=st.sampled_from([1, 2, 4, 8]), kfrac=st.floats(0.02, 0.9),
+       density=st.sampled_from([None, 0.3, 0.7]), seed=st.integers(0, 1000), scale=st.sampled_from([1e-3, 1.0, 50.0]))
+def test_objective_never_increases(n, d, kfrac, density, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g) * scale
+    mask = None if density is None else (torch.rand(n, d, generator=g) < density).float()
+    k = max(1, int(kfrac * n))
+    r = masked_kmeans(x, mask, k, iters=15, seed=seed)
+    obj = np.array(r.objective)
+    assert len(obj) >= 1 and np.isfinite(obj).all() and (obj >= 0).all()
+    # exact descent; the float64 evaluation of J is accurate to ~1e-15 relative
+    assert (np.diff(obj) <= 1e-12 * obj[0] + 1e-300).all(), obj
+    # the recorded objective is the true one: J(A_T, C_{T-1}) recomputed directly
+    prev = masked_kmeans(x, mask, k, iters=len(obj) - 1, seed=seed).codebook if len(obj) > 1 else None
+    if prev is not None:
+        D = brute_distances(x.numpy(), None if mask is None else mask.numpy(), prev.numpy())
+        direct = D[np.arange(n), r.assign.numpy()].sum()
+        assert direct == pytest.approx(obj[-1], rel=1e-6, abs=1e-9)
+
+
+def test_objective_decreases_on_clustered_data_and_stops_at_a_fixed_point():
+    g = torch.Generator().manual_seed(7)
+    centers = torch.randn(5, 2, generator=g) * 20
+    x = centers.repeat_interleave(40, 0) + 0.1 * torch.randn(200, 2, generator=g)
+    r = masked_kmeans(x, None, 5, iters=50, seed=0)
+    assert r.n_iter < 50  # converged early
+    assert r.objective[-1] < 200 * 2 * 0.1 ** 2 * 2  # found the five blobs
+
+
+def test_deterministic_for_a_seed():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3000, 8, generator=g)
+    mask = nm_mask(x, 2, 4)
+    a, b = masked_kmeans(x, mask, 32, seed=3), masked_kmeans(x, mask, 32, seed=3)
+    assert torch.equal(a.codebook, b.codebook) and torch.equal(a.assign, b.assign) and a.objective == b.objective
+    c = masked_kmeans(x, mask, 32, seed=4)
+    assert not torch.equal(a.codebook, c.codebook)
+
+
+def test_result_types_and_duplicates():
+    x = torch.tensor([[0.0, 0.0]] * 10 + [[1.0, 1.0]] * 10 + [[5.0, 5.0]] * 3)
+    r = masked_kmeans(x, None, 5, iters=10, seed=0)  # only 3 distinct points: two codewords stay empty
+    assert r.codebook.shape == (5, 2) and r.codebook.dtype == torch.float32
+    assert r.assign.shape == (23,) and r.assign.dtype == torch.int64
+    assert r.objective[-1] == 0.0
+    assert masked_kmeans(x, None, 23, iters=3).objective[-1] == 0.0  # k == n is allowed
+
+
+def test_errors():
+    x = torch.randn(10, 4)
+    with pytest.raises(CodebookSizeError, match="k <= 10"):
+        masked_kmeans(x, None, 11)
+    with pytest.raises(CodebookSizeError):
+        masked_kmeans(x, None, 0)
+    with pytest.raises(ShapeMismatchError, match="mask shape"):
+        masked_kmeans(x, torch.ones(10, 3), 2)
+    with pytest.raises(ShapeMismatchError, match=r"\[n, d\]"):
+        masked_kmeans(torch.randn(10), None, 2)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(CompressionError, match="NaN"):
+        masked_kmeans(bad, None, 2)
+    with pytest.raises(CompressionError, match="iters"):
+        masked_kmeans(x, None, 2, iters=0)
+    with pytest.raises(ShapeMismatchError):
+        assign_nearest(x, torch.randn(3, 5))
+
+
+@pytest.mark.slow
+def test_quality_matches_faiss_on_a_large_problem():
+    faiss = pytest.importorskip("faiss")
+    x = np.random.default_rng(0).standard_normal((200_000, 8)).astype(np.float32)
+    km = faiss.Kmeans(8, 256, niter=15, seed=1, max_points_per_centroid=10 ** 9)
+    km.train(x)
+    ours = masked_kmeans(torch.from_numpy(x), None, 256, iters=15, seed=1)
+    # same algorithm (Lloyd from k-means++ vs random seeds): objectives within a few percent
+    assert ours.objective[-1] <= 1.03 * km.obj[-1]
+    assert (np.diff(ours.objective) <= 0).all()
+    D = brute_distances(x[:2000], None, ours.codebook.numpy())  # spot check the final codebook's assignment
+    final = assign_nearest(torch.from_numpy(x[:2000]), ours.codebook).numpy()
+    assert_is_argmin(final, D)

@@ -1,0 +1,399 @@
+"""PQ (activation product quantization): encoding, LUT semantics, straight-through, errors, bit counts."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from flow.compress.errors import (
+    ChannelDivisibilityError,
+    CodebookSizeError,
+    ShapeMismatchError,
+    UnsupportedLayerError,
+    VectorLengthError,
+)
+from flow.compress.pq import (
+    PQConv2d,
+    PQLinear,
+    anneal_pq,
+    convert_to_pq,
+    kmeans_subspaces,
+    nearest_prototype,
+)
+from flow.compress.vecq import BitWidthError
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def brute_nearest(a: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Explicit-loop nearest prototype, strict '<' so ties keep the lowest index. a [M,C,v], P [C,K,v]."""
+    M, C, v = a.shape
+    out = np.zeros((M, C), np.int64)
+    for m in range(M):
+        for c in range(C):
+            best_k, best_d = 0, None
+            for k in range(P.shape[1]):
+                d = sum((float(a[m, c, j]) - float(P[c, k, j])) ** 2 for j in range(v))
+                if best_d is None or d < best_d:
+                    best_k, best_d = k, d
+            out[m, c] = best_k
+    return out
+
+
+def hand_patches(x: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
+    """im2col by F.unfold, reordered by explicit index to (kh, kw, cin): [N, L, D]."""
+    N, Cin = x.shape[:2]
+    kh, kw = kernel
+    cols = F.unfold(x, kernel, padding=padding, stride=stride)  # rows ordered (cin, kh, kw)
+    order = [ci * kh * kw + i * kw + j for i in range(kh) for j in range(kw) for ci in range(Cin)]
+    return cols[:, order, :].transpose(1, 2)
+
+
+def hand_weight_matrix(w: torch.Tensor) -> torch.Tensor:
+    """[Cout, Cin, kh, kw] -> [Cout, D] with D ordered (kh, kw, cin), by explicit loops."""
+    Cout, Cin, kh, kw = w.shape
+    Wm = torch.empty(Cout, Cin * kh * kw, dtype=w.dtype)
+    for o, i, j, ci in itertools.product(range(Cout), range(kh), range(kw), range(Cin)):
+        Wm[o, (i * kw + j) * Cin + ci] = w[o, ci, i, j]
+    return Wm
+
+
+def hand_lut_output(a: torch.Tensor, P: torch.Tensor, Wm: torch.Tensor, bias, lut=None) -> torch.Tensor:
+    """sum_c LUT[c, idx_c] + bias, idx by brute force. a [M, C, v] -> [M, Cout]."""
+    C, K, v = P.shape
+    idx = torch.from_numpy(brute_nearest(a.numpy(), P.numpy()))
+    if lut is None:
+        lut = torch.einsum("ckv,ocv->cko", P, Wm.reshape(Wm.shape[0], C, v))
+    out = torch.zeros(a.shape[0], Wm.shape[0], dtype=a.dtype)
+    for c in range(C):
+        out += lut[c, idx[:, c]]
+    return out if bias is None else out + bias
+
+
+def make_pq_conv(cin=4, cout=5, kernel=(3, 3), stride=(1, 1), padding=(1, 1), v=6, K=8, bias=True, seed=0):
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(cin, cout, kernel, stride, padding, bias=bias).double()
+    x = torch.randn(3, cin, 7, 6, dtype=torch.float64)
+    return conv, x, PQConv2d.from_conv(conv, v=v, K=K, calib_x=x, iters=5, seed=seed)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def test_encode_matches_bruteforce_with_planted_ties():
+    P = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 0.0], [1.0, 1.0]],  # k=2 duplicates k=0
+                      [[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]])  # C=2, K=4, v=2
+    a = torch.tensor([
+        [[1.0, 0.0], [0.0, 0.0]],   # c0: equidistant to k0,k1,k2,k3 (d=1)  -> 0; c1: all four at d=1 -> 0
+        [[0.0, 0.0], [0.0, 0.5]],   # c0: k0 and its duplicate k2 at d=0   -> 0; c1: k2 nearest
+        [[1.5, 0.5], [-0.5, 0.5]],  # c0: k1 and k3 tie (d=0.5)            -> 1; c1: k1,k2 tie -> 1
+        [[0.5, 0.5], [0.0, -2.0]],  # c0: k0,k2,k3 tie (d=0.5)             -> 0; c1: k3
+    ])
+    got = nearest_prototype(a, P)
+    want = brute_nearest(a.numpy(), P.numpy())
+    assert np.array_equal(got.numpy(), want)
+    assert got.tolist() == [[0, 0], [0, 2], [1, 1], [0, 3]]
+    # The layer's encode is the same function of its prototypes.
+    lin = PQLinear(4, 3, v=2, K=4)
+    with torch.no_grad():
+        lin.prototypes.copy_(P)
+    assert torch.equal(lin.encode(a), got)
+    assert got.dtype == torch.int64
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_encode_matches_bruteforce_small_integers(data):
+    # Values in {-2..2} make exact ties frequent; float arithmetic on them is exact.
+    C, K, v, M = (data.draw(st.integers(1, n)) for n in (3, 6, 3, 6))
+    K = max(K, 2)
+    ints = st.integers(-2, 2)
+    P = np.array(data.draw(st.lists(ints, min_size=C * K * v, max_size=C * K * v)), np.float32).reshape(C, K, v)
+    a = np.array(data.draw(st.lists(ints, min_size=M * C * v, max_size=M * C * v)), np.float32).reshape(M, C, v)
+    got = nearest_prototype(torch.from_numpy(a), torch.from_numpy(P))
+    assert np.array_equal(got.numpy(), brute_nearest(a, P))
+
+
+def test_encode_random_float64_matches_bruteforce():
+    g = torch.Generator().manual_seed(3)
+    P = torch.randn(3, 16, 9, generator=g, dtype=torch.float64)
+    a = torch.randn(40, 3, 9, generator=g, dtype=torch.float64)
+    assert np.array_equal(nearest_prototype(a, P).numpy(), brute_nearest(a.numpy(), P.numpy()))
+
+
+# ----------------------------------------------------------------------------- LUT semantics
+
+
+def test_patch_order_is_channels_last():
+    # x[n, c, h, w] = 100*c + 10*h + w makes every patch element self-describing.
+    pq = PQConv2d(3, 2, (2, 2), padding=0, v=3, K=2)
+    h, w = torch.meshgrid(torch.arange(3.0), torch.arange(3.0), indexing="ij")
+    x = torch.stack([100 * c + 10 * h + w for c in range(3)])[None]
+    patch0 = pq.subvectors(x)[0, 0].reshape(-1)  # output pixel (0, 0)
+    want = [100 * c + 10 * i + j for i in range(2) for j in range(2) for c in range(3)]
+    assert patch0.tolist() == want
+
+
+@pytest.mark.parametrize("kernel,stride,padding,v", [
+    ((3, 3), (1, 1), (1, 1), 6),
+    ((3, 2), (2, 1), (1, 0), 8),   # non-square kernel, subvectors straddle kernel offsets
+    ((1, 1), (1, 1), (0, 0), 2),
+])
+def test_conv_eval_forward_equals_hand_lut(kernel, stride, padding, v):
+    conv, x, pq = make_pq_conv(cin=4, cout=5, kernel=kernel, stride=stride, padding=padding, v=v, K=8)
+    pq.eval()
+    with torch.no_grad():
+        y = pq(x)
+    patches = hand_patches(x, kernel, stride, padding)  # [N, L, D]
+    N, L, D = patches.shape
+    Wm = hand_weight_matrix(conv.weight.detach())
+    ref = hand_lut_output(patches.reshape(N * L, D // v, v), pq.prototypes.detach(), Wm, conv.bias.detach())
+    OH, OW = pq.output_size(x.shape[2], x.shape[3])
+    assert y.shape == conv(x).shape == (N, 5, OH, OW)
+    torch.testing.assert_close(y, ref.reshape(N, OH, OW, 5).permute(0, 3, 1, 2), rtol=0, atol=1e-12)
+    # lut() is prototypes . weight blocks in the same order.
+    C = D // v
+    lut_ref = torch.einsum("ckv,ocv->cko", pq.prototypes.detach(), Wm.reshape(5, C, v))
+    torch.testing.assert_close(pq.lut().detach(), lut_ref, rtol=0, atol=1e-12)
+
+
+def test_linear_eval_forward_equals_hand_lut():
+    torch.manual_seed(1)
+    lin = nn.Linear(12, 7).double()
+    x = torch.randn(30, 12, dtype=torch.float64)
+    pq = PQLinear.from_linear(lin, v=4, K=5, calib_x=x, iters=5).eval()
+    with torch.no_grad():
+        y = pq(x)
+        y3 = pq(x.reshape(5, 6, 12))
+    ref = hand_lut_output(x.reshape(30, 3, 4), pq.prototypes.detach(), lin.weight.detach(), lin.bias.detach())
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y3, ref.reshape(5, 6, 7), rtol=0, atol=1e-12)
+
+
+def test_exact_when_prototypes_are_the_data():
+    # Every patch's subvector is a prototype -> encoding is lossless -> PQ == conv.
+    conv, x, _ = make_pq_conv()
+    x = x[:1]
+    pq = PQConv2d(4, 5, 3, padding=1, v=6, K=7 * 6)
+    pq = pq.double()
+    with torch.no_grad():
+        pq.weight.copy_(conv.weight)
+        pq.bias.copy_(conv.bias)
+        a = pq.subvectors(x)[0]  # [L=42, C, v]
+        pq.prototypes.copy_(a.transpose(0, 1))
+    torch.testing.assert_close(pq.eval()(x), conv(x), rtol=1e-10, atol=1e-10)
+
+
+def test_kmeans_converges_to_exact_layer_as_K_grows():
+    torch.manual_seed(2)
+    conv = nn.Conv2d(2, 3, 3, padding=1).double()
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    ref = conv(x).detach()
+    errs = []
+    for K in (2, 6, 16, 25):  # 25 patches: K = 25 makes every subvector a prototype (k-means++ picks them all)
+        pq = PQConv2d.from_conv(conv, v=3, K=K, calib_x=x, iters=30).eval()
+        with torch.no_grad():
+            errs.append(float((pq(x) - ref).pow(2).mean() / ref.pow(2).mean()))
+    assert errs[0] > errs[1] > errs[2] > errs[3]
+    assert errs[3] < 1e-12  # exact up to the float32 codebook masked_kmeans returns
+
+
+def test_kmeans_subspaces_deterministic_and_local_optimum():
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(3, 200, 4, generator=g)
+    P1 = kmeans_subspaces(xs, 6, iters=50, seed=7)
+    P2 = kmeans_subspaces(xs, 6, iters=50, seed=7)
+    assert P1.shape == (3, 6, 4) and torch.equal(P1, P2)
+    # At a Lloyd fixed point each centroid is the mean of its members.
+    assign = nearest_prototype(xs.transpose(0, 1), P1).T
+    for c, k in itertools.product(range(3), range(6)):
+        members = xs[c][assign[c] == k]
+        assert len(members)
+        torch.testing.assert_close(P1[c, k], members.mean(0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(CodebookSizeError, match="calib_x"):
+        kmeans_subspaces(xs[:, :5], 6)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_straight_through_value_is_hard_and_gradient_is_soft():
+    conv, x, pq = make_pq_conv(v=6, K=8)
+    pq.set_temperature(0.5)
+    with torch.no_grad():
+        y_hard = pq.eval()(x)
+    pq.train()
+    xg = x.clone().requires_grad_(True)
+    y = pq(xg)
+    torch.testing.assert_close(y, y_hard, rtol=0, atol=1e-12)  # forward = hard assignment
+    gy = torch.randn_like(y)
+    (y * gy).sum().backward()
+    assert pq.prototypes.grad.abs().sum() > 0
+    assert pq.weight.grad.abs().sum() > 0
+    assert xg.grad.abs().sum() > 0  # upstream layers learn through the soft assignment
+
+    # Reference: d/dtheta [ hard @ LUT(theta) + soft(theta) @ LUT.detach() ].
+    P = pq.prototypes.detach().clone().requires_grad_(True)
+    W = pq.weight.detach().clone().requires_grad_(True)
+    a = hand_patches(x, pq.kernel_size, pq.stride, pq.padding).reshape(-1, pq.num_subspaces, pq.v)
+    Wm = W.permute(0, 2, 3, 1).reshape(5, -1)
+    lut = torch.einsum("ckv,ocv->cko", P, Wm.reshape(5, pq.num_subspaces, pq.v))
+    idx = torch.from_numpy(brute_nearest(a.numpy(), P.detach().numpy()))
+    hard = F.one_hot(idx, pq.K).double()
+    dist = ((a[:, :, None, :] - P[None]) ** 2).sum(-1)
+    soft = torch.softmax(-dist / 0.5, -1)
+    out = (hard.flatten(1) @ lut.flatten(0, 1)) + (soft.flatten(1) @ lut.detach().flatten(0, 1)) + pq.bias.detach()
+    N, L = x.shape[0], a.shape[0] // x.shape[0]
+    out = out.reshape(N, *pq.output_size(7, 6), 5).permute(0, 3, 1, 2)
+    (out * gy).sum().backward()
+    torch.testing.assert_close(pq.prototypes.grad, P.grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(pq.weight.grad, W.grad, rtol=1e-9, atol=1e-9)
+
+
+def test_temperature_buffer():
+    _, _, pq = make_pq_conv()
+    pq.set_temperature(0.125)
+    assert float(pq.temperature) == 0.125 and "temperature" in dict(pq.named_buffers())
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            pq.set_temperature(bad)
+
+
+def test_convert_and_anneal_tiny_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2),
+    )
+    x = torch.randn(96, 1, 6, 6)
+    y = (x[:, 0, :3].mean((1, 2)) > x[:, 0, 3:].mean((1, 2))).long()  # top half brighter?
+    report = convert_to_pq(model, x, v=9, K=8, iters=5)
+    assert report == {"0": "kept dense: first/last layer", "2": "pq", "7": "kept dense: first/last layer"}
+    pq = model[2]
+    assert isinstance(pq, PQConv2d) and pq.num_subspaces == 6
+    pq.quantize_lut_(8)
+    model.eval()
+    with torch.no_grad():
+        before = F.cross_entropy(model(x), y).item()
+    anneal_pq(model, x, y, epochs=4, t_start=1.0, t_end=0.05, lr=1e-2, batch_size=32)
+    assert not model.training
+    assert float(pq.temperature) == pytest.approx(0.05)
+    with torch.no_grad():
+        after = F.cross_entropy(model(x), y).item()
+    assert after < before
+    codes, scale = pq.int_lut()  # scale refitted to the trained LUT
+    assert np.abs(codes).max() == 127 and scale == pytest.approx(float(pq.lut().detach().abs().max()) / 127)
+    with pytest.raises(UnsupportedLayerError):
+        anneal_pq(nn.Sequential(nn.Linear(2, 2)), x, y, epochs=1)
+
+
+# ----------------------------------------------------------------------------- LUT quantization
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_quantize_lut(bits):
+    conv, x, pq = make_pq_conv()
+    lut = pq.lut().detach()
+    pq.quantize_lut_(bits)
+    qmax = 2 ** (bits - 1) - 1
+    assert pq.lut_bits == bits and pq.lut_scale.dim() == 0
+    assert float(pq.lut_scale) == pytest.approx(float(lut.abs().max()) / qmax, rel=1e-12)
+    codes, scale = pq.int_lut()
+    assert codes.dtype == (np.int8 if bits == 8 else np.int16)
+    assert np.abs(codes).max() == qmax
+    assert np.abs(codes * scale - lut.numpy()).max() <= scale / 2 + 1e-12
+    # Eval forward now uses exactly codes * scale.
+    pq.eval()
+    with torch.no_grad():
+        y = pq(x)
+    patches = hand_patches(x, pq.kernel_size, pq.stride, pq.padding)
+    N, L, D = patches.shape
+    ref = hand_lut_output(patches.reshape(N * L, pq.num_subspaces, pq.v), pq.prototypes.detach(),
+                          hand_weight_matrix(conv.weight.detach()), conv.bias.detach(),
+                          lut=torch.from_numpy(codes.astype(np.float64)) * scale)
+    torch.testing.assert_close(y, ref.reshape(N, *pq.output_size(7, 6), 5).permute(0, 3, 1, 2), rtol=0, atol=1e-12)
+
+
+def test_quantize_lut_rejects_other_bits_and_needs_quantization_first():
+    _, _, pq = make_pq_conv()
+    with pytest.raises(ValueError, match="quantize_lut_"):
+        pq.int_lut()
+    for bad in (4, 12, 32):
+        with pytest.raises(BitWidthError):
+            pq.quantize_lut_(bad)
+
+
+def test_state_dict_round_trip_keeps_lut_format():
+    _, x, pq = make_pq_conv()
+    pq.quantize_lut_(16)
+    fresh = PQConv2d(4, 5, 3, padding=1, v=6, K=8).double()
+    assert fresh.lut_scale is None and fresh.lut_bits == 8
+    fresh.load_state_dict(pq.state_dict())
+    assert fresh.lut_bits == 16 and float(fresh.lut_scale) == float(pq.lut_scale)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), pq.eval()(x), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_bad_configs_raise_documented_errors():
+    with pytest.raises(ChannelDivisibilityError, match="pick v dividing"):
+        PQConv2d(4, 5, 3, v=5)  # D = 36
+    with pytest.raises(ChannelDivisibilityError):
+        PQLinear(10, 3, v=4)
+    with pytest.raises(CodebookSizeError, match="K >= 2"):
+        PQLinear(8, 3, v=4, K=1)
+    with pytest.raises(VectorLengthError, match="v >= 1"):
+        PQLinear(8, 3, v=0)
+    with pytest.raises(UnsupportedLayerError, match="groups"):
+        PQConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2), v=9, calib_x=torch.zeros(1, 4, 5, 5))
+    with pytest.raises(UnsupportedLayerError, match="dilat"):
+        PQConv2d.from_conv(nn.Conv2d(4, 4, 3, dilation=2), v=9, calib_x=torch.zeros(1, 4, 5, 5))
+    with pytest.raises(ShapeMismatchError, match="calib_x"):
+        PQConv2d.from_conv(nn.Conv2d(4, 4, 3), v=9)
+    with pytest.raises(ShapeMismatchError):
+        PQConv2d(4, 5, 3, v=9)(torch.zeros(1, 3, 5, 5))
+    for err in (ChannelDivisibilityError, CodebookSizeError, VectorLengthError, UnsupportedLayerError):
+        assert issubclass(err, ValueError)
+
+
+# ----------------------------------------------------------------------------- accounting
+
+
+def test_stored_bits_hand_count():
+    pq = PQConv2d(4, 8, 3, padding=1, v=9, K=16)  # D = 36, C = 4
+    C, K, v, cout = 4, 16, 9, 8
+    assert pq.num_subspaces == C
+    assert pq.stored_bits() == {
+        "prototypes": C * K * v * 8,  # int8 in the input activation's grid
+        "lut": C * K * cout * 8,
+        "lut_scale": 32,
+        "bias": cout * 32,
+    }
+    assert pq.float_bits() == (cout * 4 * 9 + cout) * 32
+    pq.quantize_lut_(16)
+    assert pq.stored_bits()["lut"] == C * K * cout * 16
+    lin = PQLinear(18, 5, bias=False, v=9, K=4)
+    assert lin.stored_bits() == {"prototypes": 2 * 4 * 9 * 8, "lut": 2 * 4 * 5 * 8, "lut_scale": 32, "bias": 0}
+    assert lin.float_bits() == 18 * 5 * 32
+
+
+def test_attributes_for_the_lowering():
+    conv = nn.Conv2d(3, 4, (3, 3), stride=2, padding=1)
+    pq = PQConv2d.from_conv(conv, calib_x=torch.randn(2, 3, 8, 8), iters=2)
+    assert (pq.in_channels, pq.out_channels, pq.kernel_size, pq.stride, pq.padding) == (3, 4, (3, 3), (2, 2), (1, 1))
+    assert (pq.v, pq.K, pq.num_subspaces) == (9, 16, 3)
+    assert isinstance(pq.prototypes, nn.Parameter) and pq.prototypes.shape == (3, 16, 9)
+    assert isinstance(pq.weight, nn.Parameter) and pq.weight.shape == conv.weight.shape
+    assert pq.lut().shape == (3, 16, 4) and pq.lut_scale is None and pq.lut_bits == 8
+    assert PQConv2d.from_conv(nn.Conv2d(3, 4, 3, padding="same"), calib_x=torch.randn(1, 3, 4, 4),
+                              iters=1).padding == (1, 1)
