@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import save, table  # noqa: E402
 from flow.compile import EngineConfig, lower  # noqa: E402
 from flow.compress import compress  # noqa: E402
-from flow.hls import Engine  # noqa: E402
+from flow.hls.csim import Engine  # noqa: E402
 from flow.quant import quantize_input, quantize_model  # noqa: E402
 from flow.quant import run as golden_run  # noqa: E402
 from models import data as datasets  # noqa: E402
@@ -51,7 +51,7 @@ def vqhls_row(label: str, model, data_name: str, limit: int | None, method: str 
     if method:
         model = compress(model, method=method, n=2, m=4, k=64 if "lenet" in label else 256, d=8, clip_k=True)
     q = quantize_model(model, torch.from_numpy(xtr[:256]))
-    x = quantize_input(xte, q.in_scale, q.in_unsigned)
+    x = quantize_input(xte, q.in_tensor.scale, q.in_tensor.unsigned)
     engine = EngineConfig()
     prog = lower(q, engine)
     hw = Engine(engine)

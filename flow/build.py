@@ -117,7 +117,7 @@ def run(a: argparse.Namespace) -> int:
     with T.stage("quantize"):
         calib = torch.from_numpy(xtr[: recipe["calib"]])
         qgraph = quantize_model(cmodel, calib)
-        x_int = quantize_input(xte, qgraph.in_scale, qgraph.in_unsigned)
+        x_int = quantize_input(xte, qgraph.in_tensor.scale, qgraph.in_tensor.unsigned)
         gold = golden_run(qgraph, x_int)
         summary["golden_acc"] = float((gold.reshape(len(xte), -1).argmax(1) == yte).mean())
     if a.stage == "quantize":
@@ -131,11 +131,18 @@ def run(a: argparse.Namespace) -> int:
     if a.stage == "lower":
         return _finish(summary, T, a)
 
-    from flow.hls import Engine, write_project
+    from flow.hls.csim import Engine
+    from flow.hls.lint import lint_project
+    from flow.hls.project import write_project
 
     with T.stage("hls"):
-        project = write_project(engine, out / "hls", program=program)
-        hw = Engine(engine)
+        # the project carries the test vectors, so its own `make csim` re-checks them without Python
+        project = write_project(engine, out / "hls", program=program, inputs=x_int, expected=gold)
+        problems = lint_project(project.path)
+        if problems:
+            raise RuntimeError("emitted HLS fails the synthesizability lint:\n" + "\n".join(map(str, problems)))
+        hw = Engine(engine, project=project)
+        print(f"HLS project: {project.path}", file=sys.stderr)
     if a.stage == "hls":
         return _finish(summary, T, a)
 

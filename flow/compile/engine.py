@@ -28,6 +28,13 @@ class EngineConfig:
     act_bits: int = 8
     weight_bits: int = 8
     acc_bits: int = 32
+    # lookup engine (PQ ops). pq=False builds no lookup unit; the engine rejects PQ ops (ERR_OPCODE).
+    pq: bool = True
+    pq_v_max: int = 16        # longest subvector (the encoder's distance units are v_max wide)
+    pq_k_max: int = 64        # most prototypes per subspace (distances computed in parallel over K)
+    pq_subspaces_max: int = 1024   # most subspaces (KH*KW*C / v) of a layer: on-chip prototype rows
+    lut_bytes: int = 256 << 10     # on-chip LUT memory (16-bit entries). A layer whose LUT is larger
+                                   # still runs: its LUT rows are read from DDR per lookup (streamed)
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.n > self.m:
@@ -35,6 +42,13 @@ class EngineConfig:
         for name in ("rows", "cols", "k_max", "d_max", "act_buf_bytes", "num_bufs", "max_channels", "max_kernel", "max_ops"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1")
+        for name in ("pq_v_max", "pq_k_max", "pq_subspaces_max", "lut_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EngineConfig.{name} must be >= 1")
+        if self.pq_v_max > 64:
+            raise ValueError(f"EngineConfig: pq_v_max={self.pq_v_max} > 64 is not supported")
+        if self.pq_k_max > 256:
+            raise ValueError(f"EngineConfig: pq_k_max={self.pq_k_max} > 256 is not supported (8-bit codes)")
         if self.d_max % self.m:
             raise ValueError(f"EngineConfig: d_max={self.d_max} must be a multiple of m={self.m}")
         if self.d_max > 16:

@@ -27,12 +27,17 @@ def _parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m flow.compress", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="zoo model name (lenet-digits, cnn-fmnist, resnet20)")
     ap.add_argument("--data", default=None, help="dataset (default: the model's)")
-    ap.add_argument("--method", default="mvq", help="mvq (N:M + masked k-means) or vq (dense codebooks)")
+    ap.add_argument("--method", default="mvq",
+                    help="mvq (N:M + masked k-means), vq (dense codebooks), pq (lookup tables), vecq (b-bit weights)")
     ap.add_argument("--n", type=int, default=2, help="keep n of every m weights (default 2)")
     ap.add_argument("--m", type=int, default=4, help="N:M group size (default 4)")
     ap.add_argument("--k", type=int, default=256, help="codebook size (default 256)")
     ap.add_argument("--d", type=int, default=8, help="vector length along Cin (default 8)")
     ap.add_argument("--iters", type=int, default=20, help="k-means iterations (default 20)")
+    ap.add_argument("--v", type=int, default=9, help="pq: subvector length (default 9)")
+    ap.add_argument("--K", type=int, default=16, help="pq: prototypes per subspace (default 16)")
+    ap.add_argument("--lut-bits", type=int, default=8, help="pq: LUT bits, 8 or 16 (default 8)")
+    ap.add_argument("--bits", type=int, default=4, help="vecq: weight bits 2..8 (default 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=["first", "last"],
                     help="layers kept dense: 'first', 'last' and/or module names (default: first last)")
@@ -102,15 +107,20 @@ def run(a: argparse.Namespace) -> int:
     shape = datasets.INFO.get(data_name, {}).get("shape")
     if shape is not None:
         probe = zoo.get(a.model, in_channels=shape[0], num_classes=datasets.INFO[data_name]["classes"])
-        plan(probe, a.method, a.n, a.m, a.k, a.d, a.skip, None, a.iters, a.seed, a.clip_k)
+        plan(probe, a.method, a.n, a.m, a.k, a.d, a.skip, None, a.iters, a.seed, a.clip_k, a.v, a.K, a.bits,
+             a.lut_bits)
 
     xt, yt = datasets.load(data_name, "test")
     model = _trained_model(a.model, data_name, a.train_epochs, a.train_limit, not a.quiet)
     acc = {"float": _accuracy(model, xt, yt)}
 
+    calib = None
+    if a.method == "pq":  # prototypes are learnt from activations
+        calib = torch.from_numpy(datasets.load(data_name, "train")[0][:512])
     t0 = time.perf_counter()
     comp = compress(model, a.method, a.n, a.m, a.k, a.d, skip=a.skip, iters=a.iters, seed=a.seed,
-                    quantize_codebooks=not a.float_codebooks, clip_k=a.clip_k)
+                    quantize_codebooks=not a.float_codebooks, clip_k=a.clip_k, data=calib, v=a.v, K=a.K,
+                    bits=a.bits, lut_bits=a.lut_bits)
     t_comp = time.perf_counter() - t0
     acc["compressed"] = _accuracy(comp, xt, yt)
     report = compression_report(comp)
@@ -124,7 +134,13 @@ def run(a: argparse.Namespace) -> int:
     if a.calibrate:
         comp = recalibrate_bn_(copy.deepcopy(comp), x[:a.calibrate]).eval()
         acc["compressed+bn-calibrated"] = _accuracy(comp, xt, yt)
-    if a.finetune_epochs:
+    if a.finetune_epochs and a.method == "pq":  # LUT-NN: soft assignment with an annealed temperature
+        from .pq import anneal_pq
+
+        anneal_pq(comp, torch.as_tensor(x), torch.as_tensor(y), epochs=a.finetune_epochs, lr=a.finetune_lr,
+                  batch_size=a.batch_size, seed=a.seed)
+        acc[f"finetuned ({a.finetune_epochs} epochs)"] = _accuracy(comp, xt, yt)
+    elif a.finetune_epochs:
         finetune(comp, x, y, epochs=a.finetune_epochs, lr=a.finetune_lr, batch_size=a.batch_size, seed=a.seed)
         acc[f"finetuned ({a.finetune_epochs} epochs)"] = _accuracy(comp, xt, yt)
 

@@ -23,8 +23,8 @@ from .vq import VQConv2d, VQLinear
 
 __all__ = ["compress", "compression_report", "Report", "LayerRow", "METHODS", "plan"]
 
-METHODS = ("mvq", "vq")
-_OVERRIDE_KEYS = ("method", "n", "m", "k", "d", "iters", "seed")
+METHODS = ("mvq", "vq", "pq", "vecq")
+_OVERRIDE_KEYS = ("method", "n", "m", "k", "d", "iters", "seed", "v", "K", "bits", "lut_bits")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class LayerPlan:
     d: int
     iters: int
     seed: int
+    v: int = 0         # pq: subvector length
+    K: int = 0         # pq: prototypes per subspace
+    bits: int = 0      # vecq: weight bits; pq: LUT bits
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -69,6 +72,10 @@ def plan(
     iters: int = 20,
     seed: int = 0,
     clip_k: bool = False,
+    v: int = 9,
+    K: int = 16,
+    bits: int = 4,
+    lut_bits: int = 8,
 ) -> list[LayerPlan]:
     """Resolve and validate the per-layer configuration of :func:`compress` without clustering anything.
 
@@ -76,7 +83,8 @@ def plan(
     Raises every documented error up front, so a bad argument fails in milliseconds.
     """
     _check_method(method)
-    check_nm(n, m)
+    if method in ("mvq", "vq"):
+        check_nm(n, m)
     if method == "mvq" and n >= m:
         raise NMConfigError(
             f"method='mvq' needs sparsity, i.e. n < m, got n={n}, m={m}: use method='vq' for dense codebooks"
@@ -122,7 +130,8 @@ def plan(
         if ov is None and name in skipped:
             plans.append(LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0))
             continue
-        cfg = dict(method=method, n=n, m=m, k=k, d=d, iters=iters, seed=seed)
+        cfg = dict(method=method, n=n, m=m, k=k, d=d, iters=iters, seed=seed, v=v, K=K, bits=bits,
+                   lut_bits=lut_bits)
         cfg.update(ov or {})
         lm = cfg["method"]
         if lm == "none":
@@ -137,6 +146,10 @@ def plan(
                     raise  # explicitly asked for: say why it cannot be done
                 plans.append(LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0))
                 continue  # the default sweep leaves grouped/dilated convs dense
+        if lm in ("pq", "vecq"):
+            lp = _plan_pq_vecq(name, kind, mod, cfg, explicit=ov is not None)
+            plans.append(lp)
+            continue
         ln, lmm = cfg["n"], cfg["m"]
         check_nm(ln, lmm)
         if lm == "mvq" and ln >= lmm:
@@ -153,6 +166,31 @@ def plan(
         check_layer_config(name, cin, nvec, ln, lmm, lk, ld)
         plans.append(LayerPlan(name, kind, lm, ln, lmm, lk, ld, int(cfg["iters"]), int(cfg["seed"])))
     return plans
+
+
+def _plan_pq_vecq(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: bool) -> LayerPlan:
+    """Validate a PQ or VecQ layer; the default sweep keeps a PQ layer dense when D % v != 0."""
+    from .vecq import check_bits
+
+    if cfg["method"] == "vecq":
+        check_bits(cfg["bits"])
+        return LayerPlan(name, kind, "vecq", 0, 0, 0, 0, 0, 0, bits=int(cfg["bits"]))
+    from .errors import ChannelDivisibilityError, CodebookSizeError, VectorLengthError
+
+    lv, lK, lb = cfg["v"], cfg["K"], cfg["lut_bits"]
+    if not isinstance(lv, int) or lv < 1:
+        raise VectorLengthError(f"layer {name!r}: PQ subvector length v={lv!r} must be a positive integer")
+    if not isinstance(lK, int) or lK < 2:
+        raise CodebookSizeError(f"layer {name!r}: PQ needs K >= 2 prototypes per subspace, got K={lK!r}")
+    if lb not in (8, 16):
+        raise CompressionError(f"layer {name!r}: lut_bits={lb!r}: the lookup tables are int8 or int16, use 8 or 16")
+    D = mod.weight[0].numel()  # im2col patch length (Cin*kh*kw) or in_features
+    if D % lv:
+        if explicit:
+            raise ChannelDivisibilityError(
+                f"layer {name!r}: patch length {D} is not divisible by v={lv}: choose v dividing {D}")
+        return LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0)
+    return LayerPlan(name, kind, "pq", 0, 0, 0, 0, int(cfg["iters"]), int(cfg["seed"]), v=lv, K=lK, bits=lb)
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -174,12 +212,18 @@ def compress(
     seed: int = 0,
     quantize_codebooks: bool = True,
     clip_k: bool = False,
+    v: int = 9,
+    K: int = 16,
+    bits: int = 4,
+    lut_bits: int = 8,
 ) -> nn.Module:
     """A deep copy of ``model`` with its Conv2d/Linear layers replaced by MVQ or VQ layers.
 
     Args:
         model: the float model (left untouched).
-        method: 'mvq' (N:M mask + masked k-means, needs n < m) or 'vq' (no mask; the layer gets n = m).
+        method: 'mvq' (N:M mask + masked k-means, needs n < m), 'vq' (no mask; the layer gets n = m),
+            'pq' (activation product quantization with lookup tables; needs ``data``) or 'vecq'
+            (b-bit weights with the vector-loss step).  ``overrides`` may mix methods per layer.
         n, m: keep n of every m consecutive weights along Cin.
         k, d: codebook size and vector length (d % m == 0, Cin % d == 0 for every compressed layer).
         skip: 'first' / 'last' (first / last Conv2d-or-Linear in module order) and/or module names;
@@ -190,33 +234,62 @@ def compress(
         overrides: ``{layer name: dict(method=..., n=..., m=..., k=..., d=..., iters=..., seed=...)}``;
             method 'none' keeps a layer dense.  An override wins over ``skip``.
         iters, seed: masked k-means iterations and seed (deterministic).
+        v, K, lut_bits: PQ subvector length, prototypes per subspace, LUT bits (8 or 16).
+        bits: VecQ weight bits (2..8).
         quantize_codebooks: make every codebook int8 with a per-layer scale (what the engine stores).
         clip_k: use ``min(k, number of vectors)`` per layer instead of raising :class:`CodebookSizeError`.
 
     Grouped or dilated convolutions are kept dense by the default sweep; naming one in
     ``overrides`` raises :class:`UnsupportedLayerError`.  All errors subclass ValueError.
     """
-    plans = plan(model, method, n, m, k, d, skip, overrides, iters, seed, clip_k)
+    plans = plan(model, method, n, m, k, d, skip, overrides, iters, seed, clip_k, v, K, bits, lut_bits)
+    calib = None
+    if data is not None:
+        calib = data[0] if isinstance(data, (tuple, list)) else data
+        calib = (calib if isinstance(calib, Tensor) else torch.from_numpy(np.asarray(calib))).float()
+    if any(p.method == "pq" for p in plans) and calib is None:
+        raise CompressionError("method 'pq' learns its prototypes from activations: pass data=<calibration "
+                               "inputs [N, C, H, W]> (a few hundred training images)")
     out = copy.deepcopy(model)
     modules = dict(out.named_modules())
-    for p in plans:
+    for p in plans:  # module order: a PQ layer calibrates on the inputs of the model converted so far
         if p.method == "none":
             continue
         mod = modules[p.name]
-        if p.kind == "conv":
+        if p.method in ("pq", "vecq"):
+            new = _make_pq_vecq(out, mod, p, calib)
+        elif p.kind == "conv":
             new = (MVQConv2d.from_conv(mod, p.n, p.m, p.k, p.d, p.iters, p.seed, name=p.name) if p.method == "mvq"
                    else VQConv2d.from_conv(mod, p.k, p.d, p.iters, p.seed, m=p.m, name=p.name))
         else:
             new = (MVQLinear.from_linear(mod, p.n, p.m, p.k, p.d, p.iters, p.seed, name=p.name) if p.method == "mvq"
                    else VQLinear.from_linear(mod, p.k, p.d, p.iters, p.seed, m=p.m, name=p.name))
         new.to(mod.weight.device)
-        if quantize_codebooks:
+        if quantize_codebooks and p.method in ("mvq", "vq"):
             new.quantize_codebook_(8)
         new.train(mod.training)
         _set_module(out, p.name, new)
-    if data is not None:
-        recalibrate_bn_(out, data[0] if isinstance(data, (tuple, list)) else data)
+    if calib is not None:
+        recalibrate_bn_(out, calib)
     return out
+
+
+def _make_pq_vecq(model: nn.Module, mod: nn.Module, p: LayerPlan, calib: Tensor | None) -> nn.Module:
+    from .pq import PQConv2d, PQLinear, _layer_inputs
+    from .vecq import VecQConv2d, VecQLinear
+
+    if p.method == "vecq":
+        return VecQConv2d.from_conv(mod, p.bits) if p.kind == "conv" else VecQLinear.from_linear(mod, p.bits)
+    was = model.training
+    model.eval()
+    x = _layer_inputs(model, mod, calib[:512], batch_size=128)
+    model.train(was)
+    if p.kind == "conv":
+        new = PQConv2d.from_conv(mod, p.v, p.K, calib_x=x, iters=p.iters, seed=p.seed)
+    else:
+        new = PQLinear.from_linear(mod, p.v, p.K, calib_x=x, iters=p.iters, seed=p.seed)
+    new.quantize_lut_(p.bits)
+    return new
 
 
 @torch.no_grad()
@@ -270,7 +343,10 @@ class LayerRow:
         return self.float_bits / self.total_bits if self.total_bits else float("inf")
 
 
-_COLUMNS = ("weights", "indices", "masks", "codebook", "scale", "bias", "bn")
+_COLUMNS = ("weights", "indices", "masks", "codebook", "lut", "scale", "bias", "bn")
+# PQ / VecQ layers name their parts themselves; fold them into the report's columns
+_PART_COLUMN = {"prototypes": "codebook", "lut": "lut", "lut_scale": "scale", "weight": "weights", "step": "scale",
+                "bias": "bias"}
 
 
 @dataclass
@@ -357,6 +433,13 @@ def compression_report(model: nn.Module, dense_bits: int = 32) -> Report:
                 "bias": 32 * nbias,
             }
             rows.append(LayerRow(name, type(mod).__name__, mod.method, wnum + nbias, bits))
+        elif hasattr(mod, "stored_bits") and hasattr(mod, "float_bits"):  # PQ and VecQ layers
+            method = "pq" if hasattr(mod, "prototypes") else "vecq"
+            bits: dict[str, int] = {}
+            for part, nbits in mod.stored_bits().items():
+                col = _PART_COLUMN.get(part, part)
+                bits[col] = bits.get(col, 0) + int(nbits)
+            rows.append(LayerRow(name, type(mod).__name__, method, mod.float_bits() // 32, bits))
         elif isinstance(mod, (nn.Conv2d, nn.Linear)):
             wnum = mod.weight.numel()
             nbias = mod.bias.numel() if mod.bias is not None else 0

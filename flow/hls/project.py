@@ -6,7 +6,8 @@ writes, atomically (rendered into a temporary sibling directory, then renamed
 into place, so a failure never leaves a half-written project)::
 
     build/hls/firmware/   engine_config.h regmap.h codebook_decoder.h systolic_array.h
-                          post_op.h top.h top.cpp          (the synthesizable engine)
+                          lookup_engine.h post_op.h top.h top.cpp   (the synthesizable engine;
+                          lookup_engine.h is included only when EngineConfig.pq)
     build/hls/tb/         tb.cpp (testbench main) bridge.cpp (ctypes entry points)
                           data/*.bin (test vectors, when given)
     build/hls/build.tcl   Vitis HLS: csim / csynth / cosim / export
@@ -46,6 +47,7 @@ TEMPLATES: dict[str, str] = {
     "firmware/regmap.h": "engine/regmap.h.j2",
     "firmware/codebook_decoder.h": "engine/codebook_decoder.h.j2",
     "firmware/systolic_array.h": "engine/systolic_array.h.j2",
+    "firmware/lookup_engine.h": "engine/lookup_engine.h.j2",
     "firmware/post_op.h": "engine/post_op.h.j2",
     "firmware/top.h": "engine/top.h.j2",
     "firmware/top.cpp": "engine/top.cpp.j2",
@@ -124,13 +126,26 @@ def derived_params(engine: EngineConfig) -> dict:
         problems.append(f"num_bufs={engine.num_bufs} < 2 (an op cannot write the buffer it reads)")
     if engine.act_buf_bytes >= 1 << 28:
         problems.append(f"act_buf_bytes={engine.act_buf_bytes} too large")
+    if engine.lut_bytes % 2:
+        problems.append(f"lut_bytes={engine.lut_bytes} is odd (the LUT memory holds 16-bit entries)")
     if problems:
         raise UnsupportedEngineConfig("EngineConfig not supported by the HLS templates: " + "; ".join(problems))
     pe_slots = engine.d_max * engine.n // engine.m
     max_passes = -(-engine.d_max // pe_slots)
     acc_pixels = max(engine.rows, (engine.act_buf_bytes // engine.cols) // engine.rows * engine.rows)
     coord_bits = (engine.act_buf_bytes + 2 * engine.max_kernel + 2).bit_length() + 2
+    k_pow2 = 1 << max(0, (engine.pq_k_max - 1).bit_length())
+    # largest squared distance of one subvector: v_max * (255 - (-128))^2, one spare bit for the sentinel
+    pq_dist_bits = (engine.pq_v_max * 383 * 383).bit_length() + 1
     return {
+        "pq_k_pow2": k_pow2,
+        "pq_k_levels": k_pow2.bit_length() - 1,
+        "pq_code_bits": max(1, (k_pow2 - 1).bit_length()),
+        "pq_dist_bits": pq_dist_bits,
+        "pq_lut_entries": engine.lut_bytes // 2,
+        "pq_oc_lanes": engine.cols,
+        "pq_max_pixels": engine.act_buf_bytes,
+        "pq_enc_ii": -(-engine.pq_v_max // 2),
         "pe_slots": pe_slots,
         "max_passes": max_passes,
         "tile_slots": max_passes * pe_slots,
@@ -168,6 +183,9 @@ def _context(engine: EngineConfig, part: str, clock_ns: float) -> dict:
         "header_words": program_mod.HEADER_WORDS,
         "desc_words": program_mod.DESC_WORDS,
         "desc_fields": list(program_mod.DESC_FIELDS),
+        # C enum name of each descriptor word; PQ fields get a prefix (K and k differ only by case)
+        "desc_enum": [(f, "D_PQ_" + f.upper() if f in program_mod.PQ_FIELDS else "D_" + f.upper())
+                      for f in program_mod.DESC_FIELDS],
         "opcodes": dict(program_mod.OPCODES),
         "wfmt_dense": program_mod.DENSE,
         "wfmt_codebook": program_mod.CODEBOOK,

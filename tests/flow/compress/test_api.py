@@ -85,7 +85,9 @@ def test_clip_k(net):
 
 
 @pytest.mark.parametrize("kwargs,cls,pattern", [
-    (dict(method="pq"), UnknownMethodError, "'mvq', 'vq'"),
+    (dict(method="kmeans"), UnknownMethodError, "'mvq', 'vq', 'pq', 'vecq'"),
+    (dict(method="pq"), CompressionError, "needs? data=|learns its prototypes"),
+    (dict(method="vecq", bits=9), CompressionError, "bits"),
     (dict(n=4, m=4), NMConfigError, "method='vq'"),
     (dict(n=5, m=4), NMConfigError, "n <= m"),
     (dict(n=0), NMConfigError, "at least one"),

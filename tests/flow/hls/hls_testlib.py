@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from flow.compile.engine import EngineConfig
-from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, Op, Program
+from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ, Op, Program
 
 INT32_MAX = (1 << 31) - 1
 
@@ -96,6 +96,54 @@ def conv_op(rng: np.random.Generator, *, H: int, W: int, C: int, OC: int, K: int
     return Op(CONV, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=OC, KH=K, KW=K, stride=stride, pad=pad,
               res_buf=res_buf, in_unsigned=in_unsigned, res_unsigned=res_unsigned, out_unsigned=out_unsigned,
               lo=lo, hi=hi, name=name, arrays=arrays, **kw)
+
+
+def pq_op(rng: np.random.Generator, *, H: int, W: int, C: int, OC: int, K: int = 3, stride: int = 1,
+          pad: int = 1, v: int = 9, Kp: int = 16, lut_bits: int = 8, in_unsigned: int = 0,
+          out_unsigned: int = 0, in_buf: int = 0, out_buf: int = 1, res_buf: int = -1, res_unsigned: int = 0,
+          ties: bool = True, bias_scale: float = 2000.0, shift_range=(1, 31), name: str = "pq") -> Op:
+    """A random PQ op (KH*KW*C must be a multiple of v). With ``ties``, distance ties are planted:
+    duplicate prototypes (k1 < k2 identical: every subvector that picks them is a tie) and, for
+    signed inputs, mirrored pairs +p / -p (an all-zero subvector, e.g. padding, is a tie)."""
+    D = K * K * C
+    assert D % v == 0, (D, v)
+    Cs = D // v
+    lo, hi = act_range(in_unsigned)
+    # prototypes near the data: a few clusters, so the argmin is not trivially one prototype
+    proto = rng.integers(lo, hi + 1, size=(Cs, Kp, v))
+    if ties and Kp >= 2:
+        for s in range(Cs):
+            k1, k2 = sorted(rng.choice(Kp, size=2, replace=False))
+            proto[s, k2] = proto[s, k1]
+            if not in_unsigned and Kp >= 4 and rng.random() < 0.5:
+                k3, k4 = sorted(rng.choice([k for k in range(Kp) if k not in (k1, k2)], size=2, replace=False))
+                proto[s, k4] = -np.clip(proto[s, k3], -127, 127)
+                proto[s, k3] = np.clip(proto[s, k3], -127, 127)
+    qmax = (1 << (lut_bits - 1)) - 1
+    lut = rng.integers(-qmax, qmax + 1, size=(Cs, Kp, OC))
+    OH, OW = out_size(H, K, stride, pad), out_size(W, K, stride, pad)
+    arrays: dict[str, np.ndarray] = dict(proto=proto, lut=lut)
+    arrays["bias"] = rng.integers(-int(bias_scale), int(bias_scale) + 1, size=OC)
+    acc_scale = np.full(OC, np.sqrt(Cs) * qmax * 0.6 + 1)
+    mult, shift, res_mult = requant_params(rng, acc_scale, 1.0 if res_buf >= 0 else None, shift_range)
+    arrays["mult"], arrays["shift"] = mult, shift
+    if res_mult is not None:
+        arrays["res_mult"] = res_mult
+    olo, ohi = act_range(out_unsigned)
+    return Op(PQ, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=OC, KH=K, KW=K, stride=stride, pad=pad,
+              res_buf=res_buf, in_unsigned=in_unsigned, res_unsigned=res_unsigned, out_unsigned=out_unsigned,
+              lo=olo, hi=ohi, v=v, K=Kp, lut_bits=lut_bits, name=name, arrays=arrays)
+
+
+def pq_program(rng: np.random.Generator, *, residual: bool = False, res_unsigned: int = 0, **kw) -> Program:
+    """One PQ op (buffer 0 -> 1); with ``residual`` a dense conv first writes the residual into buffer 2."""
+    if not residual:
+        return program(pq_op(rng, **kw))
+    geo = {k: kw[k] for k in ("H", "W", "C", "OC", "K", "stride", "pad") if k in kw}
+    res = conv_op(rng, **geo, in_unsigned=kw.get("in_unsigned", 0), out_unsigned=res_unsigned,
+                  in_buf=0, out_buf=2, shift_range=(8, 24), name="residual_src")
+    main = pq_op(rng, **kw, in_buf=0, out_buf=1, res_buf=2, res_unsigned=res_unsigned)
+    return program(res, main)
 
 
 def pool_op(rng: np.random.Generator, kind: str, *, H: int, W: int, C: int, K: int, stride: int,

@@ -17,7 +17,7 @@ from flow.hls.project import UnsupportedEngineConfig, load_project, write_projec
 from hls_testlib import DEFAULT_CFG, ODD_CFG, SMALL_CFG
 from host import regmap
 
-FIRMWARE = ["codebook_decoder.h", "engine_config.h", "post_op.h", "regmap.h", "systolic_array.h", "top.cpp", "top.h"]
+FIRMWARE = ["codebook_decoder.h", "engine_config.h", "lookup_engine.h", "post_op.h", "regmap.h", "systolic_array.h", "top.cpp", "top.h"]
 
 
 # ---------------------------------------------------------------------------
@@ -178,7 +178,9 @@ def test_makefile_csim(tmp_path):
 # ---------------------------------------------------------------------------
 # lint
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("cfg", [DEFAULT_CFG, SMALL_CFG, ODD_CFG], ids=["default", "small", "odd"])
+@pytest.mark.parametrize("cfg", [DEFAULT_CFG, SMALL_CFG, ODD_CFG, EngineConfig(pq=False),
+                                 EngineConfig(pq_v_max=9, pq_k_max=12, pq_subspaces_max=64, lut_bytes=1024)],
+                         ids=["default", "small", "odd", "no-pq", "pq-odd"])
 def test_lint_clean_on_emitted_projects(tmp_path, cfg):
     proj = write_project(cfg, tmp_path / "p")
     assert lint_mod.lint_project(proj.path) == []
