@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 MODEL ?= lenet-digits
 DATA ?=
-METHOD ?= mvq
+METHOD ?= mvq   # mvq | vq | pq | vecq | none
 LIMIT ?=
 CSIM_ARGS ?=
 

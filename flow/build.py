@@ -51,11 +51,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--stage", default="csim", choices=STAGES, help="run the pipeline up to this stage")
     ap.add_argument("--model", default="lenet-digits", help=f"one of {', '.join(zoo.names())}")
     ap.add_argument("--data", default=None, help="dataset (default: the model's own; resnet20 -> fashion-mnist)")
-    ap.add_argument("--method", default="mvq", choices=("mvq", "vq", "none"))
+    ap.add_argument("--method", default="mvq", choices=("mvq", "vq", "pq", "vecq", "none"))
     ap.add_argument("--n", type=int, default=2)
     ap.add_argument("--m", type=int, default=4)
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--d", type=int, default=None)
+    ap.add_argument("--v", type=int, default=9, help="pq: subvector length")
+    ap.add_argument("--K", type=int, default=16, help="pq: prototypes per subspace")
+    ap.add_argument("--bits", type=int, default=4, help="vecq: weight bits (2..8)")
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--train-epochs", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None, help="use the first N test images")
@@ -96,12 +99,19 @@ def run(a: argparse.Namespace) -> int:
         from flow.compress import compress, compression_report, finetune
 
         with T.stage("compress"):
-            cmodel = compress(model, method=a.method, n=a.n, m=a.m if a.method == "mvq" else a.n, k=k, d=d,
-                              clip_k=True)
+            calib = torch.from_numpy(xtr[:512]) if a.method == "pq" else None
+            cmodel = compress(model, method=a.method, n=a.n, m=a.m, k=k, d=d, clip_k=True, data=calib,
+                              v=a.v, K=a.K, bits=a.bits)
             summary["compressed_acc"] = trainer.evaluate(cmodel, xte, yte)
             if ft_epochs:
                 lim = recipe["finetune_limit"] or len(xtr)
-                finetune(cmodel, torch.from_numpy(xtr[:lim]), torch.from_numpy(ytr[:lim]), epochs=ft_epochs)
+                xf, yf = torch.from_numpy(xtr[:lim]), torch.from_numpy(ytr[:lim])
+                if a.method == "pq":  # LUT-NN: soft assignment annealed towards the hard lookup
+                    from flow.compress.pq import anneal_pq
+
+                    anneal_pq(cmodel, xf, yf, epochs=ft_epochs)
+                else:
+                    finetune(cmodel, xf, yf, epochs=ft_epochs)
             summary["finetuned_acc"] = trainer.evaluate(cmodel, xte, yte)
             report = compression_report(cmodel)
             summary["ratio"] = report.ratio
