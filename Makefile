@@ -8,7 +8,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 MODEL ?= lenet-digits
 DATA ?=
-METHOD ?= mvq   # mvq | vq | pq | vecq | none
+# METHOD: mvq | vq | pq | vecq | none
+METHOD ?= mvq
 LIMIT ?=
 CSIM_ARGS ?=
 
