@@ -138,6 +138,8 @@ def run(a: argparse.Namespace) -> int:
     with T.stage("lower"):
         engine = EngineConfig(n=a.n, m=a.m)
         program = lower(qgraph, engine)
+        summary["program_bytes"] = len(program.to_bytes())
+        summary["float_bytes"] = 4 * sum(p.numel() for p in model.parameters())
     if a.stage == "lower":
         return _finish(summary, T, a)
 
@@ -178,6 +180,11 @@ def _finish(summary: dict, T: Timer, a: argparse.Namespace) -> int:
             print(f"  {label:<26} {100 * summary[key]:6.2f}%")
     if "ratio" in summary:
         print(f"  {'compression ratio':<26} {summary['ratio']:6.2f}x (every stored bit vs float32)")
+    if "program_bytes" in summary:
+        # the Program image is word-aligned for the engine (uint16 indices and masks), so it is
+        # larger than the format's bit count above
+        print(f"  {'program image':<26} {summary['program_bytes']:,} bytes "
+              f"({summary['float_bytes'] / summary['program_bytes']:.2f}x smaller than float32 parameters)")
     if "csim_images_per_s" in summary:
         print(f"  {'C-sim speed':<26} {summary['csim_images_per_s']:.1f} images/s")
     for name, sec in T.times.items():
