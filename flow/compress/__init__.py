@@ -16,7 +16,7 @@ from .errors import (
     UnsupportedLayerError,
     VectorLengthError,
 )
-from .finetune import finetune, requantize_codebooks_
+from .finetune import finetune, nm_prune_finetune, requantize_codebooks_
 from .kmeans import KMeansResult, assign_nearest, masked_kmeans
 from .mvq import MVQConv2d, MVQLinear, mask_bits_per_group
 from .nm import is_nm_sparse, nm_mask
@@ -24,7 +24,7 @@ from .vq import VQConv2d, VQLinear
 
 __all__ = [
     "compress", "compression_report", "plan", "recalibrate_bn_", "Report", "LayerRow",
-    "finetune", "requantize_codebooks_",
+    "finetune", "nm_prune_finetune", "requantize_codebooks_",
     "masked_kmeans", "assign_nearest", "KMeansResult",
     "nm_mask", "is_nm_sparse", "mask_bits_per_group",
     "MVQConv2d", "MVQLinear", "VQConv2d", "VQLinear",

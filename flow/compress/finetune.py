@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .errors import CompressionError, ShapeMismatchError
 from .mvq import _CodebookLayer
 
-__all__ = ["finetune", "requantize_codebooks_"]
+__all__ = ["finetune", "nm_prune_finetune", "requantize_codebooks_"]
 
 
 def _as_tensor(a) -> Tensor:
@@ -82,3 +82,50 @@ def finetune(
     model.eval()
     requantize_codebooks_(model)
     return model
+
+
+def nm_prune_finetune(
+    model: nn.Module,
+    x,
+    y,
+    n: int = 2,
+    m: int = 4,
+    epochs: int = 1,
+    skip=("first", "last"),
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """MVQ's first step: N:M-prune the layers MVQ will compress and retrain the survivors (in place).
+
+    The magnitude mask of each layer (groups of m along Cin, as MVQ cuts its vectors) is
+    fixed; pruned weights are zeroed and their gradients masked, so with Adam (no weight
+    decay) they stay exactly zero while the kept weights adapt. Masked k-means on the
+    result then clusters weights that already work without their pruned neighbours.
+    x [N, C, H, W], y [N]. Returns ``{layer name: mask}`` (0/1, the weight's shape).
+    """
+    from .api import plan
+    from .nm import nm_mask
+
+    plans = plan(model, "mvq", n, m, k=2, d=m, skip=skip, clip_k=True)
+    modules = dict(model.named_modules())
+    masks: dict[str, Tensor] = {}
+    hooks = []
+    for p in plans:
+        if p.method == "none":
+            continue
+        w = modules[p.name].weight
+        mask = nm_mask(w.detach(), n, m, dim=1).to(w.dtype)
+        with torch.no_grad():
+            w.mul_(mask)
+        hooks.append(w.register_hook(lambda g, mask=mask: g * mask))
+        masks[p.name] = mask
+    try:
+        finetune(model, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():  # exact zeros whatever the optimizer did
+        for name, mask in masks.items():
+            modules[name].weight.mul_(mask)
+    return masks

@@ -52,3 +52,32 @@ def test_finetune_keeps_float_codebooks_float_and_zero_epochs_is_a_no_op():
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     finetune(model, x, y, epochs=1, lr=1e-2, batch_size=8)
     assert all(mod.codebook_scale is None for mod in model.modules() if isinstance(mod, MVQConv2d))
+
+
+def test_nm_prune_finetune_keeps_nm_sparsity_and_retrains_survivors():
+    import copy
+
+    from flow.compress import nm_prune_finetune
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 4 * 4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    x = torch.randn(96, 1, 4, 4)
+    y = torch.randint(0, 3, (96,))
+    before = copy.deepcopy(net)
+    masks = nm_prune_finetune(net, x, y, n=2, m=4, epochs=3, lr=1e-2)
+    assert set(masks) == {"2", "5"}  # first and last layer are skipped, as compress() skips them
+    for name, mask in masks.items():
+        w = dict(net.named_modules())[name].weight.detach()
+        w0 = dict(before.named_modules())[name].weight.detach()
+        # every group of 4 consecutive input channels keeps exactly 2 non-pruned positions
+        groups = mask.transpose(0, 1).reshape(mask.shape[1] // 4, 4, -1)
+        assert torch.all(groups.sum(1) == 2)
+        assert torch.all(w[mask == 0] == 0)  # pruned stay exactly zero through training
+        # the kept weights were the largest of their group before training, and training moved them
+        kept = w0.abs().transpose(0, 1).reshape(w0.shape[1] // 4, 4, -1)
+        top2 = kept.topk(2, dim=1).values[:, -1:, :]
+        assert torch.all((kept >= top2) == (groups == 1))
+        assert not torch.equal(w[mask == 1], w0[mask == 1])
+    assert torch.equal(net[0].weight.detach() != 0, before[0].weight.detach() != 0)  # the first layer is dense
