@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import save, table  # noqa: E402
 from flow.compile import EngineConfig, lower  # noqa: E402
-from flow.compress import compress  # noqa: E402
+from flow.compress import compress, finetune  # noqa: E402
 from flow.hls.csim import Engine  # noqa: E402
 from flow.quant import quantize_input, quantize_model  # noqa: E402
 from flow.quant import run as golden_run  # noqa: E402
@@ -48,8 +48,11 @@ def vqhls_row(label: str, model, data_name: str, limit: int | None, method: str 
     xte, yte = datasets.load(data_name, "test")
     if limit:
         xte, yte = xte[:limit], yte[:limit]
-    if method:
-        model = compress(model, method=method, n=2, m=4, k=64 if "lenet" in label else 256, d=8, clip_k=True)
+    if method:  # as make csim does: compress, re-estimate BN, one short codebook fine-tuning epoch
+        model = compress(model, method=method, n=2, m=4, k=64 if "lenet" in label else 256, d=8, clip_k=True,
+                         data=torch.from_numpy(xtr[:1024]))
+        _, ytr = datasets.load(data_name, "train")
+        finetune(model, torch.from_numpy(xtr[:5000]), torch.from_numpy(ytr[:5000]), epochs=1)
     q = quantize_model(model, torch.from_numpy(xtr[:256]))
     x = quantize_input(xte, q.in_tensor.scale, q.in_tensor.unsigned)
     engine = EngineConfig()
