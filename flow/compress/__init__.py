@@ -3,7 +3,7 @@
 ``compress(model, method="mvq", n=2, m=4, k=256, d=8)`` returns a compressed
 deep copy; ``compression_report(model).table()`` counts every stored bit.
 """
-from .api import LayerRow, Report, compress, compression_report, plan, recalibrate_bn_
+from .api import LayerRow, Report, compress, compression_report, plan, recalibrate_bn_, recipe
 from .errors import (
     ChannelDivisibilityError,
     CodebookSizeError,
@@ -24,7 +24,7 @@ from .vq import VQConv2d, VQLinear
 
 __all__ = [
     "compress", "compression_report", "plan", "recalibrate_bn_", "Report", "LayerRow",
-    "finetune", "nm_prune_finetune", "requantize_codebooks_",
+    "finetune", "nm_prune_finetune", "recipe", "requantize_codebooks_",
     "masked_kmeans", "assign_nearest", "KMeansResult",
     "nm_mask", "is_nm_sparse", "mask_bits_per_group",
     "MVQConv2d", "MVQLinear", "VQConv2d", "VQLinear",

@@ -21,7 +21,7 @@ from .mvq import MVQConv2d, MVQLinear, _check_conv, _CodebookLayer, check_layer_
 from .nm import check_nm
 from .vq import VQConv2d, VQLinear
 
-__all__ = ["compress", "compression_report", "Report", "LayerRow", "METHODS", "plan"]
+__all__ = ["compress", "compression_report", "Report", "LayerRow", "METHODS", "plan", "recipe"]
 
 METHODS = ("mvq", "vq", "pq", "vecq")
 _OVERRIDE_KEYS = ("method", "n", "m", "k", "d", "iters", "seed", "v", "K", "bits", "lut_bits")
@@ -191,6 +191,22 @@ def _plan_pq_vecq(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: boo
                 f"layer {name!r}: patch length {D} is not divisible by v={lv}: choose v dividing {D}")
         return LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0)
     return LayerPlan(name, kind, "pq", 0, 0, 0, 0, int(cfg["iters"]), int(cfg["seed"]), v=lv, K=lK, bits=lb)
+
+
+def recipe(model: nn.Module, rule) -> dict[str, dict[str, Any]]:
+    """Per-layer ``overrides`` for :func:`compress` from a rule over the Conv2d/Linear layers.
+
+    ``rule(name, module) -> dict | None``, e.g. PQ for 3x3 convs and the default method elsewhere::
+
+        compress(model, "mvq", data=x, overrides=recipe(model, lambda n, m: dict(method="pq")
+                 if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) else None))
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, mod in _candidates(model):
+        cfg = rule(name, mod)
+        if cfg:
+            out[name] = dict(cfg)
+    return out
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -70,9 +70,9 @@ __all__ = [
 ]
 
 LUT_BITS = (8, 16)
-# Elements of the largest temporary tensor the hard-lookup path builds at once
-# ([rows, C, Cout] gather); bounds memory for big batches of big feature maps.
-_CHUNK_ELEMS = 1 << 22
+# Elements of one [C, K, m] distance block: about L2-sized, so the distance, argmin and (in
+# training) softmax passes over a block run in cache; also bounds memory for big batches.
+_SCORE_CHUNK = 1 << 18
 
 
 def _check_pq(D: int, v: int, K: int, where: str) -> int:
@@ -102,6 +102,63 @@ def _scan_nearest(a: Tensor, P: Tensor) -> Tensor:
     return best_i
 
 
+def _chunk_cols(C: int, K: int, M: int) -> int:
+    """Columns (subvector positions) per distance block [C, K, m]."""
+    return max(1, min(M, _SCORE_CHUNK // (C * K)))
+
+
+def _scores(aT: Tensor, P: Tensor, pn: Tensor) -> Tensor:
+    """``e[c, k, m] = ||P[c, k]||^2 - 2 P[c, k] . a[c, :, m]``: the squared distance less ``||a||^2``.
+
+    aT [C, v, m] (subspace-major, positions last), P [C, K, v], pn = ||P||^2 [C, K] -> [C, K, m].
+    ``||a||^2`` is the same for every k, so it changes neither the argmin nor the softmax.
+    """
+    return torch.baddbmm(pn[:, :, None], P, aT, alpha=-2)
+
+
+def _encode_block(aT: Tensor, P: Tensor, pn: Tensor, pn_max: Tensor, weights: Tensor) -> Tensor:
+    """Nearest prototype of the columns of aT [C, v, m]: int64 [C, m], ties to the lowest index.
+
+    The expanded distance's rounding error is bounded by ``tol``; a column whose best and
+    runner-up lie within ``2 tol`` (two or more hits below ``min + 2 tol``) is re-encoded with
+    the direct formula, so the answer is always the direct strict-less scan's.
+    ``weights`` [2, K] = (ones, arange(K)) in aT's dtype: one GEMM gives, per column, the
+    number of hits and (when it is 1) the index of the only hit.
+    """
+    v = aT.shape[1]
+    e = _scores(aT, P, pn)  # [C, K, m]
+    emin = e.amin(1)  # [C, m]
+    an = (aT * aT).sum(1)  # [C, m]
+    # Error of either distance formula <= ~(4v + 8) eps (||a||^2 + ||P||^2); doubled for margin.
+    rel = (8 * v + 16) * torch.finfo(aT.dtype).eps
+    thr = emin + 2 * rel * (an + pn_max[:, None])
+    hits = torch.le(e, thr[:, None, :], out=torch.empty_like(e))  # 0/1 in aT's dtype [C, K, m]
+    count_index = torch.matmul(weights, hits)  # [C, 2, m]
+    idx = count_index[:, 1].to(torch.int64)
+    ambiguous = count_index[:, 0] > 1  # the order of best and runner-up is within error: redo exactly
+    if ambiguous.any():
+        ci, mi = ambiguous.nonzero(as_tuple=True)
+        idx[ci, mi] = _scan_nearest(aT[ci, :, mi], P[ci])
+    return idx
+
+
+@torch.no_grad()
+def _encode_T(aT: Tensor, prototypes: Tensor) -> Tensor:
+    """Nearest prototype of every column of aT [C, v, M] (subspace-major): int64 [C, M]."""
+    C, K, _ = prototypes.shape
+    M = aT.shape[2]
+    P = prototypes.to(aT.dtype)
+    pn = (P * P).sum(-1)  # [C, K]
+    pn_max = pn.amax(-1)
+    weights = torch.stack([torch.ones(K, dtype=aT.dtype, device=aT.device),
+                           torch.arange(K, dtype=aT.dtype, device=aT.device)])
+    out = torch.empty(C, M, dtype=torch.int64, device=aT.device)
+    step = _chunk_cols(C, K, M)
+    for i in range(0, M, step):
+        out[:, i:i + step] = _encode_block(aT[:, :, i:i + step], P, pn, pn_max, weights)
+    return out
+
+
 def nearest_prototype(a: Tensor, prototypes: Tensor) -> Tensor:
     """Index of the nearest prototype of every subvector, ties to the lowest index.
 
@@ -115,36 +172,89 @@ def nearest_prototype(a: Tensor, prototypes: Tensor) -> Tensor:
         data (the deployed int8 grid) those float distances are exact, so the result
         is bit-exact with the integer encoder.
 
-    Speed: distances are first computed as ``||a||^2 - 2 a.P + ||P||^2`` (a batched
-    matmul, ~10x faster than the direct form on CPU). Its cancellation error is bounded
-    by ``tol``; every subvector whose runner-up lies within ``2 tol`` of its best is
-    re-encoded with the direct formula, so the answer is always the direct one.
+    Speed: distances are first computed as ``||P||^2 - 2 a.P`` (+ ``||a||^2``, constant per
+    subvector) by one batched matmul per L2-sized block of subvectors, laid out
+    [C, K, positions] so the reductions over K are vectorized. Their cancellation error
+    is bounded by ``tol``; every subvector whose runner-up lies within ``2 tol`` of its
+    best is re-encoded with the direct formula, so the answer is always the direct one.
     """
     C, K, v = prototypes.shape
     if a.shape[-2:] != (C, v):
         raise ShapeMismatchError(f"subvectors have trailing shape {tuple(a.shape[-2:])}, prototypes need ({C}, {v})")
     lead = a.shape[:-2]
-    P = prototypes.to(a.dtype)
-    at = a.reshape(-1, C, v).transpose(0, 1)  # [C, M, v]
-    M = at.shape[1]
-    pn = (P * P).sum(-1)  # [C, K]
-    # Error of either distance formula <= ~(4v + 8) eps (||a||^2 + ||P||^2); doubled for margin.
-    rel = (8 * v + 16) * torch.finfo(a.dtype).eps
-    out = torch.empty(C, M, dtype=torch.int64, device=a.device)
-    step = max(1, _CHUNK_ELEMS // (C * K))
-    for i in range(0, M, step):
-        ac = at[:, i:i + step]  # [C, m, v]
-        an = (ac * ac).sum(-1)  # [C, m]
-        d = an[..., None] - 2 * torch.bmm(ac, P.transpose(1, 2)) + pn[:, None, :]  # [C, m, K]
-        dmin, idx = d.min(-1)
-        runner_up = d.scatter(-1, idx[..., None], math.inf).min(-1).values
-        tol = rel * (an + pn.max(-1).values[:, None])
-        ambiguous = runner_up <= dmin + 2 * tol  # the order of best and runner-up is within error: redo exactly
-        if ambiguous.any():
-            ci, mi = ambiguous.nonzero(as_tuple=True)
-            idx[ci, mi] = _scan_nearest(ac[ci, mi], P[ci])
-        out[:, i:i + step] = idx
-    return out.T.reshape(*lead, C)
+    aT = a.reshape(-1, C, v).permute(1, 2, 0).contiguous()  # [C, v, M]
+    return _encode_T(aT, prototypes).T.reshape(*lead, C)
+
+
+def _lut_sum(lut: Tensor, idx: Tensor) -> Tensor:
+    """``out[m] = sum_c lut[c, idx[c, m]]``: lut [C, K, Cout], idx [C, M] -> [M, Cout] (no grad)."""
+    C, K, Cout = lut.shape
+    if idx.shape[1] == 0:
+        return lut.new_zeros(0, Cout)
+    rows = (idx + torch.arange(C, device=idx.device)[:, None] * K).T.contiguous()  # [M, C] rows of lut.flat
+    return F.embedding_bag(rows, lut.detach().reshape(C * K, Cout), mode="sum")
+
+
+class _PQLookup(torch.autograd.Function):
+    """Straight-through PQ product (LUT-NN): value of the hard assignment, gradient of the soft one.
+
+    forward(aT [C, v, M], P [C, K, v], lut [C, K, Cout], temperature (float), idx [C, M]) ->
+    ``sum_c lut[c, idx[c, m]]`` [M, Cout]. The backward is that of
+    ``(hard + soft - soft.detach()) @ lut`` with ``soft = softmax(-||a - P||^2 / T)`` over k:
+
+    * lut:  ``hard^T g`` (a scatter-add of g into the chosen rows);
+    * soft: ``gs = g @ lut^T``; through the softmax ``gz = soft * (gs - <soft, gs>)``, and
+      with ``z = -(||P||^2 - 2 P.a + ||a||^2) / T``:  ``dL/da = (2/T) sum_k gz P_k`` (the
+      ``||a||^2`` term drops out: ``sum_k gz = 0``) and ``dL/dP_k = (2/T) sum_m gz (a_m - P_k)``.
+
+    The distances are recomputed block by block in the backward (a cheap GEMM), so no
+    [C, K, M] tensor is kept between the passes and every block stays in cache.
+    """
+
+    @staticmethod
+    def forward(ctx, aT: Tensor, P: Tensor, lut: Tensor, temperature: float, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(aT, P, lut, idx)
+        ctx.temperature = float(temperature)
+        return _lut_sum(lut, idx)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        aT, P, lut, idx = ctx.saved_tensors
+        need_a, need_p, need_lut = ctx.needs_input_grad[:3]
+        C, K, v = P.shape
+        M = aT.shape[2]
+        g = g.contiguous()
+        grad_a = grad_p = grad_lut = None
+        if need_lut:
+            grad_lut = torch.zeros_like(lut)
+            for c in range(C):
+                grad_lut[c].index_add_(0, idx[c], g)
+        if need_a or need_p:
+            scale = 2.0 / ctx.temperature
+            Pd = P.detach()
+            pn = (Pd * Pd).sum(-1)
+            lut_d = lut.detach()
+            gT = g.T  # [Cout, M]
+            grad_a = torch.empty_like(aT) if need_a else None
+            gp = torch.zeros_like(Pd) if need_p else None
+            gz_sum = torch.zeros(C, K, dtype=P.dtype, device=P.device) if need_p else None
+            step = _chunk_cols(C, K, M)
+            for i in range(0, M, step):
+                ab = aT[:, :, i:i + step]  # [C, v, m]
+                z = _scores(ab, Pd, pn).mul_(-1.0 / ctx.temperature)  # -e / T
+                soft = torch.softmax(z, 1)  # [C, K, m]
+                gz = torch.matmul(lut_d, gT[:, i:i + step])  # dL/dsoft [C, K, m]
+                gz.mul_(soft)
+                soft.mul_(gz.sum(1, keepdim=True))
+                gz.sub_(soft)  # dL/dz = soft * (gs - <soft, gs>)
+                if need_a:
+                    grad_a[:, :, i:i + step] = torch.bmm(Pd.transpose(1, 2), gz).mul_(scale)
+                if need_p:
+                    gp.baddbmm_(gz, ab.transpose(1, 2))
+                    gz_sum += gz.sum(2)
+            if need_p:
+                grad_p = (gp - Pd * gz_sum[..., None]).mul_(scale)
+        return grad_a, grad_p, grad_lut, None, None
 
 
 @torch.no_grad()
@@ -264,31 +374,19 @@ class _PQBase(nn.Module):
         """Nearest prototype of each subvector: a_sub [..., C, v] -> int64 [..., C], ties to the lowest index."""
         return nearest_prototype(a_sub, self.prototypes.detach())
 
-    def _pq_product(self, a: Tensor) -> Tensor:
-        """a: subvectors [M, C, v] -> [M, Cout] = sum_c LUT[c, idx_c] (+ bias).
+    def _pq_product(self, aT: Tensor) -> Tensor:
+        """aT: subvectors, subspace-major [C, v, M] -> [M, Cout] = sum_c LUT[c, idx_c] (+ bias).
 
         Training (with grad): value of the hard one-hot assignment, gradient of the soft
-        one (straight-through, LUT-NN). Otherwise a pure gather-and-sum: the LUT
-        computation the engine does.
+        one (straight-through, LUT-NN; see :class:`_PQLookup`). Otherwise a pure
+        gather-and-sum: the LUT computation the engine does.
         """
-        M, C, K = a.shape[0], self.num_subspaces, self.K
         lut = self.effective_lut()  # [C, K, Cout]
-        Cout = lut.shape[-1]
-        idx = self.encode(a.detach())  # [M, C]
+        idx = _encode_T(aT.detach(), self.prototypes.detach())  # [C, M]
         if self.training and torch.is_grad_enabled():
-            P = self.prototypes
-            # Expanded distance for the gradient only (its value is never used to pick).
-            dist = (a * a).sum(-1, keepdim=True) - 2 * torch.einsum("mcv,ckv->mck", a, P) + (P * P).sum(-1)
-            soft = torch.softmax(-dist / self.temperature, dim=-1)
-            hard = F.one_hot(idx, K).to(soft.dtype)
-            assign = hard + (soft - soft.detach())  # value: exactly hard; gradient: soft's
-            out = assign.reshape(M, C * K) @ lut.reshape(C * K, Cout)
+            out = _PQLookup.apply(aT, self.prototypes.to(aT.dtype), lut, float(self.temperature), idx)
         else:
-            flat = lut.reshape(C * K, Cout)
-            rows = idx + torch.arange(C, device=idx.device) * K  # row of (c, idx_c) in flat
-            step = max(1, _CHUNK_ELEMS // max(1, C * Cout))
-            out = torch.cat([flat[rows[i:i + step]].sum(1) for i in range(0, M, step)]) if M else \
-                lut.new_zeros(0, Cout)
+            out = _lut_sum(lut, idx)
         return out if self.bias is None else out + self.bias
 
     # --- accounting ----------------------------------------------------------------------
@@ -394,15 +492,26 @@ class PQConv2d(_PQBase):
         cols = cols.reshape(N, self.in_channels, kh * kw, L).permute(0, 3, 2, 1)  # [N, L, kh*kw, Cin]
         return cols.reshape(N, L, self.num_subspaces, self.v)
 
+    def _subvectors_T(self, x: Tensor) -> Tensor:
+        """The same subvectors subspace-major: x [N, Cin, H, W] -> [C, v, N*OH*OW] (one copy)."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ShapeMismatchError(f"PQConv2d expects input [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        N = x.shape[0]
+        OH, OW = self.output_size(x.shape[2], x.shape[3])
+        xt = (F.pad(x, (pw, pw, ph, ph)) if ph or pw else x).transpose(0, 1)  # [Cin, N, Hp, Wp] (a view)
+        # One strided slice per kernel offset, stacked: [kh*kw, Cin, N, OH, OW], i.e. rows in
+        # (kh, kw, cin) patch order and columns in (n, oh, ow) order, written once.
+        taps = [xt[:, :, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw] for i in range(kh) for j in range(kw)]
+        return torch.stack(taps).reshape(self.num_subspaces, self.v, N * OH * OW)
+
     def forward(self, x: Tensor) -> Tensor:
         unbatched = x.dim() == 3
         if unbatched:
             x = x[None]
-        a = self.subvectors(x)
-        N, L = a.shape[:2]
         OH, OW = self.output_size(x.shape[2], x.shape[3])
-        y = self._pq_product(a.reshape(N * L, self.num_subspaces, self.v))
-        y = y.reshape(N, OH, OW, self.out_channels).permute(0, 3, 1, 2)
+        y = self._pq_product(self._subvectors_T(x))
+        y = y.reshape(x.shape[0], OH, OW, self.out_channels).permute(0, 3, 1, 2)
         return y[0] if unbatched else y
 
     def extra_repr(self) -> str:
@@ -457,7 +566,7 @@ class PQLinear(_PQBase):
 
     def forward(self, x: Tensor) -> Tensor:
         a = self.subvectors(x)
-        y = self._pq_product(a.reshape(-1, self.num_subspaces, self.v))
+        y = self._pq_product(a.reshape(-1, self.num_subspaces, self.v).permute(1, 2, 0).contiguous())
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

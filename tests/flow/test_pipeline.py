@@ -45,3 +45,40 @@ def test_resnet20_csim_bit_exact(method, in_shape):
     # not a degenerate pass: outputs vary between images and are not all saturated
     assert len({bytes(s.tobytes()) for s in sim}) == len(sim)
     assert ((sim > -128) & (sim < 127)).any()
+
+
+@pytest.mark.csim
+@pytest.mark.slow
+def test_mixed_mvq_pq_vecq_model_end_to_end():
+    """A recipe: PQ for 3x3 convs after the first, VecQ for the 1x1 shortcuts, MVQ elsewhere."""
+    from flow.compress import compression_report, recipe
+    from flow.compress.mvq import MVQLinear
+    from flow.compress.pq import PQConv2d
+    from flow.compress.vecq import VecQConv2d
+    from flow.hls.csim import Engine
+
+    torch.manual_seed(0)
+    model = zoo.get("resnet20", in_channels=1, blocks=1).eval()
+    _randomize_bn(model, 2)
+    calib = torch.rand(64, 1, 16, 16)
+
+    def rule(name, mod):
+        if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (3, 3) and name.startswith("layers.2"):
+            return dict(method="pq", v=8, K=16)
+        if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (1, 1):
+            return dict(method="vecq", bits=4)
+        return None
+
+    c = compress(model, method="mvq", n=2, m=4, k=16, d=8, iters=3, data=calib, overrides=recipe(model, rule),
+                 skip=("first",))
+    kinds = {type(m) for m in c.modules()}
+    assert {PQConv2d, VecQConv2d, MVQLinear} <= kinds
+    report = compression_report(c)
+    assert {r.method for r in report.rows} >= {"pq", "vecq", "mvq"}
+    q = quantize_model(c, calib)
+    x = quantize_input(torch.rand(3, 1, 16, 16).numpy(), q.in_tensor.scale, q.in_tensor.unsigned)
+    prog = lower(q, EngineConfig())
+    assert {op.opcode for op in prog.ops} >= {1, 4}  # conv and PQ ops
+    gold = golden_run(q, x)
+    sim = Engine(EngineConfig()).predict(prog, x)
+    assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
