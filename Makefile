@@ -1,6 +1,7 @@
 # vqhls — the two entry points are `make csim` and `make test`; both set
 # everything up themselves (Debian packages, .venv, torch, the project).
 SHELL := /bin/bash
+export OMP_WAIT_POLICY ?= PASSIVE
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 DEB_PKGS := dataset-fashion-mnist iverilog yosys g++
