@@ -10,6 +10,10 @@ Writes bench/results/csim.json.
 """
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see flow/__init__.py
+
 import argparse
 import shutil
 import sys
