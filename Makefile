@@ -47,6 +47,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/compression.py
 	$(PY) bench/csim.py
+	$(PY) bench/pq_vecq.py
 
 clean:
 	rm -rf build .cache .pytest_cache
