@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see f
 import argparse
 import copy
 import itertools
+import json
 import sys
 import time
 from pathlib import Path
@@ -189,10 +190,15 @@ def main() -> int:
         print()
         print(f"k-means, {n} vectors x 8, k=256, seconds per iteration")
         print(table(km_rows, ["impl", "s_per_iter", "vs_faiss", "objective"]))
-    path = save("compression" if a.part == "all" else f"compression_{a.part}", {"accuracy": acc_rows, "kmeans": km_rows, "skip": SKIP, "dense_bits": DENSE_BITS,
-                                "setups": {
+    payload = {"skip": SKIP, "dense_bits": DENSE_BITS, "setups": {
         k: dict(zip(("data", "train_epochs", "train_images", "finetune_epochs", "finetune_images"), v))
-        for k, v in SETUPS.items()}})
+        for k, v in SETUPS.items()}}
+    # a partial run keeps the other part's last results in compression.json
+    prev = RESULTS / "compression.json"
+    old = json.loads(prev.read_text()) if prev.exists() else {}
+    payload["accuracy"] = acc_rows or old.get("accuracy", [])
+    payload["kmeans"] = km_rows or old.get("kmeans", [])
+    path = save("compression", payload)
     print(f"\nwrote {path} and {RESULTS / 'compression.png'}")
     return 0
 
