@@ -72,7 +72,10 @@ __all__ = [
 LUT_BITS = (8, 16)
 # Elements of one [C, K, m] distance block: about L2-sized, so the distance, argmin and (in
 # training) softmax passes over a block run in cache; also bounds memory for big batches.
-_SCORE_CHUNK = 1 << 18
+_SCORE_CHUNK = 1 << 20
+# Patch elements (Cin*kh*kw per output pixel) a PQConv2d builds at once outside training: a few
+# images at a time, so each one's patches are encoded while they are still in cache.
+_PATCH_CHUNK = 1 << 20
 
 
 def _check_pq(D: int, v: int, K: int, where: str) -> int:
@@ -91,15 +94,14 @@ def _check_pq(D: int, v: int, K: int, where: str) -> int:
 
 
 def _scan_nearest(a: Tensor, P: Tensor) -> Tensor:
-    """Reference encoder: a [R, v], P [R, K, v] -> int64 [R]; direct distances, strict-less scan."""
-    best_d = ((a - P[:, 0]) ** 2).sum(-1)
-    best_i = torch.zeros(best_d.shape, dtype=torch.int64, device=a.device)
-    for k in range(1, P.shape[1]):
-        d = ((a - P[:, k]) ** 2).sum(-1)
-        better = d < best_d  # strict: an equal distance keeps the lower index
-        best_d = torch.where(better, d, best_d)
-        best_i.masked_fill_(better, k)
-    return best_i
+    """Reference encoder: a [R, v], P [R, K, v] -> int64 [R]; direct distances, first minimum.
+
+    ``sum((a - P[k])^2)`` for every k at once, then the first index of the minimum (torch's
+    argmin returns the first one): the strict-less scan's answer, ties to the lowest index.
+    """
+    if a.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=a.device)
+    return ((a[:, None, :] - P) ** 2).sum(-1).argmin(-1)
 
 
 def _chunk_cols(C: int, K: int, M: int) -> int:
@@ -192,7 +194,7 @@ def _lut_sum(lut: Tensor, idx: Tensor) -> Tensor:
     if idx.shape[1] == 0:
         return lut.new_zeros(0, Cout)
     rows = (idx + torch.arange(C, device=idx.device)[:, None] * K).T.contiguous()  # [M, C] rows of lut.flat
-    return F.embedding_bag(rows, lut.detach().reshape(C * K, Cout), mode="sum")
+    return F.embedding_bag(rows, lut.reshape(C * K, Cout), mode="sum")
 
 
 class _PQLookup(torch.autograd.Function):
@@ -509,9 +511,15 @@ class PQConv2d(_PQBase):
         unbatched = x.dim() == 3
         if unbatched:
             x = x[None]
+        N = x.shape[0]
         OH, OW = self.output_size(x.shape[2], x.shape[3])
-        y = self._pq_product(self._subvectors_T(x))
-        y = y.reshape(x.shape[0], OH, OW, self.out_channels).permute(0, 3, 1, 2)
+        if self.training and torch.is_grad_enabled():
+            y = self._pq_product(self._subvectors_T(x))
+        else:  # the pure lookup path: a few images at a time (see _PATCH_CHUNK)
+            nb = max(1, _PATCH_CHUNK // max(1, self.D * OH * OW))
+            y = torch.cat([self._pq_product(self._subvectors_T(x[i:i + nb])) for i in range(0, N, nb)]) if N > nb \
+                else self._pq_product(self._subvectors_T(x))
+        y = y.reshape(N, OH, OW, self.out_channels).permute(0, 3, 1, 2)
         return y[0] if unbatched else y
 
     def extra_repr(self) -> str:

@@ -397,3 +397,15 @@ def test_attributes_for_the_lowering():
     assert pq.lut().shape == (3, 16, 4) and pq.lut_scale is None and pq.lut_bits == 8
     assert PQConv2d.from_conv(nn.Conv2d(3, 4, 3, padding="same"), calib_x=torch.randn(1, 3, 4, 4),
                               iters=1).padding == (1, 1)
+
+
+def test_eval_mode_forward_still_passes_gradients_to_weights_and_prototypes():
+    """Hard assignment in eval mode, yet d(out)/d(weight) must flow through the table lookup."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 5, 3, padding=1)
+    x = torch.randn(6, 4, 5, 5)
+    layer = PQConv2d.from_conv(conv, v=4, K=8, calib_x=x, iters=3, seed=0).eval()
+    out = layer(x)
+    out.square().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert layer.prototypes.grad is not None
