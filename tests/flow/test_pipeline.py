@@ -82,3 +82,27 @@ def test_mixed_mvq_pq_vecq_model_end_to_end():
     gold = golden_run(q, x)
     sim = Engine(EngineConfig()).predict(prog, x)
     assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
+
+
+@pytest.mark.csim
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+def test_vecq_csim_bit_exact_for_every_bit_width(bits):
+    """VecQ layers run on the array's dense mode: golden == C-sim for b = 2..8."""
+    from flow.compress.vecq import VecQConv2d
+    from flow.hls.csim import Engine
+
+    torch.manual_seed(bits)
+    model = zoo.get("lenet-digits").eval()
+    _randomize_bn(model, bits)
+    c = compress(model, method="vecq", bits=bits, skip=("first",))
+    layers = [m for m in c.modules() if isinstance(m, VecQConv2d)]
+    assert layers and all(m.bits == bits for m in layers)
+    codes, _ = layers[0].int_weight()
+    assert np.abs(codes).max() <= 2 ** (bits - 1) - 1  # really b-bit codes in the int8 datapath
+    calib = torch.rand(32, 1, 8, 8)
+    q = quantize_model(c, calib)
+    x = quantize_input(torch.rand(8, 1, 8, 8).numpy(), q.in_tensor.scale, q.in_tensor.unsigned)
+    prog = lower(q, EngineConfig())
+    gold = golden_run(q, x)
+    sim = Engine(EngineConfig()).predict(prog, x)
+    assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
