@@ -48,6 +48,7 @@ bench: setup
 	$(PY) bench/compression.py
 	$(PY) bench/csim.py
 	$(PY) bench/pq_vecq.py
+	$(PY) bench/engine.py
 
 clean:
 	rm -rf build .cache .pytest_cache

@@ -133,13 +133,23 @@ def run(a: argparse.Namespace) -> int:
     if a.stage == "quantize":
         return _finish(summary, T, a)
 
+    from flow.boards import perf
+    from flow.boards.resources import check_fit
     from flow.compile import EngineConfig, lower
 
     with T.stage("lower"):
-        engine = EngineConfig(n=a.n, m=a.m)
+        # the engine sized for the board, checked against the part before any HLS is written
+        engine = EngineConfig.for_board(a.board, n=a.n, m=a.m)
+        usage = check_fit(engine, a.board)
         program = lower(qgraph, engine)
         summary["program_bytes"] = len(program.to_bytes())
         summary["float_bytes"] = 4 * sum(p.numel() for p in model.parameters())
+        board = get_board(a.board)
+        cyc = perf.image_cycles(program, engine).total
+        summary["modelled_cycles_per_image"] = cyc
+        summary["modelled_images_per_s"] = board.clock_mhz * 1e6 / cyc
+        summary["resources"] = {"bram36": usage.bram36, "dsp": usage.dsp, "lut": usage.lut, "ff": usage.ff}
+        summary["resident_ops"] = sum(op.resident for op in program.ops if op.opcode == 1)
     if a.stage == "lower":
         return _finish(summary, T, a)
 
@@ -162,6 +172,7 @@ def run(a: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         sim = hw.predict(program, x_int)
         summary["csim_images_per_s"] = len(x_int) / (time.perf_counter() - t0)
+        summary["csim_cycles_per_image"] = hw.modelled_cycles // max(1, len(x_int))
         same = np.array([np.array_equal(s, g) for s, g in zip(sim, gold)])
         summary["csim_acc"] = float((sim.reshape(len(xte), -1).argmax(1) == yte).mean())
         summary["bit_exact"] = int(same.sum())
@@ -185,6 +196,14 @@ def _finish(summary: dict, T: Timer, a: argparse.Namespace) -> int:
         # larger than the format's bit count above
         print(f"  {'program image':<26} {summary['program_bytes']:,} bytes "
               f"({summary['float_bytes'] / summary['program_bytes']:.2f}x smaller than float32 parameters)")
+    if "modelled_cycles_per_image" in summary:
+        r = summary["resources"]
+        print(f"  {'engine (modelled)':<26} {summary['modelled_cycles_per_image']:,} cycles/image = "
+              f"{summary['modelled_images_per_s']:,.0f} images/s at the board clock; "
+              f"{r['bram36']:.0f} BRAM36, {r['dsp']} DSP, {r['lut']:,} LUT")
+    if "csim_cycles_per_image" in summary:
+        print(f"  {'C-sim CYCLES register':<26} {summary['csim_cycles_per_image']:,} per image "
+              f"(the same model, counted by the engine)")
     if "csim_images_per_s" in summary:
         print(f"  {'C-sim speed':<26} {summary['csim_images_per_s']:.1f} images/s")
     for name, sec in T.times.items():

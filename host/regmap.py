@@ -7,32 +7,41 @@ same names. Pure Python: imports neither torch nor the rest of the flow, so it
 runs on the board.
 
 Layout (the Vitis HLS ``ap_ctrl_hs`` block at 0x00..0x0C, then the ports of
-``vqhls_engine`` at fixed offsets; an output scalar has its data word(s)
-followed by a control word whose bit 0 is ``ap_vld``)::
+``vqhls_engine`` laid out as Vitis HLS lays out the top's arguments: a 32-bit
+input takes a data word and a reserved word, a 64-bit pointer two data words
+and a reserved word, an output scalar its data word(s) followed by a control
+word whose bit 0 is ``ap_vld``; the offsets are also pinned with ``offset=``)::
 
     0x00 CTRL         bit0 ap_start (R/W, self-clearing)  bit1 ap_done (COR)
                       bit2 ap_idle  bit3 ap_ready  bit7 auto_restart
     0x04 GIE          global interrupt enable
     0x08 IER          interrupt enable (bit0 done, bit1 ready)
     0x0C ISR          interrupt status (toggle-on-write)
-    0x10 N_IMAGES     images to stream through in this call (0: validate the program only)
+    0x10 N_IMAGES     images to stream through in this call (0: the load call); 0x14 reserved
     0x18 PARAMS_LO    DDR byte address of the parameter image (Program.to_bytes()), low word
-    0x1C PARAMS_HI    ... high word
-    0x20 CONFIG_HASH  (RO) the engine's EngineConfig.hash() as uint32; 0x24 its ap_vld
-    0x30 CYCLES_LO    (RO) engine cycles of the last call (count of II=1 pipeline
-    0x34 CYCLES_HI         iterations of every loop: cycles up to fill/drain); 0x38 ap_vld
+    0x1C PARAMS_HI    ... high word; 0x20 reserved
+    0x28 CONFIG_HASH  (RO) the engine's EngineConfig.hash() as uint32; 0x2C its ap_vld
+    0x30 CYCLES_LO    (RO) MODELLED engine cycles of the last call (flow/boards/perf.py:
+    0x34 CYCLES_HI         loop iterations + stated fill depths + DDR latency); 0x38 ap_vld
     0x40 STATUS       (RO) 0 = ok, else ERR_* code in bits 7..0 and the failing
                       op index in bits 15..8 (0xFF: not op-specific); 0x44 ap_vld
 
 Streams: the input AXI-Stream carries N_IMAGES x input_bytes bytes (NHWC, one
-byte per beat; TLAST is not required on input); the output stream carries
-N_IMAGES x output_bytes bytes with TLAST on the final byte of the final image
-of the call, so one DMA receive transfer covers a whole batch.
+byte per beat) with TLAST on the final byte of the call and nowhere else: an
+early TLAST stops the engine reading (nothing past it is consumed), a missing
+one is reported too (ERR_TLAST); the output stream carries N_IMAGES x
+output_bytes bytes with TLAST on the final byte of the call (zeros for images
+not computed after an early TLAST), so one DMA receive transfer covers a batch.
 
-Host sequence: write PARAMS, N_IMAGES=0, start, wait for ap_done, check STATUS
-and CONFIG_HASH (this validates the program without touching the streams);
-then per batch: write N_IMAGES, start the DMA transfers, start, wait.
-When STATUS reports a program error, no stream beat is consumed or produced.
+Host sequence: validate the Program for this engine on the host
+(flow.compile.validate), put the image in an allocated buffer and flush it;
+write PARAMS, N_IMAGES=0, start, wait for ap_done: the load call checks the
+header, the CRC32 and each descriptor's compile-time limits and copies the
+parameters on chip; check STATUS and CONFIG_HASH. Then per batch: write
+N_IMAGES, start the DMA receive, then send, then the engine, wait. Keep the
+image where PARAMS points: layers whose weights do not fit on chip (and PQ
+prototypes and LUTs) are read from it during the run. A run call before a
+successful load call reports ERR_NOT_LOADED and consumes nothing.
 """
 from __future__ import annotations
 
@@ -54,8 +63,8 @@ CTRL_AUTO_RESTART = 1 << 7
 N_IMAGES = 0x10
 PARAMS_LO = 0x18
 PARAMS_HI = 0x1C
-CONFIG_HASH = 0x20
-CONFIG_HASH_CTRL = 0x24
+CONFIG_HASH = 0x28
+CONFIG_HASH_CTRL = 0x2C
 CYCLES_LO = 0x30
 CYCLES_HI = 0x34
 CYCLES_CTRL = 0x38
@@ -77,6 +86,9 @@ ERR_LIMIT = 8          # channels, kernel, k, d, n:m beyond the engine's compile
 ERR_OFFSET = 9         # a parameter array is missing or runs past the end of the image
 ERR_PARAM = 10         # a parameter value is invalid (shift outside 1..31, codeword index >= k)
 ERR_IO = 11            # header input/output bytes disagree with the first/last op
+ERR_CRC = 12           # the image body's CRC32 differs from header word 7 (corrupted in DDR or in transit)
+ERR_NOT_LOADED = 13    # a run call before a successful load call
+ERR_TLAST = 14         # input TLAST early (reading stopped there) or missing on the call's final byte
 
 STATUS_NAMES = {
     OK: "ok",
@@ -87,10 +99,14 @@ STATUS_NAMES = {
     ERR_BUFFER: "bad activation buffer (index out of range, output aliases an input, residual on a pool)",
     ERR_BUF_SIZE: "activation tensor larger than the engine's act_buf_bytes",
     ERR_SHAPE: "inconsistent op shape (output vs input, kernel, stride, pad)",
-    ERR_LIMIT: "op beyond the engine's compile-time limits (channels, kernel, k, d)",
+    ERR_LIMIT: "op beyond the engine's compile-time limits (channels, kernel, stride, k, d, on-chip memories)",
     ERR_OFFSET: "parameter array missing or outside the parameter image",
-    ERR_PARAM: "invalid parameter value (shift outside 1..31 or codeword index >= k)",
+    ERR_PARAM: ("invalid parameter value or descriptor field (shift outside 1..31, codeword index >= k, "
+                "a placed field that disagrees with this engine)"),
     ERR_IO: "header input/output bytes disagree with the first/last op",
+    ERR_CRC: "program image checksum mismatch (corrupted image)",
+    ERR_NOT_LOADED: "no program loaded: make the load call (N_IMAGES = 0) first",
+    ERR_TLAST: "input stream TLAST early or missing (the DMA transfer length does not match N_IMAGES images)",
 }
 STATUS_OP_NONE = 0xFF
 
@@ -131,10 +147,10 @@ REGISTERS: tuple[Register, ...] = (
     Register("GIE", GIE, "rw", doc="global interrupt enable"),
     Register("IER", IER, "rw", doc="interrupt enable"),
     Register("ISR", ISR, "rw", doc="interrupt status"),
-    Register("N_IMAGES", N_IMAGES, "wo", 32, "n_images", "images in this call (0: validate only)"),
+    Register("N_IMAGES", N_IMAGES, "wo", 32, "n_images", "images in this call (0: the load call)"),
     Register("PARAMS", PARAMS_LO, "wo", 64, "params", "DDR address of the parameter image"),
     Register("CONFIG_HASH", CONFIG_HASH, "ro", 32, "config_hash", "EngineConfig.hash() as uint32"),
-    Register("CYCLES", CYCLES_LO, "ro", 64, "cycles", "engine cycles of the last call"),
+    Register("CYCLES", CYCLES_LO, "ro", 64, "cycles", "modelled engine cycles of the last call"),
     Register("STATUS", STATUS, "ro", 32, "status", "0 ok, else code | op << 8"),
 )
 
@@ -142,8 +158,13 @@ REGISTERS: tuple[Register, ...] = (
 PORT_OFFSETS: dict[str, int] = {r.port: r.offset for r in REGISTERS if r.port}
 
 
+def _span(r: Register) -> int:
+    """Bytes a port occupies as Vitis lays it out: data words, then ap_vld (outputs) or a reserved word (inputs)."""
+    return r.width // 8 + (4 if r.port else 0)
+
+
 def _check() -> None:
-    spans = sorted((r.offset, r.offset + r.width // 8 + (4 if r.access == "ro" else 0), r.name) for r in REGISTERS)
+    spans = sorted((r.offset, r.offset + _span(r), r.name) for r in REGISTERS)
     for (a0, a1, n0), (b0, _, n1) in zip(spans, spans[1:]):
         if b0 < a1:
             raise AssertionError(f"register map: {n0} overlaps {n1}")

@@ -1,4 +1,15 @@
-"""Board descriptions: the resources a build must fit and how to reach the part."""
+"""Board descriptions: the resources a build must fit and how to reach the part.
+
+``flow.boards.resources`` models what an EngineConfig uses of them and
+``flow.boards.sizing`` picks the EngineConfig for a board.
+
+Numbers: xc7z020 (PYNQ-Z2) from its Vivado utilization reports (53,200 LUT,
+17,400 LUT as memory, 106,400 FF, 220 DSP48E1, 140 RAMB36). xczu7ev (ZCU104)
+from a Vivado utilization report of that part (230,400 LUT, 101,760 LUTRAM,
+460,800 FF, 1,728 DSP48E2, 312 RAMB36); its 96 UltraRAM blocks are not used by
+the model. Clocks are the usual HLS targets; DDR bandwidth is the PS DDR
+interface peak (PYNQ-Z2 through one HP port; ZCU104 64-bit DDR4-2400 = 19.2 GB/s).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,11 +25,15 @@ class Board:
     bram36: int
     clock_mhz: float
     ddr_gbps: float
+    family: str = "7series"     # "7series" (DSP48E1) or "ultrascale+" (DSP48E2: two int8 products per DSP)
+    lutram: int = 0             # LUTs that can be distributed RAM (SLICEM); 0: not checked
 
 
 BOARDS = {
     "pynq-z2": Board("pynq-z2", "xc7z020clg400-1", lut=53_200, ff=106_400, dsp=220, bram36=140,
-                     clock_mhz=100.0, ddr_gbps=1.6),
+                     clock_mhz=100.0, ddr_gbps=1.6, family="7series", lutram=17_400),
+    "zcu104": Board("zcu104", "xczu7ev-ffvc1156-2-e", lut=230_400, ff=460_800, dsp=1_728, bram36=312,
+                    clock_mhz=200.0, ddr_gbps=19.2, family="ultrascale+", lutram=101_760),
 }
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from flow.compile.engine import EngineConfig
+from flow.compile.layout import PlacementError, place
 from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ, Op, Program
 from flow.quant.graph import QGraph, QNode
 from flow.quant.ops import acc_bound, keep_to_mask_bits, pq_acc_bound
@@ -206,7 +207,8 @@ def lower(qgraph: QGraph, engine: EngineConfig) -> Program:
 
     Raises LoweringError (naming the layer and the limit) when the model does not fit:
     activation size, channels, kernel, k, d, N:M, op count, parameter image size,
-    buffers, accumulator overflow.
+    buffers, accumulator overflow, the banked activation layout and the on-chip parameter memories
+    (flow.compile.layout.place, whose fields the returned Program carries).
     """
     if engine.act_bits != 8 or engine.weight_bits != 8:
         raise LoweringError(f"the integer program uses 8-bit activations and weights; engine has "
@@ -246,6 +248,10 @@ def lower(qgraph: QGraph, engine: EngineConfig) -> Program:
               "in_unsigned": bool(tin.unsigned), "out_unsigned": bool(qgraph.out_tensor.unsigned),
               "quant": {k: v for k, v in qgraph.meta.items()}, "pq_streamed": pq_streamed},
     )
+    try:   # the descriptor fields this engine derives: word layouts, tiles, on-chip addresses
+        prog = place(prog, engine)
+    except PlacementError as e:
+        raise LoweringError(str(e)) from None
     size = len(prog.to_bytes())
     if size > engine.param_bytes:
         raise LoweringError(f"parameter image is {size} bytes > engine.param_bytes = {engine.param_bytes}")

@@ -16,10 +16,12 @@ from the start of the blob):
     then parameter arrays at the offsets the descriptors name.
 
 ``from_bytes`` verifies the checksum (a flipped bit in a descriptor or a LUT
-would otherwise run silently with wrong numbers); the engine ignores word 7
-(it cannot afford a pass over the image and trusts the host's copy).
+would otherwise run silently with wrong numbers), and so does the engine's load
+call, in its one burst pass over the image body (STATUS ERR_CRC).
 Version history: 1 = conv/pools; 2 = PQ op (fields v, K, lut_bits and arrays
-proto, lut appended at the end of the descriptor) and the checksum.
+proto, lut appended at the end of the descriptor) and the checksum; 3 = 64-word
+descriptors carrying the fields ``flow.compile.layout.place`` derives for one
+EngineConfig (activation word layouts, tile counts, on-chip parameter addresses).
 
 Parameter arrays per op (absent ones have offset 0):
     weight   int8  [Cout][KH][KW][Cin]          dense layers (wfmt == DENSE)
@@ -60,9 +62,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MAGIC = 0x4C485156
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 HEADER_WORDS = 8
-DESC_WORDS = 40
+DESC_WORDS = 64
 
 # opcodes
 CONV, MAXPOOL, AVGPOOL, PQ = 1, 2, 3, 4
@@ -80,7 +82,13 @@ DESC_FIELDS = (
     "off_bias", "off_mult", "off_shift", "off_res_mult",
     # format version 2 (PQ), appended so the fields above keep their words
     "v", "K", "lut_bits", "off_proto", "off_lut",
+    # format version 3: fields the placement (flow.compile.layout.place) derives for one EngineConfig,
+    # so the engine needs no run-time divide: word layouts, tiling counts, on-chip addresses
+    "CW", "WB", "OCW", "OWB", "GR", "NG", "NPT", "NOT", "NSTEP", "passes", "dec", "vpc", "cpv",
+    "resident", "v_base", "cb_base", "w_base", "ch_base", "nsub", "lut_resident", "NVEC",
 )
+DERIVED_FIELDS = ("CW", "WB", "OCW", "OWB", "GR", "NG", "NPT", "NOT", "NSTEP", "passes", "dec", "vpc", "cpv",
+                  "resident", "v_base", "cb_base", "w_base", "ch_base", "nsub", "lut_resident", "NVEC")
 PQ_FIELDS = ("v", "K", "lut_bits")   # descriptor fields only PQ ops use (0 elsewhere)
 assert len(DESC_FIELDS) <= DESC_WORDS
 
@@ -136,6 +144,28 @@ class Op:
     v: int = 0                 # PQ: subvector length
     K: int = 0                 # PQ: prototypes per subspace
     lut_bits: int = 0          # PQ: 8 or 16 (LUT values fit this many bits; stored int16)
+    # derived by flow.compile.layout.place for one EngineConfig (0 until placed)
+    CW: int = 0                # input words per pixel: ceil(C / lanes)
+    WB: int = 0                # input words per bank and row: ceil(W / act_banks)
+    OCW: int = 0               # output words per pixel: ceil(OC / lanes)
+    OWB: int = 0               # output words per bank and row: ceil(OW / act_banks)
+    GR: int = 0                # conv/pq: pixel groups per output row, ceil(OW / rows)
+    NG: int = 0                # conv: pixel groups, OH * GR
+    NPT: int = 0               # conv: pixel tiles, ceil(NG / acc_groups)
+    NOT: int = 0               # conv/pq: output-channel tiles, ceil(OC / cols)
+    NSTEP: int = 0             # conv: reduction steps per tile, KH * KW * CW
+    passes: int = 0            # conv: array passes per step (kept weights of an m-group / n, rounded up)
+    dec: int = 0               # conv: decode cycles per step
+    vpc: int = 0               # codebook conv: d-vectors per column and step (lanes / d, or 1 when d > lanes)
+    cpv: int = 0               # codebook conv: steps per d-vector (d / lanes, or 1)
+    resident: int = 0          # 1: parameters copied on chip by the load call; 0: copied before each run of the op
+    v_base: int = 0            # first vmem entry (codebook conv)
+    cb_base: int = 0           # first codebook row (codebook conv)
+    w_base: int = 0            # first dense weight word (dense conv)
+    ch_base: int = 0           # first channel-parameter row (conv, pq, avgpool)
+    nsub: int = 0              # pq: subspaces KH*KW*C / v
+    lut_resident: int = 0      # pq: 1 when the LUT fits the on-chip LUT memory (else rows stream from DDR)
+    NVEC: int = 0              # codebook conv: d-vectors per tap, C / d
     name: str = ""
     # integer parameters, see module docstring for dtypes and shapes
     arrays: dict[str, np.ndarray] = field(default_factory=dict)

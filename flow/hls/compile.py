@@ -67,18 +67,26 @@ def _sources(project: Project) -> list[Path]:
     return files
 
 
-def build_key(project: Project) -> str:
+# the exact-width variant: the datapath types synthesis uses (ap_int of the stated widths), in C-simulation
+EXACT_FLAGS = ("-DVQHLS_EXACT_TYPES",)
+
+
+def _flags(exact: bool) -> list[str]:
+    return [*CXXFLAGS, *(EXACT_FLAGS if exact else ())]
+
+
+def build_key(project: Project, exact: bool = False) -> str:
     """Cache key: engine config hash + hash of the sources on disk, flags and compiler."""
     _, version = find_cxx()
     h = hashlib.sha1()
     for f in _sources(project):
         h.update(f.relative_to(project.path).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    h.update(" ".join(CXXFLAGS).encode() + b"\0" + version.encode() + b"\0" + str(ap_types_dir()).encode())
-    return f"{project.engine.hash()}-{h.hexdigest()[:12]}"
+    h.update(" ".join(_flags(exact)).encode() + b"\0" + version.encode() + b"\0" + str(ap_types_dir()).encode())
+    return f"{project.engine.hash()}-{h.hexdigest()[:12]}{'-exact' if exact else ''}"
 
 
-def build_dir(project: Project) -> Path:
-    return cache_root() / build_key(project)
+def build_dir(project: Project, exact: bool = False) -> Path:
+    return cache_root() / build_key(project, exact)
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.Popen:
@@ -95,18 +103,21 @@ def _wait(procs: list[tuple[list[str], subprocess.Popen]]) -> None:
         raise CompileError("g++ failed to build the engine:\n" + "\n".join(errors))
 
 
-def build(project: Project, *, force: bool = False) -> tuple[Path, Path]:
-    """Build (or fetch from the cache) the testbench executable and the shared library: (tb, lib)."""
+def build(project: Project, *, force: bool = False, exact: bool = False) -> tuple[Path, Path]:
+    """Build (or fetch from the cache) the testbench executable and the shared library: (tb, lib).
+
+    ``exact``: compile the exact-width datapath types synthesis uses (``-DVQHLS_EXACT_TYPES``)
+    instead of C-simulation's native ints; slower, the same bits."""
     cxx, _ = find_cxx()
     inc = ["-I", str(project.firmware_dir), "-I", str(ap_types_dir())]
-    out = build_dir(project)
+    out = build_dir(project, exact)
     tb, lib = out / TB_NAME, out / LIB_NAME
     if not force and tb.is_file() and lib.is_file():
         return tb, lib
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=out))
     try:
-        flags = [*CXXFLAGS, "-fPIC"]
+        flags = [*_flags(exact), "-fPIC"]
         objs = {"top": work / "top.o", "tb": work / "tb.o", "bridge": work / "bridge.o"}
         srcs = {"top": project.firmware_dir / "top.cpp", "tb": project.tb_dir / "tb.cpp",
                 "bridge": project.tb_dir / "bridge.cpp"}
@@ -129,11 +140,11 @@ def build(project: Project, *, force: bool = False) -> tuple[Path, Path]:
     return tb, lib
 
 
-def build_testbench(project: Project, *, force: bool = False) -> Path:
+def build_testbench(project: Project, *, force: bool = False, exact: bool = False) -> Path:
     """The testbench executable (tb PROGRAM.bin INPUTS.bin OUTPUTS.bin [EXPECTED.bin])."""
-    return build(project, force=force)[0]
+    return build(project, force=force, exact=exact)[0]
 
 
-def build_library(project: Project, *, force: bool = False) -> Path:
+def build_library(project: Project, *, force: bool = False, exact: bool = False) -> Path:
     """The shared library with the extern "C" bridge (vqhls_load / vqhls_run / vqhls_config_hash)."""
-    return build(project, force=force)[1]
+    return build(project, force=force, exact=exact)[1]

@@ -24,9 +24,10 @@ import numpy as np
 
 from flow.compile.engine import EngineConfig
 from flow.compile.program import Program
+from flow.compile.validate import prepare, validate_image
 from flow.hls import vectors
 from flow.hls.compile import build_library, build_testbench, cache_root
-from flow.hls.project import Project, load_project, template_hash, write_project
+from flow.hls.project import Project, load_project, rendered_hash, template_hash, write_project
 from host import regmap
 
 
@@ -73,6 +74,7 @@ def csim(
     """
     project = _as_project(project)
     x = vectors.check_inputs(program, inputs)
+    program = prepare(program, project.engine)
     exe = build_testbench(project)
     with tempfile.TemporaryDirectory(prefix="vqhls-csim-") as tmp:
         wd = Path(workdir) if workdir is not None else Path(tmp)
@@ -152,7 +154,8 @@ class Engine:
     Thread-safe (calls into one library are serialized).
     """
 
-    def __init__(self, engine_config: EngineConfig | None = None, *, project: Project | str | os.PathLike | None = None):
+    def __init__(self, engine_config: EngineConfig | None = None, *, project: Project | str | os.PathLike | None = None,
+                 exact: bool = False):
         if project is not None:
             self.project = _as_project(project)
             if engine_config is not None and engine_config != self.project.engine:
@@ -162,17 +165,22 @@ class Engine:
             pdir = engine_project_dir(engine_config)
             try:
                 self.project = load_project(pdir)
+                # the rendering depends on flow code too (derived sizes, the resource and cycle models)
+                if self.project.content_hash != rendered_hash(engine_config):
+                    raise ValueError("stale project")
             except (FileNotFoundError, ValueError, KeyError):
                 self.project = write_project(engine_config, pdir)
         self.config: EngineConfig = self.project.engine
-        self.library_path = build_library(self.project)
+        self.exact = exact   # the exact-width datapath types of synthesis (VQHLS_EXACT_TYPES)
+        self.library_path = build_library(self.project, exact=exact)
         self._lib, self._lock, self._loaded = _open_library(self.library_path)
         self.config_hash: int = int(self._lib.vqhls_config_hash())
         expected = regmap.config_hash_u32(self.config.hash())
         if self.config_hash != expected:
             raise RuntimeError(f"library {self.library_path} reports CONFIG_HASH 0x{self.config_hash:08x}, "
                                f"expected 0x{expected:08x}: stale build cache? (delete {cache_root()})")
-        self.cycles: int = 0   # engine cycles of the last predict() / load()
+        # the CYCLES register after the last call: MODELLED cycles (flow/boards/perf.py), not measured
+        self.modelled_cycles: int = 0
         self._image_key: bytes | None = None
         self._image_sizes: tuple[int, int] | None = None
 
@@ -187,19 +195,25 @@ class Engine:
         self._loaded[0] = None
         in_b, out_b, cyc = ctypes.c_ulonglong(), ctypes.c_ulonglong(), ctypes.c_ulonglong()
         status = int(self._lib.vqhls_load(image, len(image), ctypes.byref(in_b), ctypes.byref(out_b), ctypes.byref(cyc)))
-        self.cycles = int(cyc.value)
+        self.modelled_cycles = int(cyc.value)
         if status != 0:
             raise EngineError(status, "load: ")
         self._loaded[0] = key
 
     def load(self, program: Program) -> None:
-        """Load and validate ``program`` (an n_images = 0 call); raises EngineError when it does not fit."""
-        self.load_image(program.to_bytes())
+        """Place ``program`` for this engine, check it on the host (ProgramError), then make the load call
+        (EngineError on a non-zero STATUS)."""
+        self.load_image(prepare(program, self.config).to_bytes(), validate=False)
 
-    def load_image(self, image: bytes) -> None:
-        """Load a parameter image (``Program.to_bytes()``, e.g. from a bundle) as the board's load() does."""
+    def load_image(self, image: bytes, *, validate: bool = True) -> None:
+        """Load a parameter image (``Program.to_bytes()`` of a placed program, e.g. from a bundle) as the
+        board's load() does: the host check first (``validate=False`` skips it, to exercise the hardware's
+        own checks), then the load call."""
+        image = bytes(image)
+        if validate:
+            validate_image(image, self.config)
         with self._lock:
-            self._load_locked(bytes(image))
+            self._load_locked(image)
         self._image_sizes = _image_sizes(image)
 
     def run_bytes(self, inputs: np.ndarray) -> np.ndarray:
@@ -220,7 +234,7 @@ class Engine:
                 raise RuntimeError("another Engine on this library loaded a different program: load_image() again")
             cyc = ctypes.c_ulonglong()
             status = int(self._lib.vqhls_run(x.ctypes.data, out.ctypes.data, x.shape[0], ctypes.byref(cyc)))
-            self.cycles = int(cyc.value)
+            self.modelled_cycles = int(cyc.value)
         if status != 0:
             raise EngineError(status, "run: ")
         return out
@@ -229,7 +243,7 @@ class Engine:
         """Run ``inputs`` [B, H, W, C] through ``program``; outputs [B, OH, OW, OC] (int8 or uint8)."""
         x = vectors.check_inputs(program, inputs)
         n = x.shape[0]
-        image = program.to_bytes()
+        image = prepare(program, self.config).to_bytes()
         out = np.empty((n, program.output_bytes), dtype=np.uint8)
         with self._lock:
             self._load_locked(image)
@@ -237,7 +251,7 @@ class Engine:
                 return vectors.bytes_to_outputs(program, out, 0)
             cyc = ctypes.c_ulonglong()
             status = int(self._lib.vqhls_run(x.ctypes.data, out.ctypes.data, n, ctypes.byref(cyc)))
-            self.cycles = int(cyc.value)
+            self.modelled_cycles = int(cyc.value)
         if status != 0:
             raise EngineError(status, "predict: ")
         return vectors.bytes_to_outputs(program, out, n)

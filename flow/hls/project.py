@@ -29,9 +29,11 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
+from flow.boards import perf
 from flow.compile import program as program_mod
 from flow.compile.engine import EngineConfig
 from flow.compile.program import Program
+from flow.compile.validate import prepare
 from flow.hls import vectors
 from host import regmap
 
@@ -39,11 +41,13 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hls_templates"
 PROJECT_NAME = "vqhls"
 DEFAULT_PART = "xc7z020clg400-1"
 DEFAULT_CLOCK_NS = 10.0
-CXXFLAGS = ("-O3", "-std=c++14")
+CXXFLAGS = ("-O3", "-std=c++14", "-fno-gnu-unique")   # no process-wide statics shared between engine libraries
 
 # output path -> template (relative to TEMPLATE_DIR)
 TEMPLATES: dict[str, str] = {
     "firmware/engine_config.h": "engine/engine_config.h.j2",
+    "firmware/memories.h": "engine/memories.h.j2",
+    "firmware/param_loader.h": "engine/param_loader.h.j2",
     "firmware/regmap.h": "engine/regmap.h.j2",
     "firmware/codebook_decoder.h": "engine/codebook_decoder.h.j2",
     "firmware/systolic_array.h": "engine/systolic_array.h.j2",
@@ -128,42 +132,62 @@ def derived_params(engine: EngineConfig) -> dict:
         problems.append(f"act_buf_bytes={engine.act_buf_bytes} too large")
     if engine.lut_bytes % 2:
         problems.append(f"lut_bytes={engine.lut_bytes} is odd (the LUT memory holds 16-bit entries)")
+    if engine.max_stride > 2:
+        problems.append(f"max_stride={engine.max_stride} > 2 (the bank crossbar serves strides 1 and 2)")
     if problems:
         raise UnsupportedEngineConfig("EngineConfig not supported by the HLS templates: " + "; ".join(problems))
-    pe_slots = engine.d_max * engine.n // engine.m
-    max_passes = -(-engine.d_max // pe_slots)
-    acc_pixels = max(engine.rows, (engine.act_buf_bytes // engine.cols) // engine.rows * engine.rows)
-    coord_bits = (engine.act_buf_bytes + 2 * engine.max_kernel + 2).bit_length() + 2
     k_pow2 = 1 << max(0, (engine.pq_k_max - 1).bit_length())
     # largest squared distance of one subvector: v_max * (255 - (-128))^2, one spare bit for the sentinel
     pq_dist_bits = (engine.pq_v_max * 383 * 383).bit_length() + 1
+    slots = engine.slots
+    max_dim = max(1, engine.act_buf_bytes // engine.lanes)
+    max_groups = max(1, engine.act_buf_bytes // engine.lanes)
+    max_oc_tiles = -(-engine.max_channels // engine.cols)
+    max_dec = -(-engine.cols * engine.lanes // 2)   # d = 1: lanes d-vectors per column and step
+    max_passes = -(-engine.m // engine.n)
     return {
         "pq_k_pow2": k_pow2,
         "pq_k_levels": k_pow2.bit_length() - 1,
         "pq_code_bits": max(1, (k_pow2 - 1).bit_length()),
         "pq_dist_bits": pq_dist_bits,
-        "pq_lut_entries": engine.lut_bytes // 2,
-        "pq_oc_lanes": engine.cols,
+        "pq_lut_depth": max(1, engine.lut_bytes // 2 // engine.cols),
+        "pq_acc_depth": max_oc_tiles,
         "pq_max_pixels": engine.act_buf_bytes,
-        "pq_enc_ii": -(-engine.pq_v_max // 2),
-        "pe_slots": pe_slots,
+        "pq_max_span": max(engine.pq_v_max, engine.max_channels),
+        "slots": slots,
+        "lane_groups": engine.lanes // engine.m,
         "max_passes": max_passes,
-        "tile_slots": max_passes * pe_slots,
-        "acc_pixels": acc_pixels,
-        "acc_groups": acc_pixels // engine.rows,
-        "max_pix_tiles": -(-engine.act_buf_bytes // acc_pixels),
-        "max_oc_tiles": -(-engine.max_channels // engine.cols),
-        "max_chunks": -(-engine.max_channels // engine.d_max),
-        "max_vectors": engine.d_max,
-        "array_ii": -(-engine.rows // 2),
-        "coord_bits": coord_bits,
-        "coord_far": -(1 << (coord_bits - 2)),
-        "lane_bits": max(1, (engine.d_max - 1).bit_length()),
+        "banks": engine.act_banks,
+        "bank_log2": engine.act_banks.bit_length() - 1,
+        "bank_words": engine.bank_words,
+        "sel_bits": max(1, (engine.m - 1).bit_length()),
         "idx_bits": max(1, (engine.k_max - 1).bit_length()),
-        "max_dim": max(1, math.isqrt(engine.act_buf_bytes)),
+        "psum_bits": 17 + max(1, (slots - 1).bit_length()) + 1,
         "param_words": engine.param_bytes // 4,
-        "psum_bits": engine.weight_bits + engine.act_bits + 1 + max(1, (pe_slots - 1).bit_length()),
+        "max_dim": max_dim,
+        "max_groups": max_groups,
+        "max_oc_tiles": max_oc_tiles,
+        "max_dec": max_dec,
+        "max_tiles": -(-max_groups // engine.acc_groups) * max_oc_tiles + 1,
+        "max_tile_cycles": engine.max_kernel ** 2 * -(-engine.max_channels // engine.lanes) * max_passes
+                           * engine.acc_groups,
+        "max_act_bytes": engine.act_buf_bytes,
+        "max_pool_cycles": engine.act_buf_bytes * engine.max_kernel ** 2,
     }
+
+
+# resource-model memory name -> the C variable in memories.h
+_MEMORY_VARS = {"act": "act_mem", "acc": "acc_mem", "vidx": "vidx_mem", "vmask": "vmask_mem", "cbmem": "cb_mem",
+                "dmem": "dmem", "chmem": "ch_mem", "ops": "op_words", "proto": "proto_mem", "lut": "lut_mem",
+                "pq_acc": "pq_acc"}
+_PORT_TYPES = {"s2p": "ram_s2p", "t2p": "ram_t2p", "2r": "ram_2p"}
+
+
+def storage_pragmas(engine: EngineConfig) -> list[tuple[str, str, str]]:
+    """(variable, type, impl) of every on-chip memory, from the resource model (flow.boards.resources)."""
+    from flow.boards.resources import memories
+
+    return [(_MEMORY_VARS[m.name], _PORT_TYPES[m.ports], m.impl) for m in memories(engine) if m.name in _MEMORY_VARS]
 
 
 def _context(engine: EngineConfig, part: str, clock_ns: float) -> dict:
@@ -194,6 +218,8 @@ def _context(engine: EngineConfig, part: str, clock_ns: float) -> dict:
         "status_codes": status_codes,
         "status_op_none": regmap.STATUS_OP_NONE,
         "ports": [(p, regmap.PORT_OFFSETS[p]) for p in ("n_images", "params", "config_hash", "cycles", "status")],
+        "perf": {"ddr_latency": perf.DDR_LATENCY, "depth": sorted(perf.DEPTH.items())},
+        "storage": storage_pragmas(engine),
         "firmware_sources": list(FIRMWARE_SOURCES),
         "part": part,
         "clock_ns": clock_ns,
@@ -233,6 +259,11 @@ def _content_hash(files: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
+def rendered_hash(engine: EngineConfig, *, part: str = DEFAULT_PART, clock_ns: float = DEFAULT_CLOCK_NS) -> str:
+    """The content hash a project rendered now for ``engine`` would have (test vectors excluded)."""
+    return _content_hash({name: text.encode() for name, text in render(engine, part=part, clock_ns=clock_ns).items()})
+
+
 def write_project(
     engine: EngineConfig,
     outdir: str | os.PathLike,
@@ -258,6 +289,7 @@ def write_project(
     texts = render(engine, part=part, clock_ns=clock_ns)
     files: dict[str, bytes] = {name: text.encode() for name, text in texts.items()}
     if program is not None:
+        program = prepare(program, engine)   # the testbench loads it as the board does: placed and checked
         files["tb/data/program.bin"] = program.to_bytes()
         if inputs is not None:
             files["tb/data/inputs.bin"] = vectors.check_inputs(program, inputs).tobytes()

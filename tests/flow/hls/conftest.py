@@ -9,13 +9,19 @@ from __future__ import annotations
 import pytest
 
 
-from hls_testlib import DEFAULT_CFG, ODD_CFG, SMALL_CFG  # noqa: F401  (re-exported to the tests)
+from hls_testlib import DEFAULT_CFG, ODD_CFG, SMALL_CFG, WIDE_CFG  # noqa: F401  (re-exported to the tests)
 
 
 @pytest.fixture(scope="session")
 def engine():
     from flow.hls.csim import Engine
     return Engine(DEFAULT_CFG)
+
+
+@pytest.fixture(scope="session")
+def wide_engine():
+    from flow.hls.csim import Engine
+    return Engine(WIDE_CFG)
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,23 @@ from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ, Op
 
 INT32_MAX = (1 << 31) - 1
 
-# the default engine (PYNQ-Z2 sizing: 8x8 array, 2:4 PEs, d_max 16, k_max 256)
+# the default engine (the PYNQ-Z2 build: 8x8 array of 8-lane 2:4 PEs, d_max 8, k_max 256)
 DEFAULT_CFG = EngineConfig()
-# small limits: several pixel tiles per layer, 1:4 PEs (multi-pass for denser masks)
-SMALL_CFG = EngineConfig(rows=4, cols=4, n=1, m=4, k_max=64, d_max=8, act_buf_bytes=2048, num_bufs=3,
-                         max_channels=64, max_kernel=5, max_ops=8, param_bytes=1 << 20)
-# odd geometry: non-power-of-two array, 3:4 PEs, d_max 12 (codewords that do not tile it), 4 buffers
-ODD_CFG = EngineConfig(rows=5, cols=3, n=3, m=4, k_max=32, d_max=12, act_buf_bytes=3000, num_bufs=4,
+# small limits: 4x4 array of 4-lane 1:4 PEs (multi-pass for denser masks), codewords longer than a
+# word (d_max 8 > lanes 4), several pixel tiles per layer (acc_groups 4)
+SMALL_CFG = EngineConfig(rows=4, cols=4, lanes=4, n=1, m=4, k_max=64, d_max=8, act_buf_bytes=2048, num_bufs=3,
+                         acc_groups=4, vmem_entries=4096, cb_rows=256, dmem_words=1024, ch_rows=64, dsp_rows=2,
+                         max_channels=64, max_kernel=5, max_ops=8, param_bytes=1 << 20,
+                         pq_v_max=16, pq_k_max=64, pq_subspaces_max=64, lut_bytes=8192)
+# odd geometry: non-power-of-two array (5 rows, 12 lanes), 3:4 PEs, codewords that tile a word (d 4 or 12),
+# 4 buffers, 3 groups per accumulator tile
+ODD_CFG = EngineConfig(rows=5, cols=12, lanes=12, n=3, m=4, k_max=32, d_max=12, act_buf_bytes=6144, num_bufs=4,
+                       acc_groups=3, vmem_entries=4096, cb_rows=256, dmem_words=2048, ch_rows=64, dsp_rows=1,
                        max_channels=96, max_kernel=5, max_ops=8, param_bytes=1 << 20)
+# a C-simulation build past the board's limits (codewords up to 16, 512 channels, large buffers): the
+# semantics tests of shapes the PYNQ-Z2 build refuses run here, everything that fits runs on DEFAULT_CFG
+WIDE_CFG = EngineConfig(d_max=16, act_buf_bytes=131072, vmem_entries=65536, cb_rows=8192, dmem_words=16384,
+                        ch_rows=1024, max_ops=64)
 
 
 def out_size(size: int, k: int, stride: int, pad: int) -> int:
@@ -172,16 +181,16 @@ def program(*ops: Op) -> Program:
     return Program(ops=list(ops), in_shape=(first.H, first.W, first.C))
 
 
-def lenet_program(rng: np.random.Generator, *, wfmt: int = CODEBOOK, k: int = 64) -> Program:
+def lenet_program(rng: np.random.Generator, *, wfmt: int = CODEBOOK, k: int = 64, d: int = 8) -> Program:
     """A small digits CNN on 8x8x1: conv3x3(1->8, dense) relu, maxpool2, conv3x3(8->16) relu, linear(16*2*2 -> 10)."""
     ops = [
         conv_op(rng, H=8, W=8, C=1, OC=8, K=3, pad=1, in_unsigned=1, out_unsigned=1, shift_range=(8, 24),
                 in_buf=0, out_buf=1, name="conv1"),
         pool_op(rng, "max", H=8, W=8, C=8, K=2, stride=2, in_unsigned=1, in_buf=1, out_buf=0, name="pool1"),
-        conv_op(rng, H=4, W=4, C=8, OC=16, K=3, pad=1, wfmt=wfmt, d=8, n=2, m=4, k=k, in_unsigned=1,
+        conv_op(rng, H=4, W=4, C=8, OC=16, K=3, pad=1, wfmt=wfmt, d=d, n=2, m=4, k=k, in_unsigned=1,
                 out_unsigned=1, shift_range=(8, 24), in_buf=0, out_buf=1, name="conv2"),
         pool_op(rng, "max", H=4, W=4, C=16, K=2, stride=2, in_unsigned=1, in_buf=1, out_buf=0, name="pool2"),
-        conv_op(rng, H=1, W=1, C=64, OC=10, K=1, pad=0, wfmt=wfmt, d=8, n=2, m=4, k=k, in_unsigned=1,
+        conv_op(rng, H=1, W=1, C=64, OC=10, K=1, pad=0, wfmt=wfmt, d=d, n=2, m=4, k=k, in_unsigned=1,
                 out_unsigned=0, shift_range=(8, 24), in_buf=0, out_buf=1, name="fc"),
     ]
     return program(*ops)
@@ -239,6 +248,24 @@ def conv_program(rng: np.random.Generator, *, residual: bool = False, res_unsign
                   in_buf=0, out_buf=2, shift_range=(8, 24), name="residual_src")
     main = conv_op(rng, **kw, in_buf=0, out_buf=1, res_buf=2, res_unsigned=res_unsigned)
     return program(res, main)
+
+
+def fits(engine, prog: Program) -> bool:
+    """True when the host-side check accepts ``prog`` for ``engine`` (placement + validation)."""
+    from flow.compile.layout import PlacementError
+    from flow.compile.validate import ProgramError
+    from flow.compile.validate import prepare
+
+    try:
+        prepare(prog, engine.config)
+        return True
+    except (ProgramError, PlacementError):
+        return False
+
+
+def check_exact_on(engine, wide_engine, prog: Program, x: np.ndarray) -> np.ndarray:
+    """check_exact on the board build when ``prog`` fits it, else on the wide C-simulation build."""
+    return check_exact(engine if fits(engine, prog) else wide_engine, prog, x)
 
 
 def check_exact(engine, prog: Program, x: np.ndarray) -> np.ndarray:

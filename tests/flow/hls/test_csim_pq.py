@@ -15,9 +15,13 @@ from host import regmap
 pytestmark = pytest.mark.csim
 
 # a build with a small on-chip LUT memory (larger LUTs stream from DDR) and tight PQ limits
-PQ_SMALL_CFG = EngineConfig(rows=4, cols=4, n=2, m=4, k_max=64, d_max=8, act_buf_bytes=4096, num_bufs=3,
+PQ_SMALL_CFG = EngineConfig(rows=4, cols=4, lanes=4, n=2, m=4, k_max=64, d_max=8, act_buf_bytes=4096, num_bufs=3,
+                            acc_groups=4, vmem_entries=4096, cb_rows=256, dmem_words=1024, ch_rows=64, dsp_rows=2,
                             max_channels=64, max_kernel=3, max_ops=8, param_bytes=1 << 20,
                             pq_v_max=9, pq_k_max=16, pq_subspaces_max=64, lut_bytes=1024)
+# a C-simulation build with a wide lookup unit (v up to 16, K up to 64, 256 subspaces): the PQ semantics
+# beyond the PYNQ-Z2 build's limits (v 9, K 16, 64 subspaces)
+PQ_WIDE_CFG = EngineConfig(pq_v_max=16, pq_k_max=64, pq_subspaces_max=256, lut_bytes=65536)
 
 
 def _rng(*key) -> np.random.Generator:
@@ -28,6 +32,12 @@ def _rng(*key) -> np.random.Generator:
 def pq_small_engine():
     from flow.hls.csim import Engine
     return Engine(PQ_SMALL_CFG)
+
+
+@pytest.fixture(scope="module")
+def pq_wide_engine():
+    from flow.hls.csim import Engine
+    return Engine(PQ_WIDE_CFG)
 
 
 def _random_pq_kwargs(rng, v: int, Kp: int, *, max_c: int = 24) -> dict:
@@ -48,12 +58,16 @@ CASES = list(itertools.product([1, 3, 4, 9], [2, 5, 8, 16, 64]))
 
 
 @pytest.mark.parametrize("v,Kp", CASES, ids=[f"v{v}-K{k}" for v, k in CASES])
-def test_pq_random_bit_exact(engine, v, Kp):
-    """Random geometry / formats / residual, with planted ties (duplicate and mirrored prototypes)."""
+def test_pq_random_bit_exact(engine, pq_wide_engine, v, Kp):
+    """Random geometry / formats / residual, with planted ties (duplicate and mirrored prototypes);
+    on the board build where the op is inside its limits, else on the wide C-simulation build."""
     for trial in range(2):
         rng = _rng("pq", v, Kp, trial)
         prog = pq_program(rng, **_random_pq_kwargs(rng, v, Kp))
-        check_exact(engine, prog, rand_inputs(rng, prog, 3))
+        op = prog.ops[-1]
+        board_ok = v <= engine.config.pq_v_max and Kp <= engine.config.pq_k_max and \
+            op.KH * op.KW * op.C // v <= engine.config.pq_subspaces_max
+        check_exact(engine if board_ok else pq_wide_engine, prog, rand_inputs(rng, prog, 3))
 
 
 @pytest.mark.parametrize("in_unsigned", [0, 1])
@@ -97,8 +111,9 @@ def test_pq_streamed_lut_and_small_engine(pq_small_engine):
 
 
 def _status(eng, prog: Program) -> tuple[int, int | None]:
-    from flow.hls.csim import EngineError
-    with pytest.raises(EngineError) as info:
+    """(code, op) of the host-side check that refuses ``prog`` before any load call."""
+    from flow.compile.validate import ProgramError
+    with pytest.raises(ProgramError) as info:
         eng.load(prog)
     return info.value.code, info.value.op
 
@@ -183,14 +198,29 @@ def test_mixed_model_lowered_and_simulated(engine):
     assert np.array_equal(got.astype(np.int64), run(g, xi))
 
 
-def test_engine_ignores_checksum_word(engine):
-    """Header word 7 (CRC32, checked by Program.from_bytes on the host) is not read by the engine."""
-    rng = _rng("crc")
-    prog = pq_program(rng, H=4, W=4, C=3, OC=5, K=3, pad=1, v=9, Kp=8)
-    x = rand_inputs(rng, prog, 2)
-    image = bytearray(prog.to_bytes())
-    image[28:32] = (0xDEADBEEF).to_bytes(4, "little")
-    engine.load_image(bytes(image))
+def test_engine_checks_the_crc(engine):
+    """Header word 7 is the CRC32 of the image body: the host refuses a mismatch (ProgramError) and so
+    does the engine's load call (STATUS ERR_CRC), which computes it in its one pass over the body."""
+    from flow.compile.layout import place
+    from flow.compile.validate import ProgramError
+    from flow.hls.csim import EngineError
     from flow.quant.golden import run_program
+
+    rng = _rng("crc")
+    prog = place(pq_program(rng, H=4, W=4, C=3, OC=5, K=3, pad=1, v=9, Kp=8), engine.config)
+    x = rand_inputs(rng, prog, 2)
+    good = prog.to_bytes()
+    flipped_crc = bytearray(good)
+    flipped_crc[28:32] = (0xDEADBEEF).to_bytes(4, "little")
+    flipped_body = bytearray(good)
+    flipped_body[-3] ^= 0x10                                  # a LUT bit
+    for image in (flipped_crc, flipped_body):
+        with pytest.raises(ProgramError) as info:
+            engine.load_image(bytes(image))
+        assert info.value.code == regmap.ERR_CRC
+        with pytest.raises(EngineError) as info:
+            engine.load_image(bytes(image), validate=False)
+        assert info.value.code == regmap.ERR_CRC
+    engine.load_image(good)
     got = engine.run_bytes(np.ascontiguousarray(x).view(np.uint8).reshape(2, -1))
     assert np.array_equal(got.view(np.int8).reshape(run_program(prog, x).shape), run_program(prog, x))

@@ -1,0 +1,250 @@
+"""Cycle model of the engine: the schedule the HLS templates implement, in cycles.
+
+Every number here is *modelled*: it counts the iterations of the engine's
+II=1 loops (each template loop is written so that every memory sees at most
+one read and one write per iteration, see docs/engine.md), plus a stated fill
+depth per loop entry and a stated DDR latency per burst. The C-simulation
+counter (the CYCLES register) adds exactly the same terms, and a test holds
+the two equal. Measured numbers come from elsewhere and say so: Vitis HLS
+C/RTL co-simulation (``cosim_design`` latency report), RTL simulation of the
+cores (flow.rtl), or wall-clock time on the board (host ``Accelerator.stats``).
+Stalls the model leaves out: AXI-Stream back-pressure from the DMA, DDR
+refresh and contention with the PS, and HLS scheduling that misses II=1.
+
+The schedule, per image (program already placed for the engine, fields as in
+flow/compile/program.py):
+
+* stream in:  H*W*C cycles (one byte per beat) + DEPTH["stream"];
+* per op:     DESC_WORDS cycles to fetch its descriptor from the op table;
+* conv:       if not resident, its parameters are burst-loaded first
+              (``param_load_cycles``). Tiles t = (pixel tile, oc tile), oc tile
+              inner; ng_t pixel groups in tile t. One decode prologue of
+              ``dec`` cycles (+ DEPTH["dec"]), then per tile one loop of
+              max(NSTEP * max(passes * ng_t, dec), rows * ng_{t-1}) iterations:
+              the array computes tile t (each step lasts passes * ng_t cycles,
+              or dec when the decoder of the next step is slower) while the
+              drain requantizes tile t-1 (one pixel of ``cols`` channels per
+              cycle, ``rows`` pixels per group); + DEPTH["conv"] per loop entry;
+              a final drain-only loop of rows * ng_{T-1} (+ DEPTH["conv"]);
+* maxpool:    OH*OW*OCW*KH*KW + DEPTH["pool"] (one activation word per cycle);
+* avgpool:    OH*OW*OCW*(KH*KW + lanes) + DEPTH["pool"] (window sums, then one
+              requantization lane);
+* pq:         prototypes (and the LUT when it fits) burst-loaded per image;
+              per pixel NOT (bias) + nsub * max(v, lookup) + lookup (the
+              encoder of subspace s overlaps the lookup of s-1) + OC (one
+              requantization lane) + DEPTH["pq"], where lookup = NOT on chip,
+              or OC (one int16 per beat) + DDR_LATENCY per row when the LUT
+              streams from DDR;
+* stream out: OH*OW*OC + DEPTH["stream"].
+
+A burst of N 32-bit beats costs DDR_LATENCY + N cycles (the m_axi adapter
+keeps several reads outstanding, so only the first beat's latency shows). The
+load call: header (DDR_LATENCY + HEADER_WORDS), one pass over the image body
+computing its CRC32 and capturing the descriptors (DDR_LATENCY + body words),
+then per op its descriptor (DESC_WORDS cycles), its channel parameters and,
+when resident, its weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flow.compile.engine import EngineConfig
+from flow.compile.layout import cdiv
+from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, DESC_WORDS, HEADER_WORDS, MAXPOOL, PQ, Op, Program
+
+DDR_LATENCY = 30     # cycles from an m_axi read request to its first beat (Zynq-7000 HP0 at 100 MHz, typical)
+BEAT_BYTES = 4       # m_axi data width: one 32-bit beat per cycle
+# fill depth of each loop (cycles from the first iteration's start to its last stage), per loop entry
+DEPTH = {
+    "conv": 12,      # BRAM read 2, bank crossbar 1, m:1 mux 1, DSP multiply 3, adder tree 2, accumulate 1, write 1, margin 1
+    "dec": 4,        # vmem read 2, codebook read 2
+    "pool": 4,       # BRAM read 2, compare / add 1, write 1
+    "pq": 8,         # gather 2, distance 3, argmin tree 2, LUT read 1
+    "stream": 2,     # AXI-Stream register slice + BRAM write
+    "load": 2,       # per burst loop: beat register + memory write
+}
+
+
+@dataclass
+class OpCycles:
+    """Modelled cycles of one op per image, split by phase."""
+
+    name: str
+    kind: str
+    cycles: int
+    phases: dict[str, int] = field(default_factory=dict)
+    macs: int = 0            # dense-equivalent multiply-accumulates (OH*OW*OC*KH*KW*C)
+    products: int = 0        # products the array really forms (kept weights only)
+    ddr_bytes: int = 0       # bytes read over m_axi per image
+
+
+@dataclass
+class ImageCycles:
+    ops: list[OpCycles]
+    stream_in: int
+    stream_out: int
+
+    @property
+    def total(self) -> int:
+        return self.stream_in + self.stream_out + sum(o.cycles for o in self.ops)
+
+    @property
+    def macs(self) -> int:
+        return sum(o.macs for o in self.ops)
+
+    @property
+    def ddr_bytes(self) -> int:
+        return sum(o.ddr_bytes for o in self.ops)
+
+
+def burst(words: int) -> int:
+    """Cycles of one burst read of ``words`` 32-bit beats (0 words: nothing issued)."""
+    return DDR_LATENCY + words + DEPTH["load"] if words > 0 else 0
+
+
+def _words(nbytes: int) -> int:
+    return cdiv(nbytes, BEAT_BYTES)
+
+
+def channel_load_cycles(op: Op) -> int:
+    """bias / mult / shift / res_mult arrays (int32 each) of a conv, pq or avgpool op."""
+    if op.opcode not in (CONV, PQ, AVGPOOL):
+        return 0
+    arrays = 2  # mult, shift
+    if op.opcode in (CONV, PQ):
+        arrays += int(op.arrays.get("bias") is not None and op.arrays["bias"].size > 0) + int(op.res_buf >= 0)
+    return arrays * burst(op.OC)
+
+
+def param_load_cycles(op: Op, oc_count: int | None = None, with_codebook: bool = True) -> tuple[int, int]:
+    """(cycles, DDR bytes) to copy the weights of ``oc_count`` output channels (all by default) on chip.
+
+    idx and mask are uint16 (two entries per beat, written to a dual-port memory);
+    codebook and dense weights are bytes placed one per cycle (a beat feeds four cycles)."""
+    if op.opcode != CONV:
+        return 0, 0
+    oc = op.OC if oc_count is None else oc_count
+    if op.wfmt == DENSE:
+        nbytes = oc * op.KH * op.KW * op.C
+        return DDR_LATENCY + nbytes + DEPTH["load"], 4 * _words(nbytes)
+    nv = oc * op.KH * op.KW * (op.C // op.d)
+    cyc, ddr = 2 * burst(cdiv(nv, 2)), 2 * 4 * cdiv(nv, 2)
+    if with_codebook:
+        cb = op.k * op.d
+        cyc += DDR_LATENCY + cb + DEPTH["load"]
+        ddr += 4 * _words(cb)
+    return cyc, ddr
+
+
+def conv_tiles(op: Op, engine: EngineConfig, oc_tiles: int | None = None) -> list[int]:
+    """Pixel groups of every tile in execution order (pixel tile outer, oc tile inner)."""
+    tiles = []
+    for pt in range(op.NPT):
+        ng = min(engine.acc_groups, op.NG - pt * engine.acc_groups)
+        tiles += [ng] * (op.NOT if oc_tiles is None else oc_tiles)
+    return tiles
+
+
+def conv_cycles(op: Op, engine: EngineConfig, oc_tiles: int | None = None) -> dict[str, int]:
+    """Phases of a placed conv op (or of ``oc_tiles`` of its output-channel tiles run alone): decode
+    prologue, tile loops (compute overlapped with the previous tile's drain), final drain."""
+    tiles = conv_tiles(op, engine, oc_tiles)
+    step = lambda ng: max(op.passes * ng, op.dec)   # noqa: E731
+    loops = 0
+    compute = drain_wait = 0
+    prev = 0
+    for ng in tiles:
+        c = op.NSTEP * step(ng)
+        d = engine.rows * prev
+        loops += max(c, d) + DEPTH["conv"]
+        compute += c
+        drain_wait += max(0, d - c)
+        prev = ng
+    final = engine.rows * prev + DEPTH["conv"]
+    return {"prologue": op.dec + DEPTH["dec"], "tiles": loops, "final_drain": final,
+            "compute": compute, "drain_stall": drain_wait}
+
+
+def pq_cycles(op: Op, engine: EngineConfig) -> tuple[dict[str, int], int]:
+    """(phases, DDR bytes per image) of a placed PQ op."""
+    rows = op.nsub * op.K
+    proto = DDR_LATENCY + rows * op.v + DEPTH["load"]
+    ddr = 4 * _words(rows * op.v)
+    lut = 0
+    if op.lut_resident:
+        lut = burst(cdiv(rows * op.OC, 2))
+        ddr += 4 * cdiv(rows * op.OC, 2)
+        lookup, stream_lat = op.NOT, 0
+    else:   # each row streams from DDR, one int16 entry per beat
+        lookup, stream_lat = op.OC, DDR_LATENCY
+    npix = op.OH * op.OW
+    per_pixel = (op.NOT + op.nsub * max(op.v, lookup) + lookup + op.nsub * stream_lat
+                 + op.OC + DEPTH["pq"])
+    if not op.lut_resident:
+        ddr += npix * op.nsub * op.OC * BEAT_BYTES
+    return {"proto_load": proto, "lut_load": lut, "pixels": npix * per_pixel}, ddr
+
+
+def op_cycles(op: Op, engine: EngineConfig) -> OpCycles:
+    """Modelled cycles of one placed op per image (descriptor fetch included)."""
+    phases: dict[str, int] = {"fetch": DESC_WORDS}
+    macs = products = ddr = 0
+    kind = {CONV: "conv", MAXPOOL: "maxpool", AVGPOOL: "avgpool", PQ: "pq"}.get(op.opcode, "?")
+    if op.opcode == CONV and op.resident:
+        phases.update(conv_cycles(op, engine))
+    elif op.opcode == CONV:   # streamed: per oc tile, load its weights (the codebook with the first), run it
+        phases.update(param_load=0, prologue=0, tiles=0, final_drain=0, compute=0, drain_stall=0)
+        for ot in range(op.NOT):
+            oc = min(engine.cols, op.OC - ot * engine.cols)
+            cyc, b = param_load_cycles(op, oc, with_codebook=ot == 0)
+            phases["param_load"] += cyc
+            ddr += b
+            for k, v in conv_cycles(op, engine, oc_tiles=1).items():
+                phases[k] += v
+    if op.opcode == CONV:
+        macs = op.OH * op.OW * op.OC * op.KH * op.KW * op.C
+        if op.wfmt == CODEBOOK and "mask" in op.arrays:
+            kept = int(sum(bin(int(x)).count("1") for x in op.arrays["mask"].ravel()))
+            products = op.OH * op.OW * kept
+        else:
+            products = macs
+    elif op.opcode == MAXPOOL:
+        phases["window"] = op.OH * op.OW * op.OCW * op.KH * op.KW + DEPTH["pool"]
+    elif op.opcode == AVGPOOL:
+        phases["window"] = op.OH * op.OW * op.OCW * (op.KH * op.KW + engine.lanes) + DEPTH["pool"]
+    elif op.opcode == PQ:
+        p, ddr = pq_cycles(op, engine)
+        phases.update(p)
+    total = sum(v for k, v in phases.items() if k not in ("compute", "drain_stall"))
+    return OpCycles(op.name, kind, total, phases, macs, products, ddr)
+
+
+def image_cycles(program: Program, engine: EngineConfig) -> ImageCycles:
+    """Modelled cycles of one image through a placed program (flow.compile.layout.place)."""
+    first, last = program.ops[0], program.ops[-1]
+    return ImageCycles(
+        ops=[op_cycles(op, engine) for op in program.ops],
+        stream_in=first.H * first.W * first.C + DEPTH["stream"],
+        stream_out=last.OH * last.OW * last.OC + DEPTH["stream"],
+    )
+
+
+def run_cycles(program: Program, engine: EngineConfig, n_images: int) -> int:
+    """The CYCLES register after a run call of ``n_images`` images."""
+    return n_images * image_cycles(program, engine).total
+
+
+def load_cycles(program: Program, engine: EngineConfig, image_bytes: int | None = None) -> int:
+    """The CYCLES register after the load call (N_IMAGES = 0) of a valid placed program."""
+    total = image_bytes if image_bytes is not None else len(program.to_bytes())
+    cyc = DDR_LATENCY + HEADER_WORDS + DDR_LATENCY + (total // 4 - HEADER_WORDS)
+    for op in program.ops:
+        cyc += DESC_WORDS + channel_load_cycles(op)
+        if op.opcode == CONV and op.resident:
+            cyc += param_load_cycles(op)[0]
+    return cyc
+
+
+def images_per_second(program: Program, engine: EngineConfig, clock_mhz: float = 100.0) -> float:
+    """Modelled throughput at ``clock_mhz`` (one image at a time, no overlap between images)."""
+    return clock_mhz * 1e6 / image_cycles(program, engine).total
