@@ -227,7 +227,7 @@ def plot(result: dict, path: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
 
     ax = fig.add_subplot(gs[1, 0])
-    labels, vals, cols = [], [], []
+    labels = []
     pal = {("sparse", "mvq"): "#4c72b0", ("sparse", "none"): "#8fa8d0", ("dense", "vq"): "#55a868",
            ("dense", "none"): "#a5d1b0"}
     pos = 0.0

@@ -159,7 +159,7 @@ def run(a: argparse.Namespace) -> int:
 
     with T.stage("hls"):
         # the project carries the test vectors, so its own `make csim` re-checks them without Python
-        project = write_project(engine, out / "hls", program=program, inputs=x_int, expected=gold)
+        project = write_project(engine, out / "hls", program=program, inputs=x_int, expected=gold, board=a.board)
         problems = lint_project(project.path)
         if problems:
             raise RuntimeError("emitted HLS fails the synthesizability lint:\n" + "\n".join(map(str, problems)))

@@ -20,9 +20,11 @@ flow/compile/program.py):
               (``param_load_cycles``). Tiles t = (pixel tile, oc tile), oc tile
               inner; ng_t pixel groups in tile t. One decode prologue of
               ``dec`` cycles (+ DEPTH["dec"]), then per tile one loop of
-              max(NSTEP * max(passes * ng_t, dec), rows * ng_{t-1}) iterations:
-              the array computes tile t (each step lasts passes * ng_t cycles,
-              or dec when the decoder of the next step is slower) while the
+              max(NSTEP * max(passes * max(ng_t, 2), dec), rows * ng_{t-1})
+              iterations: the array computes tile t (each step lasts passes *
+              ng_t cycles -- a pass at least ACC_DISTANCE = 2, so an accumulator
+              is never updated on consecutive cycles -- or dec when the decoder
+              of the next step is slower) while the
               drain requantizes tile t-1 (one pixel of ``cols`` channels per
               cycle, ``rows`` pixels per group); + DEPTH["conv"] per loop entry;
               a final drain-only loop of rows * ng_{T-1} (+ DEPTH["conv"]);
@@ -53,6 +55,9 @@ from flow.compile.layout import cdiv
 from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, DESC_WORDS, HEADER_WORDS, MAXPOOL, PQ, Op, Program
 
 DDR_LATENCY = 30     # cycles from an m_axi read request to its first beat (Zynq-7000 HP0 at 100 MHz, typical)
+# a pass sweeps at least this many group slots, so one accumulator is read-modified-written at most
+# every ACC_DISTANCE cycles (the accumulate recurrence: LUTRAM read, add, write), whatever the tile size
+ACC_DISTANCE = 2
 BEAT_BYTES = 4       # m_axi data width: one 32-bit beat per cycle
 # fill depth of each loop (cycles from the first iteration's start to its last stage), per loop entry
 DEPTH = {
@@ -106,6 +111,12 @@ def _words(nbytes: int) -> int:
     return cdiv(nbytes, BEAT_BYTES)
 
 
+def byte_cycles(nbytes: int, row: int) -> int:
+    """Cycles to place ``nbytes`` bytes that form rows of ``row`` bytes: a beat per cycle when rows are
+    whole beats (row % 4 == 0), else a byte per cycle."""
+    return nbytes // 4 if row % 4 == 0 else nbytes
+
+
 def channel_load_cycles(op: Op) -> int:
     """bias / mult / shift / res_mult arrays (int32 each) of a conv, pq or avgpool op."""
     if op.opcode not in (CONV, PQ, AVGPOOL):
@@ -119,19 +130,20 @@ def channel_load_cycles(op: Op) -> int:
 def param_load_cycles(op: Op, oc_count: int | None = None, with_codebook: bool = True) -> tuple[int, int]:
     """(cycles, DDR bytes) to copy the weights of ``oc_count`` output channels (all by default) on chip.
 
-    idx and mask are uint16 (two entries per beat, written to a dual-port memory);
-    codebook and dense weights are bytes placed one per cycle (a beat feeds four cycles)."""
+    idx and mask are uint16 (two entries per beat, written to a dual-port memory); codebook rows
+    and dense weight words take a whole beat per cycle when d (C) is a multiple of 4, so a beat never
+    straddles a row (a tap), else one byte per cycle (a beat feeds four cycles)."""
     if op.opcode != CONV:
         return 0, 0
     oc = op.OC if oc_count is None else oc_count
     if op.wfmt == DENSE:
         nbytes = oc * op.KH * op.KW * op.C
-        return DDR_LATENCY + nbytes + DEPTH["load"], 4 * _words(nbytes)
+        return DDR_LATENCY + byte_cycles(nbytes, op.C) + DEPTH["load"], 4 * _words(nbytes)
     nv = oc * op.KH * op.KW * (op.C // op.d)
     cyc, ddr = 2 * burst(cdiv(nv, 2)), 2 * 4 * cdiv(nv, 2)
     if with_codebook:
         cb = op.k * op.d
-        cyc += DDR_LATENCY + cb + DEPTH["load"]
+        cyc += DDR_LATENCY + byte_cycles(cb, op.d) + DEPTH["load"]
         ddr += 4 * _words(cb)
     return cyc, ddr
 
@@ -149,7 +161,7 @@ def conv_cycles(op: Op, engine: EngineConfig, oc_tiles: int | None = None) -> di
     """Phases of a placed conv op (or of ``oc_tiles`` of its output-channel tiles run alone): decode
     prologue, tile loops (compute overlapped with the previous tile's drain), final drain."""
     tiles = conv_tiles(op, engine, oc_tiles)
-    step = lambda ng: max(op.passes * ng, op.dec)   # noqa: E731
+    step = lambda ng: max(op.passes * max(ng, ACC_DISTANCE), op.dec)   # noqa: E731
     loops = 0
     compute = drain_wait = 0
     prev = 0

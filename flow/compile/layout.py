@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flow.compile.engine import EngineConfig
-from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ, Op, Program
+from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, PQ, Op, Program
 
 
 class PlacementError(ValueError):

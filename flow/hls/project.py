@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -218,7 +217,8 @@ def _context(engine: EngineConfig, part: str, clock_ns: float) -> dict:
         "status_codes": status_codes,
         "status_op_none": regmap.STATUS_OP_NONE,
         "ports": [(p, regmap.PORT_OFFSETS[p]) for p in ("n_images", "params", "config_hash", "cycles", "status")],
-        "perf": {"ddr_latency": perf.DDR_LATENCY, "depth": sorted(perf.DEPTH.items())},
+        "perf": {"ddr_latency": perf.DDR_LATENCY, "acc_distance": perf.ACC_DISTANCE,
+                 "depth": sorted(perf.DEPTH.items())},
         "storage": storage_pragmas(engine),
         "firmware_sources": list(FIRMWARE_SOURCES),
         "part": part,
@@ -273,8 +273,13 @@ def write_project(
     expected=None,
     part: str = DEFAULT_PART,
     clock_ns: float = DEFAULT_CLOCK_NS,
+    board: str | None = None,
 ) -> Project:
     """Render the HLS project for ``engine`` into ``outdir`` (replacing an earlier project there).
+
+    With ``board`` the engine is first checked against the board's resource budget
+    (flow.boards.resources.check_fit): a config that does not fit raises ResourceError, listing
+    every over-used resource, and nothing is written.
 
     With ``program`` (and ``inputs`` [B,H,W,C], optionally ``expected`` [B,OH,OW,OC])
     the test vectors go to ``tb/data/`` for ``make csim`` and Vitis csim/cosim.
@@ -286,6 +291,10 @@ def write_project(
     if (inputs is not None or expected is not None) and program is None:
         raise ValueError("test vectors need the program they belong to (program=...)")
 
+    if board is not None:
+        from flow.boards.resources import check_fit
+
+        check_fit(engine, board)
     texts = render(engine, part=part, clock_ns=clock_ns)
     files: dict[str, bytes] = {name: text.encode() for name, text in texts.items()}
     if program is not None:

@@ -1,14 +1,15 @@
 """flow.compile.validate: every rule the engine's validate_op had (and the run-time value checks), on the host.
 
 For every rule a valid placed Program passes and a Program broken in exactly that way raises ProgramError
-with the engine's ERR_* code and the failing op index. The random Program builders are a minimal copy of
-tests/flow/hls/hls_testlib.py (that module builds EngineConfigs of the previous geometry at import).
+with the engine's ERR_* code and the failing op index.
 """
 from __future__ import annotations
 
 import dataclasses
 import pickle
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +17,7 @@ import pytest
 from flow.compile.engine import EngineConfig
 from flow.compile.layout import PlacementError, place
 from flow.compile.program import (
-    AVGPOOL, CODEBOOK, CONV, DENSE, DERIVED_FIELDS, DESC_FIELDS, DESC_WORDS, HEADER_WORDS, MAXPOOL, PQ, Op,
-    Program, replace,
+    CODEBOOK, DENSE, DERIVED_FIELDS, DESC_FIELDS, DESC_WORDS, HEADER_WORDS, Op, Program, replace,
 )
 from flow.compile.validate import ERR_CRC, ProgramError, image_bytes, validate, validate_image
 from host import regmap
@@ -30,139 +30,12 @@ DEFAULT = EngineConfig()
 INT32_MAX = (1 << 31) - 1
 
 
-# ---------------------------------------------------------------------------
-# random Program builders (from tests/flow/hls/hls_testlib.py)
-# ---------------------------------------------------------------------------
-def out_size(size: int, k: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - k) // stride + 1
+# the random Program builders of the HLS tests (tests/flow/hls/hls_testlib.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hls"))
+from hls_testlib import (conv_op, lenet_program, pool_op, pq_op, program,  # noqa: E402
+                         resnet20_program)
 
 
-def act_range(unsigned) -> tuple[int, int]:
-    return (0, 255) if unsigned else (-128, 127)
-
-
-def nm_masks(rng, count: int, d: int, n: int, m: int) -> np.ndarray:
-    """uint16 mask words: in each d-vector, exactly n of every m consecutive elements kept."""
-    keep = np.zeros((count, d), dtype=bool)
-    for g in range(d // m):
-        order = np.argsort(rng.random((count, m)), axis=1)[:, :n]
-        keep[np.repeat(np.arange(count), n), g * m + order.ravel()] = True
-    return (keep.astype(np.int64) << np.arange(d)).sum(1).astype(np.uint16)
-
-
-def requant(rng, oc: int, res: bool, shift_range=(1, 31)):
-    shift = rng.integers(shift_range[0], shift_range[1] + 1, size=oc)
-    mult = rng.integers(1, 1 << 20, size=oc)
-    res_mult = rng.integers(-(1 << 20), 1 << 20, size=oc) if res else None
-    return mult, shift, res_mult
-
-
-def conv_op(rng, *, H, W, C, OC, K=3, stride=1, pad=1, wfmt=DENSE, n=2, m=4, d=8, k=16, in_unsigned=0,
-            out_unsigned=0, in_buf=0, out_buf=1, res_buf=-1, res_unsigned=0, shift_range=(1, 31),
-            name="conv") -> Op:
-    OH, OW = out_size(H, K, stride, pad), out_size(W, K, stride, pad)
-    arrays: dict[str, np.ndarray] = {}
-    if wfmt == DENSE:
-        arrays["weight"] = rng.integers(-128, 128, size=(OC, K, K, C))
-        kw = dict(wfmt=DENSE)
-    else:
-        nvec = C // d
-        arrays.update(codebook=rng.integers(-128, 128, size=(k, d)), idx=rng.integers(0, k, size=(OC, K, K, nvec)),
-                      mask=nm_masks(rng, OC * K * K * nvec, d, n, m).reshape(OC, K, K, nvec))
-        kw = dict(wfmt=CODEBOOK, n=n, m=m, d=d, k=k)
-    arrays["bias"] = rng.integers(-2000, 2001, size=OC)
-    mult, shift, res_mult = requant(rng, OC, res_buf >= 0, shift_range)
-    arrays["mult"], arrays["shift"] = mult, shift
-    if res_mult is not None:
-        arrays["res_mult"] = res_mult
-    lo, hi = act_range(out_unsigned)
-    return Op(CONV, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=OC, KH=K, KW=K, stride=stride, pad=pad,
-              res_buf=res_buf, in_unsigned=in_unsigned, res_unsigned=res_unsigned, out_unsigned=out_unsigned,
-              lo=lo, hi=hi, name=name, arrays=arrays, **kw)
-
-
-def pq_op(rng, *, H, W, C, OC, K=3, stride=1, pad=1, v=9, Kp=16, lut_bits=8, in_unsigned=0, out_unsigned=0,
-          in_buf=0, out_buf=1, res_buf=-1, name="pq") -> Op:
-    D = K * K * C
-    assert D % v == 0, (D, v)
-    Cs = D // v
-    lo, hi = act_range(in_unsigned)
-    qmax = (1 << (lut_bits - 1)) - 1
-    arrays = dict(proto=rng.integers(lo, hi + 1, size=(Cs, Kp, v)),
-                  lut=rng.integers(-qmax, qmax + 1, size=(Cs, Kp, OC)), bias=rng.integers(-2000, 2001, size=OC))
-    mult, shift, res_mult = requant(rng, OC, res_buf >= 0)
-    arrays["mult"], arrays["shift"] = mult, shift
-    if res_mult is not None:
-        arrays["res_mult"] = res_mult
-    olo, ohi = act_range(out_unsigned)
-    return Op(PQ, in_buf, out_buf, H=H, W=W, C=C, OH=out_size(H, K, stride, pad), OW=out_size(W, K, stride, pad),
-              OC=OC, KH=K, KW=K, stride=stride, pad=pad, res_buf=res_buf, in_unsigned=in_unsigned,
-              out_unsigned=out_unsigned, lo=olo, hi=ohi, v=v, K=Kp, lut_bits=lut_bits, name=name, arrays=arrays)
-
-
-def pool_op(rng, kind: str, *, H, W, C, K, stride, in_unsigned=0, in_buf=0, out_buf=1, name="pool") -> Op:
-    OH, OW = out_size(H, K, stride, 0), out_size(W, K, stride, 0)
-    lo, hi = act_range(in_unsigned)
-    if kind == "max":
-        return Op(MAXPOOL, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=C, KH=K, KW=K, stride=stride,
-                  in_unsigned=in_unsigned, out_unsigned=in_unsigned, lo=lo, hi=hi, name=name)
-    mult, shift, _ = requant(rng, C, False)
-    return Op(AVGPOOL, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=C, KH=K, KW=K, stride=stride,
-              in_unsigned=in_unsigned, out_unsigned=in_unsigned, lo=lo, hi=hi, name=name,
-              arrays=dict(mult=mult, shift=shift))
-
-
-def program(*ops: Op) -> Program:
-    return Program(ops=list(ops), in_shape=(ops[0].H, ops[0].W, ops[0].C))
-
-
-def lenet_program(rng, *, wfmt=CODEBOOK, k=64) -> Program:
-    return program(
-        conv_op(rng, H=8, W=8, C=1, OC=8, K=3, pad=1, in_unsigned=1, out_unsigned=1, name="conv1"),
-        pool_op(rng, "max", H=8, W=8, C=8, K=2, stride=2, in_unsigned=1, in_buf=1, out_buf=0, name="pool1"),
-        conv_op(rng, H=4, W=4, C=8, OC=16, K=3, pad=1, wfmt=wfmt, d=8, k=k, in_unsigned=1, out_unsigned=1,
-                name="conv2"),
-        pool_op(rng, "max", H=4, W=4, C=16, K=2, stride=2, in_unsigned=1, in_buf=1, out_buf=0, name="pool2"),
-        conv_op(rng, H=1, W=1, C=64, OC=10, K=1, pad=0, wfmt=wfmt, d=8, k=k, in_unsigned=1, name="fc"),
-    )
-
-
-def resnet20_program(rng, *, size=32, in_ch=3, wfmt=CODEBOOK, n=2, m=4, d=8, k=256, classes=10) -> Program:
-    kw = dict(wfmt=wfmt, n=n, m=m, d=d, k=k)
-    ops = [conv_op(rng, H=size, W=size, C=in_ch, OC=16, K=3, pad=1, out_unsigned=1, name="stem")]
-    cur, hw, ch = 1, size, 16
-    for stage, width in enumerate((16, 32, 64)):
-        for block in range(3):
-            stride = 2 if (stage > 0 and block == 0) else 1
-            ohw = out_size(hw, 3, stride, 1)
-            free = [b for b in range(3) if b != cur]
-            if stride != 1 or width != ch:
-                sc, mid = free
-                ops.append(conv_op(rng, H=hw, W=hw, C=ch, OC=width, K=1, stride=stride, pad=0, in_unsigned=1,
-                                   in_buf=cur, out_buf=sc, name=f"s{stage}b{block}sc", **kw))
-                ops.append(conv_op(rng, H=hw, W=hw, C=ch, OC=width, K=3, stride=stride, pad=1, in_unsigned=1,
-                                   out_unsigned=1, in_buf=cur, out_buf=mid, name=f"s{stage}b{block}c1", **kw))
-                res, res_uns, out = sc, 0, cur
-            else:
-                mid, out = free
-                ops.append(conv_op(rng, H=hw, W=hw, C=ch, OC=width, K=3, pad=1, in_unsigned=1, out_unsigned=1,
-                                   in_buf=cur, out_buf=mid, name=f"s{stage}b{block}c1", **kw))
-                res, res_uns = cur, 1
-            ops.append(conv_op(rng, H=ohw, W=ohw, C=width, OC=width, K=3, pad=1, in_unsigned=1, out_unsigned=1,
-                               in_buf=mid, out_buf=out, res_buf=res, res_unsigned=res_uns,
-                               name=f"s{stage}b{block}c2", **kw))
-            cur, hw, ch = out, ohw, width
-    pool_out = (cur + 1) % 3
-    ops.append(pool_op(rng, "avg", H=hw, W=hw, C=ch, K=hw, stride=1, in_unsigned=1, in_buf=cur, out_buf=pool_out,
-                       name="gap"))
-    ops.append(conv_op(rng, H=1, W=1, C=ch, OC=classes, K=1, pad=0, in_unsigned=1, in_buf=pool_out, out_buf=cur,
-                       name="fc"))
-    return program(*ops)
-
-
-# ---------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------
 def placed(prog: Program, cfg: EngineConfig = SMALL) -> Program:
     out = place(prog, cfg)
     validate(out, cfg)          # the valid baseline passes

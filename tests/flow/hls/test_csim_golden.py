@@ -375,3 +375,25 @@ def test_exact_width_types_are_bit_exact(exact_engine, engine):
         x = rand_inputs(rng, prog, 2)
         out = check_exact(exact_engine, prog, x)
         assert np.array_equal(out, engine.predict(prog, x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("board,nm", [("pynq-z2", (4, 4)), ("zcu104", (None, None))], ids=["pynq-dense", "zcu104"])
+def test_board_builds_are_bit_exact(board, nm):
+    """The other board builds (EngineConfig.for_board): the dense PYNQ-Z2 baseline (plain PEs, no
+    muxes) and the ZCU104 array (16-byte words) compile, fit their part and compute the golden bits."""
+    from flow.boards.resources import check_fit
+    from flow.compile.engine import EngineConfig
+    from flow.hls.csim import Engine
+
+    cfg = EngineConfig.for_board(board, n=nm[0], m=nm[1])
+    check_fit(cfg, board)
+    eng = Engine(cfg)
+    rng = _rng("board", board)
+    assert cfg.dense == (nm == (4, 4))
+    progs = [lenet_program(rng, k=32),
+             conv_program(rng, H=7, W=9, C=2 * cfg.lanes, OC=cfg.cols + 3, K=3, pad=1, stride=2, wfmt=CODEBOOK,
+                          n=2, m=4, d=8, k=64, residual=True, in_unsigned=1),
+             resnet20_program(rng, size=16, in_ch=1)]
+    for prog in progs:
+        check_exact(eng, prog, rand_inputs(rng, prog, 2))

@@ -53,7 +53,6 @@ def test_write_project_writes_placed_vectors(tmp_path):
     places the Program for the engine and checks it (flow.compile.validate.prepare), as csim() and
     Engine.load do; a Program the engine cannot run is refused before anything is written."""
     from flow.compile.layout import is_placed, place
-    from flow.compile.program import Program
     from flow.compile.validate import ProgramError, validate_image
     from hls_testlib import lenet_program
 
@@ -416,3 +415,17 @@ void vqhls_engine(int *p, int n) {
 def test_lint_cli_usage(tmp_path):
     r = subprocess.run([sys.executable, "-m", "flow.hls.lint", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "firmware" in r.stderr
+
+
+def test_write_project_refuses_a_config_that_does_not_fit_the_board(tmp_path):
+    """A config over the board's budget fails before any file is written, naming every over-used resource."""
+    from flow.boards.resources import ResourceError
+    from flow.compile.engine import EngineConfig
+
+    big = EngineConfig(rows=16, dsp_rows=16, act_buf_bytes=1 << 18)
+    with pytest.raises(ResourceError) as info:
+        write_project(big, tmp_path / "p", board="pynq-z2")
+    msg = str(info.value)
+    assert "BRAM36" in msg and "DSP" in msg and "LUT" in msg
+    assert not (tmp_path / "p").exists() and not list(tmp_path.iterdir())
+    write_project(EngineConfig(), tmp_path / "ok", board="pynq-z2")   # the default build fits
