@@ -25,7 +25,7 @@ class Board:
     bram36: int
     clock_mhz: float
     ddr_gbps: float
-    family: str = "7series"     # "7series" (DSP48E1) or "ultrascale+" (DSP48E2: two int8 products per DSP)
+    family: str = "7series"     # "7series" (DSP48E1) or "ultrascale+" (DSP48E2: 27-bit A port)
     lutram: int = 0             # LUTs that can be distributed RAM (SLICEM); 0: not checked
 
 

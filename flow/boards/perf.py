@@ -35,8 +35,8 @@ flow/compile/program.py):
               per pixel NOT (bias) + nsub * max(v, lookup) + lookup (the
               encoder of subspace s overlaps the lookup of s-1) + OC (one
               requantization lane) + DEPTH["pq"], where lookup = NOT on chip,
-              or OC (one int16 per beat) + DDR_LATENCY per row when the LUT
-              streams from DDR;
+              or a burst of OC/2 beats (OC odd: OC beats) + DDR_LATENCY per row
+              when the LUT streams from DDR;
 * stream out: OH*OW*OC + DEPTH["stream"].
 
 A burst of N 32-bit beats costs DDR_LATENCY + N cycles (the m_axi adapter
@@ -187,13 +187,13 @@ def pq_cycles(op: Op, engine: EngineConfig) -> tuple[dict[str, int], int]:
         lut = burst(cdiv(rows * op.OC, 2))
         ddr += 4 * cdiv(rows * op.OC, 2)
         lookup, stream_lat = op.NOT, 0
-    else:   # each row streams from DDR, one int16 entry per beat
-        lookup, stream_lat = op.OC, DDR_LATENCY
+    else:   # each row streams from DDR: a burst of OC/2 beats of two int16 (one per beat when OC is odd)
+        lookup, stream_lat = (op.OC // 2 if op.OC % 2 == 0 else op.OC), DDR_LATENCY
     npix = op.OH * op.OW
     per_pixel = (op.NOT + op.nsub * max(op.v, lookup) + lookup + op.nsub * stream_lat
                  + op.OC + DEPTH["pq"])
     if not op.lut_resident:
-        ddr += npix * op.nsub * op.OC * BEAT_BYTES
+        ddr += npix * op.nsub * lookup * BEAT_BYTES
     return {"proto_load": proto, "lut_load": lut, "pixels": npix * per_pixel}, ddr
 
 

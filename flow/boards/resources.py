@@ -37,9 +37,10 @@ Multipliers (DSP48E1 on 7-series, DSP48E2 on UltraScale+)
   its A port is 25 bits, and two 9-bit activations packed as ``a << 18 | b``
   need 27 bits (two 17-bit products plus separation), so the INT8 packing of
   Xilinx WP487 (two products sharing one operand in one DSP) needs the 27-bit
-  A port of DSP48E2. On DSP48E2 (UltraScale+) two rows share each column's
-  weight, so the products of two rows pack into one DSP:
-  ``ceil(dsp_rows / 2) * cols * slots`` DSPs. The remaining
+  A port of DSP48E2. On DSP48E2 (UltraScale+) the products of two rows (which
+  share each column's weight) could pack into one DSP, but the templates do not
+  write that packing and Vitis HLS does not infer it: one product per DSP on
+  both families (``array_dsp``). The remaining
   ``(rows - dsp_rows) * cols * slots`` products are fabric multipliers of
   ``8 * 9 * 1.0 = 72`` LUT each (estimate: a LUT-mapped a x b multiplier costs
   about a*b LUTs, one per partial-product bit on the carry chains). The templates
@@ -274,10 +275,10 @@ def fabric_products(engine: EngineConfig) -> int:
 
 
 def array_dsp(engine: EngineConfig, board: Board) -> int:
-    """DSPs of the array: one product per DSP48E1; on DSP48E2 two rows sharing a weight pack
-    into one DSP (WP487): ceil(dsp_rows / 2) * cols * slots."""
-    if board.family == "ultrascale+":
-        return cdiv(engine.dsp_rows, 2) * engine.cols * engine.slots
+    """DSPs of the array: one product per DSP, on both families. On DSP48E2 two rows sharing a
+    weight could pack into one DSP (WP487: ceil(dsp_rows / 2) * cols * slots), but the templates'
+    ``pe_mul_dsp`` forms one product per multiplier and Vitis HLS does not pack them by itself, so
+    the model counts what the code builds."""
     return dsp_products(engine)
 
 

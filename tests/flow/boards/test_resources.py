@@ -127,8 +127,9 @@ def _enumerate_dsps(e: EngineConfig, family: str) -> int:
     for r in range(e.dsp_rows):
         for c in range(e.cols):
             for s in range(e.slots):
-                # DSP48E2: rows 2j and 2j+1 share column c's weight -> one DSP (WP487); DSP48E1: one each
-                dsps.add(("array", r // 2 if family == "ultrascale+" else r, c, s))
+                # one product per DSP on both families: the templates do not pack two rows into a
+                # DSP48E2 (WP487 would allow it), and the model counts what the code builds
+                dsps.add(("array", r, c, s))
     lanes = [("conv", c) for c in range(e.cols)] + [("avgpool", 0)] + ([("pq", 0)] if e.pq else [])
     for lane in lanes:
         for t in range(_mult_dsps(32, 32, a_port)):          # acc x M

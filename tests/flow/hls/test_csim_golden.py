@@ -311,6 +311,13 @@ def test_modelled_cycles_equal_the_python_model(engine, small_engine, odd_engine
     small_engine.predict(prog, rand_inputs(rng, prog, 2))
     assert small_engine.modelled_cycles == perf.run_cycles(placed, tight, 2)
     assert perf.op_cycles(placed.ops[0], tight).phases["param_load"] > 0
+    # PQ LUTs larger than lut_bytes stream their rows: two entries per beat (even OC) or one (odd OC)
+    for oc in (20, 21):
+        prog = pq_program(rng, H=4, W=4, C=16, OC=oc, K=3, pad=1, v=9, Kp=16, in_unsigned=1)
+        placed = place(prog, tight)
+        assert placed.ops[0].lut_resident == 0
+        check_exact(small_engine, prog, rand_inputs(rng, prog, 2))
+        assert small_engine.modelled_cycles == perf.run_cycles(placed, tight, 2)
 
 
 def test_program_roundtrip_through_bytes(engine):
