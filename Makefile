@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export OMP_WAIT_POLICY ?= PASSIVE
 PY := .venv/bin/python
 PIP := .venv/bin/pip
-DEB_PKGS := dataset-fashion-mnist iverilog yosys g++
+DEB_PKGS := dataset-fashion-mnist iverilog yosys g++ tcl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 MODEL ?= lenet-digits
@@ -14,7 +14,7 @@ METHOD ?= mvq
 LIMIT ?=
 CSIM_ARGS ?=
 
-.PHONY: setup deps venv csim test test-fast bench clean
+.PHONY: setup deps venv csim build test test-fast bench clean
 
 setup: deps venv
 
@@ -37,6 +37,11 @@ venv: .venv/.stamp
 csim: setup
 	$(PY) -m flow.build --stage csim --model $(MODEL) --method $(METHOD) \
 	  $(if $(DATA),--data $(DATA)) $(if $(LIMIT),--limit $(LIMIT)) $(CSIM_ARGS)
+
+# the whole build for the board: C-sim, vendor stages where installed, deploy bundle, report
+build: setup
+	$(PY) -m flow.build --board pynq-z2 --model $(MODEL) --method $(METHOD) \
+	  $(if $(DATA),--data $(DATA)) $(if $(LIMIT),--limit $(LIMIT))
 
 test: setup
 	$(PY) -m pytest -m "not vitis and not board" -q

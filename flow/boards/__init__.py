@@ -27,13 +27,21 @@ class Board:
     ddr_gbps: float
     family: str = "7series"     # "7series" (DSP48E1) or "ultrascale+" (DSP48E2: 27-bit A port)
     lutram: int = 0             # LUTs that can be distributed RAM (SLICEM); 0: not checked
+    board_part: str = ""        # Vivado board part (board files) for the PS preset; "" builds without a preset
+    ps_ip: str = ""             # Vivado PS IP, VLNV without version (flow.hls.vendor.PS_IPS); "" no block design
+    gp_port: str = ""           # PS AXI master for the control ports (engine s_axi_control, DMA S_AXI_LITE)
+    hp_port: str = ""           # PS AXI slave (DDR) for the engine's m_axi_gmem and the DMA's MM2S / S2MM
 
 
 BOARDS = {
     "pynq-z2": Board("pynq-z2", "xc7z020clg400-1", lut=53_200, ff=106_400, dsp=220, bram36=140,
-                     clock_mhz=100.0, ddr_gbps=1.6, family="7series", lutram=17_400),
+                     clock_mhz=100.0, ddr_gbps=1.6, family="7series", lutram=17_400,
+                     board_part="tul.com.tw:pynq-z2:part0:1.0", ps_ip="xilinx.com:ip:processing_system7",
+                     gp_port="M_AXI_GP0", hp_port="S_AXI_HP0"),
     "zcu104": Board("zcu104", "xczu7ev-ffvc1156-2-e", lut=230_400, ff=460_800, dsp=1_728, bram36=312,
-                    clock_mhz=200.0, ddr_gbps=19.2, family="ultrascale+", lutram=101_760),
+                    clock_mhz=200.0, ddr_gbps=19.2, family="ultrascale+", lutram=101_760,
+                    board_part="xilinx.com:zcu104:part0:1.1", ps_ip="xilinx.com:ip:zynq_ultra_ps_e",
+                    gp_port="M_AXI_HPM0_FPD", hp_port="S_AXI_HP0_FPD"),
 }
 
 

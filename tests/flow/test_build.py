@@ -1,9 +1,22 @@
-"""End to end: the main job on lenet-digits, as `make csim` runs it."""
+"""python -m flow.build: the main job (C-sim), the full build to a deploy bundle and a report,
+a model defined outside the zoo, a recipe TOML, and the documented errors."""
 import json
+import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*args, cwd=None):
+    env = dict(os.environ, PATH="/usr/bin:/bin")   # no vitis_hls / vivado: the vendor stages must skip
+    return subprocess.run([sys.executable, "-m", "flow.build", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env)
 
 
 @pytest.mark.csim
@@ -11,21 +24,223 @@ import pytest
 @pytest.mark.parametrize("method", ["mvq", "vq", "pq", "vecq"])
 def test_main_job_is_bit_exact_on_digits(tmp_path, method):
     summary = tmp_path / "summary.json"
-    r = subprocess.run([sys.executable, "-m", "flow.build", "--stage", "csim", "--model", "lenet-digits",
-                        "--method", method, "--finetune-epochs", "2", "--out", str(tmp_path / "build"),
-                        "--json", str(summary)], capture_output=True, text=True)
+    r = _run("--stage", "csim", "--model", "lenet-digits", "--method", method, "--finetune-epochs", "2",
+             "--out", str(tmp_path / "build"), "--json", str(summary))
     assert r.returncode == 0, r.stdout + r.stderr
     s = json.loads(summary.read_text())
     assert s["images"] == 360 and s["bit_exact"] == 360
-    assert f"bit-exact: 360/360" in r.stdout
+    assert "bit-exact: 360/360" in r.stdout
     # golden and C-sim agree exactly, so their accuracies must too; the integer model stays near float
     assert s["csim_acc"] == s["golden_acc"]
     assert s["golden_acc"] > s["float_acc"] - 0.05
     assert s["ratio"] > (1.0 if method == "pq" else 4)  # PQ trades multiplies for (large) tables, not size
+    # the C-sim CYCLES register is the cycle model
+    assert s["csim_cycles_per_image"] == s["modelled_cycles_per_image"]
 
 
-def test_bad_input_is_a_clean_error():
-    r = subprocess.run([sys.executable, "-m", "flow.build", "--model", "vgg"], capture_output=True, text=True)
-    assert r.returncode == 2 and "unknown model 'vgg'" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "flow.build", "--board", "zcu999"], capture_output=True, text=True)
-    assert r.returncode == 2 and "unknown board 'zcu999'" in r.stderr
+# ---------------------------------------------------------------------------
+# the full build: vendor stages skipped, bundle and report written
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def full_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "lenet"
+    r = _run("--board", "pynq-z2", "--out", str(out), "--finetune-epochs", "1", "--limit", "120",
+             "--vectors", "5")
+    return out, r
+
+
+@pytest.mark.csim
+@pytest.mark.slow
+def test_full_build_makes_a_loadable_bundle_and_a_report(full_build):
+    from flow import bundle
+    from flow.compile.program import Program
+    from flow.quant.golden import run_program
+
+    out, r = full_build
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"deploy bundle: {out / 'deploy'}" in r.stdout and f"build report:  {out / 'report.md'}" in r.stdout
+    assert "skipped: vitis_hls not found" in r.stdout + r.stderr
+    assert "skipped: vivado not found" in r.stdout + r.stderr
+    assert "bit-exact: 120/120" in r.stdout
+    # every stage left its output in the build directory
+    for name in ("model.pt", "compression.json", "compressed.pt", "golden.npz", "program.bin", "program.json",
+                 "resources.json", "hls/project.json", "csim.json", "vivado/vivado.tcl", "report.md",
+                 "report.html", "plots/cycles.png", "plots/resources.png", "plots/bits.png"):
+        assert (out / name).is_file(), name
+    b = bundle.load(out / "deploy")
+    assert b.program_image() == (out / "program.bin").read_bytes()
+    assert b.engine_config()["rows"] == 8 and not b.has_bitstream
+    # the bundle's vectors are the golden model's outputs on its inputs (independent check through the image)
+    inputs, expected = b.vectors()
+    assert len(inputs) == 5
+    prog = Program.from_bytes(b.program_image())
+    assert np.array_equal(run_program(prog, inputs), expected)
+    report = (out / "report.md").read_text()
+    for heading in ("## Accuracy", "## Compression", "## Resources", "## Cycles (modelled)", "## Vendor tools"):
+        assert heading in report
+    assert "bit-exact with the golden model on 120 of 120" in report
+    assert "<table>" in (out / "report.html").read_text()
+
+
+@pytest.mark.csim
+@pytest.mark.slow
+def test_a_corrupt_bundle_is_refused(full_build, tmp_path):
+    import shutil
+
+    from flow import bundle
+
+    out, r = full_build
+    assert r.returncode == 0
+    copy = tmp_path / "deploy"
+    shutil.copytree(out / "deploy", copy)
+    data = bytearray((copy / "program.bin").read_bytes())
+    data[100] ^= 0x01
+    (copy / "program.bin").write_bytes(bytes(data))
+    with pytest.raises(bundle.BundleError, match="program.bin"):
+        bundle.load(copy)
+
+
+# ---------------------------------------------------------------------------
+# a model outside the zoo, a recipe
+# ---------------------------------------------------------------------------
+MODEL_FILE = textwrap.dedent('''
+    from torch import nn
+
+    def tiny():
+        """8x8 digits: conv 1->8, relu, pool, conv 8->16, relu, global pool, linear 16->10."""
+        return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+''')
+
+
+@pytest.mark.csim
+@pytest.mark.slow
+def test_model_file_with_checkpoint(tmp_path):
+    import torch
+
+    src = tmp_path / "mymodel.py"
+    src.write_text(MODEL_FILE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import mymodel
+        torch.manual_seed(0)
+        torch.save(mymodel.tiny().state_dict(), tmp_path / "tiny.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+    r = _run("--model-file", f"{src}:tiny", "--checkpoint", str(tmp_path / "tiny.pt"), "--data", "digits",
+             "--method", "vq", "--k", "16", "--finetune-epochs", "0", "--stage", "csim", "--limit", "40",
+             "--out", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "bit-exact: 40/40" in r.stdout
+    assert "model " + str(src) + ":tiny on digits, method vq" in r.stdout
+
+
+@pytest.mark.csim
+@pytest.mark.slow
+def test_recipe_sets_flags_and_per_layer_methods(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(textwrap.dedent('''
+        model = "lenet-digits"
+        method = "mvq"
+        k = 32
+        finetune_epochs = 0
+        limit = 30
+        stage = "csim"
+
+        [[layers]]
+        match = "features.4"
+        method = "vecq"
+        bits = 3
+    '''))
+    out = tmp_path / "b"
+    r = _run("--recipe", str(recipe), "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "bit-exact: 30/30" in r.stdout
+    layers = {row["name"]: row for row in json.loads((out / "compression.json").read_text())["layers"]}
+    assert layers["features.4"]["method"] == "vecq"
+    assert not (out / "report.md").exists()          # the recipe's stage = "csim" stopped the build there
+    # a flag given on the command line wins over the recipe
+    r = _run("--recipe", str(recipe), "--out", str(out), "--stage", "lower")
+    assert r.returncode == 0 and "bit-exact" not in r.stdout
+
+
+# ---------------------------------------------------------------------------
+# documented errors: one line, exit 2, no traceback, nothing half-written
+# ---------------------------------------------------------------------------
+def _clean_error(r, *needles):
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1, r.stderr
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+def test_bad_input_is_a_clean_error(tmp_path):
+    _clean_error(_run("--model", "vgg", "--out", str(tmp_path / "a")), "unknown model 'vgg'")
+    _clean_error(_run("--board", "zcu999", "--out", str(tmp_path / "b")), "unknown board 'zcu999'", "pynq-z2",
+                 "zcu104")
+    assert not (tmp_path / "b").exists()
+
+
+def test_missing_checkpoint_and_bad_recipe(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text(MODEL_FILE)
+    _clean_error(_run("--model-file", f"{src}:tiny", "--checkpoint", str(tmp_path / "nope.pt"), "--data",
+                      "digits", "--out", str(tmp_path / "b")), "checkpoint", "nope.pt", "not found")
+    _clean_error(_run("--model-file", f"{src}:missing", "--data", "digits", "--out", str(tmp_path / "b")),
+                 "has no callable 'missing'")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('methd = "mvq"\n')
+    _clean_error(_run("--recipe", str(bad), "--out", str(tmp_path / "c")), "unknown key 'methd'")
+    bad.write_text('[[layers]]\nmethod = "pq"\n')
+    _clean_error(_run("--recipe", str(bad), "--out", str(tmp_path / "c")), "needs match")
+
+
+def test_a_config_that_does_not_fit_stops_before_hls(tmp_path):
+    """The fit stage alone: an engine over the board's budget raises ResourceError naming every resource."""
+    from flow.boards.resources import ResourceError
+    from flow.build.options import BuildOptions
+    from flow.build.stages import Build, stage_fit
+    from flow.compile.engine import EngineConfig
+
+    b = Build(opts=BuildOptions(out=str(tmp_path)), out=tmp_path)
+    b.engine = EngineConfig(rows=16, dsp_rows=16)
+    with pytest.raises(ResourceError) as info:
+        stage_fit(b)
+    assert all(k in str(info.value) for k in ("BRAM36", "DSP", "LUT"))
+    assert not (tmp_path / "hls").exists() and not (tmp_path / "resources.json").exists()
+
+
+@pytest.mark.csim
+@pytest.mark.slow
+def test_an_interrupted_bundle_leaves_no_half_bundle(full_build, tmp_path, monkeypatch):
+    """The bundle stage fails halfway (a copy raises): no deploy/ and no temporary directory remain."""
+    import shutil
+
+    from flow import bundle as bundle_mod
+
+    out, r = full_build
+    assert r.returncode == 0
+    target = tmp_path / "deploy"
+    calls = {"n": 0}
+    real_copy = shutil.copy2
+
+    def failing_copy(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated interrupt")
+        return real_copy(*a, **k)
+
+    monkeypatch.setattr(shutil, "copy2", failing_copy)
+    src = bundle_mod.load(out / "deploy")
+    inputs, expected = src.vectors()
+    with pytest.raises(KeyboardInterrupt):
+        bundle_mod.write_bundle(target, program_image=src.program_image(), engine_config=src.engine_config(),
+                                config_hash=src.config_hash, model="lenet-digits", method="mvq", data="digits",
+                                in_scale=1.0, in_shape=(8, 8, 1), in_unsigned=True, out_shape=(1, 1, 10),
+                                out_scale=1.0, out_unsigned=False, hls_dir=out / "hls", vectors=(inputs, expected),
+                                golden_acc=None, bit_exact=None, tools={}, bitstream=None, extra=None)
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []

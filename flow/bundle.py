@@ -1,0 +1,562 @@
+"""The deploy bundle: everything the board needs to run one compiled model, verified on load.
+
+    path = write_bundle("build/lenet/deploy", program_image=prog.to_bytes(), engine_config=cfg.to_dict(),
+                        config_hash=cfg.hash(), ..., hls_dir="build/lenet/hls")
+    bundle = load("build/lenet/deploy")        # BundleError unless every file is what was written
+    blob = bundle.program_image()
+
+Layout (every path relative to the bundle directory)::
+
+    manifest.json          format version, model, EngineConfig, config hash, register-map version,
+                           input/output scales, shapes and signedness, accuracy, tool versions, and
+                           ``files``: {path: {sha256, bytes}} of every other file
+    program.bin            the placed Program image (Program.to_bytes()), read by the engine over m_axi
+    hls/project.json       the HLS project's manifest (EngineConfig, template and content hashes)
+    hls/firmware/*         the engine's sources (the sim backend compiles them)
+    vectors/inputs.bin     test inputs (raw bytes; dtype and shape in the manifest), when given
+    vectors/expected.bin   their expected outputs
+    vqhls.bit, vqhls.hwh   the bitstream and its hardware handoff (same base name, as PYNQ's Overlay
+                           expects), when built
+
+The bundle is written whole or not at all: into a temporary sibling directory, verified with
+``load``, then renamed into place (an older bundle is replaced only by that final rename). ``load``
+refuses a bundle with a missing, resized, modified or added file, a manifest of another format
+version, or a program image whose header or CRC32 is wrong; every error is a ``BundleError`` whose
+one-line message names the file and the fix.
+
+This module runs on the board: it imports the standard library, numpy and ``host.regmap`` (a leaf
+module), never torch nor the rest of the flow. Python 3.8 compatible (the PYNQ images' Python).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from host import regmap as _regmap
+
+BUNDLE_FORMAT = 1
+MANIFEST = "manifest.json"
+PROGRAM = "program.bin"
+HLS_DIR = "hls"
+HLS_PROJECT = "hls/project.json"
+HLS_FIRMWARE = "hls/firmware"
+VECTORS_INPUTS = "vectors/inputs.bin"
+VECTORS_EXPECTED = "vectors/expected.bin"
+BITSTREAM = "vqhls.bit"
+HWH = "vqhls.hwh"
+CREATED_BY = "vqhls flow.bundle"
+REBUILD = "rebuild it with python -m flow.build"
+
+# Program image header (flow/compile/program.py; not imported: this module runs on the board)
+PROGRAM_MAGIC = 0x4C485156          # 'VQHL'
+PROGRAM_HEADER_WORDS = 8
+_HEADER = struct.Struct("<8I")
+
+
+def _regmap_version() -> str:
+    """8 hex digits naming the register map the host and the engine share (host/regmap.py): a sha1 over
+    every register (name, offset, access, width, port), the address range, the CTRL bits and the
+    STATUS codes. A bundle built against another register map cannot be driven by this host."""
+    regs = [[r.name, r.offset, r.access, r.width, r.port] for r in sorted(_regmap.REGISTERS, key=lambda r: r.offset)]
+    consts = sorted((n, getattr(_regmap, n)) for n in dir(_regmap)
+                    if n.isupper() and isinstance(getattr(_regmap, n), int)
+                    and (n.startswith(("CTRL_", "ERR_")) or n in ("OK", "STATUS_OP_NONE", "ADDRESS_RANGE")))
+    text = json.dumps({"registers": regs, "constants": consts}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+REGMAP_VERSION = _regmap_version()
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be written or does not verify; the message names the file and the fix."""
+
+
+def _err(where, what: str, fix: str = REBUILD) -> BundleError:
+    return BundleError(f"bundle {where}: {what}: {fix}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_default(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _check_program_header(blob: bytes, prefix: str, name: str, fix: str = REBUILD) -> Tuple[int, int, int]:
+    """Magic, size and CRC32 of a Program image; returns (format version, input bytes, output bytes).
+    Errors read "{prefix}: {name} <problem>: {fix}"."""
+    def bad(what: str) -> BundleError:
+        return BundleError(f"{prefix}: {name} {what}: {fix}")
+
+    if len(blob) < _HEADER.size:
+        raise bad(f"is {len(blob)} bytes, shorter than the program header (truncated)")
+    hdr = _HEADER.unpack_from(blob, 0)
+    if hdr[0] != PROGRAM_MAGIC:
+        raise bad(f"has magic 0x{hdr[0]:08x}, not 'VQHL' (0x{PROGRAM_MAGIC:08x}): not a vqhls program image")
+    if hdr[4] != len(blob):
+        raise bad(f"is {len(blob)} bytes, its header says {hdr[4]} (truncated or padded)")
+    crc = zlib.crc32(blob[_HEADER.size:]) & 0xFFFFFFFF
+    if hdr[7] != crc:
+        raise bad(f"CRC32 mismatch (header 0x{hdr[7]:08x}, body 0x{crc:08x}): corrupted image")
+    return hdr[1], hdr[5], hdr[6]
+
+
+def _safe_relpath(rel: str) -> bool:
+    p = PurePosixPath(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel and p.as_posix() == rel
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _codes(arr, unsigned: bool, what: str) -> np.ndarray:
+    """Integer activation codes as uint8 (unsigned) or int8, after a range check."""
+    arr = np.asarray(arr)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise BundleError(f"write_bundle: {what} must be integer codes (int8/uint8), got dtype {arr.dtype}")
+    lo, hi = (0, 255) if unsigned else (-128, 127)
+    if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
+        raise BundleError(f"write_bundle: {what} outside the {'uint8' if unsigned else 'int8'} range [{lo}, {hi}] "
+                          f"(min {int(arr.min())}, max {int(arr.max())})")
+    return np.ascontiguousarray(arr.astype(np.uint8 if unsigned else np.int8))
+
+
+# --------------------------------------------------------------------------- writing
+
+def write_bundle(
+    out_dir,
+    *,
+    program_image: bytes,
+    engine_config: dict,
+    config_hash: str,
+    model: str,
+    method: str,
+    data: str,
+    in_scale: float,
+    in_shape,
+    in_unsigned: bool,
+    out_shape,
+    out_scale: float,
+    out_unsigned: bool,
+    hls_dir,
+    vectors=None,
+    golden_acc: Optional[float] = None,
+    bit_exact: Optional[Tuple[int, int]] = None,
+    tools: Optional[Dict[str, str]] = None,
+    bitstream=None,
+    extra: Optional[dict] = None,
+) -> Path:
+    """Write the deploy bundle at ``out_dir`` whole or not at all; returns its resolved path.
+
+    ``program_image``: the placed Program's ``to_bytes()``; ``engine_config``: ``EngineConfig.to_dict()``
+    and ``config_hash`` its ``hash()``; ``in_shape`` (H, W, C); ``hls_dir``: an HLS project
+    (``flow.hls.project.write_project``) whose ``firmware/`` and ``project.json`` are copied;
+    ``vectors``: (inputs [N, H, W, C], expected [N, ...]) integer codes or None; ``bit_exact``:
+    (images matching golden, images compared); ``tools``: {tool: version}; ``bitstream``:
+    (bit path, hwh path) or None; ``extra``: JSON-serializable dict stored as the manifest's ``extra``.
+    An existing bundle at ``out_dir`` is replaced only once the new one is complete and verified.
+    """
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not (out_dir / MANIFEST).is_file() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise BundleError(f"write_bundle: {out_dir} exists and is not a bundle (no {MANIFEST}): refusing to replace it")
+
+    # ---- validate everything before touching the disk
+    if not isinstance(program_image, (bytes, bytearray, memoryview)):
+        raise BundleError(f"write_bundle: program_image must be bytes (Program.to_bytes()), "
+                          f"got {type(program_image).__name__}")
+    program_image = bytes(program_image)
+    prog_version, prog_in, prog_out = _check_program_header(program_image, "write_bundle", "program_image",
+                                                           "pass Program.to_bytes() of the placed program")
+    in_shape = tuple(int(s) for s in in_shape)
+    out_shape = tuple(int(s) for s in out_shape)
+    if len(in_shape) != 3:
+        raise BundleError(f"write_bundle: in_shape must be (H, W, C), got {in_shape}")
+    if prog_in != _prod(in_shape):
+        raise BundleError(f"write_bundle: program image reads {prog_in} input bytes, in_shape {in_shape} "
+                          f"has {_prod(in_shape)}")
+    if prog_out != _prod(out_shape):
+        raise BundleError(f"write_bundle: program image writes {prog_out} output bytes, out_shape {out_shape} "
+                          f"has {_prod(out_shape)}")
+    if not isinstance(engine_config, dict) or not engine_config:
+        raise BundleError("write_bundle: engine_config must be EngineConfig.to_dict()")
+    try:   # as JSON gives it back (tuples -> lists, numpy scalars -> numbers), to compare with project.json
+        engine_config = json.loads(json.dumps(engine_config, default=_json_default, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"write_bundle: engine_config not JSON-serializable ({e})") from None
+    if not isinstance(config_hash, str) or not config_hash:
+        raise BundleError(f"write_bundle: config_hash must be EngineConfig.hash() (a hex string), got {config_hash!r}")
+    try:
+        int(config_hash, 16)
+    except ValueError:
+        raise BundleError(f"write_bundle: config_hash {config_hash!r} is not hexadecimal "
+                          "(pass EngineConfig.hash())") from None
+    for name, val in (("in_scale", in_scale), ("out_scale", out_scale)):
+        number = isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(val, bool)
+        if not (number and math.isfinite(float(val)) and float(val) > 0):
+            raise BundleError(f"write_bundle: {name} must be a positive finite number, got {val!r}")
+
+    hls_dir = Path(hls_dir)
+    hls_project = hls_dir / "project.json"
+    firmware = hls_dir / "firmware"
+    if not hls_project.is_file():
+        raise BundleError(f"write_bundle: {hls_project} missing: hls_dir must be an HLS project (flow.hls.project)")
+    firmware_files = sorted(p for p in firmware.rglob("*") if p.is_file()) if firmware.is_dir() else []
+    if not firmware_files:
+        raise BundleError(f"write_bundle: no engine sources under {firmware}: write the HLS project first")
+    try:
+        project = json.loads(hls_project.read_text())
+    except ValueError as e:
+        raise BundleError(f"write_bundle: {hls_project} is not valid JSON ({e})") from None
+    _check_project_matches(project, engine_config, config_hash, f"write_bundle: {hls_project}")
+
+    vec_entries = None
+    if vectors is not None:
+        inputs, expected = vectors
+        inputs = _codes(inputs, bool(in_unsigned), "vector inputs")
+        expected = _codes(expected, bool(out_unsigned), "vector expected outputs")
+        if inputs.ndim < 1 or expected.ndim < 1 or inputs.shape[0] != expected.shape[0]:
+            raise BundleError(f"write_bundle: vectors must be [N, ...] arrays of the same N, got inputs "
+                              f"{list(inputs.shape)} and expected {list(expected.shape)}")
+        if _prod(inputs.shape[1:]) != _prod(in_shape):
+            raise BundleError(f"write_bundle: vector inputs {list(inputs.shape)} are not [N, *{list(in_shape)}]")
+        if _prod(expected.shape[1:]) != _prod(out_shape):
+            raise BundleError(f"write_bundle: vector expected {list(expected.shape)} do not hold "
+                              f"{_prod(out_shape)} outputs ({list(out_shape)}) per image")
+        vec_entries = ((VECTORS_INPUTS, inputs), (VECTORS_EXPECTED, expected))
+
+    bit_src = None
+    if bitstream is not None:
+        bit_src = (Path(bitstream[0]), Path(bitstream[1]))
+        for p in bit_src:
+            if not p.is_file():
+                raise BundleError(f"write_bundle: bitstream file {p} missing: run the Vivado stage first "
+                                  "(or pass bitstream=None)")
+
+    if bit_exact is not None:
+        bit_exact = {"matched": int(bit_exact[0]), "images": int(bit_exact[1])}
+
+    manifest: Dict[str, Any] = {
+        "bundle_format": BUNDLE_FORMAT,
+        "created_by": {"tool": CREATED_BY, "version": _vqhls_version()},
+        "model": str(model),
+        "method": str(method),
+        "data": str(data),
+        "engine_config": engine_config,
+        "config_hash": config_hash,
+        "regmap_version": REGMAP_VERSION,
+        "program": {"file": PROGRAM, "format_version": prog_version, "bytes": len(program_image),
+                    "input_bytes": prog_in, "output_bytes": prog_out},
+        "input": {"scale": float(in_scale), "shape": list(in_shape), "unsigned": bool(in_unsigned)},
+        "output": {"scale": float(out_scale), "shape": list(out_shape), "unsigned": bool(out_unsigned)},
+        "golden_acc": None if golden_acc is None else float(golden_acc),
+        "bit_exact": bit_exact,
+        "tools": {str(k): str(v) for k, v in (tools or {}).items()},
+        "vectors": None if vec_entries is None else {
+            "count": int(vec_entries[0][1].shape[0]),
+            "inputs": {"file": VECTORS_INPUTS, "dtype": vec_entries[0][1].dtype.name,
+                       "shape": list(vec_entries[0][1].shape)},
+            "expected": {"file": VECTORS_EXPECTED, "dtype": vec_entries[1][1].dtype.name,
+                         "shape": list(vec_entries[1][1].shape)},
+        },
+        "bitstream": None if bit_src is None else {"bit": BITSTREAM, "hwh": HWH},
+        "hls": {"dir": HLS_DIR, "project": HLS_PROJECT, "firmware": HLS_FIRMWARE},
+        "extra": extra,
+        "files": {},
+    }
+    try:   # fail before writing anything on an unserializable engine_config / extra
+        json.dumps(manifest, default=_json_default, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"write_bundle: manifest not JSON-serializable ({e}): check extra / tools") from None
+
+    # ---- write into a temporary sibling, verify, then rename into place
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        files: Dict[str, dict] = {}
+
+        def put(rel: str, blob: bytes) -> None:
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(blob)
+            files[rel] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+
+        def copy(src: Path, rel: str) -> None:
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, path)
+            files[rel] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+
+        put(PROGRAM, program_image)
+        for src in firmware_files:
+            copy(src, f"{HLS_FIRMWARE}/{src.relative_to(firmware).as_posix()}")
+        copy(hls_project, HLS_PROJECT)
+        if vec_entries is not None:
+            for rel, arr in vec_entries:
+                put(rel, arr.tobytes())
+        if bit_src is not None:
+            copy(bit_src[0], BITSTREAM)
+            copy(bit_src[1], HWH)
+        manifest["files"] = dict(sorted(files.items()))
+        text = json.dumps(manifest, indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
+        (tmp / MANIFEST).write_text(text)
+        load(tmp)   # a bundle that does not verify never replaces anything
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    old.rmdir()
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _vqhls_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("vqhls")
+    except Exception:   # not installed (a copied kit on the board)
+        return "unknown"
+
+
+def _check_project_matches(project, engine_config: dict, config_hash: str, where: str) -> None:
+    """The HLS project was rendered for this EngineConfig (when its project.json says which)."""
+    if not isinstance(project, dict):
+        raise BundleError(f"{where}: not an HLS project manifest (a JSON object expected): {REBUILD}")
+    if "engine_hash" in project and project["engine_hash"] != config_hash:
+        raise BundleError(f"{where}: HLS project built for engine {project['engine_hash']}, the bundle's config hash "
+                          f"is {config_hash}: regenerate the HLS project for this EngineConfig")
+    if "engine" in project and project["engine"] != engine_config:
+        raise BundleError(f"{where}: HLS project's EngineConfig differs from the bundle's engine_config: "
+                          "regenerate the HLS project for this EngineConfig")
+
+
+# --------------------------------------------------------------------------- loading
+
+@dataclass
+class Bundle:
+    """A verified deploy bundle (see ``load``)."""
+
+    path: Path
+    manifest: dict = field(repr=False)
+
+    def program_image(self) -> bytes:
+        return (self.path / self.manifest["program"]["file"]).read_bytes()
+
+    def engine_config(self) -> dict:
+        return dict(self.manifest["engine_config"])
+
+    @property
+    def config_hash(self) -> str:
+        return self.manifest["config_hash"]
+
+    @property
+    def regmap_version(self) -> str:
+        return self.manifest["regmap_version"]
+
+    @property
+    def model(self) -> str:
+        return self.manifest["model"]
+
+    @property
+    def in_scale(self) -> float:
+        return float(self.manifest["input"]["scale"])
+
+    @property
+    def in_shape(self) -> Tuple[int, int, int]:
+        return tuple(self.manifest["input"]["shape"])
+
+    @property
+    def in_unsigned(self) -> bool:
+        return bool(self.manifest["input"]["unsigned"])
+
+    @property
+    def out_scale(self) -> float:
+        return float(self.manifest["output"]["scale"])
+
+    @property
+    def out_shape(self) -> tuple:
+        return tuple(self.manifest["output"]["shape"])
+
+    @property
+    def out_unsigned(self) -> bool:
+        return bool(self.manifest["output"]["unsigned"])
+
+    def vectors(self):
+        """(inputs, expected) as numpy arrays with the manifest's dtype and shape, or None."""
+        vec = self.manifest.get("vectors")
+        if not vec:
+            return None
+        out = []
+        for key in ("inputs", "expected"):
+            ent = vec[key]
+            arr = np.fromfile(str(self.path / ent["file"]), dtype=np.dtype(ent["dtype"]))
+            out.append(arr.reshape(ent["shape"]))
+        return out[0], out[1]
+
+    @property
+    def has_bitstream(self) -> bool:
+        return bool(self.manifest.get("bitstream"))
+
+    @property
+    def bit_path(self) -> Optional[Path]:
+        return self.path / self.manifest["bitstream"]["bit"] if self.has_bitstream else None
+
+    @property
+    def hwh_path(self) -> Optional[Path]:
+        return self.path / self.manifest["bitstream"]["hwh"] if self.has_bitstream else None
+
+    @property
+    def hls_dir(self) -> Path:
+        return self.path / self.manifest["hls"]["dir"]
+
+
+_REQUIRED = {"bundle_format": int, "model": str, "method": str, "data": str, "engine_config": dict,
+             "config_hash": str, "regmap_version": str, "program": dict, "input": dict, "output": dict,
+             "tools": dict, "hls": dict, "files": dict}
+
+
+def load(path) -> Bundle:
+    """Open and verify the bundle at ``path``; raises BundleError naming the offending file and the fix."""
+    path = Path(path)
+    where = os.fspath(path)
+    if not path.is_dir():
+        raise _err(where, "no such directory", "build the bundle with python -m flow.build (or check the path)")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise _err(where, f"{MANIFEST} missing (not a bundle, or an incomplete copy)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _err(where, f"{MANIFEST} is not valid JSON ({type(e).__name__} at {_where_json(e)}; truncated or edited)")
+    if not isinstance(manifest, dict):
+        raise _err(where, f"{MANIFEST} is not a JSON object")
+    fmt = manifest.get("bundle_format")
+    if fmt != BUNDLE_FORMAT:
+        raise _err(where, f"{MANIFEST} has bundle format {fmt!r}, this kit reads format {BUNDLE_FORMAT}",
+                   "rebuild the bundle with this kit's python -m flow.build, or use the kit that wrote it")
+    for key, typ in _REQUIRED.items():
+        if not isinstance(manifest.get(key), typ):
+            raise _err(where, f"{MANIFEST}: field {key!r} missing or not a {typ.__name__}")
+
+    # ---- every listed file present and unchanged
+    files = manifest["files"]
+    for rel, ent in files.items():
+        if not _safe_relpath(rel) or rel == MANIFEST:
+            raise _err(where, f"{MANIFEST} lists an invalid file path {rel!r}")
+        if not isinstance(ent, dict) or not isinstance(ent.get("sha256"), str) or not isinstance(ent.get("bytes"), int):
+            raise _err(where, f"{MANIFEST}: entry of {rel} lacks sha256/bytes")
+        fpath = path / rel
+        if not fpath.is_file():
+            raise _err(where, f"{rel} missing (listed in {MANIFEST})")
+        size = fpath.stat().st_size
+        if size != ent["bytes"]:
+            raise _err(where, f"{rel} is {size} bytes, {MANIFEST} says {ent['bytes']} (truncated or modified)")
+        if _sha256(fpath) != ent["sha256"]:
+            raise _err(where, f"{rel} sha256 mismatch (corrupted or modified)")
+    # ---- and nothing else
+    for root, dirs, names in os.walk(path):
+        for name in sorted(names) + sorted(d for d in dirs if os.path.islink(os.path.join(root, d))):
+            rel = Path(os.path.relpath(os.path.join(root, name), path)).as_posix()
+            if rel != MANIFEST and rel not in files:
+                raise _err(where, f"{rel} is not listed in {MANIFEST} (a file added to the bundle)",
+                           f"remove it, or {REBUILD}")
+
+    # ---- the files the manifest's sections name are among the listed ones
+    needed = [manifest["program"].get("file"), manifest["hls"].get("project")]
+    vec = manifest.get("vectors")
+    if vec:
+        try:
+            needed += [vec["inputs"]["file"], vec["expected"]["file"]]
+            for key in ("inputs", "expected"):
+                dt = np.dtype(vec[key]["dtype"])
+                shape = [int(s) for s in vec[key]["shape"]]
+                if _prod(shape) * dt.itemsize != files.get(vec[key]["file"], {}).get("bytes"):
+                    raise _err(where, f"{vec[key]['file']} size disagrees with the vectors' dtype {dt.name} "
+                                      f"and shape {shape} in {MANIFEST}")
+        except (KeyError, TypeError):
+            raise _err(where, f"{MANIFEST}: malformed 'vectors' section") from None
+    bit = manifest.get("bitstream")
+    if bit:
+        needed += [bit.get("bit"), bit.get("hwh")]
+    for rel in needed:
+        if rel not in files:
+            raise _err(where, f"{MANIFEST} does not list {rel!r}, which the bundle needs")
+    fw = manifest["hls"].get("firmware", HLS_FIRMWARE) + "/"
+    if not any(rel.startswith(fw) for rel in files):
+        raise _err(where, f"no engine sources under {fw} (listed in {MANIFEST})")
+
+    # ---- the program image's own header and checksum
+    prog_rel = manifest["program"]["file"]
+    blob = (path / prog_rel).read_bytes()
+    _, prog_in, prog_out = _check_program_header(blob, f"bundle {where}", prog_rel)
+    try:
+        in_shape = [int(s) for s in manifest["input"]["shape"]]
+        out_shape = [int(s) for s in manifest["output"]["shape"]]
+    except (KeyError, TypeError, ValueError):
+        raise _err(where, f"{MANIFEST}: malformed input/output shape") from None
+    if prog_in != _prod(in_shape) or prog_out != _prod(out_shape):
+        raise _err(where, f"{prog_rel} moves {prog_in} -> {prog_out} bytes, {MANIFEST} says input {in_shape}, "
+                          f"output {out_shape}")
+
+    # ---- the HLS project is the manifest's engine; the register map is this host's
+    try:
+        project = json.loads((path / manifest["hls"]["project"]).read_text())
+    except ValueError:
+        raise _err(where, f"{manifest['hls']['project']} is not valid JSON") from None
+    _check_project_matches(project, manifest["engine_config"], manifest["config_hash"],
+                           f"bundle {where}: {manifest['hls']['project']}")
+    if manifest["regmap_version"] != REGMAP_VERSION:
+        raise _err(where, f"{MANIFEST}: register map {manifest['regmap_version']}, this host drives "
+                          f"{REGMAP_VERSION} (host/regmap.py changed since the bundle was built)",
+                   f"{REBUILD} (or use the kit that built it)")
+    return Bundle(path.resolve(), manifest)
+
+
+def _where_json(e: Exception) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"line {e.lineno} column {e.colno}"
+    return "byte ?"
