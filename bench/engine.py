@@ -57,7 +57,7 @@ from flow.quant import quantize_model  # noqa: E402
 from models import zoo  # noqa: E402
 
 BOARD = "pynq-z2"
-# model: (zoo kwargs, input [C, H, W], codebook size k as flow/build.py's RECIPES)
+# model: (zoo kwargs, input [C, H, W], codebook size k as flow/build/options.py's MODEL_DEFAULTS)
 MODELS = {
     "lenet-digits": ({}, (1, 8, 8), 64),
     "resnet20": ({"in_channels": 1}, (1, 28, 28), 256),
@@ -83,7 +83,7 @@ def build_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, tuple[int, i
 
 def build_program(name: str, method: str, engine: EngineConfig, *, seed: int = 0, iters: int = 2,
                   calib_images: int = 8) -> Program:
-    """The placed Program of an untrained zoo model, as flow/build.py makes it: compress (method
+    """The placed Program of an untrained zoo model, as flow/build/stages.py makes it: compress (method
     'mvq' / 'vq' / 'none', d=8, the model's k, few k-means iterations: cycles do not depend on the
     codeword values), quantize_model on random calibration images in [0, 1], lower for ``engine``."""
     model, shape = build_model(name, seed)

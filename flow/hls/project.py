@@ -5,12 +5,12 @@
 writes, atomically (rendered into a temporary sibling directory, then renamed
 into place, so a failure never leaves a half-written project)::
 
-    build/hls/firmware/   engine_config.h regmap.h codebook_decoder.h systolic_array.h
-                          lookup_engine.h post_op.h top.h top.cpp   (the synthesizable engine;
-                          lookup_engine.h is included only when EngineConfig.pq)
+    build/hls/firmware/   engine_config.h memories.h param_loader.h regmap.h codebook_decoder.h
+                          systolic_array.h lookup_engine.h post_op.h top.h top.cpp   (the synthesizable
+                          engine, docs/engine.md; lookup_engine.h is included only when EngineConfig.pq)
     build/hls/tb/         tb.cpp (testbench main) bridge.cpp (ctypes entry points)
-                          data/*.bin (test vectors, when given)
-    build/hls/build.tcl   Vitis HLS: csim / csynth / cosim / export
+                          data/*.bin (test vectors of the program placed for the engine, when given)
+    build/hls/build.tcl   Vitis HLS: csim / csynth / cosim / export (-flow impl with impl=1)
     build/hls/Makefile    g++ C-simulation build
     build/hls/project.json
 """
