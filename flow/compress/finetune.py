@@ -9,9 +9,12 @@ BatchNorm, biases and uncompressed layers train too.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .errors import CompressionError, ShapeMismatchError
 from .mvq import _CodebookLayer
@@ -42,6 +45,7 @@ def finetune(
     batch_size: int = 64,
     seed: int = 0,
     weight_decay: float = 0.0,
+    progress: bool = True,
 ) -> nn.Module:
     """Train ``model`` in place on x ``[N, C, H, W]`` float, y ``[N]`` int64 (cross-entropy, Adam); returns it.
 
@@ -69,10 +73,11 @@ def finetune(
     # Cosine decay: the codebooks end near a minimum rather than oscillating around it.
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     loss_fn = nn.CrossEntropyLoss()
-    for _ in range(epochs):
+    for ep in range(epochs):
         model.train()
         perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch_size):
+        for i in tqdm(range(0, len(x), batch_size), desc=f"finetune {ep + 1}/{epochs}", unit="batch",
+                      file=sys.stderr, leave=False, disable=not progress):
             idx = perm[i:i + batch_size]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[idx].to(device)), y[idx].to(device))
