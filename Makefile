@@ -4,6 +4,8 @@ SHELL := /bin/bash
 export OMP_WAIT_POLICY ?= PASSIVE
 PY := .venv/bin/python
 PIP := .venv/bin/pip
+BOARD_PY := .venv-board/bin/python
+BOARD_PIP := .venv-board/bin/pip
 DEB_PKGS := dataset-fashion-mnist iverilog yosys g++ tcl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -14,7 +16,7 @@ METHOD ?= mvq
 LIMIT ?=
 CSIM_ARGS ?=
 
-.PHONY: setup deps venv csim build test test-fast bench clean
+.PHONY: setup deps venv board-env csim build test test-fast test-board bench clean
 
 setup: deps venv
 
@@ -34,6 +36,16 @@ venv: .venv/.stamp
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
+board-env: .venv-board/.stamp
+
+# pynq 4.0 pins numpy<2: its own environment, never torch (the host package needs numpy, tqdm)
+.venv-board/.stamp: pyproject.toml
+	python3 -m venv .venv-board
+	$(BOARD_PIP) install -q --upgrade pip
+	$(BOARD_PIP) install -q "pynq==4.0.0" "numpy<2" pytest tqdm
+	$(BOARD_PIP) install -q -e . --no-deps
+	touch $@
+
 csim: setup
 	$(PY) -m flow.build --stage csim --model $(MODEL) --method $(METHOD) \
 	  $(if $(DATA),--data $(DATA)) $(if $(LIMIT),--limit $(LIMIT)) $(CSIM_ARGS)
@@ -43,11 +55,16 @@ build: setup
 	$(PY) -m flow.build --board pynq-z2 --model $(MODEL) --method $(METHOD) \
 	  $(if $(DATA),--data $(DATA)) $(if $(LIMIT),--limit $(LIMIT))
 
-test: setup
-	$(PY) -m pytest -m "not vitis and not board" -q
+# the main suite, then the PYNQ backend on the real pynq code (no board) in .venv-board
+test: setup board-env
+	$(PY) -m pytest -m "not vitis and not board" -q --ignore=tests/board
+	$(BOARD_PY) -m pytest tests/board -q
 
 test-fast: setup
-	$(PY) -m pytest -m "not vitis and not board and not slow" -q
+	$(PY) -m pytest -m "not vitis and not board and not slow" -q --ignore=tests/board
+
+test-board: setup board-env
+	$(BOARD_PY) -m pytest tests/board -q
 
 bench: setup
 	$(PY) bench/compression.py

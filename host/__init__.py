@@ -1,0 +1,20 @@
+"""The host side of vqhls: what runs on the board (or beside the C-simulation).
+
+* ``host.regmap``      the engine's AXI-Lite register map (pure Python, imported by the flow too)
+* ``host.accelerator`` ``Accelerator.open(bundle, backend="pynq"|"sim")``: load, infer, stream
+* ``host.sim``         the sim backend: the bundle's engine C++ compiled with g++, simulated DMA/DDR
+* ``host.run``         ``python -m host.run BUNDLE``: test vectors, a dataset, throughput
+
+Nothing here imports torch or the flow (except ``flow.bundle``, itself stdlib + numpy). This package
+file imports nothing: ``import host.regmap`` stays light; ``host.Accelerator`` loads on first use.
+"""
+
+__all__ = ["Accelerator", "AcceleratorError", "AcceleratorTimeout", "Backend"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from host import accelerator
+
+        return getattr(accelerator, name)
+    raise AttributeError(f"module 'host' has no attribute {name!r}")

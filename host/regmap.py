@@ -31,7 +31,8 @@ byte per beat) with TLAST on the final byte of the call and nowhere else: an
 early TLAST stops the engine reading (nothing past it is consumed), a missing
 one is reported too (ERR_TLAST); the output stream carries N_IMAGES x
 output_bytes bytes with TLAST on the final byte of the call (zeros for images
-not computed after an early TLAST), so one DMA receive transfer covers a batch.
+whose bytes did not all arrive before an early TLAST: an image completed by the
+early TLAST's byte is still computed), so one DMA receive transfer covers a batch.
 
 Host sequence: validate the Program for this engine on the host
 (flow.compile.validate), put the image in an allocated buffer and flush it;

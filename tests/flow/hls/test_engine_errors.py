@@ -436,7 +436,8 @@ def test_stream_protocol_not_loaded_and_tlast(small_engine, tmp_path):
     check(calls[4], 0, 0, N)
     assert calls[4]["cycles"] > 0
     check(calls[5], regmap.ERR_TLAST, N * IN - (IN + 6), 1)      # image 0 computed, 1 and 2 blank
-    check(calls[6], regmap.ERR_TLAST, (N - 1) * IN, 0)           # stopped inside image 0's read: nothing computed
+    check(calls[6], regmap.ERR_TLAST, (N - 1) * IN, 1)           # TLAST on image 0's last byte: image 0 complete
+                                                                 # and computed, the reading stops there
     check(calls[7], regmap.ERR_TLAST, 0, N)                      # every byte read, every image computed
     check(calls[8], regmap.ERR_TLAST, IN, N - 1, n=N - 1)        # nothing past the call's bytes consumed
     check(calls[9], 0, 0, N)

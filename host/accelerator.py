@@ -1,0 +1,623 @@
+"""Run a deploy bundle on the engine: on the PYNQ-Z2 (``backend="pynq"``) or in C-simulation (``"sim"``).
+
+    from host.accelerator import Accelerator
+
+    acc = Accelerator.open("deploy", backend="pynq")     # or backend="sim" (g++ + the ap_types headers)
+    acc.load()                                           # the load call: program on chip, STATUS, CONFIG_HASH
+    y = acc.infer(x_codes)                               # uint8/int8 [B, H, W, C] -> int8/uint8 [B, *out_shape]
+    p = acc.infer(x_float, argmax=True)                  # float [B, C, H, W] in the model's input space
+    for y in acc.stream(batches):                        # two batches in flight (double-buffered DMA)
+        ...
+
+The host side of the protocol in ``host/regmap.py`` (the one register map), over a ``Backend``:
+the PYNQ backend (``host/pynq_backend.py``: the overlay's engine IP and AXI DMA) or the sim backend
+(``host/sim.py``: the bundle's own engine C++ compiled with g++, its registers, DMA and DDR
+simulated in Python).
+
+Imports neither torch nor the flow (only ``flow.bundle``, itself stdlib + numpy): it runs on the board.
+"""
+from __future__ import annotations
+
+import abc
+import json
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+
+from host import regmap
+
+# The AXI DMA of the block design (hls_templates/tcl/vivado.tcl.j2): simple mode, c_sg_length_width 26.
+DMA_MAX_BYTES = (1 << 26) - 1
+DEFAULT_BATCH = 256
+DEFAULT_TIMEOUT = 10.0     # seconds for one engine call, plus PER_IMAGE_TIMEOUT per image
+PER_IMAGE_TIMEOUT = 0.01
+
+# Program image header (flow/compile/program.py, as flow/bundle.py checks it)
+PROGRAM_MAGIC = 0x4C485156   # 'VQHL'
+_HEADER = struct.Struct("<8I")
+
+BOARD_INSTALL_HINT = ("pip install vqhls[board] (pynq needs numpy<2: use the .venv-board environment: "
+                      "make board-env)")
+
+
+class AcceleratorError(RuntimeError):
+    """The engine or the host refused a call: a STATUS error, a bad bundle, a config mismatch."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+        self.code, self.op = regmap.decode_status(status) if status is not None else (None, None)
+
+
+class AcceleratorTimeout(AcceleratorError, TimeoutError):
+    """An engine call or a DMA transfer did not finish in time; the message names what hung."""
+
+
+# --------------------------------------------------------------------------- the backend interface
+
+class Backend(abc.ABC):
+    """What the Accelerator needs from a device: registers by name, DMA buffers, two DMA channels.
+
+    Register names are the attribute names of ``host.regmap`` ("CTRL", "N_IMAGES", "PARAMS_LO",
+    "PARAMS_HI", "CONFIG_HASH", "CYCLES_LO", "CYCLES_HI", "STATUS", ...); the Accelerator splits
+    the 64-bit PARAMS / CYCLES into their _LO / _HI words itself. ``offset(name)`` maps a name to
+    its byte offset in the engine's s_axilite segment.
+
+    Sequence the Accelerator drives (host/regmap.py):
+      load call:  buf = alloc(n); buf[:] = image; buf.flush(); write_reg PARAMS_LO/HI, N_IMAGES=0;
+                  start(); wait_done(); read_reg CONFIG_HASH, STATUS, CYCLES_LO/HI
+      per batch:  write_reg N_IMAGES=B; dma_recv(out, B*out_bytes); dma_send(in, B*in_bytes);
+                  start(); wait_done(); dma_wait(); read_reg STATUS, CYCLES_LO/HI; out.invalidate()
+    Timeouts raise ``AcceleratorTimeout`` naming what hung (``what`` for wait_done).
+    """
+
+    name = "backend"
+
+    #: the engine's clock in MHz when the backend knows it (the PYNQ backend: the PL clock), else None
+    fclk_mhz: Optional[float] = None
+
+    @staticmethod
+    def offset(name: str) -> int:
+        """Byte offset of register ``name`` (a host.regmap attribute); KeyError for an unknown name."""
+        value = getattr(regmap, name, None)
+        if not isinstance(value, int) or name.startswith(("CTRL_", "ERR_")) or name in (
+                "OK", "STATUS_OP_NONE", "ADDRESS_RANGE") or not 0 <= value < regmap.ADDRESS_RANGE:
+            raise KeyError(f"{name!r} is not a register of host.regmap")
+        return value
+
+    @abc.abstractmethod
+    def alloc(self, nbytes: int):
+        """A DMA-able buffer of ``nbytes`` bytes: a uint8 numpy array (or an object with ``__array__``
+        writable through numpy indexing) with ``.physical_address``, ``.flush()`` (CPU -> DDR),
+        ``.invalidate()`` (DDR -> CPU) and ``.freebuffer()``, like ``pynq.allocate((n,), np.uint8)``."""
+
+    @abc.abstractmethod
+    def write_reg(self, name: str, value: int) -> None:
+        """Write the 32-bit register ``name`` of the engine's s_axilite interface."""
+
+    @abc.abstractmethod
+    def read_reg(self, name: str) -> int:
+        """Read the 32-bit register ``name`` (reading CTRL clears ap_done, as the hardware does)."""
+
+    def start(self) -> None:
+        """Start one engine call (ap_start); the engine latches N_IMAGES and PARAMS."""
+        self.write_reg("CTRL", regmap.CTRL_AP_START)
+
+    def wait_done(self, timeout: float, what: str) -> None:
+        """Wait until the engine call finishes (ap_done); AcceleratorTimeout naming ``what`` when it does
+        not within ``timeout`` seconds. The default polls CTRL."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.read_reg("CTRL") & regmap.CTRL_AP_DONE:
+                return
+            if time.monotonic() > deadline:
+                raise AcceleratorTimeout(f"{what}: the engine did not finish within {timeout:g} s "
+                                         f"(CTRL 0x{self.read_reg('CTRL'):02x})")
+            time.sleep(0)
+
+    @abc.abstractmethod
+    def dma_send(self, buf, nbytes: int) -> None:
+        """Start the MM2S transfer of the first ``nbytes`` bytes of ``buf`` (already flushed) into the
+        engine's input stream; TLAST on the final byte. Does not wait."""
+
+    @abc.abstractmethod
+    def dma_recv(self, buf, nbytes: int) -> None:
+        """Start the S2MM transfer of up to ``nbytes`` bytes of the engine's output stream into ``buf``
+        (completes at TLAST). Does not wait; posted before dma_send and start."""
+
+    @abc.abstractmethod
+    def dma_wait(self, timeout: float) -> None:
+        """Wait for the started send and receive transfers; AcceleratorTimeout when they do not finish."""
+
+    def recover(self) -> None:
+        """Bring the DMA channels back to idle after a failed call (a receive the engine never fed).
+        The default does nothing; the PYNQ backend resets the AXI DMA."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the device (buffers stay valid until freed; calls after close are errors)."""
+
+    def describe(self) -> str:
+        """One line naming the device, for the CLI."""
+        return self.name
+
+
+# --------------------------------------------------------------------------- helpers
+
+def check_program_image(blob: bytes, format_version: Optional[int] = None) -> tuple[int, int]:
+    """The program image's header on the host, before the load call: magic, format version (the
+    bundle manifest's), size (header word 4) and the body's CRC32 (word 7). Returns (input bytes,
+    output bytes) per image; raises AcceleratorError. The full Program check ran at build time
+    (flow.compile.validate) and the bundle's checksums protect it since."""
+    blob = bytes(blob)
+    if len(blob) < _HEADER.size:
+        raise AcceleratorError(f"program image is {len(blob)} bytes, shorter than its header: rebuild the bundle")
+    hdr = _HEADER.unpack_from(blob, 0)
+    if hdr[0] != PROGRAM_MAGIC:
+        raise AcceleratorError(f"program image magic 0x{hdr[0]:08x} is not 'VQHL' (0x{PROGRAM_MAGIC:08x}): "
+                               "not a vqhls program image")
+    if format_version is not None and hdr[1] != int(format_version):
+        raise AcceleratorError(f"program image format version {hdr[1]}, the bundle manifest says {format_version}: "
+                               "rebuild the bundle")
+    if hdr[4] != len(blob):
+        raise AcceleratorError(f"program image is {len(blob)} bytes, its header says {hdr[4]}: rebuild the bundle")
+    crc = zlib.crc32(blob[_HEADER.size:]) & 0xFFFFFFFF
+    if hdr[7] != crc:
+        raise AcceleratorError(f"program image CRC32 mismatch (header 0x{hdr[7]:08x}, body 0x{crc:08x}): "
+                               "corrupted image, rebuild the bundle")
+    return hdr[5], hdr[6]
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _load_bundle(bundle):
+    from flow import bundle as bundle_mod   # stdlib + numpy + host.regmap only
+
+    if isinstance(bundle, bundle_mod.Bundle):
+        return bundle
+    try:
+        return bundle_mod.load(bundle)
+    except bundle_mod.BundleError as e:
+        raise AcceleratorError(str(e)) from None
+
+
+def _pynq_missing(e: ModuleNotFoundError) -> AcceleratorError:
+    text = str(e)
+    detail = text[text.index("[import pynq failed"):] if "[import pynq failed" in text else ""
+    return AcceleratorError(f"pynq is not installed: {BOARD_INSTALL_HINT}" + (f" {detail}" if detail else ""))
+
+
+def _make_backend(name: str, bundle, kw: dict) -> Backend:
+    if name == "sim":
+        from host.sim import SimBackend, SimError
+
+        try:
+            return SimBackend(bundle, **kw)
+        except SimError as e:
+            raise AcceleratorError(str(e)) from None
+    if name == "pynq":
+        import importlib
+
+        try:
+            pynq_backend = importlib.import_module("host.pynq_backend")
+        except ModuleNotFoundError as e:
+            if e.name and (e.name == "pynq" or e.name.startswith("pynq.")):
+                raise _pynq_missing(e) from None
+            if e.name == "host.pynq_backend":
+                raise AcceleratorError("this kit has no PYNQ backend (host/pynq_backend.py missing)") from None
+            raise
+        try:
+            return pynq_backend.PynqBackend(bundle, **kw)
+        except ModuleNotFoundError as e:
+            if e.name and (e.name == "pynq" or e.name.startswith("pynq.")):
+                raise _pynq_missing(e) from None
+            raise
+    raise AcceleratorError(f"unknown backend {name!r}: choose 'pynq' (the board) or 'sim' (C-simulation)")
+
+
+class _Pair:
+    """One input buffer and one output buffer for batches of up to ``images`` images."""
+
+    __slots__ = ("inbuf", "outbuf", "images")
+
+    def __init__(self, inbuf, outbuf, images: int):
+        self.inbuf, self.outbuf, self.images = inbuf, outbuf, images
+
+
+# --------------------------------------------------------------------------- the accelerator
+
+class Accelerator:
+    """One deploy bundle on one engine (see the module docstring).
+
+    Inputs: integer codes uint8/int8 [B, H, W, C] (NHWC, the dtype of the bundle's input signedness),
+    or floats [B, C, H, W] in the model's input space, quantized on the host with the bundle's input
+    scale (round half to even, saturated: as flow.quant.quantize_input). Outputs: the engine's codes
+    [B, *out_shape] (int8, or uint8 for an unsigned output), or floats (codes x out_scale), or argmax [B].
+    """
+
+    def __init__(self, bundle, backend: Backend, *, timeout: float = DEFAULT_TIMEOUT,
+                 batch_size: Optional[int] = None):
+        self.bundle = _load_bundle(bundle)
+        self.backend = backend
+        self.timeout = float(timeout)
+        self.in_shape = tuple(int(s) for s in self.bundle.in_shape)     # (H, W, C)
+        self.out_shape = tuple(int(s) for s in self.bundle.out_shape)
+        self.in_bytes = _prod(self.in_shape)
+        self.out_bytes = _prod(self.out_shape)
+        self.in_dtype = np.dtype(np.uint8 if self.bundle.in_unsigned else np.int8)
+        self.out_dtype = np.dtype(np.uint8 if self.bundle.out_unsigned else np.int8)
+        self.in_scale = self.bundle.in_scale
+        self.out_scale = self.bundle.out_scale
+        self.config_hash = regmap.config_hash_u32(self.bundle.config_hash)
+        self.max_batch = max(1, DMA_MAX_BYTES // max(self.in_bytes, self.out_bytes, 1))
+        bs = DEFAULT_BATCH if batch_size is None else int(batch_size)
+        if bs < 1:
+            raise ValueError(f"batch_size must be >= 1, got {bs}")
+        self.batch_size = min(bs, self.max_batch)
+        self.fclk_mhz = backend.fclk_mhz if getattr(backend, "fclk_mhz", None) else self._bundle_fclk()
+        self.loaded = False
+        self.load_cycles: Optional[int] = None
+        self._params_buf = None
+        self._pairs: list[Optional[_Pair]] = [None, None]
+        self._closed = False
+        self._stats = {"latency_s": None, "images_per_s": None, "batches": 0, "images": 0, "busy_s": 0.0,
+                       "modelled_cycles": None, "modelled_images_per_s": None}
+
+    # ---- construction
+    @classmethod
+    def open(cls, bundle_path, backend="pynq", *, timeout: float = DEFAULT_TIMEOUT,
+             batch_size: Optional[int] = None, **kw) -> "Accelerator":
+        """Load and verify the bundle (flow.bundle.load), make the backend: ``"pynq"`` (the board:
+        ``host.pynq_backend.PynqBackend(bundle, **kw)``), ``"sim"`` (``host.sim.SimBackend(bundle,
+        **kw)``: C-simulation), or a ready ``Backend`` instance. Raises AcceleratorError."""
+        bundle = _load_bundle(bundle_path)
+        if isinstance(backend, Backend):
+            if kw:
+                raise TypeError(f"backend options {sorted(kw)} given with a ready backend instance")
+            be = backend
+        else:
+            be = _make_backend(str(backend), bundle, kw)
+        return cls(bundle, be, timeout=timeout, batch_size=batch_size)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for pair in self._pairs:
+            if pair is not None:
+                _free(pair.inbuf)
+                _free(pair.outbuf)
+        self._pairs = [None, None]
+        if self._params_buf is not None:
+            _free(self._params_buf)
+            self._params_buf = None
+        self.backend.close()
+
+    def __enter__(self) -> "Accelerator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Accelerator({self.bundle.model!r}, engine {self.bundle.config_hash}, backend {self.backend.name!r}, "
+                f"in {list(self.in_shape)} {self.in_dtype.name}, out {list(self.out_shape)} {self.out_dtype.name})")
+
+    # ---- shapes (like finn-examples' accel.ishape_normal / ishape_packed)
+    def ishape_normal(self, batch: int = 1) -> tuple:
+        """Integer input shape [batch, H, W, C] (NHWC codes)."""
+        return (int(batch), *self.in_shape)
+
+    def oshape_normal(self, batch: int = 1) -> tuple:
+        """Integer output shape [batch, *out_shape]."""
+        return (int(batch), *self.out_shape)
+
+    def ishape_packed(self, batch: int = 1) -> tuple:
+        """The input stream's bytes: [batch, in_bytes]."""
+        return (int(batch), self.in_bytes)
+
+    def oshape_packed(self, batch: int = 1) -> tuple:
+        """The output stream's bytes: [batch, out_bytes]."""
+        return (int(batch), self.out_bytes)
+
+    def ishape_float(self, batch: int = 1) -> tuple:
+        """Float input shape [batch, C, H, W] (the model's NCHW)."""
+        h, w, c = self.in_shape
+        return (int(batch), c, h, w)
+
+    # ---- registers
+    def _write64(self, name: str, value: int) -> None:
+        self.backend.write_reg(f"{name}_LO", value & 0xFFFFFFFF)
+        self.backend.write_reg(f"{name}_HI", (value >> 32) & 0xFFFFFFFF)
+
+    def _read64(self, name: str) -> int:
+        lo = self.backend.read_reg(f"{name}_LO")
+        hi = self.backend.read_reg(f"{name}_HI")
+        return (hi << 32) | lo
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AcceleratorError("the accelerator is closed")
+
+    # ---- the load call
+    def load(self) -> None:
+        """The load call: the bundle's program image into a device buffer, PARAMS, N_IMAGES = 0, start,
+        wait; then CONFIG_HASH must be the bundle's engine and STATUS ok. Raises AcceleratorError
+        (AcceleratorTimeout when the engine does not finish). Nothing is streamed before it succeeds."""
+        self._check_open()
+        image = self.bundle.program_image()
+        prog_in, prog_out = check_program_image(image, self.bundle.manifest["program"].get("format_version"))
+        if (prog_in, prog_out) != (self.in_bytes, self.out_bytes):
+            raise AcceleratorError(f"program image moves {prog_in} -> {prog_out} bytes per image, the bundle says "
+                                   f"{self.in_bytes} -> {self.out_bytes}: rebuild the bundle")
+        ctrl = self.backend.read_reg("CTRL")
+        if (ctrl & regmap.CTRL_AP_START) and not (ctrl & regmap.CTRL_AP_IDLE):
+            raise AcceleratorError(f"the engine is busy (CTRL 0x{ctrl:02x}: a previous call never finished): "
+                                   "reload the bitstream (reopen the accelerator)")
+        self.loaded = False
+        buf = self.backend.alloc(len(image))
+        np.asarray(buf).reshape(-1)[: len(image)] = np.frombuffer(image, dtype=np.uint8)
+        buf.flush()
+        self._write64("PARAMS", int(buf.physical_address))
+        self.backend.write_reg("N_IMAGES", 0)
+        self.backend.start()
+        self.backend.wait_done(self.timeout, "load call (N_IMAGES = 0)")
+        hw_hash = self.backend.read_reg("CONFIG_HASH")
+        status = self.backend.read_reg("STATUS")
+        self.load_cycles = self._read64("CYCLES")
+        if hw_hash != self.config_hash:
+            _free(buf)
+            raise AcceleratorError(
+                f"bundle built for engine {self.bundle.config_hash}, the bitstream is engine {hw_hash:08x}: "
+                "use the bitstream built with this bundle (or rebuild the bundle for this engine)", status)
+        if status != regmap.OK:
+            _free(buf)
+            raise AcceleratorError(f"load call: engine STATUS 0x{status:04x}: {regmap.status_message(status)}", status)
+        old, self._params_buf = self._params_buf, buf   # keep it: non-resident weights are read during runs
+        if old is not None:
+            _free(old)
+        self.loaded = True
+
+    # ---- inputs and outputs
+    def quantize(self, x) -> np.ndarray:
+        """Float images [B, C, H, W] -> integer codes [B, H, W, C]: round half to even of x / in_scale,
+        saturated to the input's range (the flow's quantize_input)."""
+        x = np.asarray(x, dtype=np.float64)
+        exp = self.ishape_float(x.shape[0] if x.ndim == 4 else 0)
+        if x.ndim != 4 or tuple(x.shape[1:]) != exp[1:]:
+            raise ValueError(f"float input must be [B, {', '.join(map(str, exp[1:]))}] (NCHW), got {list(x.shape)}")
+        lo, hi = (0, 255) if self.bundle.in_unsigned else (-128, 127)
+        q = np.clip(np.rint(x / self.in_scale), lo, hi).transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(q.astype(self.in_dtype))
+
+    def dequantize(self, y) -> np.ndarray:
+        """Output codes -> floats (codes x out_scale), float32."""
+        return (np.asarray(y, dtype=np.float64) * self.out_scale).astype(np.float32)
+
+    def _codes(self, x) -> np.ndarray:
+        """Validate one batch; integer codes [B, H, W, C] of the input dtype."""
+        x = np.asarray(x)
+        if x.dtype.kind == "f":
+            return self.quantize(x)
+        want = f"{self.in_dtype.name} [B, {', '.join(map(str, self.in_shape))}] (NHWC codes)"
+        if x.dtype != self.in_dtype:
+            hint = ""
+            if x.dtype in (np.uint8, np.int8):
+                hint = f": the bundle's input is {'unsigned' if self.bundle.in_unsigned else 'signed'}"
+            elif x.dtype.kind in "iu":
+                hint = f": convert with .astype(np.{self.in_dtype.name}) if the values are codes"
+            raise ValueError(f"input must be {want} or float [B, {', '.join(map(str, self.ishape_float()[1:]))}] "
+                             f"(NCHW), got {x.dtype.name} {list(x.shape)}{hint}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"input must be {want}, got {x.dtype.name} {list(x.shape)}")
+        return np.ascontiguousarray(x)
+
+    def _post(self, raw: np.ndarray, n: int, dequantize: bool, argmax: bool) -> np.ndarray:
+        y = raw.view(self.out_dtype).reshape(self.oshape_normal(n))
+        if argmax:
+            return y.reshape(n, -1).argmax(axis=1)
+        if dequantize:
+            return self.dequantize(y)
+        return y
+
+    # ---- buffers
+    def _pair(self, slot: int, n: int) -> _Pair:
+        pair = self._pairs[slot]
+        if pair is None or pair.images < n:
+            if pair is not None:
+                _free(pair.inbuf)
+                _free(pair.outbuf)
+                self._pairs[slot] = None
+            images = max(n, min(self.batch_size, self.max_batch))
+            inbuf = self.backend.alloc(images * self.in_bytes)
+            pair = _Pair(inbuf, self.backend.alloc(images * self.out_bytes), images)
+            self._pairs[slot] = pair
+        return pair
+
+    def _call_timeout(self, n: int) -> float:
+        return self.timeout + PER_IMAGE_TIMEOUT * n
+
+    def _launch(self, pair: _Pair, codes: np.ndarray) -> dict:
+        n = int(codes.shape[0])
+        t_copy = time.perf_counter()
+        np.asarray(pair.inbuf).reshape(-1)[: n * self.in_bytes] = codes.reshape(-1).view(np.uint8)
+        pair.inbuf.flush()
+        t0 = time.perf_counter()
+        self.backend.write_reg("N_IMAGES", n)
+        self.backend.dma_recv(pair.outbuf, n * self.out_bytes)
+        self.backend.dma_send(pair.inbuf, n * self.in_bytes)
+        self.backend.start()
+        return {"pair": pair, "n": n, "t0": t0, "copy_in_s": t0 - t_copy}
+
+    def _finish(self, job: dict) -> dict:
+        n = job["n"]
+        what = f"batch of {n} image{'s' if n != 1 else ''}"
+        try:
+            self.backend.wait_done(self._call_timeout(n), what)
+        except AcceleratorTimeout:
+            self.backend.recover()
+            raise
+        status = self.backend.read_reg("STATUS")
+        cycles = self._read64("CYCLES")
+        try:
+            self.backend.dma_wait(self._call_timeout(n))
+        except AcceleratorTimeout as e:
+            self.backend.recover()
+            if status != regmap.OK:
+                raise AcceleratorError(f"{what}: engine STATUS 0x{status:04x}: {regmap.status_message(status)}",
+                                       status) from None
+            raise AcceleratorTimeout(f"{what}: {e}") from None
+        t1 = time.perf_counter()
+        if status != regmap.OK:
+            raise AcceleratorError(f"{what}: engine STATUS 0x{status:04x}: {regmap.status_message(status)}", status)
+        latency = t1 - job["t0"]
+        st = self._stats
+        st["latency_s"] = latency
+        st["images_per_s"] = n / latency if latency > 0 else float("inf")
+        st["batches"] += 1
+        st["images"] += n
+        st["busy_s"] += latency
+        st["modelled_cycles"] = cycles
+        if self.fclk_mhz and cycles:
+            st["modelled_images_per_s"] = n * self.fclk_mhz * 1e6 / cycles
+        job["cycles"] = cycles
+        job["latency_s"] = latency
+        return job
+
+    def _collect(self, job: dict) -> np.ndarray:
+        pair, n = job["pair"], job["n"]
+        pair.outbuf.invalidate()
+        return np.array(np.asarray(pair.outbuf).reshape(-1)[: n * self.out_bytes], dtype=np.uint8, copy=True)
+
+    def _ensure_loaded(self) -> None:
+        self._check_open()
+        if not self.loaded:
+            self.load()
+
+    # ---- inference
+    def infer(self, x, *, dequantize: bool = False, argmax: bool = False,
+              batch_size: Optional[int] = None) -> np.ndarray:
+        """Run ``x`` (codes [B, H, W, C] or floats [B, C, H, W]) through the engine, in batches of
+        ``batch_size`` (default ``self.batch_size``) images per engine call. Returns the output codes
+        [B, *out_shape], or floats (``dequantize``), or the argmax [B] (``argmax``). Loads the program
+        first if ``load()`` was not called. ValueError on a wrong shape or dtype (expected vs got)."""
+        codes = self._codes(x)
+        n = codes.shape[0]
+        bs = self.batch_size if batch_size is None else min(int(batch_size), self.max_batch)
+        if bs < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if n == 0:
+            return self._post(np.zeros(0, np.uint8), 0, dequantize, argmax)
+        parts = list(self.stream((codes[i: i + bs] for i in range(0, n, bs)), dequantize=dequantize, argmax=argmax))
+        return np.concatenate(parts, axis=0)
+
+    def stream(self, batches: Iterable, *, dequantize: bool = False, argmax: bool = False) -> Iterator[np.ndarray]:
+        """Yield the results of each batch of ``batches`` in order, keeping two batches in flight: batch
+        i+1 is validated, quantized and copied into the other buffer pair while the engine runs batch i,
+        and started as soon as batch i is done, before batch i's outputs are copied out and yielded."""
+        self._ensure_loaded()
+        inflight: Optional[dict] = None
+        slot = 0
+        try:
+            for xb in batches:
+                codes = self._codes(xb)
+                n = int(codes.shape[0])
+                if n > self.max_batch:
+                    raise ValueError(f"a batch of {n} images exceeds the DMA's {DMA_MAX_BYTES}-byte transfer "
+                                     f"limit ({self.max_batch} images): split it")
+                if n == 0:
+                    if inflight is not None:
+                        job, inflight = inflight, None
+                        job = self._finish(job)
+                        yield self._post(self._collect(job), job["n"], dequantize, argmax)
+                    yield self._post(np.zeros(0, np.uint8), 0, dequantize, argmax)
+                    continue
+                pair = self._pair(slot, n)      # the pair batch i-1 does not use
+                done = None
+                if inflight is not None:
+                    done, inflight = inflight, None
+                    done = self._finish(done)
+                job = self._launch(pair, codes)
+                inflight = job
+                slot ^= 1
+                if done is not None:
+                    yield self._post(self._collect(done), done["n"], dequantize, argmax)
+            if inflight is not None:
+                job, inflight = inflight, None
+                job = self._finish(job)
+                yield self._post(self._collect(job), job["n"], dequantize, argmax)
+        finally:
+            if inflight is not None:   # abandoned (consumer stopped, or an error): leave the engine idle
+                job, inflight = inflight, None
+                try:
+                    self._finish(job)
+                except AcceleratorError:
+                    pass
+
+    # ---- measurements
+    @property
+    def stats(self) -> dict:
+        """Last batch: ``latency_s`` (DMA + engine, wall clock), ``images_per_s``, ``modelled_cycles`` (the
+        CYCLES register: MODELLED, flow/boards/perf.py) and ``modelled_images_per_s`` at ``fclk_mhz``;
+        totals: ``batches``, ``images``, ``busy_s``."""
+        return dict(self._stats)
+
+    def throughput_test(self, batch: Optional[int] = None, *, seed: int = 0) -> dict:
+        """Time one engine call on ``batch`` random input images (like FINN's driver throughput_test):
+        runtime, images/s, DMA bandwidth in/out (MB/s), copy times, the clock and the modelled cycles."""
+        self._ensure_loaded()
+        n = min(int(batch or self.batch_size), self.max_batch)
+        if n < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        rng = np.random.default_rng(seed)
+        lo, hi = (0, 256) if self.bundle.in_unsigned else (-128, 128)
+        codes = rng.integers(lo, hi, self.ishape_normal(n)).astype(self.in_dtype)
+        pair = self._pair(0, n)
+        job = self._finish(self._launch(pair, codes))
+        t = time.perf_counter()
+        self._collect(job)
+        copy_out = time.perf_counter() - t
+        runtime = job["latency_s"]
+        cycles = job["cycles"]
+        res = {
+            "runtime[ms]": runtime * 1e3,
+            "throughput[images/s]": n / runtime if runtime > 0 else float("inf"),
+            "DRAM_in_bandwidth[MB/s]": n * self.in_bytes / runtime / 1e6 if runtime > 0 else float("inf"),
+            "DRAM_out_bandwidth[MB/s]": n * self.out_bytes / runtime / 1e6 if runtime > 0 else float("inf"),
+            "fclk[mhz]": self.fclk_mhz,
+            "batch_size": n,
+            "copy_input_data_to_device[ms]": job["copy_in_s"] * 1e3,
+            "copy_output_data_from_device[ms]": copy_out * 1e3,
+            "modelled_cycles": cycles,
+            "modelled_cycles_per_image": cycles / n,
+            "modelled_throughput[images/s]": (n * self.fclk_mhz * 1e6 / cycles) if (self.fclk_mhz and cycles) else None,
+            "backend": self.backend.name,
+        }
+        return res
+
+    def _bundle_fclk(self) -> Optional[float]:
+        """The engine clock the HLS project was built for (hls/project.json clock_ns), in MHz."""
+        try:
+            project = json.loads((Path(self.bundle.path) / self.bundle.manifest["hls"]["project"]).read_text())
+            ns = float(project.get("clock_ns") or 0)
+            return 1e3 / ns if ns > 0 else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+def _free(buf) -> None:
+    free = getattr(buf, "freebuffer", None)
+    if free is not None:
+        try:
+            free()
+        except Exception:   # best effort on teardown
+            pass

@@ -1,0 +1,229 @@
+"""Run a deploy bundle: ``python -m host.run BUNDLE [--backend sim|pynq] [--data NAME] [--limit N] [--batch N]``.
+
+1. opens the bundle (every checksum verified), makes the backend, makes the load call;
+2. runs the bundle's own test vectors and compares the outputs with its expected ones bit for bit;
+3. with ``--data``, the dataset's test split (the same split the build used, loaded here without
+   torch): accuracy, bit-exactness against the bundle vectors on the images they hold, throughput
+   (measured images/s and the engine's MODELLED cycles from the CYCLES register).
+
+Exit 0 when every comparison is bit-exact, 1 when one differs, 2 on an error (one line ``error: ...``).
+Imports neither torch nor the flow (only flow.bundle): this runs on the board.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from host.accelerator import Accelerator, AcceleratorError
+from host.sim import SimError
+
+DATASETS = ("digits", "fashion-mnist")
+FMNIST_DIR_DEFAULT = "/usr/share/datasets/fashion-mnist"
+
+
+class DataError(RuntimeError):
+    """A dataset cannot be loaded here; the message says how to fix it."""
+
+
+# --------------------------------------------------------------------------- datasets (models/data.py, without torch)
+
+def load_digits_test() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits, test split exactly as models/data.py makes it: images / 16 as float32
+    [N, 1, 8, 8], a seeded permutation (numpy default_rng(0)), the last 20 % after an int(0.8 N) cut."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("--data digits needs scikit-learn: pip install scikit-learn") from None
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(y))
+    cut = int(0.8 * len(y))
+    idx = perm[cut:]
+    return x[idx], y[idx]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_fashion_mnist_test(root=None) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST's t10k split from the Debian package dataset-fashion-mnist ($VQHLS_FMNIST_DIR
+    overrides the directory): float32 [N, 1, 28, 28] in [0, 1] (/ 255), labels int64."""
+    root = Path(root or os.environ.get("VQHLS_FMNIST_DIR", FMNIST_DIR_DEFAULT))
+    img, lab = root / "t10k-images-idx3-ubyte.gz", root / "t10k-labels-idx1-ubyte.gz"
+    if not img.exists() or not lab.exists():
+        raise DataError(f"Fashion-MNIST files not found in {root}: install them with "
+                        "'sudo apt-get install -y dataset-fashion-mnist' (or set VQHLS_FMNIST_DIR)")
+    try:
+        x = _read_idx(img).astype(np.float32)[:, None] / 255.0
+        y = _read_idx(lab).astype(np.int64)
+    except (OSError, EOFError, ValueError) as e:
+        raise DataError(f"Fashion-MNIST files in {root} are unreadable ({e}): "
+                        "reinstall dataset-fashion-mnist") from None
+    return x, y
+
+
+def load_test_split(name: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "digits":
+        return load_digits_test()
+    if name == "fashion-mnist":
+        return load_fashion_mnist_test()
+    raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+
+
+# --------------------------------------------------------------------------- the run
+
+def _fmt_rate(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:,.0f}"
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not sys.stderr.isatty())
+
+
+def run(args) -> int:
+    backend_kw = {}
+    if args.backend == "sim" and args.cache_dir:
+        backend_kw["cache_dir"] = args.cache_dir
+    acc = Accelerator.open(args.bundle, backend=args.backend, timeout=args.timeout, batch_size=args.batch,
+                           **backend_kw)
+    rc = 0
+    with acc:
+        b = acc.bundle
+        print(f"bundle     {b.path}: {b.model} ({b.manifest.get('method')}), data {b.manifest.get('data')}, "
+              f"engine {b.config_hash}")
+        print(f"           in {list(acc.in_shape)} {acc.in_dtype.name} (scale {acc.in_scale:.6g}), "
+              f"out {list(acc.out_shape)} {acc.out_dtype.name} (scale {acc.out_scale:.6g})")
+        print(f"backend    {acc.backend.describe()}")
+        acc.load()
+        print(f"load       ok: {len(b.program_image()):,}-byte program on chip, CONFIG_HASH 0x{acc.config_hash:08x}, "
+              f"{acc.load_cycles:,} modelled cycles")
+
+        vec = b.vectors()
+        if vec is None:
+            print("vectors    none in this bundle")
+        else:
+            vin, vexp = vec
+            vin = vin.reshape(-1, *acc.in_shape)
+            got = acc.infer(vin).reshape(vexp.shape)
+            same = int(np.all(got.reshape(len(vin), -1) == vexp.reshape(len(vin), -1), axis=1).sum())
+            ok = same == len(vin)
+            print(f"vectors    {same}/{len(vin)} bit-exact with the bundle's expected outputs"
+                  + ("" if ok else "  MISMATCH"))
+            if not ok:
+                rc = 1
+
+        if args.data:
+            rc = max(rc, _run_dataset(acc, args))
+
+        tp = acc.throughput_test(batch=args.batch or min(acc.batch_size, 256))
+        fclk = tp["fclk[mhz]"]
+        print(f"throughput {_fmt_rate(tp['throughput[images/s]'])} images/s measured "
+              f"({'C-simulation speed on this CPU, not the board' if acc.backend.name == 'sim' else 'on the board'}; "
+              f"batch {tp['batch_size']}, {tp['runtime[ms]']:.2f} ms, DMA in {tp['DRAM_in_bandwidth[MB/s]']:.2f} MB/s, "
+              f"out {tp['DRAM_out_bandwidth[MB/s]']:.2f} MB/s)")
+        print(f"modelled   {tp['modelled_cycles_per_image']:,.0f} cycles/image (CYCLES register) = "
+              f"{_fmt_rate(tp['modelled_throughput[images/s]'])} images/s"
+              + (f" at {fclk:g} MHz" if fclk else ""))
+    return rc
+
+
+def _run_dataset(acc: Accelerator, args) -> int:
+    b = acc.bundle
+    x, y = load_test_split(args.data)
+    if args.limit is not None:
+        x, y = x[: args.limit], y[: args.limit]
+    if tuple(x.shape[1:]) != acc.ishape_float()[1:]:
+        raise DataError(f"--data {args.data} images are {list(x.shape[1:])}, the bundle's model reads "
+                        f"{list(acc.ishape_float()[1:])} (it was built for --data {b.manifest.get('data')})")
+    if len(x) == 0:
+        print(f"data       {args.data}: no images (--limit {args.limit})")
+        return 0
+    bs = acc.batch_size
+    bar = _progress(len(x), args.data)
+    outs = []
+    t0 = time.perf_counter()
+    for out in acc.stream(x[i: i + bs] for i in range(0, len(x), bs)):
+        outs.append(out)
+        if bar is not None:
+            bar.update(len(out))
+    dt = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    logits = np.concatenate(outs)
+    pred = logits.reshape(len(x), -1).argmax(axis=1)
+    acc_pct = 100.0 * float((pred == y).mean())
+    golden = b.manifest.get("golden_acc")
+    same_data = b.manifest.get("data") == args.data
+    gtxt = ""
+    if golden is not None and same_data:
+        gtxt = f" (the build's golden model: {100 * golden:.2f} % on its test images)"
+    print(f"data       {args.data} test split: {len(x)} images, accuracy {acc_pct:.2f} %{gtxt}, "
+          f"{len(x) / dt:,.0f} images/s end to end (quantize + DMA + engine)")
+    rc = 0
+    vec = b.vectors()
+    if vec is not None and same_data:
+        vin, vexp = vec
+        k = min(len(vin), len(x))
+        q = acc.quantize(x[:k])
+        if k and np.array_equal(q, vin[:k].reshape(q.shape)):
+            same = int(np.all(logits[:k].reshape(k, -1) == vexp[:k].reshape(k, -1), axis=1).sum())
+            print(f"           the first {k} images are the bundle's vectors: {same}/{k} outputs bit-exact"
+                  + ("" if same == k else "  MISMATCH"))
+            if same != k:
+                rc = 1
+        elif k:
+            print("           this split's first images differ from the bundle's vectors: bit-exactness checked "
+                  "on the bundle vectors only")
+    return rc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m host.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="deploy bundle directory (build/<name>/deploy)")
+    p.add_argument("--backend", default="pynq", help="pynq (the board, default) or sim (C-simulation with g++)")
+    p.add_argument("--data", choices=DATASETS, help="also run this dataset's test split")
+    p.add_argument("--limit", type=int, help="first N test images only")
+    p.add_argument("--batch", type=int, help="images per engine call (default 256)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds an engine call may take (+10 ms per image)")
+    p.add_argument("--cache-dir", help="sim backend: where compiled engines are cached "
+                                       "(default $VQHLS_CACHE or ~/.cache/vqhls)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.limit is not None and args.limit < 0:
+            raise DataError(f"--limit must be >= 0, got {args.limit}")
+        if args.batch is not None and args.batch < 1:
+            raise DataError(f"--batch must be >= 1, got {args.batch}")
+        return run(args)
+    except (AcceleratorError, SimError, DataError, ValueError, OSError) as e:   # BundleError is a ValueError
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""python -m host.run: the bundle's vectors and a dataset on the sim backend; every error is one line, exit 2."""
+from __future__ import annotations
+
+import importlib.util
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from host import run as host_run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_cli_sim_digits_bit_exact(bundle_path, sim_cache, sim_library):
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", VQHLS_CACHE=str(sim_cache))
+    proc = subprocess.run([sys.executable, "-m", "host.run", str(bundle_path), "--backend", "sim", "--data", "digits",
+                           "--limit", "60"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "8/8 bit-exact with the bundle's expected outputs" in out
+    assert "digits test split: 60 images, accuracy" in out
+    assert "the first 8 images are the bundle's vectors: 8/8 outputs bit-exact" in out
+    assert "cycles/image (CYCLES register)" in out and "images/s" in out
+    assert "Traceback" not in proc.stderr
+
+
+def test_digits_split_is_the_flows(bundle):
+    from models.data import load
+
+    x, y = host_run.load_digits_test()
+    xr, yr = load("digits", "test")
+    assert np.array_equal(x, xr) and np.array_equal(y, yr) and x.dtype == xr.dtype
+
+
+@pytest.mark.skipif(not Path(host_run.FMNIST_DIR_DEFAULT, "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_is_the_flows():
+    from models.data import load
+
+    x, y = host_run.load_fashion_mnist_test()
+    xr, yr = load("fashion-mnist", "test")
+    assert np.array_equal(x, xr) and np.array_equal(y, yr)
+
+
+def one_error_line(capsys, argv) -> str:
+    rc = host_run.main(argv)
+    cap = capsys.readouterr()
+    assert rc == 2, cap.out + cap.err
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), cap.err
+    return lines[0]
+
+
+def test_errors_are_one_line(capsys, bundle_path, sim_cache, sim_library, tmp_path, monkeypatch):
+    assert "no such directory" in one_error_line(capsys, [str(tmp_path / "nope"), "--backend", "sim"])
+    bad = tmp_path / "corrupt"
+    shutil.copytree(bundle_path, bad)
+    (bad / "program.bin").write_bytes(b"\0" * 64)
+    assert "program.bin" in one_error_line(capsys, [str(bad), "--backend", "sim"])
+    assert "unknown backend 'tpu'" in one_error_line(capsys, [str(bundle_path), "--backend", "tpu"])
+    if importlib.util.find_spec("pynq") is None:
+        assert "pip install vqhls[board]" in one_error_line(capsys, [str(bundle_path), "--backend", "pynq"])
+    line = one_error_line(capsys, [str(bundle_path), "--backend", "sim", "--data", "fashion-mnist",
+                                   "--cache-dir", str(sim_cache)])
+    assert "[1, 28, 28]" in line and "[1, 8, 8]" in line
+    monkeypatch.setenv("VQHLS_AP_TYPES", str(tmp_path))
+    assert "pip install hls4ml" in one_error_line(capsys, [str(bundle_path), "--backend", "sim",
+                                                           "--cache-dir", str(tmp_path / "c")])
+    monkeypatch.delenv("VQHLS_AP_TYPES")
+    monkeypatch.setenv("CXX", str(tmp_path / "no-g++"))
+    assert "install g++ (apt-get install g++)" in one_error_line(capsys, [str(bundle_path), "--backend", "sim",
+                                                                          "--cache-dir", str(tmp_path / "c")])
