@@ -33,7 +33,7 @@ venv: .venv/.stamp
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[flow,dev]'
 	touch $@
 
 board-env: .venv-board/.stamp
