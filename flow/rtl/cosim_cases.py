@@ -1,0 +1,312 @@
+"""Co-simulation cases of vqhls_pe_array and vqhls_requant against the golden model.
+
+    from flow.rtl.cosim_cases import run_all, print_table
+    print_table(run_all())          # renders, simulates (cocotb + Icarus), compares bit for bit
+
+A pe_array case is one conv layer: its int weights (decoded from codebook + n:m masks with
+flow.quant.program_exec.op_weights) and keep bits, random activations, driven through the core in the
+engine's order (models.conv_schedule: pixel tile, oc tile, step = kernel tap x channel word, then the
+tile's pixel groups); the accumulators that come out are compared with flow.quant.ops.conv2d (no bias)
+with np.array_equal, and the measured cycles with models.pe_array_cycles. The testbench
+(tests/rtl/tb_pe_array.py) reads the case from $VQHLS_CASE (npz) and writes $VQHLS_RESULT (json).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flow.compile.engine import EngineConfig
+from flow.quant import ops as K
+from flow.quant.requant import requantize
+from flow.rtl import models
+from flow.rtl.cosim import run_cocotb
+from flow.rtl.render import write_rtl
+
+TB_MODULE = "tests.rtl.tb_pe_array"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL_PROGRAM = REPO_ROOT / "build" / "lenet-digits-mvq" / "program.bin"
+
+
+@dataclass
+class ConvCase:
+    name: str
+    engine: EngineConfig
+    x: np.ndarray          # int [H, W, C]
+    w: np.ndarray          # int [OC, KH, KW, C]
+    keep: np.ndarray       # bool [OC, KH, KW, C]
+    stride: int = 1
+    pad: int = 1
+    in_unsigned: int = 0
+    p_gap: float = 0.0     # probability that a ready input beat is withheld one cycle
+    p_stall: float = 0.0   # probability that out_ready is low in a cycle
+    seed: int = 1
+    bug: str = ""          # planted RTL bug (test of the test)
+
+
+@dataclass
+class CaseResult:
+    name: str
+    exact: bool
+    cycles: int
+    model_cycles: int
+    stall_cycles: int = 0
+    gap_cycles: int = 0
+    w_err: int = 0
+    detail: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def cycle_error(self) -> int:
+        return self.cycles - self.model_cycles
+
+
+# ---------------------------------------------------------------- case construction
+def conv_case_from_op(name: str, engine: EngineConfig, op, rng: np.random.Generator, **kw) -> ConvCase:
+    """A case from a Program conv op (DENSE or CODEBOOK) with random activations of its signedness."""
+    from flow.compile.program import CODEBOOK
+    from flow.quant.program_exec import op_weights
+
+    w = op_weights(op)
+    if op.wfmt == CODEBOOK:
+        keep = K.mask_bits_to_keep(op.arrays["mask"], op.d).reshape(w.shape)
+    else:
+        keep = np.ones(w.shape, bool)
+    lo, hi = (0, 255) if op.in_unsigned else (-128, 127)
+    x = rng.integers(lo, hi + 1, size=(op.H, op.W, op.C))
+    return ConvCase(name, engine, x, w, keep, op.stride, op.pad, int(op.in_unsigned), **kw)
+
+
+def random_conv_case(name: str, engine: EngineConfig, seed: int, *, H: int, W: int, C: int, OC: int, K: int = 3,
+                     stride: int = 1, pad: int = 1, wfmt: str = "codebook", d: int = 8, k: int = 16,
+                     in_unsigned: int = 0, **kw) -> ConvCase:
+    """A random MVQ (codebook + engine.n:engine.m masks) or dense conv (tests/flow/hls/hls_testlib.conv_op)."""
+    from flow.compile.program import CODEBOOK, DENSE
+    from tests.flow.hls.hls_testlib import conv_op
+
+    rng = np.random.default_rng(seed)
+    op = conv_op(rng, H=H, W=W, C=C, OC=OC, K=K, stride=stride, pad=pad,
+                 wfmt=CODEBOOK if wfmt == "codebook" else DENSE, n=engine.n, m=engine.m, d=d, k=k,
+                 in_unsigned=in_unsigned)
+    return conv_case_from_op(name, engine, op, rng, seed=seed, **kw)
+
+
+def build_default_program() -> None:
+    """The default model's Program as `make csim` lowers it (trains lenet-digits once, cached):
+    python -m flow.build --model lenet-digits --method mvq --stage hls --out build/lenet-digits-mvq."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "flow.build", "--model", "lenet-digits", "--method", "mvq",
+                        "--stage", "hls", "--out", str(DEFAULT_MODEL_PROGRAM.parent)],
+                       capture_output=True, text=True, cwd=REPO_ROOT)
+    if r.returncode != 0:
+        raise RuntimeError(f"building the default model's program failed:\n{r.stderr[-2000:]}")
+
+
+def default_model_case(engine: EngineConfig | None = None, seed: int = 5, build: bool = True,
+                       **kw) -> ConvCase | None:
+    """The first codebook conv of the default model's MVQ program (build/lenet-digits-mvq, the
+    `features.4` layer: 4x4x16 -> 32, 3x3, 2:4, d 8) on the PYNQ-Z2 array; built first when missing
+    (``build``), else None."""
+    from flow.compile.program import CODEBOOK, CONV, Program
+
+    if not DEFAULT_MODEL_PROGRAM.is_file():
+        if not build:
+            return None
+        build_default_program()
+    prog = Program.from_bytes(DEFAULT_MODEL_PROGRAM.read_bytes())
+    i, op = next(((i, o) for i, o in enumerate(prog.ops) if o.opcode == CONV and o.wfmt == CODEBOOK), (-1, None))
+    if op is None:
+        return None
+    return conv_case_from_op(f"lenet-digits-mvq op {i} {op.H}x{op.W}x{op.C}->{op.OC} {op.n}:{op.m}",
+                             engine or EngineConfig(), op, np.random.default_rng(seed), seed=seed, **kw)
+
+
+def schedule(case: ConvCase) -> dict:
+    """The beats of a case in the engine's order, and the accumulators expected on the output port."""
+    e = case.engine
+    R, CL, L = e.rows, e.cols, e.lanes
+    H, W, C = case.x.shape
+    OC, KH, KW, _ = case.w.shape
+    OH, OW = K.out_size(H, KH, case.stride, case.pad), K.out_size(W, KW, case.stride, case.pad)
+    sch = models.conv_schedule(e, OH=OH, OW=OW, C=C, OC=OC, KH=KH, KW=KW)
+    GR, CWD, NOT = models.ceil_div(OW, R), models.ceil_div(C, L), sch.n_oc_tiles
+    # zero-padded operands: x [H+2p, W', CWD*L] (enough columns for every group), w [NOT*CL, KH, KW, CWD*L]
+    p = case.pad
+    wpad = GR * R * case.stride + KW + 1
+    xp = np.zeros((H + 2 * p + KH, wpad + 2 * p, CWD * L), np.int64)
+    xp[p:p + H, p:p + W, :C] = case.x
+    wp = np.zeros((NOT * CL, KH, KW, CWD * L), np.int64)
+    wp[:OC, ..., :C] = case.w
+    kp = np.zeros(wp.shape, bool)
+    kp[:OC, ..., :C] = case.keep
+    acc = K.conv2d(case.x[None].astype(np.int64), case.w.astype(np.int64), None, case.stride, case.pad)[0]
+    accp = np.zeros((OH, GR * R, NOT * CL), np.int64)
+    accp[:, :OW, :OC] = acc
+    wbeats, wkeep, abeats, aflags, expect = [], [], [], [], []
+    g0 = 0
+    for ng in sch.tiles:
+        groups = [divmod(g, GR) for g in range(g0, g0 + ng)]     # (oh, gx)
+        for ot in range(NOT):
+            step = 0
+            for kh in range(KH):
+                for kw in range(KW):
+                    for j in range(CWD):
+                        wbeats.append(wp[ot * CL:(ot + 1) * CL, kh, kw, j * L:(j + 1) * L])
+                        wkeep.append(kp[ot * CL:(ot + 1) * CL, kh, kw, j * L:(j + 1) * L])
+                        for gi, (oh, gx) in enumerate(groups):
+                            ih = oh * case.stride + kh
+                            iw = (gx * R + np.arange(R)) * case.stride + kw
+                            beat = xp[ih, iw, j * L:(j + 1) * L].copy()
+                            beat[gx * R + np.arange(R) >= OW] = 0      # rows past the output row: zero
+                            abeats.append(beat)
+                            aflags.append((gi, step == 0, step == sch.nstep - 1, gi == 0))
+                        step += 1
+            for oh, gx in groups:
+                expect.append(accp[oh, gx * R:(gx + 1) * R, ot * CL:(ot + 1) * CL])
+        g0 += ng
+    return {
+        "w_data": np.array(wbeats, np.int64), "w_keep": np.array(wkeep, bool),
+        "a_data": np.array(abeats, np.int64), "a_flags": np.array(aflags, np.int64),
+        "expect": np.array(expect, np.int64), "steps": np.array(sch.steps, np.int64),
+        "model_cycles": models.pe_array_cycles(CL, sch.steps),
+    }
+
+
+# ---------------------------------------------------------------- running
+def run_conv_case(case: ConvCase, work_dir: str | os.PathLike | None = None) -> CaseResult:
+    """Render, simulate, compare bit for bit; cycles vs models.pe_array_cycles."""
+    work = Path(work_dir or tempfile.mkdtemp(prefix="vqhls_rtl_"))
+    work.mkdir(parents=True, exist_ok=True)
+    sch = schedule(case)
+    e = case.engine
+    case_path, result_path = work / "case.npz", work / "result.json"
+    if result_path.exists():
+        result_path.unlink()
+    np.savez(case_path, w_data=sch["w_data"], w_keep=sch["w_keep"], a_data=sch["a_data"], a_flags=sch["a_flags"],
+             unsigned=np.int64(case.in_unsigned), rows=np.int64(e.rows), cols=np.int64(e.cols),
+             lanes=np.int64(e.lanes), n_out=np.int64(len(sch["expect"])), p_gap=np.float64(case.p_gap),
+             p_stall=np.float64(case.p_stall), seed=np.int64(case.seed),
+             max_cycles=np.int64(4 * sch["model_cycles"] + 1000))
+    src = write_rtl("pe_array", e, work, bug=case.bug)
+    res = run_cocotb([src], "vqhls_pe_array", TB_MODULE, build_dir=work / "sim", testcase="pe_array_case",
+                     extra_env={"VQHLS_CASE": str(case_path), "VQHLS_RESULT": str(result_path)})
+    if res.failed or not result_path.is_file():
+        return CaseResult(case.name, False, -1, sch["model_cycles"], detail=res.summary())
+    out = json.loads(result_path.read_text())
+    got = np.array(out["acc"], np.int64).reshape(sch["expect"].shape) if out["acc"] else np.zeros(0)
+    exact = got.shape == sch["expect"].shape and np.array_equal(got, sch["expect"])
+    detail = ""
+    if not exact and got.shape == sch["expect"].shape:
+        bad = np.argwhere(got != sch["expect"])
+        detail = f"{len(bad)} accumulators differ, first at beat/row/col {tuple(bad[0])}"
+    return CaseResult(case.name, bool(exact), out["cycles"], sch["model_cycles"], out["stall_cycles"],
+                      out["gap_cycles"], out["w_err"], detail,
+                      {"steps": len(sch["steps"]), "out_beats": len(sch["expect"])})
+
+
+def requant_vectors(n: int = 400, seed: int = 3) -> dict:
+    """Random requantization inputs incl. extremes (int32 min/max acc and mult, shift 1 and 31, negative
+    mults, residuals of both signs) and the golden bytes."""
+    rng = np.random.default_rng(seed)
+    i32 = (-(1 << 31), (1 << 31) - 1)
+    acc = rng.integers(*i32, size=n, endpoint=True)
+    acc[rng.random(n) < 0.5] //= 1 << 16
+    mult = rng.integers(*i32, size=n, endpoint=True)
+    mult[rng.random(n) < 0.3] //= 1 << 12
+    shift = rng.integers(1, 32, size=n)
+    res = rng.integers(-128, 256, size=n)
+    res_mult = rng.integers(*i32, size=n, endpoint=True)
+    has_res = rng.random(n) < 0.5
+    uns = rng.random(n) < 0.5
+    ext = [(i32[0], i32[0], 31), (i32[0], i32[0], 1), (i32[1], i32[1], 31), (i32[1], i32[1], 1),
+           (i32[0], i32[1], 31), (i32[1], i32[0], 1), (i32[0], -1, 1), (-1, -1, 1), (1, 1, 1), (-1, 1, 1),
+           (3, 1, 1), (-3, 1, 1), (5, -1, 2), (-5, 1, 2), (0, i32[0], 31), (1 << 30, 1 << 30, 31)]
+    for i, (a, m, s) in enumerate(ext):
+        acc[i], mult[i], shift[i] = a, m, s
+    has_res[:len(ext) // 2] = False
+    res[len(ext)] , res_mult[len(ext)], has_res[len(ext)] = -128, i32[0], True
+    res[len(ext) + 1], res_mult[len(ext) + 1], has_res[len(ext) + 1] = 255, i32[1], True
+    lo = np.where(uns, 0, -128)
+    hi = np.where(uns, 255, 127)
+    want = np.array([requantize(np.int64(acc[i]), int(mult[i]), int(shift[i]), int(lo[i]), int(hi[i]),
+                                res=np.int64(res[i]) if has_res[i] else None,
+                                res_mult=int(res_mult[i]) if has_res[i] else None) for i in range(n)], np.int64)
+    return dict(acc=acc, mult=mult, shift=shift, res=res, res_mult=res_mult, has_res=has_res.astype(np.int64),
+                lo=lo, hi=hi, want=want)
+
+
+def run_requant_case(work_dir=None, *, n: int = 400, seed: int = 3, p_gap: float = 0.0, p_stall: float = 0.0,
+                     name: str = "requant") -> CaseResult:
+    work = Path(work_dir or tempfile.mkdtemp(prefix="vqhls_rq_"))
+    work.mkdir(parents=True, exist_ok=True)
+    vec = requant_vectors(n, seed)
+    case_path, result_path = work / "case.npz", work / "result.json"
+    if result_path.exists():
+        result_path.unlink()
+    np.savez(case_path, **vec, p_gap=np.float64(p_gap), p_stall=np.float64(p_stall), seed=np.int64(seed),
+             max_cycles=np.int64(4 * n + 1000))
+    src = write_rtl("requant", EngineConfig(), work)
+    res = run_cocotb([src], "vqhls_requant", TB_MODULE, build_dir=work / "sim", testcase="requant_case",
+                     extra_env={"VQHLS_CASE": str(case_path), "VQHLS_RESULT": str(result_path)})
+    model = models.requant_cycles(n)
+    if res.failed or not result_path.is_file():
+        return CaseResult(name, False, -1, model, detail=res.summary())
+    out = json.loads(result_path.read_text())
+    got = np.array(out["bytes"], np.int64)
+    want = vec["want"] & 0xFF
+    exact = got.shape == want.shape and np.array_equal(got, want)
+    detail = "" if exact else f"{int((got != want).sum()) if got.shape == want.shape else 'shape'} bytes differ"
+    return CaseResult(name, bool(exact), out["cycles"], model, out["stall_cycles"], out["gap_cycles"], 0, detail)
+
+
+def standard_cases() -> list[ConvCase]:
+    """The cases of tests/rtl/test_pe_array.py (small shapes)."""
+    from tests.flow.hls.hls_testlib import SMALL_CFG
+
+    sparse24 = EngineConfig()                      # 8x8, 8 lanes, 2:4 (the PYNQ-Z2 build)
+    sparse14 = EngineConfig(n=1, m=4)              # 8x8, 8 lanes, 1:4
+    dense = EngineConfig(n=4, m=4)                 # 8x8, 8 lanes, dense build (no muxes)
+    cases = [
+        random_conv_case("2:4 8x8x8 mvq 6x6x16->16 3x3", sparse24, 11, H=6, W=6, C=16, OC=16, in_unsigned=1),
+        random_conv_case("1:4 8x8x8 mvq 5x9x8->12 3x3", sparse14, 12, H=5, W=9, C=8, OC=12),
+        random_conv_case("4:4 dense 8x8x8 5x5x12->8 3x3 int8", dense, 13, H=5, W=5, C=12, OC=8, wfmt="dense"),
+        random_conv_case("1:4 4x4x4 mvq 11x11x8->8 s2, 3 pixel tiles", SMALL_CFG, 14, H=11, W=11, C=8, OC=8, stride=2,
+                         in_unsigned=1),
+    ]
+    dm = default_model_case()
+    if dm is not None:
+        cases.append(dm)
+    cases.append(random_conv_case("2:4 8x8x8 back-pressure", sparse24, 15, H=6, W=6, C=16, OC=16,
+                                  p_gap=0.3, p_stall=0.3))
+    return cases
+
+
+def run_all(work_root=None) -> list[CaseResult]:
+    root = Path(work_root or tempfile.mkdtemp(prefix="vqhls_rtl_all_"))
+    out = [run_conv_case(c, root / f"pe{i}") for i, c in enumerate(standard_cases())]
+    out.append(run_requant_case(root / "rq"))
+    out.append(run_requant_case(root / "rq_bp", p_gap=0.3, p_stall=0.3, name="requant back-pressure"))
+    return out
+
+
+def print_table(results: list[CaseResult]) -> bool:
+    print(f"{'case':46s} {'bit-exact':9s} {'cycles':>7s} {'model':>7s} {'error':>6s} {'stalls':>6s} {'gaps':>5s}")
+    for r in results:
+        print(f"{r.name[:46]:46s} {'yes' if r.exact else 'NO':9s} {r.cycles:7d} {r.model_cycles:7d} "
+              f"{r.cycle_error:+6d} {r.stall_cycles:6d} {r.gap_cycles:5d}" + (f"  {r.detail}" if r.detail else ""))
+    return all(r.exact for r in results)
+
+
+def main() -> int:
+    """Run every case and print the bit-exact / cycle table; exit status 0 when all are bit-exact."""
+    return 0 if print_table(run_all()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

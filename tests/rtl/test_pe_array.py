@@ -1,0 +1,99 @@
+"""RTL co-simulation of vqhls_pe_array and vqhls_requant (cocotb + Icarus) against the golden model.
+
+Every case: render the core from its EngineConfig, drive it in the engine's order (flow.rtl.cosim_cases),
+compare the accumulators with flow.quant.ops.conv2d bit for bit (np.array_equal), and the cycles with
+flow.rtl.models (exact without back-pressure; with it the overhead is reported and never negative).
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from flow.compile.engine import EngineConfig
+from flow.rtl import cosim_cases as cc
+from flow.rtl import models
+from flow.rtl.render import UNITS, render_rtl
+
+pytestmark = [pytest.mark.cosim,
+              pytest.mark.skipif(shutil.which("iverilog") is None, reason="iverilog not installed")]
+
+CASES = {c.name: c for c in cc.standard_cases()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pe_array_bit_exact_and_cycles(name, tmp_path):
+    case = CASES[name]
+    r = cc.run_conv_case(case, tmp_path)
+    assert r.exact, f"{name}: {r.detail}"
+    assert r.w_err == 0
+    print(f"{name}: {r.cycles} cycles, model {r.model_cycles}, error {r.cycle_error:+d} "
+          f"(stalls {r.stall_cycles}, gaps {r.gap_cycles})")
+    if case.p_gap == 0 and case.p_stall == 0:
+        assert r.cycles == r.model_cycles, f"cycle model off by {r.cycle_error:+d}"
+    else:
+        assert r.stall_cycles > 0 and r.gap_cycles > 0        # the back-pressure really happened
+        assert r.cycles >= r.model_cycles
+        assert r.cycle_error <= r.stall_cycles + r.gap_cycles
+
+
+def test_default_model_layer_is_present():
+    """The default model's codebook layer is among the cases (its program is built when missing)."""
+    assert cc.default_model_case() is not None
+
+
+def test_planted_bug_is_caught(tmp_path):
+    """Test of the test: one product bit of PE (0, 0) flipped in the rendered RTL must fail the comparison."""
+    from tests.flow.hls.hls_testlib import SMALL_CFG
+
+    assert "PLANTED BUG" in render_rtl("pe_array", SMALL_CFG, bug="product_bit")
+    assert "PLANTED BUG" not in render_rtl("pe_array", SMALL_CFG)
+    case = cc.random_conv_case("planted bug", SMALL_CFG, 21, H=4, W=4, C=4, OC=4, d=4, bug="product_bit")
+    r = cc.run_conv_case(case, tmp_path)
+    assert r.cycles > 0, r.detail            # it ran
+    assert not r.exact, "a corrupted core passed the comparison"
+
+
+def test_too_many_kept_weights_flag(tmp_path):
+    """Dense weights on a 2:4 array: more than n kept in an m-group sets w_err (the engine runs passes)."""
+    case = cc.random_conv_case("dense on 2:4", EngineConfig(), 22, H=3, W=3, C=8, OC=8, wfmt="dense")
+    r = cc.run_conv_case(case, tmp_path)
+    assert r.w_err == 1
+
+
+def test_requant_bit_exact(tmp_path):
+    r = cc.run_requant_case(tmp_path)
+    assert r.exact, r.detail
+    assert r.cycles == models.requant_cycles(400) == r.model_cycles
+
+
+def test_requant_back_pressure(tmp_path):
+    r = cc.run_requant_case(tmp_path, n=200, p_gap=0.3, p_stall=0.3, seed=4)
+    assert r.exact, r.detail
+    assert r.stall_cycles > 0 and r.cycles >= r.model_cycles
+
+
+def test_requant_vectors_cover_extremes():
+    v = cc.requant_vectors()
+    assert v["acc"].min() == -(1 << 31) and v["acc"].max() == (1 << 31) - 1
+    assert v["mult"].min() == -(1 << 31) and v["mult"].max() == (1 << 31) - 1
+    assert {1, 31} <= set(v["shift"].tolist()) and (v["mult"] < 0).any() and v["has_res"].any()
+
+
+def test_render_units_and_dense_has_no_mux():
+    assert set(UNITS) == {"pe_array", "requant", "pq_engine"}
+    dense = render_rtl("pe_array", EngineConfig(n=4, m=4))
+    sparse = render_rtl("pe_array", EngineConfig())
+    assert "M:1 mux" in sparse and "act_sel[(c*SLOTS+s)" in sparse
+    assert "act_sel[(c*SLOTS+s)" not in dense and "slot == lane" in dense
+    assert "parameter N      = 2" in sparse and "module vqhls_pe_array" in sparse
+    with pytest.raises(KeyError):
+        render_rtl("nope", EngineConfig())
+
+
+def test_cycle_model_formula():
+    e = EngineConfig()
+    sch = models.conv_schedule(e, OH=4, OW=4, C=16, OC=32, KH=3, KW=3)
+    assert sch.tiles == (4,) and sch.n_oc_tiles == 4 and sch.nstep == 18
+    assert models.pe_array_cycles(8, sch.steps) == 8 + 71 * 8 + 4 + 3
+    assert models.pe_array_cycles(8, [20, 20]) == 8 + 20 + 20 + 3
