@@ -5,7 +5,8 @@ port) to the cycle of the last output handshake, at a clock with no back-pressur
 high) and inputs driven as early as the core accepts them (valid held high).
 
 vqhls_pe_array (pe_array.v.j2)
-    Pipeline S0 input register -> S1 products -> S2 adder tree -> S3 accumulate / output register:
+    Pipeline S0 input register -> S0b operands (M:1 mux output, weight) -> S1 products -> S2 adder tree
+    -> S3 accumulate / output register:
     a beat accepted in cycle t with in_last is accepted on the output port in cycle t + PE_ARRAY_LATENCY.
     Weight port: one beat (one column) per cycle; a step's COLS beats end with w_last, the shadow bank
     is then full until the step's first activation beat (in_swap) is accepted (a w_last in the same
@@ -29,9 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PE_ARRAY_LATENCY = 4     # input handshake of a last beat -> output handshake, cycles
+PE_ARRAY_LATENCY = 5     # input handshake of a last beat -> output handshake, cycles
 REQUANT_LATENCY = 4      # input handshake -> output handshake, cycles
-PE_ARRAY_STAGES = ("input", "products", "adder tree", "accumulate/output")
+PE_ARRAY_STAGES = ("input", "operands", "products", "adder tree", "accumulate/output")
 REQUANT_STAGES = ("input", "products", "sum+round", "shift+clamp/output")
 
 

@@ -95,5 +95,6 @@ def test_cycle_model_formula():
     e = EngineConfig()
     sch = models.conv_schedule(e, OH=4, OW=4, C=16, OC=32, KH=3, KW=3)
     assert sch.tiles == (4,) and sch.n_oc_tiles == 4 and sch.nstep == 18
-    assert models.pe_array_cycles(8, sch.steps) == 8 + 71 * 8 + 4 + 3
-    assert models.pe_array_cycles(8, [20, 20]) == 8 + 20 + 20 + 3
+    # the last step's 4 groups, then the 5-stage pipeline's latency - 1 (inclusive count)
+    assert models.pe_array_cycles(8, sch.steps) == 8 + 71 * 8 + 4 + 4
+    assert models.pe_array_cycles(8, [20, 20]) == 8 + 20 + 20 + 4
