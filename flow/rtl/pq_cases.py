@@ -129,7 +129,7 @@ def write_case(case: PQCase, arr: dict, path: Path, result: Path) -> None:
              p_in=case.p_in, p_out=case.p_out, seed=case.seed, oc_lanes=case.config.cols, result=str(result))
 
 
-def run_case(case: PQCase, work: Path, *, argmin_le: bool = False, simulator: str = "icarus") -> dict:
+def run_case(case: PQCase, work: Path, *, argmin_le: bool = False, simulator: str | None = None) -> dict:
     """Render, simulate, compare. Returns the figures (bit_exact, mismatches, cycles, model, formula, ...)."""
     from flow.rtl.cosim import read_results, run_cocotb
 
