@@ -244,3 +244,18 @@ def test_an_interrupted_bundle_leaves_no_half_bundle(full_build, tmp_path, monke
                                 golden_acc=None, bit_exact=None, tools={}, bitstream=None, extra=None)
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_range_flags_are_refused_before_any_work(tmp_path):
+    """--limit 0 / -5, --k 0, --train-epochs 0 used to run (all images, the default k, an untrained
+    checkpoint): each is now one line naming the flag and its minimum, and nothing is written."""
+    for args, needle in ((["--limit", "0"], "--limit 0: must be at least 1"),
+                         (["--limit", "-5"], "--limit -5: must be at least 1"),
+                         (["--k", "0"], "--k 0: must be at least 1"),
+                         (["--train-epochs", "0"], "--train-epochs 0: must be at least 1"),
+                         (["--vectors", "-1"], "--vectors -1: must be at least 0")):
+        _clean_error(_run(*args, "--out", str(tmp_path / "b")), needle)
+    assert not (tmp_path / "b").exists()
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("limit = -3\n")
+    _clean_error(_run("--recipe", str(recipe), "--out", str(tmp_path / "b")), "--limit -3: must be at least 1")
