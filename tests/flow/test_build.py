@@ -259,3 +259,11 @@ def test_out_of_range_flags_are_refused_before_any_work(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text("limit = -3\n")
     _clean_error(_run("--recipe", str(recipe), "--out", str(tmp_path / "b")), "--limit -3: must be at least 1")
+
+
+def test_bad_paths_are_one_line_errors(tmp_path):
+    """--json into a missing directory and --out on a file: refused before any work, exit 2."""
+    _clean_error(_run("--json", str(tmp_path / "nope" / "x.json"), "--out", str(tmp_path / "b")), "--json")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    _clean_error(_run("--out", str(f)), "is a file")
