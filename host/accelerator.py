@@ -179,7 +179,8 @@ def _prod(shape) -> int:
     return n
 
 
-def _load_bundle(bundle):
+def _load_bundle(bundle, error: type[Exception] = AcceleratorError):
+    """A loaded, verified flow.bundle.Bundle from a path (or the Bundle itself); a BundleError becomes ``error``."""
     from flow import bundle as bundle_mod   # stdlib + numpy + host.regmap only
 
     if isinstance(bundle, bundle_mod.Bundle):
@@ -187,7 +188,7 @@ def _load_bundle(bundle):
     try:
         return bundle_mod.load(bundle)
     except bundle_mod.BundleError as e:
-        raise AcceleratorError(str(e)) from None
+        raise error(str(e)) from None
 
 
 def _pynq_missing(e: ModuleNotFoundError) -> AcceleratorError:

@@ -54,7 +54,7 @@ from typing import Optional
 import numpy as np
 
 from host import regmap
-from host.accelerator import AcceleratorError, AcceleratorTimeout, Backend, DMA_MAX_BYTES
+from host.accelerator import AcceleratorError, AcceleratorTimeout, Backend, DMA_MAX_BYTES, _load_bundle
 
 BRIDGE_SOURCE = Path(__file__).resolve().with_name("sim_bridge.cpp")
 CXXFLAGS = ("-O2", "-std=c++14", "-fPIC", "-shared", "-fno-gnu-unique")
@@ -122,14 +122,7 @@ def cache_root(cache_dir=None) -> Path:
 
 
 def _as_bundle(bundle):
-    from flow import bundle as bundle_mod   # stdlib + numpy + host.regmap only
-
-    if isinstance(bundle, bundle_mod.Bundle):
-        return bundle
-    try:
-        return bundle_mod.load(bundle)
-    except bundle_mod.BundleError as e:
-        raise SimError(str(e)) from None
+    return _load_bundle(bundle, SimError)
 
 
 def _firmware_dir(bundle) -> Path:

@@ -50,6 +50,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from flow.compile.engine import EngineConfig
 from flow.compile.layout import cdiv
 from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, DESC_WORDS, HEADER_WORDS, MAXPOOL, PQ, Op, Program
@@ -216,7 +218,7 @@ def op_cycles(op: Op, engine: EngineConfig) -> OpCycles:
     if op.opcode == CONV:
         macs = op.OH * op.OW * op.OC * op.KH * op.KW * op.C
         if op.wfmt == CODEBOOK and "mask" in op.arrays:
-            kept = int(sum(bin(int(x)).count("1") for x in op.arrays["mask"].ravel()))
+            kept = int(np.unpackbits(np.ascontiguousarray(op.arrays["mask"], np.uint16).view(np.uint8)).sum())
             products = op.OH * op.OW * kept
         else:
             products = macs

@@ -130,8 +130,12 @@ class UtilizationReport:
 
 # ---- helpers ----------------------------------------------------------------
 
-def _read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
+def _read_text(path: Path, kind: str) -> str:
+    """The report's text; ReportError when the file is empty (not a ``kind`` report)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise ReportError(f"{path}: empty file, not a {kind} report")
+    return text
 
 
 def _num(text: str | None) -> float | int | None:
@@ -178,9 +182,7 @@ def _xml_resources(elem: ET.Element) -> dict[str, int]:
 def parse_csynth_xml(path: str | Path) -> HlsReport:
     """Parse a Vivado HLS / Vitis HLS ``csynth.xml`` (top-level summary only)."""
     path = Path(path)
-    text = _read_text(path)
-    if not text.strip():
-        raise ReportError(f"{path}: empty file, not a csynth.xml report")
+    text = _read_text(path, "csynth.xml")
     try:
         root = ET.fromstring(text)
     except ET.ParseError as e:
@@ -292,9 +294,7 @@ def _rpt_sections(lines: list[str]) -> dict[str, tuple[int, int]]:
 def parse_csynth_rpt(path: str | Path) -> HlsReport:
     """Parse the text C-synthesis report (``<top>_csynth.rpt``) of Vivado HLS / Vitis HLS."""
     path = Path(path)
-    text = _read_text(path)
-    if not text.strip():
-        raise ReportError(f"{path}: empty file, not a csynth.rpt report")
+    text = _read_text(path, "csynth.rpt")
     lines = text.splitlines()
     sections = _rpt_sections(lines)
 
@@ -390,9 +390,7 @@ _UTIL_NAMES = {"lut": "'Slice LUTs' / 'CLB LUTs'", "lutram": "'LUT as Memory'",
 def parse_utilization(path: str | Path) -> UtilizationReport:
     """Parse a Vivado ``report_utilization`` text report (flat, not ``-hierarchical``)."""
     path = Path(path)
-    text = _read_text(path)
-    if not text.strip():
-        raise ReportError(f"{path}: empty file, not a report_utilization report")
+    text = _read_text(path, "report_utilization")
     lines = text.splitlines()
 
     part = tool = version = None

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flow.compile.engine import EngineConfig
-from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, PQ, Op, Program
+from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, DERIVED_FIELDS, PQ, Op, Program
 
 
 class PlacementError(ValueError):
@@ -287,6 +287,4 @@ def is_placed(program: Program, engine: EngineConfig) -> bool:
         ref = place(program, engine)
     except PlacementError:
         return False
-    return all(getattr(a, f) == getattr(b, f) for a, b in zip(program.ops, ref.ops)
-               for f in ("CW", "WB", "OCW", "OWB", "GR", "NG", "NPT", "NOT", "NSTEP", "passes", "dec", "vpc",
-                         "cpv", "resident", "v_base", "cb_base", "w_base", "ch_base", "nsub", "lut_resident", "NVEC"))
+    return all(getattr(a, f) == getattr(b, f) for a, b in zip(program.ops, ref.ops) for f in DERIVED_FIELDS)
