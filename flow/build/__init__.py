@@ -1,0 +1,98 @@
+"""The whole pipeline, stage by stage: ``python -m flow.build --board pynq-z2``.
+
+    python -m flow.build --board pynq-z2 [--model NAME | --model-file path.py:factory --checkpoint FILE]
+                         [--data NAME] [--method mvq|vq|pq|vecq | --recipe recipe.toml] [--out build/NAME]
+                         [--stage STAGE]
+
+Stages (flow/build/stages.py, each a function writing into the build directory):
+train -> compress -> finetune -> quantize -> lower -> fit -> hls -> csim -> vitis ->
+vivado -> bundle -> report. Vendor stages run where `vitis_hls` / `vivado` are on
+PATH, else print `skipped: <tool> not found` and the command. Exit status: 0 done,
+1 C-simulation differs from golden, 2 bad input or a failed stage (one line, no
+traceback, no half-written bundle).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch loads: spinning OpenMP threads stall a busy machine
+
+from flow.build.options import STAGES, BuildOptions, OptionsError, parse   # noqa: E402
+from flow.build.stages import Build, BuildError, clean_partial, run_stages   # noqa: E402
+
+__all__ = ["main", "run", "Build", "BuildOptions", "BuildError", "OptionsError", "STAGES"]
+
+
+def run(opts: BuildOptions) -> Build:
+    """Run the build described by ``opts`` up to ``opts.stage``; returns the Build (summary, paths)."""
+    from flow.boards import get_board
+
+    get_board(opts.board)   # an unknown board fails before any work
+    b = Build(opts=opts, out=opts.out_dir.resolve())
+    try:
+        return run_stages(b, opts.stage)
+    finally:
+        clean_partial(b)
+
+
+def _print_summary(b: Build) -> int:
+    s = b.summary
+    print()
+    print(f"model {s.get('model')} on {s.get('data')}, method {s.get('method')}, board {b.opts.board}")
+    for key, label in [("float_acc", "float accuracy"), ("compressed_acc", "compressed accuracy"),
+                       ("finetuned_acc", "after fine-tuning"), ("golden_acc", "golden integer accuracy"),
+                       ("csim_acc", "C-sim accuracy")]:
+        if key in s:
+            print(f"  {label:<26} {100 * s[key]:6.2f}%")
+    if "ratio" in s:
+        print(f"  {'compression ratio':<26} {s['ratio']:6.2f}x (every stored bit vs float32)")
+    if "program_bytes" in s:
+        # the Program image is word-aligned for the engine (uint16 indices and masks), so it is
+        # larger than the format's bit count above
+        print(f"  {'program image':<26} {s['program_bytes']:,} bytes "
+              f"({s['float_bytes'] / s['program_bytes']:.2f}x smaller than float32 parameters)")
+    if "modelled_cycles_per_image" in s and "resources" in s:
+        r = s["resources"]
+        print(f"  {'engine (modelled)':<26} {s['modelled_cycles_per_image']:,} cycles/image = "
+              f"{s['modelled_images_per_s']:,.0f} images/s at the board clock; "
+              f"{r['bram36']:.0f} BRAM36, {r['dsp']} DSP, {r['lut']:,} LUT")
+    if "csim_cycles_per_image" in s:
+        print(f"  {'C-sim CYCLES register':<26} {s['csim_cycles_per_image']:,} per image "
+              f"(the same model, counted by the engine)")
+    if "csim_images_per_s" in s:
+        print(f"  {'C-sim speed':<26} {s['csim_images_per_s']:.1f} images/s")
+    for name, sec in b.times.items():
+        print(f"  time {name:<21} {sec:7.2f} s")
+    for tool, res in b.vendor.items():
+        print(f"  {tool:<26} {res.message.splitlines()[0]}")
+    if "bundle" in s:
+        print(f"deploy bundle: {s['bundle']}")
+    if "report" in s:
+        print(f"build report:  {s['report']}")
+    rc = 0
+    if "bit_exact" in s:
+        ok = s["bit_exact"] == s["images"]
+        print(f"bit-exact: {s['bit_exact']}/{s['images']}" + ("" if ok else "  MISMATCH"))
+        rc = 0 if ok else 1
+    if b.opts.json:
+        Path(b.opts.json).write_text(json.dumps({**s, "stage_seconds": b.times}, indent=2, default=str))
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        opts = parse(argv)
+        b = run(opts)
+        return _print_summary(b)
+    except KeyboardInterrupt:
+        print("error: interrupted: the build directory keeps the finished stages; no half-written bundle",
+              file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, OSError) as e:   # the kit's bad-input and stage errors: one line
+        # one line, keeping every part (a resource error lists each over-used resource)
+        msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,210 @@
+"""Build options: the command line and the recipe TOML, merged into one ``BuildOptions``.
+
+Precedence: a flag given on the command line, then the recipe (``--recipe
+recipe.toml``, read with ``tomllib``), then the defaults below. A recipe can
+set every flag (its key is the flag's name with ``_`` for ``-``) and, in
+``[[layers]]`` tables, per-layer compression settings::
+
+    model = "resnet20"
+    data = "fashion-mnist"
+    method = "mvq"
+    k = 256
+    finetune_epochs = 2
+
+    [[layers]]
+    match = "layers.6.*"        # fnmatch pattern over Conv2d / Linear names
+    method = "pq"
+    v = 9
+    K = 16
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("train", "compress", "finetune", "quantize", "lower", "fit", "hls", "csim", "vitis", "vivado",
+          "bundle", "report")
+METHODS = ("mvq", "vq", "pq", "vecq", "none")
+# settings a [[layers]] table may give (flow.compress.compress overrides)
+LAYER_KEYS = ("method", "n", "m", "k", "d", "v", "K", "bits", "iters")
+
+# per-model defaults: (k, d, finetune epochs, finetune images, calibration images)
+MODEL_DEFAULTS = {
+    "lenet-digits": dict(k=64, d=8, finetune_epochs=8, finetune_limit=None, calib=256),
+    "cnn-fmnist": dict(k=128, d=8, finetune_epochs=1, finetune_limit=10000, calib=256),
+    "resnet20": dict(k=256, d=8, finetune_epochs=1, finetune_limit=10000, calib=256),
+}
+
+
+class OptionsError(ValueError):
+    """A flag or recipe value is invalid (the message names it and the fix)."""
+
+
+@dataclass
+class BuildOptions:
+    """Everything a build needs to know; see ``python -m flow.build --help``."""
+
+    board: str = "pynq-z2"
+    model: str = "lenet-digits"
+    model_file: str | None = None       # path.py:factory (a model defined outside the zoo)
+    checkpoint: str | None = None       # state_dict for --model-file (or to replace a zoo model's training)
+    data: str | None = None
+    method: str = "mvq"
+    n: int = 2
+    m: int = 4
+    k: int | None = None
+    d: int | None = None
+    v: int = 9
+    K: int = 16
+    bits: int = 4
+    finetune_epochs: int | None = None
+    train_epochs: int | None = None
+    limit: int | None = None            # test images for golden / C-sim (default: the whole test split)
+    vectors: int = 8                    # test vectors in the bundle
+    out: str | None = None
+    stage: str = "report"
+    json: str | None = None
+    recipe: str | None = None
+    layers: list[dict[str, Any]] = field(default_factory=list)   # from the recipe
+
+    @property
+    def name(self) -> str:
+        base = Path(self.model_file.split(":")[0]).stem if self.model_file else self.model
+        return f"{base}-{self.method}"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or f"build/{self.name}")
+
+    def defaults(self) -> dict:
+        """The per-model defaults (k, d, fine-tuning budget, calibration images)."""
+        return dict(MODEL_DEFAULTS.get(self.model, MODEL_DEFAULTS["cnn-fmnist"]))
+
+    def overrides(self, model) -> dict[str, dict[str, Any]]:
+        """Per-layer compress() overrides from the recipe's [[layers]] rules (first match wins)."""
+        from flow.compress import recipe
+
+        def rule(name, _mod):
+            for entry in self.layers:
+                if fnmatch.fnmatchcase(name, entry["match"]):
+                    return {k: v for k, v in entry.items() if k != "match"}
+            return None
+
+        return recipe(model, rule) if self.layers else {}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m flow.build",
+        description="From a model to a Vivado project, a deploy bundle and a build report. Stages, in "
+                    "order: " + " -> ".join(STAGES) + ". Vendor stages (vitis, vivado) run where the tools "
+                    "are on PATH and otherwise print the command to run elsewhere.",
+        argument_default=argparse.SUPPRESS)   # unset flags stay unset: the recipe, then the defaults, fill them
+    a = ap.add_argument
+    a("--board", help="target board: pynq-z2 (default) or zcu104")
+    a("--model", help="a zoo model: lenet-digits (default), cnn-fmnist, resnet20")
+    a("--model-file", help="a model outside the zoo: path/to/file.py:factory (factory() returns an nn.Module); "
+                           "needs --data, and --checkpoint or training (--train-epochs)")
+    a("--checkpoint", help="a state_dict (.pt) for --model-file, or to use instead of training a zoo model")
+    a("--data", help="dataset: digits, fashion-mnist, cifar10 (default: the model's; resnet20 uses fashion-mnist)")
+    a("--method", choices=METHODS, help="compression: mvq (default), vq, pq, vecq, none")
+    a("--recipe", help="a TOML file setting any of these flags, and per-layer rules in [[layers]]")
+    a("--n", type=int, help="mvq: kept weights per group (default 2)")
+    a("--m", type=int, help="mvq: group size (default 4)")
+    a("--k", type=int, help="mvq/vq: codebook size (default: per model)")
+    a("--d", type=int, help="mvq/vq: codeword length (default 8)")
+    a("--v", type=int, help="pq: subvector length (default 9)")
+    a("--K", type=int, help="pq: prototypes per subspace (default 16)")
+    a("--bits", type=int, help="vecq: weight bits 2..8 (default 4)")
+    a("--finetune-epochs", type=int, help="fine-tuning epochs after compression (default: per model)")
+    a("--train-epochs", type=int, help="training epochs when no checkpoint is cached (default: per model)")
+    a("--limit", type=int, help="use the first N test images for golden / C-simulation")
+    a("--vectors", type=int, help="test vectors stored in the bundle (default 8)")
+    a("--out", help="build directory (default build/<model>-<method>)")
+    a("--stage", choices=STAGES, help="run the stages up to this one (default: report, i.e. all)")
+    a("--json", help="also write the build summary as JSON here")
+    return ap
+
+
+_INT_KEYS = {"n", "m", "k", "d", "v", "K", "bits", "finetune_epochs", "train_epochs", "limit", "vectors"}
+_STR_KEYS = {"board", "model", "model_file", "checkpoint", "data", "method", "out", "stage", "json"}
+
+
+# the smallest value each integer option takes (a 0 or negative --limit / --k must not mean "all" / default)
+_INT_MIN = {"n": 1, "m": 1, "k": 1, "d": 1, "v": 1, "K": 1, "bits": 2, "limit": 1, "vectors": 0,
+            "finetune_epochs": 0, "train_epochs": 1}
+
+
+def _check_value(key: str, value: Any, where: str) -> Any:
+    if key in _INT_KEYS and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise OptionsError(f"{where}: {key} = {value!r} must be an integer")
+    if key in _INT_MIN and value < _INT_MIN[key]:
+        flag = "--" + key.replace("_", "-")
+        raise OptionsError(f"{where}: {flag} {value}: must be at least {_INT_MIN[key]}")
+    if key in _STR_KEYS and not isinstance(value, str):
+        raise OptionsError(f"{where}: {key} = {value!r} must be a string")
+    if key == "method" and value not in METHODS:
+        raise OptionsError(f"{where}: method {value!r}: choose one of {', '.join(METHODS)}")
+    if key == "stage" and value not in STAGES:
+        raise OptionsError(f"{where}: stage {value!r}: choose one of {', '.join(STAGES)}")
+    return value
+
+
+def read_recipe(path: str) -> dict[str, Any]:
+    """The recipe's settings, checked; raises OptionsError naming the file and the key."""
+    p = Path(path)
+    if not p.is_file():
+        raise OptionsError(f"recipe {path} not found: give the path of a TOML file")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise OptionsError(f"recipe {path}: not valid TOML ({e})") from None
+    fields = {f.name for f in dataclasses.fields(BuildOptions)} - {"layers", "recipe"}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "layers":
+            if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+                raise OptionsError(f"recipe {path}: layers must be an array of tables ([[layers]])")
+            for i, entry in enumerate(value):
+                where = f"recipe {path}: [[layers]] #{i + 1}"
+                if not isinstance(entry.get("match"), str):
+                    raise OptionsError(f"{where}: needs match = \"<layer name pattern>\"")
+                bad = set(entry) - set(LAYER_KEYS) - {"match"}
+                if bad:
+                    raise OptionsError(f"{where}: unknown key(s) {', '.join(sorted(bad))}: "
+                                       f"use {', '.join(LAYER_KEYS)}")
+                for k, v in entry.items():
+                    if k != "match":
+                        _check_value(k, v, where)
+            out["layers"] = value
+            continue
+        key_ = key.replace("-", "_")
+        if key_ not in fields:
+            raise OptionsError(f"recipe {path}: unknown key {key!r}: use a flag name of python -m flow.build "
+                               "--help, or [[layers]]")
+        out[key_] = _check_value(key_, value, f"recipe {path}")
+    return out
+
+
+def parse(argv: list[str] | None = None) -> BuildOptions:
+    """Command line (+ recipe) -> BuildOptions. argparse exits 2 on a malformed command line."""
+    given = vars(parser().parse_args(argv))
+    merged: dict[str, Any] = {}
+    if "recipe" in given:
+        merged.update(read_recipe(given["recipe"]))
+    for key, value in given.items():
+        _check_value(key, value, "command line")
+    merged.update(given)
+    opts = BuildOptions(**merged)
+    if opts.json and not Path(opts.json).resolve().parent.is_dir():
+        raise OptionsError(f"--json {opts.json}: directory {Path(opts.json).resolve().parent} does not exist")
+    if opts.out and Path(opts.out).exists() and not Path(opts.out).is_dir():
+        raise OptionsError(f"--out {opts.out} is a file: give a directory for the build")
+    if opts.model_file and ":" not in opts.model_file:
+        raise OptionsError(f"--model-file {opts.model_file}: give path/to/file.py:factory")
+    return opts

@@ -1,0 +1,287 @@
+"""The build report: ``report.md`` and ``report.html`` (same content) plus ``plots/*.png``.
+
+Sections: accuracies and bit-exactness, the compression report, the resource
+model against the board (and the vendor reports beside it, with the model's
+error, when Vitis HLS / Vivado ran), modelled cycles per layer and images/s,
+the vendor stages (ran, or the command to run them), and plots: per-layer bits
+and compression, per-layer cycles, resources against the part, codebook usage.
+Every modelled number says so.
+"""
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    table: tuple[list[str], list[list[Any]]] | None = None
+    image: str | None = None     # path relative to the report
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:,.4g}" if abs(x) < 1e4 else f"{x:,.0f}"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    return str(x)
+
+
+def _md(sections: list[Section], title: str) -> str:
+    out = [f"# {title}", ""]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        if s.text:
+            out += [s.text, ""]
+        if s.table:
+            head, rows = s.table
+            out.append("| " + " | ".join(head) + " |")
+            out.append("|" + "|".join("---" for _ in head) + "|")
+            out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+            out.append("")
+        if s.image:
+            out += [f"![{s.title}]({s.image})", ""]
+    return "\n".join(out)
+
+
+def _html(sections: list[Section], title: str) -> str:
+    e = html.escape
+    out = ["<!doctype html>", "<html><head><meta charset='utf-8'>", f"<title>{e(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+           "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#eee}"
+           "pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    for s in sections:
+        out.append(f"<h2>{e(s.title)}</h2>")
+        if s.text:
+            for para in s.text.split("\n\n"):
+                if para.startswith("```"):
+                    out.append(f"<pre>{e(para.strip('`').strip())}</pre>")
+                else:
+                    out.append(f"<p>{e(para)}</p>")
+        if s.table:
+            head, rows = s.table
+            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows]
+            out.append("</table>")
+        if s.image:
+            out.append(f"<p><img src='{e(s.image)}' style='max-width:100%'></p>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+# content
+# ---------------------------------------------------------------------------
+def _vendor_reports(b) -> dict[str, Any]:
+    """Vitis HLS csynth.xml and Vivado utilization, when the vendor stages produced them."""
+    from flow.boards import reports
+
+    found: dict[str, Any] = {}
+    if b.project is not None:
+        for xml in sorted(Path(b.project.path).glob("vqhls_prj/solution1/syn/report/*csynth.xml")):
+            try:
+                found["csynth"] = reports.parse_csynth_xml(xml)
+                break
+            except reports.ReportError:
+                continue
+    util = b.out / "vivado" / "out" / "utilization.rpt"
+    if util.is_file():
+        try:
+            found["utilization"] = reports.parse_utilization(util)
+        except reports.ReportError:
+            pass
+    return found
+
+
+def sections(b, plots: dict[str, str]) -> list[Section]:
+    from flow.boards import get_board, perf
+
+    s = b.summary
+    board = get_board(b.opts.board)
+    out: list[Section] = []
+    acc = [(label, s[key]) for key, label in (("float_acc", "float"), ("compressed_acc", "compressed"),
+                                                ("finetuned_acc", "after fine-tuning"),
+                                                ("golden_acc", "golden integer model"), ("csim_acc", "C-simulation"))
+           if key in s]
+    exact = (f"C-simulation is bit-exact with the golden model on {s['bit_exact']} of {s['images']} test images."
+             if "bit_exact" in s else "C-simulation did not run in this build.")
+    out.append(Section("Accuracy", f"Model {s.get('model')} on {s.get('data')}, method {b.opts.method}, board "
+                       f"{board.name} ({board.part}). " + exact,
+                       (["model", "top-1 accuracy %"], [[k, round(100 * v, 2)] for k, v in acc])))
+    if b.creport is not None:
+        rows = [[r.name, r.type, r.method, r.params, r.total_bits,
+                 round(32 * r.params / r.total_bits, 2) if r.total_bits and r.params else "-"]
+                for r in b.creport.rows]
+        fallback = (b.program.meta.get("quant", {}).get("dense_fallback") or []) if b.program is not None else []
+        note = (f" Stored int8 dense by the lowering (a codebook Linear after a flatten loses its vectors in the "
+                f"NHWC permutation), so the table overstates their compression: {', '.join(fallback)}."
+                if fallback else "")
+        out.append(Section("Compression", f"Every stored bit counted (flow.compress.compression_report): "
+                           f"{b.creport.ratio:.2f}x smaller than float32 in the format; the Program image the "
+                           f"engine loads is {s.get('program_bytes', 0):,} bytes (word-aligned)." + note,
+                           (["layer", "type", "method", "params", "bits", "ratio"], rows),
+                           plots.get("bits")))
+    if b.usage is not None:
+        u = b.usage
+        avail = {"BRAM36": board.bram36, "DSP": board.dsp, "LUT": board.lut, "FF": board.ff}
+        model = {"BRAM36": u.bram36, "DSP": u.dsp, "LUT": u.lut, "FF": u.ff}
+        found = _vendor_reports(b)
+        head = ["resource", "modelled", "available", "% of part"]
+        rows = [[k, model[k], avail[k], round(100 * model[k] / avail[k], 1)] for k in model]
+        note = ("Modelled by flow/boards/resources.py (formulas per unit, docs/engine.md). No vendor report "
+                "exists for this build (Vitis HLS / Vivado did not run here).")
+        if found:
+            from flow.boards import reports
+
+            measured = {}
+            if "utilization" in found:
+                ur = found["utilization"]
+                measured = {"BRAM36": ur.bram36, "DSP": ur.dsp, "LUT": ur.lut, "FF": ur.ff}
+                src = "Vivado report_utilization (post-route)"
+            else:
+                hr = found["csynth"]
+                measured = {"BRAM36": hr.bram18 / 2, "DSP": hr.dsp, "LUT": hr.lut, "FF": hr.ff}
+                src = "Vitis HLS csynth estimate"
+            cmp = {r["resource"]: r for r in reports.compare(model, measured)}
+            head += [src, "model error"]
+            rows = [row + [cmp[row[0]]["report"], "-" if cmp[row[0]]["error"] is None
+                           else f"{100 * cmp[row[0]]['error']:+.1f}%"] for row in rows]
+            note = "Modelled (flow/boards/resources.py) beside the vendor tool's numbers."
+        out.append(Section("Resources", note, (head, rows), plots.get("resources")))
+    if b.program is not None:
+        ic = perf.image_cycles(b.program, b.engine)
+        rows = [[o.name, o.kind, o.cycles, round(100 * o.cycles / ic.total, 1), o.macs, o.products, o.ddr_bytes]
+                for o in ic.ops]
+        rows += [["(stream in)", "axis", ic.stream_in, round(100 * ic.stream_in / ic.total, 1), 0, 0, 0],
+                 ["(stream out)", "axis", ic.stream_out, round(100 * ic.stream_out / ic.total, 1), 0, 0, 0],
+                 ["TOTAL", "", ic.total, 100.0, ic.macs, sum(o.products for o in ic.ops), ic.ddr_bytes]]
+        ips = board.clock_mhz * 1e6 / ic.total
+        out.append(Section(
+            "Cycles (modelled)",
+            f"MODELLED by flow/boards/perf.py (the C-simulation CYCLES register counts the same schedule): "
+            f"{ic.total:,} cycles per image = {ips:,.0f} images/s at {board.clock_mhz:g} MHz; load call "
+            f"{perf.load_cycles(b.program, b.engine):,} cycles once per program. Measured numbers come from "
+            f"Vitis co-simulation or the board.",
+            (["layer", "kind", "cycles", "%", "MACs", "products", "DDR bytes"], rows), plots.get("cycles")))
+    if plots.get("codebooks"):
+        out.append(Section("Codebook usage", "Share of each codebook's codewords that the layer's indices use, "
+                           "and how evenly (entropy of the index histogram over log2 k).", None,
+                           plots["codebooks"]))
+    lines = []
+    for tool, res in b.vendor.items():
+        lines.append(f"{tool}: {res.message}")
+    if lines:
+        out.append(Section("Vendor tools", "```\n" + "\n".join(lines) + "\n```"))
+    times = [[k, round(v, 2)] for k, v in b.times.items()]
+    out.append(Section("Stage times", "", (["stage", "seconds"], times)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------
+def make_plots(b, pdir: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from flow.boards import get_board, perf
+    from flow.compile.program import CODEBOOK, CONV
+
+    pdir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, str] = {}
+    if b.creport is not None:
+        rows = [r for r in b.creport.rows if r.params]
+        fig, ax = plt.subplots(figsize=(10, 4))
+        x = np.arange(len(rows))
+        ax.bar(x, [32 * r.params for r in rows], color="#cccccc", label="float32 bits")
+        ax.bar(x, [r.total_bits for r in rows], color="#4c72b0", label="stored bits")
+        ax.set_yscale("log")
+        ax.set_xticks(x, [r.name for r in rows], rotation=70, fontsize=7)
+        ax.set_title(f"per-layer bits (model ratio {b.creport.ratio:.2f}x)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(pdir / "bits.png", dpi=90)
+        plt.close(fig)
+        out["bits"] = "plots/bits.png"
+    if b.usage is not None:
+        board = get_board(b.opts.board)
+        names = ["BRAM36", "DSP", "LUT", "FF"]
+        used = [b.usage.bram36, b.usage.dsp, b.usage.lut, b.usage.ff]
+        avail = [board.bram36, board.dsp, board.lut, board.ff]
+        budget = [80, 90, 70, 70]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        pct = [100 * u / a for u, a in zip(used, avail)]
+        ax.bar(names, pct, color=["#c44e52" if p > bud else "#55a868" for p, bud in zip(pct, budget)])
+        for i, bud in enumerate(budget):
+            ax.hlines(bud, i - 0.4, i + 0.4, colors="k", linestyles="--")
+        ax.set_ylabel(f"% of {board.part} (modelled)")
+        ax.set_ylim(0, 105)
+        ax.set_title("resources against the part (dashed: budget)")
+        fig.tight_layout()
+        fig.savefig(pdir / "resources.png", dpi=90)
+        plt.close(fig)
+        out["resources"] = "plots/resources.png"
+    if b.program is not None:
+        ic = perf.image_cycles(b.program, b.engine)
+        fig, ax = plt.subplots(figsize=(10, 4))
+        x = np.arange(len(ic.ops))
+        ax.bar(x, [o.cycles for o in ic.ops], color="#4c72b0")
+        ax.set_xticks(x, [o.name for o in ic.ops], rotation=70, fontsize=7)
+        ax.set_ylabel("cycles per image (modelled)")
+        ax.set_title(f"per-layer cycles: {ic.total:,} per image (modelled, flow/boards/perf.py)")
+        fig.tight_layout()
+        fig.savefig(pdir / "cycles.png", dpi=90)
+        plt.close(fig)
+        out["cycles"] = "plots/cycles.png"
+        cb_ops = [op for op in b.program.ops if op.opcode == CONV and op.wfmt == CODEBOOK]
+        if cb_ops:
+            used, ent = [], []
+            for op in cb_ops:
+                counts = np.bincount(op.arrays["idx"].ravel().astype(np.int64), minlength=op.k)[: op.k]
+                p = counts[counts > 0] / counts.sum()
+                used.append(100 * (counts > 0).mean())
+                ent.append(float(-(p * np.log2(p)).sum() / max(np.log2(op.k), 1e-9)))
+            fig, ax = plt.subplots(figsize=(10, 3.5))
+            x = np.arange(len(cb_ops))
+            ax.bar(x - 0.2, used, 0.4, label="% of codewords used")
+            ax.bar(x + 0.2, [100 * e for e in ent], 0.4, label="index entropy / log2 k (%)")
+            ax.set_xticks(x, [op.name for op in cb_ops], rotation=70, fontsize=7)
+            ax.set_ylim(0, 105)
+            ax.legend(fontsize=8)
+            ax.set_title("codebook usage per layer")
+            fig.tight_layout()
+            fig.savefig(pdir / "codebooks.png", dpi=90)
+            plt.close(fig)
+            out["codebooks"] = "plots/codebooks.png"
+    return out
+
+
+def write_report(b) -> list[Path]:
+    """Write report.md, report.html and plots/ into the build directory (atomically); returns the paths."""
+    tmp = Path(tempfile.mkdtemp(prefix=".report.tmp-", dir=b.out))
+    try:
+        plots = make_plots(b, tmp / "plots")
+        secs = sections(b, plots)
+        title = f"vqhls build report: {b.summary.get('model')} ({b.opts.method}) on {b.opts.board}"
+        (tmp / "report.md").write_text(_md(secs, title) + "\n")
+        (tmp / "report.html").write_text(_html(secs, title) + "\n")
+        final = b.out / "plots"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp / "plots", final)
+        os.replace(tmp / "report.md", b.out / "report.md")
+        os.replace(tmp / "report.html", b.out / "report.html")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [b.out / "report.md", b.out / "report.html"]

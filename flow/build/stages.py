@@ -1,0 +1,404 @@
+"""The build's stages, one function each, in order (``STAGES``).
+
+Every stage takes the ``Build`` (options, build directory, what the earlier
+stages produced) and writes its outputs into the build directory:
+
+    train     model.pt (float state_dict), data                      -> b.model
+    compress  compression.json (the format's bits per layer)          -> b.cmodel
+    finetune  compressed.pt (the compressed model after fine-tuning)  -> b.cmodel, b.creport
+    quantize  golden.npz (integer test inputs, golden outputs)        -> b.qgraph, b.x_int, b.gold
+    lower     program.bin, program.json                               -> b.engine, b.program
+    fit       resources.json (the resource model against the board)  -> b.usage
+    hls       hls/ (the HLS project with test vectors, linted)        -> b.project
+    csim      csim.json (C-simulation vs golden, bit for bit)         -> b.sim
+    vitis     vitis/ (csynth / cosim / IP export, or the skip line)   -> b.vendor["vitis"]
+    vivado    vivado/ (block design, .bit + .hwh, or the skip line)   -> b.vendor["vivado"]
+    bundle    deploy/ (flow.bundle: manifest, program, sources, vectors, bitstream when built)
+    report    report.md, report.html, plots/
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flow.build.options import STAGES, BuildOptions, OptionsError
+
+
+class BuildError(RuntimeError):
+    """A stage failed (the message names the stage and the reason)."""
+
+
+@dataclass
+class Build:
+    """The state one build carries from stage to stage."""
+
+    opts: BuildOptions
+    out: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
+    data_name: str = ""
+    model: Any = None
+    cmodel: Any = None
+    creport: Any = None
+    data: dict[str, np.ndarray] = field(default_factory=dict)
+    qgraph: Any = None
+    x_int: np.ndarray | None = None
+    gold: np.ndarray | None = None
+    engine: Any = None
+    program: Any = None
+    usage: Any = None
+    project: Any = None
+    sim: np.ndarray | None = None
+    vendor: dict[str, Any] = field(default_factory=dict)
+    bundle_path: Path | None = None
+    report_paths: list[Path] = field(default_factory=list)
+
+    @property
+    def recipe(self) -> dict:
+        d = self.opts.defaults()
+        return dict(k=self.opts.k or d["k"], d=self.opts.d or d["d"],
+                    finetune_epochs=d["finetune_epochs"] if self.opts.finetune_epochs is None
+                    else self.opts.finetune_epochs,
+                    finetune_limit=d["finetune_limit"], calib=d["calib"])
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        path = self.out / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+        tmp.replace(path)
+        return path
+
+
+def _jsonable(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serializable: {type(x)}")
+
+
+@contextmanager
+def timed(b: Build, name: str):
+    t0 = time.perf_counter()
+    print(f"[{name}] ...", file=sys.stderr, flush=True)
+    yield
+    b.times[name] = time.perf_counter() - t0
+    print(f"[{name}] done in {b.times[name]:.2f} s", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# model and data
+# ---------------------------------------------------------------------------
+def load_model_file(spec: str):
+    """``path/to/file.py:factory`` -> factory() (an nn.Module). Raises OptionsError."""
+    path, _, attr = spec.rpartition(":")
+    p = Path(path)
+    if not p.is_file():
+        raise OptionsError(f"--model-file {spec}: {path} not found")
+    mod_spec = importlib.util.spec_from_file_location(f"vqhls_user_model_{p.stem}", p)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:   # the user's file: report it in one line
+        raise OptionsError(f"--model-file {spec}: importing {path} failed: {type(e).__name__}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise OptionsError(f"--model-file {spec}: {path} has no callable {attr!r}")
+    return factory()
+
+
+def _load_checkpoint(model, path: str) -> None:
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise OptionsError(f"checkpoint {path} not found: give a state_dict saved with torch.save(model.state_dict())")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:   # a wrong or corrupt checkpoint: one line
+        raise OptionsError(f"checkpoint {path} does not fit the model: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0]}") from None
+
+
+def stage_train(b: Build) -> None:
+    """The float model (zoo checkpoint cache, --checkpoint, or --model-file) and the dataset."""
+    import torch
+
+    from models import data as datasets
+    from models import train as trainer
+    from models import zoo
+
+    o = b.opts
+    if o.model_file:
+        if not o.data:
+            raise OptionsError("--model-file needs --data (the dataset to calibrate, fine-tune and test on)")
+        b.data_name = o.data
+        model = load_model_file(o.model_file)
+        if o.checkpoint:
+            _load_checkpoint(model, o.checkpoint)
+        else:
+            xtr, ytr = datasets.load(b.data_name, "train")
+            trainer.train(model, xtr, ytr, epochs=o.train_epochs or 5)
+    else:
+        zoo._check(o.model)
+        b.data_name = o.data or ("fashion-mnist" if zoo.default_dataset(o.model) == "cifar10"
+                                 else zoo.default_dataset(o.model))
+        if o.checkpoint:
+            model = trainer.build(o.model, b.data_name)
+            _load_checkpoint(model, o.checkpoint)
+        else:
+            model = trainer.get_trained(o.model, b.data_name, o.train_epochs)
+    model.eval()
+    xtr, ytr = datasets.load(b.data_name, "train")
+    xte, yte = datasets.load(b.data_name, "test")
+    if o.limit:
+        xte, yte = xte[: o.limit], yte[: o.limit]
+    b.data = dict(xtr=xtr, ytr=ytr, xte=xte, yte=yte)
+    b.model = model
+    torch.save(model.state_dict(), b.out / "model.pt")
+    b.summary.update(model=o.model_file or o.model, data=b.data_name, method=o.method,
+                     float_acc=trainer.evaluate(model, xte, yte))
+
+
+def stage_compress(b: Build) -> None:
+    import torch
+
+    from flow.compress import compress, compression_report
+    from models import train as trainer
+
+    o, r = b.opts, b.recipe
+    if o.method == "none":
+        b.cmodel = b.model
+        return
+    calib = torch.from_numpy(b.data["xtr"][:512]) if (o.method == "pq" or any(
+        e.get("method") == "pq" for e in o.layers)) else None
+    b.cmodel = compress(b.model, method=o.method, n=o.n, m=o.m, k=r["k"], d=r["d"], clip_k=True, data=calib,
+                        v=o.v, K=o.K, bits=o.bits, overrides=o.overrides(b.model) or None)
+    b.summary["compressed_acc"] = trainer.evaluate(b.cmodel, b.data["xte"], b.data["yte"])
+    b.write_json("compression.json", _report_rows(compression_report(b.cmodel)))
+
+
+def stage_finetune(b: Build) -> None:
+    import torch
+
+    from flow.compress import compression_report, finetune
+    from models import train as trainer
+
+    o, r = b.opts, b.recipe
+    if o.method != "none" and r["finetune_epochs"]:
+        lim = r["finetune_limit"] or len(b.data["xtr"])
+        xf, yf = torch.from_numpy(b.data["xtr"][:lim]), torch.from_numpy(b.data["ytr"][:lim])
+        if o.method == "pq":   # LUT-NN: soft assignment annealed towards the hard lookup
+            from flow.compress.pq import anneal_pq
+
+            anneal_pq(b.cmodel, xf, yf, epochs=r["finetune_epochs"])
+        else:
+            finetune(b.cmodel, xf, yf, epochs=r["finetune_epochs"])
+    b.creport = compression_report(b.cmodel)
+    if o.method != "none":
+        b.summary["finetuned_acc"] = trainer.evaluate(b.cmodel, b.data["xte"], b.data["yte"])
+    b.summary["ratio"] = b.creport.ratio
+    b.write_json("compression.json", _report_rows(b.creport))
+    torch.save(b.cmodel, b.out / "compressed.pt")
+    print(b.creport.table())
+
+
+def _report_rows(report) -> dict:
+    return {"ratio": report.ratio, "total_bits": report.total_bits, "float_bits": report.float_bits,
+            "layers": [{"name": r.name, "type": r.type, "method": r.method, "params": r.params,
+                        "bits": dict(r.bits), "total_bits": r.total_bits} for r in report.rows]}
+
+
+def stage_quantize(b: Build) -> None:
+    import torch
+
+    from flow.quant import quantize_input, quantize_model
+    from flow.quant import run as golden_run
+
+    calib = torch.from_numpy(b.data["xtr"][: b.recipe["calib"]])
+    b.qgraph = quantize_model(b.cmodel, calib)
+    b.x_int = quantize_input(b.data["xte"], b.qgraph.in_tensor.scale, b.qgraph.in_tensor.unsigned)
+    b.gold = golden_run(b.qgraph, b.x_int)
+    yte = b.data["yte"]
+    b.summary["golden_acc"] = float((b.gold.reshape(len(yte), -1).argmax(1) == yte).mean())
+    np.savez_compressed(b.out / "golden.npz", inputs=b.x_int, outputs=b.gold)
+
+
+def stage_lower(b: Build) -> None:
+    from flow.boards import get_board, perf
+    from flow.compile import EngineConfig, lower
+
+    o = b.opts
+    b.engine = EngineConfig.for_board(o.board, n=o.n, m=o.m)
+    b.program = lower(b.qgraph, b.engine)
+    image = b.program.to_bytes()
+    (b.out / "program.bin").write_bytes(image)
+    board = get_board(o.board)
+    ic = perf.image_cycles(b.program, b.engine)
+    b.summary.update(program_bytes=len(image),
+                     float_bytes=4 * sum(p.numel() for p in b.model.parameters()),
+                     modelled_cycles_per_image=ic.total,
+                     modelled_images_per_s=board.clock_mhz * 1e6 / ic.total,
+                     resident_ops=sum(op.resident for op in b.program.ops if op.opcode == 1))
+    b.write_json("program.json", {"engine": b.engine.to_dict(), "engine_hash": b.engine.hash(),
+                                  "ops": [{"name": op.name, "opcode": op.opcode, "resident": op.resident}
+                                          for op in b.program.ops],
+                                  "bytes": len(image)})
+
+
+def stage_fit(b: Build) -> None:
+    from flow.boards.resources import check_fit
+
+    b.usage = check_fit(b.engine, b.opts.board)   # ResourceError (a ValueError) lists every over-used resource
+    b.summary["resources"] = {"bram36": b.usage.bram36, "dsp": b.usage.dsp, "lut": b.usage.lut, "ff": b.usage.ff}
+    b.write_json("resources.json", {"board": b.opts.board, "modelled": b.summary["resources"],
+                                    "per_unit": b.usage.per_unit})
+
+
+def stage_hls(b: Build) -> None:
+    from flow.boards import get_board
+    from flow.hls.lint import lint_project
+    from flow.hls.project import write_project
+
+    board = get_board(b.opts.board)
+    # the project carries the test vectors, so its own `make csim` re-checks them without Python;
+    # Vitis HLS targets the board's part at its clock
+    b.project = write_project(b.engine, b.out / "hls", program=b.program, inputs=b.x_int, expected=b.gold,
+                              board=board.name, part=board.part, clock_ns=1000.0 / board.clock_mhz)
+    problems = lint_project(b.project.path)
+    if problems:
+        raise BuildError("emitted HLS fails the synthesizability lint: " + "; ".join(map(str, problems[:5])))
+
+
+def stage_csim(b: Build) -> None:
+    from tqdm import tqdm
+
+    from flow.hls.csim import Engine
+
+    hw = Engine(b.engine, project=b.project)
+    n = len(b.x_int)
+    outs, cycles = [], 0
+    t0 = time.perf_counter()
+    for i in tqdm(range(0, n, 64), desc="csim", unit="batch", file=sys.stderr, disable=n <= 64):
+        outs.append(hw.predict(b.program, b.x_int[i:i + 64]))
+        cycles += hw.modelled_cycles
+    b.sim = np.concatenate(outs) if outs else np.zeros((0,), np.int8)
+    b.summary["csim_images_per_s"] = n / max(time.perf_counter() - t0, 1e-9)
+    b.summary["csim_cycles_per_image"] = cycles // max(1, n)
+    yte = b.data["yte"]
+    same = np.array([np.array_equal(s, g) for s, g in zip(b.sim, b.gold)])
+    b.summary["csim_acc"] = float((b.sim.reshape(n, -1).argmax(1) == yte).mean())
+    b.summary["bit_exact"] = int(same.sum())
+    b.summary["images"] = int(len(same))
+    b.write_json("csim.json", {k: b.summary[k] for k in ("csim_acc", "bit_exact", "images",
+                                                          "csim_cycles_per_image", "csim_images_per_s")})
+
+
+def stage_vitis(b: Build) -> None:
+    from flow.hls import vendor
+
+    cmd = vendor.vitis_command(b.project.path, csim=True, synth=True, cosim=True, export=True, impl=True)
+    res = vendor.run_or_skip("vitis_hls", cmd, b.project.path, b.out / "vitis.log")
+    b.vendor["vitis"] = res
+    print(res.message, file=sys.stderr)
+    if res.ran and res.returncode != 0:
+        raise BuildError(f"vitis_hls failed (exit {res.returncode}): see {b.out / 'vitis.log'}")
+
+
+def stage_vivado(b: Build) -> None:
+    from flow.hls import vendor
+
+    vdir = b.out / "vivado"
+    vdir.mkdir(exist_ok=True)
+    tcl = vendor.write_vivado_tcl(vdir / "vivado.tcl", b.opts.board, ip_repo=vendor.ip_repo_dir(b.project.path),
+                                  out_dir=vdir / "out")
+    res = vendor.run_or_skip("vivado", vendor.vivado_command(tcl), vdir, b.out / "vivado.log")
+    b.vendor["vivado"] = res
+    print(res.message, file=sys.stderr)
+    if res.ran and res.returncode != 0:
+        raise BuildError(f"vivado failed (exit {res.returncode}): see {b.out / 'vivado.log'}")
+
+
+def stage_bundle(b: Build) -> None:
+    from flow import bundle
+
+    nvec = min(b.opts.vectors, len(b.x_int))
+    bit = b.out / "vivado" / "out" / "vqhls.bit"
+    hwh = bit.with_suffix(".hwh")
+    tools = _tool_versions()
+    meta = b.program.meta
+    out_shape = tuple(int(s) for s in b.gold.shape[1:])
+    b.bundle_path = bundle.write_bundle(
+        b.out / "deploy", program_image=b.program.to_bytes(), engine_config=b.engine.to_dict(),
+        config_hash=b.engine.hash(), model=str(b.summary.get("model")), method=b.opts.method, data=b.data_name,
+        in_scale=float(b.program.in_scale), in_shape=tuple(int(s) for s in b.program.in_shape),
+        in_unsigned=bool(meta.get("in_unsigned")), out_shape=out_shape, out_scale=float(b.program.out_scale),
+        out_unsigned=bool(meta.get("out_unsigned")), hls_dir=b.project.path,
+        vectors=(b.x_int[:nvec], b.gold[:nvec]), golden_acc=b.summary.get("golden_acc"),
+        bit_exact=(b.summary["bit_exact"], b.summary["images"]) if "bit_exact" in b.summary else None,
+        tools=tools, bitstream=(bit, hwh) if bit.is_file() and hwh.is_file() else None,
+        extra={"board": b.opts.board, "modelled_cycles_per_image": b.summary.get("modelled_cycles_per_image")})
+    b.summary["bundle"] = str(b.bundle_path)
+
+
+def _tool_versions() -> dict[str, str]:
+    import platform
+
+    import numpy
+    import torch
+
+    from flow.hls.compile import find_cxx
+    from flow.hls.vendor import find_tool
+
+    out = {"python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__}
+    try:
+        out["g++"] = find_cxx()[1]
+    except Exception:   # no compiler: the csim stage would have failed already
+        out["g++"] = "not found"
+    for tool in ("vitis_hls", "vivado"):
+        out[tool] = find_tool(tool) or "not found"
+    return out
+
+
+def stage_report(b: Build) -> None:
+    from flow.build.report import write_report
+
+    b.report_paths = write_report(b)
+    b.summary["report"] = str(b.report_paths[0])
+
+
+STAGE_FUNCS = {
+    "train": stage_train, "compress": stage_compress, "finetune": stage_finetune, "quantize": stage_quantize,
+    "lower": stage_lower, "fit": stage_fit, "hls": stage_hls, "csim": stage_csim, "vitis": stage_vitis,
+    "vivado": stage_vivado, "bundle": stage_bundle, "report": stage_report,
+}
+assert tuple(STAGE_FUNCS) == STAGES
+
+
+def run_stages(b: Build, until: str) -> Build:
+    """Run the stages in order up to ``until`` (inclusive)."""
+    b.out.mkdir(parents=True, exist_ok=True)
+    for name in STAGES[: STAGES.index(until) + 1]:
+        with timed(b, name):
+            STAGE_FUNCS[name](b)
+    return b
+
+
+def clean_partial(b: Build) -> None:
+    """Leftovers of an interrupted stage: temporary directories the atomic writers did not rename."""
+    for p in b.out.glob(".*.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
