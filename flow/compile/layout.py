@@ -117,6 +117,11 @@ def _derive(op: Op, engine: EngineConfig) -> dict:
     return f
 
 
+def derived_fields(op: Op, engine: EngineConfig) -> dict:
+    """The fields ``place`` derives for ``op`` on ``engine`` (tile counts, passes, dec, vpc, ...), without placing it."""
+    return _derive(op, engine)
+
+
 def check_layout(op: Op, engine: EngineConfig, where: str = "") -> None:
     """Raise PlacementError when the op's tensors do not fit the banked buffers or its shape the array."""
     where = where or f"op '{op.name}'"

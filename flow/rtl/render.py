@@ -36,6 +36,7 @@ def context(engine: EngineConfig, **params) -> dict:
         "clog2": clog2,
         "gw": clog2(engine.acc_groups),       # accumulator group index
         "cw": clog2(engine.cols),             # weight-beat column index
+        "wpb": 2,                             # weight columns per beat: the HLS decoder's two entries per cycle
         "selw": clog2(engine.m),              # m:1 mux select
         "psw": 17 + clog2(slots) if slots > 1 else 17,   # adder-tree sum of SLOTS 17-bit products
         "bug": "",

