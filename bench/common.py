@@ -33,3 +33,45 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=float))
     return path
+
+
+def pareto_front(points: list[dict], x: str = "ratio", y: str = "acc") -> list[int]:
+    """Indices of the points of ``points`` that no other point dominates, sorted by ``x`` ascending.
+
+    ``q`` dominates ``p`` when ``q[x] >= p[x]`` and ``q[y] >= p[y]`` with at least one strict
+    (higher compression *and* accuracy is better); of exact duplicates the first is kept.
+    The frontier is the step function ``r -> max(p[y] for p with p[x] >= r)`` (:func:`best_at`).
+    """
+    order = sorted(range(len(points)), key=lambda i: (-points[i][x], -points[i][y], i))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][y] > best:
+            front.append(i)
+            best = points[i][y]
+    return sorted(front, key=lambda i: (points[i][x], i))
+
+
+def best_at(points: list[dict], r: float, x: str = "ratio", y: str = "acc"):
+    """``max(p[y] for p in points if p[x] >= r)``, None when no point reaches ``r``."""
+    ys = [p[y] for p in points if p[x] >= r]
+    return max(ys) if ys else None
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename,
+    so a killed run never leaves a truncated file (readers see the old file or the new one)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

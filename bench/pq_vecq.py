@@ -1,18 +1,25 @@
 """PQ (activation product quantization) and VecQ beside float and MVQ: accuracy vs compression ratio.
 
-    python bench/pq_vecq.py [--quick] [--threads 1] [--ft-images N] [--test-images N]
+    python bench/pq_vecq.py [--quick] [--only pq,vecq,mvq] [--threads 1] [--ft-images N] [--test-images N]
 
 For lenet-digits (digits) and resnet20 (Fashion-MNIST, 1 input channel, the cached
 3-epoch checkpoint) this compresses the float model with
 
 * PQ, (v, K) in (9,16) (PQA's default), (9,64), (3,64), (9,8), LUT int8: prototypes
-  k-means'd on calibration activations; fine-tuned with ``anneal_pq`` (LUT-NN:
-  hard forward, soft-assignment gradient, temperature annealed 1.0 -> 0.01);
-* VecQ, bits in (2, 3, 4, 8): fine-tuned with ``finetune``;
+  k-means'd on calibration activations; fine-tuned with ``pq_finetune`` (LUT-NN:
+  hard forward, soft-assignment gradient, temperature annealed 1.0 -> 0.03 in units of each
+  layer's quantization error; then the LUT quantized and BatchNorm re-estimated, no extra
+  epochs, so every method trains the same images; bench/pq_train.py runs PQ's full recipe);
+* VecQ, fine-tuned with ``finetune`` (straight-through): the paper's scheme
+  (half-integer levels, step = lambda_b * std(w), least-squares scale) at bits 1..4 with
+  every Conv2d/Linear quantized, as the paper does, and the exact vector-loss sweep
+  (symmetric levels with zero) at bits 2, 3, 4, 8 with the first and last layers dense;
+  at 2 and 4 bits each scheme also runs with the other's layer choice, so the table
+  separates the scheme from the choice of layers;
 * MVQ 2:4, k=256, d=8 (int8 codebooks): fine-tuned with ``finetune``;
 
-all with the same layers skipped (the first and the last Conv2d/Linear stay dense),
-the same calibration images (PQ prototypes; BatchNorm statistics re-estimated for
+PQ and MVQ with the same layers skipped (the first and the last Conv2d/Linear stay
+dense), VecQ as listed, the same calibration images (PQ prototypes; BatchNorm statistics re-estimated for
 every method), the same fine-tuning budget and the same test images. Each row reports
 how many layers the method converted (counted on the compressed model: a PQ layer
 needs the patch length divisible by v, otherwise the default sweep keeps it dense),
@@ -39,17 +46,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, save, table  # noqa: E402
 from flow.compress import compress, compression_report, finetune  # noqa: E402
-from flow.compress.pq import anneal_pq, pq_layers  # noqa: E402
+from flow.compress.finetune import pq_finetune  # noqa: E402
+from flow.compress.pq import pq_layers  # noqa: E402
 from models import data as datasets  # noqa: E402
 from models import train as trainer  # noqa: E402
 
 PQ_CONFIGS = ((9, 16), (9, 64), (3, 64), (9, 8))
-VECQ_BITS = (2, 3, 4, 8)
+# VecQ rows: (scheme, bits, skip); skip () = every Conv2d/Linear quantized (the paper's default)
+ALL = ()
+VECQ_RUNS = (tuple(("paper", b, ALL) for b in (1, 2, 3, 4))
+             + tuple(("sweep", b, ("first", "last")) for b in (2, 3, 4, 8))
+             + tuple((s, b, k) for b in (2, 4) for s, k in (("paper", ("first", "last")), ("sweep", ALL))))
 MVQ = dict(n=2, m=4, k=256, d=8)
 SKIP = ("first", "last")
 LUT_BITS = 8
 PQA_DROP = 0.6  # points; PQA (AbouElhamayed et al., TRETS 2024), ResNet20 / CIFAR-10, best setting
-ANNEAL = dict(t_start=1.0, t_end=0.01, lr=1e-3)
+# PQ fine-tuning: the joint soft phase only (hard_epochs=0), so PQ trains the same images as the others
+ANNEAL = dict(t_start=1.0, t_end=0.03, lr=1e-3, hard_epochs=0)
 FINETUNE = dict(lr=1e-3)
 BATCH = 64
 SETUPS = {
@@ -79,7 +92,7 @@ def _test_subset(x, y, n: int | None):
     return x[keep], y[keep]
 
 
-def run_model(name: str, setup: dict, log) -> tuple[list[dict], dict]:
+def run_model(name: str, setup: dict, log, only: tuple[str, ...] = ("mvq", "vecq", "pq")) -> tuple[list[dict], dict]:
     data_name = setup["data"]
     model = trainer.get_trained(name, data_name, setup["train_epochs"], progress=False)
     xtr, ytr = datasets.load(data_name, "train")
@@ -102,17 +115,19 @@ def run_model(name: str, setup: dict, log) -> tuple[list[dict], dict]:
 
     runs = [("mvq", f"{MVQ['n']}:{MVQ['m']} k={MVQ['k']} d={MVQ['d']}",
              dict(method="mvq", clip_k=True, **MVQ))]
-    runs += [("vecq", f"b={b}", dict(method="vecq", bits=b)) for b in VECQ_BITS]
+    runs += [("vecq", f"{s} b={b}", dict(method="vecq", bits=b, vecq_scheme=s, skip=k)) for s, b, k in VECQ_RUNS]
     runs += [("pq", f"v={v} K={K}", dict(method="pq", v=v, K=K, lut_bits=LUT_BITS)) for v, K in PQ_CONFIGS]
     for method, label, kw in runs:
+        if method not in only:
+            continue
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        c = compress(model, skip=SKIP, data=calib, **kw)
+        c = compress(model, **dict(dict(skip=SKIP, data=calib), **kw))
         t1 = time.perf_counter()
         acc0 = 100 * trainer.evaluate(c, xte, yte)
         t2 = time.perf_counter()
         if method == "pq":
-            anneal_pq(c, xft, yft, epochs=setup["ft_epochs"], batch_size=BATCH, **ANNEAL)
+            pq_finetune(c, xft, yft, epochs=setup["ft_epochs"], batch_size=BATCH, **ANNEAL)
         else:
             finetune(c, xft, yft, epochs=setup["ft_epochs"], batch_size=BATCH, **FINETUNE)
         t3 = time.perf_counter()
@@ -137,11 +152,16 @@ def plot(rows: list[dict], path: Path) -> None:
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
-    styles = {"pq": ("tab:red", "o"), "vecq": ("tab:blue", "s"), "mvq": ("tab:green", "*")}
+    styles = {"pq": ("tab:red", "o"), "vecq paper": ("tab:blue", "s"), "vecq sweep": ("tab:cyan", "D"),
+              "mvq": ("tab:green", "*")}
+
+    def key(r: dict) -> str:
+        return f"vecq {r['config'].split()[0]}" if r["method"] == "vecq" else r["method"]
+
     for ax, name in zip(axes[0], models):
         mine = [r for r in rows if r["model"] == name]
         for method, (color, marker) in styles.items():
-            pts = [r for r in mine if r["method"] == method]
+            pts = [r for r in mine if key(r) == method]
             if not pts:
                 continue
             pts.sort(key=lambda r: r["ratio"])
@@ -176,7 +196,11 @@ def main() -> int:
                          "mostly waits, and the small kernels gain little from it)")
     ap.add_argument("--ft-images", type=int, default=None, help="resnet20 fine-tuning images (default 3000)")
     ap.add_argument("--test-images", type=int, default=None, help="resnet20 test images (default 5000)")
+    ap.add_argument("--only", default="mvq,vecq,pq", help="comma-separated methods to run (default: all three)")
     a = ap.parse_args()
+    only = tuple(m.strip() for m in a.only.split(",") if m.strip())
+    if not only or set(only) - {"mvq", "vecq", "pq"}:
+        ap.error(f"--only {a.only!r}: give a comma-separated subset of mvq,vecq,pq")
     torch.set_num_threads(a.threads)
     setups = {k: dict(v) for k, v in SETUPS.items()}
     if a.ft_images:
@@ -191,18 +215,19 @@ def main() -> int:
     t_all = time.perf_counter()
     rows, budgets = [], {}
     for name in models:
-        r, budgets[name] = run_model(name, setups[name], log)
+        r, budgets[name] = run_model(name, setups[name], log, only)
         rows += r
     wall = time.perf_counter() - t_all
 
     print("PQ (LUT int8) and VecQ beside float and MVQ (2:4, k=256, d=8): whole-model compression ratio and "
           "test accuracy (%)")
-    print(f"skip {SKIP} (kept dense); ratio: every stored bit, dense layers float32; ratio8: dense layers int8 + "
+    print(f"PQ/MVQ skip {SKIP} (kept dense), VecQ: see the layers column; ratio: every stored bit, "
+          f"dense layers float32; ratio8: dense layers int8 + "
           f"scale; calibration images: PQ prototypes + BatchNorm re-estimation (all methods)")
     for name, b in budgets.items():
         print(f"{name} ({b['data']}, checkpoint {b['train_epochs']} epochs): fine-tuning {b['finetune_epochs']} "
               f"epoch(s) on {b['finetune_images']} of {b['train_split']} training images, batch {b['batch_size']} "
-              f"(PQ: anneal_pq, T {ANNEAL['t_start']} -> {ANNEAL['t_end']}, lr {ANNEAL['lr']}; VecQ/MVQ: finetune, "
+              f"(PQ: pq_finetune, relative T {ANNEAL['t_start']} -> {ANNEAL['t_end']}, lr {ANNEAL['lr']}; VecQ/MVQ: finetune, "
               f"lr {FINETUNE['lr']} cosine); calibration {b['calibration_images']} images; "
               f"test {b['test_images']} images")
     print("acc = after conversion, acc_ft = after fine-tuning, drop = float - acc (points); "
@@ -210,25 +235,28 @@ def main() -> int:
     cols = ["model", "method", "config", "layers", "ratio", "ratio8", "acc", "acc_ft", "drop", "drop_ft"]
     print(table(rows, cols))
     print()
-    print(f"PQA reports a {PQA_DROP}-point drop on ResNet20 / CIFAR-10 for its best setting; ours (points, "
-          f"fine-tuned; different dataset and budget):")
-    for r in rows:
-        if r["method"] == "pq":
-            print(f"  {r['model']:13s} PQ {r['config']:9s} drop {r['drop_ft']:+.2f} after fine-tuning "
-                  f"({r['drop']:+.2f} after conversion) vs PQA {PQA_DROP}: "
-                  f"{'within' if r['drop_ft'] <= PQA_DROP else 'above'}")
+    if any(r["method"] == "pq" for r in rows):
+        print(f"PQA reports a {PQA_DROP}-point drop on ResNet20 / CIFAR-10 for its best setting; ours (points, "
+              f"fine-tuned; different dataset and budget):")
+        for r in rows:
+            if r["method"] == "pq":
+                print(f"  {r['model']:13s} PQ {r['config']:9s} drop {r['drop_ft']:+.2f} after fine-tuning "
+                      f"({r['drop']:+.2f} after conversion) vs PQA {PQA_DROP}: "
+                      f"{'within' if r['drop_ft'] <= PQA_DROP else 'above'}")
     print(f"\nwall time {wall:.0f} s ({a.threads} thread(s)); per row: "
           + ", ".join(f"{r['model'][:6]} {r['method']} {r['config']} {r['t_compress'] + r['t_eval'] + r['t_finetune']:.0f}s"
                       for r in rows if r["method"] != "float"))
 
-    stem = "pq_vecq_quick" if a.quick else "pq_vecq"
+    stem = ("pq_vecq_quick" if a.quick else "pq_vecq") + ("" if set(only) == {"mvq", "vecq", "pq"}
+                                                          else "_" + "_".join(only))
     png = RESULTS / f"{stem}.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(rows, png)
     path = save(stem, {
         "rows": rows, "budgets": budgets, "skip": list(SKIP), "lut_bits": LUT_BITS,
-        "pq_configs": [list(c) for c in PQ_CONFIGS], "vecq_bits": list(VECQ_BITS), "mvq": MVQ,
-        "anneal_pq": dict(ANNEAL, batch_size=BATCH), "finetune": dict(FINETUNE, batch_size=BATCH, schedule="cosine"),
+        "pq_configs": [list(c) for c in PQ_CONFIGS], "vecq_runs": [[s, b, list(k)] for s, b, k in VECQ_RUNS],
+        "mvq": MVQ, "only": list(only),
+        "pq_finetune": dict(ANNEAL, batch_size=BATCH), "finetune": dict(FINETUNE, batch_size=BATCH, schedule="cosine"),
         "mvq_source": "computed in this script (same budget and test images as PQ/VecQ)",
         "pqa_reported_drop_points": PQA_DROP, "threads": a.threads, "wall_s": wall,
     })

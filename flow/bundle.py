@@ -21,11 +21,13 @@ Layout (every path relative to the bundle directory)::
 The bundle is written whole or not at all: into a temporary sibling directory, verified with
 ``load``, then renamed into place (an older bundle is replaced only by that final rename). ``load``
 refuses a bundle with a missing, resized, modified or added file, a manifest of another format
-version, or a program image whose header or CRC32 is wrong; every error is a ``BundleError`` whose
-one-line message names the file and the fix.
+version or with a field the host could not use as written (types, shapes, scales, paths), a program
+image whose header or CRC32 is wrong (host.program_image), or a manifest whose input / output scale,
+signedness or sizes differ from what the program image's header says; every error is a
+``BundleError`` whose one-line message names the file and the fix.
 
-This module runs on the board: it imports the standard library, numpy and ``host.regmap`` (a leaf
-module), never torch nor the rest of the flow. Python 3.8 compatible (the PYNQ images' Python).
+This module runs on the board: it imports the standard library, numpy, ``host.program_image`` and
+``host.regmap`` (leaf modules), never torch nor the rest of the flow. Python 3.8 compatible (the PYNQ images' Python).
 """
 from __future__ import annotations
 
@@ -34,15 +36,14 @@ import json
 import math
 import os
 import shutil
-import struct
 import tempfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from host import program_image as _image
 from host import regmap as _regmap
 
 BUNDLE_FORMAT = 1
@@ -58,10 +59,9 @@ HWH = "vqhls.hwh"
 CREATED_BY = "vqhls flow.bundle"
 REBUILD = "rebuild it with python -m flow.build"
 
-# Program image header (flow/compile/program.py; not imported: this module runs on the board)
-PROGRAM_MAGIC = 0x4C485156          # 'VQHL'
-PROGRAM_HEADER_WORDS = 8
-_HEADER = struct.Struct("<8I")
+# Program image header: host/program_image.py (its one definition; stdlib only, it runs on the board)
+PROGRAM_MAGIC = _image.MAGIC
+PROGRAM_HEADER_WORDS = _image.HEADER_WORDS
 
 
 def _regmap_version() -> str:
@@ -109,28 +109,30 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
-def _check_program_header(blob: bytes, prefix: str, name: str, fix: str = REBUILD) -> Tuple[int, int, int]:
-    """Magic, size and CRC32 of a Program image; returns (format version, input bytes, output bytes).
-    Errors read "{prefix}: {name} <problem>: {fix}"."""
-    def bad(what: str) -> BundleError:
-        return BundleError(f"{prefix}: {name} {what}: {fix}")
+def _check_program_header(blob: bytes, prefix: str, name: str, fix: str = REBUILD,
+                          format_version: Optional[int] = None) -> "_image.Header":
+    """Magic, format version, size, CRC32, scales and flags of a Program image (host.program_image);
+    returns its header. Errors read "{prefix}: {name} <problem>: {fix}"."""
+    try:
+        return _image.parse_header(blob, format_version)
+    except _image.HeaderError as e:
+        raise BundleError(f"{prefix}: {name} {e}: {fix}") from None
 
-    if len(blob) < _HEADER.size:
-        raise bad(f"is {len(blob)} bytes, shorter than the program header (truncated)")
-    hdr = _HEADER.unpack_from(blob, 0)
-    if hdr[0] != PROGRAM_MAGIC:
-        raise bad(f"has magic 0x{hdr[0]:08x}, not 'VQHL' (0x{PROGRAM_MAGIC:08x}): not a vqhls program image")
-    if hdr[4] != len(blob):
-        raise bad(f"is {len(blob)} bytes, its header says {hdr[4]} (truncated or padded)")
-    crc = zlib.crc32(blob[_HEADER.size:]) & 0xFFFFFFFF
-    if hdr[7] != crc:
-        raise bad(f"CRC32 mismatch (header 0x{hdr[7]:08x}, body 0x{crc:08x}): corrupted image")
-    return hdr[1], hdr[5], hdr[6]
+
+def _io_mismatch(hdr: "_image.Header", in_scale, out_scale, in_unsigned, out_unsigned) -> Optional[str]:
+    """What the given scales / signedness contradict in the image's header, or None."""
+    for what, given, have in (("input scale", in_scale, hdr.in_scale), ("output scale", out_scale, hdr.out_scale),
+                              ("input signedness (unsigned)", in_unsigned, hdr.in_unsigned),
+                              ("output signedness (unsigned)", out_unsigned, hdr.out_unsigned)):
+        if (float(given) if isinstance(have, float) else bool(given)) != have:
+            return f"{what} {given!r} differs from the program image header's {have!r}"
+    return None
 
 
 def _safe_relpath(rel: str) -> bool:
     p = PurePosixPath(rel)
-    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel and p.as_posix() == rel
+    return (bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel and p.as_posix() == rel
+            and all(c >= " " for c in rel))
 
 
 def _prod(shape) -> int:
@@ -196,8 +198,9 @@ def write_bundle(
         raise BundleError(f"write_bundle: program_image must be bytes (Program.to_bytes()), "
                           f"got {type(program_image).__name__}")
     program_image = bytes(program_image)
-    prog_version, prog_in, prog_out = _check_program_header(program_image, "write_bundle", "program_image",
-                                                           "pass Program.to_bytes() of the placed program")
+    hdr = _check_program_header(program_image, "write_bundle", "program_image",
+                                "pass Program.to_bytes() of the placed program")
+    prog_version, prog_in, prog_out = hdr.version, hdr.input_bytes, hdr.output_bytes
     in_shape = tuple(int(s) for s in in_shape)
     out_shape = tuple(int(s) for s in out_shape)
     if len(in_shape) != 3:
@@ -205,6 +208,9 @@ def write_bundle(
     if prog_in != _prod(in_shape):
         raise BundleError(f"write_bundle: program image reads {prog_in} input bytes, in_shape {in_shape} "
                           f"has {_prod(in_shape)}")
+    if in_shape != tuple(hdr.in_shape):
+        raise BundleError(f"write_bundle: in_shape {in_shape} differs from the program's first op "
+                          f"{tuple(hdr.in_shape)} (H, W, C): pass the program's own (Program.in_shape)")
     if prog_out != _prod(out_shape):
         raise BundleError(f"write_bundle: program image writes {prog_out} output bytes, out_shape {out_shape} "
                           f"has {_prod(out_shape)}")
@@ -225,6 +231,10 @@ def write_bundle(
         number = isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(val, bool)
         if not (number and math.isfinite(float(val)) and float(val) > 0):
             raise BundleError(f"write_bundle: {name} must be a positive finite number, got {val!r}")
+    bad = _io_mismatch(hdr, in_scale, out_scale, in_unsigned, out_unsigned)
+    if bad:
+        raise BundleError(f"write_bundle: {bad}: pass the program's own (Program.in_scale, .out_scale, "
+                          ".in_unsigned, .out_unsigned)")
 
     hls_dir = Path(hls_dir)
     hls_project = hls_dir / "project.json"
@@ -253,7 +263,9 @@ def write_bundle(
         if _prod(expected.shape[1:]) != _prod(out_shape):
             raise BundleError(f"write_bundle: vector expected {list(expected.shape)} do not hold "
                               f"{_prod(out_shape)} outputs ({list(out_shape)}) per image")
-        vec_entries = ((VECTORS_INPUTS, inputs), (VECTORS_EXPECTED, expected))
+        # stored as [N, *in_shape] / [N, *out_shape]: the shapes the host reads them with
+        vec_entries = ((VECTORS_INPUTS, inputs.reshape(inputs.shape[0], *in_shape)),
+                       (VECTORS_EXPECTED, expected.reshape(expected.shape[0], *out_shape)))
 
     bit_src = None
     if bitstream is not None:
@@ -459,6 +471,68 @@ _REQUIRED = {"bundle_format": int, "model": str, "method": str, "data": str, "en
              "tools": dict, "hls": dict, "files": dict}
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _manifest_problem(m: dict) -> Optional[str]:
+    """The first field of a manifest (whose top-level types were checked) that the loader or the host
+    could not use as written, or None. Every value a Bundle property or the host reads is checked here,
+    so a hand-edited manifest fails here with its field named, never later with a traceback."""
+    def shape_ok(v) -> bool:
+        return isinstance(v, list) and len(v) >= 1 and all(_is_int(s) and s >= 1 for s in v)
+
+    prog = m["program"]
+    for key in ("file", "format_version", "bytes", "input_bytes", "output_bytes"):
+        if key not in prog:
+            return f"'program' lacks {key!r}"
+    if not isinstance(prog["file"], str):
+        return "'program.file' is not a string"
+    for key in ("format_version", "bytes", "input_bytes", "output_bytes"):
+        if not _is_int(prog[key]) or prog[key] < 0:
+            return f"'program.{key}' is {prog[key]!r}, not a count"
+    for sec in ("input", "output"):
+        ent = m[sec]
+        scale = ent.get("scale")
+        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0):
+            return f"'{sec}.scale' is {scale!r}, not a positive finite number"
+        if not shape_ok(ent.get("shape")):
+            return f"'{sec}.shape' is {ent.get('shape')!r}, not a list of positive integers"
+        if not isinstance(ent.get("unsigned"), bool):
+            return f"'{sec}.unsigned' is {ent.get('unsigned')!r}, not true/false"
+    if len(m["input"]["shape"]) != 3:
+        return f"'input.shape' is {m['input']['shape']!r}, not [H, W, C]"
+    for key in ("dir", "project", "firmware"):
+        rel = m["hls"].get(key, HLS_FIRMWARE if key == "firmware" else None)
+        if not (isinstance(rel, str) and _safe_relpath(rel)):
+            return f"'hls.{key}' is {rel!r}, not a relative path inside the bundle"
+    if not isinstance(m["config_hash"], str) or not m["config_hash"] or any(
+            c not in "0123456789abcdefABCDEF" for c in m["config_hash"]):
+        return f"'config_hash' is {m['config_hash']!r}, not a hex string"
+    for rel, ent in m["files"].items():
+        if not isinstance(ent, dict) or not isinstance(ent.get("sha256"), str) or not _is_int(ent.get("bytes")) \
+                or ent["bytes"] < 0:
+            return f"entry of {rel} lacks sha256/bytes"
+    vec = m.get("vectors")
+    if vec is not None:
+        if not isinstance(vec, dict) or not _is_int(vec.get("count")) or vec["count"] < 0:
+            return "malformed 'vectors' section"
+        for key, sec in (("inputs", "input"), ("expected", "output")):
+            ent = vec.get(key)
+            shape = ent.get("shape") if isinstance(ent, dict) else None
+            if not (isinstance(ent.get("file") if isinstance(ent, dict) else None, str) and isinstance(shape, list)
+                    and len(shape) >= 2 and _is_int(shape[0]) and shape[0] >= 0 and shape_ok(shape[1:])):
+                return f"malformed 'vectors.{key}' section (file, shape [count, ...])"
+            want = "uint8" if m[sec]["unsigned"] else "int8"
+            if ent.get("dtype") != want:
+                return f"'vectors.{key}.dtype' is {ent.get('dtype')!r}, the {sec} is {want}"
+    bit = m.get("bitstream")
+    if bit is not None and not (isinstance(bit, dict) and isinstance(bit.get("bit"), str)
+                                and isinstance(bit.get("hwh"), str)):
+        return "malformed 'bitstream' section"
+    return None
+
+
 def load(path) -> Bundle:
     """Open and verify the bundle at ``path``; raises BundleError naming the offending file and the fix."""
     path = Path(path)
@@ -479,16 +553,17 @@ def load(path) -> Bundle:
         raise _err(where, f"{MANIFEST} has bundle format {fmt!r}, this kit reads format {BUNDLE_FORMAT}",
                    "rebuild the bundle with this kit's python -m flow.build, or use the kit that wrote it")
     for key, typ in _REQUIRED.items():
-        if not isinstance(manifest.get(key), typ):
+        if not isinstance(manifest.get(key), typ) or (typ is int and isinstance(manifest.get(key), bool)):
             raise _err(where, f"{MANIFEST}: field {key!r} missing or not a {typ.__name__}")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise _err(where, f"{MANIFEST}: {problem}")
 
     # ---- every listed file present and unchanged
     files = manifest["files"]
     for rel, ent in files.items():
         if not _safe_relpath(rel) or rel == MANIFEST:
             raise _err(where, f"{MANIFEST} lists an invalid file path {rel!r}")
-        if not isinstance(ent, dict) or not isinstance(ent.get("sha256"), str) or not isinstance(ent.get("bytes"), int):
-            raise _err(where, f"{MANIFEST}: entry of {rel} lacks sha256/bytes")
         fpath = path / rel
         if not fpath.is_file():
             raise _err(where, f"{rel} missing (listed in {MANIFEST})")
@@ -517,6 +592,9 @@ def load(path) -> Bundle:
                 if _prod(shape) * dt.itemsize != files.get(vec[key]["file"], {}).get("bytes"):
                     raise _err(where, f"{vec[key]['file']} size disagrees with the vectors' dtype {dt.name} "
                                       f"and shape {shape} in {MANIFEST}")
+                if shape[0] != vec["count"]:
+                    raise _err(where, f"{vec[key]['file']} holds {shape[0]} vectors, {MANIFEST} 'vectors.count' "
+                                      f"says {vec['count']}")
         except (KeyError, TypeError):
             raise _err(where, f"{MANIFEST}: malformed 'vectors' section") from None
     bit = manifest.get("bitstream")
@@ -532,15 +610,25 @@ def load(path) -> Bundle:
     # ---- the program image's own header and checksum
     prog_rel = manifest["program"]["file"]
     blob = (path / prog_rel).read_bytes()
-    _, prog_in, prog_out = _check_program_header(blob, f"bundle {where}", prog_rel)
-    try:
-        in_shape = [int(s) for s in manifest["input"]["shape"]]
-        out_shape = [int(s) for s in manifest["output"]["shape"]]
-    except (KeyError, TypeError, ValueError):
-        raise _err(where, f"{MANIFEST}: malformed input/output shape") from None
-    if prog_in != _prod(in_shape) or prog_out != _prod(out_shape):
-        raise _err(where, f"{prog_rel} moves {prog_in} -> {prog_out} bytes, {MANIFEST} says input {in_shape}, "
-                          f"output {out_shape}")
+    prog = manifest["program"]
+    hdr = _check_program_header(blob, f"bundle {where}", prog_rel, format_version=prog["format_version"])
+    prog_in, prog_out = hdr.input_bytes, hdr.output_bytes
+    in_shape, out_shape = manifest["input"]["shape"], manifest["output"]["shape"]
+    if prog_in != _prod(in_shape) or prog_out != _prod(out_shape) or tuple(in_shape) != tuple(hdr.in_shape):
+        raise _err(where, f"{prog_rel} moves {list(hdr.in_shape)} ({prog_in} bytes) -> {prog_out} bytes, "
+                          f"{MANIFEST} says input {in_shape}, output {out_shape}")
+    if (prog["bytes"], prog["input_bytes"], prog["output_bytes"]) != (len(blob), prog_in, prog_out):
+        raise _err(where, f"{MANIFEST}: 'program' says {prog['bytes']} bytes moving {prog['input_bytes']} -> "
+                          f"{prog['output_bytes']}, {prog_rel} is {len(blob)} bytes moving {prog_in} -> {prog_out}")
+    bad = _io_mismatch(hdr, manifest["input"]["scale"], manifest["output"]["scale"], manifest["input"]["unsigned"],
+                       manifest["output"]["unsigned"])
+    if bad:
+        raise _err(where, f"{MANIFEST}: {bad} ({prog_rel})")
+    if vec:   # the host reads them as [count, *input shape] / [count, *output shape]
+        for key, sec in (("inputs", "input"), ("expected", "output")):
+            if vec[key]["shape"][1:] != manifest[sec]["shape"]:
+                raise _err(where, f"{vec[key]['file']}: {MANIFEST} gives it shape {vec[key]['shape']}, not "
+                                  f"[count, *{manifest[sec]['shape']}] (the {sec} shape)")
 
     # ---- the HLS project is the manifest's engine; the register map is this host's
     try:

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import abc
 import json
-import struct
 import time
-import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from host import regmap
+from host import program_image, regmap
 
 # The AXI DMA of the block design (hls_templates/tcl/vivado.tcl.j2): simple mode, c_sg_length_width 26.
 DMA_MAX_BYTES = (1 << 26) - 1
@@ -36,9 +34,8 @@ DEFAULT_BATCH = 256
 DEFAULT_TIMEOUT = 10.0     # seconds for one engine call, plus PER_IMAGE_TIMEOUT per image
 PER_IMAGE_TIMEOUT = 0.01
 
-# Program image header (flow/compile/program.py, as flow/bundle.py checks it)
-PROGRAM_MAGIC = 0x4C485156   # 'VQHL'
-_HEADER = struct.Struct("<8I")
+# Program image header: host/program_image.py (its one definition)
+PROGRAM_MAGIC = program_image.MAGIC
 
 BOARD_INSTALL_HINT = ("pip install vqhls[board] (pynq needs numpy<2: use the .venv-board environment: "
                       "make board-env)")
@@ -149,27 +146,15 @@ class Backend(abc.ABC):
 # --------------------------------------------------------------------------- helpers
 
 def check_program_image(blob: bytes, format_version: Optional[int] = None) -> tuple[int, int]:
-    """The program image's header on the host, before the load call: magic, format version (the
-    bundle manifest's), size (header word 4) and the body's CRC32 (word 7). Returns (input bytes,
-    output bytes) per image; raises AcceleratorError. The full Program check ran at build time
-    (flow.compile.validate) and the bundle's checksums protect it since."""
-    blob = bytes(blob)
-    if len(blob) < _HEADER.size:
-        raise AcceleratorError(f"program image is {len(blob)} bytes, shorter than its header: rebuild the bundle")
-    hdr = _HEADER.unpack_from(blob, 0)
-    if hdr[0] != PROGRAM_MAGIC:
-        raise AcceleratorError(f"program image magic 0x{hdr[0]:08x} is not 'VQHL' (0x{PROGRAM_MAGIC:08x}): "
-                               "not a vqhls program image")
-    if format_version is not None and hdr[1] != int(format_version):
-        raise AcceleratorError(f"program image format version {hdr[1]}, the bundle manifest says {format_version}: "
-                               "rebuild the bundle")
-    if hdr[4] != len(blob):
-        raise AcceleratorError(f"program image is {len(blob)} bytes, its header says {hdr[4]}: rebuild the bundle")
-    crc = zlib.crc32(blob[_HEADER.size:]) & 0xFFFFFFFF
-    if hdr[7] != crc:
-        raise AcceleratorError(f"program image CRC32 mismatch (header 0x{hdr[7]:08x}, body 0x{crc:08x}): "
-                               "corrupted image, rebuild the bundle")
-    return hdr[5], hdr[6]
+    """The program image's header on the host, before the load call (host.program_image.parse_header):
+    magic, format version (the bundle manifest's), size, the CRC32 of everything after word 7, the
+    scales and flags. Returns (input bytes, output bytes) per image; raises AcceleratorError. The full
+    Program check ran at build time (flow.compile.validate) and the bundle's checksums protect it since."""
+    try:
+        hdr = program_image.parse_header(bytes(blob), format_version)
+    except program_image.HeaderError as e:
+        raise AcceleratorError(f"program image {e}: rebuild the bundle") from None
+    return hdr.input_bytes, hdr.output_bytes
 
 
 def _prod(shape) -> int:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from models import data as datasets
 from models import zoo
-from models.cache import cache_dir
+from models.cache import CacheError, cache_dir, load_checkpoint
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -110,7 +110,7 @@ def get_trained(
     path = cache_dir("checkpoints") / f"{tag}.pt"
     model = build(model_name, data_name)
     if path.exists() and not retrain:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        load_checkpoint(model, path)   # CacheError (one line: the path, delete it or --retrain) when corrupt
         return model.eval()
     x, y = datasets.load(data_name, "train")
     if train_limit:
@@ -133,11 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     ap.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint")
     a = ap.parse_args(argv)
+    # 0 or negative would train nothing (or everything but the last N images) and cache that checkpoint
+    for flag, value in (("--epochs", a.epochs), ("--limit", a.limit)):
+        if value is not None and value < 1:
+            print(f"error: {flag} {value}: must be at least 1", file=sys.stderr)
+            return 2
     try:
         model = get_trained(a.model, a.data, a.epochs, a.limit, retrain=a.retrain)
         data_name = a.data or zoo.default_dataset(a.model)
         xt, yt = datasets.load(data_name, "test")
-    except (ValueError, datasets.DatasetError) as e:
+    except (ValueError, CacheError, datasets.DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{a.model} on {data_name}: test accuracy {100 * evaluate(model, xt, yt):.2f}%")

@@ -28,7 +28,7 @@ import dataclasses
 import warnings
 
 from flow.boards import Board, get_board
-from flow.boards.resources import BRAM_FRAC, ResourceError, check_fit, estimate, idx_bits, over_budget
+from flow.boards.resources import BRAM_FRAC, ResourceError, check_fit, estimate, idx_bits, over_budget  # noqa: F401
 from flow.compile.engine import EngineConfig
 
 ROWS = (64, 32, 16, 8, 4, 2, 1)
@@ -120,3 +120,141 @@ def config_for_board(board: str, *, n: int | None = None, m: int | None = None) 
                           f"returning the searched config instead:\n{err}", stacklevel=2)
     ref = dataclasses.replace(ref, n=n, m=m)     # raises ValueError for an invalid n:m
     return search(b, ref)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sizing an engine for one model
+
+
+class SizingError(ValueError):
+    """The model cannot run on any engine that fits the board; the message lists every broken limit."""
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def model_needs(graph, lanes: int, act_banks: int) -> dict[str, int]:
+    """The smallest value of each model-dependent EngineConfig limit that ``graph`` (a QGraph) needs
+    on an engine with ``lanes``-byte words and ``act_banks`` activation banks.
+
+    Keys: act_buf_bytes (banked layout of the largest tensor, flow.compile.layout), max_channels,
+    max_kernel (a Linear after a flatten runs as an HxW kernel), max_stride, max_ops, num_bufs, k_max,
+    d_max, pq_v_max, pq_k_max, pq_subspaces_max, pq (1 when a PQ layer is present)."""
+    from flow.compile.lower import LoweringError, allocate_buffers
+
+    words = 0
+    for t in graph.tensors.values():
+        H, W, C = t.shape
+        words = max(words, H * _cdiv(W, act_banks) * _cdiv(C, lanes))
+    need = dict(act_buf_bytes=words * act_banks * lanes, max_channels=1, max_kernel=1, max_stride=1,
+                max_ops=len(graph.nodes), num_bufs=1, k_max=1, d_max=1, pq_v_max=1, pq_k_max=1,
+                pq_subspaces_max=1, pq=0)
+    for nd in graph.nodes:
+        src = graph.tensors[nd.inp].shape
+        oc = graph.tensors[nd.out].shape[2]
+        cin, kh, kw = nd.in_view[2], nd.KH, nd.KW
+        if nd.is_linear and tuple(nd.in_view) != tuple(src):   # flatten: an HxW-kernel conv on src
+            kh, kw, cin = src[0], src[1], src[2]
+        need["max_channels"] = max(need["max_channels"], cin, oc)
+        if nd.kind in ("conv", "pq"):
+            need["max_kernel"] = max(need["max_kernel"], kh, kw)
+            need["max_stride"] = max(need["max_stride"], nd.stride)
+        if nd.kind == "conv" and nd.wfmt == "codebook":
+            need["k_max"] = max(need["k_max"], nd.k)
+            need["d_max"] = max(need["d_max"], nd.d)
+        if nd.kind == "pq":
+            cs, k, v = nd.proto.shape
+            need.update(pq=1, pq_v_max=max(need["pq_v_max"], v), pq_k_max=max(need["pq_k_max"], k),
+                        pq_subspaces_max=max(need["pq_subspaces_max"], cs))
+    for nb in range(1, 17):
+        try:
+            allocate_buffers(graph, nb)
+            need["num_bufs"] = nb
+            break
+        except LoweringError:
+            continue
+    return need
+
+
+def _graph_of(model_or_graph, calib_x):
+    from flow.quant.graph import QGraph
+
+    if isinstance(model_or_graph, QGraph):
+        return model_or_graph
+    if calib_x is None:
+        raise SizingError("size_engine(model, ...) needs calib_x (calibration images [N, C, H, W]) to quantize "
+                          "the model; or pass the QGraph of flow.quant.quantize_model")
+    from flow.quant.convert import quantize_model
+
+    return quantize_model(model_or_graph, calib_x)
+
+
+def size_engine(model_or_graph, board: str = "pynq-z2", *, calib_x=None, n: int | None = None,
+                m: int | None = None):
+    """An EngineConfig for ``board`` that runs ``model_or_graph`` (a QGraph, or an nn.Module with ``calib_x``).
+
+    Starts from :func:`config_for_board` (returned as is when the model fits it: PYNQ-Z2's default
+    build reuses the cached engine), raises each model-dependent limit (:func:`model_needs`) to what the
+    model needs, then searches the array geometry and parameter memories (:func:`search`) for a build
+    within the board's resource budget (parameters that no longer fit on chip stream per image), and
+    checks the result by lowering the model. ``n``/``m``: the engine's N:M (default: the board's; any
+    layer's N:M runs on it, denser masks in several passes).
+
+    Raises :class:`SizingError` listing every limit that cannot be met at once (limits no build
+    supports, and every over-used resource of the smallest build that holds the model).
+    """
+    from flow.compile.lower import LoweringError, lower
+
+    graph = _graph_of(model_or_graph, calib_x)
+    b = get_board(board)
+    base = config_for_board(b.name, n=n, m=m)
+    need = model_needs(graph, base.lanes, base.act_banks)
+    problems: list[str] = []
+    hard = dict(d_max=16, pq_v_max=64, pq_k_max=256, k_max=1 << 16)
+    for key, cap in hard.items():
+        if need[key] > cap:
+            problems.append(f"{key}: the model needs {need[key]}, no engine supports more than {cap}")
+    if need["d_max"] > 1 and (need["d_max"] % base.m or (need["d_max"] % base.lanes and base.lanes % need["d_max"])):
+        problems.append(f"d_max: codeword length {need['d_max']} must be a multiple of m={base.m} and divide or be "
+                        f"a multiple of lanes={base.lanes}")
+    grown = {}
+    for key, v in need.items():
+        if key == "pq":
+            if v and not base.pq:
+                grown["pq"] = True
+            continue
+        if key == "max_ops":
+            v = max(v, 32)
+        if v > getattr(base, key):
+            grown[key] = v
+    if problems:
+        raise SizingError(f"the model cannot run on a {b.name} engine:\n" + "\n".join("  " + p for p in problems))
+    if not grown:
+        cfg = base
+    else:
+        grown_d = grown.get("d_max")
+        if grown_d is not None:   # d_max grows in steps the word layout accepts
+            grown["d_max"] = max(grown_d, base.d_max)
+        ref = dataclasses.replace(REFERENCE[b.name], n=base.n, m=base.m)
+        ref = dataclasses.replace(ref, **{k: max(v, getattr(ref, k)) for k, v in grown.items()})
+        # what this model does not use is not built: fewer activation buffers, no lookup unit
+        ref = dataclasses.replace(ref, num_bufs=max(need["num_bufs"], 2 if need["num_bufs"] <= 2 else 3),
+                                  pq=bool(need["pq"]) or "pq" in grown)
+        try:
+            cfg = search(b, ref)
+        except ResourceError:
+            small = dataclasses.replace(ref, rows=1, dsp_rows=1, cols=ref.lanes,
+                                        **{k: min(vals) for k, vals in LADDERS.items() if k != "max_ops"})
+            over = over_budget(estimate(small, b), b)
+            lines = [f"{k}: the model needs {v}, the {b.name} reference build has {getattr(REFERENCE[b.name], k)}"
+                     for k, v in grown.items()]
+            raise SizingError(f"no engine that fits {b.name} holds the model; the limits it needs:\n"
+                              + "\n".join("  " + line for line in lines)
+                              + "\n  and even the smallest such build (1 array row, the smallest parameter "
+                                "memories) over-uses:\n" + "\n".join("    " + line for line in over)) from None
+    try:
+        lower(graph, cfg)
+    except LoweringError as e:
+        raise SizingError(f"the model does not run on the sized {b.name} engine: {e}") from None
+    return cfg

@@ -9,13 +9,15 @@ train -> compress -> finetune -> quantize -> lower -> fit -> hls -> csim -> viti
 vivado -> bundle -> report. Vendor stages run where `vitis_hls` / `vivado` are on
 PATH, else print `skipped: <tool> not found` and the command. Exit status: 0 done,
 1 C-simulation differs from golden, 2 bad input or a failed stage (one line, no
-traceback, no half-written bundle).
+traceback, no half-written bundle; VQHLS_TRACEBACK=1 re-raises for debugging).
+Bad input is found before any training where it can be (flow/build/preflight.py).
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch loads: spinning OpenMP threads stall a busy machine
@@ -30,8 +32,15 @@ def run(opts: BuildOptions) -> Build:
     """Run the build described by ``opts`` up to ``opts.stage``; returns the Build (summary, paths)."""
     from flow.boards import get_board
 
+    from flow.build.preflight import preflight
+
     get_board(opts.board)   # an unknown board fails before any work
+    t0 = time.perf_counter()
+    print("[preflight] ...", file=sys.stderr, flush=True)
+    preflight(opts)         # flags, compression plan, engine and board limits, toolchain: before any training
     b = Build(opts=opts, out=opts.out_dir.resolve())
+    b.times["preflight"] = time.perf_counter() - t0
+    print(f"[preflight] done in {b.times['preflight']:.2f} s", file=sys.stderr, flush=True)
     try:
         return run_stages(b, opts.stage)
     finally:
@@ -49,6 +58,9 @@ def _print_summary(b: Build) -> int:
             print(f"  {label:<26} {100 * s[key]:6.2f}%")
     if "ratio" in s:
         print(f"  {'compression ratio':<26} {s['ratio']:6.2f}x (every stored bit vs float32)")
+    if "stored_ratio" in s:
+        print(f"  {'ratio the engine stores':<26} {s['stored_ratio']:6.2f}x: stored dense int8 (a codebook layer "
+              f"after a flatten): {', '.join(s['dense_fallback'])}")
     if "program_bytes" in s:
         # the Program image is word-aligned for the engine (uint16 indices and masks), so it is
         # larger than the format's bit count above
@@ -92,7 +104,21 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except (ValueError, RuntimeError, OSError) as e:   # the kit's bad-input and stage errors: one line
+        if os.environ.get("VQHLS_TRACEBACK"):
+            raise
         # one line, keeping every part (a resource error lists each over-used resource)
-        msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:   # a bug, not bad input: still one line and never exit 1 (that means "outputs differ")
+        if os.environ.get("VQHLS_TRACEBACK"):
+            raise
+        print(f"error: internal error, please report it: {type(e).__name__}: {_one_line(e)} "
+              "(VQHLS_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in msg:
+        msg += f": {e.filename}"
+    return msg

@@ -31,7 +31,8 @@ STAGES = ("train", "compress", "finetune", "quantize", "lower", "fit", "hls", "c
           "bundle", "report")
 METHODS = ("mvq", "vq", "pq", "vecq", "none")
 # settings a [[layers]] table may give (flow.compress.compress overrides)
-LAYER_KEYS = ("method", "n", "m", "k", "d", "v", "K", "bits", "iters")
+LAYER_KEYS = ("method", "n", "m", "k", "d", "v", "K", "bits", "iters", "vecq_scheme")
+VECQ_SCHEMES = ("paper", "sweep")
 
 # per-model defaults: (k, d, finetune epochs, finetune images, calibration images)
 MODEL_DEFAULTS = {
@@ -62,8 +63,10 @@ class BuildOptions:
     v: int = 9
     K: int = 16
     bits: int = 4
+    vecq_scheme: str = "paper"
     finetune_epochs: int | None = None
     train_epochs: int | None = None
+    retrain: bool = False               # train the zoo model again, replacing its cached checkpoint
     limit: int | None = None            # test images for golden / C-sim (default: the whole test split)
     vectors: int = 8                    # test vectors in the bundle
     out: str | None = None
@@ -120,9 +123,14 @@ def parser() -> argparse.ArgumentParser:
     a("--d", type=int, help="mvq/vq: codeword length (default 8)")
     a("--v", type=int, help="pq: subvector length (default 9)")
     a("--K", type=int, help="pq: prototypes per subspace (default 16)")
-    a("--bits", type=int, help="vecq: weight bits 2..8 (default 4)")
+    a("--bits", type=int, help="vecq: weight bits, 1..7 with the paper scheme, 2..8 with sweep (default 4)")
+    a("--vecq-scheme", choices=VECQ_SCHEMES,
+      help="vecq: paper (default: half-integer levels, lambda*std step, least-squares scale, every layer "
+           "quantized) or sweep (symmetric levels, exact vector-loss step, first/last layers dense)")
     a("--finetune-epochs", type=int, help="fine-tuning epochs after compression (default: per model)")
     a("--train-epochs", type=int, help="training epochs when no checkpoint is cached (default: per model)")
+    a("--retrain", action="store_true",
+      help="train the zoo model again, replacing its cached checkpoint (e.g. a corrupt one)")
     a("--limit", type=int, help="use the first N test images for golden / C-simulation")
     a("--vectors", type=int, help="test vectors stored in the bundle (default 8)")
     a("--out", help="build directory (default build/<model>-<method>)")
@@ -132,11 +140,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 _INT_KEYS = {"n", "m", "k", "d", "v", "K", "bits", "finetune_epochs", "train_epochs", "limit", "vectors"}
-_STR_KEYS = {"board", "model", "model_file", "checkpoint", "data", "method", "out", "stage", "json"}
+_STR_KEYS = {"board", "model", "model_file", "checkpoint", "data", "method", "out", "stage", "json", "vecq_scheme"}
 
 
 # the smallest value each integer option takes (a 0 or negative --limit / --k must not mean "all" / default)
-_INT_MIN = {"n": 1, "m": 1, "k": 1, "d": 1, "v": 1, "K": 1, "bits": 2, "limit": 1, "vectors": 0,
+_INT_MIN = {"n": 1, "m": 1, "k": 1, "d": 1, "v": 1, "K": 1, "bits": 1, "limit": 1, "vectors": 0,
             "finetune_epochs": 0, "train_epochs": 1}
 
 
@@ -150,6 +158,10 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         raise OptionsError(f"{where}: {key} = {value!r} must be a string")
     if key == "method" and value not in METHODS:
         raise OptionsError(f"{where}: method {value!r}: choose one of {', '.join(METHODS)}")
+    if key == "vecq_scheme" and value not in VECQ_SCHEMES:
+        raise OptionsError(f"{where}: vecq_scheme {value!r}: choose one of {', '.join(VECQ_SCHEMES)}")
+    if key == "retrain" and not isinstance(value, bool):
+        raise OptionsError(f"{where}: retrain = {value!r} must be true or false")
     if key == "stage" and value not in STAGES:
         raise OptionsError(f"{where}: stage {value!r}: choose one of {', '.join(STAGES)}")
     return value
@@ -207,4 +219,11 @@ def parse(argv: list[str] | None = None) -> BuildOptions:
         raise OptionsError(f"--out {opts.out} is a file: give a directory for the build")
     if opts.model_file and ":" not in opts.model_file:
         raise OptionsError(f"--model-file {opts.model_file}: give path/to/file.py:factory")
+    if opts.method == "vecq":   # the scheme's bit range, before any training
+        from flow.compress.vecq import BitWidthError, check_bits
+
+        try:
+            check_bits(opts.bits, opts.vecq_scheme)
+        except BitWidthError as e:
+            raise OptionsError(f"--bits {opts.bits}: {e}") from None
     return opts

@@ -123,7 +123,8 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
                 for r in b.creport.rows]
         fallback = (b.program.meta.get("quant", {}).get("dense_fallback") or []) if b.program is not None else []
         note = (f" Stored int8 dense by the lowering (a codebook Linear after a flatten loses its vectors in the "
-                f"NHWC permutation), so the table overstates their compression: {', '.join(fallback)}."
+                f"NHWC permutation), so the table overstates their compression: {', '.join(fallback)}; the "
+                f"whole model as the engine stores it: {s.get('stored_ratio', float('nan')):.2f}x."
                 if fallback else "")
         out.append(Section("Compression", f"Every stored bit counted (flow.compress.compression_report): "
                            f"{b.creport.ratio:.2f}x smaller than float32 in the format; the Program image the "

@@ -138,6 +138,8 @@ def stage_train(b: Build) -> None:
     """The float model (zoo checkpoint cache, --checkpoint, or --model-file) and the dataset."""
     import torch
 
+    from flow.finite import check_finite, check_model_finite
+
     from models import data as datasets
     from models import train as trainer
     from models import zoo
@@ -161,10 +163,14 @@ def stage_train(b: Build) -> None:
             model = trainer.build(o.model, b.data_name)
             _load_checkpoint(model, o.checkpoint)
         else:
-            model = trainer.get_trained(o.model, b.data_name, o.train_epochs)
+            model = trainer.get_trained(o.model, b.data_name, o.train_epochs, retrain=o.retrain)
     model.eval()
+    check_model_finite(model, f"checkpoint {o.checkpoint}" if o.checkpoint
+                       else f"the trained {o.model_file or o.model}")
     xtr, ytr = datasets.load(b.data_name, "train")
     xte, yte = datasets.load(b.data_name, "test")
+    for x, split in ((xtr, "train"), (xte, "test")):   # where the data enter: a NaN image is named here
+        check_finite(x, f"dataset {b.data_name} ({split} split) images", "repair or remove those images")
     if o.limit:
         xte, yte = xte[: o.limit], yte[: o.limit]
     b.data = dict(xtr=xtr, ytr=ytr, xte=xte, yte=yte)
@@ -174,20 +180,35 @@ def stage_train(b: Build) -> None:
                      float_acc=trainer.evaluate(model, xte, yte))
 
 
+def compress_kwargs(o: BuildOptions, model) -> dict:
+    """The flow.compress.compress (and plan) arguments of this build, but ``data``."""
+    d = o.defaults()
+    return dict(method=o.method, n=o.n, m=o.m, k=o.k or d["k"], d=o.d or d["d"], clip_k=True, v=o.v, K=o.K,
+                bits=o.bits, vecq_scheme=o.vecq_scheme, overrides=o.overrides(model) or None)
+
+
+# training images the BatchNorm statistics are re-estimated on after compression (flow.compress's --calibrate)
+BN_CALIB_IMAGES = 1024
+
+
 def stage_compress(b: Build) -> None:
     import torch
 
-    from flow.compress import compress, compression_report
+    from flow.compress import compress, compression_report, recalibrate_bn_
     from models import train as trainer
 
-    o, r = b.opts, b.recipe
+    o = b.opts
     if o.method == "none":
         b.cmodel = b.model
         return
     calib = torch.from_numpy(b.data["xtr"][:512]) if (o.method == "pq" or any(
         e.get("method") == "pq" for e in o.layers)) else None
-    b.cmodel = compress(b.model, method=o.method, n=o.n, m=o.m, k=r["k"], d=r["d"], clip_k=True, data=calib,
-                        v=o.v, K=o.K, bits=o.bits, overrides=o.overrides(b.model) or None)
+    b.cmodel = compress(b.model, data=calib, **compress_kwargs(o, b.model))
+    # as flow.compress does: BatchNorm statistics re-estimated for the compressed weights (compress() did it
+    # already when it had calibration data); without it resnet20 reads ~13 % here before fine-tuning
+    if calib is None:
+        recalibrate_bn_(b.cmodel, torch.from_numpy(b.data["xtr"][:BN_CALIB_IMAGES]))
+    b.cmodel.eval()
     b.summary["compressed_acc"] = trainer.evaluate(b.cmodel, b.data["xte"], b.data["yte"])
     b.write_json("compression.json", _report_rows(compression_report(b.cmodel)))
 
@@ -230,7 +251,14 @@ def stage_quantize(b: Build) -> None:
     from flow.quant import run as golden_run
 
     calib = torch.from_numpy(b.data["xtr"][: b.recipe["calib"]])
-    b.qgraph = quantize_model(b.cmodel, calib)
+    b.qgraph = quantize_model(b.cmodel, calib)   # warns (one line per layer) when a layer is stored dense
+    fallback = b.qgraph.meta.get("dense_fallback_ratio", {})
+    if fallback and b.creport is not None:
+        # the ratio the engine stores: a codebook layer after a flatten is lowered as dense int8 + int32 bias
+        rows = {r.name: r for r in b.creport.rows}
+        extra = sum(rows[n].float_bits / v["stored"] - rows[n].total_bits for n, v in fallback.items() if n in rows)
+        b.summary["stored_ratio"] = b.creport.float_bits / (b.creport.total_bits + extra)
+        b.summary["dense_fallback"] = sorted(fallback)
     b.x_int = quantize_input(b.data["xte"], b.qgraph.in_tensor.scale, b.qgraph.in_tensor.unsigned)
     b.gold = golden_run(b.qgraph, b.x_int)
     yte = b.data["yte"]

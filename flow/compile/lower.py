@@ -50,7 +50,17 @@ def _check_limits(nd: QNode, op: Op, engine: EngineConfig, graph: QGraph) -> Non
             raise LoweringError(
                 f"{where}: activation '{t}' {graph.tensors[t].shape} is {nb} bytes, "
                 f"engine.act_buf_bytes = {engine.act_buf_bytes}")
-    for what, v in (("input channels", op.C), ("output channels", op.OC)):
+    cin = op.C
+    src = graph.tensors[nd.inp].shape
+    if nd.is_linear and tuple(nd.in_view) != tuple(src) and int(np.prod(src)) == op.C:
+        # a Linear after a flatten runs as an HxW-kernel conv on the HxWxC tensor (flow.compile.layout
+        # ._unflatten): the array sees C input channels, and the kernel must fit max_kernel
+        cin = src[2]
+        if max(src[0], src[1]) > engine.max_kernel:
+            raise LoweringError(f"{where}: a Linear on a flattened {src[0]}x{src[1]}x{src[2]} tensor runs as a "
+                                f"{src[0]}x{src[1]} kernel > engine.max_kernel = {engine.max_kernel}: pool the map "
+                                f"first or raise max_kernel")
+    for what, v in (("input channels", cin), ("output channels", op.OC)):
         if v > engine.max_channels:
             raise LoweringError(f"{where}: {what} {v} > engine.max_channels = {engine.max_channels}")
     if op.opcode == PQ:
@@ -64,16 +74,9 @@ def _check_limits(nd: QNode, op: Op, engine: EngineConfig, graph: QGraph) -> Non
             raise LoweringError(f"{where}: codeword length d = {op.d} > engine.d_max = {engine.d_max}")
         if op.C % op.d:
             raise LoweringError(f"{where}: Cin = {op.C} is not a multiple of d = {op.d}")
-        if op.n < op.m:  # sparse: the PEs hold engine.n of every engine.m weights
-            if op.m != engine.m or op.n > engine.n:
-                raise LoweringError(f"{where}: {op.n}:{op.m} sparsity does not fit the engine's "
-                                    f"{engine.n}:{engine.m} processing elements")
-            if op.d % engine.m:
-                raise LoweringError(f"{where}: d = {op.d} is not a multiple of engine.m = {engine.m}")
-            keep = nd.keep.reshape(-1, engine.m)
-            if keep.sum(1).max(initial=0) > engine.n:
-                raise LoweringError(f"{where}: mask keeps more than engine.n = {engine.n} of every "
-                                    f"engine.m = {engine.m} weights")
+        # any N:M (and dense) codebook layer runs: the array takes each of its engine.m-lane groups in
+        # passes_of(op) passes of engine.n weights (flow.compile.layout; the validator recomputes them),
+        # so a model may mix 2:4 and 4:8 layers on one engine; denser masks only cost cycles
 
 
 def lut_entries(op: Op) -> int:

@@ -6,22 +6,28 @@ bundle stores); ``from_bytes`` is the exact inverse. This module imports
 neither torch nor the rest of the flow, so the host can use it on the board.
 
 Binary layout (little-endian, every array 4-byte aligned, offsets in bytes
-from the start of the blob):
+from the start of the blob). The header's one definition is ``host.program_image``
+(the board's bundle loader checks images with it, without the flow):
 
     word 0  magic 0x4C485156 ('VQHL')     word 1  FORMAT_VERSION
     word 2  n_ops                         word 3  DESC_WORDS
     word 4  total blob bytes              word 5  input bytes (H*W*C)
-    word 6  output bytes                  word 7  CRC32 (zlib.crc32) of every byte after the header
+    word 6  output bytes                  word 7  CRC32 (zlib.crc32) of every byte after word 7
+    words 8-9  in_scale (float64)         words 10-11  out_scale (float64)
+    word 12 io_flags (bit 0: input uint8, bit 1: output uint8; they equal ops[0].in_unsigned and
+            ops[-1].out_unsigned)         words 13-15 reserved (0)
     then n_ops descriptors of DESC_WORDS int32 each (field order: DESC_FIELDS)
     then parameter arrays at the offsets the descriptors name.
 
-``from_bytes`` verifies the checksum (a flipped bit in a descriptor or a LUT
-would otherwise run silently with wrong numbers), and so does the engine's load
-call, in its one burst pass over the image body (STATUS ERR_CRC).
+``from_bytes`` verifies the checksum (a flipped bit in a descriptor, a LUT or a
+scale would otherwise run silently with wrong numbers), and so does the engine's
+load call, in its one burst pass over the image (STATUS ERR_CRC).
 Version history: 1 = conv/pools; 2 = PQ op (fields v, K, lut_bits and arrays
 proto, lut appended at the end of the descriptor) and the checksum; 3 = 64-word
 descriptors carrying the fields ``flow.compile.layout.place`` derives for one
-EngineConfig (activation word layouts, tile counts, on-chip parameter addresses).
+EngineConfig (activation word layouts, tile counts, on-chip parameter addresses);
+4 = 16-word header carrying the input / output scales and signedness (a program.bin
+stands alone: the host quantizes inputs from it), checksummed with the body.
 
 Parameter arrays per op (absent ones have offset 0):
     weight   int8  [Cout][KH][KW][Cin]          dense layers (wfmt == DENSE)
@@ -61,10 +67,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MAGIC = 0x4C485156
-FORMAT_VERSION = 3
-HEADER_WORDS = 8
-DESC_WORDS = 64
+from host import program_image as _image
+from host.program_image import (  # noqa: F401  (re-exported: the format's one definition)
+    DESC_FIELDS, DESC_WORDS, FORMAT_VERSION, HEADER_WORDS, MAGIC, HeaderError, image_crc, seal,
+)
 
 # opcodes
 CONV, MAXPOOL, AVGPOOL, PQ = 1, 2, 3, 4
@@ -72,21 +78,8 @@ OPCODES = {"conv": CONV, "maxpool": MAXPOOL, "avgpool": AVGPOOL, "pq": PQ}
 # weight formats
 DENSE, CODEBOOK = 0, 1
 
-DESC_FIELDS = (
-    "opcode", "in_buf", "out_buf", "res_buf",          # res_buf -1: no residual
-    "H", "W", "C", "OH", "OW", "OC",
-    "KH", "KW", "stride", "pad",
-    "in_unsigned", "res_unsigned", "out_unsigned", "lo", "hi",
-    "wfmt", "n", "m", "d", "k",
-    "off_weight", "off_idx", "off_mask", "off_codebook",
-    "off_bias", "off_mult", "off_shift", "off_res_mult",
-    # format version 2 (PQ), appended so the fields above keep their words
-    "v", "K", "lut_bits", "off_proto", "off_lut",
-    # format version 3: fields the placement (flow.compile.layout.place) derives for one EngineConfig,
-    # so the engine needs no run-time divide: word layouts, tiling counts, on-chip addresses
-    "CW", "WB", "OCW", "OWB", "GR", "NG", "NPT", "NOT", "NSTEP", "passes", "dec", "vpc", "cpv",
-    "resident", "v_base", "cb_base", "w_base", "ch_base", "nsub", "lut_resident", "NVEC",
-)
+# DESC_WORDS and the descriptor's field order, DESC_FIELDS, are host.program_image's (the board reads
+# the first and last op's shapes from them)
 DERIVED_FIELDS = ("CW", "WB", "OCW", "OWB", "GR", "NG", "NPT", "NOT", "NSTEP", "passes", "dec", "vpc", "cpv",
                   "resident", "v_base", "cb_base", "w_base", "ch_base", "nsub", "lut_resident", "NVEC")
 PQ_FIELDS = ("v", "K", "lut_bits")   # descriptor fields only PQ ops use (0 elsewhere)
@@ -199,7 +192,9 @@ class Op:
 class Program:
     """Ops in execution order; input arrives in buffer ``ops[0].in_buf``, output leaves from ``ops[-1].out_buf``.
 
-    in_scale / out_scale: real value = scale * integer (metadata for the host; not in the blob header).
+    in_scale / out_scale: real value = scale * integer code; the image header carries them (format 4),
+    with the codes' signedness (``in_unsigned`` / ``out_unsigned``: the first op's input and the last
+    op's output flags).
     """
 
     ops: list[Op]
@@ -216,8 +211,21 @@ class Program:
     def output_bytes(self) -> int:
         return self.ops[-1].out_bytes
 
+    @property
+    def in_unsigned(self) -> bool:
+        """The input codes are uint8 (else int8): the first op reads its input so."""
+        return bool(self.ops[0].in_unsigned)
+
+    @property
+    def out_unsigned(self) -> bool:
+        """The output codes are uint8 (else int8): the last op writes them so."""
+        return bool(self.ops[-1].out_unsigned)
+
     def to_bytes(self) -> bytes:
-        """Pack into the engine's parameter image (see module docstring)."""
+        """Pack into the engine's parameter image (see module docstring). Raises ValueError for an
+        empty program or a scale that is not positive and finite."""
+        if not self.ops:
+            raise ValueError("an empty Program has no image: give it at least one op")
         head = HEADER_WORDS + len(self.ops) * DESC_WORDS
         descs = np.zeros((len(self.ops), DESC_WORDS), dtype=np.int32)
         chunks: list[bytes] = []
@@ -235,58 +243,87 @@ class Program:
                 chunks.append(raw)
                 pos += len(raw)
             descs[i, : len(DESC_FIELDS)] = [int(vals[f]) for f in DESC_FIELDS]
-        body = descs.astype("<i4").tobytes() + b"".join(chunks)
-        header = np.array(
-            [MAGIC, FORMAT_VERSION, len(self.ops), DESC_WORDS, pos, self.input_bytes, self.output_bytes, 0],
-            dtype="<i4",
-        )
-        header[7] = np.uint32(zlib.crc32(body)).view(np.int32)
-        return header.tobytes() + body
+        header = _image.pack_header(len(self.ops), DESC_WORDS, pos, self.input_bytes, self.output_bytes,
+                                    self.in_scale, self.out_scale, self.in_unsigned, self.out_unsigned)
+        return seal(header + descs.astype("<i4").tobytes() + b"".join(chunks))
 
     @classmethod
     def from_bytes(cls, blob: bytes, **meta) -> "Program":
-        """Inverse of ``to_bytes``; raises ProgramFormatError on a corrupted image."""
-        if len(blob) < HEADER_WORDS * 4:
-            raise ProgramFormatError("program image shorter than its header")
-        hdr = np.frombuffer(blob, dtype="<i4", count=HEADER_WORDS)
-        if int(hdr[0]) != MAGIC:
-            raise ProgramFormatError("bad magic: not a vqhls program image")
-        if int(hdr[1]) != FORMAT_VERSION:
-            raise ProgramFormatError(f"program format version {int(hdr[1])}, this kit reads {FORMAT_VERSION}")
-        n_ops, dw, total = int(hdr[2]), int(hdr[3]), int(hdr[4])
-        if dw != DESC_WORDS or total != len(blob):
-            raise ProgramFormatError(f"program image size {len(blob)} != header's {total} (truncated?)")
-        head = (HEADER_WORDS + max(n_ops, 0) * dw) * 4
+        """Inverse of ``to_bytes``; raises ProgramFormatError (one line) on a corrupted image.
+
+        Keyword arguments are Program fields: ``meta``; ``in_scale`` / ``out_scale`` / ``in_shape``, when
+        given, must agree with what the image says (they are read from it)."""
+        unknown = sorted(set(meta) - {"in_scale", "out_scale", "in_shape", "meta"})
+        if unknown:
+            raise TypeError(f"Program.from_bytes() got unexpected keyword arguments {unknown}")
+        blob = bytes(blob)
+        try:
+            hdr = _image.parse_header(blob)
+        except HeaderError as e:
+            from host import regmap
+
+            fix = ("re-export it with this kit (flow.compile.lower, Program.to_bytes())" if e.code == regmap.ERR_VERSION
+                   else "copy it again from its source, or rebuild it (Program.to_bytes())")
+            raise ProgramFormatError(f"program image {e}: {fix}") from None
+        n_ops, dw = hdr.n_ops, hdr.desc_words
+        if dw != DESC_WORDS:
+            raise ProgramFormatError(f"program image has {dw}-word descriptors, format {FORMAT_VERSION} has "
+                                     f"{DESC_WORDS}: corrupted image")
+        head = (HEADER_WORDS + n_ops * dw) * 4
         if n_ops < 1 or head > len(blob):
             raise ProgramFormatError(f"program image: {n_ops} ops do not fit a {len(blob)}-byte image")
-        crc = zlib.crc32(blob[HEADER_WORDS * 4:])
-        if int(hdr[7]) & 0xFFFFFFFF != crc:
-            raise ProgramFormatError(f"program image checksum mismatch: corrupted image "
-                                     f"(header says 0x{int(hdr[7]) & 0xFFFFFFFF:08x}, bytes give 0x{crc:08x})")
-        descs = np.frombuffer(blob, dtype="<i4", count=n_ops * dw, offset=HEADER_WORDS * 4).reshape(n_ops, dw)
-        ops = []
-        for row in descs:
-            vals = dict(zip(DESC_FIELDS, (int(v) for v in row)))
-            dims = ("H", "W", "C", "OH", "OW", "OC", "KH", "KW", "d", "k", "v", "K", "lut_bits")
-            if any(vals[f] < 0 for f in dims):  # a corrupted descriptor: negative counts would read garbage
-                raise ProgramFormatError(f"op {len(ops)}: negative dimension in descriptor")
-            op = Op(**{f: v for f, v in vals.items() if not f.startswith("off_")})
-            shapes = _array_shapes(op)
-            for key, shape in shapes.items():
-                off = vals["off_" + key]
-                if off == 0:
-                    continue
-                count = math.prod(shape)  # Python ints: a corrupted huge shape cannot wrap around
-                dt = np.dtype(_ARRAYS[key]).newbyteorder("<")
-                if off < head or off % 4 or off + count * dt.itemsize > len(blob):
-                    raise ProgramFormatError(f"op {len(ops)}: {key} at offset {off} lies outside the parameter area")
-                op.arrays[key] = np.frombuffer(blob, dtype=dt, count=count, offset=off).reshape(shape).astype(_ARRAYS[key])
-            ops.append(op)
-        return cls(ops=ops, **meta)
+        ops = decode_ops(blob, n_ops)
+        first, last = ops[0], ops[-1]
+        for what, word, want in (("input", hdr.input_bytes, first.in_bytes), ("output", hdr.output_bytes,
+                                                                               last.out_bytes)):
+            if word != want:
+                raise ProgramFormatError(f"program image header says {word} {what} bytes, the "
+                                         f"{'first' if what == 'input' else 'last'} op {want}: corrupted image")
+        for what, flag, want in (("input", hdr.in_unsigned, first.in_unsigned),
+                                 ("output", hdr.out_unsigned, last.out_unsigned)):
+            if flag != bool(want):
+                raise ProgramFormatError(f"program image header says the {what} is "
+                                         f"{'unsigned' if flag else 'signed'}, the {'first' if what == 'input' else 'last'} "
+                                         f"op {'unsigned' if want else 'signed'}: corrupted image")
+        read = {"in_scale": hdr.in_scale, "out_scale": hdr.out_scale, "in_shape": (first.H, first.W, first.C)}
+        for key, value in read.items():
+            if key in meta:
+                given = meta.pop(key)
+                given = tuple(int(s) for s in given) if key == "in_shape" else float(given)
+                if given != value:
+                    raise ProgramFormatError(f"program image {key} is {value}, the caller says {given}: pass the "
+                                             f"image's own (Program.from_bytes reads it)")
+        return cls(ops=ops, **read, meta=dict(meta.get("meta") or {}))
 
     def config_hash(self) -> int:
         """CRC32 of the packed image: identifies a loaded program."""
         return zlib.crc32(self.to_bytes())
+
+
+def decode_ops(blob: bytes, n_ops: int) -> list[Op]:
+    """The ``n_ops`` ops of an image whose header was checked: descriptors and the arrays they name.
+    Raises ProgramFormatError for a negative count or an array outside the parameter area."""
+    head = (HEADER_WORDS + n_ops * DESC_WORDS) * 4
+    descs = np.frombuffer(blob, dtype="<i4", count=n_ops * DESC_WORDS, offset=HEADER_WORDS * 4)
+    ops = []
+    for row in descs.reshape(n_ops, DESC_WORDS):
+        vals = dict(zip(DESC_FIELDS, (int(v) for v in row)))
+        dims = ("H", "W", "C", "OH", "OW", "OC", "KH", "KW", "d", "k", "v", "K", "lut_bits")
+        if any(vals[f] < 0 for f in dims):  # a corrupted descriptor: negative counts would read garbage
+            raise ProgramFormatError(f"program image op {len(ops)}: negative dimension in descriptor")
+        op = Op(**{f: v for f, v in vals.items() if not f.startswith("off_")})
+        for key, shape in _array_shapes(op).items():
+            off = vals["off_" + key]
+            if off == 0:
+                continue
+            count = math.prod(shape)  # Python ints: a corrupted huge shape cannot wrap around
+            dt = np.dtype(_ARRAYS[key]).newbyteorder("<")
+            if off < head or off % 4 or off + count * dt.itemsize > len(blob):
+                raise ProgramFormatError(f"program image op {len(ops)}: {key} at offset {off} lies outside "
+                                         "the parameter area")
+            op.arrays[key] = np.frombuffer(blob, dtype=dt, count=count, offset=off).reshape(shape).astype(_ARRAYS[key])
+        ops.append(op)
+    return ops
 
 
 def _array_shapes(op: Op) -> dict[str, tuple[int, ...]]:
@@ -305,6 +342,14 @@ def _array_shapes(op: Op) -> dict[str, tuple[int, ...]]:
         "proto": (subspaces, op.K, op.v),
         "lut": (subspaces, op.K, op.OC),
     }
+
+
+def reads_flattened(op: Op, held: tuple[int, int, int]) -> bool:
+    """True when ``op`` is a Linear (a 1x1 conv on 1x1xC) reading a buffer that holds a ``held`` = (H, W, C')
+    tensor as its flat NHWC vector (H*W*C' == C): the one reinterpretation of a buffer the engine runs
+    (flow.compile.layout places it as an HxW-kernel conv on that tensor)."""
+    return (op.opcode == CONV and op.H == op.W == op.KH == op.KW == 1 and op.pad == 0
+            and held[0] * held[1] * held[2] == op.C)
 
 
 def proto_values(op: Op, proto: np.ndarray | None = None) -> np.ndarray:

@@ -17,7 +17,7 @@ Rules, in the order they are checked (the first failure is raised):
 
 program (op None)
     ERR_HEADER  1 <= len(ops) <= engine.max_ops; packed image <= engine.param_bytes
-per op, in program order
+per op, in program order (each op's rules, then what it reads, before the next op)
     ERR_OPCODE  opcode is conv / maxpool / avgpool / pq; pq needs engine.pq
     ERR_BUFFER  0 <= in_buf, out_buf < num_bufs; out_buf != in_buf; res_buf is -1, or (conv / pq only)
                 in 0..num_bufs-1 and != out_buf
@@ -43,44 +43,60 @@ per op, in program order
     other wfmt: ERR_OPCODE
     ERR_OFFSET  mult, shift [OC] int32; bias [OC] when present; res_mult [OC] with a residual
     ERR_PARAM   every shift in 1..31
+    ERR_PARAM   the int32 accumulator cannot overflow for any input (acc_range: bias + the weights times
+                the input extremes; bias + the extreme LUT entries; an avgpool's window times them)
     any array:  ERR_OFFSET when present with another element count than the descriptor gives;
                 ERR_PARAM when its values do not fit the stored dtype (they would wrap in to_bytes)
+    ERR_BUFFER  dataflow: in_buf holds the program's input or an earlier op's output, as an [H, W, C]
+                tensor (a Linear may read an [h, w, c] one with h*w*c == C as its flat vector:
+                program.reads_flattened); res_buf holds an earlier op's [OH, OW, OC] output
 placement (after every op passed)
     ERR_LIMIT   channel parameters of all ops fit engine.ch_rows (op None); one op's weights fit
                 vmem_entries / cb_rows / dmem_words; anything else flow.compile.layout.place refuses
     ERR_PARAM   every derived descriptor field (program.DERIVED_FIELDS) equals what
                 ``flow.compile.layout.place(program, engine)`` computes
-image (validate_image)
+image (validate_image; the header is host.program_image's)
     ERR_MAGIC, ERR_VERSION, ERR_HEADER (descriptor words, n_ops, image size vs the header, the engine's
-    param_bytes, alignment, truncation), the checksum (regmap.ERR_CRC,
-    else ERR_HEADER); then op by op the descriptor's own rules above (before its arrays are read, as
-    validate_op ran), ERR_SHAPE / ERR_LIMIT / ERR_PARAM for a negative count the format cannot hold,
-    ERR_OFFSET for an array outside the parameter area; then ``validate``; then ERR_IO (header input /
-    output bytes vs the first / last op).
+    param_bytes, alignment, truncation), the checksum (regmap.ERR_CRC), ERR_HEADER for a scale that is
+    not positive and finite or a reserved header word that is not 0; then op by op the descriptor's own
+    rules above (before its arrays are read, as validate_op ran), ERR_SHAPE / ERR_LIMIT / ERR_PARAM for
+    a negative count the format cannot hold, ERR_OFFSET for an array outside the parameter area; then
+    ``validate``; then ERR_IO (header input / output bytes and io_flags vs the first / last op).
 
 Order: the first failing op in program order is reported, with all of its rules (descriptor, arrays,
 values) checked before the next op; the engine used to report every op's descriptor errors before any
 value error it found while running.
 
-Not checked (as before, the hardware never did): buffer dataflow (that an op reads a buffer holding a
-tensor of its input's size and signedness), accumulator overflow (flow.compile.lower bounds it).
+Not checked: the signedness an op reads a buffer with (the golden executor and the engine both read
+the bytes with the reader's own flag).
+
+One definition of the rules: ``check_program(program)`` applies the rules above that hold for any
+engine (all but the engine-only ones listed next) and ``flow.quant.program_exec.run_program`` calls it
+first, so the golden executor refuses exactly what it would be unable to run, with the same message;
+``validate`` applies the same functions with the engine's limits. Engine-only rules: ERR_OPCODE for PQ
+without a lookup unit; buffer indices below num_bufs and res_buf != in_buf; dimensions up to
+act_buf_bytes and the banked buffer fit; max_channels, max_kernel, max_stride, pq_v_max, pq_k_max,
+pq_subspaces_max, d_max, k_max, d and lanes; the layout rule; the header's max_ops / param_bytes; placement.
 """
 from __future__ import annotations
 
 import math
-import zlib
 
 import numpy as np
 
 from flow.compile import layout
 from flow.compile.engine import EngineConfig
+from flow.quant import ops as K
 from flow.compile.program import (
     _ARRAYS, AVGPOOL, CODEBOOK, CONV, DENSE, DERIVED_FIELDS, DESC_FIELDS, DESC_WORDS, FORMAT_VERSION,
-    HEADER_WORDS, MAGIC, MAXPOOL, PQ, Op, Program, ProgramFormatError, _array_shapes,
+    HEADER_WORDS, MAGIC, MAXPOOL, PQ, Op, Program, ProgramFormatError, _array_shapes, decode_ops,
+    reads_flattened,
 )
+from host import program_image as _image
 from host import regmap
+from host.program_image import CRC_WORD, HeaderError, image_crc
 
-__all__ = ["ProgramError", "validate", "validate_image", "image_bytes"]
+__all__ = ["ProgramError", "validate", "validate_image", "check_program", "image_bytes", "prepare"]
 
 LOWER = "lower it for this engine with flow.compile.lower(qgraph, engine)"
 REBUILD = f"the Program is inconsistent (hand-edited or corrupted); {LOWER}"
@@ -187,6 +203,49 @@ def _check_shift(E: _Where, shift: np.ndarray) -> None:
                 f"{LOWER}")
 
 
+ACC_MIN, ACC_MAX = -(1 << 31), (1 << 31) - 1   # the accumulators are int32 (EngineConfig.acc_bits is 32)
+
+
+def acc_range(op: Op, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) accumulator value per output channel over every possible input (int64 [OC]):
+    bias + the weights times the input extremes (0..255 or -128..127; padding zeros lie inside), for a PQ
+    op bias + the smallest / largest LUT entry of every subspace, for an average pool the window times
+    the extremes. Exact for conv and pools, a bound for PQ (not every prototype need be reachable)."""
+    xlo, xhi = (0, 255) if op.in_unsigned else (-128, 127)
+    if bias is None:
+        bias = op.arrays.get("bias")
+    b = np.zeros(max(op.OC, 1), np.int64) if bias is None or np.asarray(bias).size == 0 else \
+        np.asarray(bias, np.int64).reshape(-1)
+    if op.opcode == PQ:
+        nsub = op.KH * op.KW * op.C // op.v
+        lut = np.asarray(op.arrays["lut"], np.int64).reshape(nsub, op.K, op.OC)
+        return b + lut.min(axis=1).sum(axis=0), b + lut.max(axis=1).sum(axis=0)
+    if op.opcode == CONV:
+        if op.wfmt == DENSE:
+            w = np.asarray(op.arrays["weight"], np.int64).reshape(op.OC, -1)
+        else:
+            nvec = op.C // op.d
+            idx = np.asarray(op.arrays["idx"]).reshape(op.OC, op.KH, op.KW, nvec)
+            keep = K.mask_bits_to_keep(np.asarray(op.arrays["mask"]).reshape(op.OC, op.KH, op.KW, nvec), op.d)
+            w = K.decode_codebook(idx, keep, np.asarray(op.arrays["codebook"]).reshape(op.k, op.d)).reshape(op.OC, -1)
+        pos = w > 0
+        return (b + np.where(pos, w * xlo, w * xhi).sum(axis=1), b + np.where(pos, w * xhi, w * xlo).sum(axis=1))
+    n = min(op.KH * op.KW, 1 << 40)
+    return np.full(1, n * xlo, np.int64), np.full(1, n * xhi, np.int64)
+
+
+def _check_accumulator(E: _Where, op: Op, bias: np.ndarray | None) -> None:
+    """ERR_PARAM unless the int32 accumulator cannot overflow for any input (``acc_range``): the golden
+    model sums in int64, the engine in int32, so beyond it the two would differ. flow.compile.lower keeps
+    the stricter |acc| <= sum|w| * max|x| + |bias| (flow.quant.ops.acc_bound), which implies this."""
+    lo, hi = acc_range(op, bias)
+    for c, v in ((int(hi.argmax()), int(hi.max(initial=0))), (int(lo.argmin()), int(lo.min(initial=0)))):
+        if not ACC_MIN <= v <= ACC_MAX:
+            raise E(regmap.ERR_PARAM, f"the int32 accumulator of channel {c} can reach {v} for some input (bias "
+                    "plus the weights times the input extremes)", "accumulator", v, f"{ACC_MIN}..{ACC_MAX}",
+                    f"requantize the layer with smaller weights / bias, then {LOWER}")
+
+
 def _check_tensors(E: _Where, op: Op, engine: EngineConfig) -> None:
     """ERR_BUF_SIZE: each tensor fits one activation buffer, as bytes and in the banked word layout."""
     BUF = engine.act_buf_bytes
@@ -203,25 +262,27 @@ def _check_tensors(E: _Where, op: Op, engine: EngineConfig) -> None:
                     f"bank_words={words}", fix)
 
 
-def _check_op(i: int, op: Op, engine: EngineConfig) -> None:
+def _check_op(i: int, op: Op, engine: EngineConfig | None) -> None:
+    """One op's rules. ``engine`` None: only the rules of the format and of the golden executor
+    (``check_program``), none of an engine's limits."""
     E = _Where(i, op)
     pq = op.opcode == PQ
     conv = op.opcode in (CONV, PQ)   # conv-shaped ops: kernel, residual, channel parameters
     if op.opcode not in _OPNAMES:
         raise E(regmap.ERR_OPCODE, "unknown opcode", "opcode", op.opcode,
                 "one of " + ", ".join(f"{v}={k}" for k, v in _OPNAMES.items()), REBUILD)
-    if pq and not engine.pq:
+    if pq and engine is not None and not engine.pq:
         raise E(regmap.ERR_OPCODE, "a PQ op, but this engine has no lookup unit", "opcode", op.opcode,
                 "EngineConfig.pq=False", "build the engine with EngineConfig(pq=True), or compress the layer "
                 f"without PQ and {LOWER}")
 
     # ---- buffers
-    NB = engine.num_bufs
-    buf_fix = f"{LOWER} (it allocates buffers within EngineConfig.num_bufs = {NB})"
+    NB = engine.num_bufs if engine is not None else None
+    buf_fix = LOWER if NB is None else f"{LOWER} (it allocates buffers within EngineConfig.num_bufs = {NB})"
     for f in ("in_buf", "out_buf"):
-        if not 0 <= getattr(op, f) < NB:
+        if not 0 <= getattr(op, f) < (NB or 1 << 31):
             raise E(regmap.ERR_BUFFER, "activation buffer index out of range", f, getattr(op, f),
-                    f"0..{NB - 1} (num_bufs={NB})", buf_fix)
+                    ">= 0" if NB is None else f"0..{NB - 1} (num_bufs={NB})", buf_fix)
     if op.out_buf == op.in_buf:
         raise E(regmap.ERR_BUFFER, "the op writes the buffer it reads", "out_buf", op.out_buf,
                 f"!= in_buf={op.in_buf}", buf_fix)
@@ -229,26 +290,27 @@ def _check_op(i: int, op: Op, engine: EngineConfig) -> None:
         if not conv:
             raise E(regmap.ERR_BUFFER, f"a residual input on a pooling op ({_OPNAMES[op.opcode]}: only conv "
                     "and pq add one)", "res_buf", op.res_buf, "-1", REBUILD)
-        if not 0 <= op.res_buf < NB:
+        if not 0 <= op.res_buf < (NB or 1 << 31):
             raise E(regmap.ERR_BUFFER, "residual buffer index out of range", "res_buf", op.res_buf,
-                    f"-1 or 0..{NB - 1} (num_bufs={NB})", buf_fix)
+                    "-1 or >= 0" if NB is None else f"-1 or 0..{NB - 1} (num_bufs={NB})", buf_fix)
         if op.res_buf == op.out_buf:
             raise E(regmap.ERR_BUFFER, "the op writes the buffer its residual comes from", "res_buf",
                     op.res_buf, f"!= out_buf={op.out_buf}", buf_fix)
-        if op.res_buf == op.in_buf:   # the drain's residual read and the array's read share no port
+        if op.res_buf == op.in_buf and engine is not None:   # the drain's and the array's reads share no port
             raise E(regmap.ERR_BUFFER, "the residual comes from the buffer the op reads", "res_buf",
                     op.res_buf, f"!= in_buf={op.in_buf}", buf_fix)
 
     # ---- shape
-    BUF = engine.act_buf_bytes
+    BUF = engine.act_buf_bytes if engine is not None else None
     for f in ("H", "W", "C", "OH", "OW", "OC", "KH", "KW", "stride", "pad"):
         lo = 0 if f == "pad" else 1
-        if not lo <= getattr(op, f) <= BUF:
+        if not lo <= getattr(op, f) <= (BUF or 1 << 31):
             raise E(regmap.ERR_SHAPE, "descriptor dimension out of range", f, getattr(op, f),
-                    f"{lo}..{BUF} (act_buf_bytes)", REBUILD)
-    _check_tensors(E, op, engine)
+                    f">= {lo}" if BUF is None else f"{lo}..{BUF} (act_buf_bytes)", REBUILD)
+    if engine is not None:
+        _check_tensors(E, op, engine)
     for f in ("C", "OC"):
-        if getattr(op, f) > engine.max_channels:
+        if engine is not None and getattr(op, f) > engine.max_channels:
             raise E(regmap.ERR_LIMIT, f"{'input' if f == 'C' else 'output'} channels beyond the engine's limit",
                     f, getattr(op, f), f"max_channels={engine.max_channels}", _raise_limit("max_channels", engine))
     eh, ew = op.H + 2 * op.pad, op.W + 2 * op.pad
@@ -277,29 +339,31 @@ def _check_op(i: int, op: Op, engine: EngineConfig) -> None:
         if op.opcode == AVGPOOL:
             _array(E, op, "mult", op.C, "[C] int32")
             _check_shift(E, _array(E, op, "shift", op.C, "[C] int32"))
+            _check_accumulator(E, op, None)
         return
 
     # ---- conv-shaped ops
     for f in ("KH", "KW"):
-        if getattr(op, f) > engine.max_kernel:
+        if engine is not None and getattr(op, f) > engine.max_kernel:
             raise E(regmap.ERR_LIMIT, "kernel beyond the engine's limit", f, getattr(op, f),
                     f"max_kernel={engine.max_kernel}", _raise_limit("max_kernel", engine))
-    if op.opcode == CONV and op.stride > engine.max_stride:
+    if op.opcode == CONV and engine is not None and op.stride > engine.max_stride:
         raise E(regmap.ERR_LIMIT, "stride beyond what the banked activation buffers serve at II=1", "stride",
                 op.stride, f"max_stride={engine.max_stride}", _raise_limit("max_stride", engine))
     taps = op.OC * op.KH * op.KW
     if pq:
         D = op.KH * op.KW * op.C
         for f, lim in (("v", "pq_v_max"), ("K", "pq_k_max")):
-            if not 1 <= getattr(op, f) <= getattr(engine, lim):
+            top = getattr(engine, lim) if engine is not None else 1 << 31
+            if not 1 <= getattr(op, f) <= top:
                 raise E(regmap.ERR_LIMIT, f"PQ {'subvector length' if f == 'v' else 'prototypes per subspace'} "
-                        "beyond the engine's limit", f, getattr(op, f), f"1..{getattr(engine, lim)} ({lim})",
-                        _raise_limit(lim, engine))
+                        "beyond the engine's limit", f, getattr(op, f), ">= 1" if engine is None else
+                        f"1..{top} ({lim})", REBUILD if engine is None else _raise_limit(lim, engine))
         if D % op.v:
             raise E(regmap.ERR_LIMIT, f"PQ subvector length does not divide the patch KH*KW*C = {D}", "v", op.v,
                     f"a divisor of {D}", REBUILD)
         nsub = D // op.v
-        if nsub > engine.pq_subspaces_max:
+        if engine is not None and nsub > engine.pq_subspaces_max:
             raise E(regmap.ERR_LIMIT, "PQ subspaces KH*KW*C/v beyond the engine's limit", "KH*KW*C/v", nsub,
                     f"pq_subspaces_max={engine.pq_subspaces_max}", _raise_limit("pq_subspaces_max", engine))
         if op.lut_bits not in (8, 16):
@@ -316,16 +380,16 @@ def _check_op(i: int, op: Op, engine: EngineConfig) -> None:
     elif op.wfmt == DENSE:
         _array(E, op, "weight", taps * op.C, "[OC][KH][KW][C] int8")
     elif op.wfmt == CODEBOOK:
-        if not 1 <= op.d <= engine.d_max:
-            raise E(regmap.ERR_LIMIT, "codeword length beyond the engine's limit", "d", op.d,
-                    f"1..{engine.d_max} (d_max)", _raise_limit("d_max", engine))
-        if not 1 <= op.k <= engine.k_max:
-            raise E(regmap.ERR_LIMIT, "codebook size beyond the engine's limit", "k", op.k,
-                    f"1..{engine.k_max} (k_max)", _raise_limit("k_max", engine))
+        for f, lim, what in (("d", "d_max", "codeword length"), ("k", "k_max", "codebook size")):
+            top = getattr(engine, lim) if engine is not None else 1 << 31
+            if not 1 <= getattr(op, f) <= top:
+                raise E(regmap.ERR_LIMIT, f"{what} beyond the engine's limit", f, getattr(op, f),
+                        ">= 1" if engine is None else f"1..{top} ({lim})",
+                        REBUILD if engine is None else _raise_limit(lim, engine))
         if op.C % op.d:
             raise E(regmap.ERR_LIMIT, f"codeword length does not divide the input channels C = {op.C}", "d", op.d,
                     f"a divisor of {op.C}", REBUILD)
-        if op.d % engine.lanes and engine.lanes % op.d:
+        if engine is not None and op.d % engine.lanes and engine.lanes % op.d:
             raise E(regmap.ERR_LIMIT, f"codeword length and engine.lanes = {engine.lanes}: one must divide the "
                     "other", "d", op.d, f"a divisor or multiple of lanes={engine.lanes}",
                     f"compress the layer with such a d, then {LOWER}")
@@ -349,15 +413,64 @@ def _check_op(i: int, op: Op, engine: EngineConfig) -> None:
     else:
         raise E(regmap.ERR_OPCODE, "unknown weight format", "wfmt", op.wfmt, f"{DENSE} (dense) or {CODEBOOK} "
                 "(codebook)", REBUILD)
-    _array(E, op, "bias", op.OC, "[OC] int32", required=False)
+    bias = _array(E, op, "bias", op.OC, "[OC] int32", required=False)
     _array(E, op, "mult", op.OC, "[OC] int32")
     _check_shift(E, _array(E, op, "shift", op.OC, "[OC] int32"))
     if op.res_buf >= 0:
         _array(E, op, "res_mult", op.OC, "[OC] int32")
+    _check_accumulator(E, op, bias)
+    if engine is None:
+        return
     try:   # anything else the placement's per-op layout rule refuses
         layout.check_layout(op, engine, E.where)
     except layout.PlacementError as e:
         raise ProgramError(regmap.ERR_LIMIT, i, f"{e}: {LOWER}") from None
+
+
+def _check_reads(i: int, op: Op, held: dict[int, tuple[int, int, int]]) -> None:
+    """ERR_BUFFER: the op reads what an earlier op wrote (or the program's input), as the tensor that is
+    there: input [H, W, C] (or, for a Linear, its flat vector), residual [OH, OW, OC]. ``held``: buffer ->
+    the (H, W, C) it holds so far; updated with the op's output."""
+    E = _Where(i, op)
+    src = held.get(op.in_buf)
+    if src is None:
+        raise E(regmap.ERR_BUFFER, f"reads buffer {op.in_buf}, which nothing wrote before it (the program's "
+                f"input is in buffer {next(iter(held))})", "in_buf", op.in_buf,
+                "a buffer an earlier op wrote", REBUILD, "expected")
+    if src != (op.H, op.W, op.C) and not reads_flattened(op, src):
+        raise E(regmap.ERR_BUFFER, f"reads buffer {op.in_buf} as {op.H}x{op.W}x{op.C}, which holds a "
+                f"{src[0]}x{src[1]}x{src[2]} tensor (only a Linear may flatten one)", "in_buf", op.in_buf,
+                f"a buffer holding {op.H}x{op.W}x{op.C}", REBUILD, "expected")
+    if op.res_buf >= 0:
+        r = held.get(op.res_buf)
+        if r is None:
+            raise E(regmap.ERR_BUFFER, f"reads its residual from buffer {op.res_buf}, which nothing wrote before "
+                    "it", "res_buf", op.res_buf, "a buffer an earlier op wrote", REBUILD, "expected")
+        if r != (op.OH, op.OW, op.OC):
+            raise E(regmap.ERR_BUFFER, f"reads its residual from buffer {op.res_buf}, which holds a "
+                    f"{r[0]}x{r[1]}x{r[2]} tensor, not the {op.OH}x{op.OW}x{op.OC} output", "res_buf", op.res_buf,
+                    f"a buffer holding {op.OH}x{op.OW}x{op.OC}", REBUILD, "expected")
+    held[op.out_buf] = (op.OH, op.OW, op.OC)
+
+
+def _check_ops(program: Program, engine: EngineConfig | None) -> None:
+    """Every op's own rules and what it reads, op by op in program order."""
+    first = program.ops[0]
+    held = {first.in_buf: (first.H, first.W, first.C)}
+    for i, op in enumerate(program.ops):
+        _check_op(i, op, engine)
+        _check_reads(i, op, held)
+
+
+def check_program(program: Program) -> None:
+    """Raise :class:`ProgramError` unless ``program`` is well formed for any engine: the rules above
+    without an engine's limits (its buffer count, sizes, kernel, k, d, ...) and without placement.
+    The golden executor (flow.quant.program_exec.run_program) runs exactly the programs this accepts;
+    ``validate`` applies the same rules (and the engine's) in the same order."""
+    if not program.ops:
+        raise _err(regmap.ERR_HEADER, "program", None, "a program without ops", "n_ops", 0, ">= 1",
+                   "give the program at least one op")
+    _check_ops(program, None)
 
 
 # ---------------------------------------------------------------------------
@@ -414,8 +527,7 @@ def validate(program: Program, engine: EngineConfig) -> None:
         raise _err(regmap.ERR_HEADER, "program", None, "parameter image larger than the engine's DDR region",
                    "image bytes", size, f"param_bytes={engine.param_bytes}",
                    f"raise EngineConfig.param_bytes (now {engine.param_bytes}) or compress the model further")
-    for i, op in enumerate(program.ops):
-        _check_op(i, op, engine)
+    _check_ops(program, engine)
     _check_placement(program, engine)
 
 
@@ -425,9 +537,12 @@ _COUNT_CODES = {**{f: regmap.ERR_SHAPE for f in ("H", "W", "C", "OH", "OW", "OC"
 
 
 def validate_image(image: bytes, engine: EngineConfig) -> Program:
-    """Check a packed Program image (``Program.to_bytes()``) for ``engine``; return the Program it holds."""
+    """Check a packed Program image (``Program.to_bytes()``) for ``engine``; return the Program it holds
+    (scales and signedness from its header). The header rules are host.program_image's, checked in the
+    engine's order."""
     blob = bytes(image)
     size = len(blob)
+    W = _image.WORD
 
     def hdr_err(code: int, what: str, field: str | None = None, value=None, limit=None, fix: str = REBUILD,
                 label: str = "limit"):
@@ -437,16 +552,17 @@ def validate_image(image: bytes, engine: EngineConfig) -> Program:
         raise hdr_err(regmap.ERR_MAGIC, "bad magic: not a vqhls program image", "word 0",
                       f"0x{int.from_bytes(blob[:4], 'little'):08x}", f"0x{MAGIC:08x}",
                       "pass the bytes of Program.to_bytes() (or a .bin the deploy bundle stores)", "expected")
+    if size >= 8 and int.from_bytes(blob[4:8], "little") != FORMAT_VERSION:
+        version = int.from_bytes(blob[4:8], "little")
+        raise hdr_err(regmap.ERR_VERSION, "program format version not supported", "version", version,
+                      FORMAT_VERSION, f"re-export it with this kit (format {FORMAT_VERSION}) via "
+                      "flow.compile.lower(qgraph, engine)", "expected")
     if size < HEADER_WORDS * 4:
         raise hdr_err(regmap.ERR_HEADER, "shorter than its header", "image bytes", size, f">= {HEADER_WORDS * 4}",
                       "copy the whole image (Program.to_bytes())")
-    hdr = [int(w) for w in np.frombuffer(blob, dtype="<i4", count=HEADER_WORDS)]
-    if hdr[1] != FORMAT_VERSION:
-        raise hdr_err(regmap.ERR_VERSION, "program format version not supported", "version", hdr[1],
-                      FORMAT_VERSION, f"re-export it with this kit (format {FORMAT_VERSION}) via "
-                      "flow.compile.lower(qgraph, engine)", "expected")
-    n_ops, dw, total = hdr[2], hdr[3], hdr[4]
-    head = (HEADER_WORDS + max(n_ops, 0) * DESC_WORDS) * 4
+    hdr = _image.header_words(blob)     # unsigned, as the engine reads them
+    n_ops, dw, total = hdr[W["n_ops"]], hdr[W["desc_words"]], hdr[W["total_bytes"]]
+    head = (HEADER_WORDS + n_ops * DESC_WORDS) * 4
     if dw != DESC_WORDS:
         raise hdr_err(regmap.ERR_HEADER, "descriptor size differs from the format's", "desc_words", dw, DESC_WORDS,
                       REBUILD, "expected")
@@ -465,11 +581,15 @@ def validate_image(image: bytes, engine: EngineConfig) -> Program:
         raise hdr_err(regmap.ERR_HEADER, f"image is {size} bytes, its header says {total} "
                       f"({'truncated' if size < total else 'trailing bytes'})", "total bytes", total, size,
                       "copy the whole image (Program.to_bytes())", "image has")
-    crc = zlib.crc32(blob[HEADER_WORDS * 4:])
-    if hdr[7] & 0xFFFFFFFF != crc:
-        raise hdr_err(ERR_CRC, "checksum mismatch: the image is corrupted", "word 7", f"0x{hdr[7] & 0xFFFFFFFF:08x}",
-                      f"0x{crc:08x} (crc32 of the bytes after the header)", "copy the image again from its source",
-                      "expected")
+    crc = image_crc(blob)
+    if hdr[CRC_WORD] != crc:
+        raise hdr_err(ERR_CRC, "checksum mismatch: the image is corrupted", f"word {CRC_WORD}",
+                      f"0x{hdr[CRC_WORD]:08x}", f"0x{crc:08x} (crc32 of the bytes after word {CRC_WORD})",
+                      "copy the image again from its source", "expected")
+    try:
+        in_scale, out_scale, _, _ = _image.check_io_words(hdr, flags=False)
+    except HeaderError as e:
+        raise hdr_err(e.code, str(e)) from None
     descs = np.frombuffer(blob, dtype="<i4", count=n_ops * DESC_WORDS, offset=HEADER_WORDS * 4)
     for i, row in enumerate(descs.reshape(n_ops, DESC_WORDS)):
         vals = dict(zip(DESC_FIELDS, (int(v) for v in row)))
@@ -490,16 +610,22 @@ def validate_image(image: bytes, engine: EngineConfig) -> Program:
                 raise E(regmap.ERR_OFFSET, f"parameter array '{key}' ({nbytes} bytes) lies outside the parameter "
                         f"area {head}..{total}", f"off_{key}", off, f"4-aligned, {head}..{total - nbytes}", REBUILD)
     try:
-        program = Program.from_bytes(blob)
-    except ProgramFormatError as e:   # pragma: no cover - the checks above cover from_bytes's
+        ops = decode_ops(blob, n_ops)
+    except ProgramFormatError as e:   # pragma: no cover - the checks above cover decode_ops's
         raise hdr_err(regmap.ERR_HEADER, str(e)) from None
-    first = program.ops[0]
-    program.in_shape = (first.H, first.W, first.C)
+    first, last = ops[0], ops[-1]
+    program = Program(ops=ops, in_scale=in_scale, out_scale=out_scale, in_shape=(first.H, first.W, first.C))
     validate(program, engine)
-    for word, field, want in ((5, "input bytes", program.input_bytes), (6, "output bytes", program.output_bytes)):
+    for word, field, want in ((W["input_bytes"], "input bytes", program.input_bytes),
+                              (W["output_bytes"], "output bytes", program.output_bytes)):
         if hdr[word] != want:
-            raise hdr_err(regmap.ERR_IO, f"header {field} disagree with the {'first' if word == 5 else 'last'} op",
-                          f"word {word}", hdr[word], want, REBUILD, "expected")
+            raise hdr_err(regmap.ERR_IO, f"header {field} disagree with the {'first' if field[0] == 'i' else 'last'} "
+                          "op", f"word {word}", hdr[word], want, REBUILD, "expected")
+    flags = (_image.IO_IN_UNSIGNED if first.in_unsigned else 0) | (_image.IO_OUT_UNSIGNED if last.out_unsigned else 0)
+    if hdr[W["io_flags"]] != flags:
+        raise hdr_err(regmap.ERR_IO, "header io_flags (input / output signedness) disagree with the first op's "
+                      "in_unsigned and the last op's out_unsigned", f"word {W['io_flags']}",
+                      f"0x{hdr[W['io_flags']]:x}", f"0x{flags:x}", REBUILD, "expected")
     return program
 
 

@@ -37,10 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--v", type=int, default=9, help="pq: subvector length (default 9)")
     ap.add_argument("--K", type=int, default=16, help="pq: prototypes per subspace (default 16)")
     ap.add_argument("--lut-bits", type=int, default=8, help="pq: LUT bits, 8 or 16 (default 8)")
-    ap.add_argument("--bits", type=int, default=4, help="vecq: weight bits 2..8 (default 4)")
+    ap.add_argument("--bits", type=int, default=4, help="vecq: weight bits, 1..7 paper scheme, 2..8 sweep (default 4)")
+    ap.add_argument("--vecq-scheme", default="paper", choices=("paper", "sweep"),
+                    help="vecq: paper (half-integer levels, lambda*std step, least-squares scale; default) or "
+                         "sweep (symmetric levels, exact vector-loss step)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip", nargs="*", default=["first", "last"],
-                    help="layers kept dense: 'first', 'last' and/or module names (default: first last)")
+    ap.add_argument("--skip", nargs="*", default=None,
+                    help="layers kept dense: 'first', 'last' and/or module names (default: first last; none "
+                         "for vecq's paper scheme, which quantizes every layer)")
     ap.add_argument("--clip-k", action="store_true", help="use min(k, vectors) per layer instead of failing")
     ap.add_argument("--float-codebooks", action="store_true", help="keep float32 codebooks (default: int8)")
     ap.add_argument("--train-epochs", type=int, default=None, help="epochs for the float model (default: zoo's)")
@@ -94,9 +98,10 @@ def run(a: argparse.Namespace) -> int:
 
     from models import data as datasets, zoo
 
-    from .api import compress, compression_report, plan, recalibrate_bn_
+    from .api import DEFAULT_SKIP, compress, compression_report, plan, recalibrate_bn_
     from .finetune import finetune
 
+    skip = DEFAULT_SKIP if a.skip is None else a.skip
     zoo.default_dataset(a.model)  # unknown model -> UnknownModelError (a ValueError) before any work
     data_name = a.data or zoo.default_dataset(a.model)
     for opt in ("train_epochs", "train_limit", "finetune_epochs", "calibrate"):
@@ -107,8 +112,8 @@ def run(a: argparse.Namespace) -> int:
     shape = datasets.INFO.get(data_name, {}).get("shape")
     if shape is not None:
         probe = zoo.get(a.model, in_channels=shape[0], num_classes=datasets.INFO[data_name]["classes"])
-        plan(probe, a.method, a.n, a.m, a.k, a.d, a.skip, None, a.iters, a.seed, a.clip_k, a.v, a.K, a.bits,
-             a.lut_bits)
+        plan(probe, a.method, a.n, a.m, a.k, a.d, skip, None, a.iters, a.seed, a.clip_k, a.v, a.K, a.bits,
+             a.lut_bits, a.vecq_scheme)
 
     xt, yt = datasets.load(data_name, "test")
     model = _trained_model(a.model, data_name, a.train_epochs, a.train_limit, not a.quiet)
@@ -118,9 +123,9 @@ def run(a: argparse.Namespace) -> int:
     if a.method == "pq":  # prototypes are learnt from activations
         calib = torch.from_numpy(datasets.load(data_name, "train")[0][:512])
     t0 = time.perf_counter()
-    comp = compress(model, a.method, a.n, a.m, a.k, a.d, skip=a.skip, iters=a.iters, seed=a.seed,
+    comp = compress(model, a.method, a.n, a.m, a.k, a.d, skip=skip, iters=a.iters, seed=a.seed,
                     quantize_codebooks=not a.float_codebooks, clip_k=a.clip_k, data=calib, v=a.v, K=a.K,
-                    bits=a.bits, lut_bits=a.lut_bits)
+                    bits=a.bits, lut_bits=a.lut_bits, vecq_scheme=a.vecq_scheme)
     t_comp = time.perf_counter() - t0
     acc["compressed"] = _accuracy(comp, xt, yt)
     report = compression_report(comp)

@@ -21,10 +21,28 @@ from .mvq import MVQConv2d, MVQLinear, _check_conv, _CodebookLayer, check_layer_
 from .nm import check_nm
 from .vq import VQConv2d, VQLinear
 
-__all__ = ["compress", "compression_report", "Report", "LayerRow", "METHODS", "plan", "recipe"]
+__all__ = ["compress", "compression_report", "Report", "LayerRow", "METHODS", "plan", "recipe", "DEFAULT_SKIP",
+           "default_skip"]
 
 METHODS = ("mvq", "vq", "pq", "vecq")
-_OVERRIDE_KEYS = ("method", "n", "m", "k", "d", "iters", "seed", "v", "K", "bits", "lut_bits")
+_OVERRIDE_KEYS = ("method", "n", "m", "k", "d", "iters", "seed", "v", "K", "bits", "lut_bits", "vecq_scheme")
+
+
+class _MethodDefault:
+    """``skip``'s default: ('first', 'last') kept dense, except VecQ's paper scheme, which quantizes
+    every Conv2d/Linear as its paper does (see :func:`default_skip`)."""
+
+    def __repr__(self) -> str:
+        return "<method default: ('first', 'last'); () for vecq_scheme='paper'>"
+
+
+DEFAULT_SKIP = _MethodDefault()
+
+
+def default_skip(method: str, vecq_scheme: str = "paper") -> tuple[str, ...]:
+    """The layers ``skip=DEFAULT_SKIP`` keeps dense: none for VecQ with the paper scheme (every conv and
+    linear layer quantized, first and last included), else the first and the last Conv2d/Linear."""
+    return () if method == "vecq" and vecq_scheme == "paper" else ("first", "last")
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,7 @@ class LayerPlan:
     v: int = 0         # pq: subvector length
     K: int = 0         # pq: prototypes per subspace
     bits: int = 0      # vecq: weight bits; pq: LUT bits
+    scheme: str = ""   # vecq: 'paper' or 'sweep'
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -67,7 +86,7 @@ def plan(
     m: int = 4,
     k: int = 256,
     d: int = 8,
-    skip: Iterable[str] | str | None = ("first", "last"),
+    skip: Iterable[str] | str | None = DEFAULT_SKIP,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     iters: int = 20,
     seed: int = 0,
@@ -76,6 +95,7 @@ def plan(
     K: int = 16,
     bits: int = 4,
     lut_bits: int = 8,
+    vecq_scheme: str = "paper",
 ) -> list[LayerPlan]:
     """Resolve and validate the per-layer configuration of :func:`compress` without clustering anything.
 
@@ -83,6 +103,10 @@ def plan(
     Raises every documented error up front, so a bad argument fails in milliseconds.
     """
     _check_method(method)
+    if method == "vecq":
+        from .vecq import check_bits
+
+        check_bits(bits, vecq_scheme)
     if method in ("mvq", "vq"):
         check_nm(n, m)
     if method == "mvq" and n >= m:
@@ -94,6 +118,8 @@ def plan(
     all_names = {nm_ for nm_, _ in model.named_modules()}
     listing = ", ".join(cand_names) if cand_names else "(none)"
 
+    if skip is DEFAULT_SKIP:
+        skip = default_skip(method, vecq_scheme)
     skip = (skip,) if isinstance(skip, str) else tuple(skip or ())
     skipped: set[str] = set()
     for s in skip:
@@ -131,7 +157,7 @@ def plan(
             plans.append(LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0))
             continue
         cfg = dict(method=method, n=n, m=m, k=k, d=d, iters=iters, seed=seed, v=v, K=K, bits=bits,
-                   lut_bits=lut_bits)
+                   lut_bits=lut_bits, vecq_scheme=vecq_scheme)
         cfg.update(ov or {})
         lm = cfg["method"]
         if lm == "none":
@@ -169,12 +195,21 @@ def plan(
 
 
 def _plan_pq_vecq(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: bool) -> LayerPlan:
-    """Validate a PQ or VecQ layer; the default sweep keeps a PQ layer dense when D % v != 0."""
+    """Validate a PQ or VecQ layer.
+
+    The default PQ sweep keeps a layer dense when D % v != 0 and keeps every 1x1 conv dense
+    (PQA's ResNet20: the first conv, the 1x1 projection shortcuts and the classifier stay
+    dense; 'first'/'last' are the default ``skip``). A layer named in ``overrides`` is PQ'd
+    whatever its kernel (``overrides={name: dict(method="pq")}``).
+    """
     from .vecq import check_bits
 
     if cfg["method"] == "vecq":
-        check_bits(cfg["bits"])
-        return LayerPlan(name, kind, "vecq", 0, 0, 0, 0, 0, 0, bits=int(cfg["bits"]))
+        try:
+            check_bits(cfg["bits"], cfg["vecq_scheme"])
+        except CompressionError as e:
+            raise type(e)(f"layer {name!r}: {e}") from None
+        return LayerPlan(name, kind, "vecq", 0, 0, 0, 0, 0, 0, bits=int(cfg["bits"]), scheme=cfg["vecq_scheme"])
     from .errors import ChannelDivisibilityError, CodebookSizeError, VectorLengthError
 
     lv, lK, lb = cfg["v"], cfg["K"], cfg["lut_bits"]
@@ -184,6 +219,8 @@ def _plan_pq_vecq(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: boo
         raise CodebookSizeError(f"layer {name!r}: PQ needs K >= 2 prototypes per subspace, got K={lK!r}")
     if lb not in (8, 16):
         raise CompressionError(f"layer {name!r}: lut_bits={lb!r}: the lookup tables are int8 or int16, use 8 or 16")
+    if kind == "conv" and tuple(mod.kernel_size) == (1, 1) and not explicit:
+        return LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0)
     D = mod.weight[0].numel()  # im2col patch length (Cin*kh*kw) or in_features
     if D % lv:
         if explicit:
@@ -221,7 +258,7 @@ def compress(
     m: int = 4,
     k: int = 256,
     d: int = 8,
-    skip: Iterable[str] | str | None = ("first", "last"),
+    skip: Iterable[str] | str | None = DEFAULT_SKIP,
     data: Tensor | np.ndarray | tuple | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     iters: int = 20,
@@ -232,6 +269,7 @@ def compress(
     K: int = 16,
     bits: int = 4,
     lut_bits: int = 8,
+    vecq_scheme: str = "paper",
 ) -> nn.Module:
     """A deep copy of ``model`` with its Conv2d/Linear layers replaced by MVQ or VQ layers.
 
@@ -239,11 +277,13 @@ def compress(
         model: the float model (left untouched).
         method: 'mvq' (N:M mask + masked k-means, needs n < m), 'vq' (no mask; the layer gets n = m),
             'pq' (activation product quantization with lookup tables; needs ``data``) or 'vecq'
-            (b-bit weights with the vector-loss step).  ``overrides`` may mix methods per layer.
+            (b-bit weights, see ``vecq_scheme``).  ``overrides`` may mix methods per layer.
         n, m: keep n of every m consecutive weights along Cin.
         k, d: codebook size and vector length (d % m == 0, Cin % d == 0 for every compressed layer).
         skip: 'first' / 'last' (first / last Conv2d-or-Linear in module order) and/or module names;
-            a name also skips every layer inside that module.
+            a name also skips every layer inside that module.  Default: ('first', 'last'), except
+            method='vecq' with vecq_scheme='paper', which quantizes every Conv2d/Linear as the VecQ
+            paper does (:func:`default_skip`); pass ``skip`` explicitly to choose.
         data: optional calibration inputs ``x [N, C, H, W]`` (or ``(x, y)``): BatchNorm running statistics
             are re-estimated on them after compression, which recovers much of the accuracy lost to the
             weight change without any training.
@@ -251,14 +291,24 @@ def compress(
             method 'none' keeps a layer dense.  An override wins over ``skip``.
         iters, seed: masked k-means iterations and seed (deterministic).
         v, K, lut_bits: PQ subvector length, prototypes per subspace, LUT bits (8 or 16).
-        bits: VecQ weight bits (2..8).
+        bits: VecQ weight bits (paper scheme 1..7, sweep 2..8).
+        vecq_scheme: 'paper' (default: half-integer levels sign * (|z| + 0.5), step = lambda_b * std(w),
+            least-squares scale; odd int codes on the engine) or 'sweep' (symmetric levels with zero, the
+            step minimising the vector loss exactly); see :mod:`flow.compress.vecq`.
         quantize_codebooks: make every codebook int8 with a per-layer scale (what the engine stores).
         clip_k: use ``min(k, number of vectors)`` per layer instead of raising :class:`CodebookSizeError`.
 
     Grouped or dilated convolutions are kept dense by the default sweep; naming one in
     ``overrides`` raises :class:`UnsupportedLayerError`.  All errors subclass ValueError.
     """
-    plans = plan(model, method, n, m, k, d, skip, overrides, iters, seed, clip_k, v, K, bits, lut_bits)
+    from flow.finite import check_finite, check_model_finite  # NaN / inf refused here, with the tensor's name
+
+    check_model_finite(model, "compress(model)")
+    if data is not None:
+        check_finite(data[0] if isinstance(data, (tuple, list)) else data, "compress(data=...): calibration images",
+                     "remove or repair those images")
+    plans = plan(model, method, n, m, k, d, skip, overrides, iters, seed, clip_k, v, K, bits, lut_bits,
+                 vecq_scheme)
     calib = None
     if data is not None:
         calib = data[0] if isinstance(data, (tuple, list)) else data
@@ -295,7 +345,8 @@ def _make_pq_vecq(model: nn.Module, mod: nn.Module, p: LayerPlan, calib: Tensor 
     from .vecq import VecQConv2d, VecQLinear
 
     if p.method == "vecq":
-        return VecQConv2d.from_conv(mod, p.bits) if p.kind == "conv" else VecQLinear.from_linear(mod, p.bits)
+        return (VecQConv2d.from_conv(mod, p.bits, scheme=p.scheme) if p.kind == "conv"
+                else VecQLinear.from_linear(mod, p.bits, scheme=p.scheme))
     was = model.training
     model.eval()
     x = _layer_inputs(model, mod, calib[:512], batch_size=128)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .errors import CompressionError, ShapeMismatchError
 from .mvq import _CodebookLayer
 
-__all__ = ["finetune", "nm_prune_finetune", "requantize_codebooks_"]
+__all__ = ["finetune", "nm_prune_finetune", "requantize_codebooks_", "pq_finetune"]
 
 
 def _as_tensor(a) -> Tensor:
@@ -100,33 +100,42 @@ def nm_prune_finetune(
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
+    importance: str = "magnitude",
+    calib_images: int | None = 1024,
+    progress: bool = True,
 ) -> dict[str, Tensor]:
     """MVQ's first step: N:M-prune the layers MVQ will compress and retrain the survivors (in place).
 
-    The magnitude mask of each layer (groups of m along Cin, as MVQ cuts its vectors) is
-    fixed; pruned weights are zeroed and their gradients masked, so with Adam (no weight
-    decay) they stay exactly zero while the kept weights adapt. Masked k-means on the
-    result then clusters weights that already work without their pruned neighbours.
-    x [N, C, H, W], y [N]. Returns ``{layer name: mask}`` (0/1, the weight's shape).
+    The mask of each layer (groups of m along Cin, as MVQ cuts its vectors) keeps the n
+    most important weights of every group and is then fixed; pruned weights are zeroed and
+    their gradients masked, so with Adam (no weight decay) they stay exactly zero while the
+    kept weights adapt. Masked k-means on the result then clusters weights that already
+    work without their pruned neighbours (``compress(model, "mvq", ...)`` of the result
+    finds the same masks: the pruned weights are the zeros of each group).
+    x [N, C, H, W], y [N].
+
+    ``importance``: ``"magnitude"`` (|w|, the default) or ``"taylor"`` (``sum |w * dL/dw|``
+    over the first ``calib_images`` of x, see :func:`flow.compress.nm.importance_scores`).
+    ``epochs=0`` prunes without retraining. Returns ``{layer name: mask}`` (0/1, the weight's shape).
     """
     from .api import plan
-    from .nm import nm_mask
+    from .nm import importance_scores, nm_mask
 
     plans = plan(model, "mvq", n, m, k=2, d=m, skip=skip, clip_k=True)
     modules = dict(model.named_modules())
+    names = [p.name for p in plans if p.method != "none"]
+    scores = importance_scores(model, names, importance, x, y, batch_size=batch_size, max_images=calib_images)
     masks: dict[str, Tensor] = {}
     hooks = []
-    for p in plans:
-        if p.method == "none":
-            continue
-        w = modules[p.name].weight
-        mask = nm_mask(w.detach(), n, m, dim=1).to(w.dtype)
+    for name in names:
+        w = modules[name].weight
+        mask = nm_mask(w.detach(), n, m, dim=1, score=scores[name].to(w.device)).to(w.dtype)
         with torch.no_grad():
             w.mul_(mask)
         hooks.append(w.register_hook(lambda g, mask=mask: g * mask))
-        masks[p.name] = mask
+        masks[name] = mask
     try:
-        finetune(model, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+        finetune(model, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
     finally:
         for h in hooks:
             h.remove()
@@ -134,3 +143,211 @@ def nm_prune_finetune(
         for name, mask in masks.items():
             modules[name].weight.mul_(mask)
     return masks
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PQ: joint training of prototypes and LUT (LUT-NN / PQA), then the LUT quantized and BN/bias fine-tuned
+
+
+def _bn_and_bias_params(model: nn.Module) -> list[Tensor]:
+    """BatchNorm affine parameters and every layer's bias: what the hard phase of :func:`pq_finetune` trains."""
+    out, seen = [], set()
+    for mod in model.modules():
+        cand = []
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            cand = [mod.weight, mod.bias]
+        elif isinstance(getattr(mod, "bias", None), nn.Parameter):
+            cand = [mod.bias]
+        for p in cand:
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def _kd_loss(logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
+    """Hinton's distillation term: ``tau^2 KL(softmax(t / tau) || softmax(s / tau))``."""
+    import torch.nn.functional as F
+
+    return F.kl_div(F.log_softmax(logits / tau, 1), F.log_softmax(teacher_logits / tau, 1), reduction="batchmean",
+                    log_target=True) * tau * tau
+
+
+def pq_finetune(
+    model: nn.Module,
+    x,
+    y,
+    epochs: int = 8,
+    *,
+    images_per_epoch: int | None = None,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    t_start: float = 1.0,
+    t_end: float = 0.03,
+    relative_temperature: bool = True,
+    assignment: str = "ste",
+    hard_epochs: int = 1,
+    hard_lr: float = 1e-3,
+    hard_params: str = "bn",
+    bn_images: int = 1024,
+    teacher: nn.Module | None = None,
+    kd_weight: float = 0.0,
+    kd_tau: float = 4.0,
+    seed: int = 0,
+    progress: bool = False,
+    log=None,
+    after_soft=None,
+) -> dict:
+    """Train a model with PQ layers the way LUT-NN / PQA do; in place; returns a history dict.
+
+    The model comes from ``compress(method="pq", ...)`` (prototypes k-means'd on calibration
+    activations). Two phases:
+
+    1. **Joint soft training**, ``epochs`` epochs of ``images_per_epoch`` images (a fresh
+       seeded draw from x each epoch; None: all of x): every parameter trains (prototypes,
+       the weights the LUT is derived from, BatchNorm, the layers kept dense) with Adam, cosine
+       learning rate from ``lr``, cross-entropy (plus ``kd_weight`` x distillation from
+       ``teacher`` when given). The LUT is float in this phase. The assignment's temperature
+       decays geometrically per step from ``t_start`` to ``t_end``; with
+       ``relative_temperature`` both are in units of each layer's mean squared distance of a
+       subvector to its nearest prototype (:func:`flow.compress.pq.pq_distance_scales`,
+       measured once before training), so ``T = 1`` spreads the softmax over the prototypes
+       within one typical quantization error whatever the layer's activation scale.
+       ``assignment``: ``"ste"`` (LUT-NN: the forward is the hard lookup, the gradient the soft
+       assignment's) or ``"soft"`` (the forward is the soft assignment, exactly the lookup
+       once T is small enough; see :meth:`PQConv2d.set_assignment`).
+    2. **Hard**: every PQ layer switched to the hard forward at ``t_end``, its LUT quantized to
+       its ``lut_bits`` (int8 by default: the format the engine stores), BatchNorm statistics
+       re-estimated on ``bn_images`` training images, then ``hard_epochs`` epochs (again of
+       ``images_per_epoch`` images) training only ``hard_params``: ``"bn"`` = BatchNorm affine
+       parameters and biases (the LUT, prototypes and dense weights frozen), ``"all"`` =
+       everything (the LUT fake-quantized straight-through, re-quantized at the end).
+
+    Deterministic for a seed. Leaves the model in eval mode (the hard, quantized lookup: what
+    the golden model and the engine compute). The history holds the per-layer distance
+    scales, the temperatures, the mean loss per epoch and the seconds per phase (CPU seconds
+    of this process too: ``cpu_soft``, ``cpu_hard``). ``after_soft(model)``, when given, is
+    called between the phases (model in eval mode: the hard lookup with the float LUT) and
+    its result kept as ``history["after_soft"]`` (e.g. a test accuracy).
+    """
+    import time
+
+    import torch.nn.functional as F
+
+    from .pq import pq_distance_scales, pq_layers, temperature_at
+    from .api import recalibrate_bn_
+
+    x, y = _as_tensor(x).float(), _as_tensor(y).long()
+    if x.shape[0] != y.shape[0]:
+        raise ShapeMismatchError(f"x has {x.shape[0]} samples but y has {y.shape[0]}: give one label per sample")
+    for nm_, val in (("epochs", epochs), ("hard_epochs", hard_epochs)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+            raise CompressionError(f"{nm_}={val!r}: use a non-negative integer")
+    if batch_size < 1 or lr <= 0 or hard_lr <= 0:
+        raise CompressionError(f"batch_size={batch_size}, lr={lr}, hard_lr={hard_lr}: all must be positive")
+    if not (t_start > 0 and t_end > 0):
+        raise CompressionError(f"temperatures must be > 0, got t_start={t_start}, t_end={t_end}")
+    if assignment not in ("ste", "soft"):
+        raise CompressionError(f"assignment={assignment!r}: use 'ste' (hard forward, soft gradient) or 'soft'")
+    if hard_params not in ("bn", "all"):
+        raise CompressionError(f"hard_params={hard_params!r}: use 'bn' (BatchNorm and biases) or 'all'")
+    if kd_weight and teacher is None:
+        raise CompressionError("kd_weight > 0 needs a teacher model (the float model)")
+    named = [(n, m) for n, m in model.named_modules() if m in set(pq_layers(model))]
+    if not named:
+        raise CompressionError("pq_finetune: the model has no PQConv2d/PQLinear layers; compress it with method='pq'")
+    n_img = len(x) if images_per_epoch is None else max(1, min(int(images_per_epoch), len(x)))
+    say = log or (lambda msg: None)
+    g = torch.Generator().manual_seed(seed)
+    hist: dict = {"epochs": epochs, "hard_epochs": hard_epochs, "images_per_epoch": n_img, "assignment": assignment,
+                  "t_start": t_start, "t_end": t_end, "relative_temperature": relative_temperature,
+                  "loss": [], "hard_loss": []}
+    t0, c0 = time.perf_counter(), time.process_time()
+    scales = pq_distance_scales(model, x[:min(len(x), 256)]) if relative_temperature else {n: 1.0 for n, _ in named}
+    hist["distance_scales"] = scales
+    lut_bits = {n: m.lut_bits for n, m in named}
+    for _, m in named:
+        m.lut_scale = None  # float LUT while the prototypes and weights move
+        m.set_assignment(assignment)
+    if teacher is not None:
+        teacher.eval()
+
+    def set_t(t: float) -> None:
+        for n, m in named:
+            m.set_temperature(t * scales[n])
+
+    def run_epochs(n_epochs: int, opt, sched, tag: str, losses: list, step_t) -> None:
+        per_epoch = (n_img + batch_size - 1) // batch_size
+        step = 0
+        for ep in range(n_epochs):
+            model.train()
+            perm = torch.randperm(len(x), generator=g)[:n_img]
+            total = 0.0
+            for i in tqdm(range(0, n_img, batch_size), desc=f"{tag} {ep + 1}/{n_epochs}", unit="batch",
+                          file=sys.stderr, leave=False, disable=not progress):
+                if step_t is not None:
+                    set_t(step_t(step))
+                idx = perm[i:i + batch_size]
+                xb, yb = x[idx], y[idx]
+                opt.zero_grad(set_to_none=True)
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                if kd_weight:
+                    with torch.no_grad():
+                        tl = teacher(xb)
+                    loss = (1 - kd_weight) * loss + kd_weight * _kd_loss(logits, tl, kd_tau)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+                step += 1
+            losses.append(total / n_img)
+            say(f"    {tag} epoch {ep + 1}/{n_epochs}: loss {losses[-1]:.4f}"
+                + (f", T {step_t(step - 1):.3g}" if step_t is not None else "")
+                + f" [{time.perf_counter() - t0:.0f}s]")
+        hist[f"{tag}_steps"] = step
+
+    # --- phase 1: joint soft training ---------------------------------------------------
+    if epochs:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=lr)
+        total_steps = epochs * ((n_img + batch_size - 1) // batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+        run_epochs(epochs, opt, sched, "soft", hist["loss"],
+                   lambda s: temperature_at(s, total_steps, t_start, t_end))
+    t1, c1 = time.perf_counter(), time.process_time()
+    hist["seconds_soft"], hist["cpu_soft"] = t1 - t0, c1 - c0
+    if after_soft is not None:
+        model.eval()
+        hist["after_soft"] = after_soft(model)
+        t1, c1 = time.perf_counter(), time.process_time()
+
+    # --- phase 2: hard assignment, LUT quantized, BN/bias fine-tune -------------------------
+    set_t(t_end)
+    for n, m in named:
+        m.set_assignment("ste")
+        m.quantize_lut_(lut_bits[n])
+    recalibrate_bn_(model, x[torch.randperm(len(x), generator=g)[:min(bn_images, len(x))]])
+    if hard_epochs:
+        frozen = []
+        if hard_params == "bn":
+            keep = {id(p) for p in _bn_and_bias_params(model)}
+            for p in model.parameters():
+                if p.requires_grad and id(p) not in keep:
+                    p.requires_grad_(False)
+                    frozen.append(p)
+        try:
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.Adam(params, lr=hard_lr)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, max(1, hard_epochs * ((n_img + batch_size - 1) // batch_size)))
+            run_epochs(hard_epochs, opt, sched, "hard", hist["hard_loss"], None)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        if hard_params == "all":
+            for n, m in named:
+                m.quantize_lut_(lut_bits[n])
+    hist["seconds_hard"], hist["cpu_hard"] = time.perf_counter() - t1, time.process_time() - c1
+    model.eval()
+    return hist

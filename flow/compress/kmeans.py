@@ -6,32 +6,41 @@ Each point ``x_i`` (a weight vector of length ``d``) carries a 0/1 mask ``m_i``
     distance(i, j) = || m_i * (x_i - c_j) ||^2          (argmin ties -> lowest j)
     codeword update: c_jl = sum_{i in j} m_il x_il / sum_{i in j} m_il
 
-Speed (1.4M vectors, d=8, k=256, two cores) comes from:
+Assignment is exact: it is the argmin of the float64 distances, ties to the
+lowest index.  Two backends compute it (``VQHLS_KMEANS`` = auto | native | torch,
+see :mod:`flow.compress._kmeans_native`):
 
-* the expansion ``||m(x-c)||^2 = sum m x^2 - 2 (m x).c + m.(c^2)``: one skinny
-  GEMM per chunk of points gives a ``[chunk, k]`` score block that stays in
-  cache; no ``n x k x d`` tensor ever exists.  Points that share a mask pattern
-  (36 patterns for 2:4 with d=8) are searched together over their kept
-  columns only, which shrinks the GEMM from ``2d+1`` to ``|kept|+2`` columns;
-* a packed argmin (column index in the low mantissa bits, see ``_Searcher``),
-  because torch's ``min(dim)`` with indices is ~10x slower than ``amin``;
-* chunks run side by side on Python threads (the kernels release the GIL);
-* Hamerly bounds: an upper bound on each point's distance to its codeword and a
-  lower bound on its distance to every other one, moved each iteration by how
-  far the codewords moved (measured over the point's kept columns, which bounds
-  the change of the masked seminorm), let settled points skip the search.
-  Bounds carry float32 rounding slack, so a point is skipped only when its
-  assignment provably cannot change;
-* per-cluster sums kept in float64 and updated only for points that moved.
+* native (default): ``_kmeans_kernel.cpp``, a fused distance-and-argmin kernel
+  built with the system g++ on first use (or at install time) and called
+  through ctypes on one Python thread per torch thread.  For each point it reads only
+  the kept columns, computes 16 codewords per vector instruction in float32
+  keeping the best and second-best value per lane, and redoes a point in
+  float64 only when the float32 gap is within the rounding bound (a near or
+  real tie: a few points in 10^5).  The cluster statistics (per-element
+  sums of kept x, counts of kept elements) are accumulated in the same pass.
+  No ``[n, k]`` score matrix is ever written: on a 2:4 mask the kernel does
+  half the arithmetic of the unmasked search.
+* torch (no compiler): the expansion ``||m(x-c)||^2 = sum m x^2 - 2 (m x).c +
+  m.(c^2)`` as one skinny GEMM per chunk of points (points sharing a mask
+  pattern searched together over their kept columns), a packed argmin, and
+  float64 for every point whose float32 bounds cannot separate the best
+  codeword from the second (``_Searcher``).
+
+Both give the same assignment (up to float64 rounding ties between codewords,
+which never occur on real data), so the same seed gives the same codebooks on
+either backend (they add the float64 statistics in different orders, so an
+element whose mean sits on a float32 rounding boundary could differ in its
+last bit).  Each backend adds its statistics in a fixed order, so its result
+does not depend on the number of threads.
 
 Monotonicity: the objective ``J(A_t, C_{t-1})`` is recorded right after the
-assignment of iteration t.  A point only moves when its direct distance strictly
-drops (or stays equal towards a lower index), decided exactly (float64 where
-float32 cannot tell); each codeword element becomes the float32 value nearest
-to the exact masked mean, which is never farther from the mean than the old
-float32 value.  Both steps are descent steps, so the recorded objective never
-increases (``J`` is evaluated in float64 from the sufficient statistics; its
-own rounding is ~1e-15 relative).
+assignment of iteration t.  The assignment is the exact argmin (a point only
+moves when its distance strictly drops, or ties towards a lower index), and
+each codeword element becomes the float32 value nearest to the exact masked
+mean, which is never farther from the mean than the old float32 value.  Both
+steps are descent steps, so the recorded objective never increases (``J`` is
+evaluated in float64 from the sufficient statistics; its own rounding is
+~1e-15 relative).
 """
 from __future__ import annotations
 
@@ -41,14 +50,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from . import _kmeans_native
 from .errors import CodebookSizeError, CompressionError, ShapeMismatchError
 
 __all__ = ["KMeansResult", "masked_kmeans", "assign_nearest"]
 
 _EPS32 = 2.0 ** -23  # float32 machine epsilon (spacing at 1.0)
-_GROW = 1.0 + 2.0 ** -20  # relative slack for a bound after a float32 add / sqrt
-# Above this fraction of points to re-check, one contiguous search beats gathering the candidates.
-_FULL_SEARCH_FRACTION = 0.6
+# Native statistics ranges: at least _SLOT_MIN points each, at most _MAX_SLOTS of them, and at most
+# _SLOT_BYTES of per-range partial sums.  A function of (n, k, d) only: the sums, hence the result,
+# do not depend on the thread count.
+_SLOT_MIN = 8192
+_MAX_SLOTS = 64
+_SLOT_BYTES = 32 << 20
 
 
 @dataclass
@@ -355,6 +368,175 @@ def _kmeanspp(xm: Tensor, mf: Tensor | None, k: int, g: torch.Generator, sample:
     return xm.index_select(0, pick[torch.tensor(seeds)]).clone()
 
 
+def _exact_argmin(xm: Tensor, mf: Tensor | None, C: Tensor, rows: Tensor) -> Tensor:
+    """float64 argmin over all codewords for ``rows`` (first minimum wins): ``[len(rows)]`` int64."""
+    k, d = C.shape
+    C64 = C.double()
+    out = torch.empty(rows.numel(), dtype=torch.int64)
+    step = max(1, (1 << 21) // (k * d))
+    for s in range(0, rows.numel(), step):
+        r = rows[s:s + step]
+        diff = xm.index_select(0, r).double()[:, None, :] - C64[None]
+        if mf is not None:
+            diff = diff * mf.index_select(0, r).double()[:, None, :]
+        out[s:s + step] = torch.min((diff * diff).sum(2), 1).indices  # first index of the minimum
+    return out
+
+
+class _NativeStep:
+    """Assignment (and the Lloyd statistics) by the fused kernel ``_kmeans_kernel.cpp``.
+
+    The points are cut into fixed ranges; each range is one kernel call on a worker
+    thread (ctypes releases the GIL) and writes its own partial sums, which are then
+    added in range order.
+    """
+
+    def __init__(self, lib, xm: Tensor, mf: Tensor | None, k: int, nthreads: int):
+        n, d = xm.shape
+        self.lib, self.n, self.d, self.k = lib, n, d, k
+        self.x = xm.contiguous()
+        self.m = None if mf is None else (mf != 0).to(torch.uint8).contiguous()
+        self.kp = -(-k // 32) * 32  # the kernel runs two 16-codeword blocks at a time
+        g = max(1, min(_MAX_SLOTS, -(-n // _SLOT_MIN), _SLOT_BYTES // (k * d * 16 + k * 8)))
+        step = max(1, -(-n // g))
+        self.ranges = [(s, min(n, s + step)) for s in range(0, n, step)]
+        G = len(self.ranges)
+        self.s1 = torch.empty(G, k, d, dtype=torch.float64)
+        self.cnt = torch.empty(G, k, dtype=torch.int64)
+        self.nk = torch.empty(G, k, d, dtype=torch.int64) if self.m is not None else None
+        self.sa = torch.empty(G, dtype=torch.float64)
+        self.info = torch.zeros(G, 2, dtype=torch.int64)
+        self.bufs = [torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)]  # ping-pong
+        self.prev: Tensor | None = None
+        self.pool = ThreadPoolExecutor(min(nthreads, G)) if nthreads > 1 and G > 1 else None
+        self.n_exact = 0  # points decided in float64 so far (near ties)
+        self.moved = 0  # points that changed codeword in the last step
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def assign(self, C: Tensor, stats: bool = False) -> Tensor:
+        """``[n]`` int64 nearest codeword; with ``stats`` also fills the per-range partial sums."""
+        d, k, kp = self.d, self.k, self.kp
+        C = C.to(torch.float32).contiguous()
+        CT = torch.full((d, kp), float("nan"), dtype=torch.float32)  # padding codewords never win
+        CT[:, :k] = C.T
+        prev = self.prev
+        out = self.bufs[1] if prev is self.bufs[0] else self.bufs[0]
+        xp, mp, ctp, cp, op = (self.x.data_ptr(), None if self.m is None else self.m.data_ptr(),
+                               CT.data_ptr(), C.data_ptr(), out.data_ptr())
+        pp = None if prev is None else prev.data_ptr()
+        isz, dsz = 8, 8  # bytes per int64 / float64 element
+
+        def run(g: int) -> None:
+            s, e = self.ranges[g]
+            info = self.info.data_ptr() + 2 * isz * g
+            if not stats:
+                self.lib.vq_assign(d, k, kp, xp, mp, ctp, cp, s, e, op, pp, None, None, None, None, info)
+                return
+            self.lib.vq_assign(d, k, kp, xp, mp, ctp, cp, s, e, op, pp, self.s1[g].data_ptr(),
+                               self.cnt[g].data_ptr(), None if self.nk is None else self.nk[g].data_ptr(),
+                               self.sa.data_ptr() + dsz * g, info)
+
+        G = len(self.ranges)
+        if self.pool is not None:
+            list(self.pool.map(run, range(G)))
+        else:
+            for g in range(G):
+                run(g)
+        tot = self.info.sum(0).tolist()
+        self.n_exact += tot[0]
+        self.moved = tot[1] if prev is not None else self.n
+        return out
+
+    def __call__(self, C: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, float, int]:
+        """(assign, S1 [k,d] float64, N [k,d] float64, cnt [k] int64, sum of kept x^2, points moved)."""
+        assign = self.prev = self.assign(C, stats=True)
+        S1, cnt = self.s1[0].clone(), self.cnt[0].clone()
+        N = None if self.nk is None else self.nk[0].clone()
+        for g in range(1, len(self.ranges)):  # in range order: fixed summation order
+            S1 += self.s1[g]
+            cnt += self.cnt[g]
+            if N is not None:
+                N += self.nk[g]
+        sum_a = 0.0
+        for v in self.sa.tolist():
+            sum_a += v
+        N = cnt.double()[:, None].expand(self.k, self.d).clone() if N is None else N.double()
+        return assign, S1, N, cnt, sum_a, self.moved
+
+
+class _TorchStep:
+    """The same step in pure torch (the fallback when the kernel cannot be built).
+
+    ``_Searcher`` gives every point its float32 best codeword with guaranteed bounds;
+    points whose bounds do not separate the best from the second best are redone in
+    float64, so the assignment is the same exact argmin as the kernel's.
+    """
+
+    def __init__(self, xm: Tensor, mf: Tensor | None, k: int, chunk: int, nthreads: int):
+        n, d = xm.shape
+        self.xm, self.mf, self.k = xm, mf, k
+        grouped = _group_by_pattern(mf) if mf is not None else None
+        self.perm, groups, xs, ms = None, None, xm, mf
+        if grouped is not None:
+            self.perm, groups = grouped
+            xs, ms = xm.index_select(0, self.perm), mf.index_select(0, self.perm)
+        self.pool = ThreadPoolExecutor(nthreads) if nthreads > 1 and n >= 4 * chunk else None
+        if self.pool is not None:
+            self.pool.vq_workers = nthreads  # type: ignore[attr-defined]
+        self.srch = _Searcher(xs, ms, chunk, groups, self.pool)
+        # row sums, then numpy's single-threaded sum: the same value for any torch thread count
+        self.sum_a = float(xm.double().pow(2).sum(1).numpy().sum())
+        self.n_exact = 0
+        self.prev: Tensor | None = None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def assign(self, C: Tensor, stats: bool = False) -> Tensor:
+        self.srch.set_codebook(C)
+        idx, _, bhi, slo = self.srch.search(None)
+        if self.perm is not None:  # back to the caller's order
+            idx = torch.empty_like(idx).index_copy_(0, self.perm, idx)
+            bhi = torch.empty_like(bhi).index_copy_(0, self.perm, bhi)
+            slo = torch.empty_like(slo).index_copy_(0, self.perm, slo)
+        amb = (~(slo > bhi)).nonzero().flatten()  # not provably the unique minimum (or not finite)
+        if amb.numel():
+            idx[amb] = _exact_argmin(self.xm, self.mf, C, amb)
+            self.n_exact += amb.numel()
+        return idx
+
+    def __call__(self, C: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, float, int]:
+        assign = self.assign(C)
+        moved = assign.numel() if self.prev is None else int((assign != self.prev).sum())
+        self.prev = assign
+        k, d = self.k, self.xm.shape[1]
+        S1 = torch.zeros(k, d, dtype=torch.float64)
+        N = torch.zeros(k, d, dtype=torch.float64)
+        step = 1 << 18
+        for s in range(0, assign.numel(), step):
+            a = assign[s:s + step]
+            S1.index_add_(0, a, self.xm[s:s + step].double())
+            if self.mf is not None:
+                N.index_add_(0, a, self.mf[s:s + step].double())
+        cnt = torch.bincount(assign, minlength=k)
+        if self.mf is None:
+            N = cnt.double()[:, None].expand(k, d).clone()
+        return assign, S1, N, cnt, self.sum_a, moved
+
+
+def _step(xm: Tensor, mf: Tensor | None, k: int, chunk: int):
+    """The backend chosen by ``VQHLS_KMEANS`` (native kernel when it loads, else torch)."""
+    lib = _kmeans_native.load()
+    nthreads = torch.get_num_threads()
+    if lib is not None:
+        return _NativeStep(lib, xm, mf, k, nthreads)
+    return _TorchStep(xm, mf, k, chunk, nthreads)
+
+
 def masked_kmeans(
     x: Tensor,
     mask: Tensor | None = None,
@@ -372,19 +554,18 @@ def masked_kmeans(
         k: number of codewords, ``1 <= k <= n``.
         iters: maximum Lloyd iterations (>= 1); stops early at a fixed point.
         seed: makes the run deterministic (k-means++ seeding and any random choice).
-        chunk: points per GEMM block; the ``[chunk, k]`` score block is the largest temporary.
+        chunk: points per GEMM block of the torch backend (the native kernel needs no block).
         init_sample: points used for k-means++ seeding (default ``max(64 k, 16384)``).
 
     Returns:
         :class:`KMeansResult` with codebook ``[k, d]`` float32, assign ``[n]`` int64,
         objective (one float per iteration, non-increasing).
 
-    Assignment: ``argmin_j ||m_i (x_i - c_j)||^2``, ties to the lowest index.
+    Assignment: ``argmin_j ||m_i (x_i - c_j)||^2`` in float64, ties to the lowest index.
     Update: masked mean per element; an element no member keeps keeps its old value.
     Empty clusters are re-seeded at the points with the largest current error.
-    Runs on the CPU.  With ``torch.get_num_threads() > 1`` the search runs on that
-    many Python worker threads (intra-op threads set to 1 meanwhile, then restored);
-    the result does not depend on the thread count.
+    Runs on the CPU on ``torch.get_num_threads()`` worker threads; the result does not
+    depend on the thread count.
 
     Raises:
         ShapeMismatchError: x not 2-D, or mask shape != x shape.
@@ -404,186 +585,41 @@ def masked_kmeans(
 
     g = torch.Generator().manual_seed(int(seed))
     C = _kmeanspp(xm, mf, k, g, init_sample if init_sample is not None else max(64 * k, 16384))
-    # Points sharing a mask pattern are searched together with a narrower GEMM; the loop then runs
-    # in that sorted order and `perm` maps back (perm[i] = original index of internal point i).
-    grouped = _group_by_pattern(mf) if mf is not None else None
-    if grouped is not None:
-        xm, mf = xm.index_select(0, grouped[0]), mf.index_select(0, grouped[0])
-    nthreads = torch.get_num_threads()
-    pool = ThreadPoolExecutor(nthreads) if nthreads > 1 and n >= 4 * chunk else None
-    if pool is not None:
-        pool.vq_workers = nthreads  # type: ignore[attr-defined]
+    step = _step(xm, mf, k, chunk)
     try:
-        return _lloyd(xm, mf, C, k, iters, chunk, grouped, pool)
+        return _lloyd(step, xm, mf, C, iters)
     finally:
-        if pool is not None:
-            pool.shutdown()
+        step.close()
 
 
-def _lloyd(xm: Tensor, mf: Tensor | None, C: Tensor, k: int, iters: int, chunk: int, grouped, pool) -> KMeansResult:
-    """The Lloyd loop of :func:`masked_kmeans` (points possibly permuted by mask pattern)."""
-    n, d = xm.shape
-    perm, groups = grouped if grouped is not None else (None, None)
-    srch = _Searcher(xm, mf, chunk, groups, pool)
-
-    # Sufficient statistics in float64, kept in step with `assign` (only moved points touch them).
-    S1 = torch.zeros(k, d, dtype=torch.float64)  # sum of m*x over members
-    N = torch.zeros(k, d, dtype=torch.float64)  # sum of m over members
-    cnt = torch.zeros(k, dtype=torch.int64)
-    sum_a = float(xm.double().pow(2).sum())  # sum_i sum_l m x^2 in float64: the same for every assignment
-    if groups is not None:
-        # Grouped by pattern, N is (members per cluster and pattern) @ (pattern masks): integer counts
-        # instead of a float64 scatter of mask rows.
-        nb = len(groups)
-        blk = srch.blk  # pattern block of each (permuted) point
-        pmask = torch.stack([mf[s] for s, _, _ in groups]).double()  # [B, d]
-        cntB = torch.zeros(nb * k, dtype=torch.int64)
-
-    def add_stats(pts: Tensor | None, cw: Tensor, sign: int) -> None:
-        xs = (xm if pts is None else xm.index_select(0, pts)).double()
-        S1.index_add_(0, cw, xs, alpha=sign)
-        cnt.add_(torch.bincount(cw, minlength=k), alpha=sign)
-        if groups is not None:
-            b = blk if pts is None else blk.index_select(0, pts)
-            cntB.add_(torch.bincount(b * k + cw, minlength=nb * k), alpha=sign)
-        elif mf is not None:
-            N.index_add_(0, cw, (mf if pts is None else mf.index_select(0, pts)).double(), alpha=sign)
-
-    def sync_n() -> None:
-        if groups is not None:
-            N.copy_(cntB.view(nb, k).T.double() @ pmask)
-        elif mf is None:
-            N.copy_(cnt.double()[:, None].expand(k, d))
-
-    assign = torch.zeros(n, dtype=torch.int64)
-    u = torch.zeros(n, dtype=torch.float32)  # upper bound on ||m(x - c_assign)||
-    lo = torch.zeros(n, dtype=torch.float32)  # lower bound on ||m(x - c_j)|| for every j != assign
+def _lloyd(step, xm: Tensor, mf: Tensor | None, C: Tensor, iters: int) -> KMeansResult:
+    """The Lloyd loop of :func:`masked_kmeans`: ``step(C)`` assigns and returns the statistics."""
     objective: list[float] = []
-
+    assign: Tensor | None = None
     for t in range(iters):
-        srch.set_codebook(C)
-        C64 = C.double()
-        moved = 0
-        rows: Tensor | None = None  # None = search every point
-        if t > 0:
-            cand = (u >= lo).nonzero().flatten()
-            if cand.numel() <= _FULL_SEARCH_FRACTION * n:
-                # Tighten u with the exact distance; many candidates are then settled without a search.
-                du = torch.sqrt(_direct(xm, mf, C, cand, assign.index_select(0, cand)))
-                du.mul_(1.0 + (d + 4) * _EPS32)
-                u[cand] = du
-                rows = cand[du >= lo.index_select(0, cand)]
-        if rows is None or rows.numel():
-            i1, blo, bhi, slo = srch.search(rows)
-            new_u = torch.sqrt(bhi.clamp_min_(0)).mul_(_GROW)
-            new_l = torch.sqrt(slo.clamp_min_(0)).div_(_GROW)
-            if t == 0:
-                assign, u, lo = i1, new_u, new_l
-                add_stats(None, assign, 1)
-                moved = n
-            else:
-                old = assign if rows is None else assign.index_select(0, rows)
-                sw = (i1 != old).nonzero().flatten()
-                if sw.numel():
-                    # Descent guard: a point moves only if its direct distance strictly drops, or stays
-                    # equal towards a lower index (decided in float64, where products of float32 are exact).
-                    P = sw if rows is None else rows.index_select(0, sw)
-                    jn, jo = i1.index_select(0, sw), old.index_select(0, sw)
-                    # float32 first; float64 only where float32 cannot tell (|dn - do| within rounding).
-                    dn = _direct(xm, mf, C, P, jn)
-                    do = _direct(xm, mf, C, P, jo)
-                    tol = (2 * (d + 4) * _EPS32) * torch.maximum(dn, do)
-                    ok = dn < do - tol
-                    unsure = ((dn - do).abs() <= tol).nonzero().flatten()
-                    if unsure.numel():
-                        Pu, ju, jv = P[unsure], jn[unsure], jo[unsure]
-                        dn64 = _direct(xm, mf, C, Pu, ju, torch.float64)
-                        do64 = _direct(xm, mf, C, Pu, jv, torch.float64)
-                        ok[unsure] = (dn64 < do64) | ((dn64 == do64) & (ju < jv))
-                        do[unsure] = do64.float()
-                    if not bool(ok.all()):
-                        rej = sw[~ok]
-                        # Keep the old codeword; every codeword is at least the best found.
-                        i1[rej] = old[rej]
-                        new_u[rej] = torch.sqrt(do[~ok]) * ((1.0 + (d + 4) * _EPS32) * _GROW)
-                        new_l[rej] = torch.sqrt(blo[rej].clamp_min(0)) / _GROW
-                    P, jn, jo = P[ok], jn[ok], jo[ok]
-                    if P.numel():
-                        add_stats(P, jo, -1)
-                        add_stats(P, jn, 1)
-                        moved = P.numel()
-                if rows is None:
-                    assign, u, lo = i1, new_u, new_l
-                else:
-                    assign[rows] = i1
-                    u[rows] = new_u
-                    lo[rows] = new_l
-        sync_n()
-        # Stats of an emptied cluster are exactly zero, not float64 residue of +x - x.
-        empty = cnt == 0
-        if bool(empty.any()):
-            S1[empty] = 0.0
-            N[empty] = 0.0
+        assign, S1, N, cnt, sum_a, moved = step(C)
         # J(A_t, C_{t-1}) = sum a - 2 sum C.S1 + sum C^2.N: exact algebra on the float64 statistics.
+        C64 = C.double()
         J = sum_a - 2.0 * float((C64 * S1).sum()) + float((C64 * C64 * N).sum())
         objective.append(max(J, 0.0))
         if t > 0 and moved == 0:
             break  # fixed point: same statistics -> same codebook -> same assignment forever
-
         # Update: the float32 nearest to the float64 masked mean; unseen elements keep their value.
         newC = torch.where(N > 0, S1 / N.clamp_min(1.0), C64).to(torch.float32)
+        empty = cnt == 0
         if bool(empty.any()):
-            _reseed(xm, mf, newC, assign, empty, perm)
-        if t + 1 < iters:
-            # Hamerly bound update.  A point's masked distance changes by at most the codeword's move
-            # measured over the point's kept columns: per pattern block when grouped, else the full norm.
-            dC = newC.double() - C64
-            if grouped is not None:
-                # [k, B]: each codeword's move over each pattern's kept columns.
-                delta = (dC * dC) @ pmask.T
-                _move_bounds(u, lo, assign, delta.T.contiguous(), blk)
-            else:
-                _move_bounds(u, lo, assign, (dC * dC).sum(1)[None], None)
+            _reseed(xm, mf, newC, assign, empty)
         C = newC
-    if perm is not None:
-        assign = torch.empty_like(assign).index_copy_(0, perm, assign)
     return KMeansResult(codebook=C.contiguous(), assign=assign, objective=objective)
 
 
-def _move_bounds(u: Tensor, lo: Tensor, assign: Tensor, move2: Tensor, blk: Tensor | None) -> None:
-    """Loosen the Hamerly bounds in place after the codewords moved.
-
-    ``move2 [B, k]`` float64: squared move of each codeword over the kept columns of
-    pattern block b (B = 1, full norm, when not grouped); ``blk [n]`` block of each point.
-    """
-    # Slack: the float64 norm rounded up, and _GROW per float32 add.
-    delta = move2.sqrt().mul_(1 + 1e-9).to(torch.float32).mul_(_GROW)  # [B, k]
-    B, k = delta.shape
-    flat = assign if blk is None else blk * k + assign
-    u.add_(delta.view(-1).index_select(0, flat)).mul_(_GROW)
-    if k > 1:
-        top = torch.topk(delta, 2, dim=1)
-        d1, d2, j1 = top.values[:, 0], top.values[:, 1], top.indices[:, 0]
-        if blk is None:
-            lo.sub_(float(d1[0])).div_(_GROW)
-            own = (assign == int(j1[0])).nonzero().flatten()
-            lo.index_add_(0, own, ((d1 - d2) / _GROW).expand(own.numel()))
-        else:
-            lo.sub_(d1.index_select(0, blk)).div_(_GROW)
-            # Points of their block's fastest codeword only lose that block's second-largest move.
-            own = (assign == j1.index_select(0, blk)).nonzero().flatten()
-            lo.index_add_(0, own, ((d1 - d2) / _GROW).index_select(0, blk.index_select(0, own)))
-
-
-def _reseed(xm: Tensor, mf: Tensor | None, C: Tensor, assign: Tensor, empty: Tensor,
-            perm: Tensor | None = None) -> bool:
+def _reseed(xm: Tensor, mf: Tensor | None, C: Tensor, assign: Tensor, empty: Tensor) -> bool:
     """Move each empty codeword onto one of the points with the largest current error (in place).
 
-    Equal errors go to the lower original point index (``perm`` maps internal to original order).
+    Equal errors go to the lower point index.
     """
     err = _direct(xm, mf, C, torch.arange(xm.shape[0]), assign)
-    order = torch.arange(xm.shape[0]) if perm is None else torch.sort(perm).indices  # by original index
-    order = order[torch.sort(err.index_select(0, order), descending=True, stable=True).indices]
+    order = torch.sort(err, descending=True, stable=True).indices
     ej = empty.nonzero().flatten()
     order = order[: ej.numel()]
     order = order[err.index_select(0, order) > 0]  # a zero-error point would not help
@@ -600,12 +636,17 @@ def _reseed(xm: Tensor, mf: Tensor | None, C: Tensor, assign: Tensor, empty: Ten
 def assign_nearest(x: Tensor, codebook: Tensor, mask: Tensor | None = None, chunk: int = 4096) -> Tensor:
     """Nearest codeword per point under the mask: ``[n]`` int64, ties to the lowest index.
 
-    x ``[n, d]``, codebook ``[k, d]``, mask ``[n, d]`` 0/1 or None.
+    x ``[n, d]``, codebook ``[k, d]``, mask ``[n, d]`` 0/1 or None.  The argmin of the
+    float64 masked distances, as in :func:`masked_kmeans` (``chunk``: torch backend only).
     """
     xm, mf = _prepare(x, mask)
-    C = codebook.detach().to(torch.float32)
-    if C.dim() != 2 or C.shape[1] != xm.shape[1]:
-        raise ShapeMismatchError(f"codebook must be [k, {xm.shape[1]}], got {tuple(C.shape)}")
-    s = _Searcher(xm, mf, chunk)
-    s.set_codebook(C)
-    return s.search(None)[0]
+    C = codebook.detach().to("cpu", torch.float32)
+    if C.dim() != 2 or C.shape[1] != xm.shape[1] or C.shape[0] < 1:
+        raise ShapeMismatchError(f"codebook must be [k, {xm.shape[1]}] with k >= 1, got {tuple(C.shape)}")
+    if not torch.isfinite(C).all():
+        raise CompressionError("codebook contains NaN or inf")
+    step = _step(xm, mf, C.shape[0], chunk)
+    try:
+        return step.assign(C)
+    finally:
+        step.close()

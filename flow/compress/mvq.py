@@ -31,9 +31,10 @@ from .errors import (
     VectorLengthError,
 )
 from .kmeans import masked_kmeans
-from .nm import check_nm, nm_mask
+from .nm import check_nm, is_nm_sparse, nm_mask
 
-__all__ = ["MVQConv2d", "MVQLinear", "check_layer_config", "mask_bits_per_group"]
+__all__ = ["MVQConv2d", "MVQLinear", "check_layer_config", "mask_bits_per_group", "codebook_diagnostics",
+           "mvq_diagnostics"]
 
 
 def mask_bits_per_group(n: int, m: int) -> int:
@@ -170,9 +171,11 @@ class MVQConv2d(_CodebookLayer):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, n: int, m: int, k: int, d: int, iters: int = 20, seed: int = 0,
-                  name: str = "") -> "MVQConv2d":
+                  name: str = "", mask: Tensor | None = None) -> "MVQConv2d":
         """Compress ``conv``: N:M mask along Cin (n of every m), masked k-means of the ``[*, d]`` vectors.
 
+        ``mask``: a given N:M mask (0/1, the weight's shape, e.g. from
+        :func:`~flow.compress.finetune.nm_prune_finetune`) instead of the magnitude mask.
         ``name`` only improves error messages.  Raises the :mod:`flow.compress.errors` classes.
         """
         _check_conv(conv, name)
@@ -180,7 +183,7 @@ class MVQConv2d(_CodebookLayer):
         cout, cin, kh, kw = w.shape
         nvec = cout * kh * kw * (cin // d) if _is_pos_int(d) and cin % d == 0 else 0
         check_layer_config(name, cin, nvec, n, m, k, d)
-        mask = nm_mask(w, n, m, dim=1)
+        mask = nm_mask(w, n, m, dim=1) if mask is None else _given_mask(mask, w, n, m, name)
         # [Cout, Cin, kh, kw] -> [Cout, kh, kw, Cin] -> [Cout*kh*kw*(Cin/d), d]: vector g = channels g*d..g*d+d-1
         vec = w.permute(0, 2, 3, 1).reshape(-1, d)
         vmask = mask.permute(0, 2, 3, 1).reshape(-1, d)
@@ -192,7 +195,9 @@ class MVQConv2d(_CodebookLayer):
         """``mask * codebook[indices]`` as ``[Cout, Cin, kh, kw]`` (differentiable w.r.t. the codebook)."""
         kh, kw = self.kernel_size
         w = self.codebook[self.indices]  # [Cout, kh, kw, Cin/d, d]
-        w = w.reshape(self.out_channels, kh, kw, self.in_channels).permute(0, 3, 1, 2)
+        # .contiguous(): a permuted (channels-last) weight would make F.conv2d return a channels-last
+        # output, unlike the nn.Conv2d this layer replaces (x.view(B, -1) after it would then fail)
+        w = w.reshape(self.out_channels, kh, kw, self.in_channels).permute(0, 3, 1, 2).contiguous()
         return w * self.mask
 
     def forward(self, x: Tensor) -> Tensor:
@@ -222,15 +227,18 @@ class MVQLinear(_CodebookLayer):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, n: int, m: int, k: int, d: int, iters: int = 20, seed: int = 0,
-                    name: str = "") -> "MVQLinear":
-        """Compress ``linear``: N:M mask along the input dimension, masked k-means of its ``[*, d]`` vectors."""
+                    name: str = "", mask: Tensor | None = None) -> "MVQLinear":
+        """Compress ``linear``: N:M mask along the input dimension, masked k-means of its ``[*, d]`` vectors.
+
+        ``mask``: a given N:M mask (0/1, the weight's shape) instead of the magnitude mask.
+        """
         if not isinstance(linear, nn.Linear):
             raise UnsupportedLayerError(f"{_who(name)}is a {type(linear).__name__}, not nn.Linear")
         w = linear.weight.detach().to("cpu", torch.float32)
         cout, cin = w.shape
         nvec = cout * (cin // d) if _is_pos_int(d) and cin % d == 0 else 0
         check_layer_config(name, cin, nvec, n, m, k, d)
-        mask = nm_mask(w, n, m, dim=1)
+        mask = nm_mask(w, n, m, dim=1) if mask is None else _given_mask(mask, w, n, m, name)
         res = masked_kmeans(w.reshape(-1, d), mask.reshape(-1, d) if n < m else None, k, iters=iters, seed=seed)
         return cls(cin, cout, res.codebook, res.assign.view(cout, cin // d), mask, linear.bias, n, m)
 
@@ -246,6 +254,18 @@ class MVQLinear(_CodebookLayer):
         return (f"in_features={self.in_features}, out_features={self.out_features}, n:m={self.n}:{self.m}, "
                 f"k={self.k}, d={self.d}, bias={self.bias is not None}, "
                 f"codebook={'int%d' % self.codebook_bits if self.codebook_bits else 'float32'}")
+
+
+def _given_mask(mask: Tensor, w: Tensor, n: int, m: int, name: str) -> Tensor:
+    """A caller's N:M mask as float32 0/1 on the CPU, checked against the weight and (n, m)."""
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(w.shape):
+        got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise CompressionError(f"{_who(name)}mask shape {got} != weight shape {tuple(w.shape)}")
+    mask = (mask.detach().cpu() != 0).to(torch.float32)
+    if not is_nm_sparse(mask, n, m, dim=1):
+        raise CompressionError(f"{_who(name)}the given mask does not keep exactly n={n} of every m={m} weights "
+                               f"along Cin: build it with nm_mask(weight, {n}, {m}, dim=1)")
+    return mask
 
 
 def _is_pos_int(v) -> bool:
@@ -278,3 +298,69 @@ def _check_conv(conv: nn.Module, name: str = "") -> None:
             f"{_who(name)}cannot be compressed: {', '.join(problems)}; only groups=1, dilation=1, zero-padded "
             f"Conv2d vectors map onto the engine — leave it uncompressed (skip=[{name!r}])"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# diagnostics: why a codebook layer loses what it loses
+
+
+@torch.no_grad()
+def codebook_diagnostics(layer: _CodebookLayer, source_weight: Tensor) -> dict:
+    """Reconstruction error, bit split and codebook use of one MVQ/VQ layer.
+
+    ``source_weight`` is the weight k-means clustered (the N:M-pruned, retrained weight for
+    MVQ; the float weight for VQ), in the layer's weight shape ``[Cout, Cin, kh, kw]`` /
+    ``[Cout, Cin]``.  With ``D = decoded_weight()``, ``W = source_weight``, ``M = mask``:
+
+    * ``mse_kept = sum(M (D - W)^2) / sum(M)``: mean squared error over the kept positions;
+      ``rel_err_kept = sum(M (D - W)^2) / sum(M W^2)`` (0 = exact, 1 = as bad as all zeros);
+      ``energy_kept = sum(M W^2)``;
+    * ``rel_err_all = sum((D - W)^2) / sum(W^2)``: over every position, so the energy of the
+      source at pruned positions counts too (0 there when the source was pruned already);
+    * ``bits_index``, ``bits_mask``, ``bits_codebook`` (as :func:`flow.compress.compression_report`
+      counts them) and the same per weight (``bpw_*``);
+    * ``used``: fraction of the k codewords that at least one vector uses; ``entropy``: entropy of
+      the index histogram in bits (``log2 k`` when all codewords are used equally),
+      ``entropy_ratio = entropy / log2 k``: how much of each stored index carries information.
+    """
+    w = source_weight.detach().to("cpu", torch.float32)
+    mask = layer.mask.detach().cpu()
+    if tuple(w.shape) != tuple(mask.shape):
+        raise CompressionError(f"source weight shape {tuple(w.shape)} != layer weight shape {tuple(mask.shape)}")
+    dec = layer.decoded_weight().detach().cpu()
+    err2 = (dec - w) ** 2
+    kept = float(mask.sum())
+    num = float((err2 * mask).sum())
+    den = float((w * w * mask).sum())
+    all_den = float((w * w).sum())
+    counts = torch.bincount(layer.indices.detach().cpu().flatten(), minlength=layer.k).double()
+    p = counts[counts > 0] / counts.sum()
+    entropy = float(-(p * torch.log2(p)).sum())
+    nw = mask.numel()
+    bits_index = layer.n_vectors * (math.ceil(math.log2(layer.k)) if layer.k > 1 else 0)
+    bits_mask = (nw // layer.m) * mask_bits_per_group(layer.n, layer.m)
+    bits_codebook = layer.k * layer.d * (layer.codebook_bits or 32)
+    return dict(
+        n=layer.n, m=layer.m, k=layer.k, d=layer.d, weights=nw, kept=int(kept), vectors=layer.n_vectors,
+        mse_kept=num / kept if kept else 0.0, rel_err_kept=num / den if den else 0.0, energy_kept=den,
+        rel_err_all=float(err2.sum()) / all_den if all_den else 0.0,
+        bits_index=bits_index, bits_mask=bits_mask, bits_codebook=bits_codebook,
+        bpw_index=bits_index / nw, bpw_mask=bits_mask / nw, bpw_codebook=bits_codebook / nw,
+        used=float((counts > 0).sum()) / layer.k, entropy=entropy,
+        entropy_ratio=entropy / math.log2(layer.k) if layer.k > 1 else 1.0,
+    )
+
+
+def mvq_diagnostics(model: nn.Module, source: nn.Module) -> dict[str, dict]:
+    """:func:`codebook_diagnostics` of every MVQ/VQ layer of ``model`` against the same-named
+    module's weight in ``source`` (the model that was compressed); ``{layer name: dict}``."""
+    src = dict(source.named_modules())
+    out: dict[str, dict] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, _CodebookLayer):
+            ref = src.get(name)
+            if ref is None or not isinstance(getattr(ref, "weight", None), Tensor):
+                raise CompressionError(f"source model has no weight for layer {name!r}: pass the model that "
+                                       f"was compressed")
+            out[name] = codebook_diagnostics(mod, ref.weight)
+    return out

@@ -30,7 +30,13 @@ model). Training follows LUT-NN: the forward pass uses the hard one-hot
 assignment (what the hardware computes) and the backward pass the gradient of
 the soft assignment ``softmax(-||a - P||^2 / T)``; ``T`` is an annealed buffer
 (:meth:`set_temperature`, :func:`anneal_pq`), not learned, so a run is
-reproducible and the schedule is explicit.
+reproducible and the schedule is explicit. :meth:`set_assignment` ``("soft")``
+makes the training forward the soft assignment itself (``sum_c soft_c @ LUT_c``,
+exactly the hard lookup once ``T`` is small enough that the softmax underflows to
+one-hot); evaluation is always the hard lookup. The full recipe (k-means init,
+joint soft training with a temperature relative to each layer's quantization
+error, LUT quantization, BN/bias fine-tune) is
+:func:`flow.compress.finetune.pq_finetune`.
 
 Stored precision (``stored_bits``): prototypes ``proto_bits = 8`` (int8/uint8 in
 the *input activation's* quantization grid, so the encoder compares integers
@@ -64,6 +70,8 @@ __all__ = [
     "nearest_prototype",
     "kmeans_subspaces",
     "anneal_pq",
+    "temperature_at",
+    "pq_distance_scales",
     "convert_to_pq",
     "pq_layers",
     "LUT_BITS",
@@ -197,12 +205,41 @@ def _lut_sum(lut: Tensor, idx: Tensor) -> Tensor:
     return F.embedding_bag(rows, lut.reshape(C * K, Cout), mode="sum")
 
 
+def _soft_block(ab: Tensor, P: Tensor, pn: Tensor, temperature: float) -> Tensor:
+    """Soft assignment of the columns of ab [C, v, m]: ``softmax_k(-||a - P_k||^2 / T)`` [C, K, m].
+
+    Computed as ``softmax((e_min - e) / T)`` (the same softmax: a shift per column), so the
+    best prototype's logit is exactly 0 and a tiny ``T`` gives an exact one-hot (the others
+    underflow to 0) instead of overflowing. Exact ties share the weight.
+    """
+    e = _scores(ab, P, pn)
+    z = torch.sub(e.amin(1, keepdim=True), e, out=e).mul_(1.0 / temperature)  # in place: e is not needed again
+    return torch.softmax(z, 1)
+
+
+def _soft_sum(aT: Tensor, P: Tensor, lut: Tensor, temperature: float) -> Tensor:
+    """``out[m] = sum_c sum_k soft[c, k, m] lut[c, k]``: aT [C, v, M], P [C, K, v], lut [C, K, Cout] -> [M, Cout]."""
+    C, K, Cout = lut.shape
+    M = aT.shape[2]
+    out = lut.new_empty(M, Cout)
+    pn = (P * P).sum(-1)
+    flat = lut.reshape(C * K, Cout)
+    step = _chunk_cols(C, K, M)
+    for i in range(0, M, step):
+        soft = _soft_block(aT[:, :, i:i + step], P, pn, temperature)  # [C, K, m]
+        torch.matmul(soft.reshape(C * K, -1).T, flat, out=out[i:i + step])
+    return out
+
+
 class _PQLookup(torch.autograd.Function):
     """Straight-through PQ product (LUT-NN): value of the hard assignment, gradient of the soft one.
 
-    forward(aT [C, v, M], P [C, K, v], lut [C, K, Cout], temperature (float), idx [C, M]) ->
+    forward(aT [C, v, M], P [C, K, v], lut [C, K, Cout], temperature (float), idx [C, M], soft_forward) ->
     ``sum_c lut[c, idx[c, m]]`` [M, Cout]. The backward is that of
     ``(hard + soft - soft.detach()) @ lut`` with ``soft = softmax(-||a - P||^2 / T)`` over k:
+
+    With ``soft_forward`` the value is ``soft @ lut`` itself (idx unused) and the backward
+    that of ``soft @ lut``: the same as below with ``soft`` in place of ``hard`` for the lut.
 
     * lut:  ``hard^T g`` (a scatter-add of g into the chosen rows);
     * soft: ``gs = g @ lut^T``; through the softmax ``gz = soft * (gs - <soft, gs>)``, and
@@ -214,9 +251,13 @@ class _PQLookup(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, aT: Tensor, P: Tensor, lut: Tensor, temperature: float, idx: Tensor) -> Tensor:
+    def forward(ctx, aT: Tensor, P: Tensor, lut: Tensor, temperature: float, idx: Tensor,
+                soft_forward: bool = False) -> Tensor:
         ctx.save_for_backward(aT, P, lut, idx)
         ctx.temperature = float(temperature)
+        ctx.soft_forward = bool(soft_forward)
+        if soft_forward:
+            return _soft_sum(aT, P.detach(), lut.detach(), ctx.temperature)
         return _lut_sum(lut, idx)
 
     @staticmethod
@@ -227,11 +268,13 @@ class _PQLookup(torch.autograd.Function):
         M = aT.shape[2]
         g = g.contiguous()
         grad_a = grad_p = grad_lut = None
+        soft_lut = need_lut and ctx.soft_forward  # d/dlut of soft @ lut: accumulated block by block below
         if need_lut:
             grad_lut = torch.zeros_like(lut)
-            for c in range(C):
-                grad_lut[c].index_add_(0, idx[c], g)
-        if need_a or need_p:
+            if not soft_lut:
+                for c in range(C):
+                    grad_lut[c].index_add_(0, idx[c], g)
+        if need_a or need_p or soft_lut:
             scale = 2.0 / ctx.temperature
             Pd = P.detach()
             pn = (Pd * Pd).sum(-1)
@@ -243,8 +286,11 @@ class _PQLookup(torch.autograd.Function):
             step = _chunk_cols(C, K, M)
             for i in range(0, M, step):
                 ab = aT[:, :, i:i + step]  # [C, v, m]
-                z = _scores(ab, Pd, pn).mul_(-1.0 / ctx.temperature)  # -e / T
-                soft = torch.softmax(z, 1)  # [C, K, m]
+                soft = _soft_block(ab, Pd, pn, ctx.temperature)  # [C, K, m]
+                if soft_lut:
+                    grad_lut.view(C * K, -1).addmm_(soft.reshape(C * K, -1), g[i:i + step])
+                if not (need_a or need_p):
+                    continue
                 gz = torch.matmul(lut_d, gT[:, i:i + step])  # dL/dsoft [C, K, m]
                 gz.mul_(soft)
                 soft.mul_(gz.sum(1, keepdim=True))
@@ -256,7 +302,42 @@ class _PQLookup(torch.autograd.Function):
                     gz_sum += gz.sum(2)
             if need_p:
                 grad_p = (gp - Pd * gz_sum[..., None]).mul_(scale)
-        return grad_a, grad_p, grad_lut, None, None
+        return grad_a, grad_p, grad_lut, None, None, None
+
+
+def _im2col_T(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+              C: int, v: int) -> Tensor:
+    """Subvectors of x [N, Cin, H, W], subspace-major: [C, v, N*OH*OW], patch order (kh, kw, cin)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    N = x.shape[0]
+    OH, OW = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
+    xt = (F.pad(x, (pw, pw, ph, ph)) if ph or pw else x).transpose(0, 1)  # [Cin, N, Hp, Wp] (a view)
+    # One strided slice per kernel offset, stacked: [kh*kw, Cin, N, OH, OW], i.e. rows in
+    # (kh, kw, cin) patch order and columns in (n, oh, ow) order, written once.
+    taps = [xt[:, :, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw] for i in range(kh) for j in range(kw)]
+    return torch.stack(taps).reshape(C, v, N * OH * OW)
+
+
+class _Im2colT(torch.autograd.Function):
+    """:func:`_im2col_T` with a direct backward: each kernel offset's gradient slice added into one
+    zero-padded buffer (autograd's own backward of the stacked slices builds a full-size zero
+    tensor per offset, about 2.5x slower in training)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel, stride, padding, C: int, v: int) -> Tensor:
+        ctx.geom = (tuple(x.shape), kernel, stride, padding)
+        return _im2col_T(x, kernel, stride, padding, C, v)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (N, Cin, H, W), (kh, kw), (sh, sw), (ph, pw) = ctx.geom
+        OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        gx = g.new_zeros(Cin, N, H + 2 * ph, W + 2 * pw)
+        gt = g.reshape(kh * kw, Cin, N, OH, OW)
+        for t in range(kh * kw):
+            i, j = divmod(t, kw)
+            gx[:, :, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw] += gt[t]
+        return gx[:, :, ph:ph + H, pw:pw + W].transpose(0, 1), None, None, None, None, None
 
 
 @torch.no_grad()
@@ -304,6 +385,7 @@ class _PQBase(nn.Module):
         self.prototypes = nn.Parameter(torch.zeros(self.num_subspaces, K, v))
         self.bias = nn.Parameter(torch.zeros(out)) if bias else None
         self.register_buffer("temperature", torch.tensor(1.0))
+        self.soft_forward = False  # training forward: hard lookup (False) or soft assignment; set_assignment()
         # None until quantize_lut_(): the forward uses the float LUT until then.
         self.register_buffer("lut_scale", None)
 
@@ -371,6 +453,24 @@ class _PQBase(nn.Module):
             raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
         self.temperature.fill_(float(t))
 
+    def set_assignment(self, mode: str) -> None:
+        """Training forward: ``"ste"`` (default; LUT-NN) = the hard lookup, soft-assignment gradient;
+        ``"soft"`` = the soft assignment ``sum_c softmax(-dist/T)_c @ LUT_c`` forward and backward.
+
+        Evaluation (eval mode or no grad) is the hard lookup in both modes.
+        """
+        if mode not in ("ste", "soft"):
+            raise ValueError(f"assignment mode {mode!r}: use 'ste' (hard forward, soft gradient) or 'soft'")
+        self.soft_forward = mode == "soft"
+
+    @torch.no_grad()
+    def distance_stats(self, aT: Tensor) -> tuple[float, int]:
+        """``(sum, count)`` of the squared distance of each subvector of aT [C, v, M] to its nearest prototype."""
+        P = self.prototypes.detach().to(aT.dtype)
+        idx = _encode_T(aT, P)  # [C, M]
+        near = torch.gather(P, 1, idx[:, :, None].expand(-1, -1, self.v))  # [C, M, v]
+        return float(((aT.transpose(1, 2) - near) ** 2).sum()), int(idx.numel())
+
     @torch.no_grad()
     def encode(self, a_sub: Tensor) -> Tensor:
         """Nearest prototype of each subvector: a_sub [..., C, v] -> int64 [..., C], ties to the lowest index."""
@@ -384,11 +484,12 @@ class _PQBase(nn.Module):
         gather-and-sum: the LUT computation the engine does.
         """
         lut = self.effective_lut()  # [C, K, Cout]
-        idx = _encode_T(aT.detach(), self.prototypes.detach())  # [C, M]
         if self.training and torch.is_grad_enabled():
-            out = _PQLookup.apply(aT, self.prototypes.to(aT.dtype), lut, float(self.temperature), idx)
+            soft = getattr(self, "soft_forward", False)
+            idx = aT.new_zeros(0, dtype=torch.int64) if soft else _encode_T(aT.detach(), self.prototypes.detach())
+            out = _PQLookup.apply(aT, self.prototypes.to(aT.dtype), lut, float(self.temperature), idx, soft)
         else:
-            out = _lut_sum(lut, idx)
+            out = _lut_sum(lut, _encode_T(aT.detach(), self.prototypes.detach()))
         return out if self.bias is None else out + self.bias
 
     # --- accounting ----------------------------------------------------------------------
@@ -498,14 +599,10 @@ class PQConv2d(_PQBase):
         """The same subvectors subspace-major: x [N, Cin, H, W] -> [C, v, N*OH*OW] (one copy)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ShapeMismatchError(f"PQConv2d expects input [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        N = x.shape[0]
-        OH, OW = self.output_size(x.shape[2], x.shape[3])
-        xt = (F.pad(x, (pw, pw, ph, ph)) if ph or pw else x).transpose(0, 1)  # [Cin, N, Hp, Wp] (a view)
-        # One strided slice per kernel offset, stacked: [kh*kw, Cin, N, OH, OW], i.e. rows in
-        # (kh, kw, cin) patch order and columns in (n, oh, ow) order, written once.
-        taps = [xt[:, :, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw] for i in range(kh) for j in range(kw)]
-        return torch.stack(taps).reshape(self.num_subspaces, self.v, N * OH * OW)
+        geom = (self.kernel_size, self.stride, self.padding, self.num_subspaces, self.v)
+        if x.requires_grad and torch.is_grad_enabled():
+            return _Im2colT.apply(x, *geom)
+        return _im2col_T(x, *geom)
 
     def forward(self, x: Tensor) -> Tensor:
         unbatched = x.dim() == 3
@@ -519,7 +616,8 @@ class PQConv2d(_PQBase):
             nb = max(1, _PATCH_CHUNK // max(1, self.D * OH * OW))
             y = torch.cat([self._pq_product(self._subvectors_T(x[i:i + nb])) for i in range(0, N, nb)]) if N > nb \
                 else self._pq_product(self._subvectors_T(x))
-        y = y.reshape(N, OH, OW, self.out_channels).permute(0, 3, 1, 2)
+        # contiguous NCHW, as nn.Conv2d returns it: a model that flattens with view() must still run
+        y = y.reshape(N, OH, OW, self.out_channels).permute(0, 3, 1, 2).contiguous()
         return y[0] if unbatched else y
 
     def extra_repr(self) -> str:
@@ -678,6 +776,55 @@ def convert_to_pq(model: nn.Module, calib_x: Tensor, v: int = 9, K: int = 16, it
     return done
 
 
+def temperature_at(step: int, total: int, t_start: float, t_end: float) -> float:
+    """The geometric schedule: ``t_start`` at step 0, ``t_end`` at step ``total - 1`` (and after)."""
+    if total <= 1:
+        return float(t_end)
+    return float(t_start * (t_end / t_start) ** (min(step, total - 1) / (total - 1)))
+
+
+@torch.no_grad()
+def pq_distance_scales(model: nn.Module, x: Tensor, batch_size: int = 128) -> dict[str, float]:
+    """Per PQ layer: the mean squared distance of its input subvectors to their nearest prototype.
+
+    The layer's own quantization error per subvector, on ``model``'s inputs x [N, ...] (eval
+    mode, the model as it is). :func:`flow.compress.finetune.pq_finetune` measures the
+    temperature in these units, so one schedule fits layers whose activations differ in scale.
+    A layer with zero error (its data are prototypes) gets 1.0.
+    """
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, _PQBase)]
+    if not named:
+        raise UnsupportedLayerError("pq_distance_scales: the model has no PQConv2d/PQLinear")
+    acc = {n: [0.0, 0] for n, _ in named}
+
+    def hook(name):
+        def grab(mod: _PQBase, args: tuple) -> None:
+            xin = args[0].detach()
+            aT = mod._subvectors_T(xin) if isinstance(mod, PQConv2d) else \
+                mod.subvectors(xin).reshape(-1, mod.num_subspaces, mod.v).permute(1, 2, 0).contiguous()
+            s, n = mod.distance_stats(aT)
+            acc[name][0] += s
+            acc[name][1] += n
+        return grab
+
+    hooks = [m.register_forward_pre_hook(hook(n)) for n, m in named]
+    was = model.training
+    model.eval()
+    try:
+        x = torch.as_tensor(x).float()
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    out = {}
+    for n, (s, cnt) in acc.items():
+        mean = s / max(cnt, 1)
+        out[n] = mean if mean > 0 and math.isfinite(mean) else 1.0
+    return out
+
+
 def anneal_pq(model: nn.Module, x: Tensor, y: Tensor, epochs: int, t_start: float = 1.0, t_end: float = 0.01,
               lr: float = 1e-3, batch_size: int = 64, seed: int = 0) -> nn.Module:
     """Fine-tune a model with PQ layers, annealing the soft-assignment temperature (LUT-NN).
@@ -707,7 +854,7 @@ def anneal_pq(model: nn.Module, x: Tensor, y: Tensor, epochs: int, t_start: floa
         model.train()
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch_size):
-            t = t_start * (t_end / t_start) ** (step / max(1, total - 1))
+            t = temperature_at(step, total, t_start, t_end)
             for layer in layers:
                 layer.set_temperature(t)
             idx = perm[i:i + batch_size]

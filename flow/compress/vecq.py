@@ -1,26 +1,46 @@
-"""VecQ: per-layer symmetric b-bit weights whose step minimises the vector loss.
+"""VecQ: per-layer b-bit weights, as the paper defines them or with the exact vector-loss step.
 
 Reference: C. Gong, Y. Chen, Y. Lu, T. Li, C. Hao, D. Chen, "VecQ: Minimal Loss
 DNN Model Compression With Vectorized Weight Quantization", IEEE Transactions
 on Computers, 2020 (arXiv:2005.08501).
 
-VecQ treats a layer's whole weight tensor as one vector ``w`` and measures the
-quantization loss as a *vector* loss: the orientation error plus the modulus
-error between ``w`` and its quantized version ``q``. The paper splits it into an
-orientation loss (``1 - cos``) and a modulus loss; we use the normalised form
+Two schemes (``scheme=`` on the layers, ``vecq_scheme=`` in :func:`flow.compress.compress`):
+
+``"paper"`` (the default): VecQ as its paper defines it.
+
+* Levels: ``sign * (|z| + 0.5)``, |z| = 0 .. 2^(b-1) - 1: 2^b half-integer levels, no
+  zero (1 bit: +-0.5, i.e. binary weights).
+* Step: ``step = lambda_b * std(w)`` (population std of the layer's whole weight tensor)
+  with the paper's table ``lambda_b`` = 1.0000, 0.9957, 0.5860, 0.3352, 0.1881, 0.1041,
+  0.0569, 0.0308 for b = 1..8 (the optimal uniform step of a unit Gaussian).
+* Assignment: the nearest level, ``l = clamp(floor(w / step), -2^(b-1), 2^(b-1) - 1) + 0.5``
+  (an exact tie ``w / step`` = integer goes up). ``q = step * l``.
+* Scale: the least-squares ``alpha = <w, q> / <q, q>``; the weight is ``alpha * q``.
+* Engine: ``2 l`` is an odd integer in +-(2^b - 1), so the layer is stored as odd int
+  codes ``o = 2 l`` with one scale ``alpha * step / 2`` (half-integer levels are odd
+  integers at twice the resolution) and runs on the dense int8 mode unchanged. That
+  needs ``2^b - 1 <= 127``: b = 1..7; b = 8 (odd codes up to +-255, 9 bits) is refused.
+* Training: straight-through (identity gradient, also for clamped weights); step and
+  alpha are recomputed from the current weights on every training forward (both are
+  O(n)).
+
+``"sweep"``: symmetric levels with zero and the step that minimises the vector loss
+exactly (this module's original scheme, kept as an option). VecQ treats a layer's
+whole weight tensor as one vector ``w`` and measures the quantization loss as a
+*vector* loss: the orientation error plus the modulus error between ``w`` and its
+quantized version ``q``. We use the normalised form
 
     J(w, q) = J_angle + J_modulus
     J_angle   = 1 - <w, q> / (||w|| ||q||)
     J_modulus = (||w|| - ||q||)^2 / ||w||^2
 
-(the paper's modulus term may be normalised differently; dividing by ``||w||^2``
-makes ``J`` scale invariant, ``J(c w, c step) = J(w, step)``, so one number means
-the same thing for every layer). ``q = 0`` (every weight rounded to zero) is
-defined as ``J = 2``: no direction (cos := 0) and the whole modulus lost.
+(dividing by ``||w||^2`` makes ``J`` scale invariant, ``J(c w, c step) = J(w, step)``,
+so one number means the same thing for every layer). ``q = 0`` (every weight rounded
+to zero) is defined as ``J = 2``: no direction (cos := 0) and the whole modulus lost.
 
 Quantizer: ``q(w; step) = step * clamp(round(w / step), -L, L)`` with
 ``L = 2^(b-1) - 1`` (symmetric, ``2^b - 1`` levels, no zero point, so the engine's
-dense mode multiplies int8 codes directly), round half to even (numpy/torch).
+dense mode multiplies int8 codes directly), round half to even (numpy/torch); b = 2..8.
 
 Finding the step. For a fixed step the integer codes ``z`` are fixed between
 *breakpoints* ``|w_i| / (j + 0.5)`` (j = 0..L-1), where one code changes by one.
@@ -31,9 +51,10 @@ minimum is found by sweeping the breakpoints in order, updating ``<|w|, |z|>`` a
 (:func:`optimal_step`). When there are too many breakpoints (large layers at
 7..8 bits) a dense geometric grid locates the best basins first and the exact
 sweep runs only inside them. Every returned step is re-checked with the real
-quantizer.
+quantizer. When the step is updated during training: see :attr:`VecQConv2d.step_every`.
 
-When the step is updated during training: see :attr:`VecQConv2d.step_every`.
+Both schemes give the engine ``int_weight() -> (int8 codes, one float scale)`` with
+``codes * scale`` exactly the eval-mode weight.
 """
 from __future__ import annotations
 
@@ -55,13 +76,23 @@ __all__ = [
     "step_loss",
     "quantize_codes",
     "optimal_step",
-    "convert_to_vecq",
+    "paper_quantize",
     "conv_padding",
+    "check_bits",
+    "check_scheme",
+    "SCHEMES",
+    "LAMBDA",
+    "BITS_RANGE",
     "MIN_BITS",
     "MAX_BITS",
 ]
 
-MIN_BITS, MAX_BITS = 2, 8
+SCHEMES = ("paper", "sweep")
+# The paper's step table: step = LAMBDA[b] * std(w) (the optimal uniform quantizer of a unit Gaussian).
+LAMBDA = {1: 1.0000, 2: 0.9957, 3: 0.5860, 4: 0.3352, 5: 0.1881, 6: 0.1041, 7: 0.0569, 8: 0.0308}
+# Bit widths each scheme can run on the int8 engine: paper codes are odd ints up to +-(2^b - 1).
+BITS_RANGE = {"paper": (1, 7), "sweep": (2, 8)}
+MIN_BITS, MAX_BITS = 1, 8  # over both schemes
 # Above this many breakpoints (n_weights * L) the exact sweep runs only inside the
 # basins found by a grid: 2M breakpoints ~ 100 MB of float64 temporaries.
 _FULL_SWEEP_MAX = 1 << 21
@@ -70,16 +101,30 @@ _GRID_BASINS = 3
 
 
 class BitWidthError(CompressionError):
-    """A bit width is outside the range the format supports (VecQ weights: 2..8; PQ LUT: 8 or 16)."""
+    """A bit width is outside the range the format supports (VecQ weights: paper 1..7, sweep 2..8; PQ LUT: 8 or 16)."""
 
 
-def check_bits(bits: int) -> int:
-    """Return ``bits`` if it is an int in 2..8, else raise :class:`BitWidthError`."""
+def check_scheme(scheme: str) -> str:
+    """Return ``scheme`` if it is 'paper' or 'sweep', else raise :class:`CompressionError`."""
+    if scheme not in SCHEMES:
+        raise CompressionError(f"vecq scheme {scheme!r} is unknown: use 'paper' (half-integer levels, "
+                               f"lambda * std step, least-squares scale) or 'sweep' (symmetric levels, "
+                               f"exact vector-loss step)")
+    return scheme
+
+
+def check_bits(bits: int, scheme: str = "paper") -> int:
+    """``bits`` if it is an int the scheme supports (paper 1..7, sweep 2..8), else raise :class:`BitWidthError`."""
+    lo, hi = BITS_RANGE[check_scheme(scheme)]
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-        raise BitWidthError(f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
-    if not MIN_BITS <= bits <= MAX_BITS:
+        raise BitWidthError(f"bits must be an integer in {lo}..{hi} (vecq scheme {scheme!r}), got {bits!r}")
+    if scheme == "paper" and bits == 8:
+        raise BitWidthError("bits=8 is unsupported with vecq scheme 'paper': its 256 half-integer levels are the "
+                            "odd codes +-1..+-255 (9 bits), wider than the engine's int8 weights; use bits <= 7, "
+                            "or vecq_scheme='sweep' for 8-bit symmetric codes")
+    if not lo <= bits <= hi:
         raise BitWidthError(
-            f"bits={bits} is unsupported: VecQ weights are {MIN_BITS}..{MAX_BITS} bits "
+            f"bits={bits} is unsupported: VecQ weights with scheme {scheme!r} are {lo}..{hi} bits "
             f"(int8 storage on the systolic array); pick bits in that range"
         )
     return int(bits)
@@ -88,6 +133,31 @@ def check_bits(bits: int) -> int:
 def _levels(bits: int) -> int:
     """Largest code magnitude L = 2^(b-1) - 1 (symmetric grid, 2^b - 1 levels)."""
     return (1 << (bits - 1)) - 1
+
+
+def paper_quantize(w: np.ndarray | Tensor, bits: int) -> tuple[np.ndarray, float, float]:
+    """The paper's VecQ quantizer in float64: ``(odd codes, step, alpha)``.
+
+    ``step = LAMBDA[bits] * std(w)`` (population std; for constant ``w``: max|w|, or 1
+    for all-zero ``w``), level ``l = clamp(floor(w / step), -2^(b-1), 2^(b-1)-1) + 0.5``,
+    ``q = step * l``, ``alpha = <w, q> / <q, q>``. Returns the odd int64 codes
+    ``o = 2 l`` (shape of ``w``), so the quantized weight is ``alpha * step / 2 * o``.
+    The layers compute the same in torch with a float32 step; this function is the
+    reference form (no float32 rounding).
+    """
+    bits = check_bits(bits, "paper")
+    if isinstance(w, Tensor):
+        w = w.detach().cpu().double().numpy()
+    w = np.asarray(w, np.float64)
+    if w.size == 0 or not np.isfinite(w).all():
+        raise ValueError("paper_quantize: w is empty or has NaN/inf; fix the weights before quantizing")
+    std = float(w.std())
+    step = LAMBDA[bits] * std if std > 0 else (float(np.abs(w).max()) or 1.0)
+    half = 1 << (bits - 1)
+    o = 2 * np.clip(np.floor(w / step), -half, half - 1).astype(np.int64) + 1
+    q = step * o / 2
+    alpha = float((w.ravel() @ q.ravel()) / (q.ravel() @ q.ravel()))
+    return o, float(step), alpha
 
 
 # ----------------------------------------------------------------------------- loss
@@ -115,7 +185,7 @@ def vecq_loss(w: np.ndarray, q: np.ndarray) -> float:
 
 def quantize_codes(w: np.ndarray, step: float, bits: int) -> np.ndarray:
     """Integer codes ``clamp(round(w / step), -L, L)`` as int64 (round half to even)."""
-    L = _levels(check_bits(bits))
+    L = _levels(check_bits(bits, "sweep"))
     if not step > 0:
         raise ValueError(f"step must be > 0, got {step}")
     return np.clip(np.round(np.asarray(w, np.float64) / step), -L, L).astype(np.int64)
@@ -204,7 +274,7 @@ def optimal_step(w: np.ndarray | Tensor, bits: int) -> float:
         BitWidthError: ``bits`` outside 2..8.
         ValueError: ``w`` has NaN/inf or is empty.
     """
-    bits = check_bits(bits)
+    bits = check_bits(bits, "sweep")
     if isinstance(w, Tensor):
         w = w.detach().cpu().double().numpy()
     w = np.asarray(w, np.float64).ravel()
@@ -279,37 +349,72 @@ def check_plain_conv(conv: nn.Module, who: str) -> None:
 
 
 class _VecQMixin:
-    """Shared VecQ state: ``bits``, ``step`` buffer, straight-through quantization."""
+    """Shared VecQ state: ``bits``, ``scheme``, the ``step`` (and paper ``alpha``) buffers, straight-through."""
 
     weight: nn.Parameter
     bias: nn.Parameter | None
     step: Tensor
 
-    def _init_vecq(self, bits: int, step_every: int) -> None:
-        self.bits = check_bits(bits)
+    def _init_vecq(self, bits: int, step_every: int | None, scheme: str) -> None:
+        self.scheme = check_scheme(scheme)
+        self.bits = check_bits(bits, scheme)
+        if step_every is None:
+            step_every = 1 if scheme == "paper" else 50
         if isinstance(step_every, bool) or not isinstance(step_every, int) or step_every < 0:
             raise ValueError(f"step_every must be an int >= 0 (0 = frozen step), got {step_every!r}")
         self.step_every = step_every
         self._train_forwards = 0
         self._stale = False  # weights trained since the last refresh_step
         self.register_buffer("step", torch.ones(()))  # type: ignore[attr-defined]
+        if scheme == "paper":  # the least-squares scale (sweep state dicts keep their old layout)
+            self.register_buffer("alpha", torch.ones(()))  # type: ignore[attr-defined]
 
     @property
     def levels(self) -> int:
-        """Largest code magnitude ``L = 2^(bits-1) - 1``."""
-        return _levels(self.bits)
+        """Largest code magnitude of :meth:`int_weight`: sweep ``2^(b-1) - 1``, paper ``2^b - 1`` (odd codes)."""
+        return (1 << self.bits) - 1 if self.scheme == "paper" else _levels(self.bits)
+
+    def _codes(self, w: Tensor, step: Tensor) -> Tensor:
+        """The integer codes (in ``w``'s dtype) of ``w`` on the grid of ``step``: sweep
+        ``clamp(round(w / step), -L, L)``; paper the odd ``2 clamp(floor(w / step), -2^(b-1), 2^(b-1)-1) + 1``."""
+        step = step.to(w.dtype)
+        if self.scheme == "paper":
+            half = 1 << (self.bits - 1)
+            return 2 * torch.clamp(torch.floor(w / step), -half, half - 1) + 1
+        return torch.clamp(torch.round(w / step), -self.levels, self.levels)
+
+    def _unit(self) -> Tensor:
+        """The weight of one code step (``codes * unit`` is the weight): sweep ``step``, paper ``alpha * step / 2``."""
+        if self.scheme == "paper":
+            return self.alpha * self.step * 0.5
+        return self.step
 
     @torch.no_grad()
     def refresh_step(self) -> float:
-        """Set ``step`` to the VecQ optimum (:func:`optimal_step`) of the current weight; return it.
+        """Recompute the grid from the current weight (the scheme's rule); return the step.
 
-        The optimum can sit a hair inside a code interval, closer to its edge than the
-        buffer's precision (float32: 6e-8 relative); rounding it could cross the edge and
-        change codes. So the few representable steps around it are scored with the codes
-        the layer will really use (``round(w / step)`` in the weight's dtype) and the best
-        one is stored.
+        Paper: ``step = LAMBDA[b] * std(w)`` and the least-squares ``alpha = <w, q> / <q, q>``
+        (``q = step * codes / 2``), both in float64 and stored as float32; alpha is computed
+        with the float32 step and the codes the layer really uses, so it is exactly the
+        least-squares scale of the stored grid (up to its float32 rounding).
+
+        Sweep: the VecQ optimum (:func:`optimal_step`). The optimum can sit a hair inside a
+        code interval, closer to its edge than the buffer's precision (float32: 6e-8
+        relative); rounding it could cross the edge and change codes. So the few
+        representable steps around it are scored with the codes the layer will really use
+        (``round(w / step)`` in the weight's dtype) and the best one is stored.
         """
         w = self.weight.detach()
+        if self.scheme == "paper":
+            w64 = w.double()
+            std = float(torch.sqrt(((w64 - w64.mean()) ** 2).mean()))  # population std, as numpy's
+            step = LAMBDA[self.bits] * std if std > 0 else (float(w64.abs().max()) or 1.0)
+            self.step.fill_(step)
+            o = self._codes(w, self.step).double()
+            q = float(self.step) * 0.5 * o
+            self.alpha.fill_(float((w64 * q).sum() / (q * q).sum()))
+            self._stale = False
+            return float(self.step)
         w64 = w.double().cpu().numpy()
         best = torch.tensor(optimal_step(w64, self.bits), dtype=self.step.dtype, device=self.step.device)
         cands, up, down = [best], best, best
@@ -323,22 +428,23 @@ class _VecQMixin:
         return float(self.step)
 
     def _loss_at(self, w: Tensor, w64: np.ndarray, step: Tensor) -> float:
-        z = torch.clamp(torch.round(w / step.to(w.dtype)), -self.levels, self.levels)
+        z = self._codes(w, step)
         return vecq_loss(w64, z.double().cpu().numpy() * float(step))
 
     def train(self, mode: bool = True):
         """As ``nn.Module.train``; leaving training mode refreshes a stale step (``step_every > 0``),
-        so the eval step is the optimum of the final weights."""
+        so the eval grid is the one of the final weights."""
         if not mode and self.training and self.step_every and self._stale:
             self.refresh_step()
         return super().train(mode)  # type: ignore[misc]
 
     def quantized_weight(self) -> Tensor:
-        """``step * clamp(round(w / step), -L, L)``, same shape as ``weight``.
+        """``codes * unit``, same shape as ``weight`` (sweep: ``step * clamp(round(w / step), -L, L)``;
+        paper: ``alpha * step * (clamp(floor(w / step), ...) + 0.5)``).
 
         Straight-through: the value is quantized, the gradient w.r.t. ``weight`` is the
         identity (also on clamped weights): the standard straight-through estimator. In
-        training mode the step is refreshed every ``step_every`` forward passes (see the
+        training mode the grid is refreshed every ``step_every`` forward passes (see the
         class docstring).
         """
         if self.training and self.step_every:  # type: ignore[attr-defined]
@@ -346,25 +452,25 @@ class _VecQMixin:
                 self.refresh_step()
             self._train_forwards += 1
             self._stale = True  # the optimizer will update the weights after this pass
-        step = self.step.to(self.weight.dtype)
-        q = torch.clamp(torch.round(self.weight / step), -self.levels, self.levels) * step
+        q = self._codes(self.weight, self.step) * self._unit().to(self.weight.dtype)
         # Value exactly q (w - w.detach() is exactly 0, whereas "w + (q - w).detach()" can be
         # an ulp off q for clamped weights), gradient exactly the identity.
         return q.detach() + (self.weight - self.weight.detach())
 
     @torch.no_grad()
     def int_weight(self) -> tuple[np.ndarray, float]:
-        """``(codes, step)``: int8 codes of ``weight``'s shape in -L..L and the float32 step.
+        """``(codes, scale)``: int8 codes of ``weight``'s shape and the float32 scale of one code.
 
-        Uses the stored ``step`` buffer, so ``codes * step`` equals the eval-mode forward's
-        weight exactly.
+        Sweep: codes in -L..L, scale = ``step``. Paper: odd codes in -(2^b - 1)..2^b - 1
+        (twice the half-integer levels), scale = ``alpha * step / 2``. Uses the stored
+        buffers, so ``codes * scale`` equals the eval-mode forward's weight exactly.
         """
-        step = self.step.to(self.weight.dtype)
-        z = torch.clamp(torch.round(self.weight / step), -self.levels, self.levels)
-        return z.to(torch.int8).cpu().numpy(), float(self.step)
+        unit = self._unit().to(self.weight.dtype)
+        z = self._codes(self.weight, self.step)
+        return z.to(torch.int8).cpu().numpy(), float(unit)
 
     def stored_bits(self) -> dict[str, int]:
-        """Every stored bit: b-bit codes, one float32 step, int32/float32 bias."""
+        """Every stored bit: b-bit codes, one float32 scale, int32/float32 bias."""
         return {
             "weight": self.weight.numel() * self.bits,
             "step": 32,
@@ -377,25 +483,26 @@ class _VecQMixin:
 
 
 class VecQConv2d(_VecQMixin, nn.Module):
-    """Conv2d with VecQ b-bit symmetric weights.
+    """Conv2d with VecQ b-bit weights (module docstring: the 'paper' and 'sweep' schemes).
 
     Shapes: input [N, Cin, H, W] -> output [N, Cout, OH, OW]; ``weight`` [Cout, Cin, kh, kw]
     (float, trained); the codes come from :meth:`int_weight`.
 
-    ``step_every``: in training mode the step is recomputed from the current weight
-    on the first training forward and then every ``step_every`` forward passes
-    (default 50). Recomputing on every batch keeps the step exactly optimal but one
-    :func:`optimal_step` costs O(n log n) (10..100 ms for a 37k-weight layer on
-    one CPU core), which would dominate fine-tuning of a small model; the weights
-    move little in 50 steps, and between refreshes the straight-through estimator
-    still trains them against the current grid. ``0`` freezes the step: call
-    :meth:`refresh_step` yourself (e.g. once per epoch). Eval mode always uses the
-    stored ``step``, so eval output and :meth:`int_weight` agree exactly.
+    ``step_every``: in training mode the grid (step, and alpha for 'paper') is recomputed
+    from the current weight on the first training forward and then every ``step_every``
+    forward passes. Default (None): 1 for 'paper' (lambda * std and the least-squares
+    alpha are O(n)), 50 for 'sweep': one :func:`optimal_step` costs O(n log n)
+    (10..100 ms for a 37k-weight layer on one CPU core), which would dominate
+    fine-tuning of a small model; the weights move little in 50 steps, and between
+    refreshes the straight-through estimator still trains them against the current
+    grid. ``0`` freezes the grid: call :meth:`refresh_step` yourself (e.g. once per
+    epoch). Eval mode always uses the stored buffers, so eval output and
+    :meth:`int_weight` agree exactly.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, bias: bool = True,
-                 bits: int = 4, step_every: int = 50, *, _init_step: bool = True):
+                 bits: int = 4, step_every: int | None = None, scheme: str = "paper", *, _init_step: bool = True):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
@@ -403,17 +510,18 @@ class VecQConv2d(_VecQMixin, nn.Module):
         self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels, *self.kernel_size))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
-        self._init_vecq(bits, step_every)
+        self._init_vecq(bits, step_every, scheme)
         if _init_step:  # from_conv/from_linear set it once, from the copied weights
             self.refresh_step()
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, bits: int = 4, step_every: int = 50) -> "VecQConv2d":
-        """Copy a trained Conv2d (weight, bias, geometry) and set the VecQ-optimal step."""
+    def from_conv(cls, conv: nn.Conv2d, bits: int = 4, step_every: int | None = None,
+                  scheme: str = "paper") -> "VecQConv2d":
+        """Copy a trained Conv2d (weight, bias, geometry) and set the scheme's grid."""
         check_plain_conv(conv, "VecQConv2d.from_conv")
-        check_bits(bits)
+        check_bits(bits, scheme)
         m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
-                bias=conv.bias is not None, bits=bits, step_every=step_every, _init_step=False)
+                bias=conv.bias is not None, bits=bits, step_every=step_every, scheme=scheme, _init_step=False)
         m = m.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             m.weight.copy_(conv.weight)
@@ -427,34 +535,35 @@ class VecQConv2d(_VecQMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, bias={self.bias is not None}, bits={self.bits}")
+                f"padding={self.padding}, bias={self.bias is not None}, bits={self.bits}, scheme={self.scheme!r}")
 
 
 class VecQLinear(_VecQMixin, nn.Module):
-    """Linear with VecQ b-bit symmetric weights: [..., in] -> [..., out]; ``weight`` [out, in].
+    """Linear with VecQ b-bit weights: [..., in] -> [..., out]; ``weight`` [out, in].
 
-    ``step_every`` as in :class:`VecQConv2d`.
+    ``step_every`` and ``scheme`` as in :class:`VecQConv2d`.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
-                 step_every: int = 50, *, _init_step: bool = True):
+                 step_every: int | None = None, scheme: str = "paper", *, _init_step: bool = True):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
-        self._init_vecq(bits, step_every)
+        self._init_vecq(bits, step_every, scheme)
         if _init_step:  # from_conv/from_linear set it once, from the copied weights
             self.refresh_step()
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, bits: int = 4, step_every: int = 50) -> "VecQLinear":
-        """Copy a trained Linear and set the VecQ-optimal step."""
+    def from_linear(cls, lin: nn.Linear, bits: int = 4, step_every: int | None = None,
+                    scheme: str = "paper") -> "VecQLinear":
+        """Copy a trained Linear and set the scheme's grid."""
         if not isinstance(lin, nn.Linear):
             raise UnsupportedLayerError(f"VecQLinear.from_linear needs an nn.Linear, got {type(lin).__name__}")
-        check_bits(bits)
+        check_bits(bits, scheme)
         m = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, bits=bits, step_every=step_every,
-                _init_step=False)
+                scheme=scheme, _init_step=False)
         m = m.to(device=lin.weight.device, dtype=lin.weight.dtype)
         with torch.no_grad():
             m.weight.copy_(lin.weight)
@@ -468,37 +577,4 @@ class VecQLinear(_VecQMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, bits={self.bits}")
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
-def convert_to_vecq(model: nn.Module, bits: int = 4, keep_first_last: bool = True,
-                    step_every: int = 50) -> dict[str, str]:
-    """Replace Conv2d/Linear layers of ``model`` in place by VecQ layers.
-
-    ``keep_first_last``: the first and the last Conv2d/Linear (in ``named_modules``
-    order) stay float, as DESIGN.md keeps them int8 dense. Grouped/dilated convs stay
-    float too. Returns ``{layer name: "vecq" or the reason it was kept}``.
-    """
-    check_bits(bits)
-    names = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
-    done: dict[str, str] = {}
-    for i, name in enumerate(names):
-        layer = model.get_submodule(name)
-        if keep_first_last and i in (0, len(names) - 1):
-            done[name] = "kept dense: first/last layer"
-            continue
-        try:
-            new = (VecQConv2d.from_conv(layer, bits, step_every) if isinstance(layer, nn.Conv2d)
-                   else VecQLinear.from_linear(layer, bits, step_every))
-        except UnsupportedLayerError as e:
-            done[name] = f"kept dense: {e}"
-            continue
-        new.train(layer.training)
-        _set_submodule(model, name, new)
-        done[name] = "vecq"
-    return done
+                f"bias={self.bias is not None}, bits={self.bits}, scheme={self.scheme!r}")

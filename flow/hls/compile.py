@@ -6,6 +6,13 @@ Builds are cached in ``$VQHLS_CACHE`` (default ``<repo>/.cache/vqhls/``) under
 firmware and testbench files as they are on disk (so the EngineConfig and the
 templates they were rendered from), the compiler flags and the g++ version:
 a second call with the same project does not recompile.
+
+A cached build is used only when it verifies: ``build.sha256`` (written last, after the
+binaries were renamed into place) must hold the sha256 of both binaries; a truncated or
+otherwise damaged library (which dlopen would map and crash on with SIGBUS) is rebuilt
+instead. g++ runs in a temporary ``.tmp-build-<pid>-*`` folder of the cache entry; the
+folders of builds that were killed (their process gone, or older than STALE_SECONDS) are
+removed by the next build.
 """
 from __future__ import annotations
 
@@ -14,15 +21,20 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
 from flow.hls.ap_types import ap_types_dir
 from flow.hls.project import CXXFLAGS, Project
+from models import cache as _cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TB_NAME = "vqhls_tb"
 LIB_NAME = "libvqhls_engine.so"
+SUMS_NAME = "build.sha256"          # sha256 of the binaries, written after them: the build is complete
+TMP_PREFIX = ".tmp-build-"          # + "<pid>-<random>": g++'s working folder inside a cache entry
+STALE_SECONDS = 6 * 3600            # a working folder this old is removed even if its pid is alive (reused)
 
 
 class ToolchainError(RuntimeError):
@@ -34,9 +46,9 @@ class CompileError(RuntimeError):
 
 
 def cache_root() -> Path:
-    """Where builds are cached: $VQHLS_CACHE, else <repo>/.cache/vqhls."""
-    env = os.environ.get("VQHLS_CACHE")
-    return Path(env) if env else REPO_ROOT / ".cache" / "vqhls"
+    """Where builds are cached: $VQHLS_CACHE, else <repo>/.cache/vqhls (models.cache.cache_root: a
+    CacheError, one line naming VQHLS_CACHE, when it is not a directory)."""
+    return _cache.cache_root()
 
 
 @lru_cache(maxsize=None)
@@ -103,19 +115,86 @@ def _wait(procs: list[tuple[list[str], subprocess.Popen]]) -> None:
         raise CompileError("g++ failed to build the engine:\n" + "\n".join(errors))
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sums_text(files: list[Path]) -> str:
+    return "".join(f"{_file_sha256(f)}  {f.name}\n" for f in files)
+
+
+def verify_build(out: Path) -> bool:
+    """True when ``out`` holds a complete build: both binaries and the sums written after them, matching."""
+    tb, lib, sums = out / TB_NAME, out / LIB_NAME, out / SUMS_NAME
+    try:
+        return tb.is_file() and lib.is_file() and sums.read_text() == _sums_text([tb, lib])
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True    # exists (another user's) or cannot tell: keep its folder
+    return True
+
+
+def clean_stale(root: Path | None = None) -> list[Path]:
+    """Remove the g++ working folders (``<entry>/.tmp-build-<pid>-*``) of builds that were killed: their
+    process is gone, or they are older than STALE_SECONDS. Returns the removed folders."""
+    root = cache_root() if root is None else root
+    removed = []
+    folders = [(w, True) for w in root.glob(f"*/{TMP_PREFIX}*")]
+    folders += [(w, False) for w in root.glob("*/build-*")]   # unnamed by pid (older kits): by age only
+    for work, named in folders:
+        if not work.is_dir():
+            continue
+        try:
+            pid = int(work.name[len(TMP_PREFIX):].split("-", 1)[0]) if named else 0
+        except ValueError:
+            pid = -1
+        try:
+            age = time.time() - work.stat().st_mtime
+        except OSError:
+            continue
+        if pid == os.getpid() and age < STALE_SECONDS:
+            continue   # one of this process's builds (another thread)
+        if age > STALE_SECONDS or (named and (pid <= 0 or not _pid_alive(pid))):
+            shutil.rmtree(work, ignore_errors=True)
+            removed.append(work)
+    return removed
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cache.CacheError(f"cannot create the build cache folder {path} ({e.strerror or type(e).__name__}): "
+                                "set VQHLS_CACHE to a writable directory (or unset it)") from None
+
+
 def build(project: Project, *, force: bool = False, exact: bool = False) -> tuple[Path, Path]:
     """Build (or fetch from the cache) the testbench executable and the shared library: (tb, lib).
 
+    A cached build is used only when its sums verify (``verify_build``); else it is rebuilt.
     ``exact``: compile the exact-width datapath types synthesis uses (``-DVQHLS_EXACT_TYPES``)
     instead of C-simulation's native ints; slower, the same bits."""
     cxx, _ = find_cxx()
     inc = ["-I", str(project.firmware_dir), "-I", str(ap_types_dir())]
     out = build_dir(project, exact)
     tb, lib = out / TB_NAME, out / LIB_NAME
-    if not force and tb.is_file() and lib.is_file():
+    if not force and verify_build(out):
         return tb, lib
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="build-", dir=out))
+    _mkdir(out)
+    clean_stale(out.parent)
+    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out))
     try:
         flags = [*_flags(exact), "-fPIC"]
         objs = {"top": work / "top.o", "tb": work / "tb.o", "bridge": work / "bridge.o"}
@@ -133,8 +212,12 @@ def build(project: Project, *, force: bool = False, exact: bool = False) -> tupl
                 [cxx, *flags, "-shared", str(objs["top"]), str(objs["bridge"]), "-o", str(lib_tmp)],
             )
         ])
+        sums_tmp = work / SUMS_NAME
+        sums_tmp.write_text(_sums_text([tb_tmp, lib_tmp]))
+        (out / SUMS_NAME).unlink(missing_ok=True)   # the sums go last: a build killed here is not 'complete'
         os.replace(tb_tmp, tb)      # atomic: a concurrent build never sees half a binary
         os.replace(lib_tmp, lib)
+        os.replace(sums_tmp, out / SUMS_NAME)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return tb, lib

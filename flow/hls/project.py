@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from flow.compile.engine import EngineConfig
 from flow.compile.program import Program
 from flow.compile.validate import prepare
 from flow.hls import vectors
-from host import regmap
+from host import program_image, regmap
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hls_templates"
 PROJECT_NAME = "vqhls"
@@ -204,6 +203,10 @@ def _context(engine: EngineConfig, part: str, clock_ns: float) -> dict:
         "magic": program_mod.MAGIC,
         "format_version": program_mod.FORMAT_VERSION,
         "header_words": program_mod.HEADER_WORDS,
+        "header_fields": list(program_image.HEADER_FIELDS),
+        "crc_first_word": program_image.CRC_START // 4,
+        "io_in_unsigned": program_image.IO_IN_UNSIGNED,
+        "io_out_unsigned": program_image.IO_OUT_UNSIGNED,
         "desc_words": program_mod.DESC_WORDS,
         "desc_fields": list(program_mod.DESC_FIELDS),
         # C enum name of each descriptor word; PQ fields get a prefix (K and k differ only by case)
@@ -224,7 +227,9 @@ def _context(engine: EngineConfig, part: str, clock_ns: float) -> dict:
         "part": part,
         "clock_ns": clock_ns,
         "project_name": PROJECT_NAME,
-        "python": sys.executable,
+        # the emitted Makefile's default interpreter: a name on PATH, never this machine's venv path (the
+        # project is copied to other machines); `make PYTHON=...` overrides it
+        "python": "python3",
         "cxxflags": " ".join(CXXFLAGS),
     }
 

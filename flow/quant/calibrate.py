@@ -68,6 +68,8 @@ def activation_ranges(
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}: choose one of {', '.join(METHODS)}")
+    if len(calib_x) == 0:   # every range would silently be 1.0
+        raise ValueError("activation_ranges: the calibration set is empty: pass a few hundred training images")
     names = set(nodes)
     exact = set(exact_max)
     rec = _Recorder(gm, names, np.random.default_rng(seed))
@@ -77,6 +79,9 @@ def activation_ranges(
     out = {}
     for name in names:
         mx = rec.max.get(name, 0.0)
+        if not np.isfinite(mx):   # finite weights and inputs, but the float forward overflowed
+            raise ValueError(f"activation '{name}' reaches {mx} on the calibration set (the float model overflows "
+                             "there): check the weights' magnitude")
         r = mx
         if method == "percentile" and name not in exact and name in rec.samples:
             r = float(np.percentile(np.concatenate(rec.samples[name]), percentile))

@@ -7,7 +7,7 @@ graph generically (no per-model code):
   become 'pq' nodes (the lookup engine), fused like a conv;
 * Conv2d / Linear / codebook layers (MVQ and VQ: any module with ``codebook``,
   ``indices``, ``mask``, ``decoded_weight`` and ``int_codebook``) / low-bit dense
-  layers (VecQ: ``int_weight() -> (codes, step)``) start a requantizing node;
+  layers (VecQ: ``int_weight() -> (codes, scale)``) start a requantizing node;
 * a BatchNorm2d directly after a conv folds into that node's multiplier and
   bias; a ReLU after a conv / linear / residual add / average pool fuses as the
   uint8 clamp [0, 255];
@@ -23,8 +23,9 @@ Numeric choices (see DESIGN.md, "The numeric contract"):
   a pool of a uint8 tensor), int8 otherwise; the input is uint8 with scale 1/255
   when the calibration data lies in [0, 1];
 * dense weights: int8 in [-127, 127] with a per-output-channel scale
-  max|w|/127; VecQ weights: their codes with the layer's step; codebook weights: mask * int8 codebook[idx] with the layer's
-  codebook scale;
+  max|w|/127; VecQ weights: their codes with the layer's one scale (sweep: codes -L..L, scale = step; paper:
+  odd codes 2l for the half-integer levels l, scale = alpha * step / 2); codebook weights: mask * int8
+  codebook[idx] with the layer's codebook scale;
 * BN: a = gamma / sqrt(var + eps), b = beta - a * mean (+ a * conv bias);
   real multiplier a * s_x * s_w / s_y (negative when gamma is), bias
   round(b / (a * s_x * s_w)) in accumulator units.
@@ -53,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from flow.finite import check_finite, check_model_finite
 from flow.quant.calibrate import activation_ranges
 from flow.quant.graph import QGraph, QNode, QTensor
 from flow.quant.ops import decode_codebook
@@ -68,7 +70,9 @@ SUPPORTED = (
     "ReLU (nn.ReLU, F.relu, torch.relu, Tensor.relu; fused after conv/linear/add/avgpool)",
     "MaxPool2d / AvgPool2d (no padding, floor mode)",
     "AdaptiveAvgPool2d (output size dividing the input)",
-    "Flatten / torch.flatten(x, 1)",
+    "F.max_pool2d / F.avg_pool2d (as the modules)",
+    "Flatten / torch.flatten(x, 1) / x.flatten(1) / x.view(x.size(0), -1) / x.reshape(x.shape[0], -1) / "
+    "x.view(-1, C*H*W)",
     "residual add (operator.add, torch.add, Tensor.add; fused into a conv producing one operand)",
     "Identity, Dropout (no-ops in eval mode)",
 )
@@ -106,7 +110,7 @@ def is_pq_layer(mod: nn.Module) -> bool:
 
 def is_int_weight_layer(mod: nn.Module) -> bool:
     """Duck-typed dense low-bit layer (flow.compress.vecq.VecQConv2d / VecQLinear):
-    ``int_weight() -> (int8 codes shaped like weight, float step)``; runs on the dense mode."""
+    ``int_weight() -> (int8 codes shaped like weight, float scale)``; runs on the dense mode."""
     return hasattr(mod, "int_weight") and hasattr(mod, "weight") and not is_codebook_layer(mod)
 
 
@@ -169,7 +173,30 @@ class _P:
         return self.chain[-1]
 
     def fusable(self, arg: torch.fx.Node) -> bool:
-        return self.out is None and arg is self.last and all(len(n.users) == 1 for n in self.chain)
+        return self.out is None and arg is self.last and all(len(_value_users(n)) == 1 for n in self.chain)
+
+
+def _value_users(n: torch.fx.Node) -> list[torch.fx.Node]:
+    """Users of ``n`` that read its values: ``n.size(...)`` / ``n.shape`` read only its (constant) shape,
+    so ``x = conv(x); x = x.view(x.size(0), -1)`` still fuses what follows the conv."""
+    return [u for u in n.users
+            if not ((u.op == "call_method" and u.target == "size")
+                    or (u.op == "call_function" and u.target is getattr and u.args[1:] == ("shape",)))]
+
+
+@dataclass
+class _Dim:
+    """A symbolic size: ``x.size(dim)`` / ``x.shape[dim]`` (``dim`` None: the whole ``x.size()`` / ``x.shape``)."""
+
+    dim: int | None
+
+
+def _bind(n: torch.fx.Node, names: tuple[str, ...], defaults: dict) -> dict:
+    """An fx call's positional and keyword arguments by parameter name, defaults filled in."""
+    out = dict(defaults)
+    out.update(zip(names, n.args))
+    out.update(n.kwargs)
+    return out
 
 
 @dataclass
@@ -229,6 +256,31 @@ _RELU_FUNCS = (F.relu, torch.relu, torch.relu_)
 _RELU_METHODS = ("relu", "relu_")
 _FLATTEN_FUNCS = (torch.flatten,)
 _FLATTEN_METHODS = ("flatten",)
+
+
+_PLAIN_MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d,
+                  nn.AdaptiveAvgPool2d, nn.Flatten)
+
+
+def _module_type_supported(mod: nn.Module) -> bool:
+    """A module type _Builder.module handles (its configuration is checked there)."""
+    return is_codebook_layer(mod) or is_int_weight_layer(mod) or is_pq_layer(mod) or isinstance(mod, _PLAIN_MODULES)
+
+
+def check_module_types(gm: torch.fx.GraphModule) -> None:
+    """Every module the traced model calls is of a supported type; else one UnsupportedLayerError naming
+    each unsupported module and its type (before any shape propagation or node handling, so a Conv1d or
+    an LSTM is named as such, not through the flatten / permute / getitem next to it)."""
+    mods = dict(gm.named_modules())
+    bad = [(str(n.target), type(mods[n.target]).__name__) for n in gm.graph.nodes
+           if n.op == "call_module" and not _module_type_supported(mods[n.target])]
+    if bad:
+        types = sorted({t for _, t in bad})
+        where = ", ".join(f"'{name}' ({t})" for name, t in bad)
+        raise UnsupportedLayerError(
+            f"{where}: layer type{'s' if len(types) > 1 else ''} {', '.join(types)} "
+            f"{'are' if len(types) > 1 else 'is'} not supported by the integer engine (2-D convolutional networks "
+            f"only). Supported: {supported_layers()}")
 
 
 class _Builder:
@@ -341,28 +393,38 @@ class _Builder:
                 v.chain.append(n)  # alias: later fusions check this node's users too
             return v
         if isinstance(mod, nn.MaxPool2d):
-            if mod.dilation not in (1, (1, 1)) or mod.ceil_mode or mod.return_indices:
-                raise _unsupported(where, "MaxPool2d with dilation, ceil_mode or return_indices")
-            if _pair(mod.padding, "padding", where) != (0, 0):
-                raise _unsupported(where, f"MaxPool2d padding={mod.padding}", "pooling windows have no padding")
-            t = self.spatial_input(n, "MaxPool2d")
-            kh, kw = _pair(mod.kernel_size, "kernel_size", where)
-            s = _same(mod.stride if mod.stride is not None else mod.kernel_size, "stride", where)
-            out = self._new_tensor(n, self.tensors[t.name]["unsigned"], _hwc(n), same_scale_as=t.name)
-            self.order.append(_Pool(self._unique(n.target), t, out, kh, kw, s))
-            return out
+            return self.maxpool(n, n.target, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode,
+                                mod.return_indices, where)
         if isinstance(mod, nn.AvgPool2d):
-            if _pair(mod.padding, "padding", where) != (0, 0) or mod.ceil_mode or mod.divisor_override:
-                raise _unsupported(where, "AvgPool2d with padding, ceil_mode or divisor_override")
-            t = self.spatial_input(n, "AvgPool2d")
-            kh, kw = _pair(mod.kernel_size, "kernel_size", where)
-            s = _same(mod.stride if mod.stride is not None else mod.kernel_size, "stride", where)
-            return _P("avgpool", self._unique(n.target), t, [n], KH=kh, KW=kw, stride=s, src=["AvgPool2d"])
+            return self.avgpool(n, n.target, mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode,
+                                mod.divisor_override, where)
         if isinstance(mod, nn.AdaptiveAvgPool2d):
             return self.adaptive_pool(n, mod.output_size, where)
         if isinstance(mod, nn.Flatten):
             return self.flatten(n, mod.start_dim, mod.end_dim, where)
         raise _unsupported(where, f"layer type {type(mod).__name__}")
+
+    def maxpool(self, n: torch.fx.Node, name: str, kernel, stride, padding, dilation, ceil_mode, return_indices,
+                where: str) -> _T:
+        if dilation not in (1, (1, 1), [1, 1]) or ceil_mode or return_indices:
+            raise _unsupported(where, "MaxPool2d with dilation, ceil_mode or return_indices")
+        if _pair(padding, "padding", where) != (0, 0):
+            raise _unsupported(where, f"MaxPool2d padding={padding}", "pooling windows have no padding")
+        t = self.spatial_input(n, "MaxPool2d")
+        kh, kw = _pair(kernel, "kernel_size", where)
+        s = _same(stride if stride not in (None, (), []) else kernel, "stride", where)
+        out = self._new_tensor(n, self.tensors[t.name]["unsigned"], _hwc(n), same_scale_as=t.name)
+        self.order.append(_Pool(self._unique(name), t, out, kh, kw, s))
+        return out
+
+    def avgpool(self, n: torch.fx.Node, name: str, kernel, stride, padding, ceil_mode, divisor_override,
+                where: str) -> _P:
+        if _pair(padding, "padding", where) != (0, 0) or ceil_mode or divisor_override:
+            raise _unsupported(where, "AvgPool2d with padding, ceil_mode or divisor_override")
+        t = self.spatial_input(n, "AvgPool2d")
+        kh, kw = _pair(kernel, "kernel_size", where)
+        s = _same(stride if stride not in (None, (), []) else kernel, "stride", where)
+        return _P("avgpool", self._unique(name), t, [n], KH=kh, KW=kw, stride=s, src=["AvgPool2d"])
 
     def conv(self, n: torch.fx.Node, mod: nn.Module, where: str) -> _P:
         groups = getattr(mod, "groups", 1)
@@ -410,6 +472,48 @@ class _Builder:
         t = self.materialize(v, where)
         if start != 1 or end not in (-1, 3):
             raise _unsupported(where, f"flatten(start_dim={start}, end_dim={end})", "only flatten(x, 1)")
+        return _T(t.name, flat=True)
+
+    def size(self, n: torch.fx.Node, where: str):
+        """``x.size()`` / ``x.size(i)`` / ``x.shape``: a symbolic dimension (only the batch size, dim 0, may
+        reach a view / reshape: it is the one dimension that is not a constant of the model)."""
+        a, v = self.arg(n)
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        if dim is None:
+            return _Dim(None)
+        if not isinstance(dim, int):
+            raise _unsupported(where, f"size({dim!r})")
+        return _Dim(dim)
+
+    def getitem(self, n: torch.fx.Node, where: str) -> "_Dim":
+        a, v = self.arg(n)
+        i = n.args[1]
+        if not isinstance(v, _Dim) or v.dim is not None or not isinstance(i, int):
+            raise _unsupported(where, "indexing (getitem)", "only x.size()[i] / x.shape[i] in a view / reshape")
+        return _Dim(i)
+
+    def view(self, n: torch.fx.Node, spec, where: str) -> _T:
+        """``x.view(...)`` / ``x.reshape(...)`` / ``torch.reshape(x, ...)``: supported when it is a flatten
+        from dim 1, written the ways models write it: ``(x.size(0), -1)``, ``(x.shape[0], -1)``,
+        ``(-1, C*H*W)``, ``(x.size(0), C*H*W)``; or a no-op view of an already flat [B, F] tensor."""
+        a, v = self.arg(n)
+        t = self.materialize(v, where)
+        if len(spec) == 1 and isinstance(spec[0], (tuple, list)):
+            spec = tuple(spec[0])
+        H, W, C = self.tensors[t.name]["shape"]
+        feat = H * W * C
+
+        def batch(e) -> bool:
+            return isinstance(e, torch.fx.Node) and isinstance(self.val.get(e), _Dim) and self.val[e].dim == 0
+
+        ok = len(spec) == 2 and ((batch(spec[0]) and (spec[1] == -1 or spec[1] == feat))
+                                 or (spec[0] == -1 and spec[1] == feat))
+        if not ok:
+            shown = ", ".join("x.size(0)" if batch(e) else (e.name if isinstance(e, torch.fx.Node) else repr(e))
+                              for e in spec)
+            raise _unsupported(where, f"{n.target}({shown}) on a [B, {C}, {H}, {W}] tensor",
+                               f"only a flatten from dim 1 is supported: x.view(x.size(0), -1), "
+                               f"x.view(-1, {feat}), torch.flatten(x, 1) or nn.Flatten()")
         return _T(t.name, flat=True)
 
     def adaptive_pool(self, n: torch.fx.Node, size, where: str) -> _P:
@@ -467,8 +571,30 @@ class _Builder:
         if n.op == "call_function" and tgt is F.dropout:
             a, v = self.arg(n)
             return v
+        if n.op == "call_method" and tgt == "size":
+            return self.size(n, where)
+        if n.op == "call_function" and tgt is getattr and len(n.args) == 2 and n.args[1] == "shape":
+            self.arg(n)
+            return _Dim(None)
+        if n.op == "call_function" and tgt is operator.getitem:
+            return self.getitem(n, where)
+        if n.op == "call_method" and tgt in ("view", "reshape"):
+            return self.view(n, tuple(n.args[1:]) or (n.kwargs.get("shape") or n.kwargs.get("size"),), where)
+        if n.op == "call_function" and tgt is torch.reshape:
+            return self.view(n, (n.args[1] if len(n.args) > 1 else n.kwargs.get("shape"),), where)
+        if n.op == "call_function" and tgt is F.max_pool2d:
+            args = _bind(n, ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+                         dict(stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False))
+            return self.maxpool(n, n.name, args["kernel_size"], args["stride"], args["padding"], args["dilation"],
+                                args["ceil_mode"], args["return_indices"], where)
+        if n.op == "call_function" and tgt is F.avg_pool2d:
+            args = _bind(n, ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                             "divisor_override"),
+                         dict(stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None))
+            return self.avgpool(n, n.name, args["kernel_size"], args["stride"], args["padding"], args["ceil_mode"],
+                                args["divisor_override"], where)
         name = getattr(tgt, "__name__", str(tgt))
-        hint = "use nn.Flatten or torch.flatten(x, 1)" if name in ("view", "reshape", "size", "squeeze") else ""
+        hint = "use nn.Flatten or torch.flatten(x, 1)" if name in ("squeeze",) else ""
         raise _unsupported(where, f"{'method' if n.op == 'call_method' else 'function'} {name}", hint)
 
 
@@ -521,6 +647,35 @@ def _flatten_perm(w: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:
     """Linear weight columns in torch order (c, h, w) -> our NHWC order (h, w, c). w: [OC, C*H*W]."""
     H, W, C = hwc
     return w.reshape(w.shape[0], C, H, W).transpose(0, 2, 3, 1).reshape(w.shape[0], H * W * C)
+
+
+def _warn_dense_fallback(name: str, mod: nn.Module, hwc: tuple[int, int, int], notes: dict) -> None:
+    """A codebook Linear after a spatial flatten is stored dense: say so, with the ratio really stored.
+
+    Its codeword vectors are d consecutive inputs in torch's flatten order (c*H*W + h*W + w): d positions of
+    one channel. The engine holds the map NHWC and runs such a Linear as an HxW-kernel conv whose vectors run
+    along C; a torch vector's elements lie C bytes apart there, so no permutation keeps the vectors whole
+    (unless H*W == 1, which is not a spatial flatten) and the layer is stored as its decoded int8 weights."""
+    import math
+    import warnings
+
+    nw = int(mod.mask.numel())
+    n_bias = 0 if getattr(mod, "bias", None) is None else int(mod.bias.numel())
+    k = int(mod.codebook.shape[0])
+    idx_bits = int(mod.indices.numel()) * (math.ceil(math.log2(k)) if k > 1 else 0)
+    n, m = int(mod.n), int(mod.m)
+    mask_bits = (nw // m) * (math.ceil(math.log2(math.comb(m, n))) if n < m else 0)
+    cb_bits = k * int(mod.d) * (getattr(mod, "codebook_bits", None) or 32)
+    float_bits = 32 * (nw + n_bias)
+    claimed = float_bits / max(1, idx_bits + mask_bits + cb_bits + 32 * n_bias)
+    stored = float_bits / (8 * nw + 32 * n_bias)    # int8 weights, int32 bias
+    H, W, C = hwc
+    notes.setdefault("dense_fallback_ratio", {})[name] = {"compressed": claimed, "stored": stored}
+    warnings.warn(
+        f"layer '{name}' ({type(mod).__name__}, {claimed:.2f}x compressed) is stored DENSE int8 by the engine "
+        f"({stored:.2f}x vs float32): it reads a flattened {C}x{H}x{W} map whose NHWC order splits its codeword "
+        f"vectors; pool to 1x1 before the flatten to keep it compressed, or leave it uncompressed "
+        f"(skip=[{name!r}])", UserWarning, stacklevel=4)
 
 
 def _pq_node(p: _P, tensors: dict[str, QTensor]) -> QNode:
@@ -603,11 +758,12 @@ def _conv_node(p: _P, tensors: dict[str, QTensor], notes: dict) -> QNode:
             wi = _flatten_perm(decode_codebook(idx, keep, cb).reshape(oc, -1), (H, W, C))
             nd.weight = wi.reshape(oc, 1, 1, -1).astype(np.int8)
             notes.setdefault("dense_fallback", []).append(p.name)
+            _warn_dense_fallback(p.name, mod, (H, W, C), notes)
         else:
             nd.wfmt, nd.idx, nd.keep, nd.codebook = "codebook", idx, keep, cb
     else:
         if is_int_weight_layer(mod):  # already integer (VecQ): one step for the whole layer
-            codes, step = mod.int_weight()
+            codes, step = mod.int_weight()  # weight = codes * step (VecQ paper: odd codes, step = alpha*step/2)
             wf = np.asarray(codes, np.float64)
         else:
             wf = mod.weight.detach().double().numpy()
@@ -619,7 +775,8 @@ def _conv_node(p: _P, tensors: dict[str, QTensor], notes: dict) -> QNode:
             wf = wf.transpose(0, 2, 3, 1)  # [OC,C,KH,KW] -> [OC,KH,KW,C]
         if is_int_weight_layer(mod):
             if np.abs(wf).max(initial=0) > 127:
-                raise QuantizationError(f"layer '{p.name}': int_weight() codes exceed int8")
+                raise QuantizationError(f"layer '{p.name}': int_weight() codes exceed int8; use fewer bits "
+                                        f"(VecQ: <= 7 with the paper scheme, <= 8 with sweep)")
             nd.weight, w_scale = wf.astype(np.int8), np.full(wf.shape[0], float(step))
         else:
             nd.weight, w_scale = _dense_weights(wf)
@@ -672,6 +829,28 @@ def _avgpool_node(p: _P, tensors: dict[str, QTensor]) -> QNode:
                  lo=lo, hi=hi, mult=m, shift=s, src="+".join(p.src))
 
 
+class _Probe(torch.fx.Interpreter):
+    """Runs the traced model once; an exception names the fx node (module) where the forward failed."""
+
+    def run_node(self, n: torch.fx.Node):
+        try:
+            return super().run_node(n)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            where = _where(n)
+            if n.op == "call_module":
+                where += f" ({type(self.module.get_submodule(n.target)).__name__})"
+            raise UnsupportedLayerError(f"the model's forward() fails at {where} on a calibration batch of "
+                                        f"shape {tuple(self.args_shape)}: {type(e).__name__}: {first}") from None
+
+
+def _probe_forward(gm: torch.fx.GraphModule, x: torch.Tensor) -> None:
+    probe = _Probe(gm)
+    probe.args_shape = x.shape
+    probe.extra_traceback = False   # torch appends the fx node and a tracing hint to the message otherwise
+    probe.run(x)
+
+
 def _input_format(x: torch.Tensor, scale: float | None, unsigned: bool | None) -> tuple[float, bool]:
     lo, hi = float(x.min()), float(x.max())
     if unsigned is None:
@@ -707,11 +886,19 @@ def quantize_model(
     calib_x = torch.as_tensor(calib_x).float()
     if calib_x.ndim != 4:
         raise ValueError(f"calib_x must be [N,C,H,W], got shape {tuple(calib_x.shape)}")
+    if len(calib_x) == 0:
+        raise QuantizationError("the calibration set is empty (calib_x has 0 images): pass a few hundred "
+                                "training images [N,C,H,W]")
+    check_finite(calib_x, "calibration images", "remove or repair those images (every activation range is "
+                 "measured on them)")
+    check_model_finite(model, "quantize_model(model)")
     was_training = model.training
     model.eval()
     try:
         gm = trace(model)
+        check_module_types(gm)
         with torch.no_grad():
+            _probe_forward(gm, calib_x[:1])   # the model's own forward errors, in one line (ShapeProp prints them)
             ShapeProp(gm).propagate(calib_x[:1])
         bld = _Builder(gm)
         bld.run()

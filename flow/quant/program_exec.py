@@ -1,7 +1,10 @@
 """Execute a :class:`flow.compile.program.Program` exactly as the engine does.
 
 This is the reference C-simulation and RTL co-simulation are compared with
-(``np.array_equal``). It works only from what the engine sees: the op
+(``np.array_equal``). It refuses a Program by the rules of
+``flow.compile.validate.check_program`` (the engine's host check applies the same
+ones, plus the engine's limits), so it never runs a Program an engine would refuse
+for its form. It works only from what the engine sees: the op
 descriptors and their integer arrays (a Program from ``from_bytes`` runs the
 same as the one ``lower`` built). Activation buffers are modelled as raw bytes
 so that a signedness mismatch between a producer and a consumer shows up here
@@ -19,7 +22,18 @@ from flow.quant.requant import requantize
 
 
 class ProgramExecError(ValueError):
-    """The Program is inconsistent (shapes, buffers, missing arrays): the engine's behaviour would be undefined."""
+    """The Program is inconsistent (shapes, buffers, missing arrays): the engine's behaviour would be undefined.
+
+    ``code`` / ``op``: the host.regmap ERR_* code and op index of the rule (flow.compile.validate's
+    ProgramError), None for a bad input."""
+
+    def __init__(self, message: str, code: int | None = None, op: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.op = op
+
+    def __reduce__(self):
+        return (ProgramExecError, (str(self), self.code, self.op))
 
 
 def _read(buf: np.ndarray, shape: tuple[int, int, int], unsigned: int, what: str) -> np.ndarray:
@@ -112,8 +126,12 @@ def run_program(program: Program, x_int: np.ndarray, return_all: bool = False):
     with ``return_all=True`` a list with every op's output (same convention), for
     locating the first mismatching op when comparing against C-simulation.
     """
-    if not program.ops:
-        raise ProgramExecError("empty program")
+    from flow.compile.validate import ProgramError, check_program   # the one definition of the rules
+
+    try:
+        check_program(program)
+    except ProgramError as e:
+        raise ProgramExecError(str(e), e.code, e.op) from None
     x_int = np.asarray(x_int)
     if x_int.ndim != 4:
         raise ProgramExecError(f"input must be [B,H,W,C], got shape {x_int.shape}")

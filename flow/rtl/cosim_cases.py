@@ -133,7 +133,13 @@ def default_model_case(engine: EngineConfig | None = None, seed: int = 5, build:
         if not build:
             return None
         build_default_program()
-    prog = Program.from_bytes(DEFAULT_MODEL_PROGRAM.read_bytes())
+    try:
+        prog = Program.from_bytes(DEFAULT_MODEL_PROGRAM.read_bytes())
+    except ValueError:   # left by an older kit (another format version) or damaged: build it again
+        if not build:
+            return None
+        build_default_program()
+        prog = Program.from_bytes(DEFAULT_MODEL_PROGRAM.read_bytes())
     i, op = next(((i, o) for i, o in enumerate(prog.ops) if o.opcode == CONV and o.wfmt == CODEBOOK), (-1, None))
     if op is None:
         return None

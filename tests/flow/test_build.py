@@ -239,8 +239,9 @@ def test_an_interrupted_bundle_leaves_no_half_bundle(full_build, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         bundle_mod.write_bundle(target, program_image=src.program_image(), engine_config=src.engine_config(),
                                 config_hash=src.config_hash, model="lenet-digits", method="mvq", data="digits",
-                                in_scale=1.0, in_shape=(8, 8, 1), in_unsigned=True, out_shape=(1, 1, 10),
-                                out_scale=1.0, out_unsigned=False, hls_dir=out / "hls", vectors=(inputs, expected),
+                                in_scale=src.in_scale, in_shape=src.in_shape, in_unsigned=src.in_unsigned,
+                                out_shape=src.out_shape, out_scale=src.out_scale, out_unsigned=src.out_unsigned,
+                                hls_dir=out / "hls", vectors=(inputs, expected),
                                 golden_acc=None, bit_exact=None, tools={}, bitstream=None, extra=None)
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
@@ -267,3 +268,32 @@ def test_bad_paths_are_one_line_errors(tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
     _clean_error(_run("--out", str(f)), "is a file")
+
+
+def test_compress_stage_recalibrates_batchnorm(tmp_path):
+    """Issue 12: flow.build skipped the BatchNorm recalibration flow.compress does after compression
+    (resnet20 printed 'compressed accuracy 13.00 %'); the stage now re-estimates the statistics."""
+    import torch
+
+    from flow.build.options import BuildOptions
+    from flow.build.stages import BN_CALIB_IMAGES, Build, compress_kwargs, stage_compress
+    from flow.compress import compress, recalibrate_bn_
+    from models import data as datasets
+    from models import zoo
+
+    torch.manual_seed(0)
+    model = zoo.get("lenet-digits").eval()
+    xtr, ytr = datasets.load("digits", "train")
+    xte, yte = datasets.load("digits", "test")
+    b = Build(opts=BuildOptions(method="vq", k=16, out=str(tmp_path)), out=tmp_path)
+    b.model, b.data = model, dict(xtr=xtr, ytr=ytr, xte=xte[:50], yte=yte[:50])
+    b.write_json = lambda *a, **k: None
+    stage_compress(b)
+    expected = recalibrate_bn_(compress(model, **compress_kwargs(b.opts, model)),
+                               torch.from_numpy(xtr[:BN_CALIB_IMAGES]))
+    got = b.cmodel.state_dict()
+    bn = "features.1.running_mean"
+    assert not torch.equal(got[bn], model.state_dict()[bn])          # re-estimated, not the float model's
+    for key, val in expected.state_dict().items():
+        assert torch.equal(got[key], val), key
+    assert not b.cmodel.training

@@ -15,7 +15,7 @@ from flow import bundle as bundle_mod
 from flow.bundle import BUNDLE_FORMAT, Bundle, BundleError, load, write_bundle
 from flow.compile.engine import EngineConfig
 from flow.compile.layout import place
-from flow.compile.program import CONV, Op, Program
+from flow.compile.program import CONV, FORMAT_VERSION, Op, Program
 from flow.hls.project import write_project
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,7 +118,7 @@ def test_round_trip(built, image, hls_dir, bitfiles):
     assert m["golden_acc"] == 0.875 and m["bit_exact"] == {"matched": 3, "images": 3}
     assert m["tools"] == {"python": "3.11", "vitis_hls": "2023.2"}
     assert m["extra"] == {"board": "pynq-z2"}
-    assert m["program"]["bytes"] == len(image) and m["program"]["format_version"] == 3
+    assert m["program"]["bytes"] == len(image) and m["program"]["format_version"] == FORMAT_VERSION
     assert m["created_by"]["tool"]
 
     x, y = vectors()
@@ -381,7 +381,8 @@ def test_refuses_to_replace_other_directory(tmp_path, image, hls_dir):
     (dict(config_hash="00000000"), "HLS project built for engine"),
     (dict(in_scale=float("nan")), "in_scale"),
     (dict(program_image=b"XXXX" + bytes(40)), "magic"),
-    (dict(program_image=b"VQHL" + bytes(40)), "header says 0"),
+    (dict(program_image=b"VQHL" + bytes(60)), "format version 0"),
+    (dict(program_image=b"VQHL" + FORMAT_VERSION.to_bytes(4, "little") + bytes(56)), "header says 0"),
     (dict(extra={"x": object()}), "JSON"),
 ])
 def test_bad_arguments(tmp_path, image, hls_dir, over, needle):

@@ -85,20 +85,29 @@ def test_mixed_mvq_pq_vecq_model_end_to_end():
 
 
 @pytest.mark.csim
-@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
-def test_vecq_csim_bit_exact_for_every_bit_width(bits):
-    """VecQ layers run on the array's dense mode: golden == C-sim for b = 2..8."""
-    from flow.compress.vecq import VecQConv2d
+@pytest.mark.parametrize("scheme,bits", [("sweep", b) for b in range(2, 9)] + [("paper", b) for b in (1, 2, 4, 7)])
+def test_vecq_csim_bit_exact_for_every_bit_width(scheme, bits):
+    """VecQ layers run on the array's dense mode: golden == C-sim for sweep b = 2..8 (first conv dense) and for
+    the paper scheme (every layer VecQ, first conv and classifier included; odd codes up to +-(2^b - 1))."""
+    from flow.compress.vecq import VecQConv2d, VecQLinear
     from flow.hls.csim import Engine
 
     torch.manual_seed(bits)
     model = zoo.get("lenet-digits").eval()
     _randomize_bn(model, bits)
-    c = compress(model, method="vecq", bits=bits, skip=("first",))
+    if scheme == "sweep":
+        c = compress(model, method="vecq", bits=bits, vecq_scheme="sweep", skip=("first",))
+    else:
+        c = compress(model, method="vecq", bits=bits)  # the paper's default: every conv and linear layer
+        n_layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+        assert sum(isinstance(m, (VecQConv2d, VecQLinear)) for m in c.modules()) == n_layers
     layers = [m for m in c.modules() if isinstance(m, VecQConv2d)]
-    assert layers and all(m.bits == bits for m in layers)
+    assert layers and all(m.bits == bits and m.scheme == scheme for m in layers)
     codes, _ = layers[0].int_weight()
-    assert np.abs(codes).max() <= 2 ** (bits - 1) - 1  # really b-bit codes in the int8 datapath
+    if scheme == "sweep":
+        assert np.abs(codes).max() <= 2 ** (bits - 1) - 1  # really b-bit codes in the int8 datapath
+    else:
+        assert np.all(codes % 2 == 1) and len(np.unique(codes)) <= 2**bits and np.abs(codes).max() <= 2**bits - 1
     calib = torch.rand(32, 1, 8, 8)
     q = quantize_model(c, calib)
     x = quantize_input(torch.rand(8, 1, 8, 8).numpy(), q.in_tensor.scale, q.in_tensor.unsigned)
@@ -106,3 +115,4 @@ def test_vecq_csim_bit_exact_for_every_bit_width(bits):
     gold = golden_run(q, x)
     sim = Engine(EngineConfig()).predict(prog, x)
     assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
+    assert len({bytes(r.tobytes()) for r in sim}) > 1  # not a degenerate pass: the images differ

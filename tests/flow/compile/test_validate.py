@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 from flow.compile.engine import EngineConfig
 from flow.compile.layout import PlacementError, place
 from flow.compile.program import (
-    CODEBOOK, DENSE, DERIVED_FIELDS, DESC_FIELDS, DESC_WORDS, HEADER_WORDS, Op, Program, replace,
+    CODEBOOK, DENSE, DERIVED_FIELDS, DESC_FIELDS, DESC_WORDS, HEADER_WORDS, Op, Program, replace, seal,
 )
 from flow.compile.validate import ERR_CRC, ProgramError, image_bytes, validate, validate_image
 from host import regmap
@@ -368,8 +367,7 @@ def test_program_header_rules():
 # images
 # ---------------------------------------------------------------------------
 def _with_crc(b: bytearray) -> bytes:
-    b[28:32] = (zlib.crc32(bytes(b[HEADER_WORDS * 4:])) & 0xFFFFFFFF).to_bytes(4, "little")
-    return bytes(b)
+    return seal(b)
 
 
 def _set_word(b: bytearray, word: int, value: int) -> None:

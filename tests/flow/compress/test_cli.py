@@ -44,7 +44,8 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
 @pytest.mark.parametrize("args,pattern", [
     (["--model", "nope"], "unknown model"),
     (["--model", "lenet-digits", "--method", "kmeans"], "unknown method"),
-    (["--model", "lenet-digits", "--method", "vecq", "--bits", "1"], "bits"),
+    (["--model", "lenet-digits", "--method", "vecq", "--bits", "8"], "vecq_scheme='sweep'"),
+    (["--model", "lenet-digits", "--method", "vecq", "--vecq-scheme", "sweep", "--bits", "1"], "2..8"),
     (["--model", "lenet-digits", "--n", "4", "--m", "4"], "method='vq'"),
     (["--model", "lenet-digits", "--d", "6"], "multiple of m=4"),
     (["--model", "lenet-digits", "--skip", "first", "nope"], "not a module"),

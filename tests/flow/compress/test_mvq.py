@@ -137,3 +137,55 @@ def test_layer_errors(conv):
         MVQConv2d.from_conv(nn.BatchNorm2d(16), 2, 4, 8, 8)
     with pytest.raises(UnsupportedLayerError, match="not nn.Linear"):
         MVQLinear.from_linear(conv, 2, 4, 8, 8)
+
+
+def test_given_mask_is_used_and_checked(conv):
+    from flow.compress.nm import nm_mask
+
+    score = torch.rand(conv.weight.shape, generator=torch.Generator().manual_seed(5))
+    mask = nm_mask(conv.weight, 2, 4, dim=1, score=score)
+    layer = MVQConv2d.from_conv(conv, 2, 4, 16, 8, mask=mask)
+    assert torch.equal(layer.mask, mask) and not torch.equal(mask, nm_mask(conv.weight, 2, 4))
+    assert torch.all(layer.decoded_weight()[mask == 0] == 0)
+    lin = nn.Linear(16, 4)
+    lmask = nm_mask(lin.weight, 1, 4, score=torch.rand(4, 16))
+    assert torch.equal(MVQLinear.from_linear(lin, 1, 4, 4, 8, mask=lmask).mask, lmask)
+    with pytest.raises(CompressionError, match="exactly n=2 of every m=4"):
+        MVQConv2d.from_conv(conv, 2, 4, 16, 8, mask=torch.ones_like(conv.weight))
+    with pytest.raises(CompressionError, match="mask shape"):
+        MVQConv2d.from_conv(conv, 2, 4, 16, 8, mask=torch.ones(3))
+
+
+def test_codebook_diagnostics_by_hand(conv):
+    from flow.compress.mvq import codebook_diagnostics, mvq_diagnostics
+
+    layer = MVQConv2d.from_conv(conv, 2, 4, 16, 8, iters=5)
+    w = conv.weight.detach()
+    d = codebook_diagnostics(layer, w)
+    dec, m = layer.decoded_weight().detach(), layer.mask
+    assert d["kept"] == int(m.sum()) == w.numel() // 2 and d["weights"] == w.numel() and d["vectors"] == 6 * 3 * 2 * 2
+    assert d["mse_kept"] == pytest.approx(float((((dec - w) * m) ** 2).sum() / m.sum()), rel=1e-6)
+    assert d["rel_err_kept"] == pytest.approx(float((((dec - w) * m) ** 2).sum() / ((w * m) ** 2).sum()), rel=1e-6)
+    assert d["rel_err_all"] == pytest.approx(float(((dec - w) ** 2).sum() / (w ** 2).sum()), rel=1e-6)
+    assert d["energy_kept"] == pytest.approx(float(((w * m) ** 2).sum()), rel=1e-6)
+    assert d["rel_err_all"] > d["rel_err_kept"]  # the pruned weights' energy counts there
+    # bits as compression_report counts them: 4-bit indices, 3 bits per 2:4 group, float32 codebook
+    assert (d["bits_index"], d["bits_mask"], d["bits_codebook"]) == (72 * 4, w.numel() // 4 * 3, 16 * 8 * 32)
+    assert d["bpw_mask"] == 0.75 and d["bpw_index"] == pytest.approx(288 / w.numel()) == 0.5
+    counts = np.bincount(layer.indices.flatten().numpy(), minlength=16)
+    p = counts[counts > 0] / counts.sum()
+    assert d["used"] == (counts > 0).mean()
+    assert d["entropy"] == pytest.approx(float(-(p * np.log2(p)).sum()))
+    assert d["entropy_ratio"] == pytest.approx(d["entropy"] / 4)
+    # a 1-codeword layer: everything uses it, entropy 0
+    one = codebook_diagnostics(MVQConv2d.from_conv(conv, 4, 4, 1, 8), w)
+    assert (one["used"], one["entropy"], one["bits_index"], one["bits_mask"]) == (1.0, 0.0, 0, 0)
+    # whole model: one entry per codebook layer, against the same-named source weights
+    from flow.compress import compress
+
+    net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), conv)
+    c = compress(net, "mvq", n=2, m=4, k=16, d=8, skip=("first",), iters=5)
+    diag = mvq_diagnostics(c, net)
+    assert list(diag) == ["2"] and diag["2"]["kept"] == w.numel() // 2
+    with pytest.raises(CompressionError, match="source weight shape"):
+        codebook_diagnostics(layer, w[:, :8])

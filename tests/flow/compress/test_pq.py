@@ -409,3 +409,185 @@ def test_eval_mode_forward_still_passes_gradients_to_weights_and_prototypes():
     out.square().sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
     assert layer.prototypes.grad is not None
+
+
+# ----------------------------------------------------------------------------- joint training (pq_finetune)
+
+
+def _dyadic_lut_(layer, exp: int = -6):
+    """Quantize the layer's LUT with the scale 2^exp: every LUT value and every partial sum of them
+    is then exact in float64, so any summation order gives the same bits."""
+    layer.quantize_lut_(8)
+    layer.lut_scale.fill_(2.0 ** exp)
+    return layer
+
+
+def test_soft_forward_anneals_to_the_hard_lookup_bit_for_bit():
+    from flow.compress.pq import temperature_at
+
+    conv, x, pq = make_pq_conv(cin=4, cout=5, v=6, K=8)
+    _dyadic_lut_(pq)
+    codes, scale = pq.int_lut()
+    patches = hand_patches(x, pq.kernel_size, pq.stride, pq.padding)
+    N, L, D = patches.shape
+    a = patches.reshape(N * L, pq.num_subspaces, pq.v).numpy()
+    # independent reference: brute-force nearest prototype, then the LUT rows summed in numpy
+    idx = brute_nearest(a, pq.prototypes.detach().numpy())
+    lut = codes.astype(np.float64) * scale
+    ref = np.zeros((N * L, 5))
+    for c in range(pq.num_subspaces):
+        ref += lut[c, idx[:, c]]
+    ref += pq.bias.detach().numpy()
+    ref = torch.from_numpy(ref).reshape(N, *pq.output_size(7, 6), 5).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        assert torch.equal(pq.eval()(x), ref)  # the lookup itself
+    pq.train()
+    pq.set_assignment("soft")
+    steps, diffs = 40, []
+    for s in range(steps):  # the annealing schedule from T = 10 down to T = 1e-30
+        pq.set_temperature(temperature_at(s, steps, 10.0, 1e-30))
+        y = pq(x.requires_grad_(True))  # training forward (grad enabled): the soft assignment
+        diffs.append(float((y.detach() - ref).abs().max()))
+    assert diffs[0] > 1e-3  # soft at high T: not the lookup
+    assert diffs[-1] == 0.0 and torch.equal(y.detach(), ref)  # bit for bit at the end
+    assert all(b <= a + 1e-12 for a, b in zip(diffs, diffs[1:]))  # and monotonically closer on the way
+
+
+def test_soft_mode_gradients_flow_and_match_finite_differences():
+    from torch.func import functional_call
+
+    torch.manual_seed(1)
+    lin = nn.Linear(6, 3).double()
+    xs = torch.randn(20, 6, dtype=torch.float64)
+    pq = PQLinear.from_linear(lin, v=3, K=4, calib_x=xs, iters=3).train()
+    pq.set_assignment("soft")
+    pq.set_temperature(0.7)
+    x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    y = pq(x)
+    (y * torch.randn_like(y)).sum().backward()
+    for t in (pq.prototypes.grad, pq.weight.grad, pq.bias.grad, x.grad):
+        assert t is not None and torch.isfinite(t).all() and t.abs().sum() > 0
+
+    def f(xin, P, W, b):
+        return functional_call(pq, {"prototypes": P, "weight": W, "bias": b}, (xin,))
+
+    args = (x.detach().clone().requires_grad_(True), pq.prototypes.detach().clone().requires_grad_(True),
+            pq.weight.detach().clone().requires_grad_(True), pq.bias.detach().clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-6, rtol=1e-4)
+    # STE mode at the same T: the forward is the lookup, the prototypes still get the soft gradient
+    pq.set_assignment("ste")
+    pq.zero_grad()
+    y = pq(x)
+    with torch.no_grad():
+        assert torch.equal(y, pq.eval()(x))
+    pq.train()
+    pq(x).sum().backward()
+    assert pq.prototypes.grad.abs().sum() > 0 and pq.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="ste"):
+        pq.set_assignment("hard")
+
+
+def test_im2col_backward_matches_autograd():
+    conv, x, pq = make_pq_conv(cin=3, cout=4, kernel=(3, 2), stride=(2, 1), padding=(1, 0), v=3, K=4)
+    xg = x.clone().requires_grad_(True)
+    aT = pq._subvectors_T(xg)
+    g = torch.randn_like(aT)
+    aT.backward(g)
+    ref = hand_patches(x.clone().requires_grad_(True), pq.kernel_size, pq.stride, pq.padding)
+    xr = x.clone().requires_grad_(True)
+    pr = hand_patches(xr, pq.kernel_size, pq.stride, pq.padding)  # [N, L, D]
+    assert torch.equal(aT.detach(), pr.detach().reshape(-1, pq.num_subspaces, pq.v).permute(1, 2, 0))
+    pr.backward(g.permute(2, 0, 1).reshape(pr.shape))
+    torch.testing.assert_close(xg.grad, xr.grad, rtol=1e-12, atol=1e-12)
+    del ref
+
+
+def _tiny_resnet(seed: int = 0) -> nn.Module:
+    from models.zoo import BasicBlock
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        BasicBlock(8, 16, stride=2), BasicBlock(16, 16),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3),
+    )
+
+
+def test_pq_default_skip_keeps_first_1x1_and_classifier_dense():
+    from flow.compress import compress
+    from flow.compress.api import plan
+    from models import zoo
+
+    model = zoo.get("resnet20", in_channels=1)
+    for v in (9, 4, 8):  # at v=4 and 8 the 1x1 shortcuts' D (16, 32) would divide: still dense
+        plans = {p.name: p.method for p in plan(model, "pq", v=v, K=16)}
+        dense = sorted(n for n, m in plans.items() if m == "none")
+        assert dense == ["conv1", "fc", "layers.3.shortcut.0", "layers.6.shortcut.0"], (v, dense)
+        assert sum(m == "pq" for m in plans.values()) == 18
+    # explicit choices still win: an override PQs a 1x1 conv, skip=() PQs the first conv
+    plans = {p.name: p for p in plan(model, "pq", v=8, K=16, overrides={"layers.3.shortcut.0": dict(method="pq")})}
+    assert plans["layers.3.shortcut.0"].method == "pq" and plans["layers.3.shortcut.0"].v == 8
+    assert {p.name: p.method for p in plan(model, "pq", v=9, skip=())}["conv1"] == "pq"
+    assert {p.name: p.method for p in plan(model, "pq", v=9, skip=())}["layers.3.shortcut.0"] == "none"
+    # the compressed model: 1x1 shortcuts are plain Conv2d
+    tiny = _tiny_resnet()
+    c = compress(tiny, "pq", v=8, K=4, iters=2, data=torch.randn(16, 1, 8, 8))
+    assert type(c[3].shortcut[0]) is nn.Conv2d and isinstance(c[3].conv1, PQConv2d)
+    assert type(c[0]) is nn.Conv2d and type(c[7]) is nn.Linear
+
+
+def test_pq_finetune_phases_tiny_model():
+    from flow.compress import compress
+    from flow.compress.errors import CompressionError
+    from flow.compress.finetune import pq_finetune
+    from flow.compress.pq import pq_distance_scales, pq_layers
+
+    torch.manual_seed(0)
+    x = torch.randn(96, 1, 8, 8)
+    y = (x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))).long() + (x[:, 0].mean((1, 2)) > 0.3).long()
+    c = compress(_tiny_resnet(), "pq", v=8, K=4, iters=2, data=x[:32])
+    layers = pq_layers(c)
+    assert len(layers) == 4 and all(m.lut_scale is not None for m in layers)
+    scales = pq_distance_scales(c, x[:32])
+    assert len(scales) == 4 and all(s > 0 for s in scales.values())
+    with torch.no_grad():
+        before = F.cross_entropy(c.eval()(x), y).item()
+    hist = pq_finetune(c, x, y, epochs=3, batch_size=32, lr=1e-2, t_start=1.0, t_end=0.05, hard_epochs=1,
+                       assignment="soft")
+    assert not c.training and len(hist["loss"]) == 3 and len(hist["hard_loss"]) == 1
+    with torch.no_grad():
+        after = F.cross_entropy(c(x), y).item()
+    assert after < before
+    for (name, s), m in zip(hist["distance_scales"].items(), layers):
+        assert float(m.temperature) == pytest.approx(0.05 * s)  # relative temperature, ended at t_end
+        assert m.lut_scale is not None and not m.soft_forward
+        codes, scale = m.int_lut()
+        assert codes.dtype == np.int8 and np.abs(codes).max() == 127  # quantized after the soft phase
+    # the hard phase alone trains BatchNorm and biases only; prototypes and weights are frozen
+    frozen = {n: p.detach().clone() for n, p in c.named_parameters()}
+    pq_finetune(c, x, y, epochs=0, batch_size=32, hard_epochs=2, hard_lr=1e-2)
+    changed = {n for n, p in c.named_parameters() if not torch.equal(p, frozen[n])}
+    assert changed and all(".bn" in n or n.startswith(("1.", "7.bias")) or "shortcut.1" in n for n in changed), changed
+    assert all(p.requires_grad for p in c.parameters())  # restored
+    with pytest.raises(CompressionError, match="assignment"):
+        pq_finetune(c, x, y, epochs=1, assignment="hard")
+    with pytest.raises(CompressionError, match="no PQConv2d"):
+        pq_finetune(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), x, y, epochs=1)
+
+
+def test_pq_resnet_block_with_dense_1x1_shortcut_lowers_bit_exact():
+    """PQ 3x3 convs around a dense 1x1 projection shortcut: quantize -> lower -> program == golden graph."""
+    from flow.compile import EngineConfig, lower
+    from flow.compress import compress
+    from flow.quant.convert import quantize_model
+    from flow.quant.golden import quantize_input, run, run_program
+
+    torch.manual_seed(0)
+    x = torch.rand(48, 1, 8, 8)
+    c = compress(_tiny_resnet(), "pq", v=8, K=4, iters=2, data=x[:32]).eval()
+    g = quantize_model(c, x[:32])
+    kinds = [(nd.name, nd.kind) for nd in g.nodes]
+    assert sum(k == "pq" for _, k in kinds) == 4 and any("shortcut" in n and k == "conv" for n, k in kinds), kinds
+    prog = lower(g, EngineConfig())
+    xi = quantize_input(x[32:], g.in_tensor.scale, g.in_tensor.unsigned)
+    assert np.array_equal(run_program(prog, xi), run(g, xi))

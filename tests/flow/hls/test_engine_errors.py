@@ -8,14 +8,13 @@ import os
 import re
 import subprocess
 import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flow.compile.layout import PlacementError, place
-from flow.compile.program import CODEBOOK, DESC_FIELDS, DESC_WORDS, HEADER_WORDS, Program, replace
+from flow.compile.program import CODEBOOK, DESC_FIELDS, DESC_WORDS, HEADER_WORDS, Program, replace, seal
 from flow.compile.validate import ProgramError, validate
 from flow.hls import compile as compile_mod
 from flow.hls.ap_types import APTypesNotFound, ap_types_dir
@@ -198,12 +197,12 @@ def _word(image: bytes, pos: int) -> int:
 
 def _edit(image: bytes, edits, fix_crc: bool = True) -> bytes:
     """``image`` with (byte offset, value, bytes) edits; with ``fix_crc`` header word 7 is recomputed
-    (zlib.crc32 over everything after the header) so only the engine's other checks can catch the edit."""
+    (program.seal: zlib.crc32 over everything after word 7) so only the engine's other checks can catch the edit."""
     b = bytearray(image)
     for pos, value, n in edits:
         b[pos:pos + n] = (value & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
     if fix_crc:
-        b[28:32] = zlib.crc32(bytes(b[4 * HEADER_WORDS:])).to_bytes(4, "little")
+        return seal(b)
     return bytes(b)
 
 

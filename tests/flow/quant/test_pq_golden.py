@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import zlib
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from flow.compile import EngineConfig, LoweringError, Program, ProgramFormatError, lower
-from flow.compile.program import HEADER_WORDS, PQ, Op, proto_values
+from flow.compile.program import HEADER_WORDS, PQ, Op, image_crc, proto_values
 from flow.compress.pq import PQConv2d, PQLinear
 from flow.quant import ops as K
 from flow.quant.convert import quantize_model
@@ -213,9 +214,9 @@ def test_checksum_detects_corruption():
     rng = np.random.default_rng(5)
     blob = Program(ops=[_pq_op(rng)], in_shape=(4, 4, 2)).to_bytes()
     hdr = np.frombuffer(blob, "<u4", count=HEADER_WORDS)
-    import zlib
-    assert int(hdr[7]) == zlib.crc32(blob[HEADER_WORDS * 4:])
-    for pos in (HEADER_WORDS * 4 + 5, len(blob) // 2, len(blob) - 1):      # a descriptor, the arrays, the end
+    assert int(hdr[7]) == image_crc(blob) == zlib.crc32(blob[32:])        # every byte after word 7
+    # a scale in the header, a descriptor, the arrays, the end
+    for pos in (33, HEADER_WORDS * 4 + 5, len(blob) // 2, len(blob) - 1):
         bad = bytearray(blob)
         bad[pos] ^= 0x10
         with pytest.raises(ProgramFormatError, match="checksum mismatch: corrupted image"):

@@ -249,18 +249,23 @@ def test_identity_dropout_and_functional_forms_are_accepted():
     assert_close(g, model, x, max_lsb=2.0)
 
 
-def test_vecq_layers_run_dense():
+@pytest.mark.parametrize("scheme", ["sweep", "paper"])
+def test_vecq_layers_run_dense(scheme):
     vecq = pytest.importorskip("flow.compress.vecq")
     torch.manual_seed(6)
     model = randomize_bn(LeNetLike())
-    model.features[4] = vecq.VecQConv2d.from_conv(model.features[4], bits=4)
-    model.classifier[1] = vecq.VecQLinear.from_linear(model.classifier[1], bits=6)  # after the 2x2 flatten
+    model.features[4] = vecq.VecQConv2d.from_conv(model.features[4], bits=4, scheme=scheme)
+    model.classifier[1] = vecq.VecQLinear.from_linear(model.classifier[1], bits=6, scheme=scheme)  # after the flatten
     model.eval()
     x = images(256, (1, 8, 8))
     g = quantize_model(model, x[:128])
     conv, fc = g.nodes[2], g.nodes[4]
-    assert conv.wfmt == "dense" and np.abs(conv.weight).max() <= 7 and len(set(conv.w_scale)) == 1
-    assert np.abs(fc.weight).max() <= 31
+    # sweep: codes within +-(2^(b-1) - 1); paper: odd codes (half-integer levels x 2) within +-(2^b - 1)
+    top4, top6 = (7, 31) if scheme == "sweep" else (15, 63)
+    assert conv.wfmt == "dense" and np.abs(conv.weight).max() <= top4 and len(set(conv.w_scale)) == 1
+    assert np.abs(fc.weight).max() <= top6
+    if scheme == "paper":
+        assert np.all(conv.weight % 2 == 1) and np.all(fc.weight % 2 == 1)
     codes, step = model.features[4].int_weight()
     assert np.array_equal(conv.weight, codes.transpose(0, 2, 3, 1)) and conv.w_scale[0] == step
     assert_close(g, model, x)

@@ -1,0 +1,276 @@
+"""Everything ``flow.build`` can check before training, checked before training.
+
+``preflight(opts)`` runs before the first stage (before the build directory is
+created) and raises one :class:`OptionsError` listing every problem it found:
+
+* the data set (present, finite) and the model (zoo name, ``--model-file``
+  factory, ``--checkpoint`` present, loadable into the model, finite), the
+  checkpoint cache (``VQHLS_CACHE``) when a zoo model may be trained;
+* the compression: ``flow.compress.plan`` of the method and its settings against
+  the *untrained* model (what ``compress`` would do to each layer, without
+  clustering), and a method that would compress no layer at all;
+* the engine and the board: ``EngineConfig.for_board(board, n, m)``, the board's
+  resource budget, and every planned layer against the engine's limits (codebook
+  size and codeword length, the PEs' n:m, the lookup unit's v / K / subspaces);
+* a dry run of compress (one k-means iteration) -> quantize -> lower on the
+  untrained model: layers the quantizer does not support, activation buffers,
+  channels, kernels, op count, buffers and placement, as the real stages check them;
+* the toolchain: the C++ compiler when the build goes as far as C-simulation.
+
+Only what the stages up to ``--stage`` need is checked. Limits that depend on the
+trained weights (accumulator ranges, LUT values) are still checked by the stages.
+"""
+from __future__ import annotations
+
+import warnings
+
+import sys
+from typing import Any
+
+from flow.build.options import STAGES, BuildOptions, OptionsError
+
+
+def _needs(opts: BuildOptions, stage: str) -> bool:
+    return STAGES.index(opts.stage) >= STAGES.index(stage)
+
+
+def _one_line(e: BaseException) -> str:
+    return "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
+
+
+def probe_model(opts: BuildOptions, problems: list[str]) -> tuple[str | None, Any]:
+    """(dataset name, untrained model -- or the --checkpoint's) without training; problems appended."""
+    from models import data as datasets
+    from models import zoo
+
+    if opts.model_file:
+        from flow.build.stages import load_model_file
+
+        if not opts.data:
+            problems.append("--model-file needs --data (the dataset to calibrate, fine-tune and test on)")
+            return None, None
+        data_name = opts.data
+        try:
+            model = load_model_file(opts.model_file)
+        except OptionsError as e:
+            problems.append(str(e))
+            return data_name, None
+    else:
+        try:
+            zoo._check(opts.model)
+        except ValueError as e:
+            problems.append(str(e))
+            return None, None
+        default = zoo.default_dataset(opts.model)
+        data_name = opts.data or ("fashion-mnist" if default == "cifar10" else default)
+        if data_name not in datasets.INFO:
+            problems.append(f"--data {data_name}: unknown dataset: choose one of {', '.join(datasets.DATASETS)}")
+            return None, None
+        info = datasets.INFO[data_name]
+        model = zoo.get(opts.model, in_channels=info["shape"][0], num_classes=info["classes"])
+        if not opts.checkpoint:   # a zoo model without --checkpoint is trained into the cache (or read from it)
+            from models.cache import cache_dir
+
+            try:
+                cache_dir("checkpoints")
+            except (OSError, ValueError) as e:
+                msg = _one_line(e)
+                problems.append(f"the checkpoint cache: {msg}" if "VQHLS_CACHE" in msg else
+                                f"the checkpoint cache is not usable ({msg}): set VQHLS_CACHE to a writable "
+                                "directory (or unset it)")
+    if opts.checkpoint:
+        from flow.build.stages import _load_checkpoint
+        from flow.finite import NonFiniteError, check_model_finite
+
+        try:
+            _load_checkpoint(model, opts.checkpoint)
+            check_model_finite(model, f"checkpoint {opts.checkpoint}")
+        except (OptionsError, NonFiniteError) as e:
+            problems.append(str(e))
+    model.eval()
+    return data_name, model
+
+
+def _limit_problems(plans, model, engine) -> list[str]:
+    """Every planned layer against the engine's compile-time limits: all of them, each limit once with the
+    layers that break it."""
+    broken: dict[str, list[str]] = {}   # limit (and its fix) -> "layer (value)"
+
+    def add(limit: str, name: str, value: str) -> None:
+        broken.setdefault(limit, []).append(f"{name} ({value})")
+
+    mods = dict(model.named_modules())
+    for p in plans:
+        if p.method in ("mvq", "vq"):
+            if p.k > engine.k_max:
+                add(f"codebook size k > engine.k_max = {engine.k_max}: use --k {engine.k_max} or less", p.name,
+                    f"k = {p.k}")
+            if p.d > engine.d_max:
+                add(f"codeword length d > engine.d_max = {engine.d_max}: use --d {engine.d_max} or less", p.name,
+                    f"d = {p.d}")
+            elif p.d and p.d % engine.lanes and engine.lanes % p.d:
+                add(f"codeword length d and engine.lanes = {engine.lanes}: one must divide the other", p.name,
+                    f"d = {p.d}")
+            # any N:M mask runs: the array takes denser groups in passes (flow.compile.lower, layout.passes_of)
+        elif p.method == "pq":
+            if not engine.pq:
+                add("a PQ layer, but the engine has no lookup unit (engine.pq = False)", p.name, "pq")
+                continue
+            D = mods[p.name].weight[0].numel()
+            if p.v > engine.pq_v_max:
+                add(f"PQ subvector length v > engine.pq_v_max = {engine.pq_v_max}: use --v {engine.pq_v_max} or less",
+                    p.name, f"v = {p.v}")
+            if p.K > engine.pq_k_max:
+                add(f"PQ prototypes per subspace K > engine.pq_k_max = {engine.pq_k_max}: use --K "
+                    f"{engine.pq_k_max} or less", p.name, f"K = {p.K}")
+            if p.v and D // p.v > engine.pq_subspaces_max:
+                add(f"PQ subspaces KH*KW*C/v > engine.pq_subspaces_max = {engine.pq_subspaces_max}: use a larger --v",
+                    p.name, f"{D // p.v}")
+    return [f"{limit.split(':')[0]} in layer{'s' if len(ls) > 1 else ''} {', '.join(ls)}"
+            + (f":{limit.split(':', 1)[1]}" if ":" in limit else "") for limit, ls in broken.items()]
+
+
+def _nothing_compressed(opts: BuildOptions, plans, model, engine) -> str | None:
+    """The method compresses no layer at all (e.g. PQ whose v divides no patch length): say why."""
+    if opts.method == "none" or any(p.method != "none" for p in plans):
+        return None
+    if opts.method != "pq":
+        return (f"--method {opts.method} compresses no layer of this model (every Conv2d/Linear stays dense): "
+                "use --method none, or name layers in a recipe's [[layers]]")
+    mods = dict(model.named_modules())
+    names = [p.name for p in plans]
+    skip = {names[0], names[-1]} if names else set()   # 'first' / 'last', PQ's default skip
+    lengths = {n: mods[n].weight[0].numel() for n in names
+               if n not in skip and getattr(mods[n], "kernel_size", (3, 3)) != (1, 1)}
+    vmax = engine.pq_v_max if engine is not None else 9
+    ok = sorted(((sum(D % v == 0 for D in lengths.values()), v) for v in range(2, vmax + 1)), reverse=True)
+    hint = " or ".join(f"--v {v}" for n, v in ok[:3] if n)
+    listing = ", ".join(f"{n} {D}" for n, D in lengths.items())
+    return (f"--method pq --v {opts.v} compresses no layer (PQ keeps the first and last layer and 1x1 convs dense, "
+            f"and layers whose patch length KH*KW*C is not a multiple of v; patch lengths: {listing or 'none'})"
+            + (f": choose a v dividing them, e.g. {hint}" if hint else ""))
+
+
+def _dry_run(opts: BuildOptions, model, kwargs: dict, x, engine) -> str | None:
+    """compress (one k-means iteration) -> quantize -> lower on the untrained model; the first structural
+    error, or None. Numeric errors that depend on trained weights are left to the stages."""
+    import torch
+
+    from flow.compile.lower import LoweringError
+    from flow.compress.errors import CompressionError
+    from flow.quant.convert import UnsupportedLayerError, quantize_model
+
+    x = torch.from_numpy(x)
+    try:
+        cmodel = model
+        if opts.method != "none":
+            from flow.compress import compress
+
+            cmodel = compress(model, **{**kwargs, "iters": 1}, data=x if _uses_pq(opts) else None)
+        if not _needs(opts, "quantize"):
+            return None
+        with warnings.catch_warnings():   # the quantize stage reports them (a dry run on an untrained model)
+            warnings.simplefilter("ignore")
+            q = quantize_model(cmodel, x)
+        if engine is not None and _needs(opts, "lower"):
+            from flow.compile import lower
+
+            lower(q, engine)
+    except (UnsupportedLayerError, LoweringError, CompressionError) as e:
+        return f"{_one_line(e)} (found before training, on the untrained model)"
+    except Exception:   # anything weight-dependent (scales, ranges): the stages check it on the trained model
+        return None
+    return None
+
+
+def _uses_pq(opts: BuildOptions) -> bool:
+    return opts.method == "pq" or any(e.get("method") == "pq" for e in opts.layers)
+
+
+def preflight(opts: BuildOptions) -> None:
+    """Raise one OptionsError listing every problem found before training (module docstring)."""
+    from flow.boards import get_board
+
+    problems: list[str] = []
+    notes: list[str] = []
+    board = get_board(opts.board)   # an unknown board: nothing else can be checked
+
+    if _needs(opts, "csim"):
+        from flow.hls.compile import ToolchainError, find_cxx
+
+        try:
+            find_cxx()
+        except ToolchainError as e:
+            problems.append(f"C-simulation needs a C++ compiler: {e}")
+
+    engine = None
+    if _needs(opts, "lower"):
+        from flow.boards.resources import check_fit
+        from flow.compile import EngineConfig
+
+        try:
+            engine = EngineConfig.for_board(opts.board, n=opts.n, m=opts.m)
+        except ValueError as e:
+            problems.append(f"the {board.name} engine for --n {opts.n} --m {opts.m}: {_one_line(e)}")
+        if engine is not None and _needs(opts, "fit"):
+            try:
+                check_fit(engine, board)
+            except ValueError as e:
+                problems.append(_one_line(e))
+
+    data_name, model = probe_model(opts, problems)
+    x = None
+    if data_name is not None:
+        from models import data as datasets
+
+        try:
+            x = datasets.load(data_name, "test")[0][:8]
+        except (ValueError, RuntimeError, OSError) as e:   # DatasetError: missing files, with the fix
+            problems.append(_one_line(e))
+
+    if model is not None and _needs(opts, "quantize"):   # layers the quantizer cannot run, whatever the method
+        from flow.quant.convert import UnsupportedLayerError, check_module_types, trace
+
+        try:
+            check_module_types(trace(model))
+        except UnsupportedLayerError as e:
+            problems.append(_one_line(e))
+
+    if model is not None and _needs(opts, "compress") and opts.method != "none":
+        from flow.build.stages import compress_kwargs
+        from flow.compress import plan
+
+        kwargs = compress_kwargs(opts, model)
+        try:
+            plans = plan(model, **kwargs)
+        except ValueError as e:
+            problems.append(f"--method {opts.method}: {_one_line(e)}")
+            plans = None
+        if plans is not None:
+            if engine is not None:
+                problems.extend(_limit_problems(plans, model, engine))
+            nothing = _nothing_compressed(opts, plans, model, engine)
+            if nothing:
+                problems.append(nothing)
+            elif opts.method == "pq":
+                kept = [p.name for p in plans if p.method == "none"]
+                if kept:
+                    notes.append(f"note: PQ keeps {', '.join(kept)} dense (first / last layer, 1x1 conv, or a "
+                                 f"patch length not a multiple of v = {opts.v})")
+
+    if not problems and model is not None and x is not None and _needs(opts, "quantize"):
+        from flow.build.stages import compress_kwargs
+
+        kwargs = compress_kwargs(opts, model) if opts.method != "none" else {}
+        err = _dry_run(opts, model, kwargs, x, engine)
+        if err:
+            problems.append(err)
+
+    if not problems:
+        for line in notes:
+            print(line, file=sys.stderr)
+        return
+    if problems:
+        head = "" if len(problems) == 1 else f"{len(problems)} problems, found before any training: "
+        raise OptionsError(head + "; ".join(f"({i + 1}) {p}" if len(problems) > 1 else p
+                                            for i, p in enumerate(problems)))

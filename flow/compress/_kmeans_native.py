@@ -1,0 +1,166 @@
+"""Loader of the fused masked k-means kernel ``_kmeans_kernel.cpp`` (ctypes, no Python headers).
+
+The kernel is a plain C-ABI shared library.  It is looked up, in order:
+
+1. a copy built at install time next to this file (``_kmeans_kernel*.so``, e.g. by a setuptools
+   ``Extension("flow.compress._kmeans_kernel", ["flow/compress/_kmeans_kernel.cpp"])``), used when
+   it is not older than the source and reports the expected ABI number;
+2. a copy in the kernel cache, keyed by the sha1 of the source, the compiler's version and the flags
+   (``$VQHLS_KERNEL_CACHE``, else ``kernels/`` in the kit's cache: ``$VQHLS_CACHE`` or
+   ``<repo>/.cache/vqhls``, see models.cache; a per-user temporary directory when neither is writable);
+3. otherwise it is compiled there once with ``$CXX`` (default ``g++``, which ``make setup`` installs):
+   a few seconds (about 6 s of CPU); the build is written to a temporary name and renamed, so
+   concurrent processes never load a half-written file.
+
+The kernel carries AVX-512 / AVX2 / baseline clones of its hot loop (GCC ``target_clones``), so one
+build runs on any x86-64 machine at the best width it supports.
+
+``VQHLS_KMEANS`` selects the backend of :mod:`flow.compress.kmeans`: ``auto`` (default: the kernel
+when it loads, else the pure-torch path with a one-time warning), ``native`` (the kernel or an error)
+or ``torch`` (never the kernel).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+__all__ = ["backend", "load", "KernelUnavailable"]
+
+ABI = 2
+SRC = Path(__file__).with_name("_kmeans_kernel.cpp")
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-Wno-psabi"]
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+class KernelUnavailable(RuntimeError):
+    """The native kernel could not be built or loaded (VQHLS_KMEANS=native makes this an error)."""
+
+
+def backend() -> str:
+    """``auto``, ``native`` or ``torch`` from ``$VQHLS_KMEANS`` (read at every call)."""
+    b = os.environ.get("VQHLS_KMEANS", "auto").strip().lower() or "auto"
+    if b not in ("auto", "native", "torch"):
+        raise ValueError(f"VQHLS_KMEANS={b!r}: use auto, native or torch")
+    return b
+
+
+def _cache_dirs() -> list[Path]:
+    """Where a build may live: $VQHLS_KERNEL_CACHE, else the kit's cache (models.cache: $VQHLS_CACHE or
+    <repo>/.cache/vqhls) under kernels/; then a per-user temporary directory when that is not writable."""
+    env = os.environ.get("VQHLS_KERNEL_CACHE")
+    dirs = []
+    if env:
+        dirs.append(Path(env).expanduser())
+    else:
+        try:
+            from models.cache import cache_root
+
+            dirs.append(cache_root() / "kernels")
+        except Exception:  # noqa: BLE001 - an unusable cache only costs the fallback directory
+            pass
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    dirs.append(Path(tempfile.gettempdir()) / f"vqhls-{uid}-kernels")
+    return dirs
+
+
+def _bind(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    lib.vq_kmeans_abi.restype = ctypes.c_int
+    lib.vq_kmeans_abi.argtypes = []
+    if lib.vq_kmeans_abi() != ABI:
+        raise KernelUnavailable(f"{path}: ABI {lib.vq_kmeans_abi()} != {ABI} (a stale build: delete it)")
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.vq_assign.restype = None
+    lib.vq_assign.argtypes = [ctypes.c_int, i64, i64, vp, vp, vp, vp, i64, i64, vp, vp, vp, vp, vp, vp, vp]
+    return lib
+
+
+def _prebuilt() -> Path | None:
+    src_mtime = SRC.stat().st_mtime
+    for p in sorted(SRC.parent.glob("_kmeans_kernel*.so")):
+        if p.stat().st_mtime >= src_mtime:
+            return p
+    return None
+
+
+def _compile() -> Path:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise KernelUnavailable("no C++ compiler (set CXX or install g++: `make setup` does)")
+    try:
+        ver = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise KernelUnavailable(f"{cxx} --version failed: {e}") from e
+    key = hashlib.sha1("\0".join([SRC.read_text(), ver, " ".join(FLAGS), platform.machine(), str(ABI)])
+                       .encode()).hexdigest()[:16]
+    for d in _cache_dirs():
+        out = d / f"kmeans-{key}.so"
+        if out.is_file():
+            return out
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".kmeans-", suffix=".so", dir=d)
+            os.close(fd)
+        except OSError:
+            continue  # not writable: try the next place
+        try:
+            r = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SRC)], capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                raise KernelUnavailable(f"{cxx} failed to build {SRC.name}:\n{r.stderr[-2000:]}")
+            os.replace(tmp, out)
+            return out
+        except (OSError, subprocess.SubprocessError) as e:
+            raise KernelUnavailable(f"building {SRC.name} with {cxx} failed: {e}") from e
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise KernelUnavailable("no writable cache directory for the kernel (set VQHLS_KERNEL_CACHE)")
+
+
+def _load() -> ctypes.CDLL:
+    pre = _prebuilt()
+    if pre is not None:
+        try:
+            return _bind(pre)
+        except (OSError, AttributeError, KernelUnavailable):
+            pass  # fall through to a cached / fresh build
+    try:
+        return _bind(_compile())
+    except (OSError, AttributeError) as e:
+        raise KernelUnavailable(f"loading the k-means kernel failed: {e}") from e
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernel library for the current ``VQHLS_KMEANS`` setting, or None for the torch path.
+
+    Raises:
+        KernelUnavailable: ``VQHLS_KMEANS=native`` and the kernel cannot be built or loaded.
+    """
+    b = backend()
+    if b == "torch":
+        return None
+    with _lock:
+        if "lib" not in _state and "error" not in _state:
+            try:
+                _state["lib"] = _load()
+            except KernelUnavailable as e:
+                _state["error"] = e
+        if "lib" in _state:
+            return _state["lib"]
+        err = _state["error"]
+        if b == "native":
+            raise err
+        if not _state.get("warned"):
+            _state["warned"] = True
+            warnings.warn(f"masked k-means runs on the slower pure-torch path: {err}", RuntimeWarning, stacklevel=3)
+        return None

@@ -1,0 +1,32 @@
+"""bench/pq_train.py --quick: one PQ config through every stage on lenet-digits, the table and the JSON."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads
+
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/ is not installed
+
+from bench import common  # noqa: E402
+from bench import pq_train  # noqa: E402
+
+
+def test_quick_run_reports_every_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert pq_train.main(["--quick", "--images", "128", "--test-images", "100", "--golden-images", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "kmeans" in out and "joint" in out and "lenet-digits" in out and "hard phase 1 epoch" in out
+    data = json.loads((tmp_path / "pq_train_quick.json").read_text())
+    (row,) = data["rows"]
+    assert (row["model"], row["v"], row["K"], row["layers"]) == ("lenet-digits", 9, 16, "1/4")
+    for key in ("float", "kmeans", "joint", "hard", "int"):
+        assert 0 <= row[key] <= 100 and not math.isnan(row[key]), key
+    assert row["drop"] == row["float"] - row["hard"]
+    b = data["budgets"]["lenet-digits"]
+    assert (b["soft_epochs"], b["images_per_epoch"], b["test_images"], b["golden_images"]) == (1, 128, 100, 50)
+    assert len(row["loss"]) == 1 and len(row["hard_loss"]) == 1
