@@ -61,20 +61,10 @@ int64_t exact_argmin(int d, int64_t k, const float* c, const int* kl, const floa
 }
 
 
-inline float hmin(vf v) {
-    vf s = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    v = v < s ? v : s;
-    s = __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-    v = v < s ? v : s;
-    s = __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-    v = v < s ? v : s;
-    s = __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-    v = v < s ? v : s;
-    return v[0];
-}
-
-inline int32_t hmin(vi v) {
-    vi s = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+// Horizontal minimum of a 16-lane vector (float or int32): four butterfly steps.
+template <class V>
+inline auto hmin(V v) {
+    V s = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
     v = v < s ? v : s;
     s = __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
     v = v < s ? v : s;
