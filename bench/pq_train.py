@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, save, table  # noqa: E402
+from bench.common import save, table  # noqa: E402
 from flow.compress import compress, compression_report  # noqa: E402
 from flow.compress.finetune import pq_finetune  # noqa: E402
 from flow.compress.pq import pq_layers  # noqa: E402
@@ -45,12 +45,15 @@ LUT_BITS = 8
 PQA_DROP = 0.6  # points; PQA (AbouElhamayed et al., TRETS 2024), ResNet20 / CIFAR-10, (v=9, K=16)
 GOAL = 1.5  # points: the goal for resnet20 / Fashion-MNIST at (9, 16)
 # data, checkpoint epochs, soft epochs, images per epoch (None: the train split), hard epochs, test images,
-# calibration images, golden test images, batch, lr
+# calibration images, golden test images, batch, lr; per_config: budgets that differ for some (v, K)
+# (the K=64 configs cost 3x (v=9) and 10x (v=3) the CPU time of (9,16) per image, so they get fewer images)
 SETUPS = {
     "lenet-digits": dict(data="digits", checkpoint_epochs=30, epochs=12, images=None, hard_epochs=2,
-                         test_images=None, calib=256, golden_images=None, batch=64, lr=1e-3),
-    "resnet20": dict(data="fashion-mnist", checkpoint_epochs=3, epochs=4, images=4000, hard_epochs=1,
-                     test_images=2000, calib=256, golden_images=1000, batch=64, lr=1e-3),
+                         test_images=None, calib=256, golden_images=None, batch=64, lr=1e-3, per_config={}),
+    "resnet20": dict(data="fashion-mnist", checkpoint_epochs=3, epochs=12, images=4096, hard_epochs=1,
+                     test_images=2000, calib=256, golden_images=500, batch=64, lr=1e-3,
+                     per_config={(9, 8): dict(epochs=6, images=2048), (9, 64): dict(epochs=1, images=1024),
+                                 (3, 64): dict(epochs=1, images=1024)}),
 }
 QUICK = dict(epochs=1, images=256, hard_epochs=1, test_images=200, golden_images=100)
 SCHEDULE = dict(t_start=1.0, t_end=0.03, hard_lr=1e-3, hard_params="bn")
@@ -72,7 +75,8 @@ def _golden_acc(model, calib, x, y) -> float:
     return 100.0 * float((predict(g, np.asarray(x, np.float32)).argmax(1) == np.asarray(y)).mean())
 
 
-def run_model(name: str, s: dict, configs, assignment: str, kd: float, log) -> tuple[list[dict], dict]:
+def run_model(name: str, setup: dict, configs, assignment: str, kd: float, log) -> tuple[list[dict], dict]:
+    s = setup
     xtr, ytr = datasets.load(s["data"], "train")
     xte, yte = _test_subset(*datasets.load(s["data"], "test"), s["test_images"])
     ng = len(yte) if s["golden_images"] is None else min(s["golden_images"], len(yte))
@@ -81,14 +85,14 @@ def run_model(name: str, s: dict, configs, assignment: str, kd: float, log) -> t
     calib = torch.from_numpy(xtr[:s["calib"]]).float()
     base = 100 * trainer.evaluate(model, xte, yte)
     cand = sum(1 for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
-    budget = dict(data=s["data"], checkpoint_epochs=s["checkpoint_epochs"], soft_epochs=s["epochs"],
-                  images_per_epoch=int(s["images"] or len(xtr)), train_split=int(len(xtr)),
-                  hard_epochs=s["hard_epochs"], test_images=int(len(yte)), golden_images=int(ng),
+    budget = dict(data=s["data"], checkpoint_epochs=s["checkpoint_epochs"], train_split=int(len(xtr)),
+                  test_images=int(len(yte)), golden_images=int(ng),
                   calibration_images=int(len(calib)), batch_size=s["batch"], lr=s["lr"], assignment=assignment,
                   kd_weight=kd, **SCHEDULE)
     log(f"[{name}] float {base:.2f}% on {len(yte)} test images; budget {budget}")
     rows = []
     for v, K in configs:
+        s = dict(setup, **setup["per_config"].get((v, K), {}))
         torch.manual_seed(0)
         c0 = time.process_time()
         c = compress(model, "pq", v=v, K=K, lut_bits=LUT_BITS, data=calib)
@@ -108,11 +112,14 @@ def run_model(name: str, s: dict, configs, assignment: str, kd: float, log) -> t
         row = dict(model=name, v=v, K=K, layers=f"{len(pq_layers(c))}/{cand}",
                    ratio=compression_report(c, dense_bits=8).ratio, float=base, kmeans=acc0, joint=acc_joint,
                    hard=acc_hard, int=acc_int, hard_on_int_images=acc_hard_g, drop=base - acc_hard,
-                   cpu_compress=c1 - c0, cpu_soft=hist["cpu_soft"], cpu_hard=hist["cpu_hard"], cpu_int=c3 - c2,
+                   soft_epochs=s["epochs"], images_per_epoch=int(s["images"] or len(xtr)),
+                   hard_epochs=s["hard_epochs"], cpu_compress=c1 - c0, cpu_soft=hist["cpu_soft"],
+                   cpu_hard=hist["cpu_hard"], cpu_int=c3 - c2,
                    loss=hist["loss"], hard_loss=hist["hard_loss"])
         rows.append(row)
         log(f"  PQ v={v} K={K}: kmeans {acc0:.2f} -> joint {acc_joint:.2f} -> hard/int8 LUT {acc_hard:.2f} "
-            f"(int {acc_int:.2f}, hard {acc_hard_g:.2f} on the same {ng} images); float {base:.2f}; cpu soft {hist['cpu_soft']:.0f}s hard {hist['cpu_hard']:.0f}s")
+            f"(int {acc_int:.2f}, hard {acc_hard_g:.2f} on the same {ng} images); float {base:.2f}; "
+            f"cpu soft {hist['cpu_soft']:.0f}s hard {hist['cpu_hard']:.0f}s")
     return rows, budget
 
 
@@ -128,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-images", type=int, default=None)
     ap.add_argument("--golden-images", type=int, default=None, help="0 skips the integer golden model")
     ap.add_argument("--assignment", default="ste", choices=("ste", "soft"))
-    ap.add_argument("--t-start", type=float, default=None, help=f"relative start temperature (default {SCHEDULE['t_start']})")
+    ap.add_argument("--t-start", type=float, default=None,
+                    help=f"relative start temperature (default {SCHEDULE['t_start']})")
     ap.add_argument("--t-end", type=float, default=None, help=f"relative end temperature (default {SCHEDULE['t_end']})")
     ap.add_argument("--lr", type=float, default=None, help="soft-phase learning rate")
     ap.add_argument("--kd", type=float, default=0.0, help="distillation weight from the float model (default 0)")
@@ -165,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                          ("test_images", a.test_images), ("golden_images", a.golden_images), ("lr", a.lr)):
             if val is not None:
                 s[key] = val
+                s["per_config"] = {c: {k: x for k, x in d.items() if k != key} for c, d in s["per_config"].items()}
         r, budgets[name] = run_model(name, s, configs, a.assignment, a.kd, log)
         rows += r
     wall = time.perf_counter() - t_all
@@ -173,17 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     print("skip: PQ default (first conv, 1x1 convs, classifier dense); LUT int8; layers = PQ / Conv2d+Linear; "
           "ratio: every stored bit, dense layers int8 + scale")
     for name, b in budgets.items():
-        print(f"{name} ({b['data']}, float checkpoint {b['checkpoint_epochs']} epochs): soft phase {b['soft_epochs']} "
-              f"epoch(s) x {b['images_per_epoch']} images (fresh draw of {b['train_split']} each epoch), "
-              f"batch {b['batch_size']}, Adam lr {b['lr']} cosine, assignment {b['assignment']}, "
-              f"T {b['t_start']} -> {b['t_end']} x per-layer distance scale; hard phase {b['hard_epochs']} epoch(s) "
-              f"({b['hard_params']}, lr {b['hard_lr']}); kd {b['kd_weight']}; calibration {b['calibration_images']}; "
-              f"test {b['test_images']} images, golden {b['golden_images']}")
+        print(f"{name} ({b['data']}, float checkpoint {b['checkpoint_epochs']} epochs): soft phase: the soft_ep "
+              f"column's epochs x images_ep images (a fresh draw of the {b['train_split']} training images each "
+              f"epoch), batch {b['batch_size']}, Adam lr {b['lr']} cosine, assignment {b['assignment']}, "
+              f"T {b['t_start']} -> {b['t_end']} x per-layer distance scale; hard phase: hard_ep epoch(s) of "
+              f"images_ep images ({b['hard_params']}, lr {b['hard_lr']}); kd {b['kd_weight']}; calibration "
+              f"{b['calibration_images']}; test {b['test_images']} images, golden {b['golden_images']}")
     print("kmeans = after k-means init only; joint = after joint soft training (hard eval, float LUT); "
           "hard = after LUT int8 + BN/bias fine-tune; int = integer golden model on the first golden test images "
           "(hard_on_int_images: the float-emulated model on those same images); drop = float - hard (points)")
-    cols = ["model", "v", "K", "layers", "ratio", "float", "kmeans", "joint", "hard", "int", "hard_on_int_images",
-            "drop",
+    for r in rows:
+        r.update(soft_ep=r["soft_epochs"], images_ep=r["images_per_epoch"], hard_ep=r["hard_epochs"])
+    cols = ["model", "v", "K", "layers", "ratio", "soft_ep", "images_ep", "hard_ep", "float", "kmeans", "joint",
+            "hard", "int", "hard_on_int_images", "drop",
             "cpu_soft", "cpu_hard"]
     print(table(rows, cols))
     for r in rows:

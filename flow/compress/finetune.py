@@ -6,6 +6,9 @@ every weight that decodes from it (``codebook[indices]`` backpropagates as a
 scatter-add), and pruned positions stay exactly zero because the decoded weight
 is ``mask * codebook[indices]`` — the mask is applied on every forward, not once.
 BatchNorm, biases and uncompressed layers train too.
+
+PQ layers have their own recipe, :func:`pq_finetune` (joint soft training of prototypes and
+LUT with an annealed temperature, then the LUT quantized and BatchNorm/biases fine-tuned).
 """
 from __future__ import annotations
 
@@ -253,7 +256,8 @@ def pq_finetune(
         raise CompressionError(f"hard_params={hard_params!r}: use 'bn' (BatchNorm and biases) or 'all'")
     if kd_weight and teacher is None:
         raise CompressionError("kd_weight > 0 needs a teacher model (the float model)")
-    named = [(n, m) for n, m in model.named_modules() if m in set(pq_layers(model))]
+    pq_set = set(pq_layers(model))
+    named = [(n, m) for n, m in model.named_modules() if m in pq_set]
     if not named:
         raise CompressionError("pq_finetune: the model has no PQConv2d/PQLinear layers; compress it with method='pq'")
     n_img = len(x) if images_per_epoch is None else max(1, min(int(images_per_epoch), len(x)))
@@ -277,7 +281,6 @@ def pq_finetune(
             m.set_temperature(t * scales[n])
 
     def run_epochs(n_epochs: int, opt, sched, tag: str, losses: list, step_t) -> None:
-        per_epoch = (n_img + batch_size - 1) // batch_size
         step = 0
         for ep in range(n_epochs):
             model.train()

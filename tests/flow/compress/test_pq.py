@@ -493,13 +493,11 @@ def test_im2col_backward_matches_autograd():
     aT = pq._subvectors_T(xg)
     g = torch.randn_like(aT)
     aT.backward(g)
-    ref = hand_patches(x.clone().requires_grad_(True), pq.kernel_size, pq.stride, pq.padding)
     xr = x.clone().requires_grad_(True)
     pr = hand_patches(xr, pq.kernel_size, pq.stride, pq.padding)  # [N, L, D]
     assert torch.equal(aT.detach(), pr.detach().reshape(-1, pq.num_subspaces, pq.v).permute(1, 2, 0))
     pr.backward(g.permute(2, 0, 1).reshape(pr.shape))
     torch.testing.assert_close(xg.grad, xr.grad, rtol=1e-12, atol=1e-12)
-    del ref
 
 
 def _tiny_resnet(seed: int = 0) -> nn.Module:
