@@ -445,22 +445,14 @@ def ratios(model) -> dict:
 
 
 def _train_pq(model, x, y, epochs: int, batch: int, seed: int) -> str:
-    """PQ's training (prototypes and LUT, annealed soft assignment, its defaults); returns the function used.
+    """PQ's training: ``flow.compress.finetune.pq_finetune`` (PQA / LUT-NN: prototypes and LUT trained
+    jointly, the soft assignment annealed to hard, its defaults) for exactly ``epochs`` epochs, like every
+    other method (``hard_epochs=0``: its BatchNorm re-estimation stays, its extra BN-only epoch goes).
+    Returns the function used."""
+    from flow.compress.finetune import pq_finetune
 
-    ``flow.compress.finetune.pq_finetune`` (LUT-NN / PQA training) when the library has it, else
-    ``flow.compress.pq.anneal_pq``.
-    """
-    import importlib
-    import inspect
-
-    ft = importlib.import_module("flow.compress.finetune")  # the module (flow.compress.finetune is the function)
-    fn = getattr(ft, "pq_finetune", None)
-    if fn is None:
-        from flow.compress.pq import anneal_pq as fn
-    kw = dict(epochs=epochs, batch_size=batch, seed=seed, progress=False)
-    params = inspect.signature(fn).parameters
-    fn(model, x, y, **{k: v for k, v in kw.items() if k in params})
-    return f"{fn.__module__}.{fn.__name__}"
+    pq_finetune(model, x, y, epochs=epochs, batch_size=batch, seed=seed, hard_epochs=0, progress=False)
+    return "flow.compress.finetune.pq_finetune(hard_epochs=0)"
 
 
 def run_point(spec: dict) -> dict:
@@ -752,8 +744,8 @@ def budget_text(model: str, setup: dict, base: dict | None) -> str:
         s += (f" -> {base['acc']:.2f}% test; test accuracy after each epoch: {curve}; "
               f"{sec:.3g} s/epoch on {base['threads']} thread(s)")
     s += (f".  Every compressed model: {setup['ft_epochs']} epochs on {ft} training images (Adam "
-          f"{setup['lr_ft']:g}, cosine, batch {setup['batch']}; PQ: the library's PQ training (pq_finetune: soft "
-          f"assignment annealed to hard, then its own short hard phase) for the same epochs); MVQ also retrains the "
+          f"{setup['lr_ft']:g}, cosine, batch {setup['batch']}; PQ: the library's PQ training (pq_finetune: "
+          f"prototypes and LUT trained jointly, soft assignment annealed to hard, LUT int8) for the same epochs); MVQ also retrains the "
           f"N:M-pruned float model for {setup['ft_epochs']} epochs on them before clustering.  BN re-estimated on "
           f"{setup['calib']} training images; test: {setup['test_images'] or 'all'} test images; seed {SEED}.")
     return s

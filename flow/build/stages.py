@@ -223,10 +223,10 @@ def stage_finetune(b: Build) -> None:
     if o.method != "none" and r["finetune_epochs"]:
         lim = r["finetune_limit"] or len(b.data["xtr"])
         xf, yf = torch.from_numpy(b.data["xtr"][:lim]), torch.from_numpy(b.data["ytr"][:lim])
-        if o.method == "pq":   # LUT-NN: soft assignment annealed towards the hard lookup
-            from flow.compress.pq import anneal_pq
+        if o.method == "pq":   # PQA / LUT-NN: prototypes and LUT trained jointly, annealed to hard
+            from flow.compress.finetune import pq_finetune
 
-            anneal_pq(b.cmodel, xf, yf, epochs=r["finetune_epochs"])
+            pq_finetune(b.cmodel, xf, yf, epochs=r["finetune_epochs"], progress=True)
         else:
             finetune(b.cmodel, xf, yf, epochs=r["finetune_epochs"])
     b.creport = compression_report(b.cmodel)

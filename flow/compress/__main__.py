@@ -139,11 +139,11 @@ def run(a: argparse.Namespace) -> int:
     if a.calibrate:
         comp = recalibrate_bn_(copy.deepcopy(comp), x[:a.calibrate]).eval()
         acc["compressed+bn-calibrated"] = _accuracy(comp, xt, yt)
-    if a.finetune_epochs and a.method == "pq":  # LUT-NN: soft assignment with an annealed temperature
-        from .pq import anneal_pq
+    if a.finetune_epochs and a.method == "pq":  # PQA / LUT-NN: prototypes + LUT, annealed soft assignment
+        from .finetune import pq_finetune
 
-        anneal_pq(comp, torch.as_tensor(x), torch.as_tensor(y), epochs=a.finetune_epochs, lr=a.finetune_lr,
-                  batch_size=a.batch_size, seed=a.seed)
+        pq_finetune(comp, x, y, epochs=a.finetune_epochs, lr=a.finetune_lr, batch_size=a.batch_size,
+                    seed=a.seed, progress=True)
         acc[f"finetuned ({a.finetune_epochs} epochs)"] = _accuracy(comp, xt, yt)
     elif a.finetune_epochs:
         finetune(comp, x, y, epochs=a.finetune_epochs, lr=a.finetune_lr, batch_size=a.batch_size, seed=a.seed)

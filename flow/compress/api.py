@@ -313,6 +313,7 @@ def compress(
     if data is not None:
         calib = data[0] if isinstance(data, (tuple, list)) else data
         calib = (calib if isinstance(calib, Tensor) else torch.from_numpy(np.asarray(calib))).float()
+    _pq_divisibility(model, method, v, skip, overrides, plans)
     if any(p.method == "pq" for p in plans) and calib is None:
         raise CompressionError("method 'pq' learns its prototypes from activations: pass data=<calibration "
                                "inputs [N, C, H, W]> (a few hundred training images)")
@@ -338,6 +339,50 @@ def compress(
     if calib is not None:
         recalibrate_bn_(out, calib)
     return out
+
+
+class CompressionWarning(UserWarning):
+    """A layer asked to be compressed was kept dense (the reason and the fix are in the message)."""
+
+
+def _pq_divisibility(model: nn.Module, method: str, v: int, skip, overrides, plans: list[LayerPlan]) -> None:
+    """Say which layers ``method='pq'`` keeps dense because their patch length is not divisible by v.
+
+    None compressed at all: :class:`ChannelDivisibilityError`.  Some: a :class:`CompressionWarning`
+    naming them (pass them in ``skip`` to keep them dense quietly).  Layers the defaults skip
+    ('first', 'last', 1x1 convs) are PQA's choice, not a surprise, and are not listed.
+    """
+    if method != "pq" or not isinstance(v, int) or v < 1:
+        return
+    if skip is DEFAULT_SKIP:
+        skip = default_skip(method, "paper")
+    named = [nm for nm in ((skip,) if isinstance(skip, str) else tuple(skip or ())) if isinstance(nm, str)]
+    named = [{"first": plans[0].name, "last": plans[-1].name}.get(nm, nm) for nm in named] if plans else []
+    modules = dict(model.named_modules())
+    lost = []
+    for p in plans:
+        mod = modules[p.name]
+        if p.method != "none" or p.name in (overrides or {}) or any(p.name == s or p.name.startswith(s + ".")
+                                                                    for s in named):
+            continue
+        if p.kind == "conv" and tuple(mod.kernel_size) == (1, 1):
+            continue
+        D = mod.weight[0].numel()
+        if D % v:
+            lost.append(f"{p.name} (patch length {D})")
+    if not lost:
+        return
+    where = ", ".join(lost)
+    if not any(p.method != "none" for p in plans):
+        from .errors import ChannelDivisibilityError
+
+        raise ChannelDivisibilityError(f"compress(method='pq', v={v}) compresses no layer: {where} not divisible "
+                                       f"by v: choose v dividing those lengths")
+    import warnings
+
+    warnings.warn(f"compress(method='pq', v={v}) keeps {len(lost)} layer(s) dense, patch length not divisible "
+                  f"by v: {where}; choose v dividing them, or pass them in skip= to keep them dense quietly",
+                  CompressionWarning, stacklevel=3)
 
 
 def _make_pq_vecq(model: nn.Module, mod: nn.Module, p: LayerPlan, calib: Tensor | None) -> nn.Module:

@@ -29,7 +29,7 @@ strict-less scan, so ties go to the lowest index (DESIGN.md; PQA's golden
 model). Training follows LUT-NN: the forward pass uses the hard one-hot
 assignment (what the hardware computes) and the backward pass the gradient of
 the soft assignment ``softmax(-||a - P||^2 / T)``; ``T`` is an annealed buffer
-(:meth:`set_temperature`, :func:`anneal_pq`), not learned, so a run is
+(:meth:`set_temperature`, :func:`flow.compress.finetune.pq_finetune`), not learned, so a run is
 reproducible and the schedule is explicit. :meth:`set_assignment` ``("soft")``
 makes the training forward the soft assignment itself (``sum_c soft_c @ LUT_c``,
 exactly the hard lookup once ``T`` is small enough that the softmax underflows to
@@ -69,10 +69,8 @@ __all__ = [
     "PQLinear",
     "nearest_prototype",
     "kmeans_subspaces",
-    "anneal_pq",
     "temperature_at",
     "pq_distance_scales",
-    "convert_to_pq",
     "pq_layers",
     "LUT_BITS",
 ]
@@ -408,7 +406,7 @@ class _PQBase(nn.Module):
 
         Sets ``lut_bits`` and the 0-dim buffer ``lut_scale``; from then on the forward uses
         the quantized LUT (straight-through in training). Call again after further
-        training to refit the scale (:func:`anneal_pq` does). Returns ``self``.
+        training to refit the scale (:func:`flow.compress.finetune.pq_finetune` does). Returns ``self``.
         """
         if bits not in LUT_BITS:
             raise BitWidthError(f"LUT bits={bits!r} is unsupported; use one of {LUT_BITS}")
@@ -563,7 +561,7 @@ class PQConv2d(_PQBase):
         check_plain_conv(conv, "PQConv2d.from_conv")
         if calib_x is None:
             raise ShapeMismatchError("PQConv2d.from_conv needs calib_x: this layer's input activations "
-                                     "[N, Cin, H, W] (capture them with a forward hook, or use convert_to_pq)")
+                                     "[N, Cin, H, W] (capture them with a forward hook, or use compress(model, method='pq', data=...))")
         m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
                 bias=conv.bias is not None, v=v, K=K)
         m = m.to(device=conv.weight.device, dtype=conv.weight.dtype)
@@ -649,7 +647,7 @@ class PQLinear(_PQBase):
             raise UnsupportedLayerError(f"PQLinear.from_linear needs an nn.Linear, got {type(lin).__name__}")
         if calib_x is None:
             raise ShapeMismatchError("PQLinear.from_linear needs calib_x: this layer's inputs [..., in_features] "
-                                     "(capture them with a forward hook, or use convert_to_pq)")
+                                     "(capture them with a forward hook, or use compress(model, method='pq', data=...))")
         m = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, v=v, K=K)
         m = m.to(device=lin.weight.device, dtype=lin.weight.dtype)
         with torch.no_grad():
@@ -728,52 +726,9 @@ def _layer_inputs(model: nn.Module, layer: nn.Module, x: Tensor, batch_size: int
     finally:
         hook.remove()
     if not inputs:
-        raise UnsupportedLayerError("convert_to_pq: a layer was never called in the forward pass; "
+        raise UnsupportedLayerError("PQ calibration: a layer was never called in the forward pass; "
                                     "only layers the model uses can be calibrated")
     return torch.cat(inputs)
-
-
-def convert_to_pq(model: nn.Module, calib_x: Tensor, v: int = 9, K: int = 16, iters: int = 20, seed: int = 0,
-                  keep_first_last: bool = True, batch_size: int = 256) -> dict[str, str]:
-    """Replace Conv2d/Linear layers of ``model`` in place by PQ layers, calibrated one by one.
-
-    Each layer's k-means sees the inputs produced by the model *as converted so far*
-    (upstream PQ error included), as sequential calibration should. ``calib_x`` is the
-    model's input [N, ...]. The first and last Conv2d/Linear stay float when
-    ``keep_first_last`` (DESIGN.md keeps them int8 dense); layers whose D is not
-    divisible by ``v`` or that are grouped/dilated stay float too.
-
-    Returns ``{layer name: "pq" or the reason it was kept}``.
-    """
-    _check_pq(v, v, K, "convert_to_pq")  # validate v and K once, before touching the model
-    calib_x = torch.as_tensor(calib_x)
-    names = [n for n, mod in model.named_modules() if type(mod) in (nn.Conv2d, nn.Linear)]
-    was_training = model.training
-    model.eval()
-    done: dict[str, str] = {}
-    for i, name in enumerate(names):
-        layer = model.get_submodule(name)
-        if keep_first_last and i in (0, len(names) - 1):
-            done[name] = "kept dense: first/last layer"
-            continue
-        D = layer.in_features if isinstance(layer, nn.Linear) else \
-            layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
-        if D % v:
-            done[name] = f"kept dense: D={D} not divisible by v={v}"
-            continue
-        try:
-            if isinstance(layer, nn.Conv2d):
-                check_plain_conv(layer, name)
-        except UnsupportedLayerError as e:
-            done[name] = f"kept dense: {e}"
-            continue
-        xin = _layer_inputs(model, layer, calib_x, batch_size)
-        new = (PQConv2d.from_conv(layer, v, K, xin, iters, seed) if isinstance(layer, nn.Conv2d)
-               else PQLinear.from_linear(layer, v, K, xin, iters, seed))
-        _set_submodule(model, name, new)
-        done[name] = "pq"
-    model.train(was_training)
-    return done
 
 
 def temperature_at(step: int, total: int, t_start: float, t_end: float) -> float:
@@ -823,48 +778,3 @@ def pq_distance_scales(model: nn.Module, x: Tensor, batch_size: int = 128) -> di
         mean = s / max(cnt, 1)
         out[n] = mean if mean > 0 and math.isfinite(mean) else 1.0
     return out
-
-
-def anneal_pq(model: nn.Module, x: Tensor, y: Tensor, epochs: int, t_start: float = 1.0, t_end: float = 0.01,
-              lr: float = 1e-3, batch_size: int = 64, seed: int = 0) -> nn.Module:
-    """Fine-tune a model with PQ layers, annealing the soft-assignment temperature (LUT-NN).
-
-    Trains every parameter (prototypes, weights, BN, other layers) with Adam and
-    cross-entropy on x [N, ...], y [N] (class indices). ``T`` decays geometrically
-    per optimizer step from ``t_start`` to ``t_end`` in all PQ layers, so early steps
-    pass broad gradients to many prototypes and late ones only to near winners.
-    Layers whose LUT was quantized get their ``lut_scale`` refitted at the end.
-    Returns the model in eval mode.
-    """
-    layers = pq_layers(model)
-    if not layers:
-        raise UnsupportedLayerError("anneal_pq: the model has no PQConv2d/PQLinear; convert it with convert_to_pq")
-    if not (t_start > 0 and t_end > 0):
-        raise ValueError(f"temperatures must be > 0, got t_start={t_start}, t_end={t_end}")
-    if epochs < 0 or batch_size < 1:
-        raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
-    x, y = torch.as_tensor(x).float(), torch.as_tensor(y).long()
-    g = torch.Generator().manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    per_epoch = (len(x) + batch_size - 1) // batch_size
-    total = max(1, epochs * per_epoch)
-    step = 0
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), batch_size):
-            t = temperature_at(step, total, t_start, t_end)
-            for layer in layers:
-                layer.set_temperature(t)
-            idx = perm[i:i + batch_size]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-            step += 1
-    for layer in layers:
-        layer.set_temperature(t_end)
-        if layer.lut_scale is not None:
-            layer.quantize_lut_(layer.lut_bits)
-    model.eval()
-    return model

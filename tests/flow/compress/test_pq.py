@@ -21,8 +21,6 @@ from flow.compress.errors import (
 from flow.compress.pq import (
     PQConv2d,
     PQLinear,
-    anneal_pq,
-    convert_to_pq,
     kmeans_subspaces,
     nearest_prototype,
 )
@@ -264,35 +262,6 @@ def test_temperature_buffer():
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError):
             pq.set_temperature(bad)
-
-
-def test_convert_and_anneal_tiny_model():
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2),
-    )
-    x = torch.randn(96, 1, 6, 6)
-    y = (x[:, 0, :3].mean((1, 2)) > x[:, 0, 3:].mean((1, 2))).long()  # top half brighter?
-    report = convert_to_pq(model, x, v=9, K=8, iters=5)
-    assert report == {"0": "kept dense: first/last layer", "2": "pq", "7": "kept dense: first/last layer"}
-    pq = model[2]
-    assert isinstance(pq, PQConv2d) and pq.num_subspaces == 6
-    pq.quantize_lut_(8)
-    model.eval()
-    with torch.no_grad():
-        before = F.cross_entropy(model(x), y).item()
-    anneal_pq(model, x, y, epochs=4, t_start=1.0, t_end=0.05, lr=1e-2, batch_size=32)
-    assert not model.training
-    assert float(pq.temperature) == pytest.approx(0.05)
-    with torch.no_grad():
-        after = F.cross_entropy(model(x), y).item()
-    assert after < before
-    codes, scale = pq.int_lut()  # scale refitted to the trained LUT
-    assert np.abs(codes).max() == 127 and scale == pytest.approx(float(pq.lut().detach().abs().max()) / 127)
-    with pytest.raises(UnsupportedLayerError):
-        anneal_pq(nn.Sequential(nn.Linear(2, 2)), x, y, epochs=1)
 
 
 # ----------------------------------------------------------------------------- LUT quantization
@@ -589,3 +558,26 @@ def test_pq_resnet_block_with_dense_1x1_shortcut_lowers_bit_exact():
     prog = lower(g, EngineConfig())
     xi = quantize_input(x[32:], g.in_tensor.scale, g.in_tensor.unsigned)
     assert np.array_equal(run_program(prog, xi), run(g, xi))
+
+
+def test_pq_layers_kept_dense_for_divisibility_are_named():
+    """compress(method='pq') says which layers it could not cut into v-subvectors (never silently dense)."""
+    import warnings
+
+    from flow.compress import CompressionWarning, compress
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 9, 3), nn.ReLU(), nn.Conv2d(9, 4, 3),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    x = torch.randn(32, 1, 10, 10)
+    # patch lengths: 9, 72, 81, 64 -> with v=9 only the Linear (64) is not divisible
+    with pytest.warns(CompressionWarning, match=r"keeps 1 layer\(s\) dense.*6 \(patch length 64\)"):
+        c = compress(model, "pq", v=9, K=4, iters=2, data=x, skip=("first",))
+    assert type(c[6]) is nn.Linear and isinstance(c[2], PQConv2d) and isinstance(c[4], PQConv2d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # named in skip: kept dense quietly
+        compress(model, "pq", v=9, K=4, iters=2, data=x, skip=("first", "6"))
+    # v=7 divides none of 72 and 81 (the default skips the first and last layers): nothing to compress
+    with pytest.raises(ChannelDivisibilityError, match=r"compresses no layer: 2 \(patch length 72\), 4 \(patch "
+                                                       r"length 81\)"):
+        compress(model, "pq", v=7, K=4, iters=2, data=x)
