@@ -155,8 +155,10 @@ def build_library(bundle, *, cache_dir=None, force: bool = False) -> Path:
     root = cache_root(cache_dir) / "host-sim"
     key = library_key(bundle)
     out = root / key / LIB_NAME
-    if out.is_file() and not force:
+    sums = out.parent / SUMS_NAME
+    if not force and _verified(out, sums):
         return out
+    # absent, or a truncated / corrupt copy (dlopen of one can SIGBUS): rebuild it
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
@@ -173,10 +175,34 @@ def build_library(bundle, *, cache_dir=None, force: bool = False) -> Path:
             first = next((ln for ln in (proc.stderr or "").splitlines() if "error" in ln), "").strip()
             raise SimError(f"g++ failed to compile the bundle's engine ({first[:200] or 'see the log'}): "
                            f"full log in {log}")
+        digest = _file_sha256(tmp)
         os.replace(tmp, out)
+        # written last: a library without matching sums (a build killed mid-way, a damaged file) is rebuilt
+        tmp_sums = work / SUMS_NAME
+        tmp_sums.write_text(f"{digest}  {LIB_NAME}\n")
+        os.replace(tmp_sums, sums)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+SUMS_NAME = "lib.sha256"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verified(lib: Path, sums: Path) -> bool:
+    """True when ``lib`` exists and its sha256 is the one recorded in ``sums`` after the build."""
+    try:
+        return lib.is_file() and sums.read_text() == f"{_file_sha256(lib)}  {LIB_NAME}\n"
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 _U64P = ctypes.POINTER(ctypes.c_ulonglong)

@@ -15,6 +15,9 @@ created) and raises one :class:`OptionsError` listing every problem it found:
 * a dry run of compress (one k-means iteration) -> quantize -> lower on the
   untrained model: layers the quantizer does not support, activation buffers,
   channels, kernels, op count, buffers and placement, as the real stages check them;
+  a model the standard build is too small for is sized as the lower stage will size it
+  (``flow.boards.sizing.size_engine``: activation buffer, channels, kernel, ops grown
+  within the board's resources), and refused only when no build on the board holds it;
 * the toolchain: the C++ compiler when the build goes as far as C-simulation.
 
 Only what the stages up to ``--stage`` need is checked. Limits that depend on the
@@ -156,27 +159,32 @@ def _dry_run(opts: BuildOptions, model, kwargs: dict, x, engine) -> str | None:
     error, or None. Numeric errors that depend on trained weights are left to the stages."""
     import torch
 
+    from flow.boards.sizing import SizingError
     from flow.compile.lower import LoweringError
     from flow.compress.errors import CompressionError
     from flow.quant.convert import UnsupportedLayerError, quantize_model
 
     x = torch.from_numpy(x)
     try:
-        cmodel = model
-        if opts.method != "none":
-            from flow.compress import compress
-
-            cmodel = compress(model, **{**kwargs, "iters": 1}, data=x if _uses_pq(opts) else None)
-        if not _needs(opts, "quantize"):
-            return None
-        with warnings.catch_warnings():   # the quantize stage reports them (a dry run on an untrained model)
+        with warnings.catch_warnings():   # the stages report them (a dry run on an untrained model)
             warnings.simplefilter("ignore")
+            cmodel = model
+            if opts.method != "none":
+                from flow.compress import compress
+
+                cmodel = compress(model, **{**kwargs, "iters": 1}, data=x if _uses_pq(opts) else None)
+            if not _needs(opts, "quantize"):
+                return None
             q = quantize_model(cmodel, x)
         if engine is not None and _needs(opts, "lower"):
+            from flow.boards.sizing import size_engine
             from flow.compile import lower
 
-            lower(q, engine)
-    except (UnsupportedLayerError, LoweringError, CompressionError) as e:
+            try:
+                lower(q, engine)
+            except LoweringError:   # the standard build is too small: the lower stage sizes one for the model
+                size_engine(q, opts.board, n=opts.n, m=opts.m)   # SizingError: every limit it cannot meet
+    except (UnsupportedLayerError, LoweringError, CompressionError, SizingError) as e:
         return f"{_one_line(e)} (found before training, on the untrained model)"
     except Exception:   # anything weight-dependent (scales, ranges): the stages check it on the trained model
         return None

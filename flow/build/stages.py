@@ -108,11 +108,16 @@ def load_model_file(spec: str):
     p = Path(path)
     if not p.is_file():
         raise OptionsError(f"--model-file {spec}: {path} not found")
-    mod_spec = importlib.util.spec_from_file_location(f"vqhls_user_model_{p.stem}", p)
+    name = f"vqhls_user_model_{p.stem}"
+    mod_spec = importlib.util.spec_from_file_location(name, p)
     module = importlib.util.module_from_spec(mod_spec)
+    # registered so its classes pickle (compressed.pt holds the whole model); torch.load of that file
+    # needs the same module: load it with this function first, or torch.load(weights_only=False) after import
+    sys.modules[name] = module
     try:
         mod_spec.loader.exec_module(module)
     except Exception as e:   # the user's file: report it in one line
+        sys.modules.pop(name, None)
         raise OptionsError(f"--model-file {spec}: importing {path} failed: {type(e).__name__}: {e}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -270,8 +275,18 @@ def stage_lower(b: Build) -> None:
     from flow.boards import get_board, perf
     from flow.compile import EngineConfig, lower
 
+    from flow.boards.sizing import size_engine
+
     o = b.opts
-    b.engine = EngineConfig.for_board(o.board, n=o.n, m=o.m)
+    # the board's standard build when the model fits it (its cached engine), else one grown for the model
+    # within the board's resources (SizingError lists every limit it cannot meet)
+    standard = EngineConfig.for_board(o.board, n=o.n, m=o.m)
+    b.engine = size_engine(b.qgraph, o.board, n=o.n, m=o.m)
+    grown = {k: v for k, v in b.engine.to_dict().items() if standard.to_dict().get(k) != v}
+    if grown:
+        b.summary["engine_sized"] = grown
+        print(f"engine sized for the model on {o.board} (not the standard build): "
+              + ", ".join(f"{k}={v}" for k, v in sorted(grown.items())))
     b.program = lower(b.qgraph, b.engine)
     image = b.program.to_bytes()
     (b.out / "program.bin").write_bytes(image)

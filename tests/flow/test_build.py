@@ -136,6 +136,56 @@ def test_model_file_with_checkpoint(tmp_path):
     assert "model " + str(src) + ":tiny on digits, method vq" in r.stdout
 
 
+WIDE_MODEL_FILE = textwrap.dedent('''
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Wide(nn.Module):
+        """A user's own class (it must pickle into compressed.pt), flattening with view(x.size(0), -1)."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 96, 3, padding=1)   # 28x28x96 = 75,264 activation bytes
+            self.conv2 = nn.Conv2d(96, 16, 3, padding=1)
+            self.fc = nn.Linear(16 * 7 * 7, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 4)
+            return self.fc(x.view(x.size(0), -1))
+
+    def net():
+        return Wide()
+''')
+
+
+@pytest.mark.csim
+def test_model_file_too_big_for_the_standard_engine_gets_a_sized_one(tmp_path):
+    """flow.build sizes the engine for the model (flow.boards.sizing) and C-simulates that engine bit-exactly."""
+    import torch
+
+    from flow.compile import EngineConfig
+
+    src = tmp_path / "wide_user.py"
+    src.write_text(WIDE_MODEL_FILE)
+    ns: dict = {}
+    exec(compile(WIDE_MODEL_FILE, str(src), "exec"), ns)
+    torch.manual_seed(0)
+    torch.save(ns["net"]().state_dict(), tmp_path / "wide.pt")
+    need = 28 * 28 * 96
+    assert need > EngineConfig.for_board("pynq-z2").act_buf_bytes   # the premise: the standard build is too small
+    summary = tmp_path / "s.json"
+    r = _run("--model-file", f"{src}:net", "--checkpoint", str(tmp_path / "wide.pt"), "--data", "fashion-mnist",
+             "--method", "vq", "--k", "16", "--finetune-epochs", "0", "--stage", "csim", "--limit", "10",
+             "--out", str(tmp_path / "b"), "--json", str(summary))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "engine sized for the model on pynq-z2" in r.stdout and "bit-exact: 10/10" in r.stdout
+    s = json.loads(summary.read_text())
+    assert s["engine_sized"]["act_buf_bytes"] >= need
+    engine = json.loads((tmp_path / "b" / "program.json").read_text())["engine"]
+    assert engine["act_buf_bytes"] == s["engine_sized"]["act_buf_bytes"]
+    assert s["csim_cycles_per_image"] == s["modelled_cycles_per_image"]
+
+
 @pytest.mark.csim
 @pytest.mark.slow
 def test_recipe_sets_flags_and_per_layer_methods(tmp_path):

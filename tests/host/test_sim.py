@@ -43,6 +43,25 @@ def test_library_is_cached_by_config_and_sources(bundle, sim_cache, sim_library)
     assert not [p for p in (sim_cache / "host-sim").iterdir() if p.name.startswith(".")]   # no leftovers
 
 
+def test_damaged_cached_library_is_rebuilt_not_loaded(bundle, sim_cache, sim_library, tmp_path):
+    """A truncated cached library (dlopen of one can SIGBUS) fails its recorded sha256 and is rebuilt."""
+    import hashlib
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(sim_cache / "host-sim", cache / "host-sim")
+    lib = cache / "host-sim" / sim_library.parent.name / sim_library.name
+    sums = lib.parent / "lib.sha256"
+    good = lib.read_bytes()
+    assert sums.read_text().split()[0] == hashlib.sha256(good).hexdigest()   # recorded at build time
+    lib.write_bytes(good[: len(good) // 2])
+    assert build_library(bundle, cache_dir=cache) == lib
+    rebuilt = lib.read_bytes()
+    assert len(rebuilt) > len(good) // 2 and sums.read_text().split()[0] == hashlib.sha256(rebuilt).hexdigest()
+    dev = SimDevice(bundle, cache_dir=cache)   # loads and runs
+    dev.close()
+
+
 def test_missing_compiler_is_one_clear_line(bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
     with pytest.raises(SimError, match=r"install g\+\+ \(apt-get install g\+\+\)"):
