@@ -86,8 +86,8 @@ ERR_SHAPE = 7          # output shape inconsistent with input shape / kernel / s
 ERR_LIMIT = 8          # channels, kernel, k, d, n:m beyond the engine's compile-time limits
 ERR_OFFSET = 9         # a parameter array is missing or runs past the end of the image
 ERR_PARAM = 10         # a parameter value is invalid (shift outside 1..31, codeword index >= k)
-ERR_IO = 11            # header input/output bytes disagree with the first/last op
-ERR_CRC = 12           # the image body's CRC32 differs from header word 7 (corrupted in DDR or in transit)
+ERR_IO = 11            # header input/output bytes or signedness flags disagree with the first/last op
+ERR_CRC = 12           # CRC32 over the header's scales/flags and the body differs from the header (corrupted)
 ERR_NOT_LOADED = 13    # a run call before a successful load call
 ERR_TLAST = 14         # input TLAST early (reading stopped there) or missing on the call's final byte
 
@@ -104,8 +104,9 @@ STATUS_NAMES = {
     ERR_OFFSET: "parameter array missing or outside the parameter image",
     ERR_PARAM: ("invalid parameter value or descriptor field (shift outside 1..31, codeword index >= k, "
                 "a placed field that disagrees with this engine)"),
-    ERR_IO: "header input/output bytes disagree with the first/last op",
-    ERR_CRC: "program image checksum mismatch (corrupted image)",
+    ERR_IO: "header input/output bytes or signedness flags disagree with the first/last op",
+    ERR_CRC: ("program image checksum mismatch: the CRC32 over the header's scales and flags and the body "
+              "differs from the header's (corrupted in DDR or in transit; reload the bundle's program.bin)"),
     ERR_NOT_LOADED: "no program loaded: make the load call (N_IMAGES = 0) first",
     ERR_TLAST: "input stream TLAST early or missing (the DMA transfer length does not match N_IMAGES images)",
 }

@@ -98,17 +98,23 @@ def get_trained(
     train_limit: int | None = None,
     progress: bool = True,
     retrain: bool = False,
+    seed: int = 0,
 ) -> nn.Module:
     """A trained zoo model, from the checkpoint cache when present, else trained and cached.
 
-    ``train_limit`` trains on the first N training images only (for short budgets).
+    ``train_limit`` trains on the first N training images only (for short budgets). ``seed`` fixes
+    the initial weights and the training order (a cached checkpoint is the same whoever trained
+    it, whatever the caller's torch RNG state; the caller's RNG state is left as it was).
     """
     zoo._check(model_name)
     data_name = data_name or zoo.default_dataset(model_name)
     epochs = default_epochs(model_name) if epochs is None else epochs
-    tag = f"{model_name}-{data_name}-e{epochs}" + (f"-n{train_limit}" if train_limit else "")
+    tag = (f"{model_name}-{data_name}-e{epochs}" + (f"-n{train_limit}" if train_limit else "")
+           + (f"-s{seed}" if seed else ""))
     path = cache_dir("checkpoints") / f"{tag}.pt"
-    model = build(model_name, data_name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build(model_name, data_name)
     if path.exists() and not retrain:
         load_checkpoint(model, path)   # CacheError (one line: the path, delete it or --retrain) when corrupt
         return model.eval()
@@ -116,7 +122,8 @@ def get_trained(
     if train_limit:
         x, y = x[:train_limit], y[:train_limit]
     t0 = time.time()
-    train(model, x, y, epochs=epochs, progress=progress)
+    with torch.random.fork_rng(devices=[]):
+        train(model, x, y, epochs=epochs, progress=progress, seed=seed)
     if progress:
         print(f"trained {tag} in {time.time() - t0:.1f} s -> {path}", file=sys.stderr)
     tmp = path.with_suffix(".tmp")

@@ -49,3 +49,20 @@ def test_train_cli(tmp_path):
     assert "test accuracy" in r.stdout
     r = subprocess.run([sys.executable, "-m", "models.train", "--model", "nope"], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "unknown model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_training_is_reproducible_whatever_the_callers_rng(tmp_path, monkeypatch):
+    """Two caches, two different global RNG states: the same checkpoint (init and order seeded)."""
+    states = []
+    for i, pre in enumerate((1, 12345)):
+        monkeypatch.setenv("VQHLS_CACHE", str(tmp_path / str(i)))
+        torch.manual_seed(pre)
+        before = torch.random.get_rng_state()
+        m = train.get_trained("lenet-digits", "digits", epochs=1, train_limit=128, progress=False)
+        assert torch.equal(torch.random.get_rng_state(), before)   # the caller's RNG is left alone
+        states.append(m.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    monkeypatch.setenv("VQHLS_CACHE", str(tmp_path / "s1"))
+    other = train.get_trained("lenet-digits", "digits", epochs=1, train_limit=128, progress=False, seed=1)
+    assert not torch.equal(other.state_dict()["features.0.weight"], states[0]["features.0.weight"])
+    assert [p.name for p in (tmp_path / "s1" / "checkpoints").glob("*.pt")] == ["lenet-digits-digits-e1-n128-s1.pt"]
