@@ -85,14 +85,18 @@ fuzz: setup
 test-board: setup board-env
 	$(BOARD_PY) -m pytest tests/board -q
 
+# results go to $(BENCH_OUT) (untracked build/bench by default); BENCH_OUT=bench/results updates the committed ones
+BENCH_OUT ?= build/bench
 bench: setup
-	$(PY) bench/compression.py
-	$(PY) bench/kmeans.py
-	$(PY) bench/frontier.py
-	$(PY) bench/csim.py
-	$(PY) bench/pq_vecq.py
-	$(PY) bench/engine.py
-	$(PY) bench/area.py
+	@echo "make bench: results go to $(BENCH_OUT)/ (make bench BENCH_OUT=bench/results overwrites the committed ones)"
+	@mkdir -p $(BENCH_OUT)
+	VQHLS_BENCH_OUT=$(abspath $(BENCH_OUT)) $(PY) bench/compression.py
+	VQHLS_BENCH_OUT=$(abspath $(BENCH_OUT)) $(PY) bench/kmeans.py
+	VQHLS_BENCH_OUT=$(abspath $(BENCH_OUT)) $(PY) bench/frontier.py
+	VQHLS_BENCH_OUT=$(abspath $(BENCH_OUT)) $(PY) bench/csim.py
+	VQHLS_BENCH_OUT=$(abspath $(BENCH_OUT)) $(PY) bench/pq_vecq.py
+	VQHLS_BENCH_OUT=$(abspath $(BENCH_OUT)) $(PY) bench/engine.py
+	VQHLS_BENCH_OUT=$(abspath $(BENCH_OUT)) $(PY) bench/area.py
 
 clean:
 	rm -rf build .cache .pytest_cache

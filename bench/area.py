@@ -37,7 +37,7 @@ Equal throughput, lookup vs MAC (ResNet20, a 64->64 3x3 layer, stride 1; per out
   its prototype, LUT (lut_bytes = 32 KB of the layer's 128 KB LUT: the rest streams) and
   accumulator memories, hence its BRAMs.
 
-Writes bench/results/area.json and area.png.
+Writes RESULTS/ (bench/results, or $VQHLS_BENCH_OUT: ``make bench`` puts build/bench there) area.json and area.png.
 """
 from __future__ import annotations
 

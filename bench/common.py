@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# where results go: $VQHLS_BENCH_OUT (make bench sets it to build/bench, untracked), else the committed
+# bench/results (running a script by hand updates the published numbers, as its "wrote ..." line says)
+RESULTS = Path(os.environ.get("VQHLS_BENCH_OUT") or Path(__file__).resolve().parent / "results").resolve()
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
@@ -25,7 +28,7 @@ def table(rows: list[dict], cols: list[str]) -> str:
 
 
 def save(name: str, payload: dict) -> Path:
-    """Write ``bench/results/<name>.json`` with machine facts added."""
+    """Write ``RESULTS/<name>.json`` (bench/results or $VQHLS_BENCH_OUT) with machine facts added."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = dict(payload)
     payload["machine"] = {"platform": platform.platform(), "python": platform.python_version(),

@@ -8,7 +8,7 @@ closest to 8x, 16x and 24x, compress, and report test accuracy before and
 after codebook fine-tuning. Part 2: time per iteration of masked_kmeans
 against faiss-cpu and scikit-learn k-means on the same unmasked data of a
 ResNet-18-sized layer set (1.4M vectors, d=8, k=256).
-Writes bench/results/compression.json and compression.png.
+Writes RESULTS/ (bench/results, or $VQHLS_BENCH_OUT: ``make bench`` puts build/bench there) compression.json and compression.png.
 """
 from __future__ import annotations
 

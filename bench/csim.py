@@ -6,7 +6,7 @@ Rows: vqhls C-sim (shared-library bridge) on lenet-digits uncompressed and
 MVQ 2:4, on resnet20 (Fashion-MNIST, MVQ 2:4), each checked bit-exact
 against the golden model; hls4ml 1.3 (Vivado backend, io_parallel and
 io_stream, ap_fixed<16,6>) on the same uncompressed lenet-digits.
-Writes bench/results/csim.json.
+Writes RESULTS/ (bench/results, or $VQHLS_BENCH_OUT: ``make bench`` puts build/bench there) csim.json.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ really forms / (cycles x engine.multipliers).
 Targets (the issue): resnet20 >= 700 images/s and lenet-digits >= 20,000
 images/s at 100 MHz on the default (2:4 MVQ) build; both builds inside the
 part's budget (flow.boards.resources.check_fit).
-Writes bench/results/engine.json and engine.png.
+Writes RESULTS/ (bench/results, or $VQHLS_BENCH_OUT: ``make bench`` puts build/bench there) engine.json and engine.png.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ float 12 epochs on all 60000 images (measured 210-230 s per epoch on one core, s
 (~130 s per VQ / MVQ / VecQ point, ~900-1300 s per PQ point, on one thread, two at a time:
 ~70 min); lenet-digits (30 + 8 epochs, ~3 min) runs alongside.  ``--dry-run`` lists the tasks.
 
-Writes bench/results/frontier.json and frontier.png (``--quick``: lenet-digits only, a
+Writes RESULTS/ (bench/results, or $VQHLS_BENCH_OUT: ``make bench`` puts build/bench there) frontier.json and frontier.png (``--quick``: lenet-digits only, a
 tiny grid, frontier_quick.*; ``--out DIR`` elsewhere).
 """
 from __future__ import annotations

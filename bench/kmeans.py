@@ -31,7 +31,7 @@ not comparable with the unmasked rows.  Checks (printed, and stored): the masked
 the per-element masked mean of its assignment, and ``assign_nearest`` (the kernel masked_kmeans uses)
 equals a brute-force float64 numpy argmin (ties to the lowest index) on a subsample.
 
-Writes bench/results/kmeans.json and kmeans.png (``--quick``: kmeans_quick.*; ``--out DIR`` elsewhere).
+Writes RESULTS/ (bench/results, or $VQHLS_BENCH_OUT: ``make bench`` puts build/bench there) kmeans.json and kmeans.png (``--quick``: kmeans_quick.*; ``--out DIR`` elsewhere).
 """
 from __future__ import annotations
 

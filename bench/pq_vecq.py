@@ -29,7 +29,7 @@ fine-tuning, and the drop from float, to set beside PQA's reported 0.6-point dro
 (ResNet20 / CIFAR-10, its best setting; a different dataset and training budget, so
 a rough reference only).
 
-Writes bench/results/pq_vecq.json and pq_vecq.png (``--quick``: lenet-digits only,
+Writes RESULTS/ (bench/results, or $VQHLS_BENCH_OUT: ``make bench`` puts build/bench there) pq_vecq.json and pq_vecq.png (``--quick``: lenet-digits only,
 pq_vecq_quick.*).
 """
 from __future__ import annotations

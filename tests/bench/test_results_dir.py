@@ -1,0 +1,30 @@
+"""make bench writes where git does not track (build/bench) unless told to update bench/results."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _results_dir(env_extra: dict) -> Path:
+    env = {k: v for k, v in os.environ.items() if k != "VQHLS_BENCH_OUT"} | env_extra
+    r = subprocess.run([sys.executable, "-c", "from bench.common import RESULTS; print(RESULTS)"], cwd=REPO,
+                       env=env, capture_output=True, text=True, check=True)
+    return Path(r.stdout.strip())
+
+
+def test_results_go_where_the_environment_says(tmp_path):
+    assert _results_dir({}) == REPO / "bench" / "results"
+    assert _results_dir({"VQHLS_BENCH_OUT": str(tmp_path)}) == tmp_path
+
+
+def test_make_bench_defaults_to_an_untracked_directory():
+    dry = subprocess.run(["make", "-n", "bench"], cwd=REPO, capture_output=True, text=True).stdout
+    runs = [ln for ln in dry.splitlines() if "bench/" in ln and ".py" in ln]
+    assert len(runs) >= 7 and all(f"VQHLS_BENCH_OUT={REPO}/build/bench " in ln for ln in runs), runs
+    ignored = subprocess.run(["git", "check-ignore", "-q", "build/bench/frontier.json"], cwd=REPO)
+    assert ignored.returncode == 0   # git does not track it
+    dry = subprocess.run(["make", "-n", "bench", "BENCH_OUT=bench/results"], cwd=REPO, capture_output=True,
+                         text=True).stdout
+    assert f"VQHLS_BENCH_OUT={REPO}/bench/results " in dry
