@@ -204,26 +204,45 @@ def read_recipe(path: str) -> dict[str, Any]:
 
 
 def parse(argv: list[str] | None = None) -> BuildOptions:
-    """Command line (+ recipe) -> BuildOptions. argparse exits 2 on a malformed command line."""
+    """Command line (+ recipe) -> BuildOptions. argparse exits 2 on a malformed command line.
+
+    Every bad value is reported at once: one OptionsError, its problems numbered."""
     given = vars(parser().parse_args(argv))
     merged: dict[str, Any] = {}
     if "recipe" in given:
         merged.update(read_recipe(given["recipe"]))
+    problems: list[str] = []
+
+    def check(fn, *args) -> None:
+        try:
+            fn(*args)
+        except OptionsError as e:
+            problems.append(str(e))
+
     for key, value in given.items():
-        _check_value(key, value, "command line")
+        check(_check_value, key, value, "command line")
     merged.update(given)
     opts = BuildOptions(**merged)
     if opts.json and not Path(opts.json).resolve().parent.is_dir():
-        raise OptionsError(f"--json {opts.json}: directory {Path(opts.json).resolve().parent} does not exist")
+        problems.append(f"--json {opts.json}: directory {Path(opts.json).resolve().parent} does not exist")
     if opts.out and Path(opts.out).exists() and not Path(opts.out).is_dir():
-        raise OptionsError(f"--out {opts.out} is a file: give a directory for the build")
+        problems.append(f"--out {opts.out} is a file: give a directory for the build")
     if opts.model_file and ":" not in opts.model_file:
-        raise OptionsError(f"--model-file {opts.model_file}: give path/to/file.py:factory")
-    if opts.method == "vecq":   # the scheme's bit range, before any training
+        problems.append(f"--model-file {opts.model_file}: give path/to/file.py:factory")
+    if opts.method == "vecq" and not any(p.startswith("command line: --bits") for p in problems):
         from flow.compress.vecq import BitWidthError, check_bits
 
         try:
             check_bits(opts.bits, opts.vecq_scheme)
         except BitWidthError as e:
-            raise OptionsError(f"--bits {opts.bits}: {e}") from None
+            problems.append(f"--bits {opts.bits}: {e}")
+    if problems:
+        raise _all(problems)
     return opts
+
+
+def _all(problems: list[str]) -> OptionsError:
+    """One OptionsError for every problem (numbered when there are several)."""
+    if len(problems) == 1:
+        return OptionsError(problems[0])
+    return OptionsError(f"{len(problems)} problems: " + "; ".join(f"({i + 1}) {p}" for i, p in enumerate(problems)))

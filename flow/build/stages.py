@@ -199,7 +199,7 @@ BN_CALIB_IMAGES = 1024
 def stage_compress(b: Build) -> None:
     import torch
 
-    from flow.compress import compress, compression_report, recalibrate_bn_
+    from flow.compress import compress, compression_report, plan, recalibrate_bn_
     from models import train as trainer
 
     o = b.opts
@@ -208,7 +208,15 @@ def stage_compress(b: Build) -> None:
         return
     calib = torch.from_numpy(b.data["xtr"][:512]) if (o.method == "pq" or any(
         e.get("method") == "pq" for e in o.layers)) else None
-    b.cmodel = compress(b.model, data=calib, **compress_kwargs(o, b.model))
+    kwargs = compress_kwargs(o, b.model)
+    b.cmodel = compress(b.model, data=calib, **kwargs)
+    # clip_k=True (a codebook cannot have more entries than the layer has vectors): say where it applied
+    clipped = [f"{p.name} (k = {p.k})" for p in plan(b.model, **kwargs) if p.method in ("mvq", "vq")
+               and p.k < kwargs["k"] and p.name not in (kwargs["overrides"] or {})]
+    if clipped:
+        print(f"note: --k {kwargs['k']} is more than some layers have vectors; their codebooks hold one entry per "
+              f"vector: {', '.join(clipped)}")
+        b.summary["k_clipped"] = clipped
     # as flow.compress does: BatchNorm statistics re-estimated for the compressed weights (compress() did it
     # already when it had calibration data); without it resnet20 reads ~13 % here before fine-tuning
     if calib is None:

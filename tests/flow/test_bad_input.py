@@ -59,6 +59,15 @@ def test_flags_below_their_minimum(tmp_path, args, needle):
     _no_training(cache, out)
 
 
+def test_every_bad_flag_is_reported_at_once(tmp_path):
+    r, cache, out = _run(["--limit", "0", "--k", "0", "--json", str(tmp_path / "nope" / "x.json"),
+                          "--method", "vecq", "--bits", "9"], tmp_path)
+    _one_line_error(r, "4 problems", "(1) command line: --limit 0: must be at least 1",
+                    "(2) command line: --k 0: must be at least 1", f"(3) --json {tmp_path / 'nope' / 'x.json'}",
+                    "(4) --bits 9:")
+    _no_training(cache, out)
+
+
 @pytest.mark.parametrize("args, needle", [(["--epochs", "-1"], "--epochs -1: must be at least 1"),
                                           (["--epochs", "0"], "--epochs 0"),
                                           (["--limit", "-5"], "--limit -5")])

@@ -136,6 +136,25 @@ def test_model_file_with_checkpoint(tmp_path):
     assert "model " + str(src) + ":tiny on digits, method vq" in r.stdout
 
 
+def test_clipped_codebooks_are_named(tmp_path):
+    """flow.build clips k to a layer's vector count (clip_k=True, unlike compress()'s default): it says where."""
+    import torch
+
+    src = tmp_path / "mymodel.py"
+    src.write_text(MODEL_FILE)
+    ns: dict = {}
+    exec(compile(MODEL_FILE, str(src), "exec"), ns)
+    torch.manual_seed(0)
+    torch.save(ns["tiny"]().state_dict(), tmp_path / "tiny.pt")
+    r = _run("--model-file", f"{src}:tiny", "--checkpoint", str(tmp_path / "tiny.pt"), "--data", "digits",
+             "--method", "vq", "--k", "256", "--d", "8", "--finetune-epochs", "0", "--stage", "compress",
+             "--out", str(tmp_path / "b"), "--json", str(tmp_path / "s.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    vectors = 16 * 3 * 3 * 8 // 8   # the 8->16 3x3 conv: 16 x 3 x 3 x 8 weights in codewords of 8
+    assert f"note: --k 256 is more than some layers have vectors" in r.stdout and f"4 (k = {vectors})" in r.stdout
+    assert json.loads((tmp_path / "s.json").read_text())["k_clipped"] == [f"4 (k = {vectors})"]
+
+
 WIDE_MODEL_FILE = textwrap.dedent('''
     import torch.nn as nn
     import torch.nn.functional as F
