@@ -458,3 +458,28 @@ def test_mixed_2_4_and_4_8_layers_run_in_passes_bit_exact():
     prog = lower(quantize_model(c, torch.rand(8, 3, 16, 16)), EngineConfig())
     by_name = {op.name: op for op in prog.ops}
     assert by_name["features.7"].m == 8 and passes_of(by_name["features.7"], EngineConfig()) >= 1
+
+
+@pytest.mark.csim
+def test_codeword_lengths_other_than_8_and_sparser_masks_run_bit_exact():
+    """lower() takes any d the word layout accepts, not only d % engine.m == 0 with d = 8: a 1:2 layer with
+    d = 2, a 2:4 layer with d = 4 and a VQ (4:4) layer with d = 4, on the default 2:4 engine (d_max = 8), golden
+    == C-sim."""
+    from flow.compile import EngineConfig, lower
+    from flow.compress import compress
+    from flow.quant import quantize_model
+
+    torch.manual_seed(0)
+    model = VGGish(cfg=(16, 16, "M", 32, 32, "M")).eval()
+    _randomize_bn(model, 5)
+    over = {"features.3": dict(n=1, m=2, d=2), "features.7": dict(n=2, m=4, d=4),
+            "features.10": dict(method="vq", d=4)}
+    c = compress(model, method="mvq", n=2, m=4, k=32, d=8, iters=3, clip_k=True, skip=("first", "classifier"),
+                 overrides=over)
+    assert (c.features[3].n, c.features[3].m, c.features[3].d) == (1, 2, 2)
+    prog = lower(quantize_model(c, torch.rand(8, 3, 16, 16)), EngineConfig())
+    by_name = {op.name: op for op in prog.ops}
+    assert [(by_name[n].m, by_name[n].d) for n in over] == [(2, 2), (4, 4), (4, 4)]
+    gold, sim, ref, deq = _golden_vs_csim(c, (3, 16, 16))
+    assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
+    _close_to_float(ref, deq, tol=0.5)
