@@ -90,7 +90,6 @@ BENCH_OUT ?= build/bench
 bench: setup
 	@echo "make bench: results go to $(BENCH_OUT)/ (make bench BENCH_OUT=bench/results overwrites the committed ones)"
 	@mkdir -p $(BENCH_OUT)
-	VQHLS_BENCH_OUT=$(abspath $(BENCH_OUT)) $(PY) bench/compression.py
 	VQHLS_BENCH_OUT=$(abspath $(BENCH_OUT)) $(PY) bench/kmeans.py
 	VQHLS_BENCH_OUT=$(abspath $(BENCH_OUT)) $(PY) bench/frontier.py
 	VQHLS_BENCH_OUT=$(abspath $(BENCH_OUT)) $(PY) bench/csim.py
