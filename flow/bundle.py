@@ -44,6 +44,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from host import program_image as _image
+from host.files import file_sha256, swap_into_place
 from host import regmap as _regmap
 
 BUNDLE_FORMAT = 1
@@ -85,14 +86,6 @@ class BundleError(ValueError):
 
 def _err(where, what: str, fix: str = REBUILD) -> BundleError:
     return BundleError(f"bundle {where}: {what}: {fix}")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _json_default(obj):
@@ -327,7 +320,7 @@ def write_bundle(
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, path)
-            files[rel] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+            files[rel] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
 
         put(PROGRAM, program_image)
         for src in firmware_files:
@@ -343,26 +336,11 @@ def write_bundle(
         text = json.dumps(manifest, indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
         (tmp / MANIFEST).write_text(text)
         load(tmp)   # a bundle that does not verify never replaces anything
-        _swap_into_place(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    old.rmdir()
-    os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _vqhls_version() -> str:
@@ -570,7 +548,7 @@ def load(path) -> Bundle:
         size = fpath.stat().st_size
         if size != ent["bytes"]:
             raise _err(where, f"{rel} is {size} bytes, {MANIFEST} says {ent['bytes']} (truncated or modified)")
-        if _sha256(fpath) != ent["sha256"]:
+        if file_sha256(fpath) != ent["sha256"]:
             raise _err(where, f"{rel} sha256 mismatch (corrupted or modified)")
     # ---- and nothing else
     for root, dirs, names in os.walk(path):

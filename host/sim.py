@@ -54,6 +54,7 @@ from typing import Optional
 import numpy as np
 
 from host import regmap
+from host.files import file_sha256
 from host.accelerator import AcceleratorError, AcceleratorTimeout, Backend, DMA_MAX_BYTES, _load_bundle
 
 BRIDGE_SOURCE = Path(__file__).resolve().with_name("sim_bridge.cpp")
@@ -175,7 +176,7 @@ def build_library(bundle, *, cache_dir=None, force: bool = False) -> Path:
             first = next((ln for ln in (proc.stderr or "").splitlines() if "error" in ln), "").strip()
             raise SimError(f"g++ failed to compile the bundle's engine ({first[:200] or 'see the log'}): "
                            f"full log in {log}")
-        digest = _file_sha256(tmp)
+        digest = file_sha256(tmp)
         os.replace(tmp, out)
         # written last: a library without matching sums (a build killed mid-way, a damaged file) is rebuilt
         tmp_sums = work / SUMS_NAME
@@ -189,18 +190,10 @@ def build_library(bundle, *, cache_dir=None, force: bool = False) -> Path:
 SUMS_NAME = "lib.sha256"
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verified(lib: Path, sums: Path) -> bool:
     """True when ``lib`` exists and its sha256 is the one recorded in ``sums`` after the build."""
     try:
-        return lib.is_file() and sums.read_text() == f"{_file_sha256(lib)}  {LIB_NAME}\n"
+        return lib.is_file() and sums.read_text() == f"{file_sha256(lib)}  {LIB_NAME}\n"
     except (OSError, UnicodeDecodeError):
         return False
 

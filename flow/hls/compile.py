@@ -27,6 +27,7 @@ from pathlib import Path
 
 from flow.hls.ap_types import ap_types_dir
 from flow.hls.project import CXXFLAGS, Project
+from host.files import file_sha256
 from models import cache as _cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -115,16 +116,8 @@ def _wait(procs: list[tuple[list[str], subprocess.Popen]]) -> None:
         raise CompileError("g++ failed to build the engine:\n" + "\n".join(errors))
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _sums_text(files: list[Path]) -> str:
-    return "".join(f"{_file_sha256(f)}  {f.name}\n" for f in files)
+    return "".join(f"{file_sha256(f)}  {f.name}\n" for f in files)
 
 
 def verify_build(out: Path) -> bool:

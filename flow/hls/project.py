@@ -34,6 +34,7 @@ from flow.compile.program import Program
 from flow.compile.validate import prepare
 from flow.hls import vectors
 from host import program_image, regmap
+from host.files import swap_into_place
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hls_templates"
 PROJECT_NAME = "vqhls"
@@ -333,26 +334,11 @@ def write_project(
             path = tmp / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        _swap_into_place(tmp, outdir)
+        swap_into_place(tmp, outdir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Project(outdir, engine, tuple(sorted(files)), content_hash, tpl_hash, part, clock_ns)
-
-
-def _swap_into_place(tmp: Path, outdir: Path) -> None:
-    if not outdir.exists():
-        os.rename(tmp, outdir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=outdir.parent))
-    old.rmdir()
-    os.rename(outdir, old)
-    try:
-        os.rename(tmp, outdir)
-    except BaseException:
-        os.rename(old, outdir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_project(path: str | os.PathLike) -> Project:

@@ -1,0 +1,43 @@
+"""File helpers the flow and the host share (standard library only: this runs on the board).
+
+``file_sha256`` checksums bundles and cached builds; ``swap_into_place`` publishes a directory
+written under a temporary name so a reader never sees a half-written one.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["file_sha256", "swap_into_place"]
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of the file at ``path``, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def swap_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished directory ``tmp`` to ``out_dir``, replacing any old one.
+
+    The old directory is first renamed aside (restored if the second rename fails) and deleted
+    last, so ``out_dir`` is at every moment either the old complete tree or the new one.
+    """
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    old.rmdir()
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
