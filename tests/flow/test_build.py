@@ -136,17 +136,24 @@ def test_model_file_with_checkpoint(tmp_path):
     assert "model " + str(src) + ":tiny on digits, method vq" in r.stdout
 
 
-def test_clipped_codebooks_are_named(tmp_path):
-    """flow.build clips k to a layer's vector count (clip_k=True, unlike compress()'s default): it says where."""
+def _model_file(tmp_path, text: str, factory: str):
+    """Write a --model-file and a checkpoint of its factory's seeded initial weights: (source, checkpoint)."""
     import torch
 
-    src = tmp_path / "mymodel.py"
-    src.write_text(MODEL_FILE)
+    src = tmp_path / f"user_{factory}.py"
+    src.write_text(text)
     ns: dict = {}
-    exec(compile(MODEL_FILE, str(src), "exec"), ns)
+    exec(compile(text, str(src), "exec"), ns)
     torch.manual_seed(0)
-    torch.save(ns["tiny"]().state_dict(), tmp_path / "tiny.pt")
-    r = _run("--model-file", f"{src}:tiny", "--checkpoint", str(tmp_path / "tiny.pt"), "--data", "digits",
+    ckpt = tmp_path / f"{factory}.pt"
+    torch.save(ns[factory]().state_dict(), ckpt)
+    return src, ckpt
+
+
+def test_clipped_codebooks_are_named(tmp_path):
+    """flow.build clips k to a layer's vector count (clip_k=True, unlike compress()'s default): it says where."""
+    src, ckpt = _model_file(tmp_path, MODEL_FILE, "tiny")
+    r = _run("--model-file", f"{src}:tiny", "--checkpoint", str(ckpt), "--data", "digits",
              "--method", "vq", "--k", "256", "--d", "8", "--finetune-epochs", "0", "--stage", "compress",
              "--out", str(tmp_path / "b"), "--json", str(tmp_path / "s.json"))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -180,20 +187,13 @@ WIDE_MODEL_FILE = textwrap.dedent('''
 @pytest.mark.csim
 def test_model_file_too_big_for_the_standard_engine_gets_a_sized_one(tmp_path):
     """flow.build sizes the engine for the model (flow.boards.sizing) and C-simulates that engine bit-exactly."""
-    import torch
-
     from flow.compile import EngineConfig
 
-    src = tmp_path / "wide_user.py"
-    src.write_text(WIDE_MODEL_FILE)
-    ns: dict = {}
-    exec(compile(WIDE_MODEL_FILE, str(src), "exec"), ns)
-    torch.manual_seed(0)
-    torch.save(ns["net"]().state_dict(), tmp_path / "wide.pt")
+    src, ckpt = _model_file(tmp_path, WIDE_MODEL_FILE, "net")
     need = 28 * 28 * 96
     assert need > EngineConfig.for_board("pynq-z2").act_buf_bytes   # the premise: the standard build is too small
     summary = tmp_path / "s.json"
-    r = _run("--model-file", f"{src}:net", "--checkpoint", str(tmp_path / "wide.pt"), "--data", "fashion-mnist",
+    r = _run("--model-file", f"{src}:net", "--checkpoint", str(ckpt), "--data", "fashion-mnist",
              "--method", "vq", "--k", "16", "--finetune-epochs", "0", "--stage", "csim", "--limit", "10",
              "--out", str(tmp_path / "b"), "--json", str(summary))
     assert r.returncode == 0, r.stdout + r.stderr
