@@ -85,14 +85,16 @@ def build_program(name: str, method: str, engine: EngineConfig, *, seed: int = 0
                   calib_images: int = 8) -> Program:
     """The placed Program of an untrained zoo model, as flow/build/stages.py makes it: compress (method
     'mvq' / 'vq' / 'none', d=8, the model's k, few k-means iterations: cycles do not depend on the
-    codeword values), quantize_model on random calibration images in [0, 1], lower for ``engine``."""
+    codeword values; vectors of a Linear after a spatial flatten along C, as flow.build cuts them),
+    quantize_model on random calibration images in [0, 1], lower for ``engine``."""
     model, shape = build_model(name, seed)
     k = MODELS[name][2]
-    if method != "none":
-        n = 2 if method == "mvq" else engine.m
-        model = compress(model, method=method, n=n, m=engine.m, k=k, d=8, clip_k=True, iters=iters, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     calib = torch.rand(calib_images, *shape, generator=g)
+    if method != "none":
+        n = 2 if method == "mvq" else engine.m
+        model = compress(model, method=method, n=n, m=engine.m, k=k, d=8, clip_k=True, iters=iters, seed=seed,
+                         example=calib[:1])
     return lower(quantize_model(model, calib), engine)
 
 

@@ -172,7 +172,7 @@ def _dry_run(opts: BuildOptions, model, kwargs: dict, x, engine) -> str | None:
             if opts.method != "none":
                 from flow.compress import compress
 
-                cmodel = compress(model, **{**kwargs, "iters": 1}, data=x if _uses_pq(opts) else None)
+                cmodel = compress(model, **{**kwargs, "iters": 1}, data=x if _uses_pq(opts) else None, example=x[:1])
             if not _needs(opts, "quantize"):
                 return None
             q = quantize_model(cmodel, x)

@@ -209,7 +209,8 @@ def stage_compress(b: Build) -> None:
     calib = torch.from_numpy(b.data["xtr"][:512]) if (o.method == "pq" or any(
         e.get("method") == "pq" for e in o.layers)) else None
     kwargs = compress_kwargs(o, b.model)
-    b.cmodel = compress(b.model, data=calib, **kwargs)
+    # one training image: a Linear after a spatial flatten then cuts its vectors along C (flow.compress.flatten)
+    b.cmodel = compress(b.model, data=calib, example=torch.from_numpy(b.data["xtr"][:1]), **kwargs)
     # clip_k=True (a codebook cannot have more entries than the layer has vectors): say where it applied
     clipped = [f"{p.name} (k = {p.k})" for p in plan(b.model, **kwargs) if p.method in ("mvq", "vq")
                and p.k < kwargs["k"] and p.name not in (kwargs["overrides"] or {})]

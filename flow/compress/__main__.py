@@ -125,7 +125,7 @@ def run(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     comp = compress(model, a.method, a.n, a.m, a.k, a.d, skip=skip, iters=a.iters, seed=a.seed,
                     quantize_codebooks=not a.float_codebooks, clip_k=a.clip_k, data=calib, v=a.v, K=a.K,
-                    bits=a.bits, lut_bits=a.lut_bits, vecq_scheme=a.vecq_scheme)
+                    bits=a.bits, lut_bits=a.lut_bits, vecq_scheme=a.vecq_scheme, example=torch.from_numpy(xt[:1]))
     t_comp = time.perf_counter() - t0
     acc["compressed"] = _accuracy(comp, xt, yt)
     report = compression_report(comp)

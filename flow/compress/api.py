@@ -270,6 +270,7 @@ def compress(
     bits: int = 4,
     lut_bits: int = 8,
     vecq_scheme: str = "paper",
+    example: Tensor | np.ndarray | None = None,
 ) -> nn.Module:
     """A deep copy of ``model`` with its Conv2d/Linear layers replaced by MVQ or VQ layers.
 
@@ -297,6 +298,10 @@ def compress(
             step minimising the vector loss exactly); see :mod:`flow.compress.vecq`.
         quantize_codebooks: make every codebook int8 with a per-layer scale (what the engine stores).
         clip_k: use ``min(k, number of vectors)`` per layer instead of raising :class:`CodebookSizeError`.
+        example: an input batch ``[B, C, H, W]`` (default: ``data``'s first image): a MVQ/VQ Linear that reads
+            a flattened CxHxW map then cuts its vectors and N:M groups along C (:mod:`flow.compress.flatten`),
+            so the engine stores it compressed; without one such a Linear keeps torch's order and is stored
+            dense int8 (``quantize_model`` warns).
 
     Grouped or dilated convolutions are kept dense by the default sweep; naming one in
     ``overrides`` raises :class:`UnsupportedLayerError`.  All errors subclass ValueError.
@@ -317,6 +322,13 @@ def compress(
     if any(p.method == "pq" for p in plans) and calib is None:
         raise CompressionError("method 'pq' learns its prototypes from activations: pass data=<calibration "
                                "inputs [N, C, H, W]> (a few hundred training images)")
+    if example is None and calib is not None:
+        example = calib[:1]
+    chw = {}
+    if any(p.kind == "linear" and p.method in ("mvq", "vq") for p in plans):
+        from .flatten import flatten_sources
+
+        chw = flatten_sources(model, None if example is None else torch.as_tensor(np.asarray(example)[:1]))
     out = copy.deepcopy(model)
     modules = dict(out.named_modules())
     for p in plans:  # module order: a PQ layer calibrates on the inputs of the model converted so far
@@ -329,8 +341,10 @@ def compress(
             new = (MVQConv2d.from_conv(mod, p.n, p.m, p.k, p.d, p.iters, p.seed, name=p.name) if p.method == "mvq"
                    else VQConv2d.from_conv(mod, p.k, p.d, p.iters, p.seed, m=p.m, name=p.name))
         else:
-            new = (MVQLinear.from_linear(mod, p.n, p.m, p.k, p.d, p.iters, p.seed, name=p.name) if p.method == "mvq"
-                   else VQLinear.from_linear(mod, p.k, p.d, p.iters, p.seed, m=p.m, name=p.name))
+            c = chw.get(p.name)
+            new = (MVQLinear.from_linear(mod, p.n, p.m, p.k, p.d, p.iters, p.seed, name=p.name, in_chw=c)
+                   if p.method == "mvq" else VQLinear.from_linear(mod, p.k, p.d, p.iters, p.seed, m=p.m, name=p.name,
+                                                                  in_chw=c))
         new.to(mod.weight.device)
         if quantize_codebooks and p.method in ("mvq", "vq"):
             new.quantize_codebook_(8)

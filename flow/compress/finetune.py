@@ -109,7 +109,8 @@ def nm_prune_finetune(
 ) -> dict[str, Tensor]:
     """MVQ's first step: N:M-prune the layers MVQ will compress and retrain the survivors (in place).
 
-    The mask of each layer (groups of m along Cin, as MVQ cuts its vectors) keeps the n
+    The mask of each layer (groups of m along Cin, as MVQ cuts its vectors; along C for a Linear that
+    reads a flattened CxHxW map, see :mod:`flow.compress.flatten`) keeps the n
     most important weights of every group and is then fixed; pruned weights are zeroed and
     their gradients masked, so with Adam (no weight decay) they stay exactly zero while the
     kept weights adapt. Masked k-means on the result then clusters weights that already
@@ -122,17 +123,25 @@ def nm_prune_finetune(
     ``epochs=0`` prunes without retraining. Returns ``{layer name: mask}`` (0/1, the weight's shape).
     """
     from .api import plan
+    from .flatten import flatten_sources, from_hwc, to_hwc, vector_order
     from .nm import importance_scores, nm_mask
 
     plans = plan(model, "mvq", n, m, k=2, d=m, skip=skip, clip_k=True)
     modules = dict(model.named_modules())
     names = [p.name for p in plans if p.method != "none"]
     scores = importance_scores(model, names, importance, x, y, batch_size=batch_size, max_images=calib_images)
+    # a Linear on a flattened map groups along C, as compress() will cut its vectors (flow.compress.flatten)
+    chw = flatten_sources(model, _as_tensor(x)[:1]) if len(x) else {}
     masks: dict[str, Tensor] = {}
     hooks = []
     for name in names:
         w = modules[name].weight
-        mask = nm_mask(w.detach(), n, m, dim=1, score=scores[name].to(w.device)).to(w.dtype)
+        order = vector_order(chw.get(name), w.shape[1], m, m) if w.dim() == 2 else None
+        if order:
+            mask = from_hwc(nm_mask(to_hwc(w.detach(), order), n, m, dim=1,
+                                    score=to_hwc(scores[name].to(w.device), order)), order).to(w.dtype)
+        else:
+            mask = nm_mask(w.detach(), n, m, dim=1, score=scores[name].to(w.device)).to(w.dtype)
         with torch.no_grad():
             w.mul_(mask)
         hooks.append(w.register_hook(lambda g, mask=mask: g * mask))

@@ -12,7 +12,10 @@ Layout contract read by flow/quant and flow/compile (do not rename):
 ``codebook [k, d]`` float32 Parameter, ``indices`` int64 buffer
 ``[Cout, kh, kw, Cin//d]`` (Linear ``[Cout, Cin//d]``), ``mask`` float32 0/1 buffer
 ``[Cout, Cin, kh, kw]`` (Linear ``[Cout, Cin]``), ``bias`` Parameter or None,
-``codebook_scale`` 0-dim float32 buffer once the codebook is int8-quantized.
+``codebook_scale`` 0-dim float32 buffer once the codebook is int8-quantized.  A Linear that reads a
+flattened CxHxW map may cut its vectors along C instead (``in_chw = (C, H, W)``, see
+:mod:`flow.compress.flatten`): its ``indices`` are then in (h, w, c) column order; ``mask`` stays in the
+weight's (torch) order.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from .errors import (
     VectorLengthError,
 )
 from .kmeans import masked_kmeans
+from .flatten import from_hwc, to_hwc, vector_order
 from .nm import check_nm, is_nm_sparse, nm_mask
 
 __all__ = ["MVQConv2d", "MVQLinear", "check_layer_config", "mask_bits_per_group", "codebook_diagnostics",
@@ -213,11 +217,19 @@ class MVQConv2d(_CodebookLayer):
 class MVQLinear(_CodebookLayer):
     """N:M-masked VQ Linear: ``forward(x [..., Cin]) = linear(x, decoded_weight(), bias)``."""
 
+    in_chw: tuple[int, int, int] | None = None   # class default: layers pickled before in_chw existed
+
     def __init__(self, in_features: int, out_features: int, codebook: Tensor, indices: Tensor, mask: Tensor,
-                 bias: Tensor | None, n: int, m: int):
+                 bias: Tensor | None, n: int, m: int, in_chw: tuple[int, int, int] | None = None):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self._init_codebook_state(codebook, indices, mask, bias, n, m)
+        # (C, H, W) when the input is a flattened CxHxW map and the vectors (indices) run along C, in
+        # (h, w, c) column order (flow.compress.flatten); None: along the input, torch's order
+        self.in_chw = vector_order(in_chw, self.in_features, self.d, self.m)
+        if in_chw is not None and self.in_chw is None:
+            raise CompressionError(f"in_chw={tuple(in_chw)} does not split {self.in_features} inputs into "
+                                   f"d={self.d} vectors along C")
         if tuple(self.indices.shape) != (self.out_features, self.in_features // self.d):
             raise CompressionError(f"indices shape {tuple(self.indices.shape)} != [Cout, Cin//d] = "
                                    f"{[self.out_features, self.in_features // self.d]}")
@@ -227,10 +239,14 @@ class MVQLinear(_CodebookLayer):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, n: int, m: int, k: int, d: int, iters: int = 20, seed: int = 0,
-                    name: str = "", mask: Tensor | None = None) -> "MVQLinear":
+                    name: str = "", mask: Tensor | None = None,
+                    in_chw: tuple[int, int, int] | None = None) -> "MVQLinear":
         """Compress ``linear``: N:M mask along the input dimension, masked k-means of its ``[*, d]`` vectors.
 
         ``mask``: a given N:M mask (0/1, the weight's shape) instead of the magnitude mask.
+        ``in_chw``: the (C, H, W) map this Linear reads flattened (:func:`flow.compress.flatten.flatten_sources`):
+        vectors and N:M groups are then cut along C, as the engine stores them; ignored when C is not a
+        multiple of d and m (the quantizer then stores the layer dense, and says so).
         """
         if not isinstance(linear, nn.Linear):
             raise UnsupportedLayerError(f"{_who(name)}is a {type(linear).__name__}, not nn.Linear")
@@ -238,13 +254,22 @@ class MVQLinear(_CodebookLayer):
         cout, cin = w.shape
         nvec = cout * (cin // d) if _is_pos_int(d) and cin % d == 0 else 0
         check_layer_config(name, cin, nvec, n, m, k, d)
-        mask = nm_mask(w, n, m, dim=1) if mask is None else _given_mask(mask, w, n, m, name)
-        res = masked_kmeans(w.reshape(-1, d), mask.reshape(-1, d) if n < m else None, k, iters=iters, seed=seed)
-        return cls(cin, cout, res.codebook, res.assign.view(cout, cin // d), mask, linear.bias, n, m)
+        chw = vector_order(in_chw, cin, d, m)
+        wv = to_hwc(w, chw) if chw else w   # the weight in the order its vectors are cut
+        if mask is None:
+            mask_v = nm_mask(wv, n, m, dim=1)
+        else:
+            mask_v = _given_mask(to_hwc(mask, chw) if chw and isinstance(mask, Tensor) and
+                                 tuple(mask.shape) == tuple(w.shape) else mask, wv, n, m, name)
+        res = masked_kmeans(wv.reshape(-1, d), mask_v.reshape(-1, d) if n < m else None, k, iters=iters, seed=seed)
+        return cls(cin, cout, res.codebook, res.assign.view(cout, cin // d), from_hwc(mask_v, chw) if chw else mask_v,
+                   linear.bias, n, m, in_chw=chw)
 
     def decoded_weight(self) -> Tensor:
-        """``mask * codebook[indices]`` as ``[Cout, Cin]`` (differentiable w.r.t. the codebook)."""
-        return self.codebook[self.indices].reshape(self.out_features, self.in_features) * self.mask
+        """``mask * codebook[indices]`` as ``[Cout, Cin]`` in torch's column order (differentiable w.r.t. the
+        codebook)."""
+        w = self.codebook[self.indices].reshape(self.out_features, self.in_features)
+        return (from_hwc(w, self.in_chw) if self.in_chw else w) * self.mask
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [..., Cin] -> [..., Cout]``."""
@@ -253,7 +278,8 @@ class MVQLinear(_CodebookLayer):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, n:m={self.n}:{self.m}, "
                 f"k={self.k}, d={self.d}, bias={self.bias is not None}, "
-                f"codebook={'int%d' % self.codebook_bits if self.codebook_bits else 'float32'}")
+                + (f"vectors along C of a flattened {'x'.join(map(str, self.in_chw))} map, " if self.in_chw else "")
+                + f"codebook={'int%d' % self.codebook_bits if self.codebook_bits else 'float32'}")
 
 
 def _given_mask(mask: Tensor, w: Tensor, n: int, m: int, name: str) -> Tensor:

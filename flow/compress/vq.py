@@ -31,7 +31,10 @@ class VQLinear(MVQLinear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, k: int, d: int, iters: int = 20, seed: int = 0,  # type: ignore[override]
-                    m: int | None = None, name: str = "") -> "VQLinear":
-        """Cluster the ``[*, d]`` vectors of ``linear`` (cut along its input dimension) into ``k`` codewords."""
+                    m: int | None = None, name: str = "",
+                    in_chw: tuple[int, int, int] | None = None) -> "VQLinear":
+        """Cluster the ``[*, d]`` vectors of ``linear`` (cut along its input dimension, or along C of the
+        flattened ``in_chw`` map, see :meth:`MVQLinear.from_linear`) into ``k`` codewords."""
         m = d if m is None else m
-        return super().from_linear(linear, n=m, m=m, k=k, d=d, iters=iters, seed=seed, name=name)  # type: ignore
+        return super().from_linear(linear, n=m, m=m, k=k, d=d, iters=iters, seed=seed, name=name,  # type: ignore
+                                   in_chw=in_chw)

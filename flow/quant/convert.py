@@ -623,7 +623,12 @@ def _codebook_weights(mod: nn.Module, is_linear: bool) -> tuple[np.ndarray, np.n
     cb = np.asarray(cb)
     d = int(mod.d)
     idx = mod.indices.detach().cpu().numpy().astype(np.int64)
-    mask = mod.mask.detach().cpu().numpy()
+    mask = mod.mask.detach().cpu()
+    if getattr(mod, "in_chw", None):   # vectors along C of a flattened map: the mask in the same (h, w, c) order
+        from flow.compress.flatten import to_hwc
+
+        mask = to_hwc(mask, mod.in_chw)
+    mask = mask.numpy()
     if is_linear:
         idx = idx[:, None, None, :]
         mask = mask[:, :, None, None]
@@ -655,7 +660,8 @@ def _warn_dense_fallback(name: str, mod: nn.Module, hwc: tuple[int, int, int], n
     Its codeword vectors are d consecutive inputs in torch's flatten order (c*H*W + h*W + w): d positions of
     one channel. The engine holds the map NHWC and runs such a Linear as an HxW-kernel conv whose vectors run
     along C; a torch vector's elements lie C bytes apart there, so no permutation keeps the vectors whole
-    (unless H*W == 1, which is not a spatial flatten) and the layer is stored as its decoded int8 weights."""
+    and the layer is stored as its decoded int8 weights. ``compress`` cuts the vectors along C instead when
+    it is given an example input and C is a multiple of d (``flow.compress.flatten``)."""
     import math
     import warnings
 
@@ -674,8 +680,9 @@ def _warn_dense_fallback(name: str, mod: nn.Module, hwc: tuple[int, int, int], n
     warnings.warn(
         f"layer '{name}' ({type(mod).__name__}, {claimed:.2f}x compressed) is stored DENSE int8 by the engine "
         f"({stored:.2f}x vs float32): it reads a flattened {C}x{H}x{W} map whose NHWC order splits its codeword "
-        f"vectors; pool to 1x1 before the flatten to keep it compressed, or leave it uncompressed "
-        f"(skip=[{name!r}])", UserWarning, stacklevel=4)
+        f"vectors; compress with an example input (compress(..., data=x) or example=x[:1]) so its vectors run "
+        f"along C" + (f" (needs C = {C} a multiple of d = {int(mod.d)})" if C % int(mod.d) else "")
+        + f", pool to 1x1 before the flatten, or leave it uncompressed (skip=[{name!r}])", UserWarning, stacklevel=4)
 
 
 def _pq_node(p: _P, tensors: dict[str, QTensor]) -> QNode:
@@ -752,7 +759,11 @@ def _conv_node(p: _P, tensors: dict[str, QTensor], notes: dict) -> QNode:
         nd.n, nd.m, nd.d, nd.k = int(mod.n), int(mod.m), int(mod.d), int(cb.shape[0])
         oc = idx.shape[0]
         w_scale = np.full(oc, scale)
-        if spatial_flat:
+        if spatial_flat and tuple(getattr(mod, "in_chw", None) or ()) == (C, H, W):
+            # compressed with its vectors along C of this very map (flow.compress.flatten): the (h, w, c)
+            # columns are the NHWC order the engine reads, the layer stays a codebook layer
+            nd.wfmt, nd.idx, nd.keep, nd.codebook = "codebook", idx, keep, cb
+        elif spatial_flat:
             # the codeword vectors run along torch's (c,h,w) columns; after the NHWC permutation they
             # are no longer contiguous along C, so this layer is stored dense (exactly the same integers)
             wi = _flatten_perm(decode_codebook(idx, keep, cb).reshape(oc, -1), (H, W, C))

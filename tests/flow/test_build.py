@@ -358,7 +358,7 @@ def test_compress_stage_recalibrates_batchnorm(tmp_path):
     b.model, b.data = model, dict(xtr=xtr, ytr=ytr, xte=xte[:50], yte=yte[:50])
     b.write_json = lambda *a, **k: None
     stage_compress(b)
-    expected = recalibrate_bn_(compress(model, **compress_kwargs(b.opts, model)),
+    expected = recalibrate_bn_(compress(model, **compress_kwargs(b.opts, model), example=torch.from_numpy(xtr[:1])),
                                torch.from_numpy(xtr[:BN_CALIB_IMAGES]))
     got = b.cmodel.state_dict()
     bn = "features.1.running_mean"
