@@ -581,6 +581,13 @@ def load(path) -> Bundle:
     for rel in needed:
         if rel not in files:
             raise _err(where, f"{MANIFEST} does not list {rel!r}, which the bundle needs")
+    # ---- and every listed file belongs to a section: a dropped 'vectors' or 'bitstream' section leaves its
+    # files behind, and a bundle that silently lost its self-test vectors or bitstream is not the one written
+    hls_dir = str(manifest["hls"].get("dir", "hls")).rstrip("/") + "/"
+    for rel in files:
+        if rel not in needed and not rel.startswith(hls_dir):
+            raise _err(where, f"{rel} is listed in {MANIFEST} but no section of it names the file (a section "
+                              f"was removed or edited)")
     fw = manifest["hls"].get("firmware", HLS_FIRMWARE) + "/"
     if not any(rel.startswith(fw) for rel in files):
         raise _err(where, f"no engine sources under {fw} (listed in {MANIFEST})")
@@ -615,6 +622,12 @@ def load(path) -> Bundle:
         raise _err(where, f"{manifest['hls']['project']} is not valid JSON") from None
     _check_project_matches(project, manifest["engine_config"], manifest["config_hash"],
                            f"bundle {where}: {manifest['hls']['project']}")
+    # every engine source the project lists is in the bundle (the sim backend compiles them, Vitis builds them)
+    proj_files = project.get("files") if isinstance(project.get("files"), list) else []
+    hls_root = str(manifest["hls"].get("dir", "hls")).rstrip("/")
+    for rel in proj_files:
+        if isinstance(rel, str) and rel.startswith("firmware/") and f"{hls_root}/{rel}" not in files:
+            raise _err(where, f"{hls_root}/{rel} missing: the HLS project lists it as an engine source")
     if manifest["regmap_version"] != REGMAP_VERSION:
         raise _err(where, f"{MANIFEST}: register map {manifest['regmap_version']}, this host drives "
                           f"{REGMAP_VERSION} (host/regmap.py changed since the bundle was built)",

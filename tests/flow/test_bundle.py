@@ -256,6 +256,20 @@ def test_vectors_shape_disagrees(built):
     expect_error(built, "vectors/inputs.bin", "size disagrees")
 
 
+@pytest.mark.parametrize("section, rel", [("vectors", "vectors/"), ("bitstream", "vqhls.")])
+def test_a_dropped_section_leaves_its_files_behind(built, section, rel):
+    """Found by the bundle fuzzer: 'vectors': null loaded a bundle without its self-test vectors."""
+    rewrite_manifest(built, lambda m: m.__setitem__(section, None))
+    expect_error(built, rel, "no section of it names the file")
+
+
+def test_an_engine_source_removed_with_its_manifest_entry(built):
+    """Found by the bundle fuzzer: top.cpp deleted and dropped from the manifest loaded, then could not run."""
+    (built / "hls/firmware/top.cpp").unlink()
+    rewrite_manifest(built, lambda m: m["files"].pop("hls/firmware/top.cpp"))
+    expect_error(built, "hls/firmware/top.cpp missing", "the HLS project lists it")
+
+
 def test_engine_config_edited(built):
     rewrite_manifest(built, lambda m: m["engine_config"].__setitem__("rows", 4))
     expect_error(built, "hls/project.json", "EngineConfig differs")
