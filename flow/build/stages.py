@@ -282,9 +282,8 @@ def stage_quantize(b: Build) -> None:
 
 def stage_lower(b: Build) -> None:
     from flow.boards import get_board, perf
-    from flow.compile import EngineConfig, lower
-
     from flow.boards.sizing import size_engine
+    from flow.compile import EngineConfig, lower
 
     o = b.opts
     # the board's standard build when the model fits it (its cached engine), else one grown for the model
