@@ -62,6 +62,7 @@ class LayerPlan:
     K: int = 0         # pq: prototypes per subspace
     bits: int = 0      # vecq: weight bits; pq: LUT bits
     scheme: str = ""   # vecq: 'paper' or 'sweep'
+    why: str = ""      # method 'none' by the default sweep for a reason the user should hear (compress warns)
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -226,7 +227,7 @@ def _plan_pq_vecq(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: boo
         if explicit:
             raise ChannelDivisibilityError(
                 f"layer {name!r}: patch length {D} is not divisible by v={lv}: choose v dividing {D}")
-        return LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0)
+        return LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0, why=f"patch length {D}")
     return LayerPlan(name, kind, "pq", 0, 0, 0, 0, int(cfg["iters"]), int(cfg["seed"]), v=lv, K=lK, bits=lb)
 
 
@@ -318,7 +319,7 @@ def compress(
     if data is not None:
         calib = data[0] if isinstance(data, (tuple, list)) else data
         calib = (calib if isinstance(calib, Tensor) else torch.from_numpy(np.asarray(calib))).float()
-    _pq_divisibility(model, method, v, skip, overrides, plans)
+    _pq_divisibility(v, plans)
     if any(p.method == "pq" for p in plans) and calib is None:
         raise CompressionError("method 'pq' learns its prototypes from activations: pass data=<calibration "
                                "inputs [N, C, H, W]> (a few hundred training images)")
@@ -359,31 +360,14 @@ class CompressionWarning(UserWarning):
     """A layer asked to be compressed was kept dense (the reason and the fix are in the message)."""
 
 
-def _pq_divisibility(model: nn.Module, method: str, v: int, skip, overrides, plans: list[LayerPlan]) -> None:
-    """Say which layers ``method='pq'`` keeps dense because their patch length is not divisible by v.
+def _pq_divisibility(v: int, plans: list[LayerPlan]) -> None:
+    """Say which layers the PQ sweep keeps dense because their patch length is not divisible by v.
 
     None compressed at all: :class:`ChannelDivisibilityError`.  Some: a :class:`CompressionWarning`
     naming them (pass them in ``skip`` to keep them dense quietly).  Layers the defaults skip
-    ('first', 'last', 1x1 convs) are PQA's choice, not a surprise, and are not listed.
+    ('first', 'last', 1x1 convs) are PQA's choice, not a surprise: ``plan`` gives no ``why`` for them.
     """
-    if method != "pq" or not isinstance(v, int) or v < 1:
-        return
-    if skip is DEFAULT_SKIP:
-        skip = default_skip(method, "paper")
-    named = [nm for nm in ((skip,) if isinstance(skip, str) else tuple(skip or ())) if isinstance(nm, str)]
-    named = [{"first": plans[0].name, "last": plans[-1].name}.get(nm, nm) for nm in named] if plans else []
-    modules = dict(model.named_modules())
-    lost = []
-    for p in plans:
-        mod = modules[p.name]
-        if p.method != "none" or p.name in (overrides or {}) or any(p.name == s or p.name.startswith(s + ".")
-                                                                    for s in named):
-            continue
-        if p.kind == "conv" and tuple(mod.kernel_size) == (1, 1):
-            continue
-        D = mod.weight[0].numel()
-        if D % v:
-            lost.append(f"{p.name} (patch length {D})")
+    lost = [f"{p.name} ({p.why})" for p in plans if p.why]
     if not lost:
         return
     where = ", ".join(lost)
