@@ -623,12 +623,10 @@ def _codebook_weights(mod: nn.Module, is_linear: bool) -> tuple[np.ndarray, np.n
     cb = np.asarray(cb)
     d = int(mod.d)
     idx = mod.indices.detach().cpu().numpy().astype(np.int64)
-    mask = mod.mask.detach().cpu()
+    mask = mod.mask.detach().cpu().numpy()
     if getattr(mod, "in_chw", None):   # vectors along C of a flattened map: the mask in the same (h, w, c) order
-        from flow.compress.flatten import to_hwc
-
-        mask = to_hwc(mask, mod.in_chw)
-    mask = mask.numpy()
+        C, H, W = mod.in_chw
+        mask = _flatten_perm(mask, (H, W, C))
     if is_linear:
         idx = idx[:, None, None, :]
         mask = mask[:, :, None, None]
@@ -650,8 +648,10 @@ def _dense_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _flatten_perm(w: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:
     """Linear weight columns in torch order (c, h, w) -> our NHWC order (h, w, c). w: [OC, C*H*W]."""
+    from flow.compress.flatten import to_hwc   # the one definition of that column order
+
     H, W, C = hwc
-    return w.reshape(w.shape[0], C, H, W).transpose(0, 2, 3, 1).reshape(w.shape[0], H * W * C)
+    return to_hwc(torch.from_numpy(np.ascontiguousarray(w)), (C, H, W)).numpy()
 
 
 def _warn_dense_fallback(name: str, mod: nn.Module, hwc: tuple[int, int, int], notes: dict) -> None:
