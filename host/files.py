@@ -1,6 +1,8 @@
 """File helpers the flow and the host share (standard library only: this runs on the board).
 
-``file_sha256`` checksums bundles and cached builds; ``swap_into_place`` publishes a directory
+``file_sha256`` checksums bundles and cached builds; ``sums_text`` / ``sums_match`` write and check
+the sums file a cached build records last (a build without matching sums is incomplete or damaged
+and is rebuilt); ``swap_into_place`` publishes a directory
 written under a temporary name so a reader never sees a half-written one.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["file_sha256", "swap_into_place"]
+__all__ = ["file_sha256", "sums_text", "sums_match", "swap_into_place"]
 
 
 def file_sha256(path: Path) -> str:
@@ -21,6 +23,19 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sums_text(files: list[Path]) -> str:
+    """``sha256sum`` lines (``<hex>  <name>``) of ``files``, in order."""
+    return "".join(f"{file_sha256(f)}  {f.name}\n" for f in files)
+
+
+def sums_match(files: list[Path], sums: Path) -> bool:
+    """True when every file exists and ``sums`` holds exactly their :func:`sums_text`."""
+    try:
+        return all(f.is_file() for f in files) and sums.read_text() == sums_text(files)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def swap_into_place(tmp: Path, out_dir: Path) -> None:

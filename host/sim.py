@@ -54,7 +54,7 @@ from typing import Optional
 import numpy as np
 
 from host import regmap
-from host.files import file_sha256
+from host.files import sums_match, sums_text
 from host.accelerator import AcceleratorError, AcceleratorTimeout, Backend, DMA_MAX_BYTES, _load_bundle
 
 BRIDGE_SOURCE = Path(__file__).resolve().with_name("sim_bridge.cpp")
@@ -62,6 +62,7 @@ CXXFLAGS = ("-O2", "-std=c++14", "-fPIC", "-shared", "-fno-gnu-unique")
 AP_TYPES_REQUIRED = ("ap_int.h", "hls_stream.h")
 AP_TYPES_HINT = "pip install hls4ml (it ships the ap_types headers) or set VQHLS_AP_TYPES"
 LIB_NAME = "libvqhls_sim.so"
+SUMS_NAME = "lib.sha256"     # the library's sha256, written after it: the cached build is complete
 
 
 class SimError(RuntimeError):
@@ -157,7 +158,7 @@ def build_library(bundle, *, cache_dir=None, force: bool = False) -> Path:
     key = library_key(bundle)
     out = root / key / LIB_NAME
     sums = out.parent / SUMS_NAME
-    if not force and _verified(out, sums):
+    if not force and sums_match([out], sums):
         return out
     # absent, or a truncated / corrupt copy (dlopen of one can SIGBUS): rebuild it
     try:
@@ -176,26 +177,14 @@ def build_library(bundle, *, cache_dir=None, force: bool = False) -> Path:
             first = next((ln for ln in (proc.stderr or "").splitlines() if "error" in ln), "").strip()
             raise SimError(f"g++ failed to compile the bundle's engine ({first[:200] or 'see the log'}): "
                            f"full log in {log}")
-        digest = file_sha256(tmp)
+        tmp_sums = work / SUMS_NAME
+        tmp_sums.write_text(sums_text([tmp]))
         os.replace(tmp, out)
         # written last: a library without matching sums (a build killed mid-way, a damaged file) is rebuilt
-        tmp_sums = work / SUMS_NAME
-        tmp_sums.write_text(f"{digest}  {LIB_NAME}\n")
         os.replace(tmp_sums, sums)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
-
-
-SUMS_NAME = "lib.sha256"
-
-
-def _verified(lib: Path, sums: Path) -> bool:
-    """True when ``lib`` exists and its sha256 is the one recorded in ``sums`` after the build."""
-    try:
-        return lib.is_file() and sums.read_text() == f"{file_sha256(lib)}  {LIB_NAME}\n"
-    except (OSError, UnicodeDecodeError):
-        return False
 
 
 _U64P = ctypes.POINTER(ctypes.c_ulonglong)

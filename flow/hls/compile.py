@@ -27,7 +27,7 @@ from pathlib import Path
 
 from flow.hls.ap_types import ap_types_dir
 from flow.hls.project import CXXFLAGS, Project
-from host.files import file_sha256
+from host.files import sums_match, sums_text
 from models import cache as _cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -116,17 +116,9 @@ def _wait(procs: list[tuple[list[str], subprocess.Popen]]) -> None:
         raise CompileError("g++ failed to build the engine:\n" + "\n".join(errors))
 
 
-def _sums_text(files: list[Path]) -> str:
-    return "".join(f"{file_sha256(f)}  {f.name}\n" for f in files)
-
-
 def verify_build(out: Path) -> bool:
     """True when ``out`` holds a complete build: both binaries and the sums written after them, matching."""
-    tb, lib, sums = out / TB_NAME, out / LIB_NAME, out / SUMS_NAME
-    try:
-        return tb.is_file() and lib.is_file() and sums.read_text() == _sums_text([tb, lib])
-    except (OSError, UnicodeDecodeError):
-        return False
+    return sums_match([out / TB_NAME, out / LIB_NAME], out / SUMS_NAME)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -206,7 +198,7 @@ def build(project: Project, *, force: bool = False, exact: bool = False) -> tupl
             )
         ])
         sums_tmp = work / SUMS_NAME
-        sums_tmp.write_text(_sums_text([tb_tmp, lib_tmp]))
+        sums_tmp.write_text(sums_text([tb_tmp, lib_tmp]))
         (out / SUMS_NAME).unlink(missing_ok=True)   # the sums go last: a build killed here is not 'complete'
         os.replace(tb_tmp, tb)      # atomic: a concurrent build never sees half a binary
         os.replace(lib_tmp, lib)
