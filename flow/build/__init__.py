@@ -23,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch loads: spinning OpenMP threads stall a busy machine
 
 from flow.build.options import STAGES, BuildOptions, OptionsError, parse   # noqa: E402
+from flow.build.options import one_line as _one_line   # noqa: E402
 from flow.build.stages import Build, BuildError, clean_partial, run_stages   # noqa: E402
 
 __all__ = ["main", "run", "Build", "BuildOptions", "BuildError", "OptionsError", "STAGES"]
@@ -115,10 +116,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error, please report it: {type(e).__name__}: {_one_line(e)} "
               "(VQHLS_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         return 2
-
-
-def _one_line(e: BaseException) -> str:
-    msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
-    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in msg:
-        msg += f": {e.filename}"
-    return msg

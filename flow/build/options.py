@@ -46,6 +46,15 @@ class OptionsError(ValueError):
     """A flag or recipe value is invalid (the message names it and the fix)."""
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (the ``error: ...`` line flow.build prints), with the file an
+    OSError names when its message does not."""
+    msg = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in msg:
+        msg += f": {e.filename}"
+    return msg
+
+
 @dataclass
 class BuildOptions:
     """Everything a build needs to know; see ``python -m flow.build --help``."""

@@ -31,14 +31,11 @@ import sys
 from typing import Any
 
 from flow.build.options import STAGES, BuildOptions, OptionsError
+from flow.build.options import one_line as _one_line
 
 
 def _needs(opts: BuildOptions, stage: str) -> bool:
     return STAGES.index(opts.stage) >= STAGES.index(stage)
-
-
-def _one_line(e: BaseException) -> str:
-    return "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
 
 
 def probe_model(opts: BuildOptions, problems: list[str]) -> tuple[str | None, Any]:
