@@ -5,7 +5,8 @@
 Every number here is MODELLED (flow/boards/perf.py for cycles, flow/boards/
 resources.py for BRAM/DSP/LUT/FF), not measured on a board or in co-simulation.
 
-Models: lenet-digits (8x8x1) and resnet20 (Fashion-MNIST, 28x28x1), built as
+Models: lenet-digits (8x8x1), resnet20 (Fashion-MNIST, 28x28x1) and MLPerf Tiny's
+ResNet-8 (``resnet8``, 32x32x3, the reference layer shapes), built as
 ``make csim`` builds them (compress -> quantize_model -> lower) but WITHOUT
 training: random init with fixed seeds, random calibration images. The cycle
 model depends only on layer shapes, the N:M masks (array passes, kept
@@ -25,9 +26,14 @@ exceed 1: it skips the pruned half of the MACs, and the array has fabric
 multipliers beside its DSP ones. Array utilisation = products the array
 really forms / (cycles x engine.multipliers).
 
-Targets (the issue): resnet20 >= 700 images/s and lenet-digits >= 20,000
-images/s at 100 MHz on the default (2:4 MVQ) build; both builds inside the
-part's budget (flow.boards.resources.check_fit).
+Targets (issue 17, item 9): resnet20 MVQ 2:4 >= 700 images/s and lenet-digits
+>= 20,000 images/s at 100 MHz on the default build, modelled; ResNet-8 reported.
+They are compared, never gated: a modelled number cannot meet a target, so the
+table says "modelled >= target" or "modelled < target (short by X)" and the
+exit status is 0 whatever they say. Resources are printed as the model's
+low / central / high range against the part (check_fit holds the high end).
+The published figures printed beside them are OTHER designs' measurements on
+their boards (hls4ml, fpgaConvNet, FINN), not ours.
 Writes RESULTS/ (bench/results, or $VQHLS_BENCH_OUT: ``make bench`` puts build/bench there) engine.json and engine.png.
 """
 from __future__ import annotations
@@ -61,8 +67,16 @@ BOARD = "pynq-z2"
 MODELS = {
     "lenet-digits": ({}, (1, 8, 8), 64),
     "resnet20": ({"in_channels": 1}, (1, 28, 28), 256),
+    "resnet8": ({}, (3, 32, 32), 256),
 }
-TARGETS = {"lenet-digits": 20_000.0, "resnet20": 700.0}   # images/s at the board clock, default build
+# images/s at the board clock, default build, modelled (issue 17 item 9); None: reported only
+TARGETS = {"lenet-digits": 20_000.0, "resnet20": 700.0, "resnet8": None}
+# published figures of OTHER designs (measured by their authors on their boards), as issue 17 cites them
+PUBLISHED = (
+    ("hls4ml RN08 (MLPerf Tiny ResNet-8)", "PYNQ-Z2", "130.8 images/s", "resnet8"),
+    ("fpgaConvNet ResNet-8 (MLPerf Tiny)", "at 143 MHz", "2,431 images/s", "resnet8"),
+    ("FINN CNV-W1A1 (CIFAR-10, 1-bit)", "PYNQ / ZedBoard class", "661 images/s", None),
+)
 # (model, build, method): the default build runs MVQ 2:4 and int8; the dense build VQ and int8
 BUILDS = (("sparse", "mvq"), ("sparse", "none"), ("dense", "vq"), ("dense", "none"))
 MAIN = ("sparse", "mvq")
@@ -148,16 +162,25 @@ def fixed(rows: list[list[str]], header: list[str], right: set[int] = frozenset(
     return "\n".join(out)
 
 
+def versus(value: float, target: float | None) -> str:
+    """'modelled >= target' or 'modelled < target (short by X)'; '-' without a target. Never a pass/fail."""
+    if not target:
+        return "-"
+    if value >= target:
+        return "modelled >= target"
+    return f"modelled < target (short by {target - value:,.1f})"
+
+
 def summary_table(rows: list[dict]) -> str:
     header = ["model", "build", "method", "cycles/img", "images/s", "MACs/img", "products/img", "MAC util",
-              "array util", "DDR B/img", "all resident", "target", "met"]
+              "array util", "DDR B/img", "all resident", "target", "modelled vs target"]
     body = []
     for r in rows:
         t = r.get("target")
         body.append([r["model"], r["build"], r["method"], f"{r['cycles']:,}", f"{r['images_per_s']:,.1f}",
                      f"{r['macs']:,}", f"{r['products']:,}", f"{r['mac_util']:.3f}", f"{r['array_util']:.3f}",
                      f"{r['ddr_bytes']:,}", "yes" if r["resident_all"] else "no",
-                     f">= {t:,.0f}" if t else "-", ("yes" if r["images_per_s"] >= t else "NO") if t else "-"])
+                     f">= {t:,.0f}" if t else "-", versus(r["images_per_s"], t)])
     return fixed(body, header, right={3, 4, 5, 6, 7, 8, 9})
 
 
@@ -243,8 +266,9 @@ def plot(result: dict, path: Path) -> None:
             xs.append(pos)
             pos += 1
         t = TARGETS[model]
-        ax.hlines(t, xs[0] - 0.5, xs[-1] + 0.5, colors="red", linestyles="--")
-        ax.text(xs[-1] + 0.5, t, f" target {t:,.0f}", color="red", va="center", fontsize=7)
+        if t:
+            ax.hlines(t, xs[0] - 0.5, xs[-1] + 0.5, colors="red", linestyles="--")
+            ax.text(xs[-1] + 0.5, t, f" target {t:,.0f}", color="red", va="center", fontsize=7)
         roof = rows[(model, *MAIN)]["roofline_images_per_s"]
         ax.hlines(roof, xs[0] - 0.5, xs[-1] + 0.5, colors="black", linestyles=":")
         ax.text(xs[0] - 0.5, roof * 1.25, f"220-DSP dense roofline {roof:,.0f}", fontsize=7)
@@ -254,7 +278,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_ylim(100, None)
     ax.set_ylabel("modelled images/s at 100 MHz")
-    ax.set_title("throughput vs targets (MODELLED)")
+    ax.set_title("throughput vs targets (MODELLED; targets compared, not gated)")
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(axis="y", alpha=0.3, which="both")
 
@@ -263,16 +287,20 @@ def plot(result: dict, path: Path) -> None:
     keys = [k for k in ("BRAM36", "DSP", "LUT", "FF", "LUTRAM") if k in res["sparse"]["percent"]]
     xr = np.arange(len(keys))
     for j, (build, col) in enumerate((("sparse", "#4c72b0"), ("dense", "#55a868"))):
-        ax.bar(xr + (j - 0.5) * 0.38, [res[build]["percent"][k] for k in keys], 0.38, color=col,
-               label=f"{build} build ({'fits' if res[build]['fits'] else 'DOES NOT FIT'})")
+        pc = [res[build]["percent"][k] for k in keys]
+        cen = np.array([x["central"] for x in pc])
+        err = np.array([[x["central"] - x["low"] for x in pc], [x["high"] - x["central"] for x in pc]])
+        ax.bar(xr + (j - 0.5) * 0.38, cen, 0.38, color=col, yerr=err, capsize=3,
+               label=f"{build} build, central, bar = low..high "
+                     f"({'fits' if res[build]['fits_at_high_end'] else 'DOES NOT FIT'} at the high end)")
     for i, k in enumerate(keys):
         ax.hlines(100 * res["sparse"]["budget_frac"][k], i - 0.4, i + 0.4, colors="red", linestyles="--",
                   label="budget (check_fit)" if i == 0 else None)
     ax.axhline(100, color="black", lw=0.8)
     ax.set_xticks(xr, keys)
     ax.set_ylabel("% of xc7z020 (MODELLED)")
-    ax.set_ylim(0, 110)
-    ax.set_title("resource model vs the part")
+    ax.set_ylim(0, 130)
+    ax.set_title("resource model range vs the part (MODELLED)")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -281,7 +309,8 @@ def plot(result: dict, path: Path) -> None:
 
 # ---- main ---------------------------------------------------------------------------------------
 def resources_of(engine: EngineConfig) -> tuple[dict, str]:
-    from flow.boards.resources import budgets
+    """The modelled range of ``engine`` on the board (flow.boards.resources) and its printed table."""
+    from flow.boards.resources import RESOURCES, budgets
 
     u = estimate(engine, BOARD)
     try:
@@ -290,11 +319,41 @@ def resources_of(engine: EngineConfig) -> tuple[dict, str]:
     except ResourceError as e:
         fit, err = False, str(e)
     bud = budgets(BOARD)
-    d = dict(bram36=u.bram36, dsp=u.dsp, lut=u.lut, ff=u.ff, lutram=u.lutram, fits=fit, check_fit_error=err,
-             percent={label: 100.0 * getattr(u, attr) / avail for label, attr, avail, _, _ in bud},
+    d = dict(low={r: getattr(u.low, r) for r in RESOURCES}, central={r: getattr(u.central, r) for r in RESOURCES},
+             high={r: getattr(u.high, r) for r in RESOURCES}, fits_at_high_end=fit, check_fit_error=err,
+             percent={label: {end: 100.0 * getattr(getattr(u, end), attr) / avail for end in ("low", "central", "high")}
+                      for label, attr, avail, _, _ in bud},
              budget_frac={label: frac for label, _, _, frac, _ in bud},
              per_unit=u.per_unit)
     return d, res_table(u, BOARD)
+
+
+def git_commit() -> str:
+    """HEAD of the repository, '+dirty' when the working tree differs from it; 'unknown' without git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or platform.processor()."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def run(iters: int = 2, progress: bool = True) -> tuple[dict, str]:
@@ -305,7 +364,8 @@ def run(iters: int = 2, progress: bool = True) -> tuple[dict, str]:
     p = out.append
     p("=" * 100)
     p(f"vqhls engine on {b.name} ({b.part}) at {b.clock_mhz:g} MHz: every number below is MODELLED")
-    p("(cycles: flow/boards/perf.py; resources: flow/boards/resources.py), not measured on a board or in cosim.")
+    p("(cycles: flow/boards/perf.py; resources: flow/boards/resources.py), not measured on a board or in cosim,")
+    p("except the 'published' rows, which are other designs' own measurements.")
     p("Programs come from UNTRAINED zoo models (random init, seed 0; random calibration images): the modelled")
     p("cycles depend only on layer shapes, the N:M masks and parameter placement, not on trained values.")
     p(f"MAC util = dense MACs / (cycles x {b.dsp}): the {b.dsp}-DSP48E1 roofline, one int8 product per DSP")
@@ -327,13 +387,13 @@ def run(iters: int = 2, progress: bool = True) -> tuple[dict, str]:
         rows.append(dict(model=model, build=build, method=method, engine_hash=engs[build].hash(), target=target,
                          **rep))
     p("")
-    p("Per model, build and method (images/s at the board clock, one image at a time):")
+    p("Per model, build and method, MODELLED (images/s at the board clock, one image at a time):")
     p(summary_table(rows))
     for r in rows:
         if (r["build"], r["method"]) == MAIN:
             p(f"  {r['model']}: dense MACs {r['macs']:,}/image -> {b.dsp}-DSP dense roofline "
-              f"{r['roofline_images_per_s']:,.1f} images/s; load call {r['load_cycles']:,} cycles "
-              f"(once per program), program image {r['program_bytes']:,} bytes")
+              f"{r['roofline_images_per_s']:,.1f} images/s (modelled); load call {r['load_cycles']:,} cycles "
+              f"(modelled, once per program), program image {r['program_bytes']:,} bytes")
     for r in rows:
         if (r["build"], r["method"]) == MAIN:
             p("")
@@ -348,33 +408,42 @@ def run(iters: int = 2, progress: bool = True) -> tuple[dict, str]:
         d, txt = resources_of(e)
         resources[name] = d
         p("")
-        p(f"Resources, {name} build {e.n}:{e.m} (hash {e.hash()}), MODELLED:")
+        p(f"Resources, {name} build {e.n}:{e.m} (hash {e.hash()}), MODELLED range:")
         p(txt)
-        p(f"check_fit: {'fits' if d['fits'] else 'DOES NOT FIT: ' + d['check_fit_error']}")
+        p(f"check_fit (high end under the budgets): "
+          f"{'fits' if d['fits_at_high_end'] else 'DOES NOT FIT: ' + d['check_fit_error']}")
     p("")
+    p("Targets (issue 17 item 9), MODELLED on the default build; compared, not gated:")
     targets = []
     for r in rows:
-        if r["target"]:
-            ok = r["images_per_s"] >= r["target"]
-            targets.append(dict(what=f"{r['model']} {r['method']} on the {r['build']} build >= "
-                                     f"{r['target']:,.0f} images/s", value=r["images_per_s"], met=ok))
-    for name in engs:
-        targets.append(dict(what=f"{name} build inside the {b.name} budget (check_fit)",
-                            value=None, met=resources[name]["fits"]))
-    for t in targets:
-        v = f" ({t['value']:,.1f})" if t["value"] is not None else ""
-        p(f"TARGET {'MET' if t['met'] else 'NOT MET'}: {t['what']}{v}")
+        if (r["build"], r["method"]) != MAIN:
+            continue
+        t = r["target"]
+        verdict = versus(r["images_per_s"], t) if t else "reported (no target)"
+        targets.append(dict(model=r["model"], what=f"{r['model']} {r['method']} on the {r['build']} build",
+                            target=t, modelled=r["images_per_s"], verdict=verdict))
+        p(f"  {r['model']} {r['method']} {r['build']} build: modelled {r['images_per_s']:,.1f} images/s"
+          + (f", target >= {t:,.0f}: {verdict}" if t else ": reported (no target)"))
+    p("")
+    p("Published figures of OTHER designs (their authors' measurements, not ours), beside our modelled ones:")
+    ours = {r["model"]: r["images_per_s"] for r in rows if (r["build"], r["method"]) == MAIN}
+    pub_rows = [[what, where, fig, f"{ours[m]:,.1f} (modelled, {m})" if m else "-"] for what, where, fig, m in PUBLISHED]
+    p(fixed(pub_rows, ["published design", "board / clock", "published", "this engine"]))
     r20 = next(r for r in rows if r["model"] == "resnet20" and (r["build"], r["method"]) == MAIN)
-    p(f"note: the issue's 700 images/s is 'half the dense roofline' only with 2 products per DSP "
-      f"({2 * r20['roofline_images_per_s']:,.0f} / 2); at one product per DSP48E1 the dense roofline is "
-      f"{r20['roofline_images_per_s']:,.1f} images/s, and MVQ 2:4 reaches "
-      f"{r20['images_per_s'] / r20['roofline_images_per_s']:.2f}x of it.")
+    if r20["images_per_s"] < TARGETS["resnet20"]:
+        e = engs["sparse"]
+        p(f"note: resnet20 is short of 700 images/s by {700 - r20['images_per_s']:,.1f} (modelled) because the "
+          f"default build has {e.rows} array rows ({e.multipliers} multipliers): the larger arrays do not fit "
+          f"the xc7z020 at the HIGH end of the resource model (see the resource range above), which is the "
+          f"line check_fit and the sizing now hold.")
     payload = dict(
         note="MODELLED numbers (flow/boards/perf.py, flow/boards/resources.py), untrained models: cycles depend "
-             "only on shapes, N:M masks and placement",
+             "only on shapes, N:M masks and placement; 'published' are other designs' measured figures",
         board=dict(name=b.name, part=b.part, clock_mhz=b.clock_mhz, dsp=b.dsp, family=b.family),
         engines={name: dict(config=e.to_dict(), hash=e.hash(), multipliers=e.multipliers) for name, e in engs.items()},
-        rows=rows, resources=resources, targets=targets, seconds=timings, kmeans_iters=iters,
+        rows=rows, resources=resources, targets=targets,
+        published=[dict(design=w, board=bd, figure=f, compare_with=m) for w, bd, f, m in PUBLISHED],
+        seconds=timings, kmeans_iters=iters, commit=git_commit(), cpu=cpu_model(),
         units=dict(mac_util=f"dense MACs / (cycles x {b.dsp} DSP48E1, 1 product each)",
                    array_util="products / (cycles x engine.multipliers)", ddr_bytes="m_axi bytes per image",
                    beat_bytes=BEAT_BYTES))
@@ -395,7 +464,7 @@ def main() -> int:
         plot(payload, RESULTS / "engine.png")
         msg += f" and {RESULTS / 'engine.png'}"
     print(msg + f" ({time.perf_counter() - t0:.1f} s)")
-    return 0 if all(t["met"] for t in payload["targets"]) else 1
+    return 0      # modelled numbers never decide the exit status
 
 
 if __name__ == "__main__":

@@ -60,15 +60,16 @@ class Backend(abc.ABC):
     """What the Accelerator needs from a device: registers by name, DMA buffers, two DMA channels.
 
     Register names are the attribute names of ``host.regmap`` ("CTRL", "N_IMAGES", "PARAMS_LO",
-    "PARAMS_HI", "CONFIG_HASH", "CYCLES_LO", "CYCLES_HI", "STATUS", ...); the Accelerator splits
-    the 64-bit PARAMS / CYCLES into their _LO / _HI words itself. ``offset(name)`` maps a name to
-    its byte offset in the engine's s_axilite segment.
+    "PARAMS_HI", "CONFIG_HASH", "CYCLES_LO", "CYCLES_HI", "STATUS", "REAL_CYCLES_LO", ...); the
+    Accelerator splits the 64-bit PARAMS / CYCLES / REAL_CYCLES into their _LO / _HI words itself.
+    ``offset(name)`` maps a name to its byte offset in the engine's s_axilite segment.
 
     Sequence the Accelerator drives (host/regmap.py):
       load call:  buf = alloc(n); buf[:] = image; buf.flush(); write_reg PARAMS_LO/HI, N_IMAGES=0;
-                  start(); wait_done(); read_reg CONFIG_HASH, STATUS, CYCLES_LO/HI
+                  start(); wait_done(); read_reg CONFIG_HASH, STATUS, CYCLES_LO/HI, REAL_CYCLES_LO/HI
       per batch:  write_reg N_IMAGES=B; dma_recv(out, B*out_bytes); dma_send(in, B*in_bytes);
-                  start(); wait_done(); dma_wait(); read_reg STATUS, CYCLES_LO/HI; out.invalidate()
+                  start(); wait_done(); read_reg STATUS, CYCLES_LO/HI, REAL_CYCLES_LO/HI; dma_wait();
+                  out.invalidate()
     Timeouts raise ``AcceleratorTimeout`` naming what hung (``what`` for wait_done).
     """
 
@@ -251,12 +252,14 @@ class Accelerator:
         self.batch_size = min(bs, self.max_batch)
         self.fclk_mhz = backend.fclk_mhz if getattr(backend, "fclk_mhz", None) else self._bundle_fclk()
         self.loaded = False
-        self.load_cycles: Optional[int] = None
+        self.load_cycles: Optional[int] = None          # CYCLES of the load call: MODELLED
+        self.load_real_cycles: Optional[int] = None     # REAL_CYCLES of the load call: MEASURED (None: no counter)
         self._params_buf = None
         self._pairs: list[Optional[_Pair]] = [None, None]
         self._closed = False
         self._stats = {"latency_s": None, "images_per_s": None, "batches": 0, "images": 0, "busy_s": 0.0,
-                       "modelled_cycles": None, "modelled_images_per_s": None}
+                       "modelled_cycles": None, "modelled_images_per_s": None,
+                       "measured_cycles": None, "measured_images_per_s": None}
 
     # ---- construction
     @classmethod
@@ -360,6 +363,7 @@ class Accelerator:
         hw_hash = self.backend.read_reg("CONFIG_HASH")
         status = self.backend.read_reg("STATUS")
         self.load_cycles = self._read64("CYCLES")
+        self.load_real_cycles = regmap.real_cycles(self._read64("REAL_CYCLES"))
         if hw_hash != self.config_hash:
             _free(buf)
             raise AcceleratorError(
@@ -454,6 +458,7 @@ class Accelerator:
             raise
         status = self.backend.read_reg("STATUS")
         cycles = self._read64("CYCLES")
+        real = regmap.real_cycles(self._read64("REAL_CYCLES"))
         try:
             self.backend.dma_wait(self._call_timeout(n))
         except AcceleratorTimeout as e:
@@ -475,7 +480,10 @@ class Accelerator:
         st["modelled_cycles"] = cycles
         if self.fclk_mhz and cycles:
             st["modelled_images_per_s"] = n * self.fclk_mhz * 1e6 / cycles
+        st["measured_cycles"] = real
+        st["measured_images_per_s"] = images_per_s(n, real, self.fclk_mhz)
         job["cycles"] = cycles
+        job["real_cycles"] = real
         job["latency_s"] = latency
         return job
 
@@ -553,13 +561,17 @@ class Accelerator:
     @property
     def stats(self) -> dict:
         """Last batch: ``latency_s`` (DMA + engine, wall clock), ``images_per_s``, ``modelled_cycles`` (the
-        CYCLES register: MODELLED, flow/boards/perf.py) and ``modelled_images_per_s`` at ``fclk_mhz``;
+        CYCLES register: MODELLED, flow/boards/perf.py) and ``modelled_images_per_s`` at ``fclk_mhz``,
+        ``measured_cycles`` (the REAL_CYCLES register: MEASURED by the engine's free-running counter; None
+        where there is none, i.e. in C-simulation) and ``measured_images_per_s`` at ``fclk_mhz``;
         totals: ``batches``, ``images``, ``busy_s``."""
         return dict(self._stats)
 
     def throughput_test(self, batch: Optional[int] = None, *, seed: int = 0) -> dict:
         """Time one engine call on ``batch`` random input images (like FINN's driver throughput_test):
-        runtime, images/s, DMA bandwidth in/out (MB/s), copy times, the clock and the modelled cycles."""
+        runtime, images/s, DMA bandwidth in/out (MB/s), copy times, the clock, the modelled cycles (CYCLES)
+        and the measured ones (REAL_CYCLES; None, and its rates None, where the engine has no real counter:
+        C-simulation)."""
         self._ensure_loaded()
         n = min(int(batch or self.batch_size), self.max_batch)
         if n < 1:
@@ -574,6 +586,7 @@ class Accelerator:
         copy_out = time.perf_counter() - t
         runtime = job["latency_s"]
         cycles = job["cycles"]
+        real = job["real_cycles"]
         res = {
             "runtime[ms]": runtime * 1e3,
             "throughput[images/s]": n / runtime if runtime > 0 else float("inf"),
@@ -586,6 +599,9 @@ class Accelerator:
             "modelled_cycles": cycles,
             "modelled_cycles_per_image": cycles / n,
             "modelled_throughput[images/s]": (n * self.fclk_mhz * 1e6 / cycles) if (self.fclk_mhz and cycles) else None,
+            "measured_cycles": real,
+            "measured_cycles_per_image": real / n if real is not None else None,
+            "measured_throughput[images/s]": images_per_s(n, real, self.fclk_mhz),
             "backend": self.backend.name,
         }
         return res
@@ -598,6 +614,13 @@ class Accelerator:
             return 1e3 / ns if ns > 0 else None
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+
+
+def images_per_s(n: int, cycles: Optional[int], fclk_mhz: Optional[float]) -> Optional[float]:
+    """``n`` images in ``cycles`` engine cycles at ``fclk_mhz``: images per second (None without both)."""
+    if not cycles or not fclk_mhz:
+        return None
+    return n * fclk_mhz * 1e6 / cycles
 
 
 def _free(buf) -> None:

@@ -99,9 +99,10 @@ class VqhlsEngineDriver(DefaultIP):
     """PYNQ driver of the vqhls engine IP: registers by ``host.regmap`` name.
 
     ``read_reg(name)`` / ``write_reg(name, value)`` take a register of ``regmap.REGISTERS`` ("CTRL",
-    "N_IMAGES", "PARAMS", "CONFIG_HASH", "CYCLES", "STATUS", ...; a 64-bit one is read / written as its
-    two words, low first) or one 32-bit word ("PARAMS_LO", "CYCLES_HI", "STATUS_CTRL", ...). Reading
-    CTRL clears ap_done (clear-on-read, as Vitis HLS builds it)."""
+    "N_IMAGES", "PARAMS", "CONFIG_HASH", "CYCLES", "STATUS", "REAL_CYCLES", ...; a 64-bit one is read /
+    written as its two words, low first) or one 32-bit word ("PARAMS_LO", "CYCLES_HI", "STATUS_CTRL",
+    ...). Reading CTRL clears ap_done (clear-on-read, as Vitis HLS builds it). CYCLES is the engine's
+    cycle MODEL; REAL_CYCLES its free-running counter: on the board, the MEASURED cycles of a call."""
 
     bindto = [ENGINE_VLNV]
 

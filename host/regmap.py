@@ -25,6 +25,30 @@ word whose bit 0 is ``ap_vld``; the offsets are also pinned with ``offset=``)::
     0x34 CYCLES_HI         loop iterations + stated fill depths + DDR latency); 0x38 ap_vld
     0x40 STATUS       (RO) 0 = ok, else ERR_* code in bits 7..0 and the failing
                       op index in bits 15..8 (0xFF: not op-specific); 0x44 ap_vld
+    0x48 REAL_CYCLES_LO  (RO) MEASURED cycles of the last call: a free-running 64-bit
+    0x4C REAL_CYCLES_HI       counter (hls_templates/rtl/cycle_counter.v.j2, an RTL blackbox)
+                              read at the start of the call and again after its last stream
+                              write; the difference. 0x50 ap_vld. REAL_CYCLES_NA (all ones)
+                              where no counter exists: C-simulation (its C model)
+
+REAL_CYCLES follows STATUS as the top's last argument, so Vitis's automatic layout
+puts it where the pinned offset does: STATUS takes 0x40 (data) and 0x44 (ap_vld);
+the next argument starts at the next 8-byte boundary, 0x48 (as CONFIG_HASH's
+0x28..0x2C is followed by CYCLES at 0x30, and CYCLES's 0x30..0x38 by STATUS at
+0x40); a 64-bit output takes two data words and a control word: 0x48, 0x4C,
+0x50 (0x54 unused). The last word, 0x50, stays inside the 7-bit address space
+(ADDRESS_RANGE 0x80) the block design already maps: no change there.
+
+CYCLES and REAL_CYCLES are not the same thing. CYCLES is the cycle MODEL
+(flow/boards/perf.py) added up again by the engine's C++ as it runs: it says
+what the model predicts for this call, whatever Vitis scheduled. REAL_CYCLES
+counts clock edges of the synthesized engine: on the board (or in Vitis C/RTL
+co-simulation) it is the measurement. The counter is read once at the start of
+the call and once after the last output beat has been written; the few states
+before the first read (ap_start handshake) and after the second (the output
+registers, ap_done) are not counted, so REAL_CYCLES is the ap_start..ap_done
+latency less a handful of cycles. It never reads REAL_CYCLES_NA on hardware
+(the counter saturates one below it: 2^64 cycles are 5,800 years at 100 MHz).
 
 Streams: the input AXI-Stream carries N_IMAGES x input_bytes bytes (NHWC, one
 byte per beat) with TLAST on the final byte of the call and nowhere else: an
@@ -71,8 +95,15 @@ CYCLES_HI = 0x34
 CYCLES_CTRL = 0x38
 STATUS = 0x40
 STATUS_CTRL = 0x44
+REAL_CYCLES_LO = 0x48
+REAL_CYCLES_HI = 0x4C
+REAL_CYCLES_CTRL = 0x50
 
 ADDRESS_RANGE = 0x80   # the s_axilite segment the block design must map (rounded up)
+
+# REAL_CYCLES when the engine has no real counter: C-simulation, where the counter's C model
+# (hls_templates/engine/cycle_counter.h.j2) answers this instead of a number made up from the model
+REAL_CYCLES_NA = (1 << 64) - 1
 
 # --- STATUS codes (bits 7..0) ---------------------------------------------
 OK = 0
@@ -129,6 +160,12 @@ def status_message(status: int) -> str:
     return f"op {op}: {text}" if op is not None else text
 
 
+def real_cycles(value: int) -> int | None:
+    """The REAL_CYCLES register as a count of measured cycles, or None where the engine has no real
+    counter (REAL_CYCLES_NA: C-simulation)."""
+    return None if value == REAL_CYCLES_NA else int(value)
+
+
 def config_hash_u32(engine_hash: str) -> int:
     """The CONFIG_HASH register value for an ``EngineConfig.hash()`` string (8 hex digits)."""
     return int(engine_hash, 16) & 0xFFFFFFFF
@@ -154,6 +191,8 @@ REGISTERS: tuple[Register, ...] = (
     Register("CONFIG_HASH", CONFIG_HASH, "ro", 32, "config_hash", "EngineConfig.hash() as uint32"),
     Register("CYCLES", CYCLES_LO, "ro", 64, "cycles", "modelled engine cycles of the last call"),
     Register("STATUS", STATUS, "ro", 32, "status", "0 ok, else code | op << 8"),
+    Register("REAL_CYCLES", REAL_CYCLES_LO, "ro", 64, "real_cycles",
+             "MEASURED engine cycles of the last call (free-running counter); REAL_CYCLES_NA in C-simulation"),
 )
 
 # C argument of vqhls_engine -> s_axilite offset (rendered into the INTERFACE pragmas)
@@ -165,12 +204,30 @@ def _span(r: Register) -> int:
     return r.width // 8 + (4 if r.port else 0)
 
 
+def vitis_offsets(ports: "list[Register] | tuple[Register, ...]") -> dict[str, int]:
+    """Where Vitis HLS's automatic s_axilite layout puts ``ports`` (in argument order): the first at
+    0x10 (after the ap_ctrl_hs block), each next one at the first 8-byte boundary after the previous
+    port's words (its data words, then its reserved / ap_vld word)."""
+    out, at = {}, 0x10
+    for r in ports:
+        out[r.name] = at
+        at = -(-(at + _span(r)) // 8) * 8
+    return out
+
+
 def _check() -> None:
     spans = sorted((r.offset, r.offset + _span(r), r.name) for r in REGISTERS)
     for (a0, a1, n0), (b0, _, n1) in zip(spans, spans[1:]):
         if b0 < a1:
             raise AssertionError(f"register map: {n0} overlaps {n1}")
     assert spans[-1][1] <= ADDRESS_RANGE
+    # the pinned offsets are the ones Vitis would choose itself (REGISTERS lists the ports in argument order)
+    ports = [r for r in REGISTERS if r.port]
+    auto = vitis_offsets(ports)
+    for r in ports:
+        if r.offset != auto[r.name]:
+            raise AssertionError(f"register map: {r.name} at 0x{r.offset:02X}, "
+                                 f"Vitis lays it out at 0x{auto[r.name]:02X}")
 
 
 _check()

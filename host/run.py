@@ -4,7 +4,9 @@
 2. runs the bundle's own test vectors and compares the outputs with its expected ones bit for bit;
 3. with ``--data``, the dataset's test split (the same split the build used, loaded here without
    torch): accuracy, bit-exactness against the bundle vectors on the images they hold, throughput
-   (measured images/s and the engine's MODELLED cycles from the CYCLES register).
+   (measured images/s, the engine's MODELLED cycles from the CYCLES register and, on the board, its
+   MEASURED cycles from the REAL_CYCLES register: a free-running counter; C-simulation has none and
+   says "real cycles: not available (C-simulation)").
 
 Exit 0 when every comparison is bit-exact, 1 when one differs, 2 on an error (one line ``error: ...``).
 Imports neither torch nor the flow (only flow.bundle): this runs on the board.
@@ -21,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from host.accelerator import Accelerator, AcceleratorError
+from host.accelerator import Accelerator, AcceleratorError, images_per_s
 from host.sim import SimError
 
 DATASETS = ("digits", "fashion-mnist")
@@ -89,6 +91,20 @@ def _fmt_rate(x: Optional[float]) -> str:
     return "n/a" if x is None else f"{x:,.0f}"
 
 
+def real_cycles_text(real: Optional[int], n: int, fclk_mhz: Optional[float], backend: str) -> str:
+    """The REAL_CYCLES report of a call of ``n`` images: measured cycles per image and images/s at the
+    build's clock, or why there is no measurement (C-simulation has no real counter)."""
+    if real is None:
+        why = "C-simulation" if backend == "sim" else "the engine's REAL_CYCLES register reads all ones"
+        return f"real cycles: not available ({why})"
+    where = "on the board" if backend == "pynq" else f"by the {backend} backend's engine"
+    per = real / n if n else float(real)
+    rate = images_per_s(n, real, fclk_mhz)
+    clock = (f" = {_fmt_rate(rate)} images/s at {fclk_mhz:g} MHz" if rate is not None
+             else " (clock unknown: no images/s)")
+    return f"{per:,.0f} cycles/image measured {where} (REAL_CYCLES register, the engine's counter){clock}"
+
+
 def _progress(total: int, desc: str):
     try:
         from tqdm import tqdm
@@ -113,7 +129,9 @@ def run(args) -> int:
         print(f"backend    {acc.backend.describe()}")
         acc.load()
         print(f"load       ok: {len(b.program_image()):,}-byte program on chip, CONFIG_HASH 0x{acc.config_hash:08x}, "
-              f"{acc.load_cycles:,} modelled cycles")
+              f"{acc.load_cycles:,} modelled cycles (CYCLES), "
+              + (f"{acc.load_real_cycles:,} measured cycles (REAL_CYCLES)" if acc.load_real_cycles is not None
+                 else real_cycles_text(None, 0, None, acc.backend.name)))
 
         vec = b.vectors()
         if vec is None:
@@ -141,6 +159,7 @@ def run(args) -> int:
         print(f"modelled   {tp['modelled_cycles_per_image']:,.0f} cycles/image (CYCLES register) = "
               f"{_fmt_rate(tp['modelled_throughput[images/s]'])} images/s"
               + (f" at {fclk:g} MHz" if fclk else ""))
+        print(f"measured   {real_cycles_text(tp['measured_cycles'], tp['batch_size'], fclk, acc.backend.name)}")
     return rc
 
 

@@ -16,8 +16,10 @@ Model:
   (``coherent=True``: one copy). ``mem_read`` / ``mem_write`` access DDR by physical address.
 * **AXI-Lite** (``read`` / ``write``, offsets from ``host.regmap``): CTRL (ap_start, ap_done
   clear-on-read, ap_idle, ap_ready clear-on-read, auto_restart stored but not honoured), GIE/IER/ISR,
-  N_IMAGES, PARAMS, and the outputs CONFIG_HASH, CYCLES, STATUS with their ap_vld words
-  (clear-on-read). Writing ap_start latches N_IMAGES and PARAMS and runs the engine call at once when
+  N_IMAGES, PARAMS, and the outputs CONFIG_HASH, CYCLES (MODELLED), STATUS, REAL_CYCLES with their
+  ap_vld words (clear-on-read). REAL_CYCLES reads ``regmap.REAL_CYCLES_NA``: the engine's real counter
+  is Verilog, and C-simulation runs its C model, which has no clock to count (never a number made up
+  from the cycle model). Writing ap_start latches N_IMAGES and PARAMS and runs the engine call at once when
   its input is there (see below); the engine reads the DDR from PARAMS on (its m_axi port).
 * **AXI-Stream**: ``push_input`` queues bytes for the input stream (TLAST on the last byte of each
   push, as one AXI DMA MM2S transfer does); the engine's output bytes queue up with their TLAST flags
@@ -219,7 +221,7 @@ def _open_private(path: Path):
         ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_longlong,      # in, in_len, tlast_pos
         _U64P,                                                       # in_consumed
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulonglong, _U64P,  # out, out_last, out_cap, out_len
-        _U64P, ctypes.POINTER(ctypes.c_uint),                        # cycles, config_hash
+        _U64P, ctypes.POINTER(ctypes.c_uint), _U64P,                 # cycles, config_hash, real_cycles
     ]
     return lib
 
@@ -346,8 +348,10 @@ class SimDevice:
         self._next_addr = self.BASE_ADDRESS
         # AXI-Lite
         self._in_regs = {regmap.N_IMAGES: 0, regmap.PARAMS_LO: 0, regmap.PARAMS_HI: 0}
-        self._out_regs = {regmap.CONFIG_HASH: 0, regmap.CYCLES_LO: 0, regmap.CYCLES_HI: 0, regmap.STATUS: 0}
-        self._vld = {regmap.CONFIG_HASH_CTRL: False, regmap.CYCLES_CTRL: False, regmap.STATUS_CTRL: False}
+        self._out_regs = {regmap.CONFIG_HASH: 0, regmap.CYCLES_LO: 0, regmap.CYCLES_HI: 0, regmap.STATUS: 0,
+                          regmap.REAL_CYCLES_LO: 0, regmap.REAL_CYCLES_HI: 0}
+        self._vld = {regmap.CONFIG_HASH_CTRL: False, regmap.CYCLES_CTRL: False, regmap.STATUS_CTRL: False,
+                     regmap.REAL_CYCLES_CTRL: False}
         self._gie = self._ier = self._isr = 0
         self._running = False
         self._done = False
@@ -555,11 +559,11 @@ class SimDevice:
         out = np.zeros(max(out_cap, 1), dtype=np.uint8)
         out_last = np.zeros(max(out_cap, 1), dtype=np.uint8)
         consumed, out_len, cycles = ctypes.c_ulonglong(), ctypes.c_ulonglong(), ctypes.c_ulonglong()
-        chash = ctypes.c_uint()
+        chash, real = ctypes.c_uint(), ctypes.c_ulonglong()
         status = int(lib.vqhls_sim_call(
             params.ctypes.data, params.size, n, inp.ctypes.data, take, tpos, ctypes.byref(consumed),
             out.ctypes.data, out_last.ctypes.data, out_cap, ctypes.byref(out_len), ctypes.byref(cycles),
-            ctypes.byref(chash)))
+            ctypes.byref(chash), ctypes.byref(real)))
         used = int(consumed.value)
         produced = int(out_len.value)
         if produced > out_cap:
@@ -576,6 +580,8 @@ class SimDevice:
         self._out_regs[regmap.CYCLES_LO] = int(cycles.value) & 0xFFFFFFFF
         self._out_regs[regmap.CYCLES_HI] = (int(cycles.value) >> 32) & 0xFFFFFFFF
         self._out_regs[regmap.STATUS] = status
+        self._out_regs[regmap.REAL_CYCLES_LO] = int(real.value) & 0xFFFFFFFF
+        self._out_regs[regmap.REAL_CYCLES_HI] = (int(real.value) >> 32) & 0xFFFFFFFF
         for k in self._vld:
             self._vld[k] = True
         self._running = False
@@ -583,6 +589,7 @@ class SimDevice:
         self._isr |= self._ier & 3
         self.calls += 1
         self.last_call = {"n_images": n, "params": params_addr, "status": status, "cycles": int(cycles.value),
+                          "real_cycles": int(real.value),
                           "in_consumed": used, "out_bytes": produced}
         self._service_recv()
 

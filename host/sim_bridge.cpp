@@ -11,7 +11,8 @@
 // Python side has latched the AXI-Lite registers (PARAMS, N_IMAGES), copied
 // the DDR region PARAMS points to, and queued the input AXI-Stream bytes with
 // their TLAST position; it gets back the output stream's bytes with their
-// TLAST flags and the output registers (CONFIG_HASH, CYCLES, STATUS).
+// TLAST flags and the output registers (CONFIG_HASH, CYCLES, STATUS, REAL_CYCLES:
+// the last one the counter's C model's "not available", regmap::REAL_CYCLES_NA).
 //
 // Not re-entrant: the engine's on-chip memories are statics of this library.
 // host/sim.py gives each SimDevice its own copy of the library and serializes
@@ -84,6 +85,7 @@ int vqhls_sim_loaded(unsigned long long *in_bytes, unsigned long long *out_bytes
 //   out, out_last       output bytes and their TLAST flags (1 byte each), out_cap of each
 //   *out_len            bytes the engine wrote (more than out_cap: the excess is dropped)
 //   *cycles, *config_hash   the CYCLES and CONFIG_HASH registers
+//   *real_cycles        the REAL_CYCLES register (REAL_CYCLES_NA: no real counter in C-simulation)
 // Returns the STATUS register. The caller offers at least the bytes the engine
 // reads (n_images x input bytes, or up to an earlier TLAST): an hls::stream
 // read while empty would return zeros here where the hardware blocks.
@@ -91,7 +93,7 @@ unsigned vqhls_sim_call(const unsigned char *params, unsigned long long nbytes, 
                         const unsigned char *in, unsigned long long in_len, long long tlast_pos,
                         unsigned long long *in_consumed, unsigned char *out, unsigned char *out_last,
                         unsigned long long out_cap, unsigned long long *out_len, unsigned long long *cycles,
-                        unsigned *config_hash) {
+                        unsigned *config_hash, unsigned long long *real_cycles) {
     put_params(params, nbytes);
     hls::stream<vqhls::axis_byte_t> in_stream("in_stream"), out_stream("out_stream");
     for (unsigned long long i = 0; i < in_len; i++) {
@@ -103,9 +105,10 @@ unsigned vqhls_sim_call(const unsigned char *params, unsigned long long nbytes, 
         in_stream.write(beat);
     }
     ap_uint<32> hash = 0, status = 0;
-    ap_uint<64> cyc = 0;
-    vqhls_engine(in_stream, out_stream, &g_params[0], ap_uint<32>(n_images), &hash, &cyc, &status);
+    ap_uint<64> cyc = 0, real = 0;
+    vqhls_engine(in_stream, out_stream, &g_params[0], ap_uint<32>(n_images), &hash, &cyc, &status, &real);
     *cycles = (unsigned long long)cyc;
+    *real_cycles = (unsigned long long)real;
     *config_hash = (unsigned)hash;
 
     if (n_images == 0) {   // the load call: the engine forgets its program first, keeps it only on success

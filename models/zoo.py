@@ -94,10 +94,46 @@ class ResNet20(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
+class ResNet8(nn.Module):
+    """MLPerf Tiny image-classification ResNet-8 (``resnet_v1_eembc`` of the MLPerf Tiny reference,
+    training/image_classification/keras_model.py): [B,3,32,32] -> [B,classes].
+
+    conv 16 3x3 + BN + ReLU, then three stacks of 16 / 32 / 64 channels, each two 3x3 convs (BN, ReLU
+    after the first, BN after the second), stride 2 in the first conv of stacks 2 and 3; the shortcut is
+    the identity in stack 1 and a 1x1 stride-2 conv (with bias, no BN, as in the reference) in stacks 2
+    and 3; add, ReLU; average pool over the 8x8 map, dense 10. 8 weight layers on the main path.
+    Padding is PyTorch's symmetric padding=1 where Keras pads 'same' (0 top/left, 1 bottom/right for a
+    stride-2 3x3 on an even map): the shapes and MAC counts are the same.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        stacks, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            blk = BasicBlock(cin, cout, stride)
+            if stride != 1 or cin != cout:   # the reference's shortcut: a 1x1 conv with bias, no BN
+                blk.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=True))
+            stacks.append(blk)
+            cin = cout
+        self.stacks = nn.Sequential(*stacks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.stacks(x)
+        return self.fc(self.flatten(self.pool(x)))
+
+
 _ZOO: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "lenet-digits": (LeNetDigits, "digits"),
     "cnn-fmnist": (CNNFmnist, "fashion-mnist"),
     "resnet20": (ResNet20, "cifar10"),
+    "resnet8": (ResNet8, "cifar10"),
 }
 
 

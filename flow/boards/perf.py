@@ -1,13 +1,16 @@
 """Cycle model of the engine: the schedule the HLS templates implement, in cycles.
 
 Every number here is *modelled*: it counts the iterations of the engine's
-II=1 loops (each template loop is written so that every memory sees at most
-one read and one write per iteration, see docs/engine.md), plus a stated fill
-depth per loop entry and a stated DDR latency per burst. The C-simulation
+loops at II=1 (the conditions Vitis needs for II=1 -- memory ports, declared
+dependences, no multiplier or wide counter in the recurrence -- are checked by
+flow/hls/lint.py; the schedule itself only csynth can confirm), plus a stated
+fill depth per loop entry and a stated DDR latency per burst. The C-simulation
 counter (the CYCLES register) adds exactly the same terms, and a test holds
-the two equal. Measured numbers come from elsewhere and say so: Vitis HLS
-C/RTL co-simulation (``cosim_design`` latency report), RTL simulation of the
-cores (flow.rtl), or wall-clock time on the board (host ``Accelerator.stats``).
+the two equal: a sync test of two copies of one model, not a measurement.
+Measured numbers come from elsewhere and say so: the REAL_CYCLES register on a
+board, Vitis HLS C/RTL co-simulation (``cosim_design`` latency report), RTL
+simulation of the cores (flow.rtl), or wall-clock time on the board (host
+``Accelerator.stats``).
 Stalls the model leaves out: AXI-Stream back-pressure from the DMA, DDR
 refresh and contention with the PS, and HLS scheduling that misses II=1.
 
@@ -19,7 +22,7 @@ flow/compile/program.py):
 * conv:       if not resident, its parameters are burst-loaded first
               (``param_load_cycles``). Tiles t = (pixel tile, oc tile), oc tile
               inner; ng_t pixel groups in tile t. One decode prologue of
-              ``dec`` cycles (+ DEPTH["dec"]), then per tile one loop of
+              ``dec`` cycles (the tile loop's first entry: + DEPTH["conv"]), then per tile one loop of
               max(NSTEP * max(passes * max(ng_t, 2), dec), rows * ng_{t-1})
               iterations: the array computes tile t (each step lasts passes *
               ng_t cycles -- a pass at least ACC_DISTANCE = 2, so an accumulator
@@ -31,20 +34,30 @@ flow/compile/program.py):
 * maxpool:    OH*OW*OCW*KH*KW + DEPTH["pool"] (one activation word per cycle);
 * avgpool:    OH*OW*OCW*(KH*KW + lanes) + DEPTH["pool"] (window sums, then one
               requantization lane);
-* pq:         prototypes (and the LUT when it fits) burst-loaded per image;
-              per pixel NOT (bias) + nsub * max(v, lookup) + lookup (the
-              encoder of subspace s overlaps the lookup of s-1) + OC (one
-              requantization lane) + DEPTH["pq"], where lookup = NOT on chip,
-              or a burst of OC/2 beats (OC odd: OC beats) + DDR_LATENCY per row
-              when the LUT streams from DDR;
+* pq:         prototypes (one byte per cycle) and, when it fits, the LUT (two
+              entries per cycle when OC and cols are even, else one) loaded per
+              image in chunked bursts (``burst``). Per pixel ONE pipelined loop
+              (PQ_STEP): nsub windows of span = max(v, NOT, ACC_DISTANCE) cycles
+              (window w encodes subspace w; window 0 loads the bias into the NOT
+              accumulator words, window w >= 1 adds the LUT row of subspace
+              w-1), a last lookup window of max(NOT, ACC_DISTANCE), then OC drain
+              cycles (one requantization lane), + DEPTH["pq"] once
+              (``pq_pixel_cycles``). A LUT that does not fit streams its rows
+              (no m_axi read inside a pipelined loop): per pixel the encoder
+              alone (nsub * v + DEPTH["pq"]), then per subspace the row of its
+              code through a DATAFLOW region per chunk of at most LOAD_CHUNK
+              beats (DDR_LATENCY + DEPTH["load"] each, + OC/2 cycles, OC when OC
+              or cols is odd; ``pq_row_cycles``), then the drain alone
+              (OC + DEPTH["pq"]);
 * stream out: OH*OW*OC + DEPTH["stream"].
 
-A burst of N 32-bit beats costs DDR_LATENCY + N cycles (the m_axi adapter
-keeps several reads outstanding, so only the first beat's latency shows). The
-load call: header (DDR_LATENCY + HEADER_WORDS), one pass over the image body
-computing its CRC32 and capturing the descriptors (DDR_LATENCY + body words),
-then per op its descriptor (DESC_WORDS cycles), its channel parameters and,
-when resident, its weights.
+An array of N 32-bit beats is loaded in chunks of at most LOAD_CHUNK = 64 beats
+(one AXI burst; param_loader.h), each a DATAFLOW region costing DDR_LATENCY +
+DEPTH["load"] + its unpacker's steps (a beat per cycle, or a byte per cycle
+where a beat feeds four): ``burst``. The load call: header (DDR_LATENCY +
+HEADER_WORDS), one chunked pass over the image body computing its CRC32 and
+capturing the descriptors (``burst(body words)``), then per op its descriptor
+(DESC_WORDS cycles), its channel parameters and, when resident, its weights.
 """
 from __future__ import annotations
 
@@ -63,10 +76,15 @@ ACC_DISTANCE = 2
 BEAT_BYTES = 4       # m_axi data width: one 32-bit beat per cycle
 # fill depth of each loop (cycles from the first iteration's start to its last stage), per loop entry
 DEPTH = {
-    "conv": 12,      # BRAM read 2, bank crossbar 1, m:1 mux 1, DSP multiply 3, adder tree 2, accumulate 1, write 1, margin 1
-    "dec": 4,        # vmem read 2, codebook read 2
-    "pool": 4,       # BRAM read 2, compare / add 1, write 1
-    "pq": 8,         # gather 2, distance 3, argmin tree 2, LUT read 1
+    # TILE_CYCLE: counters 1, BRAM read with output register 2, buffer select + register 1, bank select +
+    # register 1, m:1 mux 1, DSP multiply 3, adder tree 2, accumulate + LUTRAM write 2 = 13 on the compute
+    # path; the drain path after its accumulator read: row mux 1, 32x32 requantization multiply 6, round /
+    # shift / clamp 2, BRAM write 1, and the decoded weights reach the PEs only after the decoder's two
+    # BRAM reads: the second review expects 20-30 stages (engine-hls-review-2.md section 2.2). 24 is that
+    # range's middle: a stated guess that only a csynth report can replace.
+    "conv": 24,
+    "pool": 8,       # BRAM read with output register 2, compare / add 1, write 1; average: requantization 4 more
+    "pq": 16,        # PQ_STEP: gather 2, distance 3, argmin tree 2, LUT read 1, accumulate 1, requantization 6, write 1
     "stream": 2,     # AXI-Stream register slice + BRAM write
     "load": 2,       # per burst loop: beat register + memory write
 }
@@ -104,9 +122,16 @@ class ImageCycles:
         return sum(o.ddr_bytes for o in self.ops)
 
 
-def burst(words: int) -> int:
-    """Cycles of one burst read of ``words`` 32-bit beats (0 words: nothing issued)."""
-    return DDR_LATENCY + words + DEPTH["load"] if words > 0 else 0
+LOAD_CHUNK = 64      # beats per loader DATAFLOW region: one burst (max_read_burst_length), the FIFO depth (param_loader.h)
+
+
+def burst(words: int, steps: int | None = None) -> int:
+    """Cycles to load ``words`` 32-bit beats: chunks of at most LOAD_CHUNK beats, each one DATAFLOW region
+    (reader burst -> FIFO -> unpacker) of DDR_LATENCY + DEPTH["load"] + its unpacker steps; ``steps`` is the
+    unpacker's total (the beats by default; the bytes when a beat feeds four steps). 0 words: nothing issued."""
+    if words <= 0:
+        return 0
+    return cdiv(words, LOAD_CHUNK) * (DDR_LATENCY + DEPTH["load"]) + (words if steps is None else steps)
 
 
 def _words(nbytes: int) -> int:
@@ -140,12 +165,12 @@ def param_load_cycles(op: Op, oc_count: int | None = None, with_codebook: bool =
     oc = op.OC if oc_count is None else oc_count
     if op.wfmt == DENSE:
         nbytes = oc * op.KH * op.KW * op.C
-        return DDR_LATENCY + byte_cycles(nbytes, op.C) + DEPTH["load"], 4 * _words(nbytes)
+        return burst(_words(nbytes), byte_cycles(nbytes, op.C)), 4 * _words(nbytes)
     nv = oc * op.KH * op.KW * (op.C // op.d)
     cyc, ddr = 2 * burst(cdiv(nv, 2)), 2 * 4 * cdiv(nv, 2)
     if with_codebook:
         cb = op.k * op.d
-        cyc += DDR_LATENCY + byte_cycles(cb, op.d) + DEPTH["load"]
+        cyc += burst(_words(cb), byte_cycles(cb, op.d))
         ddr += 4 * _words(cb)
     return cyc, ddr
 
@@ -175,34 +200,54 @@ def conv_cycles(op: Op, engine: EngineConfig, oc_tiles: int | None = None) -> di
         drain_wait += max(0, d - c)
         prev = ng
     final = engine.rows * prev + DEPTH["conv"]
-    return {"prologue": op.dec + DEPTH["dec"], "tiles": loops, "final_drain": final,
+    # the prologue is the tile loop's first entry, decoding step 0 only (one decoder instance per op)
+    return {"prologue": op.dec + DEPTH["conv"], "tiles": loops, "final_drain": final,
             "compute": compute, "drain_stall": drain_wait}
 
 
-def pq_pixel_cycles(v: int, nsub: int, NOT: int, OC: int, lookup: int | None = None, stream_lat: int = 0) -> int:
-    """Cycles of one PQ output pixel: bias init (NOT), nsub encodes of v elements each overlapped with the
-    previous subspace's lookup (``lookup`` cycles, NOT when the LUT is on chip), the last lookup, one
-    requantization lane over OC channels, and the loop's fill depth; pixels do not overlap."""
-    lookup = NOT if lookup is None else lookup
-    return NOT + nsub * max(v, lookup) + lookup + nsub * stream_lat + OC + DEPTH["pq"]
+def pq_row_chunks(OC: int, pairs: bool) -> list[int]:
+    """LUT entries of each DATAFLOW chunk of one streamed row of OC int16: at most LOAD_CHUNK beats, so
+    2 * LOAD_CHUNK entries when rows start on a beat (pairs), else 2 * LOAD_CHUNK - 2 (a row may start in
+    the upper half of a beat)."""
+    per = 2 * LOAD_CHUNK if pairs else 2 * LOAD_CHUNK - 2
+    return [min(per, OC - done) for done in range(0, OC, per)]
+
+
+def pq_row_cycles(OC: int, pairs: bool) -> int:
+    """Cycles to add one streamed LUT row into the accumulators: per chunk DDR_LATENCY + DEPTH["load"] + its
+    steps (two entries per step when pairs, else one)."""
+    return sum(DDR_LATENCY + DEPTH["load"] + (n // 2 if pairs else n) for n in pq_row_chunks(OC, pairs))
+
+
+def pq_pixel_cycles(v: int, nsub: int, NOT: int, OC: int, resident: bool = True, pairs: bool = True) -> int:
+    """Cycles of one PQ output pixel (pixels do not overlap).
+
+    LUT on chip: one PQ_STEP loop of nsub windows of max(v, NOT, ACC_DISTANCE) (encoder of subspace w, bias
+    init in window 0, lookup of subspace w-1 in window w >= 1), a last lookup window of max(NOT,
+    ACC_DISTANCE), OC drain cycles, + DEPTH["pq"]. Streamed LUT: the encoder alone (nsub * v + DEPTH["pq"]),
+    nsub rows (``pq_row_cycles``), the drain alone (OC + DEPTH["pq"])."""
+    if resident:
+        span, last = max(v, NOT, ACC_DISTANCE), max(NOT, ACC_DISTANCE)
+        return nsub * span + last + OC + DEPTH["pq"]
+    return nsub * v + DEPTH["pq"] + nsub * pq_row_cycles(OC, pairs) + OC + DEPTH["pq"]
 
 
 def pq_cycles(op: Op, engine: EngineConfig) -> tuple[dict[str, int], int]:
-    """(phases, DDR bytes per image) of a placed PQ op."""
+    """(phases, DDR bytes per image) of a placed PQ op. The streamed rows' DDR bytes are an upper bound when
+    OC is odd (a chunk's first and last beats may hold one entry each)."""
     rows = op.nsub * op.K
-    proto = DDR_LATENCY + rows * op.v + DEPTH["load"]
+    pairs = op.OC % 2 == 0 and engine.cols % 2 == 0
+    proto = burst(_words(rows * op.v), rows * op.v)
     ddr = 4 * _words(rows * op.v)
     lut = 0
     if op.lut_resident:
-        lut = burst(cdiv(rows * op.OC, 2))
-        ddr += 4 * cdiv(rows * op.OC, 2)
-        lookup, stream_lat = op.NOT, 0
-    else:   # each row streams from DDR: a burst of OC/2 beats of two int16 (one per beat when OC is odd)
-        lookup, stream_lat = (op.OC // 2 if op.OC % 2 == 0 else op.OC), DDR_LATENCY
+        count = rows * op.OC
+        lut = burst(cdiv(count, 2), None if pairs else count)
+        ddr += 4 * cdiv(count, 2)
     npix = op.OH * op.OW
-    per_pixel = pq_pixel_cycles(op.v, op.nsub, op.NOT, op.OC, lookup, stream_lat)
+    per_pixel = pq_pixel_cycles(op.v, op.nsub, op.NOT, op.OC, bool(op.lut_resident), pairs)
     if not op.lut_resident:
-        ddr += npix * op.nsub * lookup * BEAT_BYTES
+        ddr += npix * op.nsub * BEAT_BYTES * sum(n // 2 + (0 if pairs else 1) for n in pq_row_chunks(op.OC, pairs))
     return {"proto_load": proto, "lut_load": lut, "pixels": npix * per_pixel}, ddr
 
 
@@ -258,7 +303,7 @@ def run_cycles(program: Program, engine: EngineConfig, n_images: int) -> int:
 def load_cycles(program: Program, engine: EngineConfig, image_bytes: int | None = None) -> int:
     """The CYCLES register after the load call (N_IMAGES = 0) of a valid placed program."""
     total = image_bytes if image_bytes is not None else len(program.to_bytes())
-    cyc = DDR_LATENCY + HEADER_WORDS + DDR_LATENCY + (total // 4 - HEADER_WORDS)
+    cyc = DDR_LATENCY + HEADER_WORDS + burst(total // 4 - HEADER_WORDS)
     for op in program.ops:
         cyc += DESC_WORDS + channel_load_cycles(op)
         if op.opcode == CONV and op.resident:

@@ -1,10 +1,23 @@
-"""Resource model of the engine: BRAM36, DSP, LUT, FF (and LUTRAM) of an EngineConfig.
+"""Resource model of the engine: BRAM36, DSP, LUT, FF (and LUTRAM) of an EngineConfig, as a range.
 
 Everything here is *modelled*, not measured: no vendor tool runs. The model
-follows the hardware the HLS templates implement (flow/compile/engine.py,
-hls_templates/engine/) unit by unit; each unit is a small function whose
-docstring states its formula. Calibrate the constants against a post-route
-``report_utilization`` when one exists.
+counts the hardware the HLS templates write (flow/compile/engine.py,
+hls_templates/engine/) unit by unit. Every unit is a :class:`Unit`: a
+low / central / high :class:`Range` per resource and a ``source`` string that
+says where its figures come from (a formula over the EngineConfig, the
+project's own yosys measurement in bench/results/area.json, the second engine
+review ``engine-hls-review-2.md`` §3, or a Xilinx product guide to calibrate
+against). The engine's usage is the sum of the units: a range.
+
+* low      what the unit costs if Vivado maps it as tightly as the structure allows;
+* central  the expected figure;
+* high     a pessimistic but plausible figure (weak mapping, replication for fanout).
+
+``check_fit`` passes a build only when the **high** end is under the budgets
+(80 % BRAM36, 90 % DSP, 70 % LUT / FF / LUTRAM of the part), so the model can be
+wrong by the width of its range without the build failing; the sizing search
+(flow.boards.sizing) picks by the high end too. Calibrate the constants against
+a post-route ``report_utilization`` when one exists.
 
 Memories (``memories(engine)``), storage rule
 --------------------------------------------
@@ -16,8 +29,9 @@ impl=`` from ``Memory.impl``.
 
 * LUTRAM: ``ceil(depth / 64) * width`` LUTs for a simple dual port memory
   (one write, one read port), twice that for two read ports (true dual port or
-  "2r"): a LUT6 holds 64 x 1 bit per read port. (Real RAM32M/RAM64M packing is
-  0.67-1.33 LUT per bit for SDP; 1 LUT per bit is the model's middle value.)
+  "2r"): a LUT6 holds 64 x 1 bit per read port. The range (``lutram_range``)
+  spans the RAM32M / RAM64M packing Vivado uses for SDP memories (4 LUTs hold
+  32 x 6 or 64 x 3 bits) and this rule.
 * BRAM: the cheapest tiling in RAMB18 units, ``ceil(depth / D) * ceil(width / W)``
   over the RAMB18 aspect ratios D x W: 16Kx1, 8Kx2, 4Kx4, 2Kx9, 1Kx18 (true dual
   port) and 512x36 (simple dual port only). These are half of the RAMB36 ones
@@ -25,51 +39,46 @@ impl=`` from ``Memory.impl``.
   configuration per memory (no mixed-aspect tilings). A memory's RAMB18s are
   reported as ``ceil(bram18 / 2)`` BRAM36 tiles: Vivado packs two RAMB18 of one
   memory into one RAMB36 tile. The model does *not* pack RAMB18s of different
-  memories into one tile, although the placer can (Vivado then reports half
-  tiles); so an odd RAMB18 count costs half a tile more than a placer might
-  need: conservative by at most 0.5 tile per memory.
+  memories into one tile, although the placer can; so an odd RAMB18 count costs
+  half a tile more than a placer might need. BRAM counts are exact (low = high);
+  the loader FIFOs and the DMA add a range.
 
 Multipliers (DSP48E1 on 7-series, DSP48E2 on UltraScale+)
 --------------------------------------------------------
-* Array: ``engine.multipliers`` products of 8 x 9 bits (int8 weight x int8 or
-  uint8 activation widened to 9 bits, 17-bit signed product). ``dsp_rows *
-  cols * slots`` of them bind to DSPs. On DSP48E1 that is ONE product per DSP:
-  its A port is 25 bits, and two 9-bit activations packed as ``a << 18 | b``
-  need 27 bits (two 17-bit products plus separation), so the INT8 packing of
-  Xilinx WP487 (two products sharing one operand in one DSP) needs the 27-bit
-  A port of DSP48E2. On DSP48E2 (UltraScale+) the products of two rows (which
-  share each column's weight) could pack into one DSP, but the templates do not
-  write that packing and Vitis HLS does not infer it: one product per DSP on
-  both families (``array_dsp``). The remaining
-  ``(rows - dsp_rows) * cols * slots`` products are fabric multipliers of
-  ``8 * 9 * 1.0 = 72`` LUT each (estimate: a LUT-mapped a x b multiplier costs
-  about a*b LUTs, one per partial-product bit on the carry chains). The templates
-  must bind these with ``BIND_OP ... impl=fabric`` (otherwise Vitis HLS may put
-  them on DSPs too).
-* Requantization ``clamp((acc*M + res*Mr + round) >> S)``: ``acc(32b) x M(32b)``
-  is 4 DSPs (each signed 32-bit operand splits into a 17-bit unsigned low part
-  and a 15-bit signed high part; the 2 x 2 partial products are <= 18 x 18
-  signed, each fits a 25 x 18 (or 27 x 18) multiplier, and the 17-bit shifted
-  PCIN cascade sums them); ``Mr(32b) x res(9b)`` is 2 DSPs (32 bits exceed both
-  the 25/27-bit A and the 18-bit B port: two 16-bit slices of Mr times the
-  9-bit residual). 6 DSPs per lane on both families. Lanes: ``cols`` for the
-  conv drain, 1 for average pooling, 1 for the PQ unit (when ``pq``).
-* The PQ encoder's ``pq_k_max`` squarers (10 x 10 bits) are fabric.
+* Array: ``dsp_rows * cols * slots`` 8 x 9 products on DSPs, ONE per DSP on both
+  families (DSP48E1's 25-bit A port cannot hold two 9-bit activations; on
+  DSP48E2 the templates do not write WP487's packing and Vitis HLS does not
+  infer it). The other ``(rows - dsp_rows) * cols * slots`` products are fabric
+  multipliers (``BIND_OP impl=fabric``): 72 / 88 / 159 LUT each (low: one LUT
+  per partial-product bit, a*b = 72, the floor; central: 88, the middle of the
+  review's 75-100 LUT estimate for Vivado on a signed 8x9 product, no published
+  Vivado figure was found to cite; high: 159, the project's own yosys 0.23
+  measurement, bench/results/area.json).
+* Requantization: 6 DSPs per lane (``acc x M`` 32x32 = 2x2 tiles of <= 18x25,
+  ``Mr x res`` 32x9 = 2 tiles). Lanes: ``cols`` + 1 (average pool) + 1 (PQ).
+* Run-time multiplies (two run-time operands) outside those declared units:
+  counted in the emitted firmware by ``flow.hls.lint.multiplier_counts`` and
+  passed as ``estimate(..., counts=)``. Each costs 1 / 3 / 4 DSP48E1 (low: a
+  narrow product, <= 18 x 25 bits, that demanded-bits analysis shrinks to one
+  DSP; central: 3, Vitis HLS's default binding of a 32 x 32 multiply; high: 4,
+  the full 2 x 2 tiling). If Vivado put one in fabric instead it would cost
+  ~0.6-1k LUT (review §3.2); the model charges DSPs. Without counts (sizing
+  before any code exists) an allowance of ``MULT_ALLOWANCE`` multiplies stands
+  in for the setup arithmetic the lowering could not move into the descriptor.
 
 LUT and FF: one function per unit (array muxes, PE adder trees, fabric
-multipliers, activation crossbar, decoder, requantization lanes, pooling, PQ
-encoder / argmin / lookup, AXI adapters and control). Adders cost 1 LUT per
-bit (carry chain); an m:1 mux costs ``ceil(m/4)`` LUT6 per bit up to 16:1 (a
-LUT6 is a 4:1 mux, F7/F8 combine four of them). FF counts the pipeline
-registers each unit needs at II=1.
+multipliers, accumulator read muxes, activation crossbar, decoder,
+requantization lanes, pooling, PQ unit, control and glue, AXI adapters) and the
+Vivado block design around the engine IP (AXI DMA, SmartConnect, AXI
+Interconnect, PS7 reset). Adders cost 1 LUT per bit (carry chain); an m:1 mux
+costs ``ceil(m/4)`` LUT6 per bit up to 16:1 (a LUT6 is a 4:1 mux, F7/F8
+combine four of them). FF counts the pipeline registers each unit needs at II=1.
 
-Not modelled: the Vivado block design around the engine IP (AXI DMA,
-SmartConnect, PS7 reset, interrupt glue: a few thousand LUT and a few BRAM36),
-routing congestion, timing. The budget fractions of ``check_fit`` (80% BRAM,
-90% DSP, 70% LUT/FF) leave room for them.
+Not modelled: routing congestion, timing, LUT-FF packing losses.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from flow.boards import Board, get_board
@@ -87,7 +96,6 @@ WEIGHT_BITS = 8
 PROD_BITS = ACT_BITS + WEIGHT_BITS   # 17-bit signed product
 ACC_BITS = 32
 CH_BITS = 32 + 32 + 5 + 32          # bias, mult, shift, res_mult: 101 bits per channel
-FABRIC_LUT_PER_PP_BIT = 1.0         # fabric multiplier: LUT per partial-product bit (a*b of them)
 LUTRAM_DEPTH = 64                   # a LUT6 holds 64 x 1 bit
 LUTRAM_MAX_BITS = 1024              # storage rule: <= 1024 bits is LUTRAM
 OPS_WORDS = DESC_WORDS              # 32-bit words per op descriptor (flow.compile.program)
@@ -95,17 +103,6 @@ REQUANT_DSP = 4 + 2                 # acc x M (2x2 tiles) + res x Mr (2 tiles)
 REQUANT_PIPE_STAGES = 4             # 64-bit registers along one requantization lane
 PQ_DIFF_BITS = 10                   # activation - prototype, both int8 or uint8 held as 9 bits
 PQ_ELEM_BITS = 9                    # a stored prototype element (pq_config::elem_t, int8 or uint8)
-
-# AXI adapters and control, constants from typical Vitis HLS reports of 32-bit
-# interfaces (gmem_m_axi: 2 RAMB18, ~580-820 LUT, ~510-730 FF; control_s_axi:
-# ~490 LUT, ~290 FF for a handful of registers). The control FSM / op decode /
-# address counters constant is a guess for this engine's units.
-INFRA = {
-    "infra.m_axi":     dict(bram18=2, lut=800, ff=700),
-    "infra.s_axilite": dict(bram18=0, lut=500, ff=300),
-    "infra.axis":      dict(bram18=0, lut=2 * 60, ff=2 * 60),    # stream in + stream out
-    "infra.control":   dict(bram18=0, lut=1_500, ff=2_000),
-}
 
 # RAMB18 aspect ratios (depth, width)
 BRAM18_TDP = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18))
@@ -237,11 +234,6 @@ def mux_luts_per_bit(ways: int) -> int:
     return 4 * groups + mux_luts_per_bit(groups)
 
 
-def fabric_mult_luts(a_bits: int, b_bits: int) -> float:
-    """LUT-mapped a x b multiplier: a * b * 1.0 LUT (estimate; 8 x 9 -> 72)."""
-    return a_bits * b_bits * FABRIC_LUT_PER_PP_BIT
-
-
 def squarer_luts(bits: int) -> float:
     """LUT-mapped w-bit squarer: w * (w + 1) / 2 LUT (the symmetric partial products fold; 10 -> 55)."""
     return bits * (bits + 1) / 2
@@ -259,11 +251,94 @@ def adder_tree(leaves: int, leaf_bits: int) -> int:
     return luts
 
 
-def _unit(bram36: float = 0, dsp: int = 0, lut: float = 0, ff: float = 0, lutram: float = 0) -> dict[str, float]:
-    return {"bram36": float(bram36), "dsp": float(dsp), "lut": float(lut), "ff": float(ff), "lutram": float(lutram)}
+def lutram_range(depth: int, width: int, ports: str) -> tuple[float, float, float]:
+    """(low, central, high) LUTs of one LUTRAM memory per read port pair.
+
+    Vivado packs a simple dual port memory of depth <= 32 into RAM32M (4 LUTs: 32 x 6 bits) and of
+    depth <= 64 into RAM64M (4 LUTs: 64 x 3 bits); deeper ones into RAM64M columns. The model's rule
+    (``lutram_luts``: 1 LUT per bit per 64 deep) is the other estimate; low/high are the smaller /
+    larger of the two, central the packing. x2 for two read ports ("t2p", "2r")."""
+    if depth <= 32:
+        pack = cdiv(width, 6) * 4
+    else:
+        pack = cdiv(depth, 64) * cdiv(width, 3) * 4
+    pack *= 1 if ports == "s2p" else 2
+    rule = lutram_luts(depth, width, ports)
+    return float(min(pack, rule)), float(pack), float(max(pack, rule))
 
 
-# ---- units ------------------------------------------------------------------------
+# ---- ranges and units -------------------------------------------------------------
+RESOURCES = ("bram36", "dsp", "lut", "ff", "lutram")
+
+
+@dataclass(frozen=True)
+class Range:
+    """low <= central <= high of one resource (a count of BRAM36 tiles, DSPs, LUTs, FFs)."""
+
+    low: float
+    central: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.central <= self.high:
+            raise ValueError(f"Range needs low <= central <= high, got {self.low}, {self.central}, {self.high}")
+
+    @classmethod
+    def exact(cls, x: float) -> "Range":
+        return cls(float(x), float(x), float(x))
+
+    @classmethod
+    def factors(cls, x: float, low: float, high: float) -> "Range":
+        """x * (low, 1, high): a stated formula x with its error band."""
+        return cls(x * low, float(x), x * high)
+
+    def __add__(self, o: "Range") -> "Range":
+        return Range(self.low + o.low, self.central + o.central, self.high + o.high)
+
+    def __mul__(self, k: float) -> "Range":
+        return Range(self.low * k, self.central * k, self.high * k)
+
+    __rmul__ = __mul__
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        return (self.low, self.central, self.high)
+
+
+ZERO = Range(0.0, 0.0, 0.0)
+
+
+def rng(low: float, central: float, high: float) -> Range:
+    return Range(float(low), float(central), float(high))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One hardware unit of the build: a Range per resource and where its figures come from."""
+
+    name: str
+    source: str
+    bram36: Range = ZERO
+    dsp: Range = ZERO
+    lut: Range = ZERO
+    ff: Range = ZERO
+    lutram: Range = ZERO      # LUTs used as memory (also counted in lut)
+
+    def get(self, res: str) -> Range:
+        return getattr(self, res)
+
+
+# ---- the array -------------------------------------------------------------------------
+# fabric 8x9 signed product, LUTs: low = a*b partial-product bits (one LUT each on the carry chains,
+# the floor); central = middle of the review's 75-100 for Vivado (engine-hls-review-2.md §3.3; no
+# published Vivado figure for this size was found to cite); high = the project's yosys 0.23 run:
+# bench/results/area.json, 2:4 build of 4x8x8 with -nodsp minus with DSPs, (24,118 - 3,780) / 128
+# products = 158.9 LUT each (the dense build gives 204: a weak mapper's figure, an upper bound).
+FABRIC_MULT_LUT = Range(72.0, 88.0, 159.0)
+FABRIC_MULT_SOURCE = ("low 72 = 8x9 partial-product bits; central 88 = middle of the review's Vivado estimate "
+                      "75-100 (engine-hls-review-2.md §3.3); high 159 = yosys 0.23 synth_xilinx, "
+                      "bench/results/area.json ((24118 - 3780) LUT / 128 products, 2:4 -nodsp vs DSP)")
+
+
 def dsp_products(engine: EngineConfig) -> int:
     """Array products bound to DSPs: dsp_rows * cols * slots."""
     return engine.dsp_rows * engine.cols * engine.slots
@@ -275,63 +350,109 @@ def fabric_products(engine: EngineConfig) -> int:
 
 
 def array_dsp(engine: EngineConfig, board: Board) -> int:
-    """DSPs of the array: one product per DSP, on both families. On DSP48E2 two rows sharing a
-    weight could pack into one DSP (WP487: ceil(dsp_rows / 2) * cols * slots), but the templates'
-    ``pe_mul_dsp`` forms one product per multiplier and Vitis HLS does not pack them by itself, so
-    the model counts what the code builds."""
+    """DSPs of the array: one product per DSP on both families (the templates' ``pe_mul_dsp`` forms one
+    product per multiplier; WP487's two-per-DSP48E2 packing is not written, Vitis does not infer it)."""
     return dsp_products(engine)
 
 
-def array_fabric_mult(engine: EngineConfig) -> dict[str, float]:
-    """Fabric products: LUT = n_fabric * 8*9*1.0; FF = n_fabric * 2 * 17 (two pipeline stages)."""
+def unit_array_dsp(engine: EngineConfig, board: Board) -> Unit:
+    n = array_dsp(engine, board)
+    return Unit("array.mult_dsp", "dsp_rows*cols*slots products, one per DSP (exact count)", dsp=Range.exact(n),
+                ff=Range.exact(n * PROD_BITS))
+
+
+def unit_array_fabric(engine: EngineConfig) -> Unit:
+    """(rows - dsp_rows)*cols*slots products x FABRIC_MULT_LUT; FF 1 / 2 / 3 stages of 17 bits."""
     n = fabric_products(engine)
-    return _unit(lut=n * fabric_mult_luts(WEIGHT_BITS, ACT_BITS), ff=n * 2 * PROD_BITS)
+    return Unit("array.mult_fabric", FABRIC_MULT_SOURCE, lut=FABRIC_MULT_LUT * n,
+                ff=rng(n * PROD_BITS, 2 * n * PROD_BITS, 3 * n * PROD_BITS))
 
 
-def array_mux(engine: EngineConfig) -> dict[str, float]:
-    """Sparse build: one m:1 mux of 9 bits per slot of every PE, LUT = rows*cols*slots * 9 * ceil(m/4);
-    FF = 9 per slot (registered mux output). Dense build (n == m): no muxes."""
-    if engine.dense:
-        return _unit()
-    n = engine.rows * engine.cols * engine.slots
-    return _unit(lut=n * ACT_BITS * mux_luts_per_bit(engine.m), ff=n * ACT_BITS)
+def max_passes(engine: EngineConfig) -> int:
+    """ceil(m / n): weight sets a PE holds (a chunk denser than n:m takes passes)."""
+    return cdiv(engine.m, engine.n)
 
 
-def array_adders(engine: EngineConfig) -> dict[str, float]:
-    """Per PE: an adder tree over its slots 17-bit products plus the 32-bit accumulate.
-
-    LUT = rows*cols * (adder_tree(slots, 17) + 32); FF = LUT (every adder output registered).
-    Modelled in fabric even for DSP products (Vitis may fold one add into a DSP's post-adder).
-    """
-    per_pe = adder_tree(engine.slots, PROD_BITS) + ACC_BITS
-    n = engine.rows * engine.cols * per_pe
-    return _unit(lut=n, ff=n)
-
-
-def crossbar(engine: EngineConfig) -> dict[str, float]:
-    """Activation read path: per bank a num_bufs:1 buffer select, per row an act_banks:1 bank select,
-    each 8*lanes bits wide. LUT = 8L * (act_banks * mux(num_bufs) + rows * mux(act_banks));
-    FF = 8L * (act_banks + rows) (bank output and row registers)."""
-    w = 8 * engine.lanes
-    lut = w * (engine.act_banks * mux_luts_per_bit(engine.num_bufs) + engine.rows * mux_luts_per_bit(engine.act_banks))
-    return _unit(lut=lut, ff=w * (engine.act_banks + engine.rows))
+def unit_array_mux(engine: EngineConfig) -> Unit:
+    """Sparse build: per slot of every PE an m:1 mux of 9 bits (rows*cols*slots * 9 * ceil(m/4)), plus per
+    column and slot the run-time pass select of pe_w[c][p] (8-bit weight + select bits, max_passes:1).
+    Range x(1, 1, 1.2) (review §3.3: 2,600-3,000 for the 8x8 array). Dense build: no muxes."""
+    e = engine
+    if e.dense:
+        return Unit("array.mux", "dense build: no m:1 muxes")
+    n = e.rows * e.cols * e.slots
+    pe = n * ACT_BITS * mux_luts_per_bit(e.m)
+    pas = e.cols * e.slots * (WEIGHT_BITS + clog2(e.m)) * mux_luts_per_bit(max_passes(e))
+    return Unit("array.mux", "formula: PE m:1 muxes + pass select; high +20 % (review §3.3 2,600-3,000 at 8x8)",
+                lut=Range.factors(pe + pas, 1.0, 1.2), ff=Range.exact(n * ACT_BITS))
 
 
-def decoder(engine: EngineConfig) -> dict[str, float]:
-    """Weight decode into the columns' stationary weight registers.
+def unit_array_adders(engine: EngineConfig) -> Unit:
+    """Per PE an adder tree over its slot products + the 32-bit accumulate (the bias enters as the
+    accumulator's first value): rows*cols * (adder_tree(slots, 17) + 32). Range x(0.8, 1, 1.17) (review §3.3: 4,500-6,500 at 8x8;
+    low: one add folded into a DSP post-adder)."""
+    e = engine
+    per_pe = adder_tree(e.slots, PROD_BITS) + ACC_BITS
+    n = e.rows * e.cols * per_pe
+    return Unit("array.adders", "formula: PE adder tree + 32-bit accumulate; x0.8..1.17 (review §3.3 4,500-6,500)",
+                lut=Range.factors(n, 0.8, 1.17), ff=Range.factors(n, 0.8, 1.17))
 
-    Per column and lane an 8-bit source select (codebook port A / B, dense word, zero: 1 LUT per bit):
-    cols * lanes * 8. Sparse builds add, per column, an m:1 mux of 8 bits per slot (the kept weight of
-    each group of m lanes) and mask -> slot-select logic (2 LUT per lane):
-    cols * (slots * 8 * ceil(m/4) + 2 * lanes). FF: the decoded word (cols * lanes * 8) and the
-    double-buffered weight + select registers (2 * cols * slots * (8 + ceil(log2 m))).
-    """
+
+def unit_acc_read(engine: EngineConfig) -> Unit:
+    """Accumulator reads: per PE the role mux (compute or drain address, 2:1 of acc_groups address bits)
+    and the ping-pong 2:1 of 32 bits; per column the drain's rows:1 32-bit mux.
+    LUT: PE 32-bit 2:1 at 0.5 (two per LUT6, O5/O6) / 0.75 / 1 LUT per bit + address bits + drain
+    cols * 32 * ceil(rows/4) (review §3.3: 1,300-3,300 at 8x8)."""
+    e = engine
+    pe = e.rows * e.cols
+    addr = pe * 2 * clog2(max(2, e.acc_groups))
+    drain = e.cols * ACC_BITS * mux_luts_per_bit(e.rows)
+    low = pe * ACC_BITS * 0.5 + addr + drain
+    cen = pe * ACC_BITS * 0.75 + addr + drain
+    high = pe * ACC_BITS + addr + drain
+    return Unit("acc.read_mux", "formula: per-PE role/ping-pong 2:1 + per-column drain rows:1 "
+                "(review §3.3 1,300-3,300)", lut=rng(low, cen, high), ff=Range.exact(pe * ACC_BITS))
+
+
+def act_addr_bits(engine: EngineConfig) -> int:
+    return max(1, clog2(engine.bank_words))
+
+
+def unit_crossbar(engine: EngineConfig) -> Unit:
+    """The activation read path as the templates write it (act_mem with the BRAM output register, latency 2):
+    per bank a num_bufs:1 buffer select of the word (registered), per array row an act_banks:1 word mux
+    (registered), the residual read (act_banks:1 of one word, registered), and per bank the read address
+    (adder + compare + role mux, addr bits each) and the write enable decode.
+
+    LUT = w*(banks*mux(num_bufs) + rows*mux(banks) + mux(banks)) + banks*3*addr_bits + num_bufs*banks,
+    w = 8*lanes; FF = w*(banks + rows + 1) + banks*addr_bits. Range x(0.9, 1, 1.2): low merges the buffer
+    select into the bank mux's first LUT level; high replicates the wide selects for fanout. (The review's
+    4,500-9,000 at 8x8 is for the flat 48:1 the code first wrote, not this factored one.)"""
+    e = engine
+    w, banks = 8 * e.lanes, e.act_banks
+    ab = act_addr_bits(e)
+    lut = (w * (banks * mux_luts_per_bit(e.num_bufs) + e.rows * mux_luts_per_bit(banks) + mux_luts_per_bit(banks))
+           + banks * 3 * ab + e.num_bufs * banks)
+    ff = w * (banks + e.rows + 1) + banks * ab
+    return Unit("crossbar", "formula: per-bank num_bufs:1 + per-row banks:1 + residual banks:1 + bank addressing; "
+                "x0.9..1.2", lut=Range.factors(lut, 0.9, 1.2), ff=Range.exact(ff))
+
+
+def unit_decoder(engine: EngineConfig) -> Unit:
+    """Weight decode into the columns' stationary weight registers (2 entries per cycle).
+
+    Formula (per copy): per column and lane an 8-bit source select (codebook / dense / zero: 1 LUT per bit),
+    sparse builds add per column slots*8*ceil(m/4) (kept weight of each group) + 2*lanes (mask -> slot
+    select). Range x(2.2, 3, 4.5) of it: the review counts 2,000-4,000 at 8x8 for the code as written
+    (variable byte select, st_w demux, assign_slots), against 896 for this formula.
+    FF: decoded word + double-buffered weight + select registers."""
     e = engine
     lut = e.cols * e.lanes * 8
     if not e.dense:
         lut += e.cols * (e.slots * 8 * mux_luts_per_bit(e.m) + 2 * e.lanes)
-    ff = e.cols * e.lanes * 8 + 2 * e.cols * e.slots * (8 + clog2(e.m))
-    return _unit(lut=lut, ff=ff)
+    ff = e.cols * e.lanes * 8 + 2 * e.cols * e.slots * (8 + clog2(e.m)) * max_passes(e)
+    return Unit("decoder", "formula x2.2..4.5 (review §3.3: 2,000-4,000 at 8x8 vs 896)",
+                lut=rng(2.2 * lut, 3 * lut, 4.5 * lut), ff=Range.factors(ff, 1.0, 1.3))
 
 
 def requant_lane_luts() -> int:
@@ -346,23 +467,24 @@ def requant_lanes(engine: EngineConfig) -> int:
     return engine.cols + 1 + (1 if engine.pq else 0)
 
 
-def requant(engine: EngineConfig) -> dict[str, float]:
-    """Requantization lanes: DSP = 6 per lane; LUT = 496 per lane; FF = 4 * 64 + 32 per lane."""
+def unit_requant(engine: EngineConfig) -> Unit:
+    """Requantization lanes: DSP = 6 per lane (exact); LUT = 496 / 600 / 700 per lane (the formula, then the
+    review's 5,000-7,000 for 10 lanes); FF = 4 * 64 + 32 per lane."""
     n = requant_lanes(engine)
-    return _unit(dsp=n * REQUANT_DSP, lut=n * requant_lane_luts(), ff=n * (REQUANT_PIPE_STAGES * 64 + 32))
+    return Unit("requant", "6 DSP per lane (2x2 + 2 tiles); LUT formula 496 .. review §3.3 5,000-7,000 / 10 lanes",
+                dsp=Range.exact(n * REQUANT_DSP), lut=rng(n * requant_lane_luts(), n * 600, n * 700),
+                ff=Range.exact(n * (REQUANT_PIPE_STAGES * 64 + 32)))
 
 
-def pool(engine: EngineConfig) -> dict[str, float]:
-    """Max and average pooling over one activation word per cycle.
-
-    Bank read mux (8L bits, act_banks:1) shared by both; max: lanes 8-bit compare + select (16 LUT);
-    average: lanes 32-bit window-sum accumulators (32 LUT) and a lanes:1 32-bit mux into its one
-    requantization lane (counted in ``requant``). FF: 8L (read) + lanes * (8 + 32).
-    """
+def unit_pool(engine: EngineConfig) -> Unit:
+    """Max and average pooling: bank read mux (8L bits, act_banks:1), max compare+select (16 per lane),
+    window-sum accumulators (32 per lane), a lanes:1 32-bit mux into its requantization lane.
+    Range x(1, 1.35, 1.7) (review §3.3: 700-1,200 vs 704)."""
     e = engine
     w = 8 * e.lanes
     lut = w * mux_luts_per_bit(e.act_banks) + e.lanes * 16 + e.lanes * 32 + 32 * mux_luts_per_bit(e.lanes)
-    return _unit(lut=lut, ff=w + e.lanes * (8 + 32))
+    return Unit("pool", "formula x1..1.7 (review §3.3 700-1,200)", lut=rng(lut, 1.35 * lut, 1.7 * lut),
+                ff=Range.exact(w + e.lanes * (8 + 32)))
 
 
 def pq_dist_bits(engine: EngineConfig) -> int:
@@ -371,82 +493,281 @@ def pq_dist_bits(engine: EngineConfig) -> int:
     return (engine.pq_v_max * 383 * 383).bit_length() + 1
 
 
-def pq_encoder(engine: EngineConfig) -> dict[str, float]:
-    """pq_k_max distance units: 10-bit subtract (10) + 10-bit squarer (55, fabric) + accumulator
-    (dist_bits) each; input path: act_banks:1 word mux (8L bits) and a lanes:1 byte select.
-    FF per unit: 10 + 20 + dist_bits; input 8L + 8. (A "prototype" read is one of pq_k_max memories.)"""
+def unit_pq(engine: EngineConfig) -> Unit:
+    """PQ unit (when pq): pq_k_max distance units (10-bit subtract + 10-bit squarer in fabric + accumulator),
+    the input word mux (act_banks:1) and byte select, the argmin tree ((K-1) compares + selects) and the
+    per-column lookup-accumulate (32-bit adds). Range x(1.1, 1.35, 1.65) of the formula (review §3.3:
+    3,000-4,500 vs ~2,700: LUT row fetch, subspace sequencing)."""
     e = engine
     if not e.pq:
-        return _unit()
-    dw = pq_dist_bits(e)
-    per = PQ_DIFF_BITS + squarer_luts(PQ_DIFF_BITS) + dw
-    lut = e.pq_k_max * per + 8 * e.lanes * mux_luts_per_bit(e.act_banks) + 8 * mux_luts_per_bit(e.lanes)
-    ff = e.pq_k_max * (PQ_DIFF_BITS + 2 * PQ_DIFF_BITS + dw) + 8 * e.lanes + 8
-    return _unit(lut=lut, ff=ff)
-
-
-def pq_argmin(engine: EngineConfig) -> dict[str, float]:
-    """Argmin tree over pq_k_max leaves: pq_k_max - 1 nodes, each a dist_bits compare plus a
-    (dist_bits + code bits) 2:1 select, registered: LUT = (K-1) * (2*dw + cb), FF = (K-1) * (dw + cb)."""
-    e = engine
-    if not e.pq:
-        return _unit()
+        return Unit("pq", "pq=False: no lookup unit")
     dw, cb = pq_dist_bits(e), max(1, clog2(e.pq_k_max))
-    n = e.pq_k_max - 1
-    return _unit(lut=n * (2 * dw + cb), ff=n * (dw + cb))
+    enc = e.pq_k_max * (PQ_DIFF_BITS + squarer_luts(PQ_DIFF_BITS) + dw) \
+        + 8 * e.lanes * mux_luts_per_bit(e.act_banks) + 8 * mux_luts_per_bit(e.lanes)
+    arg = (e.pq_k_max - 1) * (2 * dw + cb)
+    look = e.cols * ACC_BITS
+    lut = enc + arg + look
+    ff = e.pq_k_max * (3 * PQ_DIFF_BITS + dw) + 8 * e.lanes + 8 + (e.pq_k_max - 1) * (dw + cb) + e.cols * ACC_BITS
+    return Unit("pq", "formula (encoder + argmin + lookup) x1.1..1.65 (review §3.3 3,000-4,500)",
+                lut=rng(1.1 * lut, 1.35 * lut, 1.65 * lut), ff=Range.factors(ff, 1.0, 1.2))
 
 
-def pq_lookup(engine: EngineConfig) -> dict[str, float]:
-    """Lookup-accumulate: per column a 32-bit add of a 16-bit LUT entry into pq_acc: LUT = FF = cols * 32."""
-    if not engine.pq:
-        return _unit()
-    return _unit(lut=engine.cols * ACC_BITS, ff=engine.cols * ACC_BITS)
+# ---- control and glue --------------------------------------------------------------------
+CHECK_OP_COMPARES = 60          # check_op: descriptor fields against the engine limits (review §3.3)
+TILE_COUNTERS = 26              # counters of the tile loop (review §2.2)
+COUNTER_BITS = 16               # their width once narrowed (issue 17, deliverable 1)
+LOADERS = 8                     # DATAFLOW loader processes (burst reader + unpack each)
+CYCLE_COUNTERS = 3              # 64-bit: modelled CYCLES accumulate, REAL_CYCLES free-running + latch
+
+
+def unit_control(engine: EngineConfig) -> list[Unit]:
+    """Control, one Unit per stated formula (the review's §3.3 puts these together at 5,000-9,000 LUT for
+    the code as first written, with 32-bit counters):
+
+    control.check_op    CHECK_OP_COMPARES 32-bit compares: 12 / 24 / 28 LUT each (against a constant
+                        2 bits per LUT; two run-time operands 1 bit per LUT on the carry chain)
+    control.unpack_op   DESC_WORDS x 32 descriptor bits into op registers: 0.1 / 0.25 / 0.5 LUT per bit
+                        (word-select clock enables, field sign/zero extension)
+    control.counters    TILE_COUNTERS counters of COUNTER_BITS: adder + wrap compare + reload mux,
+                        2 / 3 / 4 LUT per bit; FF the counter and its precomputed wrap flag
+    control.loaders     LOADERS burst readers (32-bit address + length counters, FSM): 100 / 175 / 225
+    control.crc32       2 CRC32 networks over a 32-bit word: 150 / 225 / 300 LUT each
+    control.streams     stream in + out (byte counters, TLAST, word pack/unpack): 2 x 100 / 175 / 250
+    control.cycles      CYCLE_COUNTERS 64-bit adders: 64 LUT + 64 FF each (x1..1.5)
+    control.sequencer   op loop, top FSM, status/error words: 200 / 350 / 600
+    control.pipe        the tile loop's control pipeline (op fields, counters, flags along 20 / 25 / 30
+                        stages of 100 / 150 / 200 bits): FF, and SRL32 delay lines 300 / 600 / 1,000 LUT
+                        as memory (review §3.4)
+    """
+    w = 8 * engine.lanes
+    c, dbits = CHECK_OP_COMPARES, DESC_WORDS * 32
+    tc = TILE_COUNTERS * COUNTER_BITS
+    return [
+        Unit("control.check_op", f"{c} 32-bit compares x 12/24/28 LUT (review §3.3: ~60)",
+             lut=rng(c * 12, c * 24, c * 28), ff=Range.exact(c)),
+        Unit("control.unpack_op", f"{DESC_WORDS} descriptor words x 32 bits x 0.1/0.25/0.5 LUT; FF per used bit",
+             lut=rng(0.1 * dbits, 0.25 * dbits, 0.5 * dbits), ff=rng(0.5 * dbits, 0.75 * dbits, dbits)),
+        Unit("control.counters", f"{TILE_COUNTERS} counters x {COUNTER_BITS} bits x 2/3/4 LUT (review §2.2: ~26)",
+             lut=rng(2 * tc, 3 * tc, 4 * tc), ff=Range.exact(TILE_COUNTERS * (COUNTER_BITS + 1))),
+        Unit("control.loaders", f"{LOADERS} DATAFLOW loaders x 100/175/225 LUT, 150/250/400 FF",
+             lut=rng(LOADERS * 100, LOADERS * 175, LOADERS * 225),
+             ff=rng(LOADERS * 150, LOADERS * 250, LOADERS * 400)),
+        Unit("control.crc32", "2 CRC32 XOR networks (32-bit word) x 150/225/300 LUT",
+             lut=rng(300, 450, 600), ff=Range.exact(2 * 32)),
+        Unit("control.streams", "stream in + out x 100/175/250 LUT (counters, TLAST, word pack)",
+             lut=rng(200, 350, 500), ff=rng(2 * w, 2 * w + 128, 2 * w + 256)),
+        Unit("control.cycles", f"{CYCLE_COUNTERS} 64-bit cycle counters x 64 LUT (x1..1.5), 64 FF each",
+             lut=rng(CYCLE_COUNTERS * 64, CYCLE_COUNTERS * 64, CYCLE_COUNTERS * 96),
+             ff=Range.exact(CYCLE_COUNTERS * 64 + 64)),
+        Unit("control.sequencer", "op loop, top FSM, status words: 200/350/600 LUT", lut=rng(200, 350, 600),
+             ff=rng(200, 400, 800)),
+        Unit("control.pipe", "tile-loop control pipeline 20/25/30 stages x 100/150/200 bits (review §3.4); "
+             "SRL32 delay lines 300/600/1,000 LUT as memory",
+             lut=rng(300, 600, 1000), lutram=rng(300, 600, 1000), ff=rng(20 * 100, 25 * 150, 30 * 200)),
+    ]
+
+
+def unit_glue(engine: EngineConfig) -> Unit:
+    """Port muxes of the memories shared by non-inlined functions (review §3.3: 2,000-4,000 at 8x8).
+
+    act_mem: every bank's address is muxed between its K = 4 users (stream in, conv, pool, PQ; 3 without
+    PQ): banks_total * addr_bits * ceil(K/4); the write data (8*lanes bits) is muxed once per buffer (low),
+    per buffer and writer pair (central: 2 per buffer), or per bank (high: each partition its own port);
+    the other parameter memories (vidx, vmask, cb, dmem, ch) add a 2:1 address mux (loader / decoder) each."""
+    e = engine
+    k = 4 if e.pq else 3
+    banks = e.num_bufs * e.act_banks
+    w = 8 * e.lanes
+    addr = banks * act_addr_bits(e) * mux_luts_per_bit(k)
+    params = sum(clog2(max(2, d)) for d in (e.vmem_entries, e.vmem_entries, e.cb_rows, e.dmem_words, e.ch_rows))
+    params += e.cols * clog2(max(2, e.ch_rows))
+    data = w * mux_luts_per_bit(k)
+    return Unit("glue.port_mux", "act_mem address per bank + write data per buffer/bank, K users; param memories "
+                "2:1 address (review §3.3 2,000-4,000)",
+                lut=rng(addr + params + e.num_bufs * data, addr + params + (banks * data + e.num_bufs * data) / 2,
+                        addr + params + banks * data + banks),
+                ff=Range.exact(banks))
+
+
+def unit_axi(engine: EngineConfig) -> list[Unit]:
+    """The engine's AXI adapters (Vitis HLS generates them; typical csynth reports of 32-bit interfaces,
+    review §3.3 1,800-2,500 LUT together): m_axi (read channel, 2 RAMB18 of burst buffer = 1 BRAM36, or 0
+    when Vivado maps it to LUTRAM), s_axilite (the register map), 2 AXI-Stream ports."""
+    return [
+        Unit("axi.m_axi", "Vitis m_axi adapter: 700/950/1,200 LUT, 500/700/1,000 FF, 0-1 BRAM36",
+             bram36=rng(0, 1, 1), lut=rng(700, 950, 1200), ff=rng(500, 700, 1000)),
+        Unit("axi.s_axilite", "Vitis s_axilite adapter (register map): 450/650/900 LUT, 300/400/600 FF",
+             lut=rng(450, 650, 900), ff=rng(300, 400, 600)),
+        Unit("axi.axis", "2 AXI-Stream ports (8-bit): 2 x 60/100/150 LUT", lut=rng(120, 200, 300),
+             ff=rng(120, 200, 300)),
+    ]
+
+
+def unit_block_design(engine: EngineConfig) -> list[Unit]:
+    """The Vivado block design around the engine IP (flow/hls/vendor.py builds it). Ranges from the review
+    (engine-hls-review-2.md §3.3, §3.4: +4,000-7,000 LUT, 6-9k FF); calibrate against the product guides'
+    resource tables (AMD publishes them on the 'Performance and Resource Utilization' pages PG021 / PG247 /
+    PG059 link to; their figures were not retrieved here) or a report_utilization -hierarchical."""
+    return [
+        Unit("bd.axi_dma", "AXI DMA, simple (direct register) mode, 8-bit streams, 26-bit length: review §3.3 "
+             "1.7-2.5k LUT; calibrate: PG021 resource utilization", bram36=rng(0, 1, 2),
+             lut=rng(1700, 2100, 2500), ff=rng(2400, 3000, 3800), lutram=rng(100, 200, 300)),
+        Unit("bd.smartconnect", "SmartConnect 3x1 with a 32->64 upsizer (engine m_axi + DMA MM2S/S2MM -> HP0): "
+             "review §3.3 2-3.5k LUT; calibrate: PG247", lut=rng(2000, 2700, 3500), ff=rng(2800, 3600, 4600),
+             lutram=rng(100, 300, 500)),
+        Unit("bd.interconnect", "AXI Interconnect 1x2 with AXI3->AXI4-Lite conversion (GP0 -> engine control, DMA "
+             "lite): review §3.3 0.5-1k LUT; calibrate: PG059 protocol converter / crossbar tables",
+             lut=rng(500, 750, 1000), ff=rng(700, 1000, 1400)),
+        Unit("bd.ps7_reset", "Processor System Reset (proc_sys_reset): ~20-40 LUT, ~40-60 FF",
+             lut=rng(20, 30, 40), ff=rng(40, 50, 60)),
+    ]
+
+
+# ---- run-time multiplies -----------------------------------------------------------------
+# multiplies the resource model counts in their own units: the PE products and the requantization
+# resid_mul: Mr x residual (in unit_requant); pq_square: the PQ encoder's squarers (fabric, in unit_pq)
+DECLARED_MULTIPLIES = ("pe_mul_dsp", "pe_mul_lut", "requantize", "resid_mul", "pq_square")
+MULT_DSP = Range(1.0, 3.0, 4.0)       # DSP48E1 per 32x32 run-time multiply: narrow / Vitis default / 2x2 tiles
+MULT_ALLOWANCE = 2                    # multiplies assumed when no firmware has been counted yet
+
+
+def function_base(name: str) -> str:
+    """'vqhls::check_op(const op_t&, unsigned)' -> 'check_op' (namespaces and arguments dropped)."""
+    return name.split("(")[0].split("<")[0].split("::")[-1].strip()
+
+
+def undeclared_multiplies(counts: dict[str, int]) -> dict[str, int]:
+    """The counts of functions other than the declared product / requantization units, non-zero only."""
+    return {f: int(n) for f, n in counts.items() if n and function_base(f) not in DECLARED_MULTIPLIES}
+
+
+def unit_runtime_mults(counts: dict[str, int] | None) -> Unit:
+    """Run-time multiplies (two run-time operands) outside the declared units: MULT_DSP each
+    (1 / 3 / 4 DSP48E1). ``counts``: flow.hls.lint.multiplier_counts of the emitted firmware
+    (function -> count); None: MULT_ALLOWANCE multiplies (no firmware counted yet)."""
+    if counts is None:
+        return Unit("mult.runtime", f"allowance: {MULT_ALLOWANCE} run-time multiplies x 1/3/4 DSP "
+                    "(no firmware counted; the hls stage passes flow.hls.lint.multiplier_counts)",
+                    dsp=MULT_DSP * MULT_ALLOWANCE)
+    extra = undeclared_multiplies(counts)
+    n = sum(extra.values())
+    what = ", ".join(f"{function_base(f)} {c}" for f, c in sorted(extra.items())) or "none"
+    return Unit("mult.runtime", f"counted in the firmware (flow.hls.lint.multiplier_counts): {n} x 1/3/4 DSP "
+                f"({what})", dsp=MULT_DSP * n)
 
 
 def dsp_units(engine: EngineConfig, board: Board) -> dict[str, int]:
-    """DSPs per unit: array (see array_dsp) and the requantization lanes (6 each)."""
+    """DSPs per exactly-counted unit: the array (see array_dsp) and the requantization lanes (6 each)."""
     return {"array.mult_dsp": array_dsp(engine, board), "requant": requant_lanes(engine) * REQUANT_DSP}
 
 
 # ---- estimate -------------------------------------------------------------------
-@dataclass
-class Usage:
-    """Modelled usage of one engine build. per_unit[name] = {bram36, dsp, lut, ff, lutram}."""
+@dataclass(frozen=True)
+class Totals:
+    """One end of the range, summed over the units."""
 
     bram36: float
     dsp: int
     lut: int
     ff: int
-    per_unit: dict[str, dict[str, float]] = field(default_factory=dict)
-    lutram: int = 0      # LUTs used as distributed RAM (part of lut; limited to SLICEM LUTs)
+    lutram: int
+
+
+def _total(units: dict[str, Unit], end: str) -> Totals:
+    s = {r: sum(getattr(u.get(r), end) for u in units.values()) for r in RESOURCES}
+    up = math.ceil if end == "high" else round
+    return Totals(bram36=float(s["bram36"]), dsp=int(up(s["dsp"] - 1e-9)), lut=int(up(s["lut"] - 1e-9)),
+                  ff=int(up(s["ff"] - 1e-9)), lutram=int(up(s["lutram"] - 1e-9)))
+
+
+@dataclass
+class Usage:
+    """Modelled usage of one engine build: the units and the low / central / high totals.
+
+    ``bram36``, ``dsp``, ``lut``, ``ff``, ``lutram`` are the HIGH end: what ``check_fit`` holds
+    against the budgets. ``counts``: the firmware's run-time multiply counts the estimate used (None:
+    the allowance)."""
+
+    units: dict[str, Unit]
+    low: Totals
+    central: Totals
+    high: Totals
+    counts: dict[str, int] | None = None
+
+    @property
+    def bram36(self) -> float:
+        return self.high.bram36
+
+    @property
+    def dsp(self) -> int:
+        return self.high.dsp
+
+    @property
+    def lut(self) -> int:
+        return self.high.lut
+
+    @property
+    def ff(self) -> int:
+        return self.high.ff
+
+    @property
+    def lutram(self) -> int:
+        return self.high.lutram
+
+    def range(self, res: str) -> tuple[float, float, float]:
+        """(low, central, high) of one resource ("bram36", "dsp", "lut", "ff", "lutram")."""
+        return (getattr(self.low, res), getattr(self.central, res), getattr(self.high, res))
+
+    @property
+    def per_unit(self) -> dict[str, dict]:
+        """JSON-ready: unit -> {resource: {low, central, high}, source} (resources a unit uses)."""
+        out = {}
+        for name, u in self.units.items():
+            d: dict = {r: dict(zip(("low", "central", "high"), u.get(r).as_tuple())) for r in RESOURCES
+                       if u.get(r) != ZERO}
+            d["source"] = u.source
+            out[name] = d
+        return out
 
 
 def _board(board: Board | str) -> Board:
     return get_board(board) if isinstance(board, str) else board
 
 
-def estimate(engine: EngineConfig, board: Board | str = "pynq-z2") -> Usage:
-    """Modelled BRAM36 / DSP / LUT / FF of ``engine`` on ``board``, with the per-unit breakdown."""
+def engine_units(engine: EngineConfig, board: Board | str = "pynq-z2",
+                 counts: dict[str, int] | None = None) -> list[Unit]:
+    """Every unit of the build, memories first."""
     b = _board(board)
-    units: dict[str, dict[str, float]] = {}
+    units: list[Unit] = []
     for mem in memories(engine):
-        units[f"mem.{mem.name}"] = _unit(bram36=mem.bram36, lut=mem.luts, lutram=mem.luts)
-    units["array.mult_dsp"] = _unit(dsp=array_dsp(engine, b))
-    units["array.mult_fabric"] = array_fabric_mult(engine)
-    units["array.mux"] = array_mux(engine)
-    units["array.adders"] = array_adders(engine)
-    units["crossbar"] = crossbar(engine)
-    units["decoder"] = decoder(engine)
-    units["requant"] = requant(engine)
-    units["pool"] = pool(engine)
-    units["pq.encoder"] = pq_encoder(engine)
-    units["pq.argmin"] = pq_argmin(engine)
-    units["pq.lookup"] = pq_lookup(engine)
-    for name, c in INFRA.items():
-        units[name] = _unit(bram36=cdiv(c["bram18"], 2), lut=c["lut"], ff=c["ff"])
-    tot = {k: sum(u[k] for u in units.values()) for k in ("bram36", "dsp", "lut", "ff", "lutram")}
-    return Usage(bram36=tot["bram36"], dsp=int(round(tot["dsp"])), lut=int(round(tot["lut"])),
-                 ff=int(round(tot["ff"])), per_unit=units, lutram=int(round(tot["lutram"])))
+        if mem.impl == "bram":
+            units.append(Unit(f"mem.{mem.name}", f"{mem.count} x {mem.depth}x{mem.width} {mem.ports}: "
+                              f"{mem.bram36_each} BRAM36 each (RAMB18 tiling, exact)",
+                              bram36=Range.exact(mem.bram36)))
+        else:
+            lo, ce, hi = lutram_range(mem.depth, mem.width, mem.ports)
+            r = Range(lo, ce, hi) * mem.count
+            units.append(Unit(f"mem.{mem.name}", f"{mem.count} x {mem.depth}x{mem.width} {mem.ports} LUTRAM: "
+                              "RAM32M/RAM64M packing .. 1 LUT per bit per 64 deep", lut=r, lutram=r))
+    units.append(Unit("mem.loader_fifos", "loader FIFOs at least one burst deep: 0-4 BRAM36 (review §3.1)",
+                      bram36=rng(0, 2, 4)))
+    units += [unit_array_dsp(engine, b), unit_array_fabric(engine), unit_array_mux(engine),
+              unit_array_adders(engine), unit_acc_read(engine), unit_crossbar(engine), unit_decoder(engine),
+              unit_requant(engine), unit_pool(engine), unit_pq(engine), unit_runtime_mults(counts)]
+    units += unit_control(engine)
+    units.append(unit_glue(engine))
+    units += unit_axi(engine)
+    units += unit_block_design(engine)
+    return units
+
+
+def estimate(engine: EngineConfig, board: Board | str = "pynq-z2", counts: dict[str, int] | None = None) -> Usage:
+    """Modelled BRAM36 / DSP / LUT / FF of ``engine`` on ``board`` as a low / central / high range,
+    with the per-unit breakdown. ``counts``: run-time multiplies per firmware function
+    (flow.hls.lint.multiplier_counts); None charges the MULT_ALLOWANCE."""
+    units = {u.name: u for u in engine_units(engine, board, counts)}
+    return Usage(units=units, low=_total(units, "low"), central=_total(units, "central"),
+                 high=_total(units, "high"), counts=None if counts is None else dict(counts))
 
 
 # ---- budgets ----------------------------------------------------------------------
@@ -475,57 +796,79 @@ def _fmt(x: float) -> str:
 
 _FIXES = {
     "BRAM36": "shrink vmem_entries / cb_rows / dmem_words / max_ops, or build without the lookup unit (pq=False)",
-    "DSP": "lower dsp_rows (products move to LUTs) or rows",
+    "DSP": "lower dsp_rows (products move to LUTs) or rows, or remove run-time multiplies from the firmware",
     "LUT": "lower rows, or raise dsp_rows while DSPs remain",
     "FF": "lower rows",
     "LUTRAM": "lower acc_groups or rows (accumulators are LUTRAM)",
 }
 
 
+LEVELS = ("low", "central", "high")
+
+
 def over_budget(usage: Usage, board: Board | str, *, bram_frac: float = BRAM_FRAC, dsp_frac: float = DSP_FRAC,
-                lut_frac: float = LUT_FRAC) -> list[str]:
-    """One line per resource of ``usage`` above its budget: "BRAM36 130 / 112 (80% of 140): <fix>"."""
+                lut_frac: float = LUT_FRAC, level: str = "high") -> list[str]:
+    """One line per resource whose HIGH end (or ``level``: "central", "low") is above its budget:
+    "LUT high 41000 (low 30000, central 35000) / 37240 (70% of 53200): <fix>"."""
     over = []
+    at = LEVELS.index(level)
     for label, attr, avail, frac, budget in budgets(board, bram_frac=bram_frac, dsp_frac=dsp_frac, lut_frac=lut_frac):
-        used = getattr(usage, attr)
-        if used > budget + 1e-9:
-            over.append(f"{label} {_fmt(used)} / {int(budget)} ({frac:.0%} of {avail}): {_FIXES[label]}")
+        lo, ce, hi = usage.range(attr)
+        if (lo, ce, hi)[at] > budget + 1e-9:
+            over.append(f"{label} high {_fmt(hi)} (low {_fmt(lo)}, central {_fmt(ce)}) / {int(budget)} "
+                        f"({frac:.0%} of {avail}): {_FIXES[label]}")
     return over
 
 
-def check_fit(engine: EngineConfig, board: Board | str = "pynq-z2", *, bram_frac: float = BRAM_FRAC,
-              dsp_frac: float = DSP_FRAC, lut_frac: float = LUT_FRAC) -> Usage:
-    """The usage of ``engine`` if it fits ``board``'s budget; else ResourceError naming every
-    over-used resource as "BRAM36 130 / 112 (80% of 140)" and the fix."""
+def check_fit(engine: EngineConfig, board: Board | str = "pynq-z2", *, counts: dict[str, int] | None = None,
+              bram_frac: float = BRAM_FRAC, dsp_frac: float = DSP_FRAC, lut_frac: float = LUT_FRAC,
+              level: str = "high") -> Usage:
+    """The usage of ``engine`` if the HIGH end (or ``level``) of its modelled range fits ``board``'s budget;
+    else ResourceError naming every over-used resource with its range and the fix. ``counts``: the
+    firmware's run-time multiplies (see ``estimate``)."""
     b = _board(board)
-    usage = estimate(engine, b)
-    over = over_budget(usage, b, bram_frac=bram_frac, dsp_frac=dsp_frac, lut_frac=lut_frac)
+    usage = estimate(engine, b, counts)
+    over = over_budget(usage, b, bram_frac=bram_frac, dsp_frac=dsp_frac, lut_frac=lut_frac, level=level)
     if over:
         raise ResourceError(
-            f"engine {engine.hash()} does not fit {b.name} ({b.part}) under the modelled budget:\n"
+            f"engine {engine.hash()} does not fit {b.name} ({b.part}) at the {level} end of the modelled range:\n"
             + "\n".join("  " + line for line in over)
             + f"\n  fix: use EngineConfig.for_board({b.name!r}) (flow.boards.sizing), or change the fields above")
     return usage
 
 
 def table(usage: Usage, board: Board | str) -> str:
-    """The usage against the part and the default budgets: resource, used, available, percent, budget."""
+    """The modelled range against the part and the budgets: resource, low, central, high, available,
+    high percent, budget (OVER when the high end exceeds it)."""
     b = _board(board)
-    lines = [f"{b.name} ({b.part}), modelled usage:",
-             f"{'resource':<8} {'used':>9} {'available':>10} {'percent':>8} {'budget':>14}"]
+    lines = [f"{b.name} ({b.part}), modelled usage (low / central / high; the high end is checked):",
+             f"{'resource':<8} {'low':>8} {'central':>8} {'high':>8} {'available':>10} {'high %':>7} {'budget':>14}"]
     for label, attr, avail, frac, budget in budgets(b):
-        used = getattr(usage, attr)
-        flag = "" if used <= budget + 1e-9 else "  OVER"
-        lines.append(f"{label:<8} {_fmt(used):>9} {avail:>10} {100 * used / avail:>7.1f}% "
+        lo, ce, hi = usage.range(attr)
+        flag = "" if hi <= budget + 1e-9 else "  OVER"
+        lines.append(f"{label:<8} {_fmt(lo):>8} {_fmt(ce):>8} {_fmt(hi):>8} {avail:>10} {100 * hi / avail:>6.1f}% "
                      f"{int(budget):>7} ({frac:.0%}){flag}")
     return "\n".join(lines)
 
 
 def breakdown(usage: Usage) -> str:
-    """Per-unit table (modelled): unit, BRAM36, DSP, LUT, FF, LUTRAM; units using nothing are left out."""
-    keys = ("bram36", "dsp", "lut", "ff", "lutram")
-    lines = [f"{'unit':<18}" + "".join(f"{k:>9}" for k in keys)]
-    for name, u in usage.per_unit.items():
-        if any(u[k] for k in keys):
-            lines.append(f"{name:<18}" + "".join(f"{_fmt(round(u[k], 1)):>9}" for k in keys))
+    """Per-unit table (modelled): unit, then low/central/high of LUT and FF, central DSP and BRAM36, source."""
+    lines = [f"{'unit':<20}{'BRAM36':>8}{'DSP':>12}{'LUT low':>10}{'central':>9}{'high':>9}{'FF central':>11}  source"]
+    for name, u in usage.units.items():
+        if all(u.get(r) == ZERO for r in RESOURCES):
+            continue
+        d = u.dsp
+        dsp = _fmt(d.central) if d.low == d.high else f"{_fmt(d.low)}-{_fmt(d.high)}"
+        lines.append(f"{name:<20}{_fmt(round(u.bram36.central, 1)):>8}{dsp:>12}"
+                     + "".join(f"{_fmt(round(x)):>{w}}" for x, w in zip(u.lut.as_tuple(), (10, 9, 9)))
+                     + f"{_fmt(round(u.ff.central)):>11}  {u.source}")
     return "\n".join(lines)
+
+
+def usage_json(usage: Usage, board: Board | str) -> dict:
+    """JSON of a Usage for resources.json: the high end (checked), the range per resource, the
+    firmware's multiply counts (None: the allowance), and every unit with its source."""
+    b = _board(board)
+    return {"board": b.name, "modelled": {r: getattr(usage.high, r) for r in RESOURCES},
+            "range": {r: dict(zip(("low", "central", "high"), usage.range(r))) for r in RESOURCES},
+            "multiplier_counts": usage.counts, "per_unit": usage.per_unit}

@@ -9,16 +9,20 @@ rows, PQ unit; ``n``/``m`` replaced when given) and searches, deterministically,
   (LADDERS) capped at the reference values (the parameter memories; a Program
   whose parameters do not all fit streams the rest per image, flow.compile.layout),
 
-for the candidate that passes ``check_fit`` with, in order of preference:
-the most multipliers, the most resident parameter bytes, the larger op table,
-the most DSP rows (DSP products cost no LUTs and close timing more easily).
+for the candidate whose HIGH end of the modelled range (flow.boards.resources:
+every unit's pessimistic figure, summed) passes ``check_fit``, with, in order of
+preference: the most multipliers, the most resident parameter bytes, the larger
+op table, the most DSP rows (DSP products cost no LUTs and close timing more
+easily). It does not pick the largest config under the budget line at the
+model's central figure: a build chosen this way still fits when the model is
+wrong by up to the width of its range.
 
 Everything else (lanes, n:m, k_max, d_max, act_buf_bytes, num_bufs,
 acc_groups, ch_rows, max_channels, pq_*) is the reference's: those limits
 decide which models compile at all, so the search never trades them away.
 
 PYNQ-Z2 with the default n:m is pinned: ``EngineConfig()`` *is* that build and
-is returned as is when it fits the budget. When the resource model says it does
+is returned as is when its high end fits the budget. When the resource model says it does
 not, a warning names the over-used resources and the searched config is
 returned instead (adopt it as the new defaults).
 """
@@ -31,7 +35,7 @@ from flow.boards import Board, get_board
 from flow.boards.resources import BRAM_FRAC, ResourceError, check_fit, estimate, idx_bits, over_budget  # noqa: F401
 from flow.compile.engine import EngineConfig
 
-ROWS = (64, 32, 16, 8, 4, 2, 1)
+ROWS = (64, 32, 16, 12, 8, 6, 5, 4, 3, 2, 1)   # not only powers of two: act_banks rounds up
 
 # descending ladders of the parameter-memory sizes (BRAM-aligned steps)
 LADDERS = {
@@ -59,8 +63,9 @@ def resident_bytes(e: EngineConfig) -> int:
     return e.vmem_entries * (idx_bits(e) + e.d_max) // 8 + e.cb_rows * e.d_max + e.dmem_words * e.lanes
 
 
-def _fits(e: EngineConfig, board: Board) -> bool:
-    return not over_budget(estimate(e, board), board)
+def _fits(e: EngineConfig, board: Board, level: str = "high") -> bool:
+    """The HIGH end (or ``level``) of e's modelled range is within every budget."""
+    return not over_budget(estimate(e, board), board, level=level)
 
 
 def memory_options(ref: EngineConfig) -> list[dict[str, int]]:
@@ -74,34 +79,36 @@ def memory_options(ref: EngineConfig) -> list[dict[str, int]]:
     return combos
 
 
-def search(board: Board | str, ref: EngineConfig) -> EngineConfig:
-    """The preferred fitting config around ``ref`` (module docstring); ResourceError when none fits.
+def search(board: Board | str, ref: EngineConfig, level: str = "high") -> EngineConfig:
+    """The preferred config around ``ref`` whose HIGH end fits (module docstring); ResourceError when none does.
 
     Order: rows (most multipliers first) > memory option (most resident bytes first) > dsp_rows
-    (most first). BRAM does not depend on dsp_rows, and DSP / LUT / FF depend on the memory option
-    only through its LUTRAM: a memory option is skipped when its BRAM is over budget, or when an
-    option with the same LUTRAM already failed for every dsp_rows of this geometry.
+    (most first), every candidate judged by the HIGH end of its modelled range. BRAM does not depend
+    on dsp_rows, and DSP / FF do not depend on the memory option; LUT grows with its LUTRAM and its
+    address widths: a memory option is skipped when its BRAM is over budget, or when an option with
+    the same LUTRAM and no more LUTs already failed for every dsp_rows of this geometry.
     """
     b = get_board(board) if isinstance(board, str) else board
     mems = memory_options(ref)
     bram_budget = BRAM_FRAC * b.bram36
     for rows in ROWS:
-        failed_lutram: set[int] = set()
+        failed: dict[int, int] = {}     # high LUTRAM -> fewest high LUTs that failed at every dsp_rows
         for mem in mems:
             try:
                 base = dataclasses.replace(ref, rows=rows, dsp_rows=rows, **mem)
             except ValueError:
                 break          # the geometry itself is invalid for this reference
             u = estimate(base, b)
-            if u.bram36 > bram_budget + 1e-9 or u.lutram in failed_lutram:
+            t = getattr(u, level)
+            if t.bram36 > bram_budget + 1e-9 or failed.get(t.lutram, t.lut + 1) <= t.lut:
                 continue
             for dsp_rows in range(rows, -1, -1):
                 cand = dataclasses.replace(base, dsp_rows=dsp_rows)
-                if _fits(cand, b):
+                if _fits(cand, b, level):
                     return cand
-            failed_lutram.add(u.lutram)
-    raise ResourceError(f"no EngineConfig around the {b.name} reference fits {b.name} "
-                        f"(lanes={ref.lanes}, n={ref.n}, m={ref.m}, pq={ref.pq})")
+            failed[t.lutram] = min(t.lut, failed.get(t.lutram, t.lut))
+    raise ResourceError(f"no EngineConfig around the {b.name} reference fits {b.name} at the {level} end of the "
+                        f"modelled range (lanes={ref.lanes}, n={ref.n}, m={ref.m}, pq={ref.pq})")
 
 
 def config_for_board(board: str, *, n: int | None = None, m: int | None = None) -> EngineConfig:
@@ -141,8 +148,9 @@ def model_needs(graph, lanes: int, act_banks: int) -> dict[str, int]:
     Keys: act_buf_bytes (banked layout of the largest tensor, flow.compile.layout), max_channels,
     max_kernel (a Linear after a flatten runs as an HxW kernel), max_stride, max_ops, num_bufs, k_max,
     d_max, pq_v_max, pq_k_max, pq_subspaces_max, pq (1 when a PQ layer is present)."""
-    from flow.compile.lower import LoweringError, allocate_buffers
+    from flow.compile.lower import LoweringError, allocate_buffers, residual_copies
 
+    graph = residual_copies(graph)   # y = x + conv(x) runs with a copy of x: one op and one live buffer more
     words = 0
     for t in graph.tensors.values():
         H, W, C = t.shape
@@ -244,6 +252,20 @@ def size_engine(model_or_graph, board: str = "pynq-z2", *, calib_x=None, n: int 
         try:
             cfg = search(b, ref)
         except ResourceError:
+            cfg = None
+        if cfg is None:
+            # nothing holds the model at the HIGH end of the resource model: the largest build that fits at its
+            # CENTRAL estimate, said loudly (the build records it) -- the model can be wrong without the build
+            # failing, and a central-estimate build is what Vivado would be tried on
+            try:
+                cfg = search(b, ref, level="central")
+                warnings.warn(f"no {b.name} engine that holds this model fits at the HIGH end of the resource "
+                              f"model; using one that fits at the CENTRAL estimate ({cfg.rows} array rows, "
+                              f"pq={cfg.pq}, hash {cfg.hash()}): check its utilization report after Vivado",
+                              stacklevel=2)
+            except ResourceError:
+                cfg = None
+        if cfg is None:
             small = dataclasses.replace(ref, rows=1, dsp_rows=1, cols=ref.lanes,
                                         **{k: min(vals) for k, vals in LADDERS.items() if k != "max_ops"})
             over = over_budget(estimate(small, b), b)

@@ -222,6 +222,12 @@ def preflight(opts: BuildOptions) -> None:
                 check_fit(engine, board)
             except ValueError as e:
                 problems.append(_one_line(e))
+        if engine is not None and not engine.pq and _uses_pq(opts):
+            # the standard build has no lookup unit; the lower stage sizes one with it for a model with PQ
+            # layers (flow.boards.sizing.size_engine), so the layers are checked against its limits
+            import dataclasses
+
+            engine = dataclasses.replace(engine, pq=True)
 
     data_name, model = probe_model(opts, problems)
     x = None

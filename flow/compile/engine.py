@@ -38,7 +38,7 @@ def _pow2_at_least(x: int) -> int:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    rows: int = 8             # R: output pixels in flight (consecutive columns of one output row)
+    rows: int = 2             # R: output pixels in flight (PYNQ-Z2: the most that fit at the HIGH end of flow.boards.resources)
     cols: int = 8             # C: output channels in flight (one requantization lane each)
     lanes: int = 8            # L: input channels per cycle (bytes of one activation word)
     n: int = 2                # a PE keeps n of every m weights (n == m: dense build, no muxes)
@@ -53,7 +53,7 @@ class EngineConfig:
     cb_rows: int = 5120       # on-chip codebook rows (d_max bytes each), all layers together
     dmem_words: int = 2048    # on-chip dense weight words (lanes bytes each)
     ch_rows: int = 256        # on-chip channel-parameter rows (cols channels each)
-    dsp_rows: int = 4         # array rows whose multipliers bind to DSP48E1 (the others to LUTs)
+    dsp_rows: int = 2         # array rows whose multipliers bind to DSP48E1 (the others to LUTs)
     max_channels: int = 512   # largest C or OC of a layer
     max_kernel: int = 7       # largest KH / KW
     max_ops: int = 32         # longest Program (ResNet20 is 23 ops)
@@ -62,7 +62,7 @@ class EngineConfig:
     weight_bits: int = 8
     acc_bits: int = 32
     # lookup engine (PQ ops). pq=False builds no lookup unit; PQ ops are then rejected.
-    pq: bool = True
+    pq: bool = False          # PYNQ-Z2: a lookup unit does not fit at the high end of the resource model
     pq_v_max: int = 9         # longest subvector (the encoder takes one element per cycle)
     pq_k_max: int = 16        # most prototypes per subspace (K distance units in parallel)
     pq_subspaces_max: int = 64   # most subspaces (KH*KW*C / v) of a layer: on-chip prototype rows

@@ -13,6 +13,17 @@ window is the whole map; the pool unit walks windows, it holds no kernel).
 Lowest free id first, so plain chains ping-pong between buffers 0 and 1
 and a ResNet basic block needs exactly 3.
 
+A residual that is the op's own input (``y = x + conv(x)``): the engine reads the
+residual through the port of the residual buffer's bank while the array reads the
+input buffer's banks, so the two must be different buffers (validate.py refuses
+res_buf == in_buf). ``residual_copies`` inserts, right before such an op, a copy of
+its input into a fresh tensor, as a 1x1 stride-1 max pool (an exact byte copy on
+every executor: the golden model, the validator and the engine's pool unit), and
+the op reads its residual from the copy. The op then needs three live buffers
+(input, copy, output) plus whatever else is live; when the engine has fewer,
+``allocate_buffers`` refuses it here, naming the copy. The Program has one op more
+per such residual (the cycle model counts it like any max pool).
+
 Field conventions for ops (beyond program.py's docstring):
   dense conv ops have n = m = d = k = 0; codebook ops carry the layer's n, m, d, k;
   maxpool ops have out_unsigned = in_unsigned and lo/hi of that format;
@@ -27,15 +38,18 @@ Field conventions for ops (beyond program.py's docstring):
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from flow.compile.engine import EngineConfig
 from flow.compile.layout import PlacementError, place
 from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ, Op, Program
-from flow.quant.graph import QGraph, QNode
+from flow.quant.graph import QGraph, QNode, QTensor
 from flow.quant.ops import acc_bound, keep_to_mask_bits, pq_acc_bound
 
 INT64_MAX = (1 << 63) - 1
+COPY_SRC = "residual copy"   # QNode.src of the copy ops residual_copies inserts
 
 
 class LoweringError(ValueError):
@@ -179,8 +193,50 @@ def _node_to_op(nd: QNode, graph: QGraph, bufs: dict[str, int]) -> tuple[Op, np.
     return op, w
 
 
+def _fresh(name: str, taken) -> str:
+    """``name``, or ``name`` with the lowest numeric suffix not in ``taken``."""
+    out, i = name, 1
+    while out in taken:
+        out, i = f"{name}{i}", i + 1
+    return out
+
+
+def self_residual(nd: QNode) -> bool:
+    """True when the node adds its own input as its residual (``y = x + conv(x)``)."""
+    return nd.res is not None and nd.res == nd.inp
+
+
+def residual_copies(graph: QGraph) -> QGraph:
+    """``graph`` with a copy op before every node whose residual is its own input, that node reading
+    its residual from the copy (the module docstring says why). The copy is a 1x1, stride-1, pad-0
+    'maxpool' node (max over one element: the byte itself) into a new tensor of the same shape, scale
+    and signedness, named ``<node>.res_copy``. Returns ``graph`` itself when it has no such node; the
+    caller's graph is never modified. The result computes the same outputs (flow.quant.golden.run)."""
+    if not any(self_residual(nd) for nd in graph.nodes):
+        return graph
+    tensors = dict(graph.tensors)
+    names = {nd.name for nd in graph.nodes}
+    nodes: list[QNode] = []
+    for nd in graph.nodes:
+        if self_residual(nd):
+            t = graph.tensors[nd.inp]
+            copy = _fresh(f"{nd.name}.res_copy", names.union(tensors))
+            names.add(copy)
+            tensors[copy] = QTensor(copy, tuple(t.shape), t.scale, t.unsigned)
+            lo, hi = (0, 255) if t.unsigned else (-128, 127)
+            nodes.append(QNode(name=copy, kind="maxpool", inp=nd.inp, out=copy, in_view=tuple(t.shape),
+                               KH=1, KW=1, stride=1, pad=0, lo=lo, hi=hi, src=COPY_SRC))
+            nd = dataclasses.replace(nd, res=copy)
+        nodes.append(nd)
+    return QGraph(tensors=tensors, nodes=nodes, input=graph.input, output=graph.output, meta=dict(graph.meta))
+
+
 def allocate_buffers(graph: QGraph, num_bufs: int) -> dict[str, int]:
-    """Tensor name -> activation buffer id (0..num_bufs-1); raises LoweringError if more are needed."""
+    """Tensor name -> activation buffer id (0..num_bufs-1); raises LoweringError if more are needed.
+
+    A node whose residual is its own input is first given a copy (``residual_copies``): the result
+    names the copies' tensors too, and counts the buffers the engine really needs."""
+    graph = residual_copies(graph)
     last_use: dict[str, int] = {graph.input: -1}
     for i, nd in enumerate(graph.nodes):
         for t in (nd.inp, nd.res):
@@ -197,9 +253,13 @@ def allocate_buffers(graph: QGraph, num_bufs: int) -> dict[str, int]:
         free = [b for b in range(num_bufs) if b not in holder]
         if not free:
             live = ", ".join(f"'{t}'" for t in holder.values())
+            why = ""
+            if nd.src == COPY_SRC or nd.res in {c.out for c in graph.nodes if c.src == COPY_SRC}:
+                why = ("; its residual is its own input, which the engine reads from a copy in another buffer "
+                       "(input, copy and output live at once)")
             raise LoweringError(
                 f"layer '{nd.name}': needs more than engine.num_bufs = {num_bufs} activation buffers "
-                f"(live: {live}, plus its output)")
+                f"(live: {live}, plus its output){why}: raise EngineConfig.num_bufs")
         bufs[nd.out] = free[0]
         holder[free[0]] = nd.out
     return bufs
@@ -218,10 +278,15 @@ def lower(qgraph: QGraph, engine: EngineConfig) -> Program:
                             f"act_bits={engine.act_bits}, weight_bits={engine.weight_bits}")
     if not qgraph.nodes:
         raise LoweringError("empty graph: nothing to lower")
-    if len(qgraph.nodes) > engine.max_ops:
-        raise LoweringError(f"model has {len(qgraph.nodes)} ops > engine.max_ops = {engine.max_ops}")
     if qgraph.nodes[-1].out != qgraph.output:
         raise LoweringError("the graph's output is not produced by its last node")
+    n_model = len(qgraph.nodes)
+    qgraph = residual_copies(qgraph)   # y = x + conv(x): the residual is read from a copy of x
+    copies = [nd.name for nd in qgraph.nodes if nd.src == COPY_SRC]
+    if len(qgraph.nodes) > engine.max_ops:
+        extra = (f" ({n_model} layers and {len(copies)} copies of an input that is its layer's own residual)"
+                 if copies else "")
+        raise LoweringError(f"model has {len(qgraph.nodes)} ops{extra} > engine.max_ops = {engine.max_ops}")
     tin = qgraph.in_tensor
     if tin.nbytes > engine.act_buf_bytes:
         raise LoweringError(f"input {tin.shape} is {tin.nbytes} bytes > engine.act_buf_bytes = {engine.act_buf_bytes}")
@@ -249,7 +314,8 @@ def lower(qgraph: QGraph, engine: EngineConfig) -> Program:
         meta={"ops": meta_ops, "engine": engine.to_dict(), "engine_hash": engine.hash(),
               "buffers": {t: b for t, b in bufs.items()}, "num_bufs_used": len(set(bufs.values())),
               "in_unsigned": bool(tin.unsigned), "out_unsigned": bool(qgraph.out_tensor.unsigned),
-              "quant": {k: v for k, v in qgraph.meta.items()}, "pq_streamed": pq_streamed},
+              "quant": {k: v for k, v in qgraph.meta.items()}, "pq_streamed": pq_streamed,
+              "residual_copies": copies},
     )
     try:   # the descriptor fields this engine derives: word layouts, tiles, on-chip addresses
         prog = place(prog, engine)

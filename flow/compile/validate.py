@@ -298,7 +298,8 @@ def _check_op(i: int, op: Op, engine: EngineConfig | None) -> None:
                     op.res_buf, f"!= out_buf={op.out_buf}", buf_fix)
         if op.res_buf == op.in_buf and engine is not None:   # the drain's and the array's reads share no port
             raise E(regmap.ERR_BUFFER, "the residual comes from the buffer the op reads", "res_buf",
-                    op.res_buf, f"!= in_buf={op.in_buf}", buf_fix)
+                    op.res_buf, f"!= in_buf={op.in_buf}",
+                    f"{LOWER} (it reads a residual that is the op's own input from a copy in a third buffer)")
 
     # ---- shape
     BUF = engine.act_buf_bytes if engine is not None else None

@@ -43,6 +43,10 @@ class CSimMismatch(AssertionError):
         self.outputs = outputs
 
 
+class InvariantError(RuntimeError):
+    """A C-simulation check of a fact the engine's pragmas rely on failed (e.g. a loop read the buffer it writes)."""
+
+
 class EngineError(RuntimeError):
     """The engine reported a non-zero STATUS (the program does not fit it, or a parameter is invalid)."""
 
@@ -137,6 +141,10 @@ def _open_library(path: Path) -> tuple[ctypes.CDLL, threading.Lock, list]:
             lib.vqhls_load.argtypes = [ctypes.c_char_p, ctypes.c_ulonglong, _U64P, _U64P, _U64P]
             lib.vqhls_run.restype = ctypes.c_uint
             lib.vqhls_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulonglong, _U64P]
+            lib.vqhls_csim_violations.restype = ctypes.c_ulonglong
+            lib.vqhls_csim_violations.argtypes = []
+            lib.vqhls_real_cycles.restype = ctypes.c_ulonglong
+            lib.vqhls_real_cycles.argtypes = []
             _LIBS[key] = (lib, threading.Lock(), [None])
         return _LIBS[key]
 
@@ -174,6 +182,7 @@ class Engine:
         self.exact = exact   # the exact-width datapath types of synthesis (VQHLS_EXACT_TYPES)
         self.library_path = build_library(self.project, exact=exact)
         self._lib, self._lock, self._loaded = _open_library(self.library_path)
+        self._violations = [int(self._lib.vqhls_csim_violations())]
         self.config_hash: int = int(self._lib.vqhls_config_hash())
         expected = regmap.config_hash_u32(self.config.hash())
         if self.config_hash != expected:
@@ -181,6 +190,9 @@ class Engine:
                                f"expected 0x{expected:08x}: stale build cache? (delete {cache_root()})")
         # the CYCLES register after the last call: MODELLED cycles (flow/boards/perf.py), not measured
         self.modelled_cycles: int = 0
+        # the REAL_CYCLES register after the last call: MEASURED cycles, or None where there is no real
+        # counter -- always None here (C-simulation: the counter is its C model, host/regmap.REAL_CYCLES_NA)
+        self.real_cycles: int | None = None
         self._image_key: bytes | None = None
         self._image_sizes: tuple[int, int] | None = None
 
@@ -196,9 +208,21 @@ class Engine:
         in_b, out_b, cyc = ctypes.c_ulonglong(), ctypes.c_ulonglong(), ctypes.c_ulonglong()
         status = int(self._lib.vqhls_load(image, len(image), ctypes.byref(in_b), ctypes.byref(out_b), ctypes.byref(cyc)))
         self.modelled_cycles = int(cyc.value)
+        self.real_cycles = regmap.real_cycles(int(self._lib.vqhls_real_cycles()))
+        self._check_invariants()
         if status != 0:
             raise EngineError(status, "load: ")
         self._loaded[0] = key
+
+    def _check_invariants(self) -> None:
+        """Raise InvariantError when an invariant check of the C-simulation failed during the last call (the
+        facts behind the engine's DEPENDENCE pragmas and FIFO depths; the engine prints which on stderr)."""
+        count = int(self._lib.vqhls_csim_violations())
+        seen = self._violations[0]
+        self._violations[0] = count
+        if count > seen:
+            raise InvariantError(f"{count - seen} C-simulation invariant check(s) failed in this call (see stderr): "
+                                 "the engine relies on a fact its pragmas assert and the program broke it")
 
     def load(self, program: Program) -> None:
         """Place ``program`` for this engine, check it on the host (ProgramError), then make the load call
@@ -235,6 +259,8 @@ class Engine:
             cyc = ctypes.c_ulonglong()
             status = int(self._lib.vqhls_run(x.ctypes.data, out.ctypes.data, x.shape[0], ctypes.byref(cyc)))
             self.modelled_cycles = int(cyc.value)
+            self.real_cycles = regmap.real_cycles(int(self._lib.vqhls_real_cycles()))
+            self._check_invariants()
         if status != 0:
             raise EngineError(status, "run: ")
         return out
@@ -252,6 +278,8 @@ class Engine:
             cyc = ctypes.c_ulonglong()
             status = int(self._lib.vqhls_run(x.ctypes.data, out.ctypes.data, n, ctypes.byref(cyc)))
             self.modelled_cycles = int(cyc.value)
+            self.real_cycles = regmap.real_cycles(int(self._lib.vqhls_real_cycles()))
+            self._check_invariants()
         if status != 0:
             raise EngineError(status, "predict: ")
         return vectors.bytes_to_outputs(program, out, n)

@@ -20,6 +20,31 @@ Rules:
              Config::member constants, sizeof) or the loop body starts with #pragma HLS loop_tripcount
   interface  the top function carries '#pragma HLS INTERFACE ... port=P' for each argument P and
              an s_axilite 'port=return'
+
+Rules over pipelined loops (a 'for' whose body holds '#pragma HLS PIPELINE'; INLINE helpers it calls
+expanded transitively, every loop inside it unrolled; flow/hls/lint_pipeline.py says how the text is read).
+Memories: arrays at namespace scope and static arrays, split by '#pragma HLS ARRAY_PARTITION' (complete:
+one physical memory per index; completely partitioned in every dimension: registers, exempt):
+  dependence a memory both stored and loaded in one pipelined iteration (read-modify-writes included)
+             is named by a '#pragma HLS DEPENDENCE variable=X' in that loop; every DEPENDENCE pragma
+             has a non-empty // justification comment on the line(s) directly above it
+  ports      per pipelined loop and physical memory, reads and writes per iteration fit the ports of
+             its '#pragma HLS BIND_STORAGE' type (ram_1p 1; ram_2p / ram_t2p 2 in all; ram_s2p 1 read
+             + 1 write; ram_1wnr 1 write + any reads; none: ram_2p); an index into a partitioned
+             dimension that is not a compile-time value is charged to every partition it can reach;
+             the two arms of one if/else count as their maximum, different predicates add up
+  widths     no loop-carried counter wider than 16 bits in a pipelined loop: a scalar (or struct
+             member) declared outside the loop and updated from itself inside it (x++, x += e,
+             x = x + e), nor the loop's own induction variable (int, unsigned, typedefs resolved,
+             ap_(u)int<W> with W > 16); waived by '// lint: wide-counter <reason>' on the line
+             that declares or updates it
+  m_axi      no dereference of an m_axi pointer (the top's m_axi ports, followed through call
+             arguments) inside a pipelined loop nested in another loop of the same function
+  multipliers  (lint_project only: compiles the firmware with g++ -O2 -fno-inline, flow/hls/lint_mult.py)
+             no multiply with two run-time operands in a function that holds a pipelined loop or in
+             an INLINE helper such a function calls, except the declared units DECLARED_MULT_UNITS;
+             multiplier_counts(project_dir) gives the count per function; skipped with a printed
+             notice only when g++ is not installed
 """
 from __future__ import annotations
 
@@ -30,6 +55,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TOP = "vqhls_engine"
+# The declared product and requantization units: the only functions on the engine's pipelined paths
+# allowed to hold a run-time multiply (the templates put every legitimate one in one of these).
+DECLARED_MULT_UNITS = ("pe_mul_dsp", "pe_mul_lut", "requantize", "resid_mul", "pq_square")
 SOURCE_SUFFIXES = (".h", ".hpp", ".cpp", ".cc")
 
 KEYWORDS = {
@@ -423,8 +451,8 @@ def _interface_rules(funcs: list[_Func], raw: dict[str, str], top: str) -> list[
     return out
 
 
-def lint_sources(files: dict[str, str], *, top: str = TOP) -> list[Violation]:
-    """Lint firmware sources given as {relative path: text}."""
+def _basic_rules(files: dict[str, str], *, top: str = TOP) -> list[Violation]:
+    """The synthesizable-subset rules (alloc .. interface) over {relative path: text}."""
     out: list[Violation] = []
     funcs: list[_Func] = []
     raw_nc: dict[str, str] = {}
@@ -447,14 +475,47 @@ def lint_sources(files: dict[str, str], *, top: str = TOP) -> list[Violation]:
     return sorted(set(out), key=lambda v: (v.path, v.line, v.rule, v.message))
 
 
+def _lint_all(files: dict[str, str], top: str):
+    from flow.hls.lint_pipeline import analyse
+
+    base = _basic_rules(files, top=top)
+    extra, fw = analyse(files, top=top)
+    return sorted(set(base) | set(extra), key=lambda v: (v.path, v.line, v.rule, v.message)), fw
+
+
+def lint_sources(files: dict[str, str], *, top: str = TOP) -> list[Violation]:
+    """Lint firmware sources given as {relative path: text}: every rule but ``multipliers`` (which compiles)."""
+    return _lint_all(files, top)[0]
+
+
 def lint_project(project_dir: str | Path, *, top: str = TOP) -> list[Violation]:
-    """Lint ``PROJECT_DIR/firmware``; returns the violations (empty: clean)."""
+    """Lint ``PROJECT_DIR/firmware`` with every rule (``multipliers`` included); returns the violations (empty: clean)."""
     root = Path(project_dir)
     fw = root / "firmware"
     if not fw.is_dir():
         raise FileNotFoundError(f"{root} has no firmware/ directory (not an HLS project?)")
+    from flow.hls.lint_mult import multiplier_rules
+
     files = {p.relative_to(root).as_posix(): p.read_text() for p in sorted(fw.rglob("*")) if p.suffix in SOURCE_SUFFIXES}
-    return lint_sources(files, top=top)
+    out, fwi = _lint_all(files, top)
+    out += multiplier_rules(root, fwi.direct_pipeline, {n for n, f in fwi.funcs.items() if f.inline}, fwi.calls)
+    return sorted(set(out), key=lambda v: (v.path, v.line, v.rule, v.message))
+
+
+def multiplier_counts(project_dir: str | Path) -> dict[str, int]:
+    """Run-time multiplies per firmware function of an emitted project (flow/hls/lint_mult.py)."""
+    from flow.hls.lint_mult import multiplier_counts as counts
+
+    return counts(project_dir)
+
+
+def multiplier_instances(project_dir: str | Path) -> dict[str, int]:
+    """Multipliers hardware builds per firmware function: the counts, capped by ``ALLOCATION ... mul limit=N``
+    (the once-per-op sequential functions share one multiplier; flow/hls/lint_mult.py)."""
+    from flow.hls.lint_mult import multiplier_instances as instances
+
+    return instances(project_dir)
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,12 @@
 writes, atomically (rendered into a temporary sibling directory, then renamed
 into place, so a failure never leaves a half-written project)::
 
-    build/hls/firmware/   engine_config.h memories.h param_loader.h regmap.h codebook_decoder.h
+    build/hls/firmware/   engine_config.h memories.h op_plan.h param_loader.h regmap.h codebook_decoder.h
                           systolic_array.h lookup_engine.h post_op.h top.h top.cpp   (the synthesizable
                           engine, docs/engine.md; lookup_engine.h is included only when EngineConfig.pq)
+                          cycle_counter.h cycle_counter.cpp vqhls_cycle_counter.v  (the real cycle
+                          counter: an RTL blackbox, its C model, its Verilog; flow/hls/cycle_counter.py)
+    build/hls/cycle_counter.json   the RTL blackbox description (build.tcl: add_files -blackbox)
     build/hls/tb/         tb.cpp (testbench main) bridge.cpp (ctypes entry points)
                           data/*.bin (test vectors of the program placed for the engine, when given)
     build/hls/build.tcl   Vitis HLS: csim / csynth / cosim / export (-flow impl with impl=1)
@@ -32,7 +35,7 @@ from flow.compile import program as program_mod
 from flow.compile.engine import EngineConfig
 from flow.compile.program import Program
 from flow.compile.validate import prepare
-from flow.hls import vectors
+from flow.hls import cycle_counter, vectors
 from host import program_image, regmap
 from host.files import swap_into_place
 
@@ -46,6 +49,7 @@ CXXFLAGS = ("-O3", "-std=c++14", "-fno-gnu-unique")   # no process-wide statics 
 TEMPLATES: dict[str, str] = {
     "firmware/engine_config.h": "engine/engine_config.h.j2",
     "firmware/memories.h": "engine/memories.h.j2",
+    "firmware/op_plan.h": "engine/op_plan.h.j2",
     "firmware/param_loader.h": "engine/param_loader.h.j2",
     "firmware/regmap.h": "engine/regmap.h.j2",
     "firmware/codebook_decoder.h": "engine/codebook_decoder.h.j2",
@@ -58,6 +62,7 @@ TEMPLATES: dict[str, str] = {
     "tb/bridge.cpp": "tb/bridge.cpp.j2",
     "build.tcl": "tcl/build.tcl.j2",
     "Makefile": "tcl/Makefile.j2",
+    **cycle_counter.FILES,     # the real cycle counter: header, C model, Verilog, blackbox JSON
 }
 FIRMWARE_SOURCES = ("top.cpp",)
 MANIFEST = "project.json"
@@ -172,7 +177,22 @@ def derived_params(engine: EngineConfig) -> dict:
                            * engine.acc_groups,
         "max_act_bytes": engine.act_buf_bytes,
         "max_pool_cycles": engine.act_buf_bytes * engine.max_kernel ** 2,
+        # widths of the per-image loops' counters and addresses (docs/engine.md, "Counters and addresses"):
+        # what each needs, so no loop-carried 32-bit counter is left in a pipelined loop
+        # signed: above a bank's words by at most a word row, below 0 by at most pad (< max_kernel) input rows
+        "aaddr_bits": _bits((engine.max_kernel + 1) * engine.bank_words) + 1,
+        "waddr_bits": _bits(max(engine.vmem_entries, engine.dmem_words, engine.cb_rows) + 1),
+        "pos_bits": _bits(max_dim + engine.max_kernel + engine.rows * engine.max_stride) + 1,   # signed pixel position
+        "tile_cycle_bits": _bits(engine.max_kernel ** 2 * -(-engine.max_channels // engine.lanes) * max_passes
+                                 * engine.acc_groups + engine.rows * engine.acc_groups + 1),
+        "pool_cycle_bits": _bits(engine.act_buf_bytes * engine.max_kernel ** 2 + 1),
+        "act_byte_bits": _bits(engine.act_buf_bytes + 1),
     }
+
+
+def _bits(x: int) -> int:
+    """Bits of an unsigned counter that must hold values 0 .. x - 1."""
+    return max(1, (x - 1).bit_length())
 
 
 # resource-model memory name -> the C variable in memories.h
@@ -182,11 +202,18 @@ _MEMORY_VARS = {"act": "act_mem", "acc": "acc_mem", "vidx": "vidx_mem", "vmask":
 _PORT_TYPES = {"s2p": "ram_s2p", "t2p": "ram_t2p", "2r": "ram_2p"}
 
 
-def storage_pragmas(engine: EngineConfig) -> list[tuple[str, str, str]]:
-    """(variable, type, impl) of every on-chip memory, from the resource model (flow.boards.resources)."""
+# read latency of the memories whose output register is used: a BRAM word then leaves through the RAMB36's
+# own DO_REG before the crossbar's first mux level, instead of its ~2.5 ns clock-to-out plus routing in the
+# same cycle as the mux (docs/engine.md, "Timing structure"); 0 = the tool's default for the binding
+_LATENCY = {"act_mem": 2}
+
+
+def storage_pragmas(engine: EngineConfig) -> list[tuple[str, str, str, int]]:
+    """(variable, type, impl, latency) of every on-chip memory, from the resource model (flow.boards.resources)."""
     from flow.boards.resources import memories
 
-    return [(_MEMORY_VARS[m.name], _PORT_TYPES[m.ports], m.impl) for m in memories(engine) if m.name in _MEMORY_VARS]
+    return [(_MEMORY_VARS[m.name], _PORT_TYPES[m.ports], m.impl, _LATENCY.get(_MEMORY_VARS[m.name], 0))
+            for m in memories(engine) if m.name in _MEMORY_VARS]
 
 
 def _context(engine: EngineConfig, part: str, clock_ns: float) -> dict:
@@ -220,7 +247,9 @@ def _context(engine: EngineConfig, part: str, clock_ns: float) -> dict:
         "ctrl_bits": ctrl_bits,
         "status_codes": status_codes,
         "status_op_none": regmap.STATUS_OP_NONE,
-        "ports": [(p, regmap.PORT_OFFSETS[p]) for p in ("n_images", "params", "config_hash", "cycles", "status")],
+        "ports": [(p, regmap.PORT_OFFSETS[p])
+                  for p in ("n_images", "params", "config_hash", "cycles", "status", "real_cycles")],
+        "cc": cycle_counter.context(),
         "perf": {"ddr_latency": perf.DDR_LATENCY, "acc_distance": perf.ACC_DISTANCE,
                  "depth": sorted(perf.DEPTH.items())},
         "storage": storage_pragmas(engine),
@@ -280,12 +309,14 @@ def write_project(
     part: str = DEFAULT_PART,
     clock_ns: float = DEFAULT_CLOCK_NS,
     board: str | None = None,
+    fit_level: str = "high",
 ) -> Project:
     """Render the HLS project for ``engine`` into ``outdir`` (replacing an earlier project there).
 
     With ``board`` the engine is first checked against the board's resource budget
-    (flow.boards.resources.check_fit): a config that does not fit raises ResourceError, listing
-    every over-used resource, and nothing is written.
+    (flow.boards.resources.check_fit, at the ``fit_level`` end of the modelled range: "high", or
+    "central" for a build the fit stage accepted at its central estimate): a config that does not
+    fit raises ResourceError, listing every over-used resource, and nothing is written.
 
     With ``program`` (and ``inputs`` [B,H,W,C], optionally ``expected`` [B,OH,OW,OC])
     the test vectors go to ``tb/data/`` for ``make csim`` and Vitis csim/cosim.
@@ -300,7 +331,7 @@ def write_project(
     if board is not None:
         from flow.boards.resources import check_fit
 
-        check_fit(engine, board)
+        check_fit(engine, board, level=fit_level)
     texts = render(engine, part=part, clock_ns=clock_ns)
     files: dict[str, bytes] = {name: text.encode() for name, text in texts.items()}
     if program is not None:

@@ -20,7 +20,8 @@ PynqBuffer, lib.dma.DMA) on an x86 machine with no board.
   wrong address.
 * Variants for the error paths: ``StuckDmaDevice`` (one DMA channel never reports idle),
   ``PatchedHashDevice`` (the CONFIG_HASH register reads another engine's hash), ``DdrBitFlipDevice``
-  (a bit of the parameter image flips in DDR before the load call reads it).
+  (a bit of the parameter image flips in DDR before the load call reads it); and
+  ``CountingEngineDevice``: the board's REAL_CYCLES counter, which C-simulation lacks, as a planted count.
 * ``with_bitstream(bundle_dir, out_dir)``: a copy of a deploy bundle with a derived ``vqhls.hwh``
   (tests/board/fixtures/derive_hwh.py) and a dummy ``vqhls.bit`` added to its manifest, because no
   Vivado ran here. The bitstream is never loaded anywhere: the double's ``download`` only parses its
@@ -408,6 +409,40 @@ class DdrBitFlipDevice(SimPynqDevice):
 
     def _engine_window(self):
         return _BitFlipWindow(self, self._byte)
+
+
+class _CountingWindow(_EngineWindow):
+    """The engine's registers with REAL_CYCLES as the hardware has it: the C-simulated engine has no
+    counter (it answers all ones), so this window plays one, answering ``cycles`` per call at the words
+    Vitis gives the top's last argument (0x48 low, 0x4C high, 0x50 ap_vld: written out here, not taken
+    from host.regmap, so a host reading another offset gets something else)."""
+
+    LO, HI, VLD = 0x48, 0x4C, 0x50
+
+    def __init__(self, dev, cycles: int):
+        super().__init__(dev)
+        self.cycles = cycles
+        self.reads: list[int] = []
+
+    def read(self, off: int) -> int:
+        v = super().read(off)          # the sim's own register (range checks, clear-on-read)
+        if off in (self.LO, self.HI):
+            self.reads.append(off)
+            return (self.cycles >> (32 if off == self.HI else 0)) & 0xFFFFFFFF
+        return v
+
+
+class CountingEngineDevice(SimPynqDevice):
+    """TEST DOUBLE: like SimPynqDevice, with a real cycle counter that reports ``cycles`` for every call
+    (a planted count: what the board's counter would latch)."""
+
+    def __init__(self, sim: SimDevice, cycles: int, **kw):
+        self._cycles = cycles
+        super().__init__(sim, **kw)
+
+    def _engine_window(self):
+        self.counting = _CountingWindow(self, self._cycles)
+        return self.counting
 
 
 # --------------------------------------------------------------------------- a bundle with a "bitstream"

@@ -51,6 +51,10 @@ def test_derived_hwh_parses_with_pynqmetadata(tmp_path):
     assert regs["config_hash"] == regmap.CONFIG_HASH and regs["config_hash_ctrl"] == regmap.CONFIG_HASH_CTRL
     assert regs["cycles_1"] == regmap.CYCLES_LO and regs["cycles_2"] == regmap.CYCLES_HI
     assert regs["status"] == regmap.STATUS and regs["status_ctrl"] == regmap.STATUS_CTRL
+    # the measured cycles (REAL_CYCLES) after STATUS, as Vitis lays out the top's last argument: 0x48 / 0x4C,
+    # ap_vld 0x50, and they are not the modelled CYCLES words
+    assert (regs["real_cycles_1"], regs["real_cycles_2"], regs["real_cycles_ctrl"]) == (0x48, 0x4C, 0x50)
+    assert (regmap.REAL_CYCLES_LO, regmap.REAL_CYCLES_HI, regmap.REAL_CYCLES_CTRL) == (0x48, 0x4C, 0x50)
     assert "resize" not in path.read_text()
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pynq
 import pytest
 
-from board_doubles import (REPO, DdrBitFlipDevice, PatchedHashDevice, SimPynqDevice, StuckDmaDevice, derive_hwh,
-                           with_bitstream)
+from board_doubles import (REPO, CountingEngineDevice, DdrBitFlipDevice, PatchedHashDevice, SimPynqDevice,
+                           StuckDmaDevice, derive_hwh, with_bitstream)
 from host import regmap
 from host.accelerator import Accelerator, AcceleratorError, AcceleratorTimeout
 from host.pynq_backend import PYNQ_MISSING, PynqBackend, VqhlsEngineDriver
@@ -40,6 +40,43 @@ def test_load_and_infer_bit_exact(board_bundle, overlay, pynq_device, sim_device
         assert "vqhls_engine_0 at 0x43c00000" in acc.backend.describe()
         t = acc.throughput_test(batch=6)
         assert t["backend"] == "pynq" and t["modelled_cycles"] > 0
+
+
+def test_real_cycles_measured_on_the_board(board_bundle, sim_device, overlay_for):
+    """The PYNQ backend reads REAL_CYCLES at 0x48 / 0x4C (the double's counter answers only there) and reports
+    it as measured, beside the modelled CYCLES: a planted count above 2^32 (both words matter) gives the
+    cycles and images/s at the 100 MHz PL clock, worked out here by hand."""
+    planted = (1 << 32) + 600_000_000            # 4,894,967,296 cycles: 48.95 s at 100 MHz
+    dev = CountingEngineDevice(sim_device, planted)
+    x, expected = board_bundle.vectors()
+    with _open(board_bundle, overlay_for(dev), batch_size=len(x)) as acc:
+        acc.load()
+        assert acc.load_real_cycles == planted and acc.load_cycles != planted
+        np.testing.assert_array_equal(acc.infer(x), expected)
+        st = acc.stats
+        assert st["measured_cycles"] == planted and st["modelled_cycles"] not in (None, planted)
+        assert st["measured_images_per_s"] == pytest.approx(len(x) / 48.94967296)
+        t = acc.throughput_test(batch=6)
+        assert t["measured_cycles"] == planted and t["measured_cycles_per_image"] == pytest.approx(planted / 6)
+        assert t["measured_throughput[images/s]"] == pytest.approx(6 / 48.94967296)
+    assert set(dev.counting.reads) == {0x48, 0x4C}
+
+
+def test_host_run_cli_prints_measured_cycles_on_pynq(board_bundle, sim_device, monkeypatch, capsys):
+    """``python -m host.run`` on the board: the measured cycles and images/s (REAL_CYCLES) on their own line,
+    labelled measured, beside the modelled CYCLES line."""
+    from host import run
+
+    dev = CountingEngineDevice(sim_device, 6 * 25_000)   # 6 images in 150,000 cycles: 25,000 / image
+    monkeypatch.setattr(pynq.pl_server.device.Device, "_active_device", dev, raising=False)
+    monkeypatch.setattr(pynq.ps._ClocksMeta, "set_pl_clk", lambda cls, *a, **k: None)
+    assert run.main([str(board_bundle.path), "--batch", "6"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    # 25,000 cycles per image at 100 MHz: 250 us per image, 4,000 images/s
+    assert ("measured   25,000 cycles/image measured on the board (REAL_CYCLES register, the engine's counter) = "
+            "4,000 images/s at 100 MHz") in out
+    assert "150,000 measured cycles (REAL_CYCLES)" in out and "modelled cycles (CYCLES)" in out
+    assert "cycles/image (CYCLES register)" in out and "not available" not in out
 
 
 def test_default_overlay_is_the_bundle_bitstream(board_bundle, sim_device, monkeypatch):

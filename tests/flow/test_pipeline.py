@@ -34,7 +34,7 @@ def test_resnet20_csim_bit_exact(method, in_shape):
     calib = torch.rand(16, *in_shape)
     q = quantize_model(c, calib)
     x = quantize_input(torch.rand(4, *in_shape).numpy(), q.in_tensor.scale, q.in_tensor.unsigned)
-    engine = EngineConfig()
+    engine = EngineConfig(pq=True)
     prog = lower(q, engine)
     # every conv of the model must run on the engine: 19 3x3 convs + 2 projections + pool + fc
     assert sum(op.opcode == 1 for op in prog.ops) == 22
@@ -77,10 +77,10 @@ def test_mixed_mvq_pq_vecq_model_end_to_end():
     assert {r.method for r in report.rows} >= {"pq", "vecq", "mvq"}
     q = quantize_model(c, calib)
     x = quantize_input(torch.rand(3, 1, 16, 16).numpy(), q.in_tensor.scale, q.in_tensor.unsigned)
-    prog = lower(q, EngineConfig())
+    prog = lower(q, EngineConfig(pq=True))
     assert {op.opcode for op in prog.ops} >= {1, 4}  # conv and PQ ops
     gold = golden_run(q, x)
-    sim = Engine(EngineConfig()).predict(prog, x)
+    sim = Engine(EngineConfig(pq=True)).predict(prog, x)
     assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
 
 
@@ -111,8 +111,8 @@ def test_vecq_csim_bit_exact_for_every_bit_width(scheme, bits):
     calib = torch.rand(32, 1, 8, 8)
     q = quantize_model(c, calib)
     x = quantize_input(torch.rand(8, 1, 8, 8).numpy(), q.in_tensor.scale, q.in_tensor.unsigned)
-    prog = lower(q, EngineConfig())
+    prog = lower(q, EngineConfig(pq=True))
     gold = golden_run(q, x)
-    sim = Engine(EngineConfig()).predict(prog, x)
+    sim = Engine(EngineConfig(pq=True)).predict(prog, x)
     assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
     assert len({bytes(r.tobytes()) for r in sim}) > 1  # not a degenerate pass: the images differ

@@ -27,7 +27,21 @@ def test_cli_sim_digits_bit_exact(bundle_path, sim_cache, sim_library):
     assert "digits test split: 60 images, accuracy" in out
     assert "the first 8 images are the bundle's vectors: 8/8 outputs bit-exact" in out
     assert "cycles/image (CYCLES register)" in out and "images/s" in out
+    # C-simulation has no real counter: REAL_CYCLES is reported as not available, never as a number
+    assert out.count("real cycles: not available (C-simulation)") == 2, out       # the load call, the throughput
+    assert "modelled cycles (CYCLES)" in out and "measured cycles (REAL_CYCLES)" not in out
     assert "Traceback" not in proc.stderr
+
+
+def test_real_cycles_text():
+    """The REAL_CYCLES report: measured cycles per image and images/s at the clock (100 images in 1,000,000
+    cycles at 100 MHz take 10 ms: 10,000 images/s), labelled measured; without a counter, not available."""
+    line = host_run.real_cycles_text(1_000_000, 100, 100.0, "pynq")
+    assert line == ("10,000 cycles/image measured on the board (REAL_CYCLES register, the engine's counter) = "
+                    "10,000 images/s at 100 MHz")
+    assert host_run.real_cycles_text(None, 100, 100.0, "sim") == "real cycles: not available (C-simulation)"
+    assert "not available" in host_run.real_cycles_text(None, 1, 100.0, "pynq")
+    assert "clock unknown" in host_run.real_cycles_text(500, 1, None, "pynq")
 
 
 def test_digits_split_is_the_flows(bundle):

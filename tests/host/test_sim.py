@@ -92,6 +92,17 @@ def test_load_call_through_registers(device, bundle):
     assert device.input_queued() == 0 and device.output_available() == 0
 
 
+def test_real_cycles_not_available_in_csim(device, bundle):
+    """REAL_CYCLES (0x48 / 0x4C, ap_vld 0x50) reads all ones, "not available": the engine's counter is Verilog
+    and C-simulation runs its C model; nothing is derived from the modelled CYCLES."""
+    assert (regmap.REAL_CYCLES_LO, regmap.REAL_CYCLES_HI, regmap.REAL_CYCLES_CTRL) == (0x48, 0x4C, 0x50)
+    load_call(device, bundle.program_image())
+    real = device.read(regmap.REAL_CYCLES_LO) | device.read(regmap.REAL_CYCLES_HI) << 32
+    assert real == (1 << 64) - 1 == regmap.REAL_CYCLES_NA and regmap.real_cycles(real) is None
+    assert device.read(regmap.REAL_CYCLES_CTRL) == 1 and device.read(regmap.REAL_CYCLES_CTRL) == 0   # ap_vld COR
+    assert device.last_call["real_cycles"] == real and device.last_call["cycles"] > 0
+
+
 def test_bad_register_offsets(device):
     with pytest.raises(SimError, match="outside the engine's s_axilite segment"):
         device.read(regmap.ADDRESS_RANGE)

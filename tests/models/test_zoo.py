@@ -22,6 +22,24 @@ def test_resnet20_has_20_weight_layers():
     assert [c.out_channels for c in convs][::6] == [16, 16, 32, 64]
 
 
+def test_resnet8_is_the_mlperf_tiny_shape():
+    m = zoo.get("resnet8")
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    convs = [x for x in m.modules() if isinstance(x, torch.nn.Conv2d)]
+    k3 = [c for c in convs if c.kernel_size == (3, 3)]
+    k1 = [c for c in convs if c.kernel_size == (1, 1)]
+    fcs = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
+    assert len(k3) + len(fcs) == 8                              # 7 3x3 convs + dense: "ResNet-8"
+    assert [c.out_channels for c in k3] == [16, 16, 16, 32, 32, 64, 64]
+    assert [c.stride for c in k3] == [(1, 1), (1, 1), (1, 1), (2, 2), (1, 1), (2, 2), (1, 1)]
+    assert [(c.in_channels, c.out_channels, c.stride, c.bias is not None) for c in k1] == \
+        [(16, 32, (2, 2), True), (32, 64, (2, 2), True)]        # the reference's shortcuts: 1x1 conv, no BN
+    assert fcs[0].in_features == 64 and fcs[0].out_features == 10
+    # 78k parameters in the reference (weights + biases, BN not counted): 3x3 and 1x1 kernels, dense
+    n = sum(p.numel() for mod in convs + fcs for p in mod.parameters())
+    assert n == sum(c.weight.numel() for c in convs) + 32 + 64 + 64 * 10 + 10
+
+
 def test_unknown_model():
     with pytest.raises(ValueError, match="unknown model 'vgg'.*lenet-digits"):
         zoo.get("vgg")

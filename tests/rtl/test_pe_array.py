@@ -120,7 +120,7 @@ def test_render_units_and_dense_has_no_mux():
 
 
 def test_cycle_model_formula():
-    e = EngineConfig()
+    e = EngineConfig(rows=8, dsp_rows=4)   # the 8x8 array the RTL twin was written for
     sch = models.conv_schedule(e, OH=4, OW=4, C=16, OC=32, KH=3, KW=3)
     assert sch.tiles == (4,) and sch.n_oc_tiles == 4 and sch.nstep == 18
     # the last step's 4 groups, then the 5-stage pipeline's latency - 1 (inclusive count)

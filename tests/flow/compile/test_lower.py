@@ -1,7 +1,9 @@
 """lower(): packing (run(graph) == run_program(lower(graph))), buffers, limits, the binary image."""
 from __future__ import annotations
 
+import dataclasses
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +232,130 @@ def test_conv_shapes_and_pools(kernel, stride, pad):
     if ref.shape[2:] == (1, 1):
         ref = ref[:, :, 0, 0]
     assert got.shape == ref.shape and np.abs(got - ref).max() <= 3 * g.out_tensor.scale
+
+
+# ------------------------------------------------------------------ a residual that is the op's own input
+
+
+@pytest.fixture(scope="module")
+def self_res():
+    """name -> (QGraph, integer inputs, float images) of three torch models with a self-residual layer."""
+    from self_residual_lib import SelfResidual, SelfResidualNet, SharedSkip, quantized
+
+    torch.manual_seed(7)
+    return {"tiny": quantized(randomize_bn(SelfResidual(), seed=3), (8, 6, 6)),
+            "net": quantized(randomize_bn(SelfResidualNet(), seed=4), (3, 8, 8)),
+            "shared": quantized(randomize_bn(SharedSkip(), seed=5), (3, 8, 8))}
+
+
+def test_self_residual_reads_a_copy_of_its_input(self_res):
+    """y = relu(x + conv(x)) on the network input: a 1x1 max-pool copy of x into a third buffer, then the
+    conv reading x and its residual from the copy; the validator and write_project accept it."""
+    from flow.compile.validate import validate
+
+    g, xi, _ = self_res["tiny"]
+    assert [(nd.inp, nd.res) for nd in g.nodes] == [("input", "input")]   # the quantizer's graph
+    prog = lower(g, EngineConfig())
+    assert g.nodes[0].res == "input" and len(g.nodes) == 1                 # the caller's graph is untouched
+    cp, conv = prog.ops
+    assert (cp.opcode, cp.KH, cp.KW, cp.stride, cp.pad, cp.C, cp.OC, cp.res_buf) == (MAXPOOL, 1, 1, 1, 0, 8, 8, -1)
+    assert cp.in_unsigned == cp.out_unsigned == conv.in_unsigned == conv.res_unsigned == 1
+    assert (cp.in_buf, cp.out_buf) == (0, 1) and (conv.in_buf, conv.out_buf, conv.res_buf) == (0, 2, 1)
+    assert prog.meta["residual_copies"] == [cp.name] and cp.name == "conv.res_copy"
+    assert [m["name"] for m in prog.meta["ops"]] == [cp.name, "conv"]
+    validate(prog, EngineConfig())
+    assert np.array_equal(run_program(prog, xi), run(g, xi))     # golden on the graph, which has no copy
+    assert len(np.unique(run(g, xi))) > 8
+
+
+@pytest.mark.parametrize("name,copies,bufs", [("net", 2, 3), ("shared", 1, 3)])
+def test_self_residuals_in_networks_are_exact(self_res, name, copies, bufs):
+    """Inside a net with a downsampling block, and two skips from one tensor: bit-exact, 3 buffers."""
+    from flow.compile.validate import validate
+
+    g, xi, _ = self_res[name]
+    prog = lower(g, EngineConfig())
+    validate(prog, EngineConfig())
+    assert len(prog.meta["residual_copies"]) == copies and len(prog.ops) == len(g.nodes) + copies
+    assert prog.meta["num_bufs_used"] == bufs
+    for op in prog.ops:
+        assert op.res_buf < 0 or op.res_buf not in (op.in_buf, op.out_buf)
+    assert np.array_equal(run_program(prog, xi), run(g, xi))
+    # every model node's output equals the op that computes it (a copy op is between them)
+    per_node, per_op = run(g, xi, return_all=True), run_program(prog, xi, return_all=True)
+    by_name = {op.name: y for op, y in zip(prog.ops, per_op)}
+    for nd in g.nodes:
+        assert np.array_equal(per_node[nd.name], by_name[nd.name]), nd.name
+
+
+def test_self_residual_that_cannot_be_lowered_is_refused_in_lower(self_res):
+    """Two buffers cannot hold input, copy and output: lower() refuses it (not write_project later),
+    and a max_ops limit counts the copies."""
+    g, _, _ = self_res["tiny"]
+    with pytest.raises(LoweringError,
+                       match=r"num_bufs = 2.*its residual is its own input.*raise EngineConfig\.num_bufs"):
+        lower(g, EngineConfig(num_bufs=2))
+    g, _, _ = self_res["net"]
+    with pytest.raises(LoweringError, match=r"10 ops \(8 layers and 2 copies.*max_ops = 9"):
+        lower(g, EngineConfig(max_ops=9))
+    assert len(lower(g, EngineConfig(max_ops=10)).ops) == 10
+
+
+def test_engine_sizing_counts_the_copy(self_res):
+    from flow.boards.sizing import model_needs
+
+    g, _, _ = self_res["tiny"]
+    need = model_needs(g, lanes=8, act_banks=16)
+    assert need["num_bufs"] == 3 and need["max_ops"] == 2
+
+
+def test_self_residual_copy_is_in_the_cycle_model(self_res):
+    """The copy's pool loop costs OH*OW*ceil(C/lanes) + pool depth modelled cycles, and run_cycles counts it."""
+    from flow.boards import perf
+
+    g, _, _ = self_res["net"]
+    cfg = EngineConfig()
+    prog = lower(g, cfg)
+    copies = [op for op in prog.ops if op.name in prog.meta["residual_copies"]]
+    assert len(copies) == 2
+    by_name = {c.name: c.cycles for c in perf.image_cycles(prog, cfg).ops}
+    for op in copies:   # the pool loop walks one activation word per cycle (perf.py's max-pool term)
+        assert perf.op_cycles(op, cfg).phases["window"] == op.H * op.W * -(-op.C // cfg.lanes) + perf.DEPTH["pool"]
+    # a Program without them (one the engine would refuse; the model adds per-op terms) costs that less
+    without = dataclasses.replace(prog, ops=[op for op in prog.ops if op not in copies])
+    assert perf.run_cycles(prog, cfg, 1) - perf.run_cycles(without, cfg, 1) == sum(by_name[op.name] for op in copies)
+
+
+def test_write_project_accepts_what_lower_gives(self_res, tmp_path):
+    """The symptom of the bug: write_project refused a lowered self-residual program."""
+    from flow.hls.project import write_project
+
+    g, xi, _ = self_res["tiny"]
+    prog = lower(g, EngineConfig())
+    write_project(EngineConfig(), tmp_path / "p", program=prog, inputs=xi, expected=run(g, xi))
+
+
+SELF_CASES = [dict(H=6, W=5, C=8, K=3, wfmt="dense"),
+              dict(H=5, W=7, C=16, K=3, wfmt="codebook", stem=True, layers=2, shared=True, signs=(True, False)),
+              dict(H=4, W=4, C=8, K=5, wfmt="codebook", d=4, in_unsigned=False, signs=(False,)),
+              dict(H=5, W=5, C=8, K=3, wfmt="dense", v=9, in_unsigned=False),
+              dict(H=4, W=7, C=8, K=1, wfmt="dense", v=4, layers=2, shared=True, stem=True),
+              dict(H=1, W=1, C=24, K=1, wfmt="codebook", layers=3, signs=(False, True))]
+
+
+@pytest.mark.parametrize("case", SELF_CASES, ids=[str(i) for i in range(len(SELF_CASES))])
+def test_random_self_residual_graphs_lower_exactly(case):
+    """Random QGraphs of self-residual conv / codebook / PQ layers (first op or after a stem, chained,
+    a second skip from the same tensor): the Program equals the golden run of the graph, and validates."""
+    from self_residual_lib import graph_inputs, random_graph
+
+    from flow.compile.validate import validate
+
+    rng = np.random.default_rng(zlib.crc32(repr(sorted(case.items())).encode()))
+    g = random_graph(rng, **case)
+    prog = lower(g, EngineConfig(pq=True))
+    validate(prog, EngineConfig(pq=True))
+    assert len(prog.meta["residual_copies"]) == case.get("layers", 1)
+    x = graph_inputs(rng, g, 3)
+    want = run(g, x)
+    assert np.array_equal(run_program(prog, x), want) and len(np.unique(want)) > 2

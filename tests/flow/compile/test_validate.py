@@ -21,11 +21,11 @@ from flow.compile.program import (
 from flow.compile.validate import ERR_CRC, ProgramError, image_bytes, validate, validate_image
 from host import regmap
 
-SMALL = EngineConfig(rows=4, cols=4, lanes=4, n=1, m=4, k_max=64, d_max=8, act_buf_bytes=4096, num_bufs=3,
+SMALL = EngineConfig(pq=True, rows=4, cols=4, lanes=4, n=1, m=4, k_max=64, d_max=8, act_buf_bytes=4096, num_bufs=3,
                      max_channels=64, max_kernel=5, max_ops=8, dsp_rows=0, acc_groups=8, vmem_entries=4096,
                      cb_rows=512, dmem_words=1024, ch_rows=64, pq_v_max=9, pq_k_max=16, pq_subspaces_max=64,
                      lut_bytes=8192)
-DEFAULT = EngineConfig()
+DEFAULT = EngineConfig(pq=True)   # the PYNQ-Z2 build with the lookup unit (PQ models get it: flow.boards.sizing)
 INT32_MAX = (1 << 31) - 1
 
 

@@ -555,7 +555,7 @@ def test_pq_resnet_block_with_dense_1x1_shortcut_lowers_bit_exact():
     g = quantize_model(c, x[:32])
     kinds = [(nd.name, nd.kind) for nd in g.nodes]
     assert sum(k == "pq" for _, k in kinds) == 4 and any("shortcut" in n and k == "conv" for n, k in kinds), kinds
-    prog = lower(g, EngineConfig())
+    prog = lower(g, EngineConfig(pq=True))
     xi = quantize_input(x[32:], g.in_tensor.scale, g.in_tensor.unsigned)
     assert np.array_equal(run_program(prog, xi), run(g, xi))
 

@@ -9,22 +9,24 @@ from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ, Op
 
 INT32_MAX = (1 << 31) - 1
 
-# the default engine (the PYNQ-Z2 build: 8x8 array of 8-lane 2:4 PEs, d_max 8, k_max 256)
-DEFAULT_CFG = EngineConfig()
+# the default engine: the PYNQ-Z2 build (EngineConfig(): the largest 2:4 array of 8-lane PEs that fits the
+# xc7z020 at the HIGH end of the resource model, d_max 8, k_max 256) with the lookup unit added, the build
+# flow.boards.sizing.size_engine makes for a model with PQ layers (it fits at the central estimate only)
+DEFAULT_CFG = EngineConfig(pq=True)
 # small limits: 4x4 array of 4-lane 1:4 PEs (multi-pass for denser masks), codewords longer than a
 # word (d_max 8 > lanes 4), several pixel tiles per layer (acc_groups 4)
-SMALL_CFG = EngineConfig(rows=4, cols=4, lanes=4, n=1, m=4, k_max=64, d_max=8, act_buf_bytes=2048, num_bufs=3,
+SMALL_CFG = EngineConfig(pq=True, rows=4, cols=4, lanes=4, n=1, m=4, k_max=64, d_max=8, act_buf_bytes=2048, num_bufs=3,
                          acc_groups=4, vmem_entries=4096, cb_rows=256, dmem_words=1024, ch_rows=64, dsp_rows=2,
                          max_channels=64, max_kernel=5, max_ops=8, param_bytes=1 << 20,
                          pq_v_max=16, pq_k_max=64, pq_subspaces_max=64, lut_bytes=8192)
 # odd geometry: non-power-of-two array (5 rows, 12 lanes), 3:4 PEs, codewords that tile a word (d 4 or 12),
 # 4 buffers, 3 groups per accumulator tile
-ODD_CFG = EngineConfig(rows=5, cols=12, lanes=12, n=3, m=4, k_max=32, d_max=12, act_buf_bytes=6144, num_bufs=4,
+ODD_CFG = EngineConfig(pq=True, rows=5, cols=12, lanes=12, n=3, m=4, k_max=32, d_max=12, act_buf_bytes=6144, num_bufs=4,
                        acc_groups=3, vmem_entries=4096, cb_rows=256, dmem_words=2048, ch_rows=64, dsp_rows=1,
                        max_channels=96, max_kernel=5, max_ops=8, param_bytes=1 << 20)
 # a C-simulation build past the board's limits (codewords up to 16, 512 channels, large buffers): the
 # semantics tests of shapes the PYNQ-Z2 build refuses run here, everything that fits runs on DEFAULT_CFG
-WIDE_CFG = EngineConfig(d_max=16, act_buf_bytes=131072, vmem_entries=65536, cb_rows=8192, dmem_words=16384,
+WIDE_CFG = EngineConfig(pq=True, rows=8, dsp_rows=4, d_max=16, act_buf_bytes=131072, vmem_entries=65536, cb_rows=8192, dmem_words=16384,
                         ch_rows=1024, max_ops=64)
 
 

@@ -46,7 +46,8 @@ def test_codebook_conv(engine, wide_engine, n, m, d, k):
     check_exact_on(engine, wide_engine, prog, rand_inputs(rng, prog, 3))
 
 
-GEOMETRY = list(itertools.product([1, 3, 5], [1, 2], [0, 1, 2]))
+# 7x7 kernels with pads past the default build's 4 banks: a tap's column then lies bank rows away from its group's
+GEOMETRY = list(itertools.product([1, 3, 5], [1, 2], [0, 1, 2])) + [(7, 1, 6), (7, 2, 3), (7, 1, 5)]
 
 
 @pytest.mark.parametrize("K,stride,pad", GEOMETRY, ids=[f"k{K}s{s}p{p}" for K, s, p in GEOMETRY])
@@ -113,7 +114,9 @@ def test_codebook_mask_denser_than_the_pes(engine, small_engine, odd_engine):
 # ---------------------------------------------------------------------------
 # pooling
 # ---------------------------------------------------------------------------
-POOLS = [("max", 2, 2), ("max", 3, 1), ("max", 3, 2), ("avg", 2, 2), ("avg", 3, 1), ("avg", 8, 1)]
+# strides up to 5 (past the default build's 4 banks: a window moves by more than one bank row)
+POOLS = [("max", 2, 2), ("max", 3, 1), ("max", 3, 2), ("avg", 2, 2), ("avg", 3, 1), ("avg", 8, 1), ("max", 5, 5),
+         ("avg", 6, 5)]
 
 
 @pytest.mark.parametrize("kind,K,stride", POOLS, ids=[f"{k}{K}s{s}" for k, K, s in POOLS])

@@ -1,31 +1,43 @@
 """C-simulation of the lookup engine (PQ ops) vs the golden model, bit-exact."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import zlib
 
 import numpy as np
 import pytest
 
+from flow.boards import perf
 from flow.compile.engine import EngineConfig
+from flow.compile.layout import place
 from flow.compile.program import PQ, Program
 from hls_testlib import check_exact, conv_op, pq_op, pq_program, program, rand_inputs
 from host import regmap
 
 pytestmark = pytest.mark.csim
 
+# the PYNQ-Z2 geometry with its lookup unit (v 9, K 16, 64 subspaces, a 32 KiB LUT memory)
+PQ_CFG = dataclasses.replace(EngineConfig(), pq=True)
 # a build with a small on-chip LUT memory (larger LUTs stream from DDR) and tight PQ limits
 PQ_SMALL_CFG = EngineConfig(rows=4, cols=4, lanes=4, n=2, m=4, k_max=64, d_max=8, act_buf_bytes=4096, num_bufs=3,
                             acc_groups=4, vmem_entries=4096, cb_rows=256, dmem_words=1024, ch_rows=64, dsp_rows=2,
-                            max_channels=64, max_kernel=3, max_ops=8, param_bytes=1 << 20,
+                            max_channels=64, max_kernel=3, max_ops=8, param_bytes=1 << 20, pq=True,
                             pq_v_max=9, pq_k_max=16, pq_subspaces_max=64, lut_bytes=1024)
 # a C-simulation build with a wide lookup unit (v up to 16, K up to 64, 256 subspaces): the PQ semantics
 # beyond the PYNQ-Z2 build's limits (v 9, K 16, 64 subspaces)
-PQ_WIDE_CFG = EngineConfig(pq_v_max=16, pq_k_max=64, pq_subspaces_max=256, lut_bytes=65536)
+PQ_WIDE_CFG = EngineConfig(pq=True, pq_v_max=16, pq_k_max=64, pq_subspaces_max=256, lut_bytes=65536)
 
 
 def _rng(*key) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The board geometry with the lookup unit (the default EngineConfig has none)."""
+    from flow.hls.csim import Engine
+    return Engine(PQ_CFG)
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +236,72 @@ def test_engine_checks_the_crc(engine):
     engine.load_image(good)
     got = engine.run_bytes(np.ascontiguousarray(x).view(np.uint8).reshape(2, -1))
     assert np.array_equal(got.view(np.int8).reshape(run_program(prog, x).shape), run_program(prog, x))
+
+
+def _modelled_equals_model(eng, prog: Program, n: int = 2) -> None:
+    """Bit-exact, and the CYCLES register of the load and run calls equals flow/boards/perf.py."""
+    placed = place(prog, eng.config)
+    eng.load(prog)
+    assert eng.modelled_cycles == perf.load_cycles(placed, eng.config)
+    check_exact(eng, prog, rand_inputs(_rng("cyc", prog.ops[-1].OC), prog, n))
+    assert eng.modelled_cycles == perf.run_cycles(placed, eng.config, n)
+
+
+@pytest.mark.parametrize("v,C,OC", [(9, 8, 12), (4, 8, 40), (1, 2, 3), (3, 1, 21)],
+                         ids=["v9-NOT2", "v4-NOT5", "v1-span2", "v3-oddOC"])
+def test_pq_resident_cycles(engine, v, C, OC):
+    """LUT on chip: nsub windows of max(v, NOT, 2), a last window of max(NOT, 2), OC drain cycles per pixel
+    (pq_pixel_cycles) -- windows shorter than v, longer than v, the ACC_DISTANCE floor, odd OC (one LUT
+    entry per load cycle)."""
+    prog = pq_program(_rng("res", v, C, OC), H=5, W=6, C=C, OC=OC, K=3, pad=1, v=v, Kp=16, residual=True)
+    assert place(prog, engine.config).ops[-1].lut_resident == 1
+    _modelled_equals_model(engine, prog)
+
+
+@pytest.mark.parametrize("OC", [20, 21, 200, 201])
+def test_pq_streamed_rows_cycles(engine, pq_small_engine, OC):
+    """LUT rows from DDR through the chunked DATAFLOW region: two entries per cycle (even OC) or one (odd
+    OC: rows start mid-beat), rows longer than one chunk (OC 200 / 201 > 2 * LOAD_CHUNK entries)."""
+    eng = pq_small_engine if OC <= PQ_SMALL_CFG.max_channels else engine
+    prog = pq_program(_rng("rows", OC), H=4, W=5, C=16, OC=OC, K=3, pad=1, v=9, Kp=16, in_unsigned=1,
+                      residual=OC % 2 == 1)
+    assert place(prog, eng.config).ops[-1].lut_resident == 0
+    _modelled_equals_model(eng, prog)
+    assert perf.pq_row_chunks(OC, OC % 2 == 0) == ([OC] if OC <= 126 else [128, OC - 128] if OC % 2 == 0
+                                                   else [126, OC - 126])
+
+
+def test_bounded_stream_catches_a_burst_longer_than_its_fifo(tmp_path):
+    """Re-insert the review's loader bug: a DATAFLOW region that moves more beats than its FIFO holds
+    (chunks of 2 * LOAD_FIFO_DEPTH). C-simulation runs the region serialised, as a failed DATAFLOW would
+    in hardware, where it deadlocks; the bounded FIFO must report it (InvariantError) on the load call,
+    and the unmodified engine must load the same program without one."""
+    from flow.hls.csim import Engine, InvariantError
+    from flow.hls.project import write_project
+
+    rng = _rng("fifo")
+    prog = pq_program(rng, H=4, W=4, C=8, OC=4, K=3, pad=1, v=9, Kp=16)   # 1152 prototype bytes: 288 beats
+    project = write_project(PQ_SMALL_CFG, tmp_path / "bug")
+    loader = project.firmware_dir / "param_loader.h"
+    text = loader.read_text()
+    fixed = "static const unsigned LOAD_CHUNK = LOAD_FIFO_DEPTH;"
+    assert text.count(fixed) == 1
+    loader.write_text(text.replace(fixed, "static const unsigned LOAD_CHUNK = 2 * LOAD_FIFO_DEPTH;"))
+    with pytest.raises(InvariantError):
+        Engine(project=project).load(prog)
+    check_exact(Engine(PQ_SMALL_CFG), prog, rand_inputs(rng, prog, 1))
+
+
+def test_pq_exact_width_types():
+    """The exact-width datapath types of synthesis (VQHLS_EXACT_TYPES: ap_int counters, addresses, distances)
+    bit for bit against the golden model: resident LUT, streamed rows of even and odd OC, a residual."""
+    from flow.hls.csim import Engine
+
+    eng = Engine(PQ_SMALL_CFG, exact=True)
+    rng = _rng("exact")
+    progs = [pq_program(rng, H=4, W=4, C=2, OC=4, K=1, pad=0, v=2, Kp=4),
+             pq_program(rng, H=5, W=4, C=8, OC=20, K=3, pad=1, v=9, Kp=16, residual=True),
+             pq_program(rng, H=4, W=5, C=4, OC=21, K=3, pad=1, v=4, Kp=8, in_unsigned=1)]
+    assert [place(p, eng.config).ops[-1].lut_resident for p in progs] == [1, 0, 0]
+    for prog in progs:
+        _modelled_equals_model(eng, prog)

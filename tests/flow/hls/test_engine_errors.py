@@ -236,7 +236,7 @@ def test_hardware_checks_of_the_load_call(engine):
         ("stride > max_stride", [(_desc(2, "stride"), 3, 4)], True, (regmap.ERR_LIMIT, 2), (regmap.ERR_SHAPE, 2)),
         ("opcode", [(_desc(3, "opcode"), 9, 4)], True, (regmap.ERR_OPCODE, 3), None),
         ("out_buf == in_buf", [(_desc(3, "out_buf"), prog.ops[3].in_buf, 4)], True, (regmap.ERR_BUFFER, 3), None),
-        ("tensor > bank", [(_desc(0, "H"), 600, 4)], True, (regmap.ERR_BUF_SIZE, 0), None),
+        ("tensor > bank", [(_desc(0, "H"), DEFAULT_CFG.bank_words + 1, 4)], True, (regmap.ERR_BUF_SIZE, 0), None),
         ("placed field CW", [(_desc(2, "CW"), 5, 4)], True, (regmap.ERR_PARAM, 2), None),
         ("cb_base past cb_rows", [(_desc(2, "cb_base"), DEFAULT_CFG.cb_rows - 1, 4)], True, (regmap.ERR_LIMIT, 2),
          (regmap.ERR_PARAM, 2)),
@@ -321,7 +321,8 @@ int main(int argc, char **argv) {
             std::printf("error usage at %s\n", argv[a]);
             return 3;
         }
-        vqhls_engine(in, out, &params[0], n, &hash, &cycles, &status);
+        ap_uint<64> real_cycles = 0;   // REAL_CYCLES: the counter's C model, "not available" in C-simulation
+        vqhls_engine(in, out, &params[0], n, &hash, &cycles, &status, &real_cycles);
         size_t in_left = 0;
         while (!in.empty()) {
             in.read();
@@ -453,10 +454,11 @@ def test_raw_byte_streams(engine):
     engine.load_image(prog.to_bytes())
     load_cycles = engine.modelled_cycles
     assert load_cycles > 0                                   # the load call's modelled cycles
+    assert engine.real_cycles is None                        # no real counter in C-simulation: not available
     raw = engine.run_bytes(x.view(np.uint8).reshape(5, -1))
     assert raw.dtype == np.uint8 and raw.shape == (5, prog.output_bytes)
     assert np.array_equal(raw.view(np.int8).reshape(run_program(prog, x).shape), run_program(prog, x))
-    assert engine.modelled_cycles > 0
+    assert engine.modelled_cycles > 0 and engine.real_cycles is None
     with pytest.raises(ValueError, match="bytes"):
         engine.run_bytes(np.zeros((2, 3), np.uint8))
 

@@ -29,7 +29,7 @@ import pytest
 
 from flow.boards import get_board
 from flow.compile.engine import EngineConfig
-from flow.hls import vendor
+from flow.hls import cycle_counter, vendor
 from flow.hls.project import write_project
 
 TCLSH = shutil.which("tclsh")
@@ -531,9 +531,9 @@ def _vitis(project, tmp: Path, *argv: str) -> TclRun:
 def test_build_tcl_default_runs_csim_and_csynth(hls_project, tmp_path):
     r = _vitis(hls_project, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.commands() == ["open_project", "set_top", "add_files", "add_files", "add_files", "open_solution",
-                            "set_part", "create_clock", "config_interface", "config_export", "csim_design",
-                            "csynth_design"]
+    assert r.commands() == ["open_project", "set_top", "add_files", "add_files", "add_files", "add_files",
+                            "open_solution", "set_part", "create_clock", "config_interface", "config_export",
+                            "csim_design", "csynth_design"]
     assert r.named("open_project") == [["-reset", "vqhls_prj"]]
     assert r.named("set_top") == [["vqhls_engine"]]
     assert r.named("open_solution") == [["-reset", "solution1", "-flow_target", "vivado"]]
@@ -544,8 +544,13 @@ def test_build_tcl_default_runs_csim_and_csynth(hls_project, tmp_path):
     (export,) = r.named("config_export")
     assert opt(export, "-format") == "ip_catalog" and opt(export, "-rtl") == "verilog"
     assert ":".join(opt(export, f) for f in ("-vendor", "-library", "-ipname", "-version")) == vendor.ENGINE_VLNV
-    src, tb, data = r.named("add_files")
+    src, blackbox, tb, data = r.named("add_files")
     assert src[0] == "firmware/top.cpp" and "-std=c++14" in opt(src, "-cflags")
+    # the real cycle counter: the RTL blackbox's JSON; the header declares it (no inline C model) under the macro
+    assert blackbox == ["-blackbox", cycle_counter.JSON]
+    assert f"-D{cycle_counter.MACRO}" in opt(src, "-cflags").split() and opt(tb, "-cflags") == opt(src, "-cflags")
+    # its C model is not a design source (the JSON gives it to C-simulation; synthesis takes the Verilog)
+    assert not any(cycle_counter.C_MODEL in " ".join(a) for a in r.named("add_files"))
     assert tb[:2] == ["-tb", "tb/tb.cpp"] and data == ["-tb", "tb/data"]
     # the testbench runs on the project's vectors
     (csim,) = r.named("csim_design")
@@ -602,6 +607,95 @@ def test_build_tcl_refuses_csim_without_vectors(tmp_path):
     # synthesis alone needs no vectors
     r = run_tcl(tmp_path / "run2", proj.build_tcl, "csim=0")
     assert r.returncode == 0 and r.commands()[-1] == "csynth_design", r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------------------
+# the real cycle counter's RTL blackbox (cycle_counter.json) against the files it names
+# ---------------------------------------------------------------------------
+def _verilog_ports(path: Path, module: str, tmp: Path) -> dict[str, tuple[str, int]]:
+    """name -> (direction, bits) of ``module``'s ports, as yosys reads the Verilog."""
+    out = tmp / f"{module}.ports.json"
+    r = subprocess.run(["yosys", "-q", "-p", f"read_verilog {path}; proc; write_json {out}"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ports = json.loads(out.read_text())["modules"][module]["ports"]
+    return {n: (p["direction"], len(p["bits"])) for n, p in ports.items()}
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not installed")
+def test_cycle_counter_blackbox_json(hls_project, tmp_path):
+    """What Vitis reads from cycle_counter.json (UG1399 "JSON File for RTL Blackbox") agrees with the
+    files: the names, the C declaration's arguments and directions, every RTL port (and no other), the
+    latency, and the resources it declares (re-synthesized here with yosys)."""
+    root = hls_project.path
+    j = json.loads((root / cycle_counter.JSON).read_text())
+    assert j["c_function_name"] == j["rtl_top_module_name"] == cycle_counter.MODULE
+    # paths are from the project root: where build.tcl runs vitis_hls and where the JSON lies
+    (cfile,) = j["c_files"]
+    (rtl,) = j["rtl_files"]
+    assert (root / cfile["c_file"]).is_file() and (root / rtl).is_file()
+    c_model = (root / cfile["c_file"]).read_text()
+    assert f"#define {cycle_counter.MACRO}" in c_model     # compiled alone, it still only declares the header's
+    assert re.search(rf"void {cycle_counter.MODULE}\(ap_uint<32> after, ap_uint<64> &now\)", c_model)
+    # the C declaration the top calls (under the macro build.tcl defines)
+    header = (hls_project.firmware_dir / "cycle_counter.h").read_text()
+    decl = re.search(rf"#ifdef {cycle_counter.MACRO}\n(void {cycle_counter.MODULE}\((.*?)\);)", header)
+    assert decl, "cycle_counter.h declares no blackbox under the macro"
+    c_args = {}
+    for arg in decl.group(2).split(","):
+        m = re.fullmatch(r"\s*ap_uint<(\d+)>\s*(&?)\s*(\w+)\s*", arg)
+        c_args[m.group(3)] = ("out" if m.group(2) else "in", int(m.group(1)))
+    assert {p["c_name"]: p["c_port_direction"] for p in j["c_parameters"]} == {n: d for n, (d, _) in c_args.items()}
+    # every RTL port the JSON names is a port of the module, with the C argument's width, and none is left over
+    ports = _verilog_ports(root / rtl, cycle_counter.MODULE, tmp_path)
+    named = {}
+    for p in j["c_parameters"]:
+        direction, bits = c_args[p["c_name"]]
+        for role, port in p["rtl_ports"].items():
+            want = {"data_read_in": ("input", bits), "data_write_out": ("output", bits),
+                    "data_write_valid": ("output", 1)}[role]
+            named[port] = want
+    for role, port in j["rtl_common_signal"].items():
+        named[port] = ("output" if role.endswith(("_idle", "_ready", "_done")) else "input", 1)
+    assert ports == named
+    assert j["rtl_performance"] == {"latency": str(cycle_counter.LATENCY), "II": "1"}
+    # the resources it declares are what yosys synthesizes from the same Verilog
+    stat = tmp_path / "stat.txt"
+    r = subprocess.run(["yosys", "-q", "-p", f"read_verilog {root / rtl}; synth_xilinx -family xc7 -top "
+                        f"{cycle_counter.MODULE}; tee -q -o {stat} stat"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cells = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\s+(\w+)\s+(\d+)$", stat.read_text(), re.M)}
+    ffs = sum(n for c, n in cells.items() if c.startswith("FD"))
+    luts = sum(n for c, n in cells.items() if re.fullmatch(r"LUT\d|INV", c))
+    assert (int(j["rtl_resource_usage"]["FF"]), int(j["rtl_resource_usage"]["LUT"])) == (ffs, luts), cells
+
+
+@pytest.mark.csim
+def test_cycle_counter_vitis_csim_configuration_links_and_says_not_available(hls_project, tmp_path):
+    """The sources as Vitis C-simulation compiles them (build.tcl's cflags with the macro, the C model from
+    the JSON's c_files) link, run the project's vectors bit-exact and report the real cycles as not
+    available; without the C model the blackbox is only declared (the link fails): no C++ counter hides
+    behind the Verilog. The g++ C-simulation (no macro) needs no extra source."""
+    from flow.hls.ap_types import ap_types_dir
+
+    root = hls_project.path
+    j = json.loads((root / cycle_counter.JSON).read_text())
+    cflags = ["-O1", "-std=c++14", f"-D{cycle_counter.MACRO}", f"-I{hls_project.firmware_dir}", f"-I{ap_types_dir()}"]
+    srcs = [str(hls_project.firmware_dir / "top.cpp"), str(hls_project.tb_dir / "tb.cpp")]
+    exe = tmp_path / "tb_vitis_csim"
+    r = subprocess.run(["g++", *cflags, *srcs, str(root / j["c_files"][0]["c_file"]), "-o", str(exe)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = hls_project.data_dir
+    r = subprocess.run([str(exe), str(data / "program.bin"), str(data / "inputs.bin"), str(tmp_path / "out.bin"),
+                        str(data / "expected.bin")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "tb: PASS" in r.stdout, r.stdout
+    assert "tb: real cycles: not available (C-simulation)" in r.stdout
+    r = subprocess.run(["g++", *cflags, "-c", srcs[0], "-o", str(tmp_path / "top.o")], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    nm = subprocess.run(["nm", "-C", "-u", str(tmp_path / "top.o")], capture_output=True, text=True).stdout
+    assert f"{cycle_counter.MODULE}(ap_uint<32>, ap_uint<64>&)" in nm      # undefined: the blackbox
 
 
 # ---------------------------------------------------------------------------

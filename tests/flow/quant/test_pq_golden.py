@@ -173,7 +173,7 @@ def test_pq_linear_and_residual_conversion():
     kinds = {nd.name: nd.kind for nd in g.nodes}
     assert kinds["c2"] == "pq" and kinds["fc"] == "pq"
     assert g.nodes[[n.name for n in g.nodes].index("c2")].res is not None
-    prog = lower(g, EngineConfig())
+    prog = lower(g, EngineConfig(pq=True))
     xi = _quant_in(g, x)
     assert np.array_equal(run_program(prog, xi), run(g, xi))
     again = Program.from_bytes(prog.to_bytes())
@@ -236,9 +236,9 @@ def pq_graph():
 
 @pytest.mark.parametrize("engine,match", [
     (EngineConfig(pq=False), r"layer 'c2'.*engine has no lookup unit \(engine\.pq = False\)"),
-    (EngineConfig(pq_v_max=8), r"layer 'c2'.*v = 9 > engine\.pq_v_max = 8"),
-    (EngineConfig(pq_k_max=8), r"layer 'c2'.*K = 16 > engine\.pq_k_max = 8"),
-    (EngineConfig(pq_subspaces_max=4), r"layer 'c2'.*subspaces KH\*KW\*C/v = 8 > engine\.pq_subspaces_max = 4"),
+    (EngineConfig(pq=True, pq_v_max=8), r"layer 'c2'.*v = 9 > engine\.pq_v_max = 8"),
+    (EngineConfig(pq=True, pq_k_max=8), r"layer 'c2'.*K = 16 > engine\.pq_k_max = 8"),
+    (EngineConfig(pq=True, pq_subspaces_max=4), r"layer 'c2'.*subspaces KH\*KW\*C/v = 8 > engine\.pq_subspaces_max = 4"),
 ])
 def test_pq_lowering_errors(pq_graph, engine, match):
     g, _ = pq_graph
@@ -248,19 +248,19 @@ def test_pq_lowering_errors(pq_graph, engine, match):
 
 def test_pq_lowering_overflow_and_streaming(pq_graph):
     g, x = pq_graph
-    prog = lower(g, EngineConfig())
+    prog = lower(g, EngineConfig(pq=True))
     assert prog.meta["pq_streamed"] == []
     # a LUT larger than the on-chip memory is streamed, not rejected
-    small = lower(g, EngineConfig(lut_bytes=256))
+    small = lower(g, EngineConfig(pq=True, lut_bytes=256))
     assert small.meta["pq_streamed"] == ["c2"]
     bad = copy.deepcopy(g)
     nd = next(n for n in bad.nodes if n.kind == "pq")
     nd.bias = nd.bias.copy()
     nd.bias[2] = (1 << 31) - 10
     with pytest.raises(LoweringError, match=r"layer 'c2'.*accumulator can reach \d+ \(channel 2: sum_s max_k \|lut\|"):
-        lower(bad, EngineConfig())
+        lower(bad, EngineConfig(pq=True))
     nd.bias[2] = 0
     nd.lut = nd.lut.copy()
     nd.lut[0, 0, 0] = 300                                                # beyond lut_bits = 8
     with pytest.raises(LoweringError, match=r"layer 'c2'.*LUT values exceed lut_bits = 8"):
-        lower(bad, EngineConfig())
+        lower(bad, EngineConfig(pq=True))

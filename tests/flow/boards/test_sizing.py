@@ -1,0 +1,64 @@
+"""Board sizing (flow.boards.sizing) picks by the HIGH end of the modelled range.
+
+The reference is brute force: every geometry (rows, dsp_rows) of a small search space is estimated, and
+the search's answer must be the preferred one among those whose high end fits, with nothing preferred
+over it fitting. The model is not re-implemented here: its units are tested in test_resources.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from flow.boards import get_board
+from flow.boards.resources import check_fit, estimate, over_budget
+from flow.boards.sizing import ROWS, search
+from flow.compile.engine import EngineConfig
+
+
+def _fits_high(e, board) -> bool:
+    u = estimate(e, board)
+    b = get_board(board)
+    return (u.high.bram36 <= 0.8 * b.bram36 and u.high.dsp <= 0.9 * b.dsp and u.high.lut <= 0.7 * b.lut
+            and u.high.ff <= 0.7 * b.ff and (not b.lutram or u.high.lutram <= 0.7 * b.lutram))
+
+
+@pytest.mark.parametrize("board, ref", [
+    ("pynq-z2", EngineConfig(pq=False)),
+    ("pynq-z2", EngineConfig(pq=False, n=4, m=4)),
+    ("zcu104", EngineConfig(rows=8, cols=16, lanes=16, dsp_rows=8, act_buf_bytes=131072,
+                            vmem_entries=73728, cb_rows=10240, dmem_words=4096)),
+])
+def test_search_returns_the_most_rows_whose_high_end_fits(board, ref):
+    e = search(board, ref)
+    assert _fits_high(e, board) and not over_budget(estimate(e, board), board)
+    check_fit(e, board)
+    # brute force over the rows the search may pick, at the reference's parameter memories reduced as far as
+    # the ladders go: no config with more rows fits at the high end at any dsp_rows
+    smallest = dict(vmem_entries=8192, cb_rows=1024, dmem_words=1024, max_ops=32)
+    for rows in (r for r in ROWS if r > e.rows):
+        for dsp_rows in range(rows + 1):
+            cand = dataclasses.replace(ref, rows=rows, dsp_rows=dsp_rows, **smallest)
+            assert not _fits_high(cand, board), (rows, dsp_rows)
+    # the dsp_rows preferred: none above it fits with this geometry and memories
+    for dsp_rows in range(e.dsp_rows + 1, e.rows + 1):
+        assert not _fits_high(dataclasses.replace(e, dsp_rows=dsp_rows), board)
+
+
+def test_search_ignores_the_central_figure():
+    """A central figure under the budget is not enough: a geometry whose central LUT fits but whose high end
+    does not is never returned."""
+    ref = EngineConfig(pq=False)
+    e = search("pynq-z2", ref)
+    nxt = [r for r in ROWS if r > e.rows][-1]            # the next larger geometry
+    central_fits = [d for d in range(nxt + 1)
+                    if estimate(dataclasses.replace(e, rows=nxt, dsp_rows=d)).central.lut <= 0.7 * 53_200]
+    assert central_fits, "the next larger geometry should fit at its central figure (the case this tests)"
+    assert e.rows < nxt
+
+
+def test_default_engine_config_fits_at_the_high_end():
+    e = EngineConfig()
+    assert _fits_high(e, "pynq-z2")
+    u = check_fit(e, "pynq-z2")
+    assert u.lut == u.high.lut > u.central.lut >= u.low.lut
