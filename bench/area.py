@@ -3,7 +3,7 @@ PQ lookup engine vs a dense MAC array on ResNet20's 64->64 3x3 layers, with and 
 
     python bench/area.py [--rows R] [--no-plot]
 
-Every number here is a yosys 0.x ``synth_xilinx -family xc7 -flatten -noiopad -noclkbuf [-nodsp]``
+Every area number here (the columns without a model_ prefix) is a yosys 0.x ``synth_xilinx -family xc7 -flatten -noiopad -noclkbuf [-nodsp]``
 cell count (flow/rtl/area.py) of a core rendered from hls_templates/rtl/ (flow/rtl/render.py): a
 technology-mapped netlist before place and route, not a Vivado utilisation report. Beside each
 array row the analytic model of flow/boards/resources.py (the same units: products, muxes, adder
@@ -28,9 +28,10 @@ Equal throughput, lookup vs MAC (ResNet20, a 64->64 3x3 layer, stride 1; per out
   per cycle (K distance units in parallel: v cycles per subspace) and accumulates OC_LANES = COLS
   LUT entries per cycle (ceil(OC / COLS) cycles per subspace); encoder and lookup overlap through
   its code queue, so cycles/pixel = subspaces * max(v, ceil(OC / COLS)) = 64 * max(9, 8) = 576
-  at COLS = 8 (pq_cycles_per_pixel). The MAC array is then sized (its ROWS) to the closest
+  at COLS = 8 (pq_model_cycles_per_pixel). The MAC array is then sized (its ROWS) to the closest
   pixels per cycle: 36,864 / 576 = 64 MACs/cycle = a dense 1 x 8 x 8 array, an exact match.
-  Performance per area = pixels per cycle / slice LUTs (LUT + LUTRAM + SRL), in the table relative
+  Performance per area = MODELLED pixels per cycle (the formulas above, not simulated) / MEASURED
+  (yosys) slice LUTs (LUT + LUTRAM + SRL): column model_perf_per_yosys_lut, in the table relative
   to the MAC array; DSPs and BRAMs are listed beside it, not folded in (the -nodsp rows are the
   all-fabric comparison). What each core contains: the PE array holds its stationary weights
   (COLS x LANES bytes) and accumulators, not the layer's weight memory; the lookup engine holds
@@ -53,8 +54,8 @@ from bench.common import RESULTS, save, table  # noqa: E402
 from flow.boards import resources as rm  # noqa: E402
 from flow.compile.engine import EngineConfig  # noqa: E402
 from flow.rtl.area import AreaError, synth_area, yosys_version  # noqa: E402
+from flow.rtl.render import write_rtl  # noqa: E402
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "hls_templates" / "rtl"
 BUILD = Path(__file__).resolve().parent.parent / "build" / "area"
 COLS = LANES = 8
 SPARSITY = ((4, 4), (2, 4), (1, 4))          # dense, 2:4, 1:4
@@ -64,20 +65,8 @@ PQ_V, PQ_K = 9, 16
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-def available(unit: str) -> tuple[bool, str]:
-    """(template and renderer exist, reason if not)."""
-    if not (TEMPLATES / f"{unit}.v.j2").exists():
-        return False, f"hls_templates/rtl/{unit}.v.j2 does not exist (yet)"
-    try:
-        from flow.rtl import render  # noqa: F401
-    except ImportError as e:
-        return False, f"flow.rtl.render does not import: {e}"
-    return True, ""
-
-
 def synth_unit(unit: str, engine: EngineConfig, top: str, nodsp: bool) -> dict:
-    from flow.rtl.render import write_rtl
-
+    """yosys cell counts (MEASURED) of core ``unit`` rendered for ``engine``."""
     out = BUILD / f"{unit}-{engine.hash()}"
     path = write_rtl(unit, engine, out)
     return synth_area(path, top, nodsp=nodsp)
@@ -134,7 +123,7 @@ def bench_arrays(rows: int) -> list[dict]:
 
 
 # ---- part 2: lookup engine vs MAC array ----------------------------------------------------------
-def pq_cycles_per_pixel(e: EngineConfig) -> dict:
+def pq_model_cycles_per_pixel(e: EngineConfig) -> dict:
     """The lookup engine's cycles per output pixel of the 64->64 3x3 layer (modelled).
 
     subspaces = 3*3*64 / v; encode: the K distance units take one element of the subvector per cycle
@@ -148,14 +137,15 @@ def pq_cycles_per_pixel(e: EngineConfig) -> dict:
     return {"subspaces": subspaces, "encode": enc, "lookup": look, "cycles": max(enc, look)}
 
 
-def mac_cycles_per_pixel(e: EngineConfig) -> float:
+def mac_model_cycles_per_pixel(e: EngineConfig) -> float:
+    """The dense MAC array's cycles per output pixel of the layer at full utilisation (modelled)."""
     return LAYER["k"] * LAYER["k"] * LAYER["cin"] * LAYER["cout"] / (e.rows * e.cols * e.lanes)
 
 
-def bench_pq(ok: bool, why: str) -> tuple[list[dict], dict]:
+def bench_pq() -> tuple[list[dict], dict]:
     pq_e = EngineConfig(rows=1, cols=COLS, lanes=LANES, n=4, m=4, dsp_rows=0, pq=True, pq_v_max=PQ_V, pq_k_max=PQ_K,
                         pq_subspaces_max=64)
-    pc = pq_cycles_per_pixel(pq_e)
+    pc = pq_model_cycles_per_pixel(pq_e)
     # the MAC array whose cycles/pixel are closest to the PQ engine's: rows from 36864 / (cycles * C * L)
     want_rows = LAYER["k"] ** 2 * LAYER["cin"] * LAYER["cout"] / (pc["cycles"] * COLS * LANES)
     mac_rows = max(1, round(want_rows))
@@ -165,38 +155,46 @@ def bench_pq(ok: bool, why: str) -> tuple[list[dict], dict]:
               f"(1 element/cycle, K units in parallel), lookup {pc['lookup']} cycles ({COLS} OC per cycle); "
               f"pipelined: {pc['cycles']} cycles/pixel",
         "mac": f"576 x 64 = 36864 MACs/pixel on a dense {mac_rows}x{COLS}x{LANES} array "
-               f"({mac_rows * COLS * LANES} MACs/cycle): {mac_cycles_per_pixel(array_engine(mac_rows, 4, 4, dsp=True)):g} cycles/pixel",
+               f"({mac_rows * COLS * LANES} MACs/cycle): {mac_model_cycles_per_pixel(array_engine(mac_rows, 4, 4, dsp=True)):g} cycles/pixel",
         "want_mac_rows": want_rows,
     }
     rows = []
-    if not ok:
-        method["skipped"] = why
-        return rows, method
     for nodsp in (False, True):
         me = array_engine(mac_rows, 4, 4, dsp=not nodsp)
         for kind, e, unit, top, cyc in (
-                ("MAC (dense array)", me, "pe_array", "vqhls_pe_array", mac_cycles_per_pixel(me)),
+                ("MAC (dense array)", me, "pe_array", "vqhls_pe_array", mac_model_cycles_per_pixel(me)),
                 ("PQ lookup", pq_e, "pq_engine", "vqhls_pq_engine", pc["cycles"])):
             a = synth_unit(unit, e, top, nodsp)
             print(f"  {unit} {'-nodsp' if nodsp else 'dsp   '}: yosys {a['runtime_s']:.1f} s"
                   f"{' (cached)' if a['cached'] else ''}", flush=True)
-            rows.append({"part": "pq_vs_mac", "build": kind, "nodsp": nodsp, "cycles_per_pixel": cyc,
-                         "pixels_per_kcycle": 1000.0 / cyc, "lut": a["lut"], "lut_total": lut_total(a),
+            rows.append({"part": "pq_vs_mac", "build": kind, "nodsp": nodsp, "model_cycles_per_pixel": cyc,
+                         "model_pixels_per_kcycle": 1000.0 / cyc, "lut": a["lut"], "lut_total": lut_total(a),
                          "lutram_luts": a["lutram_luts"], "ff": a["ff"], "carry4": a["carry4"],
                          "dsp": a["dsp"], "bram18": a["bram18"], "bram36": a["bram36"],
                          "yosys_s": a["runtime_s"], "cached": a["cached"], "cells": a["cells"]})
     for r in rows:
         mac = next(x for x in rows if x["nodsp"] == r["nodsp"] and x["build"].startswith("MAC"))
-        r["perf_per_lut"] = r["pixels_per_kcycle"] / r["lut_total"]
-        r["perf_per_lut_vs_mac"] = r["perf_per_lut"] / mac["perf_per_lut"]
+        # modelled throughput over measured area: the two sources stay visible in the name
+        r["model_perf_per_yosys_lut"] = r["model_pixels_per_kcycle"] / r["lut_total"]
+        r["model_perf_per_yosys_lut_vs_mac"] = r["model_perf_per_yosys_lut"] / mac["model_perf_per_yosys_lut"]
     return rows, method
 
 
 # ---- report --------------------------------------------------------------------------------------
 ARRAY_COLS = ["build", "nodsp", "multipliers", "dense_macs_per_cycle", "lut", "lutram_luts", "lut_total",
               "lut_vs_dense", "ff", "ff_vs_dense", "carry4", "dsp", "model_lut", "model_ff", "model_dsp", "yosys_s"]
-PQ_COLS = ["build", "nodsp", "cycles_per_pixel", "lut", "lutram_luts", "lut_total", "ff", "carry4", "dsp",
-           "bram18", "bram36", "perf_per_lut_vs_mac", "yosys_s"]
+PQ_COLS = ["build", "nodsp", "model_cycles_per_pixel", "lut", "lutram_luts", "lut_total", "ff", "carry4", "dsp",
+           "bram18", "bram36", "model_perf_per_yosys_lut_vs_mac", "yosys_s"]
+# which result columns are measured (yosys on the rendered RTL) and which modelled (formulas, no synthesis)
+COLUMNS = {
+    "measured": "lut, lut_total, lutram_luts, ff, carry4, dsp, bram18, bram36, muxf7, muxf8, cells, yosys_s: "
+                "yosys synth_xilinx cell counts of the rendered core; *_vs_dense are ratios of them",
+    "modelled": "model_lut, model_ff, model_dsp: flow/boards/resources.py; model_cycles_per_pixel, "
+                "model_pixels_per_kcycle: the analytic cycle counts of pq_model_cycles_per_pixel / "
+                "mac_model_cycles_per_pixel, not simulated",
+    "mixed": "model_perf_per_yosys_lut = model_pixels_per_kcycle / lut_total (modelled throughput over "
+             "measured slice LUTs); _vs_mac: relative to the MAC array's",
+}
 
 
 def _pct(ratio: float) -> str:
@@ -222,8 +220,10 @@ def comparison(arrays: list[dict], pq: list[dict]) -> list[str]:
         m = next((r for r in pq if r["nodsp"] == nodsp and r["build"].startswith("MAC")), None)
         if p and m:
             lines.append(f"{'-nodsp' if nodsp else 'DSP inference'}: PQ lookup vs MAC array at "
-                         f"{p['cycles_per_pixel']:g} vs {m['cycles_per_pixel']:g} cycles/pixel: performance per slice LUT "
-                         f"x{p['perf_per_lut_vs_mac']:.2f} ({100 * (p['perf_per_lut_vs_mac'] - 1):+.0f}%); "
+                         f"{p['model_cycles_per_pixel']:g} vs {m['model_cycles_per_pixel']:g} modelled cycles/pixel: "
+                         f"modelled performance per measured slice LUT "
+                         f"x{p['model_perf_per_yosys_lut_vs_mac']:.2f} "
+                         f"({100 * (p['model_perf_per_yosys_lut_vs_mac'] - 1):+.0f}%); "
                          f"DSP {p['dsp']} vs {m['dsp']}, BRAM (RAMB18 + 2 x RAMB36) {p['bram18'] + 2 * p['bram36']} vs "
                          f"{m['bram18'] + 2 * m['bram36']}")
     return lines
@@ -235,8 +235,8 @@ def plot(arrays: list[dict], pq: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 if pq else 1, figsize=(12 if pq else 7, 4.5), squeeze=False)
-    ax = axes[0][0]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax = axes[0]
     builds = [b for b in ("dense", "2:4", "1:4") if any(r["build"] == b for r in arrays)]
     w = 0.2
     for i, (nodsp, key, label) in enumerate(((False, "lut_total", "LUT (DSP inferred)"),
@@ -252,16 +252,15 @@ def plot(arrays: list[dict], pq: list[dict], path: Path) -> None:
     r0 = arrays[0]
     ax.set_title(f"PE array {r0['rows']}x{r0['cols']}x{r0['lanes']}, {r0['dense_macs_per_cycle']} dense MAC/cycle each")
     ax.legend(fontsize=7)
-    if pq:
-        ax = axes[0][1]
-        labels = [f"{r['build']}\n{'-nodsp' if r['nodsp'] else 'DSP'}" for r in pq]
-        vals = [r["perf_per_lut_vs_mac"] for r in pq]
-        ax.bar(range(len(pq)), vals, color=["C0" if r["build"].startswith("MAC") else "C1" for r in pq])
-        ax.axhspan(1.40, 2.04, color="grey", alpha=0.2, label="PQA claim: +40..104%")
-        ax.set_xticks(range(len(pq)), labels, fontsize=7)
-        ax.set_ylabel("pixels/cycle per LUT, relative to the MAC array")
-        ax.set_title("64->64 3x3 layer: lookup vs MAC at equal throughput")
-        ax.legend(fontsize=7)
+    ax = axes[1]
+    labels = [f"{r['build']}\n{'-nodsp' if r['nodsp'] else 'DSP'}" for r in pq]
+    vals = [r["model_perf_per_yosys_lut_vs_mac"] for r in pq]
+    ax.bar(range(len(pq)), vals, color=["C0" if r["build"].startswith("MAC") else "C1" for r in pq])
+    ax.axhspan(1.40, 2.04, color="grey", alpha=0.2, label="PQA claim: +40..104%")
+    ax.set_xticks(range(len(pq)), labels, fontsize=7)
+    ax.set_ylabel("modelled pixels/cycle per yosys LUT, relative to MAC")
+    ax.set_title("64->64 3x3 layer: lookup vs MAC at equal throughput")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -278,50 +277,34 @@ def main() -> int:
         print(f"skipped: {e}")
         return 1
     t0 = time.perf_counter()
-    notes = []
-    ok_arr, why_arr = available("pe_array")
-    arrays: list[dict] = []
     print(f"{version}; synth_xilinx -family xc7 -flatten -noiopad -noclkbuf [-nodsp]")
-    if ok_arr:
-        arrays = bench_arrays(a.rows)
-    else:
-        notes.append(f"arrays skipped: {why_arr}")
-    ok_pq, why_pq = available("pq_engine")
-    if ok_pq and not ok_arr:
-        ok_pq, why_pq = False, why_arr
-    pq, method = bench_pq(ok_pq, why_pq)
-    if not ok_pq:
-        notes.append(f"lookup vs MAC skipped: {why_pq}")
-
+    arrays = bench_arrays(a.rows)
+    pq, method = bench_pq()
     print()
     print("Equal effective throughput: every array below retires ROWS*COLS*LANES dense MACs per cycle on an\n"
           "N:M-pruned layer (a dense PE uses LANES multipliers; an N:M PE LANES*N/M multipliers behind M:1\n"
           "muxes, skipping the zeros). model_* = flow/boards/resources.py for the same units.")
-    if arrays:
-        print(table(arrays, ARRAY_COLS))
+    print(table(arrays, ARRAY_COLS))
     print()
     print("Lookup vs MAC, method:")
     for k, v in method.items():
         print(f"  {k}: {v}")
-    if pq:
-        print(table(pq, PQ_COLS))
+    print(table(pq, PQ_COLS))
     print()
     cmp = comparison(arrays, pq)
     for line in cmp:
         print(line)
-    for line in notes:
-        print("NOTE:", line)
     total = time.perf_counter() - t0
     ys = sum(r["yosys_s"] for r in arrays + pq)
     print(f"\nyosys time (sum of runs, cached ones as first measured): {ys:.1f} s; this run's wall time {total:.1f} s")
     payload = {"yosys": version, "script": "synth_xilinx -family xc7 -flatten -noiopad -noclkbuf [-nodsp]; stat -json",
                "equal_throughput": "dense MACs per cycle = ROWS*COLS*LANES for every N:M build (N:M-pruned layers)",
-               "arrays": arrays, "pq_vs_mac": pq, "pq_method": method, "comparison": cmp, "notes": notes,
+               "arrays": arrays, "pq_vs_mac": pq, "pq_method": method, "comparison": cmp, "columns": COLUMNS,
                "claims": {"mvq": "sparse systolic array 55% smaller than the dense EWS baseline",
                           "pqa": "lookup engine 40-104% more performance per area than a MAC engine (ResNet20)"},
                "yosys_s_total": ys, "wall_s": total}
-    print("wrote", save("area", payload))
-    if not a.no_plot and arrays:
+    print("wrote", save("area", payload, __file__))
+    if not a.no_plot:
         plot(arrays, pq, RESULTS / "area.png")
         print("wrote", RESULTS / "area.png")
     return 0

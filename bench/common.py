@@ -1,15 +1,22 @@
-"""Shared helpers for the benchmark scripts: tables, JSON results, plots."""
+"""Shared helpers for the benchmark scripts: tables, Pareto fronts, JSON results with their provenance."""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+from flow.text_table import format_table
+
+REPO = Path(__file__).resolve().parent.parent
+
 # where results go: $VQHLS_BENCH_OUT (make bench sets it to build/bench, untracked), else the committed
 # bench/results (running a script by hand updates the published numbers, as its "wrote ..." line says)
-RESULTS = Path(os.environ.get("VQHLS_BENCH_OUT") or Path(__file__).resolve().parent / "results").resolve()
+RESULTS = Path(os.environ.get("VQHLS_BENCH_OUT") or REPO / "bench" / "results").resolve()
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
@@ -19,23 +26,51 @@ def table(rows: list[dict], cols: list[str]) -> str:
             return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
         return str(v)
 
-    cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
-    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(out)
+    return format_table(cols, [[fmt(r.get(c, "")) for c in cols] for r in rows])
 
 
-def save(name: str, payload: dict) -> Path:
-    """Write ``RESULTS/<name>.json`` (bench/results or $VQHLS_BENCH_OUT) with machine facts added."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = dict(payload)
-    payload["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
-                          "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, default=float))
-    return path
+def git_commit() -> str:
+    """HEAD of the repository, '+dirty' when tracked files differ from it; 'unknown' without git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def provenance(script: str | Path, argv: list[str] | None = None) -> dict:
+    """What produced a result: the commit, the script and its arguments, the date and the machine.
+
+    ``script`` is the bench script's ``__file__`` (stored relative to the repository); ``argv`` its
+    arguments (default ``sys.argv[1:]``; pass them when ``main(argv)`` was called in-process)."""
+    path = Path(script).resolve()
+    return {"commit": git_commit(),
+            "script": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
+            "argv": list(sys.argv[1:] if argv is None else argv),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def save(name: str, payload: dict, script: str | Path, argv: list[str] | None = None,
+         out: Path | None = None) -> Path:
+    """Write ``<out>/<name>.json`` (default RESULTS: bench/results or $VQHLS_BENCH_OUT) atomically, with
+    :func:`provenance` under ``"machine"``."""
+    payload = dict(payload, machine=provenance(script, argv))
+    return atomic_write_text(Path(out or RESULTS) / f"{name}.json", json.dumps(payload, indent=2, default=float))
 
 
 def pareto_front(points: list[dict], x: str = "ratio", y: str = "acc") -> list[int]:
@@ -63,9 +98,6 @@ def best_at(points: list[dict], r: float, x: str = "ratio", y: str = "acc"):
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same directory and a rename,
     so a killed run never leaves a truncated file (readers see the old file or the new one)."""
-    import os
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")

@@ -107,7 +107,7 @@ def main() -> int:
     r20 = trainer.get_trained("resnet20", "fashion-mnist")
     rows.append(vqhls_row("resnet20 (MVQ 2:4)", r20, "fashion-mnist", a.resnet_images, "mvq"))
     print(table(rows, ["impl", "model", "images", "images_per_s", "bit_exact", "accuracy"]))
-    print(f"\nwrote {save('csim', {'rows': rows})}")
+    print(f"\nwrote {save('csim', {'rows': rows}, __file__)}")
     return 0
 
 

@@ -60,6 +60,7 @@ from flow.compile import EngineConfig, lower  # noqa: E402
 from flow.compile.program import CODEBOOK, CONV, Program  # noqa: E402
 from flow.compress import compress  # noqa: E402
 from flow.quant import quantize_model  # noqa: E402
+from flow.text_table import format_table  # noqa: E402
 from models import zoo  # noqa: E402
 
 BOARD = "pynq-z2"
@@ -153,15 +154,6 @@ def model_report(program: Program, engine: EngineConfig, board: str = BOARD) -> 
 
 
 # ---- printing -------------------------------------------------------------------------------
-def fixed(rows: list[list[str]], header: list[str], right: set[int] = frozenset()) -> str:
-    """Fixed-width table: columns in ``right`` are right-aligned."""
-    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    just = lambda s, i: s.rjust(w[i]) if i in right else s.ljust(w[i])   # noqa: E731
-    out = ["  ".join(just(h, i) for i, h in enumerate(header)), "  ".join("-" * x for x in w)]
-    out += ["  ".join(just(c, i) for i, c in enumerate(r)) for r in rows]
-    return "\n".join(out)
-
-
 def versus(value: float, target: float | None) -> str:
     """'modelled >= target' or 'modelled < target (short by X)'; '-' without a target. Never a pass/fail."""
     if not target:
@@ -181,7 +173,7 @@ def summary_table(rows: list[dict]) -> str:
                      f"{r['macs']:,}", f"{r['products']:,}", f"{r['mac_util']:.3f}", f"{r['array_util']:.3f}",
                      f"{r['ddr_bytes']:,}", "yes" if r["resident_all"] else "no",
                      f">= {t:,.0f}" if t else "-", versus(r["images_per_s"], t)])
-    return fixed(body, header, right={3, 4, 5, 6, 7, 8, 9})
+    return format_table(header, body, right={3, 4, 5, 6, 7, 8, 9})
 
 
 def layer_table(rep: dict) -> str:
@@ -201,7 +193,7 @@ def layer_table(rep: dict) -> str:
                  f"{rep['mac_util']:.3f}", "", f"{rep['ddr_bytes']:,}",
                  *(f"{sum(L['split'][p] for L in rep['layers']):,}" for p in PHASES[:3]),
                  f"{sum(L['split']['overhead'] for L in rep['layers']) + rep['stream_in'] + rep['stream_out']:,}"])
-    return fixed(body, header, right={3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14})
+    return format_table(header, body, right={3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14})
 
 
 def engine_line(name: str, e: EngineConfig) -> str:
@@ -328,34 +320,6 @@ def resources_of(engine: EngineConfig) -> tuple[dict, str]:
     return d, res_table(u, BOARD)
 
 
-def git_commit() -> str:
-    """HEAD of the repository, '+dirty' when the working tree differs from it; 'unknown' without git."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or platform.processor()."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run(iters: int = 2, progress: bool = True) -> tuple[dict, str]:
     """Build every program, model it; returns (JSON payload, printed text)."""
     b = get_board(BOARD)
@@ -428,7 +392,7 @@ def run(iters: int = 2, progress: bool = True) -> tuple[dict, str]:
     p("Published figures of OTHER designs (their authors' measurements, not ours), beside our modelled ones:")
     ours = {r["model"]: r["images_per_s"] for r in rows if (r["build"], r["method"]) == MAIN}
     pub_rows = [[what, where, fig, f"{ours[m]:,.1f} (modelled, {m})" if m else "-"] for what, where, fig, m in PUBLISHED]
-    p(fixed(pub_rows, ["published design", "board / clock", "published", "this engine"]))
+    p(format_table(["published design", "board / clock", "published", "this engine"], pub_rows))
     r20 = next(r for r in rows if r["model"] == "resnet20" and (r["build"], r["method"]) == MAIN)
     if r20["images_per_s"] < TARGETS["resnet20"]:
         e = engs["sparse"]
@@ -443,7 +407,7 @@ def run(iters: int = 2, progress: bool = True) -> tuple[dict, str]:
         engines={name: dict(config=e.to_dict(), hash=e.hash(), multipliers=e.multipliers) for name, e in engs.items()},
         rows=rows, resources=resources, targets=targets,
         published=[dict(design=w, board=bd, figure=f, compare_with=m) for w, bd, f, m in PUBLISHED],
-        seconds=timings, kmeans_iters=iters, commit=git_commit(), cpu=cpu_model(),
+        seconds=timings, kmeans_iters=iters,
         units=dict(mac_util=f"dense MACs / (cycles x {b.dsp} DSP48E1, 1 product each)",
                    array_util="products / (cycles x engine.multipliers)", ddr_bytes="m_axi bytes per image",
                    beat_bytes=BEAT_BYTES))
@@ -458,7 +422,7 @@ def main() -> int:
     t0 = time.perf_counter()
     payload, text = run(a.iters)
     print(text)
-    path = save("engine", payload)
+    path = save("engine", payload, __file__)
     msg = f"\nwrote {path}"
     if not a.no_plot:
         plot(payload, RESULTS / "engine.png")

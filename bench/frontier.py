@@ -986,15 +986,7 @@ def main(argv: list[str] | None = None) -> int:
             "lookups": "PQ LUT reads per image (C*Cout per output position)",
         },
     }
-    if a.out is not None:
-        path = out_dir / f"{stem}.json"
-        import platform
-
-        payload["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
-                              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-        atomic_write_text(path, json.dumps(payload, indent=1, default=float))
-    else:
-        path = save(stem, payload)
+    path = save(stem, payload, __file__, argv, out=out_dir)
     print(f"wrote {path}" + (f" and {png}" if ok else ""))
     if errors:
         print(f"{len(errors)} task(s) failed: {', '.join(n for n, _ in errors)}", file=sys.stderr)

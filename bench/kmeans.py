@@ -40,8 +40,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see flow/__init__.py
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -52,7 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, table  # noqa: E402
+from bench.common import RESULTS, save, table  # noqa: E402
 from flow.compress import _kmeans_native, nm_mask  # noqa: E402
 from flow.compress.kmeans import assign_nearest, masked_kmeans  # noqa: E402
 
@@ -266,11 +264,7 @@ def main(argv: list[str] | None = None) -> int:
           f"assign_nearest vs brute-force float64 argmin: {c['argmin_mismatches']} mismatches "
           f"in {c['argmin_sample']:,} points")
     name = "kmeans_quick" if a.quick else "kmeans"
-    a.out.mkdir(parents=True, exist_ok=True)
-    result["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
-                         "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path = a.out / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2, default=float))
+    path = save(name, result, __file__, argv, out=a.out)
     print("wrote", path)
     if not a.no_plot:
         plot(result, a.out / f"{name}.png")

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wall time {wall:.0f} s ({a.threads} thread(s))")
     stem = a.out or ("pq_train_quick" if a.quick else "pq_train")
     path = save(stem, {"rows": rows, "budgets": budgets, "lut_bits": LUT_BITS, "wall_s": wall, "threads": a.threads,
-                       "goal_points": GOAL, "pqa_reported_drop_points": PQA_DROP})
+                       "goal_points": GOAL, "pqa_reported_drop_points": PQA_DROP}, __file__, argv)
     print(f"wrote {path}")
     return 0
 

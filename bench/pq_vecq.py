@@ -259,7 +259,7 @@ def main() -> int:
         "pq_finetune": dict(ANNEAL, batch_size=BATCH), "finetune": dict(FINETUNE, batch_size=BATCH, schedule="cosine"),
         "mvq_source": "computed in this script (same budget and test images as PQ/VecQ)",
         "pqa_reported_drop_points": PQA_DROP, "threads": a.threads, "wall_s": wall,
-    })
+    }, __file__)
     print(f"wrote {path} and {png}")
     return 0
 

@@ -13,6 +13,8 @@ Layout (every path relative to the bundle directory)::
     program.bin            the placed Program image (Program.to_bytes()), read by the engine over m_axi
     hls/project.json       the HLS project's manifest (EngineConfig, template and content hashes)
     hls/firmware/*         the engine's sources (the sim backend compiles them)
+    hls/tb/tb.cpp, hls/tb/bridge.cpp   the testbench main and the C ABI of the C-simulation library,
+                           rendered with the firmware (host.gxx_build builds all three for the sim backend)
     vectors/inputs.bin     test inputs (raw bytes; dtype and shape in the manifest), when given
     vectors/expected.bin   their expected outputs
     vqhls.bit, vqhls.hwh   the bitstream and its hardware handoff (same base name, as PYNQ's Overlay
@@ -53,6 +55,7 @@ PROGRAM = "program.bin"
 HLS_DIR = "hls"
 HLS_PROJECT = "hls/project.json"
 HLS_FIRMWARE = "hls/firmware"
+HLS_TB_SOURCES = ("tb/tb.cpp", "tb/bridge.cpp")   # relative to the HLS project, and to the bundle's hls/
 VECTORS_INPUTS = "vectors/inputs.bin"
 VECTORS_EXPECTED = "vectors/expected.bin"
 BITSTREAM = "vqhls.bit"
@@ -149,6 +152,25 @@ def _codes(arr, unsigned: bool, what: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- writing
 
+@dataclass(frozen=True)
+class _HlsSources:
+    """A checked HLS project: its project.json, its firmware directory and the files under it."""
+
+    project: Path
+    firmware: Path
+    files: Tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class _Contents:
+    """Every file the bundle will hold besides its manifest, checked and ready to write."""
+
+    program_image: bytes
+    hls: _HlsSources
+    vectors: Optional[Tuple[Tuple[str, np.ndarray], ...]]   # ((rel path, array) for inputs, expected)
+    bitstream: Optional[Tuple[Path, Path]]                  # (bit, hwh)
+
+
 def write_bundle(
     out_dir,
     *,
@@ -182,20 +204,50 @@ def write_bundle(
     (bit path, hwh path) or None; ``extra``: JSON-serializable dict stored as the manifest's ``extra``.
     An existing bundle at ``out_dir`` is replaced only once the new one is complete and verified.
     """
+    out_dir = _replaceable(out_dir)
+    # ---- validate everything before touching the disk, in this order (the first problem is raised)
+    program_image, hdr = _checked_program_image(program_image)
+    in_shape, out_shape = _checked_shapes(hdr, in_shape, out_shape)
+    engine_config = _checked_engine(engine_config, config_hash)
+    _check_io(hdr, in_scale=in_scale, out_scale=out_scale, in_unsigned=in_unsigned, out_unsigned=out_unsigned)
+    contents = _Contents(
+        program_image=program_image,
+        hls=_checked_hls_project(Path(hls_dir), engine_config, config_hash),
+        vectors=None if vectors is None else _vector_entries(vectors, in_shape, out_shape, in_unsigned=in_unsigned,
+                                                             out_unsigned=out_unsigned),
+        bitstream=None if bitstream is None else _checked_bitstream(bitstream))
+    manifest = _manifest(contents, hdr, engine_config=engine_config, config_hash=config_hash, model=model,
+                         method=method, data=data, in_scale=in_scale, in_shape=in_shape, in_unsigned=in_unsigned,
+                         out_scale=out_scale, out_shape=out_shape, out_unsigned=out_unsigned,
+                         golden_acc=golden_acc, bit_exact=bit_exact, tools=tools, extra=extra)
+    # ---- write into a temporary sibling, verify, then rename into place
+    return _write_verified(out_dir, manifest, contents)
+
+
+def _replaceable(out_dir) -> Path:
+    """``out_dir`` resolved, unless something other than a bundle (or an empty directory) is there."""
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not (out_dir / MANIFEST).is_file() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise BundleError(f"write_bundle: {out_dir} exists and is not a bundle (no {MANIFEST}): refusing to replace it")
+    return out_dir
 
-    # ---- validate everything before touching the disk
+
+def _checked_program_image(program_image) -> Tuple[bytes, "_image.Header"]:
+    """The image as bytes and its header (host.program_image checks magic, version, size, CRC32)."""
     if not isinstance(program_image, (bytes, bytearray, memoryview)):
         raise BundleError(f"write_bundle: program_image must be bytes (Program.to_bytes()), "
                           f"got {type(program_image).__name__}")
     program_image = bytes(program_image)
     hdr = _check_program_header(program_image, "write_bundle", "program_image",
                                 "pass Program.to_bytes() of the placed program")
-    prog_version, prog_in, prog_out = hdr.version, hdr.input_bytes, hdr.output_bytes
+    return program_image, hdr
+
+
+def _checked_shapes(hdr: "_image.Header", in_shape, out_shape) -> Tuple[tuple, tuple]:
+    """(in_shape, out_shape) as int tuples, checked against the bytes and first op the header gives."""
     in_shape = tuple(int(s) for s in in_shape)
     out_shape = tuple(int(s) for s in out_shape)
+    prog_in, prog_out = hdr.input_bytes, hdr.output_bytes
     if len(in_shape) != 3:
         raise BundleError(f"write_bundle: in_shape must be (H, W, C), got {in_shape}")
     if prog_in != _prod(in_shape):
@@ -207,6 +259,11 @@ def write_bundle(
     if prog_out != _prod(out_shape):
         raise BundleError(f"write_bundle: program image writes {prog_out} output bytes, out_shape {out_shape} "
                           f"has {_prod(out_shape)}")
+    return in_shape, out_shape
+
+
+def _checked_engine(engine_config, config_hash) -> dict:
+    """``engine_config`` as JSON gives it back, after checking it and ``config_hash`` (a hex string)."""
     if not isinstance(engine_config, dict) or not engine_config:
         raise BundleError("write_bundle: engine_config must be EngineConfig.to_dict()")
     try:   # as JSON gives it back (tuples -> lists, numpy scalars -> numbers), to compare with project.json
@@ -220,6 +277,11 @@ def write_bundle(
     except ValueError:
         raise BundleError(f"write_bundle: config_hash {config_hash!r} is not hexadecimal "
                           "(pass EngineConfig.hash())") from None
+    return engine_config
+
+
+def _check_io(hdr: "_image.Header", *, in_scale, out_scale, in_unsigned, out_unsigned) -> None:
+    """Positive finite scales, and scales / signedness equal to the program image header's."""
     for name, val in (("in_scale", in_scale), ("out_scale", out_scale)):
         number = isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(val, bool)
         if not (number and math.isfinite(float(val)) and float(val) > 0):
@@ -229,7 +291,9 @@ def write_bundle(
         raise BundleError(f"write_bundle: {bad}: pass the program's own (Program.in_scale, .out_scale, "
                           ".in_unsigned, .out_unsigned)")
 
-    hls_dir = Path(hls_dir)
+
+def _checked_hls_project(hls_dir: Path, engine_config: dict, config_hash: str) -> _HlsSources:
+    """The HLS project at ``hls_dir``: its project.json (valid, rendered for this engine) and firmware files."""
     hls_project = hls_dir / "project.json"
     firmware = hls_dir / "firmware"
     if not hls_project.is_file():
@@ -237,40 +301,53 @@ def write_bundle(
     firmware_files = sorted(p for p in firmware.rglob("*") if p.is_file()) if firmware.is_dir() else []
     if not firmware_files:
         raise BundleError(f"write_bundle: no engine sources under {firmware}: write the HLS project first")
+    missing_tb = [str(hls_dir / rel) for rel in HLS_TB_SOURCES if not (hls_dir / rel).is_file()]
+    if missing_tb:
+        raise BundleError(f"write_bundle: {', '.join(missing_tb)} missing: write the HLS project first")
     try:
         project = json.loads(hls_project.read_text())
     except ValueError as e:
         raise BundleError(f"write_bundle: {hls_project} is not valid JSON ({e})") from None
     _check_project_matches(project, engine_config, config_hash, f"write_bundle: {hls_project}")
+    return _HlsSources(hls_project, firmware, tuple(firmware_files))
 
-    vec_entries = None
-    if vectors is not None:
-        inputs, expected = vectors
-        inputs = _codes(inputs, bool(in_unsigned), "vector inputs")
-        expected = _codes(expected, bool(out_unsigned), "vector expected outputs")
-        if inputs.ndim < 1 or expected.ndim < 1 or inputs.shape[0] != expected.shape[0]:
-            raise BundleError(f"write_bundle: vectors must be [N, ...] arrays of the same N, got inputs "
-                              f"{list(inputs.shape)} and expected {list(expected.shape)}")
-        if _prod(inputs.shape[1:]) != _prod(in_shape):
-            raise BundleError(f"write_bundle: vector inputs {list(inputs.shape)} are not [N, *{list(in_shape)}]")
-        if _prod(expected.shape[1:]) != _prod(out_shape):
-            raise BundleError(f"write_bundle: vector expected {list(expected.shape)} do not hold "
-                              f"{_prod(out_shape)} outputs ({list(out_shape)}) per image")
-        # stored as [N, *in_shape] / [N, *out_shape]: the shapes the host reads them with
-        vec_entries = ((VECTORS_INPUTS, inputs.reshape(inputs.shape[0], *in_shape)),
-                       (VECTORS_EXPECTED, expected.reshape(expected.shape[0], *out_shape)))
 
-    bit_src = None
-    if bitstream is not None:
-        bit_src = (Path(bitstream[0]), Path(bitstream[1]))
-        for p in bit_src:
-            if not p.is_file():
-                raise BundleError(f"write_bundle: bitstream file {p} missing: run the Vivado stage first "
-                                  "(or pass bitstream=None)")
+def _vector_entries(vectors, in_shape: tuple, out_shape: tuple, *, in_unsigned,
+                    out_unsigned) -> Tuple[Tuple[str, np.ndarray], ...]:
+    """((VECTORS_INPUTS, inputs [N, *in_shape]), (VECTORS_EXPECTED, expected [N, *out_shape])): the
+    shapes the host reads them with, as int8 / uint8 codes after a range and shape check."""
+    inputs, expected = vectors
+    inputs = _codes(inputs, bool(in_unsigned), "vector inputs")
+    expected = _codes(expected, bool(out_unsigned), "vector expected outputs")
+    if inputs.ndim < 1 or expected.ndim < 1 or inputs.shape[0] != expected.shape[0]:
+        raise BundleError(f"write_bundle: vectors must be [N, ...] arrays of the same N, got inputs "
+                          f"{list(inputs.shape)} and expected {list(expected.shape)}")
+    if _prod(inputs.shape[1:]) != _prod(in_shape):
+        raise BundleError(f"write_bundle: vector inputs {list(inputs.shape)} are not [N, *{list(in_shape)}]")
+    if _prod(expected.shape[1:]) != _prod(out_shape):
+        raise BundleError(f"write_bundle: vector expected {list(expected.shape)} do not hold "
+                          f"{_prod(out_shape)} outputs ({list(out_shape)}) per image")
+    return ((VECTORS_INPUTS, inputs.reshape(inputs.shape[0], *in_shape)),
+            (VECTORS_EXPECTED, expected.reshape(expected.shape[0], *out_shape)))
 
+
+def _checked_bitstream(bitstream) -> Tuple[Path, Path]:
+    """(bit, hwh) paths, both existing files."""
+    bit_src = (Path(bitstream[0]), Path(bitstream[1]))
+    for p in bit_src:
+        if not p.is_file():
+            raise BundleError(f"write_bundle: bitstream file {p} missing: run the Vivado stage first "
+                              "(or pass bitstream=None)")
+    return bit_src
+
+
+def _manifest(contents: _Contents, hdr: "_image.Header", *, engine_config: dict, config_hash: str, model, method,
+              data, in_scale, in_shape: tuple, in_unsigned, out_scale, out_shape: tuple, out_unsigned, golden_acc,
+              bit_exact, tools, extra) -> Dict[str, Any]:
+    """The manifest of a bundle holding ``contents`` (``files`` still empty), checked to serialize as JSON."""
     if bit_exact is not None:
         bit_exact = {"matched": int(bit_exact[0]), "images": int(bit_exact[1])}
-
+    vec = contents.vectors
     manifest: Dict[str, Any] = {
         "bundle_format": BUNDLE_FORMAT,
         "created_by": {"tool": CREATED_BY, "version": _vqhls_version()},
@@ -280,21 +357,19 @@ def write_bundle(
         "engine_config": engine_config,
         "config_hash": config_hash,
         "regmap_version": REGMAP_VERSION,
-        "program": {"file": PROGRAM, "format_version": prog_version, "bytes": len(program_image),
-                    "input_bytes": prog_in, "output_bytes": prog_out},
+        "program": {"file": PROGRAM, "format_version": hdr.version, "bytes": len(contents.program_image),
+                    "input_bytes": hdr.input_bytes, "output_bytes": hdr.output_bytes},
         "input": {"scale": float(in_scale), "shape": list(in_shape), "unsigned": bool(in_unsigned)},
         "output": {"scale": float(out_scale), "shape": list(out_shape), "unsigned": bool(out_unsigned)},
         "golden_acc": None if golden_acc is None else float(golden_acc),
         "bit_exact": bit_exact,
         "tools": {str(k): str(v) for k, v in (tools or {}).items()},
-        "vectors": None if vec_entries is None else {
-            "count": int(vec_entries[0][1].shape[0]),
-            "inputs": {"file": VECTORS_INPUTS, "dtype": vec_entries[0][1].dtype.name,
-                       "shape": list(vec_entries[0][1].shape)},
-            "expected": {"file": VECTORS_EXPECTED, "dtype": vec_entries[1][1].dtype.name,
-                         "shape": list(vec_entries[1][1].shape)},
+        "vectors": None if vec is None else {
+            "count": int(vec[0][1].shape[0]),
+            "inputs": {"file": VECTORS_INPUTS, "dtype": vec[0][1].dtype.name, "shape": list(vec[0][1].shape)},
+            "expected": {"file": VECTORS_EXPECTED, "dtype": vec[1][1].dtype.name, "shape": list(vec[1][1].shape)},
         },
-        "bitstream": None if bit_src is None else {"bit": BITSTREAM, "hwh": HWH},
+        "bitstream": None if contents.bitstream is None else {"bit": BITSTREAM, "hwh": HWH},
         "hls": {"dir": HLS_DIR, "project": HLS_PROJECT, "firmware": HLS_FIRMWARE},
         "extra": extra,
         "files": {},
@@ -303,36 +378,47 @@ def write_bundle(
         json.dumps(manifest, default=_json_default, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise BundleError(f"write_bundle: manifest not JSON-serializable ({e}): check extra / tools") from None
+    return manifest
 
-    # ---- write into a temporary sibling, verify, then rename into place
+
+def _write_contents(tmp: Path, contents: _Contents) -> Dict[str, dict]:
+    """Write ``contents`` under ``tmp``; returns the manifest's ``files``: {rel path: {sha256, bytes}}."""
+    files: Dict[str, dict] = {}
+
+    def put(rel: str, blob: bytes) -> None:
+        path = tmp / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+        files[rel] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+
+    def copy(src: Path, rel: str) -> None:
+        path = tmp / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, path)
+        files[rel] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+
+    put(PROGRAM, contents.program_image)
+    for src in contents.hls.files:
+        copy(src, f"{HLS_FIRMWARE}/{src.relative_to(contents.hls.firmware).as_posix()}")
+    for rel in HLS_TB_SOURCES:   # the project's tb/ beside its project.json
+        copy(contents.hls.project.parent / rel, f"{HLS_DIR}/{rel}")
+    copy(contents.hls.project, HLS_PROJECT)
+    if contents.vectors is not None:
+        for rel, arr in contents.vectors:
+            put(rel, arr.tobytes())
+    if contents.bitstream is not None:
+        copy(contents.bitstream[0], BITSTREAM)
+        copy(contents.bitstream[1], HWH)
+    return dict(sorted(files.items()))
+
+
+def _write_verified(out_dir: Path, manifest: Dict[str, Any], contents: _Contents) -> Path:
+    """Write the bundle into a temporary sibling of ``out_dir``, verify it with ``load``, then swap it
+    into place; nothing is left behind when any step fails."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        files: Dict[str, dict] = {}
-
-        def put(rel: str, blob: bytes) -> None:
-            path = tmp / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(blob)
-            files[rel] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
-
-        def copy(src: Path, rel: str) -> None:
-            path = tmp / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, path)
-            files[rel] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-
-        put(PROGRAM, program_image)
-        for src in firmware_files:
-            copy(src, f"{HLS_FIRMWARE}/{src.relative_to(firmware).as_posix()}")
-        copy(hls_project, HLS_PROJECT)
-        if vec_entries is not None:
-            for rel, arr in vec_entries:
-                put(rel, arr.tobytes())
-        if bit_src is not None:
-            copy(bit_src[0], BITSTREAM)
-            copy(bit_src[1], HWH)
-        manifest["files"] = dict(sorted(files.items()))
+        manifest["files"] = _write_contents(tmp, contents)
         text = json.dumps(manifest, indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
         (tmp / MANIFEST).write_text(text)
         load(tmp)   # a bundle that does not verify never replaces anything

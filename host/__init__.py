@@ -5,7 +5,8 @@
 * ``host.sim``         the sim backend: the bundle's engine C++ compiled with g++, simulated DMA/DDR
 * ``host.run``         ``python -m host.run BUNDLE``: test vectors, a dataset, throughput
 
-Nothing here imports torch or the flow (except ``flow.bundle``, itself stdlib + numpy). This package
+Nothing here imports torch or the flow (except ``flow.bundle``, itself stdlib + numpy; ``host.run``
+also imports ``models.data``, numpy only, for its ``--data`` split). This package
 file imports nothing: ``import host.regmap`` stays light; ``host.Accelerator`` loads on first use.
 """
 

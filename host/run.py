@@ -2,87 +2,31 @@
 
 1. opens the bundle (every checksum verified), makes the backend, makes the load call;
 2. runs the bundle's own test vectors and compares the outputs with its expected ones bit for bit;
-3. with ``--data``, the dataset's test split (the same split the build used, loaded here without
-   torch): accuracy, bit-exactness against the bundle vectors on the images they hold, throughput
+3. with ``--data``, the dataset's test split (models.data, the loader the build used; it needs only
+   numpy): accuracy, bit-exactness against the bundle vectors on the images they hold, throughput
    (measured images/s, the engine's MODELLED cycles from the CYCLES register and, on the board, its
    MEASURED cycles from the REAL_CYCLES register: a free-running counter; C-simulation has none and
    says "real cycles: not available (C-simulation)").
 
 Exit 0 when every comparison is bit-exact, 1 when one differs, 2 on an error (one line ``error: ...``).
-Imports neither torch nor the flow (only flow.bundle): this runs on the board.
+Imports neither torch nor the flow (only flow.bundle, and models.data): this runs on the board.
 """
 from __future__ import annotations
 
 import argparse
-import gzip
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from host.accelerator import Accelerator, AcceleratorError, images_per_s
 from host.sim import SimError
-
-DATASETS = ("digits", "fashion-mnist")
-FMNIST_DIR_DEFAULT = "/usr/share/datasets/fashion-mnist"
+from models import data as datasets
 
 
 class DataError(RuntimeError):
-    """A dataset cannot be loaded here; the message says how to fix it."""
-
-
-# --------------------------------------------------------------------------- datasets (models/data.py, without torch)
-
-def load_digits_test() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits, test split exactly as models/data.py makes it: images / 16 as float32
-    [N, 1, 8, 8], a seeded permutation (numpy default_rng(0)), the last 20 % after an int(0.8 N) cut."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataError("--data digits needs scikit-learn: pip install scikit-learn") from None
-    d = load_digits()
-    x = (d.images.astype(np.float32) / 16.0)[:, None]
-    y = d.target.astype(np.int64)
-    perm = np.random.default_rng(0).permutation(len(y))
-    cut = int(0.8 * len(y))
-    idx = perm[cut:]
-    return x[idx], y[idx]
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def load_fashion_mnist_test(root=None) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST's t10k split from the Debian package dataset-fashion-mnist ($VQHLS_FMNIST_DIR
-    overrides the directory): float32 [N, 1, 28, 28] in [0, 1] (/ 255), labels int64."""
-    root = Path(root or os.environ.get("VQHLS_FMNIST_DIR", FMNIST_DIR_DEFAULT))
-    img, lab = root / "t10k-images-idx3-ubyte.gz", root / "t10k-labels-idx1-ubyte.gz"
-    if not img.exists() or not lab.exists():
-        raise DataError(f"Fashion-MNIST files not found in {root}: install them with "
-                        "'sudo apt-get install -y dataset-fashion-mnist' (or set VQHLS_FMNIST_DIR)")
-    try:
-        x = _read_idx(img).astype(np.float32)[:, None] / 255.0
-        y = _read_idx(lab).astype(np.int64)
-    except (OSError, EOFError, ValueError) as e:
-        raise DataError(f"Fashion-MNIST files in {root} are unreadable ({e}): "
-                        "reinstall dataset-fashion-mnist") from None
-    return x, y
-
-
-def load_test_split(name: str) -> tuple[np.ndarray, np.ndarray]:
-    if name == "digits":
-        return load_digits_test()
-    if name == "fashion-mnist":
-        return load_fashion_mnist_test()
-    raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    """A ``--data`` run this bundle cannot make (bad --limit / --batch, images of another shape)."""
 
 
 # --------------------------------------------------------------------------- the run
@@ -165,7 +109,7 @@ def run(args) -> int:
 
 def _run_dataset(acc: Accelerator, args) -> int:
     b = acc.bundle
-    x, y = load_test_split(args.data)
+    x, y = datasets.load(args.data, "test")
     if args.limit is not None:
         x, y = x[: args.limit], y[: args.limit]
     if tuple(x.shape[1:]) != acc.ishape_float()[1:]:
@@ -218,12 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="deploy bundle directory (build/<name>/deploy)")
     p.add_argument("--backend", default="pynq", help="pynq (the board, default) or sim (C-simulation with g++)")
-    p.add_argument("--data", choices=DATASETS, help="also run this dataset's test split")
+    p.add_argument("--data", choices=datasets.DATASETS, help="also run this dataset's test split")
     p.add_argument("--limit", type=int, help="first N test images only")
     p.add_argument("--batch", type=int, help="images per engine call (default 256)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds an engine call may take (+10 ms per image)")
     p.add_argument("--cache-dir", help="sim backend: where compiled engines are cached "
-                                       "(default $VQHLS_CACHE or ~/.cache/vqhls)")
+                                       "(default $VQHLS_CACHE or <repo>/.cache/vqhls)")
     return p
 
 
@@ -235,7 +179,7 @@ def main(argv=None) -> int:
         if args.batch is not None and args.batch < 1:
             raise DataError(f"--batch must be >= 1, got {args.batch}")
         return run(args)
-    except (AcceleratorError, SimError, DataError, ValueError, OSError) as e:   # BundleError is a ValueError
+    except (AcceleratorError, SimError, DataError, datasets.DatasetError, ValueError, OSError) as e:   # BundleError: a ValueError
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -1,5 +1,7 @@
-"""The engine without a board: a deploy bundle's own C++ (``hls/firmware``) compiled with g++ into a
-shared library, driven through a simulated AXI-Lite register file, AXI-Stream FIFOs, AXI DMA and DDR.
+"""The engine without a board: a deploy bundle's own C++ (``hls/firmware``, with the C ABI in
+``hls/tb/bridge.cpp``) compiled with g++ into a shared library by ``host.gxx_build`` (the build
+flow.hls.csim uses too), driven through a simulated AXI-Lite register file, AXI-Stream FIFOs, AXI DMA
+and DDR (the register-level entry ``vqhls_call`` of the bridge: one ap_start .. ap_done).
 
     dev = SimDevice(bundle)                     # compiles (cached) and loads the bundle's engine
     buf = dev.alloc(len(image)); buf[:] = np.frombuffer(image, np.uint8); buf.flush()
@@ -34,37 +36,23 @@ Each SimDevice loads a private copy of the library (the engine keeps its on-chip
 statics: two devices are two engines); calls into it are serialized with a lock.
 
 Imports neither torch nor the flow (only ``flow.bundle``): runs wherever g++ and the ap_types
-headers (shipped by the hls4ml package, or ``VQHLS_AP_TYPES``) are.
+headers (shipped by the hls4ml package, or ``VQHLS_AP_TYPES``) are. The library is cached with the
+flow's builds (``host.gxx_build.cache_root()``, or ``cache_dir``).
 """
 from __future__ import annotations
 
 import bisect
 import ctypes
-import hashlib
-import importlib.util
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import weakref
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from host import regmap
-from host.files import sums_match, sums_text
+from host import gxx_build, regmap
 from host.accelerator import AcceleratorError, AcceleratorTimeout, Backend, DMA_MAX_BYTES, _load_bundle
-
-BRIDGE_SOURCE = Path(__file__).resolve().with_name("sim_bridge.cpp")
-CXXFLAGS = ("-O2", "-std=c++14", "-fPIC", "-shared", "-fno-gnu-unique")
-AP_TYPES_REQUIRED = ("ap_int.h", "hls_stream.h")
-AP_TYPES_HINT = "pip install hls4ml (it ships the ap_types headers) or set VQHLS_AP_TYPES"
-LIB_NAME = "libvqhls_sim.so"
-SUMS_NAME = "lib.sha256"     # the library's sha256, written after it: the cached build is complete
 
 
 class SimError(RuntimeError):
@@ -75,164 +63,42 @@ class SimTimeout(SimError, TimeoutError):
     """A transfer or call that cannot complete (the simulation has nothing running in the background)."""
 
 
-# --------------------------------------------------------------------------- toolchain
-
-def ap_types_dir() -> Path:
-    """Directory holding ap_int.h / hls_stream.h: ``$VQHLS_AP_TYPES``, else the hls4ml package's
-    ``templates/vivado/ap_types`` (found without importing hls4ml)."""
-    override = os.environ.get("VQHLS_AP_TYPES")
-    if override:
-        path = Path(override)
-        missing = [f for f in AP_TYPES_REQUIRED if not (path / f).is_file()]
-        if missing:
-            raise SimError(f"VQHLS_AP_TYPES={override} lacks {', '.join(missing)}: {AP_TYPES_HINT}")
-        return path
-    try:
-        spec = importlib.util.find_spec("hls4ml")
-    except (ImportError, ValueError):
-        spec = None
-    roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    for root in roots:
-        path = Path(root) / "templates" / "vivado" / "ap_types"
-        if all((path / f).is_file() for f in AP_TYPES_REQUIRED):
-            return path
-    raise SimError(f"the ap_types headers (ap_int.h, hls_stream.h) are missing: {AP_TYPES_HINT}")
-
-
-@lru_cache(maxsize=None)
-def _cxx_version(path: str) -> str:
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        raise SimError(f"{path} --version failed ({e}): install g++ (apt-get install g++)") from None
-    return out.splitlines()[0] if out else ""
-
-
-def find_cxx() -> tuple[str, str]:
-    """(path, version line) of the C++ compiler: ``$CXX``, default g++."""
-    name = os.environ.get("CXX") or "g++"
-    path = shutil.which(name)
-    if path is None:
-        raise SimError(f"C++ compiler {name!r} not found: install g++ (apt-get install g++)")
-    return path, _cxx_version(path)
-
-
-def cache_root(cache_dir=None) -> Path:
-    """``cache_dir``, else ``$VQHLS_CACHE``, else ``~/.cache/vqhls``; libraries go to its ``host-sim/``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("VQHLS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "vqhls"
-
+# --------------------------------------------------------------------------- the engine library
 
 def _as_bundle(bundle):
     return _load_bundle(bundle, SimError)
 
 
-def _firmware_dir(bundle) -> Path:
+def engine_sources(bundle) -> gxx_build.EngineSources:
+    """The rendered engine a bundle ships (``hls/firmware``, ``hls/tb/tb.cpp``, ``hls/tb/bridge.cpp``), as
+    ``host.gxx_build`` builds it; SimError naming the fix when a piece is missing."""
+    hls = Path(bundle.hls_dir)
     fw = Path(bundle.path) / bundle.manifest["hls"].get("firmware", "hls/firmware")
-    if not (fw / "top.cpp").is_file() or not (fw / "top.h").is_file():
-        raise SimError(f"bundle {bundle.path}: no engine sources in {fw} (top.cpp, top.h): rebuild the bundle")
-    return fw
+    if fw.resolve() != (hls / "firmware").resolve():
+        raise SimError(f"bundle {bundle.path}: engine sources in {fw}, not {hls / 'firmware'}: rebuild the bundle")
+    need = [fw / "top.cpp", fw / "top.h", hls / "tb" / "tb.cpp", hls / "tb" / "bridge.cpp"]
+    missing = [str(p.relative_to(bundle.path)) for p in need if not p.is_file()]
+    if missing:
+        raise SimError(f"bundle {bundle.path}: no {', '.join(missing)} (bundles before the one C-sim library "
+                       "path lack hls/tb/): rebuild the bundle")
+    return gxx_build.EngineSources(hls, bundle.config_hash)
 
 
-def library_key(bundle) -> str:
-    """Cache key: the bundle's config hash + sha1 of the engine sources, the bridge, the flags, the
-    compiler version and the ap_types location."""
-    fw = _firmware_dir(bundle)
-    _, version = find_cxx()
-    h = hashlib.sha1()
-    for f in sorted(fw.glob("*.h")) + sorted(fw.glob("*.cpp")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    h.update(b"bridge\0" + BRIDGE_SOURCE.read_bytes() + b"\0")
-    h.update(" ".join(CXXFLAGS).encode() + b"\0" + version.encode() + b"\0" + str(ap_types_dir()).encode())
-    return f"{bundle.config_hash}-{h.hexdigest()[:12]}"
+def _one_line(e: gxx_build.BuildError) -> str:
+    """A build error in one line: its first line, and the first g++ line naming an error."""
+    lines = str(e).splitlines()
+    first_error = next((ln.strip() for ln in lines[1:] if "error" in ln), "")
+    return lines[0] + (f" ({first_error[:200]})" if first_error else "")
 
 
 def build_library(bundle, *, cache_dir=None, force: bool = False) -> Path:
-    """Compile (or fetch from the cache) the bundle's engine + host/sim_bridge.cpp into a shared library.
-    The library is built in a temporary directory and renamed into place (atomic)."""
+    """Compile (or fetch from the cache: ``cache_dir``, else host.gxx_build.cache_root()) the bundle's engine,
+    testbench and bridge with g++ (``host.gxx_build.build``); returns the library."""
     bundle = _as_bundle(bundle)
-    cxx, _ = find_cxx()
-    inc = ap_types_dir()
-    fw = _firmware_dir(bundle)
-    root = cache_root(cache_dir) / "host-sim"
-    key = library_key(bundle)
-    out = root / key / LIB_NAME
-    sums = out.parent / SUMS_NAME
-    if not force and sums_match([out], sums):
-        return out
-    # absent, or a truncated / corrupt copy (dlopen of one can SIGBUS): rebuild it
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
-    except OSError as e:
-        raise SimError(f"cannot write the sim cache {root} ({e.strerror}): set VQHLS_CACHE to a writable "
-                       "directory") from None
-    try:
-        tmp = work / LIB_NAME
-        cmd = [cxx, *CXXFLAGS, "-I", str(fw), "-I", str(inc), str(fw / "top.cpp"), str(BRIDGE_SOURCE), "-o", str(tmp)]
-        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
-        if proc.returncode != 0:
-            log = root / f"{key}.log"
-            log.write_text("$ " + " ".join(cmd) + "\n" + proc.stdout + proc.stderr)
-            first = next((ln for ln in (proc.stderr or "").splitlines() if "error" in ln), "").strip()
-            raise SimError(f"g++ failed to compile the bundle's engine ({first[:200] or 'see the log'}): "
-                           f"full log in {log}")
-        tmp_sums = work / SUMS_NAME
-        tmp_sums.write_text(sums_text([tmp]))
-        os.replace(tmp, out)
-        # written last: a library without matching sums (a build killed mid-way, a damaged file) is rebuilt
-        os.replace(tmp_sums, sums)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
-
-
-_U64P = ctypes.POINTER(ctypes.c_ulonglong)
-
-
-def _open_private(path: Path):
-    """A private instance of the library (own statics: own engine): a copy dlopen'ed and unlinked."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".instance-", suffix=".so", dir=path.parent)
-    except OSError:   # a read-only cache: the instance goes to the temporary directory
-        fd, tmp = tempfile.mkstemp(prefix="vqhls-sim-", suffix=".so")
-    os.close(fd)
-    try:
-        shutil.copyfile(path, tmp)
-        lib = ctypes.CDLL(tmp, mode=getattr(os, "RTLD_LOCAL", 0) | getattr(os, "RTLD_NOW", 2))
-    except OSError as e:
-        raise SimError(f"cannot load {path} ({e}): delete the cache directory {path.parent} and retry") from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-    lib.vqhls_sim_config_hash.restype = ctypes.c_uint
-    lib.vqhls_sim_config_hash.argtypes = []
-    lib.vqhls_sim_param_bytes.restype = ctypes.c_ulonglong
-    lib.vqhls_sim_param_bytes.argtypes = []
-    lib.vqhls_sim_loaded.restype = ctypes.c_int
-    lib.vqhls_sim_loaded.argtypes = [_U64P, _U64P]
-    lib.vqhls_sim_call.restype = ctypes.c_uint
-    lib.vqhls_sim_call.argtypes = [
-        ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_uint,          # params, nbytes, n_images
-        ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_longlong,      # in, in_len, tlast_pos
-        _U64P,                                                       # in_consumed
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulonglong, _U64P,  # out, out_last, out_cap, out_len
-        _U64P, ctypes.POINTER(ctypes.c_uint), _U64P,                 # cycles, config_hash, real_cycles
-    ]
-    return lib
-
-
-def _dlclose(handle: int) -> None:
-    try:
-        import _ctypes
-
-        _ctypes.dlclose(handle)
-    except Exception:   # best effort: the mapping then lives until exit
-        pass
+        return gxx_build.build_library(engine_sources(bundle), force=force, root=cache_dir)
+    except gxx_build.BuildError as e:
+        raise SimError(_one_line(e)) from None
 
 
 # --------------------------------------------------------------------------- simulated DDR
@@ -334,12 +200,15 @@ class SimDevice:
     def __init__(self, bundle, *, cache_dir=None, coherent: bool = False):
         self.bundle = _as_bundle(bundle)
         self.library_path = build_library(self.bundle, cache_dir=cache_dir)
-        lib = _open_private(self.library_path)
+        try:
+            lib = gxx_build.open_private(self.library_path)
+        except gxx_build.BuildError as e:
+            raise SimError(str(e)) from None
         self._lib = lib
-        self._finalizer = weakref.finalize(self, _dlclose, lib._handle)
+        self._finalizer = weakref.finalize(self, gxx_build.close_private, lib._handle)
         self._finalizer.atexit = False      # at exit the process unmaps it anyway
-        self.engine_config_hash = int(lib.vqhls_sim_config_hash())
-        self.param_bytes = int(lib.vqhls_sim_param_bytes())
+        self.engine_config_hash = int(lib.vqhls_config_hash())
+        self.param_bytes = int(lib.vqhls_param_bytes())
         self.coherent = bool(coherent)
         self._lock = threading.RLock()
         # DDR
@@ -530,7 +399,7 @@ class SimDevice:
         with self._lock:
             lib = self._need_lib()
             a, b = ctypes.c_ulonglong(), ctypes.c_ulonglong()
-            ok = bool(lib.vqhls_sim_loaded(ctypes.byref(a), ctypes.byref(b)))
+            ok = bool(lib.vqhls_loaded(ctypes.byref(a), ctypes.byref(b)))
             return ok, int(a.value), int(b.value)
 
     def _need(self, n: int) -> int:
@@ -559,11 +428,12 @@ class SimDevice:
         out = np.zeros(max(out_cap, 1), dtype=np.uint8)
         out_last = np.zeros(max(out_cap, 1), dtype=np.uint8)
         consumed, out_len, cycles = ctypes.c_ulonglong(), ctypes.c_ulonglong(), ctypes.c_ulonglong()
-        chash, real = ctypes.c_uint(), ctypes.c_ulonglong()
-        status = int(lib.vqhls_sim_call(
+        chash = ctypes.c_uint()
+        status = int(lib.vqhls_call(
             params.ctypes.data, params.size, n, inp.ctypes.data, take, tpos, ctypes.byref(consumed),
             out.ctypes.data, out_last.ctypes.data, out_cap, ctypes.byref(out_len), ctypes.byref(cycles),
-            ctypes.byref(chash), ctypes.byref(real)))
+            ctypes.byref(chash)))
+        real = ctypes.c_ulonglong(lib.vqhls_real_cycles())
         used = int(consumed.value)
         produced = int(out_len.value)
         if produced > out_cap:

@@ -1,7 +1,7 @@
 """Where the kit keeps checkpoints and build caches (never in git), and reading a cached checkpoint.
 
 ``$VQHLS_CACHE`` (a directory) or ``<repo>/.cache/vqhls``: trained checkpoints under
-``checkpoints/``, compiled engines and rendered projects (flow.hls.compile). Every problem with it
+``checkpoints/``, compiled engines and rendered projects (host.gxx_build, flow.hls.csim). Every problem with it
 is a :class:`CacheError`: one line naming the path (and VQHLS_CACHE) and the fix.
 """
 from __future__ import annotations

@@ -4,6 +4,9 @@ Every loader returns ``(x, y)`` with ``x`` float32 ``[N, C, H, W]`` in [0, 1]
 and ``y`` int64 ``[N]``. Nothing is downloaded: digits ships with
 scikit-learn, Fashion-MNIST comes from the Debian package
 ``dataset-fashion-mnist``, CIFAR-10 from a directory the user gives.
+
+Needs only numpy (and scikit-learn for digits): the board's runner (host.run) loads its test split
+from here, without torch.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 DATASETS = ("digits", "fashion-mnist", "cifar10")
-FMNIST_DIR = Path(os.environ.get("VQHLS_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FMNIST_ENV = "VQHLS_FMNIST_DIR"
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")    # where the Debian package installs it
 CIFAR_ENV = "VQHLS_CIFAR10_DIR"
 
 # input shape and class count per dataset, so models can be built without loading data
@@ -40,15 +44,17 @@ def load(name: str, split: str = "train", root: str | os.PathLike | None = None)
     if name == "digits":
         return _digits(split)
     if name == "fashion-mnist":
-        return _fashion_mnist(split, Path(root) if root else FMNIST_DIR)
+        return _fashion_mnist(split, Path(root or os.environ.get(FMNIST_ENV) or FMNIST_DIR))
     if name == "cifar10":
         return _cifar10(split, root)
     raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
 
 
 def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DatasetError("the digits dataset needs scikit-learn: pip install scikit-learn") from None
     d = load_digits()
     x = (d.images.astype(np.float32) / 16.0)[:, None]
     y = d.target.astype(np.int64)
@@ -73,10 +79,14 @@ def _fashion_mnist(split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
     if not img.exists() or not lab.exists():
         raise DatasetError(
             f"Fashion-MNIST files not found in {root}: install them with "
-            "'sudo apt-get install -y dataset-fashion-mnist' (or set VQHLS_FMNIST_DIR)"
+            f"'sudo apt-get install -y dataset-fashion-mnist' (or set {FMNIST_ENV})"
         )
-    x = _read_idx(img).astype(np.float32)[:, None] / 255.0
-    y = _read_idx(lab).astype(np.int64)
+    try:
+        x = _read_idx(img).astype(np.float32)[:, None] / 255.0
+        y = _read_idx(lab).astype(np.int64)
+    except (OSError, EOFError, ValueError) as e:
+        raise DatasetError(f"Fashion-MNIST files in {root} are unreadable ({e}): "
+                           "reinstall dataset-fashion-mnist") from None
     return x, y
 
 

@@ -83,6 +83,7 @@ from dataclasses import dataclass, field
 
 from flow.boards import Board, get_board
 from flow.compile.engine import EngineConfig
+from flow.compile.layout import cdiv
 from flow.compile.program import DESC_WORDS
 
 # ---- default budgets (fractions of the part) ---------------------------------
@@ -107,10 +108,6 @@ PQ_ELEM_BITS = 9                    # a stored prototype element (pq_config::ele
 # RAMB18 aspect ratios (depth, width)
 BRAM18_TDP = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18))
 BRAM18_SDP_ONLY = ((512, 36),)
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def clog2(x: int) -> int:

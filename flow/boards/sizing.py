@@ -34,6 +34,7 @@ import warnings
 from flow.boards import Board, get_board
 from flow.boards.resources import BRAM_FRAC, ResourceError, check_fit, estimate, idx_bits, over_budget  # noqa: F401
 from flow.compile.engine import EngineConfig
+from flow.compile.layout import cdiv
 
 ROWS = (64, 32, 16, 12, 8, 6, 5, 4, 3, 2, 1)   # not only powers of two: act_banks rounds up
 
@@ -137,10 +138,6 @@ class SizingError(ValueError):
     """The model cannot run on any engine that fits the board; the message lists every broken limit."""
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def model_needs(graph, lanes: int, act_banks: int) -> dict[str, int]:
     """The smallest value of each model-dependent EngineConfig limit that ``graph`` (a QGraph) needs
     on an engine with ``lanes``-byte words and ``act_banks`` activation banks.
@@ -154,7 +151,7 @@ def model_needs(graph, lanes: int, act_banks: int) -> dict[str, int]:
     words = 0
     for t in graph.tensors.values():
         H, W, C = t.shape
-        words = max(words, H * _cdiv(W, act_banks) * _cdiv(C, lanes))
+        words = max(words, H * cdiv(W, act_banks) * cdiv(C, lanes))
     need = dict(act_buf_bytes=words * act_banks * lanes, max_channels=1, max_kernel=1, max_stride=1,
                 max_ops=len(graph.nodes), num_bufs=1, k_max=1, d_max=1, pq_v_max=1, pq_k_max=1,
                 pq_subspaces_max=1, pq=0)

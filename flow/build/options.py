@@ -27,12 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flow.compress.spec import LAYER_KEYS
+from flow.compress.spec import METHODS as COMPRESS_METHODS
+from flow.compress.spec import CompressSpec
+from flow.compress.vecq import SCHEMES as VECQ_SCHEMES
+from flow.compress.vecq import BitWidthError, check_bits
+
 STAGES = ("train", "compress", "finetune", "quantize", "lower", "fit", "hls", "csim", "vitis", "vivado",
           "bundle", "report")
-METHODS = ("mvq", "vq", "pq", "vecq", "none")
-# settings a [[layers]] table may give (flow.compress.compress overrides)
-LAYER_KEYS = ("method", "n", "m", "k", "d", "v", "K", "bits", "iters", "vecq_scheme")
-VECQ_SCHEMES = ("paper", "sweep")
+METHODS = COMPRESS_METHODS + ("none",)
+# the compression settings' defaults, names and per-layer keys (a [[layers]] table's) are flow.compress.spec's
+_SPEC = CompressSpec()
 
 # per-model defaults: (k, d, finetune epochs, finetune images, calibration images)
 MODEL_DEFAULTS = {
@@ -64,15 +69,15 @@ class BuildOptions:
     model_file: str | None = None       # path.py:factory (a model defined outside the zoo)
     checkpoint: str | None = None       # state_dict for --model-file (or to replace a zoo model's training)
     data: str | None = None
-    method: str = "mvq"
-    n: int = 2
-    m: int = 4
-    k: int | None = None
+    method: str = _SPEC.method
+    n: int = _SPEC.n
+    m: int = _SPEC.m
+    k: int | None = None                # None: the model's (MODEL_DEFAULTS)
     d: int | None = None
-    v: int = 9
-    K: int = 16
-    bits: int = 4
-    vecq_scheme: str = "paper"
+    v: int = _SPEC.v
+    K: int = _SPEC.K
+    bits: int = _SPEC.bits
+    vecq_scheme: str = _SPEC.vecq_scheme
     finetune_epochs: int | None = None
     train_epochs: int | None = None
     retrain: bool = False               # train the zoo model again, replacing its cached checkpoint
@@ -109,6 +114,14 @@ class BuildOptions:
 
         return recipe(model, rule) if self.layers else {}
 
+    def compress_spec(self, model) -> CompressSpec:
+        """The :class:`~flow.compress.spec.CompressSpec` of this build for ``model`` (method not 'none'): the
+        flags, the model's k and d where not given, ``clip_k`` on, the recipe's [[layers]] as overrides."""
+        d = self.defaults()
+        return CompressSpec(method=self.method, n=self.n, m=self.m, k=self.k or d["k"], d=self.d or d["d"],
+                            clip_k=True, v=self.v, K=self.K, bits=self.bits, vecq_scheme=self.vecq_scheme,
+                            overrides=self.overrides(model))
+
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
@@ -124,15 +137,16 @@ def parser() -> argparse.ArgumentParser:
                            "needs --data, and --checkpoint or training (--train-epochs)")
     a("--checkpoint", help="a state_dict (.pt) for --model-file, or to use instead of training a zoo model")
     a("--data", help="dataset: digits, fashion-mnist, cifar10 (default: the model's; resnet20 uses fashion-mnist)")
-    a("--method", choices=METHODS, help="compression: mvq (default), vq, pq, vecq, none")
+    a("--method", choices=METHODS, help=f"compression: {', '.join(METHODS)} (default {_SPEC.method})")
     a("--recipe", help="a TOML file setting any of these flags, and per-layer rules in [[layers]]")
-    a("--n", type=int, help="mvq: kept weights per group (default 2)")
-    a("--m", type=int, help="mvq: group size (default 4)")
+    a("--n", type=int, help=f"mvq: kept weights per group (default {_SPEC.n})")
+    a("--m", type=int, help=f"mvq: group size (default {_SPEC.m})")
     a("--k", type=int, help="mvq/vq: codebook size (default: per model)")
-    a("--d", type=int, help="mvq/vq: codeword length (default 8)")
-    a("--v", type=int, help="pq: subvector length (default 9)")
-    a("--K", type=int, help="pq: prototypes per subspace (default 16)")
-    a("--bits", type=int, help="vecq: weight bits, 1..7 with the paper scheme, 2..8 with sweep (default 4)")
+    a("--d", type=int, help="mvq/vq: codeword length (default: per model)")
+    a("--v", type=int, help=f"pq: subvector length (default {_SPEC.v})")
+    a("--K", type=int, help=f"pq: prototypes per subspace (default {_SPEC.K})")
+    a("--bits", type=int,
+      help=f"vecq: weight bits, 1..7 with the paper scheme, 2..8 with sweep (default {_SPEC.bits})")
     a("--vecq-scheme", choices=VECQ_SCHEMES,
       help="vecq: paper (default: half-integer levels, lambda*std step, least-squares scale, every layer "
            "quantized) or sweep (symmetric levels, exact vector-loss step, first/last layers dense)")
@@ -148,7 +162,8 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-_INT_KEYS = {"n", "m", "k", "d", "v", "K", "bits", "finetune_epochs", "train_epochs", "limit", "vectors"}
+_INT_KEYS = {"n", "m", "k", "d", "v", "K", "bits", "iters", "seed", "lut_bits", "finetune_epochs", "train_epochs",
+             "limit", "vectors"}
 _STR_KEYS = {"board", "model", "model_file", "checkpoint", "data", "method", "out", "stage", "json", "vecq_scheme"}
 
 
@@ -222,14 +237,11 @@ def parse(argv: list[str] | None = None) -> BuildOptions:
         merged.update(read_recipe(given["recipe"]))
     problems: list[str] = []
 
-    def check(fn, *args) -> None:
+    for key, value in given.items():
         try:
-            fn(*args)
+            _check_value(key, value, where="command line")
         except OptionsError as e:
             problems.append(str(e))
-
-    for key, value in given.items():
-        check(_check_value, key, value, "command line")
     merged.update(given)
     opts = BuildOptions(**merged)
     if opts.json and not Path(opts.json).resolve().parent.is_dir():
@@ -239,8 +251,6 @@ def parse(argv: list[str] | None = None) -> BuildOptions:
     if opts.model_file and ":" not in opts.model_file:
         problems.append(f"--model-file {opts.model_file}: give path/to/file.py:factory")
     if opts.method == "vecq" and not any(p.startswith("command line: --bits") for p in problems):
-        from flow.compress.vecq import BitWidthError, check_bits
-
         try:
             check_bits(opts.bits, opts.vecq_scheme)
         except BitWidthError as e:

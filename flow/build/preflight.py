@@ -32,6 +32,7 @@ from typing import Any
 
 from flow.build.options import STAGES, BuildOptions, OptionsError
 from flow.build.options import one_line as _one_line
+from flow.compress.spec import CompressSpec
 
 
 def _needs(opts: BuildOptions, stage: str) -> bool:
@@ -151,7 +152,7 @@ def _nothing_compressed(opts: BuildOptions, plans, model, engine) -> str | None:
             + (f": choose a v dividing them, e.g. {hint}" if hint else ""))
 
 
-def _dry_run(opts: BuildOptions, model, kwargs: dict, x, engine) -> str | None:
+def _dry_run(opts: BuildOptions, model, spec: CompressSpec | None, x, engine) -> str | None:
     """compress (one k-means iteration) -> quantize -> lower on the untrained model; the first structural
     error, or None. Numeric errors that depend on trained weights are left to the stages."""
     import torch
@@ -169,7 +170,7 @@ def _dry_run(opts: BuildOptions, model, kwargs: dict, x, engine) -> str | None:
             if opts.method != "none":
                 from flow.compress import compress
 
-                cmodel = compress(model, **{**kwargs, "iters": 1}, data=x if _uses_pq(opts) else None, example=x[:1])
+                cmodel = compress(model, spec, iters=1, data=x if _uses_pq(opts) else None, example=x[:1])
             if not _needs(opts, "quantize"):
                 return None
             q = quantize_model(cmodel, x)
@@ -201,7 +202,7 @@ def preflight(opts: BuildOptions) -> None:
     board = get_board(opts.board)   # an unknown board: nothing else can be checked
 
     if _needs(opts, "csim"):
-        from flow.hls.compile import ToolchainError, find_cxx
+        from host.gxx_build import ToolchainError, find_cxx
 
         try:
             find_cxx()
@@ -248,19 +249,17 @@ def preflight(opts: BuildOptions) -> None:
             problems.append(_one_line(e))
 
     if model is not None and _needs(opts, "compress") and opts.method != "none":
-        from flow.build.stages import compress_kwargs
         from flow.compress import plan
 
-        kwargs = compress_kwargs(opts, model)
         try:
-            plans = plan(model, **kwargs)
+            plans = plan(model, opts.compress_spec(model))
         except ValueError as e:
             problems.append(f"--method {opts.method}: {_one_line(e)}")
             plans = None
         if plans is not None:
             if engine is not None:
                 problems.extend(_limit_problems(plans, model, engine))
-            nothing = _nothing_compressed(opts, plans, model, engine)
+            nothing = _nothing_compressed(opts, plans, model=model, engine=engine)
             if nothing:
                 problems.append(nothing)
             elif opts.method == "pq":
@@ -270,10 +269,8 @@ def preflight(opts: BuildOptions) -> None:
                                  f"patch length not a multiple of v = {opts.v})")
 
     if not problems and model is not None and x is not None and _needs(opts, "quantize"):
-        from flow.build.stages import compress_kwargs
-
-        kwargs = compress_kwargs(opts, model) if opts.method != "none" else {}
-        err = _dry_run(opts, model, kwargs, x, engine)
+        spec = opts.compress_spec(model) if opts.method != "none" else None
+        err = _dry_run(opts, model, spec=spec, x=x, engine=engine)
         if err:
             problems.append(err)
 

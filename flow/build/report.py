@@ -13,6 +13,7 @@ import html
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,25 +82,36 @@ def _html(sections: list[Section], title: str) -> str:
 # ---------------------------------------------------------------------------
 # content
 # ---------------------------------------------------------------------------
-def _vendor_reports(b) -> dict[str, Any]:
-    """Vitis HLS csynth.xml and Vivado utilization, when the vendor stages produced them."""
+# the top function's summary (set_top in hls_templates/tcl/build.tcl.j2); Vitis HLS writes it as csynth.xml and
+# <top>_csynth.xml beside one <function>_csynth.xml per sub-function, which must not stand in for the top
+_CSYNTH_TOP = ("csynth.xml", "vqhls_engine_csynth.xml")
+
+
+def _vendor_reports(b) -> tuple[dict[str, Any], list[str]]:
+    """Vitis HLS csynth.xml and Vivado utilization, when the vendor stages produced them.
+
+    Returns (parsed reports by kind, one error line per report that exists but does not parse); each
+    error is also a warning, so a broken report is seen, never silently left out of the comparison."""
     from flow.boards import reports
 
-    found: dict[str, Any] = {}
+    paths: dict[str, tuple[Path, Any]] = {}
     if b.project is not None:
-        for xml in sorted(Path(b.project.path).glob("vqhls_prj/solution1/syn/report/*csynth.xml")):
-            try:
-                found["csynth"] = reports.parse_csynth_xml(xml)
-                break
-            except reports.ReportError:
-                continue
+        rdir = Path(b.project.path) / "vqhls_prj" / "solution1" / "syn" / "report"
+        top = next((rdir / n for n in _CSYNTH_TOP if (rdir / n).is_file()), None)
+        if top is not None:
+            paths["csynth"] = (top, reports.parse_csynth_xml)
     util = b.out / "vivado" / "out" / "utilization.rpt"
     if util.is_file():
+        paths["utilization"] = (util, reports.parse_utilization)
+    found: dict[str, Any] = {}
+    errors: list[str] = []
+    for kind, (path, parse) in paths.items():
         try:
-            found["utilization"] = reports.parse_utilization(util)
-        except reports.ReportError:
-            pass
-    return found
+            found[kind] = parse(path)
+        except reports.ReportError as e:
+            errors.append(f"{kind} report {path} did not parse: {e}")
+            warnings.warn(errors[-1], stacklevel=2)
+    return found, errors
 
 
 def sections(b, plots: dict[str, str]) -> list[Section]:
@@ -107,6 +119,7 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
 
     s = b.summary
     board = get_board(b.opts.board)
+    found, report_errors = _vendor_reports(b)
     out: list[Section] = []
     acc = [(label, s[key]) for key, label in (("float_acc", "float"), ("compressed_acc", "compressed"),
                                                 ("finetuned_acc", "after fine-tuning"),
@@ -122,8 +135,8 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
                  round(32 * r.params / r.total_bits, 2) if r.total_bits and r.params else "-"]
                 for r in b.creport.rows]
         fallback = (b.program.meta.get("quant", {}).get("dense_fallback") or []) if b.program is not None else []
-        note = (f" Stored int8 dense by the lowering (a codebook Linear after a flatten loses its vectors in the "
-                f"NHWC permutation), so the table overstates their compression: {', '.join(fallback)}; the "
+        note = (f" Stored int8 dense by the lowering (a codebook Linear after a flatten, compressed without "
+                f"an example input: its vectors run along torch's flatten order, not the engine's NHWC channels), so the table overstates their compression: {', '.join(fallback)}; the "
                 f"whole model as the engine stores it: {s.get('stored_ratio', float('nan')):.2f}x."
                 if fallback else "")
         out.append(Section("Compression", f"Every stored bit counted (flow.compress.compression_report): "
@@ -135,11 +148,11 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
         u = b.usage
         avail = {"BRAM36": board.bram36, "DSP": board.dsp, "LUT": board.lut, "FF": board.ff}
         model = {"BRAM36": u.bram36, "DSP": u.dsp, "LUT": u.lut, "FF": u.ff}
-        found = _vendor_reports(b)
         head = ["resource", "modelled", "available", "% of part"]
         rows = [[k, model[k], avail[k], round(100 * model[k] / avail[k], 1)] for k in model]
-        note = ("Modelled by flow/boards/resources.py (formulas per unit, docs/engine.md). No vendor report "
-                "exists for this build (Vitis HLS / Vivado did not run here).")
+        note = ("Modelled by flow/boards/resources.py (formulas per unit, docs/engine.md). "
+                + ("No vendor report parsed: see 'Vendor reports that did not parse'." if report_errors else
+                   "No vendor report exists for this build (Vitis HLS / Vivado did not run here)."))
         if found:
             from flow.boards import reports
 
@@ -156,7 +169,9 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
             head += [src, "model error"]
             rows = [row + [cmp[row[0]]["report"], "-" if cmp[row[0]]["error"] is None
                            else f"{100 * cmp[row[0]]['error']:+.1f}%"] for row in rows]
-            note = "Modelled (flow/boards/resources.py) beside the vendor tool's numbers."
+            note = ("Modelled (flow/boards/resources.py) beside the vendor tool's numbers."
+                    + (" A vendor report did not parse: see 'Vendor reports that did not parse'." if report_errors
+                       else ""))
         out.append(Section("Resources", note, (head, rows), plots.get("resources")))
     if b.program is not None:
         ic = perf.image_cycles(b.program, b.engine)
@@ -182,6 +197,10 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
         lines.append(f"{tool}: {res.message}")
     if lines:
         out.append(Section("Vendor tools", "```\n" + "\n".join(lines) + "\n```"))
+    if report_errors:
+        out.append(Section("Vendor reports that did not parse",
+                           "ERROR: these reports exist but could not be read, so their numbers are missing "
+                           "above:\n\n```\n" + "\n".join(report_errors) + "\n```"))
     times = [[k, round(v, 2)] for k, v in b.times.items()]
     out.append(Section("Stage times", "", (["stage", "seconds"], times)))
     return out

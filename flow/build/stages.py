@@ -185,13 +185,6 @@ def stage_train(b: Build) -> None:
                      float_acc=trainer.evaluate(model, xte, yte))
 
 
-def compress_kwargs(o: BuildOptions, model) -> dict:
-    """The flow.compress.compress (and plan) arguments of this build, but ``data``."""
-    d = o.defaults()
-    return dict(method=o.method, n=o.n, m=o.m, k=o.k or d["k"], d=o.d or d["d"], clip_k=True, v=o.v, K=o.K,
-                bits=o.bits, vecq_scheme=o.vecq_scheme, overrides=o.overrides(model) or None)
-
-
 # training images the BatchNorm statistics are re-estimated on after compression (flow.compress's --calibrate)
 BN_CALIB_IMAGES = 1024
 
@@ -208,14 +201,14 @@ def stage_compress(b: Build) -> None:
         return
     calib = torch.from_numpy(b.data["xtr"][:512]) if (o.method == "pq" or any(
         e.get("method") == "pq" for e in o.layers)) else None
-    kwargs = compress_kwargs(o, b.model)
+    spec = o.compress_spec(b.model)
     # one training image: a Linear after a spatial flatten then cuts its vectors along C (flow.compress.flatten)
-    b.cmodel = compress(b.model, data=calib, example=torch.from_numpy(b.data["xtr"][:1]), **kwargs)
+    b.cmodel = compress(b.model, spec, data=calib, example=torch.from_numpy(b.data["xtr"][:1]))
     # clip_k=True (a codebook cannot have more entries than the layer has vectors): say where it applied
-    clipped = [f"{p.name} (k = {p.k})" for p in plan(b.model, **kwargs) if p.method in ("mvq", "vq")
-               and p.k < kwargs["k"] and p.name not in (kwargs["overrides"] or {})]
+    clipped = [f"{p.name} (k = {p.k})" for p in plan(b.model, spec) if p.method in ("mvq", "vq")
+               and p.k < spec.k and p.name not in spec.overrides]
     if clipped:
-        print(f"note: --k {kwargs['k']} is more than some layers have vectors; their codebooks hold one entry per "
+        print(f"note: --k {spec.k} is more than some layers have vectors; their codebooks hold one entry per "
               f"vector: {', '.join(clipped)}")
         b.summary["k_clipped"] = clipped
     # as flow.compress does: BatchNorm statistics re-estimated for the compressed weights (compress() did it
@@ -443,7 +436,7 @@ def _tool_versions() -> dict[str, str]:
     import numpy
     import torch
 
-    from flow.hls.compile import find_cxx
+    from host.gxx_build import find_cxx
     from flow.hls.vendor import find_tool
 
     out = {"python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__}

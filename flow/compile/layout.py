@@ -1,7 +1,7 @@
 """Placement: the fields a Program's descriptors carry for one EngineConfig.
 
 ``place(program, engine)`` returns a copy of ``program`` whose ops carry the
-derived descriptor fields (program.py, format version 3): activation word
+derived descriptor fields (program.py, format version 4; added in 3): activation word
 layouts, tile counts, decode cycles, array passes, and where each op's
 parameters live in the engine's on-chip memories. The engine then needs no
 run-time divide and no address arithmetic beyond counters; the host-side
@@ -38,6 +38,7 @@ class PlacementError(ValueError):
 
 
 def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for integers (b > 0), exact for any size; the one copy the flow uses."""
     return -(-a // b)
 
 

@@ -262,21 +262,20 @@ def _check_tensors(E: _Where, op: Op, engine: EngineConfig) -> None:
                     f"bank_words={words}", fix)
 
 
-def _check_op(i: int, op: Op, engine: EngineConfig | None) -> None:
-    """One op's rules. ``engine`` None: only the rules of the format and of the golden executor
-    (``check_program``), none of an engine's limits."""
-    E = _Where(i, op)
-    pq = op.opcode == PQ
-    conv = op.opcode in (CONV, PQ)   # conv-shaped ops: kernel, residual, channel parameters
+def _check_opcode(E: _Where, op: Op, engine: EngineConfig | None) -> None:
+    """ERR_OPCODE: a known opcode; PQ only on an engine with a lookup unit."""
     if op.opcode not in _OPNAMES:
         raise E(regmap.ERR_OPCODE, "unknown opcode", "opcode", op.opcode,
                 "one of " + ", ".join(f"{v}={k}" for k, v in _OPNAMES.items()), REBUILD)
-    if pq and engine is not None and not engine.pq:
+    if op.opcode == PQ and engine is not None and not engine.pq:
         raise E(regmap.ERR_OPCODE, "a PQ op, but this engine has no lookup unit", "opcode", op.opcode,
                 "EngineConfig.pq=False", "build the engine with EngineConfig(pq=True), or compress the layer "
                 f"without PQ and {LOWER}")
 
-    # ---- buffers
+
+def _check_buffers(E: _Where, op: Op, engine: EngineConfig | None) -> None:
+    """ERR_BUFFER: buffer indices in range (below num_bufs with an engine), distinct where they must be,
+    a residual only on conv-shaped ops."""
     NB = engine.num_bufs if engine is not None else None
     buf_fix = LOWER if NB is None else f"{LOWER} (it allocates buffers within EngineConfig.num_bufs = {NB})"
     for f in ("in_buf", "out_buf"):
@@ -286,22 +285,26 @@ def _check_op(i: int, op: Op, engine: EngineConfig | None) -> None:
     if op.out_buf == op.in_buf:
         raise E(regmap.ERR_BUFFER, "the op writes the buffer it reads", "out_buf", op.out_buf,
                 f"!= in_buf={op.in_buf}", buf_fix)
-    if op.res_buf != -1:
-        if not conv:
-            raise E(regmap.ERR_BUFFER, f"a residual input on a pooling op ({_OPNAMES[op.opcode]}: only conv "
-                    "and pq add one)", "res_buf", op.res_buf, "-1", REBUILD)
-        if not 0 <= op.res_buf < (NB or 1 << 31):
-            raise E(regmap.ERR_BUFFER, "residual buffer index out of range", "res_buf", op.res_buf,
-                    "-1 or >= 0" if NB is None else f"-1 or 0..{NB - 1} (num_bufs={NB})", buf_fix)
-        if op.res_buf == op.out_buf:
-            raise E(regmap.ERR_BUFFER, "the op writes the buffer its residual comes from", "res_buf",
-                    op.res_buf, f"!= out_buf={op.out_buf}", buf_fix)
-        if op.res_buf == op.in_buf and engine is not None:   # the drain's and the array's reads share no port
-            raise E(regmap.ERR_BUFFER, "the residual comes from the buffer the op reads", "res_buf",
-                    op.res_buf, f"!= in_buf={op.in_buf}",
-                    f"{LOWER} (it reads a residual that is the op's own input from a copy in a third buffer)")
+    if op.res_buf == -1:
+        return
+    if op.opcode not in (CONV, PQ):
+        raise E(regmap.ERR_BUFFER, f"a residual input on a pooling op ({_OPNAMES[op.opcode]}: only conv "
+                "and pq add one)", "res_buf", op.res_buf, "-1", REBUILD)
+    if not 0 <= op.res_buf < (NB or 1 << 31):
+        raise E(regmap.ERR_BUFFER, "residual buffer index out of range", "res_buf", op.res_buf,
+                "-1 or >= 0" if NB is None else f"-1 or 0..{NB - 1} (num_bufs={NB})", buf_fix)
+    if op.res_buf == op.out_buf:
+        raise E(regmap.ERR_BUFFER, "the op writes the buffer its residual comes from", "res_buf",
+                op.res_buf, f"!= out_buf={op.out_buf}", buf_fix)
+    if op.res_buf == op.in_buf and engine is not None:   # the drain's and the array's reads share no port
+        raise E(regmap.ERR_BUFFER, "the residual comes from the buffer the op reads", "res_buf",
+                op.res_buf, f"!= in_buf={op.in_buf}",
+                f"{LOWER} (it reads a residual that is the op's own input from a copy in a third buffer)")
 
-    # ---- shape
+
+def _check_shape(E: _Where, op: Op, engine: EngineConfig | None) -> None:
+    """ERR_SHAPE / ERR_BUF_SIZE / ERR_LIMIT: dimensions in range, tensors that fit the activation buffers,
+    channels within max_channels, a kernel inside the padded input and the output size it gives."""
     BUF = engine.act_buf_bytes if engine is not None else None
     for f in ("H", "W", "C", "OH", "OW", "OC", "KH", "KW", "stride", "pad"):
         lo = 0 if f == "pad" else 1
@@ -323,27 +326,33 @@ def _check_op(i: int, op: Op, engine: EngineConfig | None) -> None:
         if getattr(op, f) != want:
             raise E(regmap.ERR_SHAPE, f"output size disagrees with {op.H}x{op.W}, kernel {op.KH}x{op.KW}, "
                     f"stride {op.stride}, pad {op.pad} (gives {oh}x{ow})", f, getattr(op, f), want, REBUILD, "expected")
-    if op.opcode != MAXPOOL:   # requantizing ops clamp to [lo, hi] of the output format
-        tlo, thi = (0, 255) if op.out_unsigned else (-128, 127)
-        fmt = f"{tlo}..{thi} ({'uint8' if op.out_unsigned else 'int8'} output)"
-        for f in ("lo", "hi"):
-            if not tlo <= getattr(op, f) <= thi:
-                raise E(regmap.ERR_PARAM, "clamp bound outside the output format", f, getattr(op, f), fmt, REBUILD)
-        if op.lo > op.hi:
-            raise E(regmap.ERR_PARAM, "empty clamp range", "lo", op.lo, f"<= hi={op.hi}", REBUILD)
 
-    if not conv:   # pooling: no padding, channels pass through
-        if op.pad != 0:
-            raise E(regmap.ERR_SHAPE, "pooling ops have no padding", "pad", op.pad, 0, REBUILD)
-        if op.OC != op.C:
-            raise E(regmap.ERR_SHAPE, "pooling keeps the channel count", "OC", op.OC, f"C={op.C}", REBUILD)
-        if op.opcode == AVGPOOL:
-            _array(E, op, "mult", op.C, "[C] int32")
-            _check_shift(E, _array(E, op, "shift", op.C, "[C] int32"))
-            _check_accumulator(E, op, None)
-        return
 
-    # ---- conv-shaped ops
+def _check_clamp(E: _Where, op: Op) -> None:
+    """ERR_PARAM: a requantizing op clamps to a non-empty [lo, hi] inside its output format."""
+    tlo, thi = (0, 255) if op.out_unsigned else (-128, 127)
+    fmt = f"{tlo}..{thi} ({'uint8' if op.out_unsigned else 'int8'} output)"
+    for f in ("lo", "hi"):
+        if not tlo <= getattr(op, f) <= thi:
+            raise E(regmap.ERR_PARAM, "clamp bound outside the output format", f, getattr(op, f), fmt, REBUILD)
+    if op.lo > op.hi:
+        raise E(regmap.ERR_PARAM, "empty clamp range", "lo", op.lo, f"<= hi={op.hi}", REBUILD)
+
+
+def _check_pool(E: _Where, op: Op) -> None:
+    """Pooling: no padding, channels pass through; an average pool's mult / shift and accumulator."""
+    if op.pad != 0:
+        raise E(regmap.ERR_SHAPE, "pooling ops have no padding", "pad", op.pad, 0, REBUILD)
+    if op.OC != op.C:
+        raise E(regmap.ERR_SHAPE, "pooling keeps the channel count", "OC", op.OC, f"C={op.C}", REBUILD)
+    if op.opcode == AVGPOOL:
+        _array(E, op, "mult", op.C, "[C] int32")
+        _check_shift(E, _array(E, op, "shift", op.C, "[C] int32"))
+        _check_accumulator(E, op, None)
+
+
+def _check_kernel_limits(E: _Where, op: Op, engine: EngineConfig | None) -> None:
+    """ERR_LIMIT (with an engine): a conv-shaped op's kernel within max_kernel, a conv's stride within max_stride."""
     for f in ("KH", "KW"):
         if engine is not None and getattr(op, f) > engine.max_kernel:
             raise E(regmap.ERR_LIMIT, "kernel beyond the engine's limit", f, getattr(op, f),
@@ -351,75 +360,110 @@ def _check_op(i: int, op: Op, engine: EngineConfig | None) -> None:
     if op.opcode == CONV and engine is not None and op.stride > engine.max_stride:
         raise E(regmap.ERR_LIMIT, "stride beyond what the banked activation buffers serve at II=1", "stride",
                 op.stride, f"max_stride={engine.max_stride}", _raise_limit("max_stride", engine))
-    taps = op.OC * op.KH * op.KW
-    if pq:
-        D = op.KH * op.KW * op.C
-        for f, lim in (("v", "pq_v_max"), ("K", "pq_k_max")):
-            top = getattr(engine, lim) if engine is not None else 1 << 31
-            if not 1 <= getattr(op, f) <= top:
-                raise E(regmap.ERR_LIMIT, f"PQ {'subvector length' if f == 'v' else 'prototypes per subspace'} "
-                        "beyond the engine's limit", f, getattr(op, f), ">= 1" if engine is None else
-                        f"1..{top} ({lim})", REBUILD if engine is None else _raise_limit(lim, engine))
-        if D % op.v:
-            raise E(regmap.ERR_LIMIT, f"PQ subvector length does not divide the patch KH*KW*C = {D}", "v", op.v,
-                    f"a divisor of {D}", REBUILD)
-        nsub = D // op.v
-        if engine is not None and nsub > engine.pq_subspaces_max:
-            raise E(regmap.ERR_LIMIT, "PQ subspaces KH*KW*C/v beyond the engine's limit", "KH*KW*C/v", nsub,
-                    f"pq_subspaces_max={engine.pq_subspaces_max}", _raise_limit("pq_subspaces_max", engine))
-        if op.lut_bits not in (8, 16):
-            raise E(regmap.ERR_PARAM, "PQ LUT width must be 8 or 16 bits", "lut_bits", op.lut_bits, "8 or 16",
-                    REBUILD)
-        _array(E, op, "proto", nsub * op.K * op.v, "[KH*KW*C/v][K][v] bytes")
-        lut = _array(E, op, "lut", nsub * op.K * op.OC, "[KH*KW*C/v][K][OC] int16")
-        q = 1 << (op.lut_bits - 1)
-        bad = np.flatnonzero((lut < -q) | (lut >= q))
-        if bad.size:
-            j = int(bad[0])
-            raise E(regmap.ERR_PARAM, f"LUT value {j} does not fit lut_bits = {op.lut_bits}", f"lut[{j}]",
-                    int(lut[j]), f"{-q}..{q - 1}", f"set lut_bits = 16 or requantize the LUT, then {LOWER}")
+
+
+def _check_pq_params(E: _Where, op: Op, engine: EngineConfig | None) -> None:
+    """A PQ op: v, K and the subspace count within the limits, lut_bits, the proto / lut arrays and LUT values."""
+    D = op.KH * op.KW * op.C
+    for f, lim in (("v", "pq_v_max"), ("K", "pq_k_max")):
+        top = getattr(engine, lim) if engine is not None else 1 << 31
+        if not 1 <= getattr(op, f) <= top:
+            raise E(regmap.ERR_LIMIT, f"PQ {'subvector length' if f == 'v' else 'prototypes per subspace'} "
+                    "beyond the engine's limit", f, getattr(op, f), ">= 1" if engine is None else
+                    f"1..{top} ({lim})", REBUILD if engine is None else _raise_limit(lim, engine))
+    if D % op.v:
+        raise E(regmap.ERR_LIMIT, f"PQ subvector length does not divide the patch KH*KW*C = {D}", "v", op.v,
+                f"a divisor of {D}", REBUILD)
+    nsub = D // op.v
+    if engine is not None and nsub > engine.pq_subspaces_max:
+        raise E(regmap.ERR_LIMIT, "PQ subspaces KH*KW*C/v beyond the engine's limit", "KH*KW*C/v", nsub,
+                f"pq_subspaces_max={engine.pq_subspaces_max}", _raise_limit("pq_subspaces_max", engine))
+    if op.lut_bits not in (8, 16):
+        raise E(regmap.ERR_PARAM, "PQ LUT width must be 8 or 16 bits", "lut_bits", op.lut_bits, "8 or 16",
+                REBUILD)
+    _array(E, op, "proto", nsub * op.K * op.v, "[KH*KW*C/v][K][v] bytes")
+    lut = _array(E, op, "lut", nsub * op.K * op.OC, "[KH*KW*C/v][K][OC] int16")
+    q = 1 << (op.lut_bits - 1)
+    bad = np.flatnonzero((lut < -q) | (lut >= q))
+    if bad.size:
+        j = int(bad[0])
+        raise E(regmap.ERR_PARAM, f"LUT value {j} does not fit lut_bits = {op.lut_bits}", f"lut[{j}]",
+                int(lut[j]), f"{-q}..{q - 1}", f"set lut_bits = 16 or requantize the LUT, then {LOWER}")
+
+
+def _check_codebook_params(E: _Where, op: Op, engine: EngineConfig | None) -> None:
+    """A codebook op: d and k within the limits, d against C and lanes, the n:m pattern, the idx / mask /
+    codebook arrays, every index below k and every mask within its low d bits."""
+    for f, lim, what in (("d", "d_max", "codeword length"), ("k", "k_max", "codebook size")):
+        top = getattr(engine, lim) if engine is not None else 1 << 31
+        if not 1 <= getattr(op, f) <= top:
+            raise E(regmap.ERR_LIMIT, f"{what} beyond the engine's limit", f, getattr(op, f),
+                    ">= 1" if engine is None else f"1..{top} ({lim})",
+                    REBUILD if engine is None else _raise_limit(lim, engine))
+    if op.C % op.d:
+        raise E(regmap.ERR_LIMIT, f"codeword length does not divide the input channels C = {op.C}", "d", op.d,
+                f"a divisor of {op.C}", REBUILD)
+    if engine is not None and op.d % engine.lanes and engine.lanes % op.d:
+        raise E(regmap.ERR_LIMIT, f"codeword length and engine.lanes = {engine.lanes}: one must divide the "
+                "other", "d", op.d, f"a divisor or multiple of lanes={engine.lanes}",
+                f"compress the layer with such a d, then {LOWER}")
+    if not 0 <= op.n <= op.m:
+        raise E(regmap.ERR_PARAM, f"n:m pattern {op.n}:{op.m} is not 0 <= n <= m", "n", op.n, f"0..m={op.m}",
+                REBUILD)
+    nvec = op.OC * op.KH * op.KW * (op.C // op.d)
+    idx = _array(E, op, "idx", nvec, "[OC][KH][KW][C/d] uint16")
+    mask = _array(E, op, "mask", nvec, "[OC][KH][KW][C/d] uint16")
+    _array(E, op, "codebook", op.k * op.d, "[k][d] int8")
+    bad = np.flatnonzero(idx >= op.k)
+    if bad.size:
+        j = int(bad[0])
+        raise E(regmap.ERR_PARAM, f"codeword index of vector {j} past the codebook", f"idx[{j}]", int(idx[j]),
+                f"k-1={op.k - 1}", REBUILD)
+    bad = np.flatnonzero(mask.astype(np.int64) >> op.d)
+    if bad.size:
+        j = int(bad[0])
+        raise E(regmap.ERR_PARAM, f"mask of vector {j} sets bits above the codeword length d = {op.d}",
+                f"mask[{j}]", f"0x{int(mask[j]):04x}", f"0x{(1 << op.d) - 1:04x}", REBUILD)
+
+
+def _check_weights(E: _Where, op: Op, engine: EngineConfig | None) -> None:
+    """A conv-shaped op's weights in its format: PQ prototypes and LUT, dense int8, or a codebook."""
+    if op.opcode == PQ:
+        _check_pq_params(E, op, engine)
     elif op.wfmt == DENSE:
-        _array(E, op, "weight", taps * op.C, "[OC][KH][KW][C] int8")
+        _array(E, op, "weight", op.OC * op.KH * op.KW * op.C, "[OC][KH][KW][C] int8")
     elif op.wfmt == CODEBOOK:
-        for f, lim, what in (("d", "d_max", "codeword length"), ("k", "k_max", "codebook size")):
-            top = getattr(engine, lim) if engine is not None else 1 << 31
-            if not 1 <= getattr(op, f) <= top:
-                raise E(regmap.ERR_LIMIT, f"{what} beyond the engine's limit", f, getattr(op, f),
-                        ">= 1" if engine is None else f"1..{top} ({lim})",
-                        REBUILD if engine is None else _raise_limit(lim, engine))
-        if op.C % op.d:
-            raise E(regmap.ERR_LIMIT, f"codeword length does not divide the input channels C = {op.C}", "d", op.d,
-                    f"a divisor of {op.C}", REBUILD)
-        if engine is not None and op.d % engine.lanes and engine.lanes % op.d:
-            raise E(regmap.ERR_LIMIT, f"codeword length and engine.lanes = {engine.lanes}: one must divide the "
-                    "other", "d", op.d, f"a divisor or multiple of lanes={engine.lanes}",
-                    f"compress the layer with such a d, then {LOWER}")
-        if not 0 <= op.n <= op.m:
-            raise E(regmap.ERR_PARAM, f"n:m pattern {op.n}:{op.m} is not 0 <= n <= m", "n", op.n, f"0..m={op.m}",
-                    REBUILD)
-        nvec = taps * (op.C // op.d)
-        idx = _array(E, op, "idx", nvec, "[OC][KH][KW][C/d] uint16")
-        mask = _array(E, op, "mask", nvec, "[OC][KH][KW][C/d] uint16")
-        _array(E, op, "codebook", op.k * op.d, "[k][d] int8")
-        bad = np.flatnonzero(idx >= op.k)
-        if bad.size:
-            j = int(bad[0])
-            raise E(regmap.ERR_PARAM, f"codeword index of vector {j} past the codebook", f"idx[{j}]", int(idx[j]),
-                    f"k-1={op.k - 1}", REBUILD)
-        bad = np.flatnonzero(mask.astype(np.int64) >> op.d)
-        if bad.size:
-            j = int(bad[0])
-            raise E(regmap.ERR_PARAM, f"mask of vector {j} sets bits above the codeword length d = {op.d}",
-                    f"mask[{j}]", f"0x{int(mask[j]):04x}", f"0x{(1 << op.d) - 1:04x}", REBUILD)
+        _check_codebook_params(E, op, engine)
     else:
         raise E(regmap.ERR_OPCODE, "unknown weight format", "wfmt", op.wfmt, f"{DENSE} (dense) or {CODEBOOK} "
                 "(codebook)", REBUILD)
+
+
+def _check_channel_params(E: _Where, op: Op) -> None:
+    """A conv-shaped op's per-channel arrays (bias, mult, shift, res_mult with a residual) and its accumulator."""
     bias = _array(E, op, "bias", op.OC, "[OC] int32", required=False)
     _array(E, op, "mult", op.OC, "[OC] int32")
     _check_shift(E, _array(E, op, "shift", op.OC, "[OC] int32"))
     if op.res_buf >= 0:
         _array(E, op, "res_mult", op.OC, "[OC] int32")
     _check_accumulator(E, op, bias)
+
+
+def _check_op(i: int, op: Op, engine: EngineConfig | None) -> None:
+    """One op's rules, in the order the module docstring lists them. ``engine`` None: only the rules of
+    the format and of the golden executor (``check_program``), none of an engine's limits."""
+    E = _Where(i, op)
+    _check_opcode(E, op, engine)
+    _check_buffers(E, op, engine)
+    _check_shape(E, op, engine)
+    if op.opcode != MAXPOOL:   # requantizing ops clamp to [lo, hi] of the output format
+        _check_clamp(E, op)
+    if op.opcode not in (CONV, PQ):
+        _check_pool(E, op)
+        return
+    _check_kernel_limits(E, op, engine)
+    _check_weights(E, op, engine)
+    _check_channel_params(E, op)
     if engine is None:
         return
     try:   # anything else the placement's per-op layout rule refuses

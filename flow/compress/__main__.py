@@ -10,11 +10,16 @@ re-estimated on training images (``--calibrate``), and after fine-tuning
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 
 import torch
+
+from .spec import DEFAULT_SKIP, CompressSpec
+
+_DEFAULT = CompressSpec()  # the flags' defaults are the spec's
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,21 +32,23 @@ def _parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m flow.compress", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="zoo model name (lenet-digits, cnn-fmnist, resnet20)")
     ap.add_argument("--data", default=None, help="dataset (default: the model's)")
-    ap.add_argument("--method", default="mvq",
+    ap.add_argument("--method", default=_DEFAULT.method,
                     help="mvq (N:M + masked k-means), vq (dense codebooks), pq (lookup tables), vecq (b-bit weights)")
-    ap.add_argument("--n", type=int, default=2, help="keep n of every m weights (default 2)")
-    ap.add_argument("--m", type=int, default=4, help="N:M group size (default 4)")
-    ap.add_argument("--k", type=int, default=256, help="codebook size (default 256)")
-    ap.add_argument("--d", type=int, default=8, help="vector length along Cin (default 8)")
-    ap.add_argument("--iters", type=int, default=20, help="k-means iterations (default 20)")
-    ap.add_argument("--v", type=int, default=9, help="pq: subvector length (default 9)")
-    ap.add_argument("--K", type=int, default=16, help="pq: prototypes per subspace (default 16)")
-    ap.add_argument("--lut-bits", type=int, default=8, help="pq: LUT bits, 8 or 16 (default 8)")
-    ap.add_argument("--bits", type=int, default=4, help="vecq: weight bits, 1..7 paper scheme, 2..8 sweep (default 4)")
-    ap.add_argument("--vecq-scheme", default="paper", choices=("paper", "sweep"),
+    ap.add_argument("--n", type=int, default=_DEFAULT.n, help="keep n of every m weights (default %(default)s)")
+    ap.add_argument("--m", type=int, default=_DEFAULT.m, help="N:M group size (default %(default)s)")
+    ap.add_argument("--k", type=int, default=_DEFAULT.k, help="codebook size (default %(default)s)")
+    ap.add_argument("--d", type=int, default=_DEFAULT.d, help="vector length along Cin (default %(default)s)")
+    ap.add_argument("--iters", type=int, default=_DEFAULT.iters, help="k-means iterations (default %(default)s)")
+    ap.add_argument("--v", type=int, default=_DEFAULT.v, help="pq: subvector length (default %(default)s)")
+    ap.add_argument("--K", type=int, default=_DEFAULT.K, help="pq: prototypes per subspace (default %(default)s)")
+    ap.add_argument("--lut-bits", type=int, default=_DEFAULT.lut_bits,
+                    help="pq: LUT bits, 8 or 16 (default %(default)s)")
+    ap.add_argument("--bits", type=int, default=_DEFAULT.bits,
+                    help="vecq: weight bits, 1..7 paper scheme, 2..8 sweep (default %(default)s)")
+    ap.add_argument("--vecq-scheme", default=_DEFAULT.vecq_scheme, choices=("paper", "sweep"),
                     help="vecq: paper (half-integer levels, lambda*std step, least-squares scale; default) or "
                          "sweep (symmetric levels, exact vector-loss step)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=_DEFAULT.seed)
     ap.add_argument("--skip", nargs="*", default=None,
                     help="layers kept dense: 'first', 'last' and/or module names (default: first last; none "
                          "for vecq's paper scheme, which quantizes every layer)")
@@ -57,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the report and accuracies as JSON")
     ap.add_argument("--quiet", action="store_true", help="no training progress on stderr")
     return ap
+
+
+def spec_from_args(a: argparse.Namespace) -> CompressSpec:
+    """The :class:`CompressSpec` of the command line: every flag named as a spec field, ``--skip`` (absent:
+    the method's default) and ``--float-codebooks`` (the inverse of ``quantize_codebooks``)."""
+    names = {f.name for f in dataclasses.fields(CompressSpec)} - {"skip", "overrides", "quantize_codebooks"}
+    return CompressSpec(**{name: getattr(a, name) for name in names},
+                        skip=DEFAULT_SKIP if a.skip is None else a.skip, quantize_codebooks=not a.float_codebooks)
 
 
 def _trained_model(name: str, data: str, epochs: int | None, limit: int | None, progress: bool):
@@ -98,10 +113,9 @@ def run(a: argparse.Namespace) -> int:
 
     from models import data as datasets, zoo
 
-    from .api import DEFAULT_SKIP, compress, compression_report, plan, recalibrate_bn_
+    from .api import compress, compression_report, plan, recalibrate_bn_
     from .finetune import finetune
 
-    skip = DEFAULT_SKIP if a.skip is None else a.skip
     zoo.default_dataset(a.model)  # unknown model -> UnknownModelError (a ValueError) before any work
     data_name = a.data or zoo.default_dataset(a.model)
     for opt in ("train_epochs", "train_limit", "finetune_epochs", "calibrate"):
@@ -109,23 +123,21 @@ def run(a: argparse.Namespace) -> int:
         if v is not None and v < 0:
             raise ValueError(f"--{opt.replace('_', '-')} must be >= 0, got {v}")
     # Validate the compression arguments on an untrained model first: a typo costs no training time.
+    spec = spec_from_args(a)
     shape = datasets.INFO.get(data_name, {}).get("shape")
     if shape is not None:
         probe = zoo.get(a.model, in_channels=shape[0], num_classes=datasets.INFO[data_name]["classes"])
-        plan(probe, a.method, a.n, a.m, a.k, a.d, skip, None, a.iters, a.seed, a.clip_k, a.v, a.K, a.bits,
-             a.lut_bits, a.vecq_scheme)
+        plan(probe, spec)
 
     xt, yt = datasets.load(data_name, "test")
-    model = _trained_model(a.model, data_name, a.train_epochs, a.train_limit, not a.quiet)
+    model = _trained_model(a.model, data_name, epochs=a.train_epochs, limit=a.train_limit, progress=not a.quiet)
     acc = {"float": _accuracy(model, xt, yt)}
 
     calib = None
     if a.method == "pq":  # prototypes are learnt from activations
         calib = torch.from_numpy(datasets.load(data_name, "train")[0][:512])
     t0 = time.perf_counter()
-    comp = compress(model, a.method, a.n, a.m, a.k, a.d, skip=skip, iters=a.iters, seed=a.seed,
-                    quantize_codebooks=not a.float_codebooks, clip_k=a.clip_k, data=calib, v=a.v, K=a.K,
-                    bits=a.bits, lut_bits=a.lut_bits, vecq_scheme=a.vecq_scheme, example=torch.from_numpy(xt[:1]))
+    comp = compress(model, spec, data=calib, example=torch.from_numpy(xt[:1]))
     t_comp = time.perf_counter() - t0
     acc["compressed"] = _accuracy(comp, xt, yt)
     report = compression_report(comp)

@@ -4,45 +4,26 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flow.text_table import format_table
+
 from .errors import (
     CompressionError,
     NMConfigError,
     UnknownLayerError,
-    UnknownMethodError,
     UnsupportedLayerError,
 )
 from .mvq import MVQConv2d, MVQLinear, _check_conv, _CodebookLayer, check_layer_config, mask_bits_per_group
 from .nm import check_nm
+from .spec import LAYER_KEYS, CompressSpec, check_method
 from .vq import VQConv2d, VQLinear
 
-__all__ = ["compress", "compression_report", "Report", "LayerRow", "METHODS", "plan", "recipe", "DEFAULT_SKIP",
-           "default_skip"]
-
-METHODS = ("mvq", "vq", "pq", "vecq")
-_OVERRIDE_KEYS = ("method", "n", "m", "k", "d", "iters", "seed", "v", "K", "bits", "lut_bits", "vecq_scheme")
-
-
-class _MethodDefault:
-    """``skip``'s default: ('first', 'last') kept dense, except VecQ's paper scheme, which quantizes
-    every Conv2d/Linear as its paper does (see :func:`default_skip`)."""
-
-    def __repr__(self) -> str:
-        return "<method default: ('first', 'last'); () for vecq_scheme='paper'>"
-
-
-DEFAULT_SKIP = _MethodDefault()
-
-
-def default_skip(method: str, vecq_scheme: str = "paper") -> tuple[str, ...]:
-    """The layers ``skip=DEFAULT_SKIP`` keeps dense: none for VecQ with the paper scheme (every conv and
-    linear layer quantized, first and last included), else the first and the last Conv2d/Linear."""
-    return () if method == "vecq" and vecq_scheme == "paper" else ("first", "last")
+__all__ = ["compress", "compression_report", "Report", "LayerRow", "plan", "recipe"]
 
 
 @dataclass(frozen=True)
@@ -52,17 +33,22 @@ class LayerPlan:
     name: str
     kind: str  # "conv" or "linear"
     method: str
-    n: int
-    m: int
-    k: int
-    d: int
-    iters: int
-    seed: int
+    n: int = 0
+    m: int = 0
+    k: int = 0
+    d: int = 0
+    iters: int = 0
+    seed: int = 0
     v: int = 0         # pq: subvector length
     K: int = 0         # pq: prototypes per subspace
     bits: int = 0      # vecq: weight bits; pq: LUT bits
     scheme: str = ""   # vecq: 'paper' or 'sweep'
     why: str = ""      # method 'none' by the default sweep for a reason the user should hear (compress warns)
+
+    @classmethod
+    def dense(cls, name: str, kind: str, why: str = "") -> "LayerPlan":
+        """The layer is kept dense (``why``: a reason :func:`compress` warns about)."""
+        return cls(name=name, kind=kind, method="none", why=why)
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -70,58 +56,41 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, mod) for name, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
 
 
-def _check_method(method: Any, where: str = "") -> None:
-    if method not in METHODS:
-        raise UnknownMethodError(f"{where}unknown method {method!r}: use one of {', '.join(map(repr, METHODS))}")
-
-
 def _matches(name: str, pattern: str) -> bool:
     # a module name selects itself and everything inside it ("layers.0" skips the whole block)
     return name == pattern or name.startswith(pattern + ".")
 
 
-def plan(
-    model: nn.Module,
-    method: str = "mvq",
-    n: int = 2,
-    m: int = 4,
-    k: int = 256,
-    d: int = 8,
-    skip: Iterable[str] | str | None = DEFAULT_SKIP,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    iters: int = 20,
-    seed: int = 0,
-    clip_k: bool = False,
-    v: int = 9,
-    K: int = 16,
-    bits: int = 4,
-    lut_bits: int = 8,
-    vecq_scheme: str = "paper",
-) -> list[LayerPlan]:
+def plan(model: nn.Module, spec: CompressSpec | str | None = None, **settings: Any) -> list[LayerPlan]:
     """Resolve and validate the per-layer configuration of :func:`compress` without clustering anything.
 
+    ``spec``: a :class:`CompressSpec`, or a method name, with any setting of it as a keyword
+    (``plan(model, "pq", v=9)``; see :meth:`CompressSpec.of`).
     Returns one :class:`LayerPlan` per Conv2d/Linear (method 'none' for layers kept dense).
     Raises every documented error up front, so a bad argument fails in milliseconds.
     """
-    _check_method(method)
-    if method == "vecq":
-        from .vecq import check_bits
-
-        check_bits(bits, vecq_scheme)
-    if method in ("mvq", "vq"):
-        check_nm(n, m)
-    if method == "mvq" and n >= m:
-        raise NMConfigError(
-            f"method='mvq' needs sparsity, i.e. n < m, got n={n}, m={m}: use method='vq' for dense codebooks"
-        )
+    spec = CompressSpec.of(spec, **settings)
     cands = _candidates(model)
-    cand_names = [nm_ for nm_, _ in cands]
-    all_names = {nm_ for nm_, _ in model.named_modules()}
-    listing = ", ".join(cand_names) if cand_names else "(none)"
+    listing = ", ".join(name for name, _ in cands) if cands else "(none)"
+    skipped = _skipped_layers(model, spec.skipped, cands=cands, listing=listing)
+    _check_overrides(model, spec.overrides, cands=cands, listing=listing)
+    plans: list[LayerPlan] = []
+    for name, mod in cands:
+        ov = spec.overrides.get(name)
+        kind = "conv" if isinstance(mod, nn.Conv2d) else "linear"
+        if ov is None and name in skipped:
+            plans.append(LayerPlan.dense(name, kind))
+            continue
+        cfg = spec.layer_settings()
+        cfg.update(ov or {})
+        plans.append(_plan_layer(name, kind, mod, cfg=cfg, explicit=ov is not None, clip_k=spec.clip_k))
+    return plans
 
-    if skip is DEFAULT_SKIP:
-        skip = default_skip(method, vecq_scheme)
-    skip = (skip,) if isinstance(skip, str) else tuple(skip or ())
+
+def _skipped_layers(model: nn.Module, skip: tuple, cands: list[tuple[str, nn.Module]], listing: str) -> set[str]:
+    """The candidate layers ``skip`` names ('first', 'last', module names and what is inside them)."""
+    cand_names = [name for name, _ in cands]
+    all_names = {name for name, _ in model.named_modules()}
     skipped: set[str] = set()
     for s in skip:
         if s == "first":
@@ -133,8 +102,11 @@ def plan(
                                     f"{listing}")
         else:
             skipped.update(c for c in cand_names if _matches(c, s))
+    return skipped
 
-    overrides = dict(overrides or {})
+
+def _check_overrides(model: nn.Module, overrides: Mapping, cands: list[tuple[str, nn.Module]], listing: str) -> None:
+    """Every ``overrides`` entry names a Conv2d/Linear of the model and sets only :data:`LAYER_KEYS`."""
     by_name = dict(cands)
     modules = dict(model.named_modules())
     for name, ov in overrides.items():
@@ -146,53 +118,42 @@ def plan(
                 f"compressed (compressible layers: {listing})")
         if not isinstance(ov, Mapping):
             raise CompressionError(f"override for {name!r} must be a dict such as dict(k=64), got {ov!r}")
-        bad = sorted(set(ov) - set(_OVERRIDE_KEYS))
+        bad = sorted(set(ov) - set(LAYER_KEYS))
         if bad:
-            raise CompressionError(f"override for {name!r} has unknown keys {bad}: use {', '.join(_OVERRIDE_KEYS)}")
+            raise CompressionError(f"override for {name!r} has unknown keys {bad}: use {', '.join(LAYER_KEYS)}")
 
-    plans: list[LayerPlan] = []
-    for name, mod in cands:
-        ov = overrides.get(name)
-        kind = "conv" if isinstance(mod, nn.Conv2d) else "linear"
-        if ov is None and name in skipped:
-            plans.append(LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0))
-            continue
-        cfg = dict(method=method, n=n, m=m, k=k, d=d, iters=iters, seed=seed, v=v, K=K, bits=bits,
-                   lut_bits=lut_bits, vecq_scheme=vecq_scheme)
-        cfg.update(ov or {})
-        lm = cfg["method"]
-        if lm == "none":
-            plans.append(LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0))
-            continue
-        _check_method(lm, f"layer {name!r}: ")
-        if kind == "conv":
-            try:
-                _check_conv(mod, name)
-            except UnsupportedLayerError:
-                if ov is not None:
-                    raise  # explicitly asked for: say why it cannot be done
-                plans.append(LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0))
-                continue  # the default sweep leaves grouped/dilated convs dense
-        if lm in ("pq", "vecq"):
-            lp = _plan_pq_vecq(name, kind, mod, cfg, explicit=ov is not None)
-            plans.append(lp)
-            continue
-        ln, lmm = cfg["n"], cfg["m"]
-        check_nm(ln, lmm)
-        if lm == "mvq" and ln >= lmm:
-            raise NMConfigError(f"layer {name!r}: method='mvq' needs n < m, got n={ln}, m={lmm}: "
-                                f"use method='vq' for a dense codebook")
-        if lm == "vq":
-            ln = lmm  # dense: the engine's M:M mode
-        w = mod.weight
-        cin = w.shape[1]
-        ld, lk = cfg["d"], cfg["k"]
-        nvec = (w.numel() // ld) if isinstance(ld, int) and ld > 0 and cin % ld == 0 else 0
-        if clip_k and isinstance(lk, int) and nvec > 0:
-            lk = min(lk, nvec)
-        check_layer_config(name, cin, nvec, ln, lmm, lk, ld)
-        plans.append(LayerPlan(name, kind, lm, ln, lmm, lk, ld, int(cfg["iters"]), int(cfg["seed"])))
-    return plans
+
+def _plan_layer(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: bool, clip_k: bool) -> LayerPlan:
+    """One layer's plan from its settings ``cfg`` (the spec's, updated by its override when ``explicit``)."""
+    lm = cfg["method"]
+    if lm == "none":
+        return LayerPlan.dense(name, kind)
+    check_method(lm, f"layer {name!r}: ")
+    if kind == "conv":
+        try:
+            _check_conv(mod, name)
+        except UnsupportedLayerError:
+            if explicit:
+                raise  # explicitly asked for: say why it cannot be done
+            return LayerPlan.dense(name, kind)  # the default sweep leaves grouped/dilated convs dense
+    if lm in ("pq", "vecq"):
+        return _plan_pq_vecq(name, kind, mod, cfg=cfg, explicit=explicit)
+    ln, lmm = cfg["n"], cfg["m"]
+    check_nm(ln, lmm)
+    if lm == "mvq" and ln >= lmm:
+        raise NMConfigError(f"layer {name!r}: method='mvq' needs n < m, got n={ln}, m={lmm}: "
+                            f"use method='vq' for a dense codebook")
+    if lm == "vq":
+        ln = lmm  # dense: the engine's M:M mode
+    w = mod.weight
+    cin = w.shape[1]
+    ld, lk = cfg["d"], cfg["k"]
+    nvec = (w.numel() // ld) if isinstance(ld, int) and ld > 0 and cin % ld == 0 else 0
+    if clip_k and isinstance(lk, int) and nvec > 0:
+        lk = min(lk, nvec)
+    check_layer_config(name, cin, n_vectors=nvec, n=ln, m=lmm, k=lk, d=ld)
+    return LayerPlan(name=name, kind=kind, method=lm, n=ln, m=lmm, k=lk, d=ld, iters=int(cfg["iters"]),
+                     seed=int(cfg["seed"]))
 
 
 def _plan_pq_vecq(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: bool) -> LayerPlan:
@@ -210,7 +171,7 @@ def _plan_pq_vecq(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: boo
             check_bits(cfg["bits"], cfg["vecq_scheme"])
         except CompressionError as e:
             raise type(e)(f"layer {name!r}: {e}") from None
-        return LayerPlan(name, kind, "vecq", 0, 0, 0, 0, 0, 0, bits=int(cfg["bits"]), scheme=cfg["vecq_scheme"])
+        return LayerPlan(name=name, kind=kind, method="vecq", bits=int(cfg["bits"]), scheme=cfg["vecq_scheme"])
     from .errors import ChannelDivisibilityError, CodebookSizeError, VectorLengthError
 
     lv, lK, lb = cfg["v"], cfg["K"], cfg["lut_bits"]
@@ -221,14 +182,15 @@ def _plan_pq_vecq(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: boo
     if lb not in (8, 16):
         raise CompressionError(f"layer {name!r}: lut_bits={lb!r}: the lookup tables are int8 or int16, use 8 or 16")
     if kind == "conv" and tuple(mod.kernel_size) == (1, 1) and not explicit:
-        return LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0)
+        return LayerPlan.dense(name, kind)
     D = mod.weight[0].numel()  # im2col patch length (Cin*kh*kw) or in_features
     if D % lv:
         if explicit:
             raise ChannelDivisibilityError(
                 f"layer {name!r}: patch length {D} is not divisible by v={lv}: choose v dividing {D}")
-        return LayerPlan(name, kind, "none", 0, 0, 0, 0, 0, 0, why=f"patch length {D}")
-    return LayerPlan(name, kind, "pq", 0, 0, 0, 0, int(cfg["iters"]), int(cfg["seed"]), v=lv, K=lK, bits=lb)
+        return LayerPlan.dense(name, kind, why=f"patch length {D}")
+    return LayerPlan(name=name, kind=kind, method="pq", iters=int(cfg["iters"]), seed=int(cfg["seed"]), v=lv, K=lK,
+                     bits=lb)
 
 
 def recipe(model: nn.Module, rule) -> dict[str, dict[str, Any]]:
@@ -254,29 +216,18 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 def compress(
     model: nn.Module,
-    method: str = "mvq",
-    n: int = 2,
-    m: int = 4,
-    k: int = 256,
-    d: int = 8,
-    skip: Iterable[str] | str | None = DEFAULT_SKIP,
+    spec: CompressSpec | str | None = None,
+    *,
     data: Tensor | np.ndarray | tuple | None = None,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    iters: int = 20,
-    seed: int = 0,
-    quantize_codebooks: bool = True,
-    clip_k: bool = False,
-    v: int = 9,
-    K: int = 16,
-    bits: int = 4,
-    lut_bits: int = 8,
-    vecq_scheme: str = "paper",
     example: Tensor | np.ndarray | None = None,
+    **settings: Any,
 ) -> nn.Module:
-    """A deep copy of ``model`` with its Conv2d/Linear layers replaced by MVQ or VQ layers.
+    """A deep copy of ``model`` with its Conv2d/Linear layers replaced by MVQ, VQ, PQ or VecQ layers.
 
-    Args:
-        model: the float model (left untouched).
+    Called as ``compress(model, method="mvq", k=64, ...)``, ``compress(model, "pq", v=9, data=x)`` or
+    ``compress(model, CompressSpec(...), data=x)``: ``spec`` is a :class:`CompressSpec` or a method name, and
+    the keyword settings are the spec's fields (:meth:`CompressSpec.of`):
+
         method: 'mvq' (N:M mask + masked k-means, needs n < m), 'vq' (no mask; the layer gets n = m),
             'pq' (activation product quantization with lookup tables; needs ``data``) or 'vecq'
             (b-bit weights, see ``vecq_scheme``).  ``overrides`` may mix methods per layer.
@@ -285,12 +236,10 @@ def compress(
         skip: 'first' / 'last' (first / last Conv2d-or-Linear in module order) and/or module names;
             a name also skips every layer inside that module.  Default: ('first', 'last'), except
             method='vecq' with vecq_scheme='paper', which quantizes every Conv2d/Linear as the VecQ
-            paper does (:func:`default_skip`); pass ``skip`` explicitly to choose.
-        data: optional calibration inputs ``x [N, C, H, W]`` (or ``(x, y)``): BatchNorm running statistics
-            are re-estimated on them after compression, which recovers much of the accuracy lost to the
-            weight change without any training.
-        overrides: ``{layer name: dict(method=..., n=..., m=..., k=..., d=..., iters=..., seed=...)}``;
-            method 'none' keeps a layer dense.  An override wins over ``skip``.
+            paper does (:func:`flow.compress.spec.default_skip`); pass ``skip`` explicitly to choose.
+        overrides: ``{layer name: dict(method=..., n=..., m=..., k=..., d=..., iters=..., seed=...)}``
+            (any of :data:`flow.compress.spec.LAYER_KEYS`); method 'none' keeps a layer dense.  An override
+            wins over ``skip``.
         iters, seed: masked k-means iterations and seed (deterministic).
         v, K, lut_bits: PQ subvector length, prototypes per subspace, LUT bits (8 or 16).
         bits: VecQ weight bits (paper scheme 1..7, sweep 2..8).
@@ -299,6 +248,12 @@ def compress(
             step minimising the vector loss exactly); see :mod:`flow.compress.vecq`.
         quantize_codebooks: make every codebook int8 with a per-layer scale (what the engine stores).
         clip_k: use ``min(k, number of vectors)`` per layer instead of raising :class:`CodebookSizeError`.
+
+    Args:
+        model: the float model (left untouched).
+        data: optional calibration inputs ``x [N, C, H, W]`` (or ``(x, y)``): BatchNorm running statistics
+            are re-estimated on them after compression, which recovers much of the accuracy lost to the
+            weight change without any training.
         example: an input batch ``[B, C, H, W]`` (default: ``data``'s first image): a MVQ/VQ Linear that reads
             a flattened CxHxW map then cuts its vectors and N:M groups along C (:mod:`flow.compress.flatten`),
             so the engine stores it compressed; without one such a Linear keeps torch's order and is stored
@@ -309,17 +264,14 @@ def compress(
     """
     from flow.finite import check_finite, check_model_finite  # NaN / inf refused here, with the tensor's name
 
+    spec = CompressSpec.of(spec, **settings)
     check_model_finite(model, "compress(model)")
     if data is not None:
         check_finite(data[0] if isinstance(data, (tuple, list)) else data, "compress(data=...): calibration images",
                      "remove or repair those images")
-    plans = plan(model, method, n, m, k, d, skip, overrides, iters, seed, clip_k, v, K, bits, lut_bits,
-                 vecq_scheme)
-    calib = None
-    if data is not None:
-        calib = data[0] if isinstance(data, (tuple, list)) else data
-        calib = (calib if isinstance(calib, Tensor) else torch.from_numpy(np.asarray(calib))).float()
-    _pq_divisibility(v, plans)
+    plans = plan(model, spec)
+    calib = _calibration_images(data)
+    _pq_divisibility(spec.v, plans)
     if any(p.method == "pq" for p in plans) and calib is None:
         raise CompressionError("method 'pq' learns its prototypes from activations: pass data=<calibration "
                                "inputs [N, C, H, W]> (a few hundred training images)")
@@ -336,24 +288,34 @@ def compress(
         if p.method == "none":
             continue
         mod = modules[p.name]
-        if p.method in ("pq", "vecq"):
-            new = _make_pq_vecq(out, mod, p, calib)
-        elif p.kind == "conv":
-            new = (MVQConv2d.from_conv(mod, p.n, p.m, p.k, p.d, p.iters, p.seed, name=p.name) if p.method == "mvq"
-                   else VQConv2d.from_conv(mod, p.k, p.d, p.iters, p.seed, m=p.m, name=p.name))
-        else:
-            c = chw.get(p.name)
-            new = (MVQLinear.from_linear(mod, p.n, p.m, p.k, p.d, p.iters, p.seed, name=p.name, in_chw=c)
-                   if p.method == "mvq" else VQLinear.from_linear(mod, p.k, p.d, p.iters, p.seed, m=p.m, name=p.name,
-                                                                  in_chw=c))
+        new = (_make_pq_vecq(out, mod, p, calib=calib) if p.method in ("pq", "vecq")
+               else _make_codebook_layer(mod, p, in_chw=chw.get(p.name)))
         new.to(mod.weight.device)
-        if quantize_codebooks and p.method in ("mvq", "vq"):
+        if spec.quantize_codebooks and p.method in ("mvq", "vq"):
             new.quantize_codebook_(8)
         new.train(mod.training)
         _set_module(out, p.name, new)
     if calib is not None:
         recalibrate_bn_(out, calib)
     return out
+
+
+def _calibration_images(data: Tensor | np.ndarray | tuple | None) -> Tensor | None:
+    """``compress(data=...)``'s images as a float tensor (``(x, y)`` gives ``x``), or None."""
+    if data is None:
+        return None
+    calib = data[0] if isinstance(data, (tuple, list)) else data
+    return (calib if isinstance(calib, Tensor) else torch.from_numpy(np.asarray(calib))).float()
+
+
+def _make_codebook_layer(mod: nn.Module, p: LayerPlan, in_chw: tuple[int, int, int] | None) -> nn.Module:
+    """The MVQ or VQ layer of plan ``p`` for the Conv2d/Linear ``mod`` (``in_chw``: a Linear's flattened map)."""
+    common = dict(k=p.k, d=p.d, iters=p.iters, seed=p.seed, name=p.name)
+    if p.kind == "conv":
+        return (MVQConv2d.from_conv(mod, n=p.n, m=p.m, **common) if p.method == "mvq"
+                else VQConv2d.from_conv(mod, m=p.m, **common))
+    return (MVQLinear.from_linear(mod, n=p.n, m=p.m, in_chw=in_chw, **common) if p.method == "mvq"
+            else VQLinear.from_linear(mod, m=p.m, in_chw=in_chw, **common))
 
 
 class CompressionWarning(UserWarning):
@@ -384,20 +346,22 @@ def _pq_divisibility(v: int, plans: list[LayerPlan]) -> None:
 
 
 def _make_pq_vecq(model: nn.Module, mod: nn.Module, p: LayerPlan, calib: Tensor | None) -> nn.Module:
+    """The PQ or VecQ layer of plan ``p`` for ``mod``; PQ learns its prototypes from ``mod``'s inputs in ``model``
+    (the part converted so far) on the calibration images ``calib``."""
     from .pq import PQConv2d, PQLinear, _layer_inputs
     from .vecq import VecQConv2d, VecQLinear
 
     if p.method == "vecq":
-        return (VecQConv2d.from_conv(mod, p.bits, scheme=p.scheme) if p.kind == "conv"
-                else VecQLinear.from_linear(mod, p.bits, scheme=p.scheme))
+        return (VecQConv2d.from_conv(mod, bits=p.bits, scheme=p.scheme) if p.kind == "conv"
+                else VecQLinear.from_linear(mod, bits=p.bits, scheme=p.scheme))
     was = model.training
     model.eval()
     x = _layer_inputs(model, mod, calib[:512], batch_size=128)
     model.train(was)
     if p.kind == "conv":
-        new = PQConv2d.from_conv(mod, p.v, p.K, calib_x=x, iters=p.iters, seed=p.seed)
+        new = PQConv2d.from_conv(mod, v=p.v, K=p.K, calib_x=x, iters=p.iters, seed=p.seed)
     else:
-        new = PQLinear.from_linear(mod, p.v, p.K, calib_x=x, iters=p.iters, seed=p.seed)
+        new = PQLinear.from_linear(mod, v=p.v, K=p.K, calib_x=x, iters=p.iters, seed=p.seed)
     new.quantize_lut_(p.bits)
     return new
 
@@ -496,16 +460,9 @@ class Report:
         tot = ["TOTAL", "", "", f"{sum(r.params for r in self.rows):,}"] + \
             [f"{sum(r.bits.get(c, 0) for r in self.rows):,}" for c in _COLUMNS] + \
             [f"{self.total_bits:,}", f"{self.total_bits / 8192:.2f}", f"{self.ratio:.2f}x"]
-        widths = [max(len(str(row[i])) for row in [head, *body, tot]) for i in range(len(head))]
-
-        def fmt(row):
-            return "  ".join(str(v).ljust(w) if i < 3 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
-
-        rule = "-" * len(fmt(head))
-        lines = [fmt(head), rule, *map(fmt, body), rule, fmt(tot),
-                 f"float32 model: {self.float_bits / 8192:.2f} KiB -> stored: {self.total_bits / 8192:.2f} KiB "
-                 f"(compression {self.ratio:.2f}x)"]
-        return "\n".join(lines)
+        return (format_table(head, body, right=range(3, len(head)), footer=[tot])
+                + f"\nfloat32 model: {self.float_bits / 8192:.2f} KiB -> stored: {self.total_bits / 8192:.2f} KiB "
+                f"(compression {self.ratio:.2f}x)")
 
     def __str__(self) -> str:
         return self.table()
@@ -542,24 +499,24 @@ def compression_report(model: nn.Module, dense_bits: int = 32) -> Report:
                 "scale": 32 if mod.codebook_scale is not None else 0,
                 "bias": 32 * nbias,
             }
-            rows.append(LayerRow(name, type(mod).__name__, mod.method, wnum + nbias, bits))
+            rows.append(LayerRow(name, type(mod).__name__, method=mod.method, params=wnum + nbias, bits=bits))
         elif hasattr(mod, "stored_bits") and hasattr(mod, "float_bits"):  # PQ and VecQ layers
             method = "pq" if hasattr(mod, "prototypes") else "vecq"
             bits: dict[str, int] = {}
             for part, nbits in mod.stored_bits().items():
                 col = _PART_COLUMN.get(part, part)
                 bits[col] = bits.get(col, 0) + int(nbits)
-            rows.append(LayerRow(name, type(mod).__name__, method, mod.float_bits() // 32, bits))
+            rows.append(LayerRow(name, type(mod).__name__, method=method, params=mod.float_bits() // 32, bits=bits))
         elif isinstance(mod, (nn.Conv2d, nn.Linear)):
             wnum = mod.weight.numel()
             nbias = mod.bias.numel() if mod.bias is not None else 0
             bits = {"weights": wnum * dense_bits, "scale": 32 if dense_bits < 32 else 0, "bias": 32 * nbias}
-            rows.append(LayerRow(name, type(mod).__name__, "dense", wnum + nbias, bits))
+            rows.append(LayerRow(name, type(mod).__name__, method="dense", params=wnum + nbias, bits=bits))
         elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            rows.append(LayerRow(name, type(mod).__name__, "bn", 2 * mod.num_features,
-                                 {"bn": 2 * mod.num_features * 32}))
+            rows.append(LayerRow(name, type(mod).__name__, method="bn", params=2 * mod.num_features,
+                                 bits={"bn": 2 * mod.num_features * 32}))
         else:
             own = sum(p.numel() for p in mod.parameters(recurse=False))
             if own:
-                rows.append(LayerRow(name, type(mod).__name__, "other", own, {"weights": 32 * own}))
+                rows.append(LayerRow(name, type(mod).__name__, method="other", params=own, bits={"weights": 32 * own}))
     return Report(rows)

@@ -187,14 +187,14 @@ class _Searcher:
         self.chunk = max(1, int(chunk))
         self.blocks: list[_Block] = []
         if mf is None:
-            self._dense(0, n, xm, None)
+            self._dense(0, n, xm, cols=None)
         elif groups is not None:
             for s, e, cols in groups:
-                self._dense(s, e, xm[s:e].index_select(1, cols), cols)
+                self._dense(s, e, xm[s:e].index_select(1, cols), cols=cols)
         else:
             es = (2 * d + 1 + 4) * _EPS32
             Z = torch.cat([xm, mf, (self.a * (1 + 2 * es))[:, None]], 1).contiguous()
-            self.blocks.append(_Block(0, n, Z, None, True, es, kept=mf.sum(1)))
+            self.blocks.append(_Block(0, n, Z, cols=None, masked=True, es=es, kept=mf.sum(1)))
         self.bstart = torch.tensor([b.start for b in self.blocks] + [n], dtype=torch.int64)
         self.blk = torch.repeat_interleave(torch.arange(len(self.blocks)), self.bstart.diff())  # block of each point
         self.es2 = torch.tensor([2 * b.es for b in self.blocks], dtype=torch.float32)
@@ -204,7 +204,7 @@ class _Searcher:
         es = (xL.shape[1] + 2 + 4) * _EPS32
         a = self.a[s:e]
         Z = torch.cat([xL, (a * (1 + 2 * es))[:, None], torch.ones(e - s, 1)], 1).contiguous()
-        self.blocks.append(_Block(s, e, Z, cols, False, es))
+        self.blocks.append(_Block(s, e, Z, cols=cols, masked=False, es=es))
 
     def set_codebook(self, C: Tensor) -> None:
         k = self.k = C.shape[0]
@@ -486,7 +486,7 @@ class _TorchStep:
         self.pool = ThreadPoolExecutor(nthreads) if nthreads > 1 and n >= 4 * chunk else None
         if self.pool is not None:
             self.pool.vq_workers = nthreads  # type: ignore[attr-defined]
-        self.srch = _Searcher(xs, ms, chunk, groups, self.pool)
+        self.srch = _Searcher(xs, ms, chunk, groups=groups, pool=self.pool)
         # row sums, then numpy's single-threaded sum: the same value for any torch thread count
         self.sum_a = float(xm.double().pow(2).sum(1).numpy().sum())
         self.n_exact = 0
@@ -505,7 +505,7 @@ class _TorchStep:
             slo = torch.empty_like(slo).index_copy_(0, self.perm, slo)
         amb = (~(slo > bhi)).nonzero().flatten()  # not provably the unique minimum (or not finite)
         if amb.numel():
-            idx[amb] = _exact_argmin(self.xm, self.mf, C, amb)
+            idx[amb] = _exact_argmin(self.xm, self.mf, C, rows=amb)
             self.n_exact += amb.numel()
         return idx
 
@@ -533,8 +533,8 @@ def _step(xm: Tensor, mf: Tensor | None, k: int, chunk: int):
     lib = _kmeans_native.load()
     nthreads = torch.get_num_threads()
     if lib is not None:
-        return _NativeStep(lib, xm, mf, k, nthreads)
-    return _TorchStep(xm, mf, k, chunk, nthreads)
+        return _NativeStep(lib, xm, mf, k=k, nthreads=nthreads)
+    return _TorchStep(xm, mf, k, chunk=chunk, nthreads=nthreads)
 
 
 def masked_kmeans(
@@ -584,10 +584,10 @@ def masked_kmeans(
         raise ShapeMismatchError("x has d=0 columns: vectors must have at least one element")
 
     g = torch.Generator().manual_seed(int(seed))
-    C = _kmeanspp(xm, mf, k, g, init_sample if init_sample is not None else max(64 * k, 16384))
-    step = _step(xm, mf, k, chunk)
+    C = _kmeanspp(xm, mf, k, g=g, sample=init_sample if init_sample is not None else max(64 * k, 16384))
+    step = _step(xm, mf, k, chunk=chunk)
     try:
-        return _lloyd(step, xm, mf, C, iters)
+        return _lloyd(step, xm, mf, C=C, iters=iters)
     finally:
         step.close()
 
@@ -608,7 +608,7 @@ def _lloyd(step, xm: Tensor, mf: Tensor | None, C: Tensor, iters: int) -> KMeans
         newC = torch.where(N > 0, S1 / N.clamp_min(1.0), C64).to(torch.float32)
         empty = cnt == 0
         if bool(empty.any()):
-            _reseed(xm, mf, newC, assign, empty)
+            _reseed(xm, mf, newC, assign=assign, empty=empty)
         C = newC
     return KMeansResult(codebook=C.contiguous(), assign=assign, objective=objective)
 
@@ -618,7 +618,7 @@ def _reseed(xm: Tensor, mf: Tensor | None, C: Tensor, assign: Tensor, empty: Ten
 
     Equal errors go to the lower point index.
     """
-    err = _direct(xm, mf, C, torch.arange(xm.shape[0]), assign)
+    err = _direct(xm, mf, C, pts=torch.arange(xm.shape[0]), cw=assign)
     order = torch.sort(err, descending=True, stable=True).indices
     ej = empty.nonzero().flatten()
     order = order[: ej.numel()]
@@ -645,7 +645,7 @@ def assign_nearest(x: Tensor, codebook: Tensor, mask: Tensor | None = None, chun
         raise ShapeMismatchError(f"codebook must be [k, {xm.shape[1]}] with k >= 1, got {tuple(C.shape)}")
     if not torch.isfinite(C).all():
         raise CompressionError("codebook contains NaN or inf")
-    step = _step(xm, mf, C.shape[0], chunk)
+    step = _step(xm, mf, C.shape[0], chunk=chunk)
     try:
         return step.assign(C)
     finally:

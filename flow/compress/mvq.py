@@ -164,7 +164,7 @@ class MVQConv2d(_CodebookLayer):
         self.stride = tuple(int(v) for v in stride)
         self.padding = tuple(int(v) for v in padding)
         self.dilation, self.groups = (1, 1), 1  # the only supported values; here for conv-like readers
-        self._init_codebook_state(codebook, indices, mask, bias, n, m)
+        self._init_codebook_state(codebook, indices, mask, bias=bias, n=n, m=m)
         kh, kw = self.kernel_size
         if tuple(self.indices.shape) != (self.out_channels, kh, kw, self.in_channels // self.d):
             raise CompressionError(f"indices shape {tuple(self.indices.shape)} does not match "
@@ -186,14 +186,15 @@ class MVQConv2d(_CodebookLayer):
         w = conv.weight.detach().to("cpu", torch.float32)
         cout, cin, kh, kw = w.shape
         nvec = cout * kh * kw * (cin // d) if _is_pos_int(d) and cin % d == 0 else 0
-        check_layer_config(name, cin, nvec, n, m, k, d)
-        mask = nm_mask(w, n, m, dim=1) if mask is None else _given_mask(mask, w, n, m, name)
+        check_layer_config(name, cin, nvec, n=n, m=m, k=k, d=d)
+        mask = nm_mask(w, n, m, dim=1) if mask is None else _given_mask(mask, w, n, m=m, name=name)
         # [Cout, Cin, kh, kw] -> [Cout, kh, kw, Cin] -> [Cout*kh*kw*(Cin/d), d]: vector g = channels g*d..g*d+d-1
         vec = w.permute(0, 2, 3, 1).reshape(-1, d)
         vmask = mask.permute(0, 2, 3, 1).reshape(-1, d)
         res = masked_kmeans(vec, vmask if n < m else None, k, iters=iters, seed=seed)
-        return cls(cin, cout, (kh, kw), _pair(conv.stride), _pair(conv.padding), res.codebook,
-                   res.assign.view(cout, kh, kw, cin // d), mask, conv.bias, n, m)
+        return cls(cin, cout, (kh, kw), stride=_pair(conv.stride), padding=_pair(conv.padding),
+                   codebook=res.codebook, indices=res.assign.view(cout, kh, kw, cin // d), mask=mask, bias=conv.bias,
+                   n=n, m=m)
 
     def decoded_weight(self) -> Tensor:
         """``mask * codebook[indices]`` as ``[Cout, Cin, kh, kw]`` (differentiable w.r.t. the codebook)."""
@@ -206,7 +207,7 @@ class MVQConv2d(_CodebookLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [B, Cin, H, W] -> [B, Cout, H', W']``."""
-        return F.conv2d(x, self.decoded_weight(), self.bias, self.stride, self.padding)
+        return F.conv2d(x, self.decoded_weight(), self.bias, stride=self.stride, padding=self.padding)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -223,10 +224,10 @@ class MVQLinear(_CodebookLayer):
                  bias: Tensor | None, n: int, m: int, in_chw: tuple[int, int, int] | None = None):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self._init_codebook_state(codebook, indices, mask, bias, n, m)
+        self._init_codebook_state(codebook, indices, mask, bias=bias, n=n, m=m)
         # (C, H, W) when the input is a flattened CxHxW map and the vectors (indices) run along C, in
         # (h, w, c) column order (flow.compress.flatten); None: along the input, torch's order
-        self.in_chw = vector_order(in_chw, self.in_features, self.d, self.m)
+        self.in_chw = vector_order(in_chw, self.in_features, self.d, m=self.m)
         if in_chw is not None and self.in_chw is None:
             raise CompressionError(f"in_chw={tuple(in_chw)} does not split {self.in_features} inputs into "
                                    f"d={self.d} vectors along C")
@@ -253,17 +254,17 @@ class MVQLinear(_CodebookLayer):
         w = linear.weight.detach().to("cpu", torch.float32)
         cout, cin = w.shape
         nvec = cout * (cin // d) if _is_pos_int(d) and cin % d == 0 else 0
-        check_layer_config(name, cin, nvec, n, m, k, d)
-        chw = vector_order(in_chw, cin, d, m)
+        check_layer_config(name, cin, nvec, n=n, m=m, k=k, d=d)
+        chw = vector_order(in_chw, cin, d, m=m)
         wv = to_hwc(w, chw) if chw else w   # the weight in the order its vectors are cut
         if mask is None:
             mask_v = nm_mask(wv, n, m, dim=1)
         else:
             mask_v = _given_mask(to_hwc(mask, chw) if chw and isinstance(mask, Tensor) and
-                                 tuple(mask.shape) == tuple(w.shape) else mask, wv, n, m, name)
+                                 tuple(mask.shape) == tuple(w.shape) else mask, wv, n, m=m, name=name)
         res = masked_kmeans(wv.reshape(-1, d), mask_v.reshape(-1, d) if n < m else None, k, iters=iters, seed=seed)
-        return cls(cin, cout, res.codebook, res.assign.view(cout, cin // d), from_hwc(mask_v, chw) if chw else mask_v,
-                   linear.bias, n, m, in_chw=chw)
+        return cls(cin, cout, res.codebook, indices=res.assign.view(cout, cin // d),
+                   mask=from_hwc(mask_v, chw) if chw else mask_v, bias=linear.bias, n=n, m=m, in_chw=chw)
 
     def decoded_weight(self) -> Tensor:
         """``mask * codebook[indices]`` as ``[Cout, Cin]`` in torch's column order (differentiable w.r.t. the

@@ -163,7 +163,7 @@ def _encode_T(aT: Tensor, prototypes: Tensor) -> Tensor:
     out = torch.empty(C, M, dtype=torch.int64, device=aT.device)
     step = _chunk_cols(C, K, M)
     for i in range(0, M, step):
-        out[:, i:i + step] = _encode_block(aT[:, :, i:i + step], P, pn, pn_max, weights)
+        out[:, i:i + step] = _encode_block(aT[:, :, i:i + step], P, pn, pn_max=pn_max, weights=weights)
     return out
 
 
@@ -224,7 +224,7 @@ def _soft_sum(aT: Tensor, P: Tensor, lut: Tensor, temperature: float) -> Tensor:
     flat = lut.reshape(C * K, Cout)
     step = _chunk_cols(C, K, M)
     for i in range(0, M, step):
-        soft = _soft_block(aT[:, :, i:i + step], P, pn, temperature)  # [C, K, m]
+        soft = _soft_block(aT[:, :, i:i + step], P, pn, temperature=temperature)  # [C, K, m]
         torch.matmul(soft.reshape(C * K, -1).T, flat, out=out[i:i + step])
     return out
 
@@ -255,7 +255,7 @@ class _PQLookup(torch.autograd.Function):
         ctx.temperature = float(temperature)
         ctx.soft_forward = bool(soft_forward)
         if soft_forward:
-            return _soft_sum(aT, P.detach(), lut.detach(), ctx.temperature)
+            return _soft_sum(aT, P.detach(), lut.detach(), temperature=ctx.temperature)
         return _lut_sum(lut, idx)
 
     @staticmethod
@@ -284,7 +284,7 @@ class _PQLookup(torch.autograd.Function):
             step = _chunk_cols(C, K, M)
             for i in range(0, M, step):
                 ab = aT[:, :, i:i + step]  # [C, v, m]
-                soft = _soft_block(ab, Pd, pn, ctx.temperature)  # [C, K, m]
+                soft = _soft_block(ab, Pd, pn, temperature=ctx.temperature)  # [C, K, m]
                 if soft_lut:
                     grad_lut.view(C * K, -1).addmm_(soft.reshape(C * K, -1), g[i:i + step])
                 if not (need_a or need_p):
@@ -324,7 +324,7 @@ class _Im2colT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, kernel, stride, padding, C: int, v: int) -> Tensor:
         ctx.geom = (tuple(x.shape), kernel, stride, padding)
-        return _im2col_T(x, kernel, stride, padding, C, v)
+        return _im2col_T(x, kernel, stride, padding=padding, C=C, v=v)
 
     @staticmethod
     def backward(ctx, g: Tensor):
@@ -355,7 +355,7 @@ def kmeans_subspaces(x: Tensor, K: int, iters: int = 20, seed: int = 0) -> Tenso
             f"only {n} calibration subvectors per subspace for K={K} prototypes: pass more calibration "
             f"inputs (calib_x) or lower K"
         )
-    return torch.stack([masked_kmeans(x[c], None, K, iters, seed).codebook for c in range(C)]).to(x)
+    return torch.stack([masked_kmeans(x[c], None, K, iters=iters, seed=seed).codebook for c in range(C)]).to(x)
 
 
 class _PQBase(nn.Module):
@@ -371,7 +371,7 @@ class _PQBase(nn.Module):
     lut_scale: Tensor | None
 
     def _init_pq(self, D: int, out: int, v: int, K: int, bias: bool, lut_bits: int, proto_bits: int) -> None:
-        self.num_subspaces = _check_pq(D, v, K, type(self).__name__)
+        self.num_subspaces = _check_pq(D, v, K, where=type(self).__name__)
         self.v, self.K, self.D = v, K, D
         if lut_bits not in LUT_BITS:
             raise BitWidthError(f"lut_bits={lut_bits!r} is unsupported; the LUT memory holds {LUT_BITS} bit entries")
@@ -542,7 +542,8 @@ class PQConv2d(_PQBase):
         self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
         self.dilation, self.groups = (1, 1), 1
         kh, kw = self.kernel_size
-        self._init_pq(self.in_channels * kh * kw, self.out_channels, v, K, bias, lut_bits, proto_bits)
+        self._init_pq(self.in_channels * kh * kw, self.out_channels, v, K=K, bias=bias, lut_bits=lut_bits,
+                      proto_bits=proto_bits)
         self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels, kh, kw))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
@@ -562,7 +563,7 @@ class PQConv2d(_PQBase):
         if calib_x is None:
             raise ShapeMismatchError("PQConv2d.from_conv needs calib_x: this layer's input activations "
                                      "[N, Cin, H, W] (capture them with a forward hook, or use compress(model, method='pq', data=...))")
-        m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
+        m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv_padding(conv),
                 bias=conv.bias is not None, v=v, K=K)
         m = m.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
@@ -570,7 +571,7 @@ class PQConv2d(_PQBase):
             if conv.bias is not None:
                 m.bias.copy_(conv.bias)
         a = m.subvectors(calib_x.detach().to(m.weight.dtype)).reshape(-1, m.num_subspaces, m.v)
-        _init_prototypes(m, a, iters, seed, max_samples)
+        _init_prototypes(m, a, iters, seed=seed, max_samples=max_samples)
         return m
 
     def weight_matrix(self) -> Tensor:
@@ -635,7 +636,7 @@ class PQLinear(_PQBase):
                  lut_bits: int = 8, proto_bits: int = 8):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self._init_pq(self.in_features, self.out_features, v, K, bias, lut_bits, proto_bits)
+        self._init_pq(self.in_features, self.out_features, v, K=K, bias=bias, lut_bits=lut_bits, proto_bits=proto_bits)
         self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
@@ -655,7 +656,7 @@ class PQLinear(_PQBase):
             if lin.bias is not None:
                 m.bias.copy_(lin.bias)
         _init_prototypes(m, m.subvectors(calib_x.detach().to(m.weight.dtype)).reshape(-1, m.num_subspaces, m.v),
-                         iters, seed, max_samples)
+                         iters, seed=seed, max_samples=max_samples)
         return m
 
     def weight_matrix(self) -> Tensor:
@@ -687,7 +688,7 @@ def _init_prototypes(m: _PQBase, a: Tensor, iters: int, seed: int, max_samples: 
     if n > max_samples:
         keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_samples].to(a.device)
         a = a[keep]
-    m.prototypes.copy_(kmeans_subspaces(a.transpose(0, 1).contiguous(), m.K, iters, seed))
+    m.prototypes.copy_(kmeans_subspaces(a.transpose(0, 1).contiguous(), m.K, iters, seed=seed))
 
 
 # ----------------------------------------------------------------------------- model level

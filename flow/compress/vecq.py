@@ -291,17 +291,17 @@ def optimal_step(w: np.ndarray | Tensor, bits: int) -> float:
 
     candidates: list[float] = []
     if a.size * L <= _FULL_SWEEP_MAX:
-        candidates += _sweep(a, nw, L, 0.0, top)
+        candidates += _sweep(a, nw, L, s_lo=0.0, s_hi=top)
     else:
         # Geometric grid from deep saturation (step << max|w| / L) up to q == 0,
         # then the exact sweep inside the windows around the best grid points.
         lo_s = float(a.max()) / (L + 0.5) * 1e-3
         steps = np.geomspace(lo_s, top, _GRID_POINTS)
-        J = _grid_losses(np.sort(a), nw, L, steps)
+        J = _grid_losses(np.sort(a), nw, L, steps=steps)
         for g in np.argsort(J, kind="stable")[:_GRID_BASINS]:
             win_lo = float(steps[g - 1]) if g > 0 else 0.0
             win_hi = float(steps[g + 1]) if g + 1 < steps.size else top
-            candidates += _sweep(a, nw, L, win_lo, win_hi)
+            candidates += _sweep(a, nw, L, s_lo=win_lo, s_hi=win_hi)
             candidates.append(float(steps[g]))
     # Verify with the real quantizer (rounding ties at breakpoints, float error).
     best_s, best_J = top / 4, math.inf
@@ -349,11 +349,39 @@ def check_plain_conv(conv: nn.Module, who: str) -> None:
 
 
 class _VecQMixin:
-    """Shared VecQ state: ``bits``, ``scheme``, the ``step`` (and paper ``alpha``) buffers, straight-through."""
+    """What VecQConv2d and VecQLinear share: the float weight and bias, the copy from a trained layer,
+    ``bits``, ``scheme``, the ``step`` (and paper ``alpha``) buffers, straight-through, codes and sizes;
+    the layers add only their geometry, ``forward`` and ``extra_repr``."""
 
     weight: nn.Parameter
     bias: nn.Parameter | None
     step: Tensor
+
+    def _init_layer(self, shape: tuple[int, ...], bias: bool, bits: int, step_every: int | None, scheme: str,
+                    init_step: bool) -> None:
+        """The float ``weight`` of ``shape`` (kaiming-uniform, as torch's Conv2d/Linear), a zero bias of
+        ``shape[0]`` when ``bias``, the VecQ state and, when ``init_step``, its grid."""
+        self.weight = nn.Parameter(torch.empty(*shape))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.bias = nn.Parameter(torch.zeros(shape[0])) if bias else None
+        self._init_vecq(bits, step_every, scheme)
+        if init_step:  # from_conv/from_linear set it once, from the copied weights
+            self.refresh_step()
+
+    @classmethod
+    def _copy_float(cls, src: nn.Module, geometry: dict, bits: int, step_every: int | None, scheme: str):
+        """A ``cls`` of ``geometry`` (its constructor's shape arguments) holding ``src``'s weight and bias, on
+        ``src``'s device and dtype, with the scheme's grid set from them."""
+        check_bits(bits, scheme)
+        m = cls(**geometry, bias=src.bias is not None, bits=bits, step_every=step_every, scheme=scheme,
+                _init_step=False)
+        m = m.to(device=src.weight.device, dtype=src.weight.dtype)
+        with torch.no_grad():
+            m.weight.copy_(src.weight)
+            if src.bias is not None:
+                m.bias.copy_(src.bias)
+        m.refresh_step()
+        return m
 
     def _init_vecq(self, bits: int, step_every: int | None, scheme: str) -> None:
         self.scheme = check_scheme(scheme)
@@ -507,31 +535,20 @@ class VecQConv2d(_VecQMixin, nn.Module):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
         self.dilation, self.groups = (1, 1), 1  # what the engine runs; kept so readers can treat any conv alike
-        self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels, *self.kernel_size))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
-        self._init_vecq(bits, step_every, scheme)
-        if _init_step:  # from_conv/from_linear set it once, from the copied weights
-            self.refresh_step()
+        self._init_layer((self.out_channels, self.in_channels, *self.kernel_size), bias, bits=bits,
+                         step_every=step_every, scheme=scheme, init_step=_init_step)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, bits: int = 4, step_every: int | None = None,
                   scheme: str = "paper") -> "VecQConv2d":
         """Copy a trained Conv2d (weight, bias, geometry) and set the scheme's grid."""
         check_plain_conv(conv, "VecQConv2d.from_conv")
-        check_bits(bits, scheme)
-        m = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv_padding(conv),
-                bias=conv.bias is not None, bits=bits, step_every=step_every, scheme=scheme, _init_step=False)
-        m = m.to(device=conv.weight.device, dtype=conv.weight.dtype)
-        with torch.no_grad():
-            m.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                m.bias.copy_(conv.bias)
-        m.refresh_step()
-        return m
+        geometry = dict(in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=conv.kernel_size,
+                        stride=conv.stride, padding=conv_padding(conv))
+        return cls._copy_float(conv, geometry, bits=bits, step_every=step_every, scheme=scheme)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.quantized_weight(), self.bias, self.stride, self.padding)
+        return F.conv2d(x, self.quantized_weight(), self.bias, stride=self.stride, padding=self.padding)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -548,12 +565,8 @@ class VecQLinear(_VecQMixin, nn.Module):
                  step_every: int | None = None, scheme: str = "paper", *, _init_step: bool = True):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
-        self._init_vecq(bits, step_every, scheme)
-        if _init_step:  # from_conv/from_linear set it once, from the copied weights
-            self.refresh_step()
+        self._init_layer((self.out_features, self.in_features), bias, bits=bits, step_every=step_every,
+                         scheme=scheme, init_step=_init_step)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, bits: int = 4, step_every: int | None = None,
@@ -561,16 +574,8 @@ class VecQLinear(_VecQMixin, nn.Module):
         """Copy a trained Linear and set the scheme's grid."""
         if not isinstance(lin, nn.Linear):
             raise UnsupportedLayerError(f"VecQLinear.from_linear needs an nn.Linear, got {type(lin).__name__}")
-        check_bits(bits, scheme)
-        m = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, bits=bits, step_every=step_every,
-                scheme=scheme, _init_step=False)
-        m = m.to(device=lin.weight.device, dtype=lin.weight.dtype)
-        with torch.no_grad():
-            m.weight.copy_(lin.weight)
-            if lin.bias is not None:
-                m.bias.copy_(lin.bias)
-        m.refresh_step()
-        return m
+        geometry = dict(in_features=lin.in_features, out_features=lin.out_features)
+        return cls._copy_float(lin, geometry, bits=bits, step_every=step_every, scheme=scheme)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)

@@ -1,7 +1,7 @@
 """The HLS engine: render ``hls_templates/`` into a Vitis HLS project, lint it, C-simulate it.
 
     from flow.hls.project import write_project          # EngineConfig -> firmware/ tb/ Makefile build.tcl
-    from flow.hls.compile import build                   # g++: testbench executable + ctypes library (cached)
+    from host.gxx_build import build                     # g++: testbench executable + ctypes library (cached)
     from flow.hls.csim import csim, Engine               # tb on files / in-process bridge (predict)
     python -m flow.hls.lint PROJECT_DIR                  # synthesizable-subset checks
 

@@ -26,9 +26,9 @@ from flow.compile.engine import EngineConfig
 from flow.compile.program import Program
 from flow.compile.validate import prepare, validate_image
 from flow.hls import vectors
-from flow.hls.compile import build_library, build_testbench, cache_root
 from flow.hls.project import Project, load_project, rendered_hash, template_hash, write_project
-from host import regmap
+from host import gxx_build, regmap
+from host.gxx_build import cache_root
 
 
 class CSimError(RuntimeError):
@@ -61,6 +61,11 @@ def _as_project(project: Project | str | os.PathLike) -> Project:
     return project if isinstance(project, Project) else load_project(project)
 
 
+def engine_sources(project: Project) -> gxx_build.EngineSources:
+    """What ``host.gxx_build`` builds of a rendered project (the same files a deploy bundle ships)."""
+    return gxx_build.EngineSources(project.path, project.engine.hash())
+
+
 def csim(
     project: Project | str | os.PathLike,
     program: Program,
@@ -79,7 +84,7 @@ def csim(
     project = _as_project(project)
     x = vectors.check_inputs(program, inputs)
     program = prepare(program, project.engine)
-    exe = build_testbench(project)
+    exe = gxx_build.build_testbench(engine_sources(project))
     with tempfile.TemporaryDirectory(prefix="vqhls-csim-") as tmp:
         wd = Path(workdir) if workdir is not None else Path(tmp)
         wd.mkdir(parents=True, exist_ok=True)
@@ -124,7 +129,6 @@ def _image_sizes(image: bytes) -> tuple[int, int]:
 # ---------------------------------------------------------------------------
 # in-process bridge
 # ---------------------------------------------------------------------------
-_U64P = ctypes.POINTER(ctypes.c_ulonglong)
 _LIBS: dict[str, tuple[ctypes.CDLL, threading.Lock, list]] = {}
 _LIBS_LOCK = threading.Lock()
 
@@ -134,18 +138,7 @@ def _open_library(path: Path) -> tuple[ctypes.CDLL, threading.Lock, list]:
     key = str(path.resolve())
     with _LIBS_LOCK:
         if key not in _LIBS:
-            lib = ctypes.CDLL(key)
-            lib.vqhls_config_hash.restype = ctypes.c_uint
-            lib.vqhls_config_hash.argtypes = []
-            lib.vqhls_load.restype = ctypes.c_uint
-            lib.vqhls_load.argtypes = [ctypes.c_char_p, ctypes.c_ulonglong, _U64P, _U64P, _U64P]
-            lib.vqhls_run.restype = ctypes.c_uint
-            lib.vqhls_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulonglong, _U64P]
-            lib.vqhls_csim_violations.restype = ctypes.c_ulonglong
-            lib.vqhls_csim_violations.argtypes = []
-            lib.vqhls_real_cycles.restype = ctypes.c_ulonglong
-            lib.vqhls_real_cycles.argtypes = []
-            _LIBS[key] = (lib, threading.Lock(), [None])
+            _LIBS[key] = (gxx_build.open_library(path), threading.Lock(), [None])
         return _LIBS[key]
 
 
@@ -180,7 +173,7 @@ class Engine:
                 self.project = write_project(engine_config, pdir)
         self.config: EngineConfig = self.project.engine
         self.exact = exact   # the exact-width datapath types of synthesis (VQHLS_EXACT_TYPES)
-        self.library_path = build_library(self.project, exact=exact)
+        self.library_path = gxx_build.build_library(engine_sources(self.project), exact=exact)
         self._lib, self._lock, self._loaded = _open_library(self.library_path)
         self._violations = [int(self._lib.vqhls_csim_violations())]
         self.config_hash: int = int(self._lib.vqhls_config_hash())
@@ -290,4 +283,5 @@ def predict(engine_config: EngineConfig, program: Program, inputs: np.ndarray) -
     return Engine(engine_config).predict(program, inputs)
 
 
-__all__ = ["CSimError", "CSimMismatch", "Engine", "EngineError", "csim", "predict", "engine_project_dir"]
+__all__ = ["CSimError", "CSimMismatch", "Engine", "EngineError", "csim", "predict", "engine_project_dir",
+           "engine_sources"]

@@ -38,12 +38,12 @@ from flow.compile.validate import prepare
 from flow.hls import cycle_counter, vectors
 from host import program_image, regmap
 from host.files import swap_into_place
+from host.gxx_build import CXXFLAGS   # the Makefile's flags are the g++ build's
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hls_templates"
 PROJECT_NAME = "vqhls"
 DEFAULT_PART = "xc7z020clg400-1"
 DEFAULT_CLOCK_NS = 10.0
-CXXFLAGS = ("-O3", "-std=c++14", "-fno-gnu-unique")   # no process-wide statics shared between engine libraries
 
 # output path -> template (relative to TEMPLATE_DIR)
 TEMPLATES: dict[str, str] = {

@@ -6,7 +6,8 @@ v=9 K=16, ties, signedness, back-pressure, a planted argmin bug that must be cau
 and Icarus Verilog, and prints for each whether the outputs equal the golden model bit for bit and
 the measured cycles against the cores' cycle models. Where `vitis_hls` is on PATH it also runs Vitis
 HLS C/RTL co-simulation of the HLS engine on the default model's test vectors; otherwise it prints
-the skip line and the command. Exit status 0 when every case is bit-exact (and the planted bug caught).
+the skip line and the command. The default model's build (flow.rtl.default_program) comes from the
+cache, built there first when missing. Exit status 0 when every case is bit-exact (and the planted bug caught).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def main() -> int:
     from flow.rtl import cosim_cases, pq_cases
+    from flow.rtl.default_program import HLS_DIR, default_program_dir
 
     print("== PE array (sparse N:M and dense builds) and requantization lane: RTL vs golden ==")
     pe_ok = cosim_cases.main() == 0
@@ -26,11 +28,11 @@ def main() -> int:
     pq_ok = pq_cases.main([]) == 0
     print()
     from flow.hls import vendor
-    from flow.rtl.cosim_cases import DEFAULT_MODEL_PROGRAM
 
-    hls_dir = DEFAULT_MODEL_PROGRAM.parent / "hls"
+    build_dir = default_program_dir()
+    hls_dir = build_dir / HLS_DIR
     cmd = vendor.vitis_command(hls_dir, csim=False, synth=True, cosim=True, export=False, impl=False)
-    res = vendor.run_or_skip("vitis_hls", cmd, hls_dir, DEFAULT_MODEL_PROGRAM.parent / "vitis_cosim.log")
+    res = vendor.run_or_skip("vitis_hls", cmd, hls_dir, build_dir / "vitis_cosim.log")
     print(f"Vitis HLS C/RTL co-simulation of the engine: {res.message}")
     ok = pe_ok and pq_ok and (not res.ran or res.returncode == 0)
     print("cosim: all bit-exact" if ok else "cosim: FAILED")

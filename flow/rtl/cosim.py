@@ -1,6 +1,6 @@
 """Run a cocotb test module against Verilog sources, and read its verdict.
 
-    res = run_cocotb([core.v], "vqhls_pe_array", "tests.rtl.tb_pe_array", build_dir=tmp / "sim",
+    res = run_cocotb([core.v], "vqhls_pe_array", "flow.rtl.tb.pe_array", build_dir=tmp / "sim",
                      extra_env={"VQHLS_CASE": path_of_a_json_case})
     assert res.failed == 0 and res.passed > 0, res.summary()
 
@@ -20,7 +20,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# the directory holding the package ``flow``: the testbenches (flow.rtl.tb.*) import from it in the simulator
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class CosimError(RuntimeError):
@@ -80,9 +81,9 @@ def read_results(path: Path) -> CocotbResult:
 def run_cocotb(verilog_sources: list[str | os.PathLike], toplevel: str, test_module: str, *,
                build_dir: str | os.PathLike, parameters: dict | None = None, extra_env: dict | None = None,
                simulator: str | None = None, testcase: str | None = None, timescale=("1ns", "1ps"),
-               seed: int | None = 1, extra_paths: list[str | os.PathLike] | None = None) -> CocotbResult:
+               seed: int | None = 1) -> CocotbResult:
     """Build ``verilog_sources`` with ``toplevel`` and run the cocotb ``test_module`` (a dotted module
-    importable from the repository root, or from ``extra_paths``) on it; returns the parsed results (never
+    importable beside ``flow``, e.g. flow.rtl.tb.pe_array) on it; returns the parsed results (never
     raises on a failed test: read ``failed``). ``simulator``: "icarus" or "verilator"; default
     ``$VQHLS_SIM`` or "icarus" (``make cosim SIM=verilator``)."""
     from cocotb_tools.runner import get_runner
@@ -119,7 +120,7 @@ def run_cocotb(verilog_sources: list[str | os.PathLike], toplevel: str, test_mod
     env = {"OMP_WAIT_POLICY": "PASSIVE", **(extra_env or {})}
     # the runner gives the simulator's Python this process's sys.path (extra_env's PYTHONPATH is replaced)
     saved = list(sys.path)
-    sys.path[:0] = [str(p) for p in (*(extra_paths or []), REPO_ROOT)]
+    sys.path.insert(0, str(PACKAGE_ROOT))
     try:
         runner.test(test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir, test_dir=build_dir,
                     results_xml=str(results), extra_env=env, testcase=testcase, seed=seed,

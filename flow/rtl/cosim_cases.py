@@ -1,14 +1,18 @@
 """Co-simulation cases of vqhls_pe_array and vqhls_requant against the golden model.
 
     from flow.rtl.cosim_cases import run_all, print_table
-    print_table(run_all())          # renders, simulates (cocotb + Icarus), compares bit for bit
+    print_table(run_all(default_program_dir()))   # renders, simulates (cocotb + Icarus), compares bit for bit
 
 A pe_array case is one conv layer: its int weights (decoded from codebook + n:m masks with
 flow.quant.program_exec.op_weights) and keep bits, random activations, driven through the core in the
-engine's order (models.conv_schedule: pixel tile, oc tile, step = kernel tap x channel word, then the
+engine's order (cycle_formulas.conv_schedule: pixel tile, oc tile, step = kernel tap x channel word, then the
 tile's pixel groups); the accumulators that come out are compared with flow.quant.ops.conv2d (no bias)
-with np.array_equal, and the measured cycles with models.pe_array_cycles. The testbench
-(tests/rtl/tb_pe_array.py) reads the case from $VQHLS_CASE (npz) and writes $VQHLS_RESULT (json).
+with np.array_equal, and the measured cycles with cycle_formulas.pe_array_cycles. The testbench
+(flow/rtl/tb/pe_array.py) reads the case from $VQHLS_CASE (npz) and writes $VQHLS_RESULT (json).
+
+The cases: random ops (flow.rtl.random_ops; RANDOM_CASES by name, nothing built until asked), the first
+codebook conv of the default model's program (flow.rtl.default_program: built on first use, cached), and
+a back-pressure case; ``standard_cases`` lists them in the order ``make cosim`` prints.
 """
 from __future__ import annotations
 
@@ -22,15 +26,18 @@ import numpy as np
 
 from flow.boards.perf import ACC_DISTANCE
 from flow.compile.engine import EngineConfig
+from flow.compile.layout import derived_fields
+from flow.compile.program import CODEBOOK, CONV, DENSE, Program
 from flow.quant import ops as K
+from flow.quant.program_exec import op_weights
 from flow.quant.requant import requantize
-from flow.rtl import models
+from flow.rtl import cycle_formulas
 from flow.rtl.cosim import run_cocotb
+from flow.rtl.default_program import PROGRAM_FILE, default_program_dir
+from flow.rtl.random_ops import SMALL_CFG, conv_op
 from flow.rtl.render import write_rtl
 
-TB_MODULE = "tests.rtl.tb_pe_array"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL_PROGRAM = REPO_ROOT / "build" / "lenet-digits-mvq" / "program.bin"
+TB_MODULE = "flow.rtl.tb.pe_array"
 
 
 @dataclass
@@ -77,16 +84,11 @@ def engine_array_cycles(dec: int, passes: int, steps: list[int]) -> int:
 # ---------------------------------------------------------------- case construction
 def conv_case_from_op(name: str, engine: EngineConfig, op, rng: np.random.Generator, **kw) -> ConvCase:
     """A case from a Program conv op (DENSE or CODEBOOK) with random activations of its signedness."""
-    from flow.compile.program import CODEBOOK
-    from flow.quant.program_exec import op_weights
-
     w = op_weights(op)
     if op.wfmt == CODEBOOK:
         keep = K.mask_bits_to_keep(op.arrays["mask"], op.d).reshape(w.shape)
     else:
         keep = np.ones(w.shape, bool)
-    from flow.compile.layout import derived_fields
-
     lo, hi = (0, 255) if op.in_unsigned else (-128, 127)
     x = rng.integers(lo, hi + 1, size=(op.H, op.W, op.C))
     f = derived_fields(op, engine)
@@ -98,10 +100,7 @@ def conv_case_from_op(name: str, engine: EngineConfig, op, rng: np.random.Genera
 def random_conv_case(name: str, engine: EngineConfig, seed: int, *, H: int, W: int, C: int, OC: int, K: int = 3,
                      stride: int = 1, pad: int = 1, wfmt: str = "codebook", d: int = 8, k: int = 16,
                      in_unsigned: int = 0, **kw) -> ConvCase:
-    """A random MVQ (codebook + engine.n:engine.m masks) or dense conv (tests/flow/hls/hls_testlib.conv_op)."""
-    from flow.compile.program import CODEBOOK, DENSE
-    from tests.flow.hls.hls_testlib import conv_op
-
+    """A random MVQ (codebook + engine.n:engine.m masks) or dense conv (flow.rtl.random_ops.conv_op)."""
     rng = np.random.default_rng(seed)
     op = conv_op(rng, H=H, W=W, C=C, OC=OC, K=K, stride=stride, pad=pad,
                  wfmt=CODEBOOK if wfmt == "codebook" else DENSE, n=engine.n, m=engine.m, d=d, k=k,
@@ -109,37 +108,15 @@ def random_conv_case(name: str, engine: EngineConfig, seed: int, *, H: int, W: i
     return conv_case_from_op(name, engine, op, rng, seed=seed, **kw)
 
 
-def build_default_program() -> None:
-    """The default model's Program as `make csim` lowers it (trains lenet-digits once, cached):
-    python -m flow.build --model lenet-digits --method mvq --stage hls --out build/lenet-digits-mvq."""
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "-m", "flow.build", "--model", "lenet-digits", "--method", "mvq",
-                        "--stage", "hls", "--out", str(DEFAULT_MODEL_PROGRAM.parent)],
-                       capture_output=True, text=True, cwd=REPO_ROOT)
-    if r.returncode != 0:
-        raise RuntimeError(f"building the default model's program failed:\n{r.stderr[-2000:]}")
-
-
-def default_model_case(engine: EngineConfig | None = None, seed: int = 5, build: bool = True,
+def default_model_case(program_dir: Path, engine: EngineConfig | None = None, seed: int = 5,
                        **kw) -> ConvCase | None:
-    """The first codebook conv of the default model's MVQ program (build/lenet-digits-mvq, the
-    `features.4` layer: 4x4x16 -> 32, 3x3, 2:4, d 8) on the PYNQ-Z2 array; built first when missing
-    (``build``), else None."""
-    from flow.compile.program import CODEBOOK, CONV, Program
-
-    if not DEFAULT_MODEL_PROGRAM.is_file():
-        if not build:
-            return None
-        build_default_program()
+    """The first codebook conv of the default model's MVQ program (``program_dir``: flow.rtl.default_program,
+    the `features.4` layer: 4x4x16 -> 32, 3x3, 2:4, d 8) on the PYNQ-Z2 array; None when it has none."""
+    path = Path(program_dir) / PROGRAM_FILE
     try:
-        prog = Program.from_bytes(DEFAULT_MODEL_PROGRAM.read_bytes())
-    except ValueError:   # left by an older kit (another format version) or damaged: build it again
-        if not build:
-            return None
-        build_default_program()
-        prog = Program.from_bytes(DEFAULT_MODEL_PROGRAM.read_bytes())
+        prog = Program.from_bytes(path.read_bytes())
+    except ValueError as e:   # the cache folder is keyed by the sources, so only damage gets here
+        raise RuntimeError(f"{path}: {e}; delete {program_dir} to build it again") from None
     i, op = next(((i, o) for i, o in enumerate(prog.ops) if o.opcode == CONV and o.wfmt == CODEBOOK), (-1, None))
     if op is None:
         return None
@@ -154,8 +131,8 @@ def schedule(case: ConvCase) -> dict:
     H, W, C = case.x.shape
     OC, KH, KW, _ = case.w.shape
     OH, OW = K.out_size(H, KH, case.stride, case.pad), K.out_size(W, KW, case.stride, case.pad)
-    sch = models.conv_schedule(e, OH=OH, OW=OW, C=C, OC=OC, KH=KH, KW=KW)
-    GR, CWD, NOT = models.ceil_div(OW, R), models.ceil_div(C, L), sch.n_oc_tiles
+    sch = cycle_formulas.conv_schedule(e, OH=OH, OW=OW, C=C, OC=OC, KH=KH, KW=KW)
+    GR, CWD, NOT = cycle_formulas.ceil_div(OW, R), cycle_formulas.ceil_div(C, L), sch.n_oc_tiles
     # zero-padded operands: x [H+2p, W', CWD*L] (enough columns for every group), w [NOT*CL, KH, KW, CWD*L]
     p = case.pad
     wpad = GR * R * case.stride + KW + 1
@@ -168,8 +145,8 @@ def schedule(case: ConvCase) -> dict:
     acc = K.conv2d(case.x[None].astype(np.int64), case.w.astype(np.int64), None, case.stride, case.pad)[0]
     accp = np.zeros((OH, GR * R, NOT * CL), np.int64)
     accp[:, :OW, :OC] = acc
-    P, I = models.weight_beats(CL, case.vpc)
-    dec = models.weight_load_cycles(CL, case.vpc)
+    P, I = cycle_formulas.weight_beats(CL, case.vpc)
+    dec = cycle_formulas.weight_load_cycles(CL, case.vpc)
     wbeats, wkeep, wmeta, abeats, aflags, expect = [], [], [], [], [], []
     g0 = 0
     for ng in sch.tiles:
@@ -204,14 +181,14 @@ def schedule(case: ConvCase) -> dict:
         "w_meta": np.array(wmeta, np.int64), "w_interval": I, "dec": dec,
         "a_data": np.array(abeats, np.int64), "a_flags": np.array(aflags, np.int64),
         "expect": np.array(expect, np.int64), "steps": np.array(sch.steps, np.int64),
-        "model_cycles": models.pe_array_cycles(dec, sch.steps),
+        "model_cycles": cycle_formulas.pe_array_cycles(dec, sch.steps),
         "engine_cycles": engine_array_cycles(dec, case.passes, sch.steps),
     }
 
 
 # ---------------------------------------------------------------- running
 def run_conv_case(case: ConvCase, work_dir: str | os.PathLike | None = None) -> CaseResult:
-    """Render, simulate, compare bit for bit; cycles vs models.pe_array_cycles."""
+    """Render, simulate, compare bit for bit; cycles vs cycle_formulas.pe_array_cycles."""
     work = Path(work_dir or tempfile.mkdtemp(prefix="vqhls_rtl_"))
     work.mkdir(parents=True, exist_ok=True)
     sch = schedule(case)
@@ -230,7 +207,7 @@ def run_conv_case(case: ConvCase, work_dir: str | os.PathLike | None = None) -> 
                      extra_env={"VQHLS_CASE": str(case_path), "VQHLS_RESULT": str(result_path)})
     info = {"steps": len(sch["steps"]), "out_beats": len(sch["expect"]), "dec": sch["dec"], "passes": case.passes,
             "engine_cycles": sch["engine_cycles"],
-            "model_periods": models.step_periods(sch["dec"], [int(v) for v in sch["steps"]]),
+            "model_periods": cycle_formulas.step_periods(sch["dec"], [int(v) for v in sch["steps"]]),
             "engine_periods": [max(case.passes * max(int(ng), ACC_DISTANCE), sch["dec"]) for ng in sch["steps"][:-1]]}
     if res.failed or not result_path.is_file():
         return CaseResult(case.name, False, -1, sch["model_cycles"], detail=res.summary(), extra=info)
@@ -291,7 +268,7 @@ def run_requant_case(work_dir=None, *, n: int = 400, seed: int = 3, p_gap: float
     src = write_rtl("requant", EngineConfig(), work)
     res = run_cocotb([src], "vqhls_requant", TB_MODULE, build_dir=work / "sim", testcase="requant_case",
                      extra_env={"VQHLS_CASE": str(case_path), "VQHLS_RESULT": str(result_path)})
-    model = models.requant_cycles(n)
+    model = cycle_formulas.requant_cycles(n)
     if res.failed or not result_path.is_file():
         return CaseResult(name, False, -1, model, detail=res.summary())
     out = json.loads(result_path.read_text())
@@ -302,34 +279,46 @@ def run_requant_case(work_dir=None, *, n: int = 400, seed: int = 3, p_gap: float
     return CaseResult(name, bool(exact), out["cycles"], model, out["stall_cycles"], out["gap_cycles"], 0, detail)
 
 
-def standard_cases() -> list[ConvCase]:
-    """The cases of tests/rtl/test_pe_array.py (small shapes)."""
-    from tests.flow.hls.hls_testlib import SMALL_CFG
+_SPARSE24 = EngineConfig()                  # 8x8, 8 lanes, 2:4 (the PYNQ-Z2 build)
+_SPARSE14 = EngineConfig(n=1, m=4)          # 8x8, 8 lanes, 1:4
+_DENSE = EngineConfig(n=4, m=4)             # 8x8, 8 lanes, dense build (no muxes)
 
-    sparse24 = EngineConfig()                      # 8x8, 8 lanes, 2:4 (the PYNQ-Z2 build)
-    sparse14 = EngineConfig(n=1, m=4)              # 8x8, 8 lanes, 1:4
-    dense = EngineConfig(n=4, m=4)                 # 8x8, 8 lanes, dense build (no muxes)
-    cases = [
-        random_conv_case("2:4 8x8x8 mvq 6x6x16->16 3x3", sparse24, 11, H=6, W=6, C=16, OC=16, in_unsigned=1),
-        random_conv_case("1:4 8x8x8 mvq 5x9x8->12 3x3", sparse14, 12, H=5, W=9, C=8, OC=12),
-        random_conv_case("4:4 dense 8x8x8 5x5x12->8 3x3 int8", dense, 13, H=5, W=5, C=12, OC=8, wfmt="dense"),
-        random_conv_case("1:4 4x4x4 mvq 11x11x8->8 s2, 3 pixel tiles", SMALL_CFG, 14, H=11, W=11, C=8, OC=8, stride=2,
-                         in_unsigned=1),
-        # the weight feeder's other paces: a column of two codewords (1 column/cycle), of four (1 per 2 cycles)
-        random_conv_case("2:4 8x8x8 mvq d4 4x12x16->8 3x3", sparse24, 16, H=4, W=12, C=16, OC=8, d=4),
-        random_conv_case("1:2 8x8x8 mvq d2 3x3x8->16 1x1", EngineConfig(n=1, m=2), 17, H=3, W=3, C=8, OC=16, K=1, pad=0, d=2),
-    ]
-    dm = default_model_case()
+# name -> (engine, seed, random_conv_case keywords): small shapes, each built only when asked for
+RANDOM_CASES: dict[str, tuple[EngineConfig, int, dict]] = {
+    "2:4 8x8x8 mvq 6x6x16->16 3x3": (_SPARSE24, 11, dict(H=6, W=6, C=16, OC=16, in_unsigned=1)),
+    "1:4 8x8x8 mvq 5x9x8->12 3x3": (_SPARSE14, 12, dict(H=5, W=9, C=8, OC=12)),
+    "4:4 dense 8x8x8 5x5x12->8 3x3 int8": (_DENSE, 13, dict(H=5, W=5, C=12, OC=8, wfmt="dense")),
+    "1:4 4x4x4 mvq 11x11x8->8 s2, 3 pixel tiles": (SMALL_CFG, 14, dict(H=11, W=11, C=8, OC=8, stride=2,
+                                                                      in_unsigned=1)),
+    # the weight feeder's other paces: a column of two codewords (1 column/cycle), of four (1 per 2 cycles)
+    "2:4 8x8x8 mvq d4 4x12x16->8 3x3": (_SPARSE24, 16, dict(H=4, W=12, C=16, OC=8, d=4)),
+    "1:2 8x8x8 mvq d2 3x3x8->16 1x1": (EngineConfig(n=1, m=2), 17, dict(H=3, W=3, C=8, OC=16, K=1, pad=0, d=2)),
+    "2:4 8x8x8 back-pressure": (_SPARSE24, 15, dict(H=6, W=6, C=16, OC=16, p_gap=0.3, p_stall=0.3)),
+}
+BACK_PRESSURE_CASE = "2:4 8x8x8 back-pressure"
+
+
+def random_case(name: str) -> ConvCase:
+    """The RANDOM_CASES entry ``name``, built."""
+    engine, seed, kw = RANDOM_CASES[name]
+    return random_conv_case(name, engine, seed, **kw)
+
+
+def standard_cases(program_dir: Path) -> list[ConvCase]:
+    """Every case, in the printed order: the random ones, the default model's layer (``program_dir``:
+    flow.rtl.default_program), back-pressure last."""
+    cases = [random_case(n) for n in RANDOM_CASES if n != BACK_PRESSURE_CASE]
+    dm = default_model_case(program_dir)
     if dm is not None:
         cases.append(dm)
-    cases.append(random_conv_case("2:4 8x8x8 back-pressure", sparse24, 15, H=6, W=6, C=16, OC=16,
-                                  p_gap=0.3, p_stall=0.3))
+    cases.append(random_case(BACK_PRESSURE_CASE))
     return cases
 
 
-def run_all(work_root=None) -> list[CaseResult]:
+def run_all(program_dir: Path, work_root=None) -> list[CaseResult]:
+    """Every conv case (``program_dir``: the default model's build) and the two requantization cases."""
     root = Path(work_root or tempfile.mkdtemp(prefix="vqhls_rtl_all_"))
-    out = [run_conv_case(c, root / f"pe{i}") for i, c in enumerate(standard_cases())]
+    out = [run_conv_case(c, root / f"pe{i}") for i, c in enumerate(standard_cases(program_dir))]
     out.append(run_requant_case(root / "rq"))
     out.append(run_requant_case(root / "rq_bp", p_gap=0.3, p_stall=0.3, name="requant back-pressure"))
     return out
@@ -372,8 +361,9 @@ def print_engine_model_table(rows: list[dict]) -> None:
 
 
 def main() -> int:
-    """Run every case and print the bit-exact / cycle table; exit status 0 when all are bit-exact."""
-    results = run_all()
+    """Run every case (the default model built first when missing) and print the bit-exact / cycle table;
+    exit status 0 when all are bit-exact."""
+    results = run_all(default_program_dir())
     ok = print_table(results)
     print("\nengine cycle model (flow.boards.perf: decode prologue + per step max(passes*max(ng, 2), dec))"
           " vs RTL, measured:")

@@ -1,5 +1,5 @@
 """Co-simulation cases of the RTL PQ core: build a case, run the cocotb testbench
-(tests/rtl/tb_pq_engine.py) on the rendered ``vqhls_pq_engine``, compare its accumulators bit for
+(flow/rtl/tb/pq_engine.py) on the rendered ``vqhls_pq_engine``, compare its accumulators bit for
 bit with the golden ``flow.quant.ops.pq_conv`` (before requantization) and its cycles with
 ``flow.rtl.pq_model``.
 
@@ -21,8 +21,9 @@ import numpy as np
 from flow.compile.engine import EngineConfig
 from flow.quant.ops import im2col, out_size, pq_conv, pq_distances
 from flow.rtl import pq_model
+from flow.rtl.render import render_rtl
 
-TB_MODULE = "tests.rtl.tb_pq_engine"
+TB_MODULE = "flow.rtl.tb.pq_engine"
 TOPLEVEL = "vqhls_pq_engine"
 
 
@@ -137,7 +138,7 @@ def run_case(case: PQCase, work: Path, *, argmin_le: bool = False, simulator: st
     work.mkdir(parents=True, exist_ok=True)
     engine = case.config
     src = work / "vqhls_pq_engine.v"
-    src.write_text(pq_model.render_pq_engine(engine, **({"bug": "argmin_le"} if argmin_le else {})))
+    src.write_text(render_rtl("pq_engine", engine, **({"bug": "argmin_le"} if argmin_le else {})))
     arr = make_arrays(case)
     case_path, result_path = work / "case.npz", work / "result.npz"
     if result_path.exists():

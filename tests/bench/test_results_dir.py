@@ -28,3 +28,36 @@ def test_make_bench_defaults_to_an_untracked_directory():
     dry = subprocess.run(["make", "-n", "bench", "BENCH_OUT=bench/results"], cwd=REPO, capture_output=True,
                          text=True).stdout
     assert f"VQHLS_BENCH_OUT={REPO}/bench/results " in dry
+
+
+PROVENANCE = ("commit", "script", "argv", "date", "cpu", "cores", "platform", "python")
+
+
+def test_save_records_what_produced_the_result(tmp_path):
+    import json
+    import re
+
+    from bench.common import save
+
+    path = save("probe", {"rows": [1]}, REPO / "bench" / "area.py", ["--rows", "2"], out=tmp_path)
+    m = json.loads(path.read_text())["machine"]
+    assert set(PROVENANCE) <= set(m)
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", m["commit"]), m["commit"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert m["commit"].split("+")[0] == head
+    assert (m["script"], m["argv"], m["cores"]) == ("bench/area.py", ["--rows", "2"], os.cpu_count())
+    assert m["cpu"] and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", m["date"])
+
+
+def test_every_committed_result_says_what_produced_it():
+    """bench/results/*.json: the provenance fields exist and name a script that exists (results from before
+    the scripts recorded them say 'not recorded' for what is unknown, never nothing)."""
+    import json
+
+    files = sorted((REPO / "bench" / "results").glob("*.json"))
+    assert files
+    for f in files:
+        m = json.loads(f.read_text()).get("machine", {})
+        missing = [k for k in PROVENANCE if m.get(k) in (None, "")]
+        assert not missing, f"{f.name}: no {missing}"
+        assert (REPO / m["script"]).is_file(), f"{f.name}: script {m['script']} does not exist"

@@ -76,7 +76,7 @@ def _ap_types():
 
     if importlib.util.find_spec("hls4ml") is None:
         py = _main_env_python()
-        proc = subprocess.run([str(py), "-c", "from flow.hls.ap_types import ap_types_dir; print(ap_types_dir())"],
+        proc = subprocess.run([str(py), "-c", "from host.gxx_build import ap_types_dir; print(ap_types_dir())"],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             pytest.fail(f"cannot locate the ap_types headers through {py}:\n{proc.stderr[-2000:]}")

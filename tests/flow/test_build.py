@@ -347,7 +347,7 @@ def test_compress_stage_recalibrates_batchnorm(tmp_path):
     import torch
 
     from flow.build.options import BuildOptions
-    from flow.build.stages import BN_CALIB_IMAGES, Build, compress_kwargs, stage_compress
+    from flow.build.stages import BN_CALIB_IMAGES, Build, stage_compress
     from flow.compress import compress, recalibrate_bn_
     from models import data as datasets
     from models import zoo
@@ -360,7 +360,7 @@ def test_compress_stage_recalibrates_batchnorm(tmp_path):
     b.model, b.data = model, dict(xtr=xtr, ytr=ytr, xte=xte[:50], yte=yte[:50])
     b.write_json = lambda *a, **k: None
     stage_compress(b)
-    expected = recalibrate_bn_(compress(model, **compress_kwargs(b.opts, model), example=torch.from_numpy(xtr[:1])),
+    expected = recalibrate_bn_(compress(model, b.opts.compress_spec(model), example=torch.from_numpy(xtr[:1])),
                                torch.from_numpy(xtr[:BN_CALIB_IMAGES]))
     got = b.cmodel.state_dict()
     bn = "features.1.running_mean"

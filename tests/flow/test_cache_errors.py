@@ -25,10 +25,11 @@ def test_vqhls_cache_that_is_a_file(tmp_path, monkeypatch):
             call()
         msg = str(e.value)
         assert "\n" not in msg and f"VQHLS_CACHE={f}" in msg and "not a directory" in msg
-    from flow.hls import compile as compile_mod
+    from host import gxx_build
 
-    with pytest.raises(CacheError, match="VQHLS_CACHE"):
-        compile_mod.cache_root()
+    with pytest.raises(gxx_build.CacheError) as e:   # the g++ build cache (host.gxx_build) follows the same rule
+        gxx_build.cache_root()
+    assert "\n" not in str(e.value) and f"VQHLS_CACHE={f}" in str(e.value) and "not a directory" in str(e.value)
 
 
 def test_vqhls_cache_below_a_file(tmp_path, monkeypatch):
@@ -79,7 +80,7 @@ def test_corrupt_cached_checkpoint_names_the_path_and_the_fix(tmp_path, monkeypa
 
 # --------------------------------------------------------------------------- the compiled-engine cache
 class _FakeGpp:
-    """Stands in for g++ in flow.hls.compile._run: writes the -o file, optionally 'hangs' (never exits)."""
+    """Stands in for g++ in host.gxx_build._run: writes the -o file, optionally 'hangs' (never exits)."""
 
     def __init__(self):
         self.calls = 0
@@ -93,57 +94,58 @@ class _FakeGpp:
 
 @pytest.fixture
 def fake_build(tmp_path, monkeypatch):
-    from flow.hls import compile as compile_mod
-    from flow.hls.project import write_project
     from flow.compile.engine import EngineConfig
+    from flow.hls.csim import engine_sources
+    from flow.hls.project import write_project
+    from host import gxx_build
 
     monkeypatch.setenv("VQHLS_CACHE", str(tmp_path / "cache"))
     gpp = _FakeGpp()
-    monkeypatch.setattr(compile_mod, "_run", gpp)
-    proj = write_project(EngineConfig(), tmp_path / "proj")
-    return compile_mod, proj, gpp
+    monkeypatch.setattr(gxx_build, "_run", gpp)
+    proj = engine_sources(write_project(EngineConfig(), tmp_path / "proj"))
+    return gxx_build, proj, gpp
 
 
 def test_a_damaged_cached_library_is_rebuilt(fake_build):
-    compile_mod, proj, gpp = fake_build
-    tb, lib = compile_mod.build(proj)
+    gxx_build, proj, gpp = fake_build
+    tb, lib = gxx_build.build(proj)
     first = gpp.calls
-    assert compile_mod.verify_build(lib.parent) and (lib.parent / compile_mod.SUMS_NAME).is_file()
-    assert compile_mod.build(proj) == (tb, lib) and gpp.calls == first          # cached: no g++
+    assert gxx_build.verify_build(lib.parent) and (lib.parent / gxx_build.SUMS_NAME).is_file()
+    assert gxx_build.build(proj) == (tb, lib) and gpp.calls == first          # cached: no g++
     good = lib.read_bytes()
     lib.write_bytes(good[: len(good) // 2])                                    # truncated (SIGBUS on dlopen)
-    assert not compile_mod.verify_build(lib.parent)
-    assert compile_mod.build(proj) == (tb, lib) and gpp.calls > first          # rebuilt
-    assert lib.read_bytes() == good and compile_mod.verify_build(lib.parent)
+    assert not gxx_build.verify_build(lib.parent)
+    assert gxx_build.build(proj) == (tb, lib) and gpp.calls > first          # rebuilt
+    assert lib.read_bytes() == good and gxx_build.verify_build(lib.parent)
     # a build killed before its sums were written is not used either
-    (lib.parent / compile_mod.SUMS_NAME).unlink()
+    (lib.parent / gxx_build.SUMS_NAME).unlink()
     n = gpp.calls
-    compile_mod.build(proj)
+    gxx_build.build(proj)
     assert gpp.calls > n
 
 
 def test_working_folders_of_killed_builds_are_removed(fake_build):
-    compile_mod, proj, gpp = fake_build
-    root = compile_mod.cache_root()
+    gxx_build, proj, gpp = fake_build
+    root = gxx_build.cache_root()
     entry = root / "someconfig-abc"
     entry.mkdir(parents=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    killed = entry / f"{compile_mod.TMP_PREFIX}{dead.pid}-x1"       # its process is gone
-    alive = entry / f"{compile_mod.TMP_PREFIX}{os.getppid()}-x2"    # a build still running elsewhere
-    old = entry / f"{compile_mod.TMP_PREFIX}{os.getppid()}-x3"      # alive pid, but far too old (pid reused)
+    killed = entry / f"{gxx_build.TMP_PREFIX}{dead.pid}-x1"       # its process is gone
+    alive = entry / f"{gxx_build.TMP_PREFIX}{os.getppid()}-x2"    # a build still running elsewhere
+    old = entry / f"{gxx_build.TMP_PREFIX}{os.getppid()}-x3"      # alive pid, but far too old (pid reused)
     legacy = entry / "build-abcd"                                   # an older kit's folder, old
     for d in (killed, alive, old, legacy):
         d.mkdir()
         (d / "top.o").write_bytes(b"partial")
-    past = time.time() - compile_mod.STALE_SECONDS - 60
+    past = time.time() - gxx_build.STALE_SECONDS - 60
     for d in (old, legacy):
         os.utime(d, (past, past))
-    compile_mod.build(proj)    # the next build cleans up
+    gxx_build.build(proj)    # the next build cleans up
     assert not killed.exists() and not old.exists() and not legacy.exists()
     assert alive.exists()
     # and its own working folder is gone once it is done
-    assert not list(root.glob(f"*/{compile_mod.TMP_PREFIX}{os.getpid()}-*"))
+    assert not list(root.glob(f"*/{gxx_build.TMP_PREFIX}{os.getpid()}-*"))
 
 
 def test_emitted_makefile_names_no_venv_python(tmp_path):

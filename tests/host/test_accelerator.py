@@ -31,10 +31,10 @@ def test_infer_loads_first_and_streams_nothing_before(acc, bundle):
 
 def test_float_input_equals_the_quantized_path(acc, bundle):
     from flow.quant.golden import quantize_input
-    from host.run import load_digits_test
+    from models.data import load
 
     x, e = bundle.vectors()
-    xf, _ = load_digits_test()
+    xf, _ = load("digits", "test")
     xf = xf[: len(x)]
     q = acc.quantize(xf)
     assert np.array_equal(q, quantize_input(xf, bundle.in_scale, bundle.in_unsigned))

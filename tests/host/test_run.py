@@ -9,9 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 from host import run as host_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,24 +41,6 @@ def test_real_cycles_text():
     assert "clock unknown" in host_run.real_cycles_text(500, 1, None, "pynq")
 
 
-def test_digits_split_is_the_flows(bundle):
-    from models.data import load
-
-    x, y = host_run.load_digits_test()
-    xr, yr = load("digits", "test")
-    assert np.array_equal(x, xr) and np.array_equal(y, yr) and x.dtype == xr.dtype
-
-
-@pytest.mark.skipif(not Path(host_run.FMNIST_DIR_DEFAULT, "t10k-images-idx3-ubyte.gz").is_file(),
-                    reason="dataset-fashion-mnist not installed")
-def test_fashion_mnist_is_the_flows():
-    from models.data import load
-
-    x, y = host_run.load_fashion_mnist_test()
-    xr, yr = load("fashion-mnist", "test")
-    assert np.array_equal(x, xr) and np.array_equal(y, yr)
-
-
 def one_error_line(capsys, argv) -> str:
     rc = host_run.main(argv)
     cap = capsys.readouterr()
@@ -83,6 +62,10 @@ def test_errors_are_one_line(capsys, bundle_path, sim_cache, sim_library, tmp_pa
     line = one_error_line(capsys, [str(bundle_path), "--backend", "sim", "--data", "fashion-mnist",
                                    "--cache-dir", str(sim_cache)])
     assert "[1, 28, 28]" in line and "[1, 8, 8]" in line
+    monkeypatch.setenv("VQHLS_FMNIST_DIR", str(tmp_path / "no-fmnist"))   # models.data's DatasetError, one line
+    assert "apt-get install -y dataset-fashion-mnist" in one_error_line(
+        capsys, [str(bundle_path), "--backend", "sim", "--data", "fashion-mnist", "--cache-dir", str(sim_cache)])
+    monkeypatch.delenv("VQHLS_FMNIST_DIR")
     monkeypatch.setenv("VQHLS_AP_TYPES", str(tmp_path))
     assert "pip install hls4ml" in one_error_line(capsys, [str(bundle_path), "--backend", "sim",
                                                            "--cache-dir", str(tmp_path / "c")])

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from host import regmap
-from host.sim import SimDevice, SimError, SimTimeout, build_library
+from host import gxx_build, regmap
+from host.sim import SimDevice, SimError, SimTimeout, build_library, engine_sources
 
 
 def load_call(dev: SimDevice, image: bytes, *, flush: bool = True):
@@ -35,12 +35,25 @@ def sizes(bundle) -> tuple[int, int]:
 # --------------------------------------------------------------------------- build
 
 def test_library_is_cached_by_config_and_sources(bundle, sim_cache, sim_library):
-    assert sim_library.is_file() and sim_library.parent.parent == sim_cache / "host-sim"
+    assert sim_library.is_file() and sim_library.parent.parent == sim_cache
     assert sim_library.parent.name.startswith(bundle.config_hash + "-")
     mtime = sim_library.stat().st_mtime_ns
     assert build_library(bundle, cache_dir=sim_cache) == sim_library
     assert sim_library.stat().st_mtime_ns == mtime      # not rebuilt
-    assert not [p for p in (sim_cache / "host-sim").iterdir() if p.name.startswith(".")]   # no leftovers
+    assert not [p for p in sim_library.parent.iterdir() if p.name.startswith(".")]   # no leftovers
+
+
+def test_bundle_and_project_are_one_build(bundle, bundle_path, sim_library):
+    """The bundle ships the project's rendered engine, testbench and bridge byte for byte, so the flow's
+    C-sim build of the project (flow.hls.csim) and the sim backend's build of the bundle share one cache
+    entry: one key rule over the same files."""
+    project_hls = bundle_path.parent / "hls"
+    assert (project_hls / "project.json").is_file(), "flow.build writes its HLS project beside deploy/"
+    src = engine_sources(bundle)
+    proj = gxx_build.EngineSources(project_hls, bundle.config_hash)
+    assert [p.relative_to(src.root) for p in src.files()] == [p.relative_to(proj.root) for p in proj.files()]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(src.files(), proj.files()))
+    assert gxx_build.build_key(proj) == gxx_build.build_key(src) == sim_library.parent.name
 
 
 def test_damaged_cached_library_is_rebuilt_not_loaded(bundle, sim_cache, sim_library, tmp_path):
@@ -49,15 +62,19 @@ def test_damaged_cached_library_is_rebuilt_not_loaded(bundle, sim_cache, sim_lib
     import shutil
 
     cache = tmp_path / "cache"
-    shutil.copytree(sim_cache / "host-sim", cache / "host-sim")
-    lib = cache / "host-sim" / sim_library.parent.name / sim_library.name
-    sums = lib.parent / "lib.sha256"
+    shutil.copytree(sim_library.parent, cache / sim_library.parent.name)
+    lib = cache / sim_library.parent.name / sim_library.name
+    sums = lib.parent / gxx_build.SUMS_NAME
+
+    def recorded() -> str:
+        return dict(reversed(line.split()) for line in sums.read_text().splitlines())[lib.name]
+
     good = lib.read_bytes()
-    assert sums.read_text().split()[0] == hashlib.sha256(good).hexdigest()   # recorded at build time
+    assert recorded() == hashlib.sha256(good).hexdigest()   # recorded at build time
     lib.write_bytes(good[: len(good) // 2])
     assert build_library(bundle, cache_dir=cache) == lib
     rebuilt = lib.read_bytes()
-    assert len(rebuilt) > len(good) // 2 and sums.read_text().split()[0] == hashlib.sha256(rebuilt).hexdigest()
+    assert len(rebuilt) > len(good) // 2 and recorded() == hashlib.sha256(rebuilt).hexdigest()
     dev = SimDevice(bundle, cache_dir=cache)   # loads and runs
     dev.close()
 
@@ -250,7 +267,7 @@ def test_each_device_is_its_own_engine(bundle, sim_cache, sim_library):
 
 
 def test_ap_types_override(bundle, tmp_path, monkeypatch):
-    from host.sim import ap_types_dir
+    from host.gxx_build import ap_types_dir
 
     real = ap_types_dir()
     monkeypatch.setenv("VQHLS_AP_TYPES", str(real))

@@ -32,6 +32,56 @@ def test_fashion_mnist_missing_names_the_install_command(tmp_path):
         data.load("fashion-mnist", "train", root=tmp_path)
 
 
+def test_fashion_mnist_dir_from_the_environment_at_call_time(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.FMNIST_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(data.DatasetError, match="elsewhere"):
+        data.load("fashion-mnist", "test")
+
+
+def test_fashion_mnist_unreadable_files_name_the_fix(tmp_path):
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).write_bytes(b"not gzip")
+    with pytest.raises(data.DatasetError, match="unreadable .*reinstall dataset-fashion-mnist"):
+        data.load("fashion-mnist", "test", root=tmp_path)
+
+
+def test_digits_without_scikit_learn_names_the_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.split(".")[0] == "sklearn":
+            raise ImportError("No module named 'sklearn'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    with pytest.raises(data.DatasetError, match="pip install scikit-learn"):
+        data.load("digits", "test")
+
+
+def test_loads_without_torch():
+    """host.run (the board, no torch) loads its test split here: models.data imports neither torch nor
+    the flow, in a fresh interpreter where those imports fail."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import importlib.abc, sys\n"
+            "class B(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'flow'):\n"
+            "            raise ImportError(name)\n"
+            "sys.meta_path.insert(0, B())\n"
+            "from models import data\n"
+            "x, y = data.load('digits', 'test')\n"
+            "assert x.shape == (360, 1, 8, 8)\n"
+            "print('OK')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
+
+
 def _write_cifar_batch(path, n, seed):
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)

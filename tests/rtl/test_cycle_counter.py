@@ -3,7 +3,7 @@ for Vitis (firmware/vqhls_cycle_counter.v, rendered from hls_templates/rtl/cycle
 
 MEASURED in RTL simulation: each read equals the testbench's own count of clock edges since reset, and
 the difference of two reads (what the engine latches into REAL_CYCLES) the edges between the two calls
-(tests/rtl/tb_cycle_counter.py). Mutants of the rendered text show the checks bite.
+(flow/rtl/tb/cycle_counter.py). Mutants of the rendered text show the checks bite.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _verilog() -> str:
 def _run(tmp_path, text: str, reset_value: int, testcase: str | None = None, seed: int = 1):
     src = tmp_path / f"{cycle_counter.MODULE}.v"
     src.write_text(text)
-    return run_cocotb([src], cycle_counter.MODULE, "tests.rtl.tb_cycle_counter", build_dir=tmp_path / "sim",
+    return run_cocotb([src], cycle_counter.MODULE, "flow.rtl.tb.cycle_counter", build_dir=tmp_path / "sim",
                       parameters={"RESET_VALUE": f"64'h{reset_value:016X}"},
                       extra_env={"VQHLS_CC_RESET": str(reset_value), "VQHLS_CC_SEED": str(seed)},
                       testcase=testcase)

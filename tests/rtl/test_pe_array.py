@@ -2,7 +2,9 @@
 
 Every case: render the core from its EngineConfig, drive it in the engine's order (flow.rtl.cosim_cases),
 compare the accumulators with flow.quant.ops.conv2d bit for bit (np.array_equal), and the cycles with
-flow.rtl.models (exact without back-pressure; with it the overhead is reported and never negative).
+flow.rtl.cycle_formulas (exact without back-pressure; with it the overhead is reported and never negative).
+The random cases are built when their test runs, the default model's layer from the session's build
+(conftest.default_model_build): collecting these tests builds nothing.
 """
 from __future__ import annotations
 
@@ -12,18 +14,18 @@ import pytest
 
 from flow.compile.engine import EngineConfig
 from flow.rtl import cosim_cases as cc
-from flow.rtl import models
+from flow.rtl import cycle_formulas
+from flow.rtl.random_ops import SMALL_CFG
 from flow.rtl.render import UNITS, render_rtl
 
 pytestmark = [pytest.mark.cosim,
               pytest.mark.skipif(shutil.which("iverilog") is None, reason="iverilog not installed")]
 
-CASES = {c.name: c for c in cc.standard_cases()}
 
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_pe_array_bit_exact_and_cycles(name, tmp_path):
-    case = CASES[name]
+def check_bit_exact_and_cycles(case: cc.ConvCase, tmp_path) -> None:
+    """Run ``case``: bit-exact, no weight error; cycles equal to the model without back-pressure (and the
+    step periods to the engine's cycle model), at most the overhead of the stalls and gaps with it."""
+    name = case.name
     r = cc.run_conv_case(case, tmp_path)
     assert r.exact, f"{name}: {r.detail}"
     assert r.w_err == 0
@@ -47,6 +49,18 @@ def test_pe_array_bit_exact_and_cycles(name, tmp_path):
         assert r.cycle_error <= r.stall_cycles + r.gap_cycles
 
 
+@pytest.mark.parametrize("name", list(cc.RANDOM_CASES))
+def test_pe_array_bit_exact_and_cycles(name, tmp_path):
+    check_bit_exact_and_cycles(cc.random_case(name), tmp_path)
+
+
+def test_default_model_layer_bit_exact_and_cycles(default_model_build, tmp_path):
+    """The first codebook conv of the default model's MVQ program (the `features.4` layer)."""
+    case = cc.default_model_case(default_model_build)
+    assert case is not None, f"no codebook conv in {default_model_build}"
+    check_bit_exact_and_cycles(case, tmp_path)
+
+
 @pytest.mark.slow
 def test_pe_array_under_verilator(tmp_path, monkeypatch):
     """The optional Verilator path (`make cosim SIM=verilator`): the 2:4 array on the default PYNQ-Z2
@@ -65,15 +79,16 @@ def test_pe_array_under_verilator(tmp_path, monkeypatch):
     assert r.cycles == r.model_cycles
 
 
-def test_default_model_layer_is_present():
-    """The default model's codebook layer is among the cases (its program is built when missing)."""
-    assert cc.default_model_case() is not None
+def test_default_model_layer_is_among_the_cases(default_model_build):
+    """`make cosim` runs the default model's codebook layer, between the random cases and back-pressure."""
+    names = [c.name for c in cc.standard_cases(default_model_build)]
+    assert names[-1] == cc.BACK_PRESSURE_CASE
+    assert names[-2].startswith("lenet-digits-mvq op ") and names[-2].endswith(" 2:4"), names[-2]
+    assert len(names) == len(cc.RANDOM_CASES) + 1
 
 
 def test_planted_bug_is_caught(tmp_path):
     """Test of the test: one product bit of PE (0, 0) flipped in the rendered RTL must fail the comparison."""
-    from tests.flow.hls.hls_testlib import SMALL_CFG
-
     assert "PLANTED BUG" in render_rtl("pe_array", SMALL_CFG, bug="product_bit")
     assert "PLANTED BUG" not in render_rtl("pe_array", SMALL_CFG)
     case = cc.random_conv_case("planted bug", SMALL_CFG, 21, H=4, W=4, C=4, OC=4, d=4, bug="product_bit")
@@ -92,7 +107,7 @@ def test_too_many_kept_weights_flag(tmp_path):
 def test_requant_bit_exact(tmp_path):
     r = cc.run_requant_case(tmp_path)
     assert r.exact, r.detail
-    assert r.cycles == models.requant_cycles(400) == r.model_cycles
+    assert r.cycles == cycle_formulas.requant_cycles(400) == r.model_cycles
 
 
 def test_requant_back_pressure(tmp_path):
@@ -121,15 +136,15 @@ def test_render_units_and_dense_has_no_mux():
 
 def test_cycle_model_formula():
     e = EngineConfig(rows=8, dsp_rows=4)   # the 8x8 array the RTL twin was written for
-    sch = models.conv_schedule(e, OH=4, OW=4, C=16, OC=32, KH=3, KW=3)
+    sch = cycle_formulas.conv_schedule(e, OH=4, OW=4, C=16, OC=32, KH=3, KW=3)
     assert sch.tiles == (4,) and sch.n_oc_tiles == 4 and sch.nstep == 18
     # the last step's 4 groups, then the 5-stage pipeline's latency - 1 (inclusive count)
-    assert models.pe_array_cycles(8, sch.steps) == 8 + 71 * 8 + 4 + 4
-    assert models.pe_array_cycles(8, [20, 20]) == 8 + 20 + 20 + 4
+    assert cycle_formulas.pe_array_cycles(8, sch.steps) == 8 + 71 * 8 + 4 + 4
+    assert cycle_formulas.pe_array_cycles(8, [20, 20]) == 8 + 20 + 20 + 4
 
 
 @pytest.mark.parametrize("vpc, dec", [(0, 4), (1, 4), (2, 8), (4, 16)])
 def test_weight_feeder_pace_is_the_engine_decoder(vpc, dec):
     """The RTL weight feeder loads a step in the engine's dec cycles (flow.compile.layout: two codebook
     entries, or two dense words, per cycle over COLS = 8 columns of vpc codewords)."""
-    assert models.weight_load_cycles(8, vpc) == dec
+    assert cycle_formulas.weight_load_cycles(8, vpc) == dec

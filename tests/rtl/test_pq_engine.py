@@ -9,6 +9,7 @@ import pytest
 
 from flow.compile.engine import EngineConfig
 from flow.rtl import pq_cases, pq_model
+from flow.rtl.render import render_rtl
 
 pytestmark = pytest.mark.cosim
 
@@ -44,8 +45,8 @@ def test_planted_argmin_bug_is_caught(work):
 
 
 def test_rendered_argmin_is_strict():
-    text = pq_model.render_pq_engine(EngineConfig())
-    bug = pq_model.render_pq_engine(EngineConfig(), bug="argmin_le")
+    text = render_rtl("pq_engine", EngineConfig())
+    bug = render_rtl("pq_engine", EngineConfig(), bug="argmin_le")
     assert "module vqhls_pq_engine" in text
     assert " <= d_0_0;" not in text and " < d_0_0;" in text
     assert " <= d_0_0;" in bug
@@ -73,14 +74,14 @@ MUTANTS = {
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_mutant_is_caught(mutant, work, monkeypatch):
     old, new, case_name = MUTANTS[mutant]
-    render = pq_model.render_pq_engine
+    render = pq_cases.render_rtl
 
-    def mutated(engine, **params):
-        text = render(engine, **params)
+    def mutated(unit, engine, **params):
+        text = render(unit, engine, **params)
         assert old in text, f"mutant {mutant}: pattern not in the rendered core"
         return text.replace(old, new)
 
-    monkeypatch.setattr(pq_model, "render_pq_engine", mutated)
+    monkeypatch.setattr(pq_cases, "render_rtl", mutated)
     case = next(c for c in pq_cases.CASES if c.name == case_name)
     r = pq_cases.run_case(case, work / mutant)
     assert not (r["tb_passed"] and r["bit_exact"]), f"mutant {mutant} went unnoticed"

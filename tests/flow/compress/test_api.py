@@ -109,6 +109,33 @@ def test_bad_input_raises_documented_error(net, kwargs, cls, pattern):
     assert isinstance(e.value, ValueError)
 
 
+def test_compress_spec_is_the_one_home_of_the_settings(net):
+    """compress(model, method=..., ...) builds a CompressSpec: the same result from the spec, the same errors from
+    building it, and the build's recipe keys are its per-layer keys (issue 18 item 4)."""
+    import dataclasses
+
+    from flow.build.options import LAYER_KEYS as RECIPE_LAYER_KEYS
+    from flow.compress import CompressSpec, plan
+    from flow.compress.spec import DEFAULT_SKIP, LAYER_KEYS
+
+    spec = CompressSpec(method="vq", k=16, d=8, iters=2, skip="stem")
+    assert spec.skip == ("stem",) and CompressSpec().skip is DEFAULT_SKIP and CompressSpec().skipped == ("first", "last")
+    assert CompressSpec(method="vecq").skipped == () and CompressSpec.of("vq", k=16, d=8, iters=2, skip="stem") == spec
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.k = 8  # type: ignore[misc]
+    a = compress(net, spec)
+    b = compress(net, method="vq", k=16, d=8, iters=2, skip="stem")
+    assert all(torch.equal(a.state_dict()[key], val) for key, val in b.state_dict().items())
+    assert [p.k for p in plan(net, spec)] == [p.k for p in plan(net, "vq", k=16, d=8, iters=2, skip="stem")]
+    with pytest.raises(NMConfigError, match="method='vq'"):
+        CompressSpec(n=4, m=4)
+    with pytest.raises(TypeError, match="kk"):
+        compress(net, kk=3)
+    with pytest.raises(TypeError, match="method given twice"):
+        plan(net, "vq", method="mvq")
+    assert RECIPE_LAYER_KEYS == LAYER_KEYS and set(LAYER_KEYS) <= {f.name for f in dataclasses.fields(CompressSpec)}
+
+
 def test_dilated_conv_override():
     m = nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3, dilation=2), nn.Conv2d(8, 8, 3))
     assert type(compress(m, k=4, iters=2)[1]) is nn.Conv2d

@@ -542,6 +542,32 @@ def test_pq_finetune_phases_tiny_model():
         pq_finetune(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), x, y, epochs=1)
 
 
+def test_pq_finetune_spec_and_keywords_train_alike():
+    """pq_finetune's settings are one PQTrainSpec: passing it or its fields as keywords trains the same model."""
+    import copy
+
+    from flow.compress import PQTrainSpec, compress
+    from flow.compress.errors import CompressionError
+    from flow.compress.finetune import pq_finetune
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 8, 8)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    c = compress(_tiny_resnet(), "pq", v=8, K=4, iters=2, data=x[:32])
+    a, b = copy.deepcopy(c), copy.deepcopy(c)
+    settings = dict(epochs=1, batch_size=32, hard_epochs=1, hard_params="all", seed=2)
+    ha = pq_finetune(a, x, y, PQTrainSpec(**settings))
+    hb = pq_finetune(b, x, y, **settings)
+    assert ha["loss"] == hb["loss"] and ha["hard_loss"] == hb["hard_loss"]
+    sa, sb = a.state_dict(), b.state_dict()  # a PQ layer's extra state (a dict) is in it too
+    assert list(sa) == list(sb)
+    assert all(torch.equal(sa[k], v) if isinstance(v, torch.Tensor) else sa[k] == v for k, v in sb.items())
+    with pytest.raises(CompressionError, match="hard_params"):
+        PQTrainSpec(hard_params="most")
+    with pytest.raises(TypeError, match="lrr"):
+        pq_finetune(c, x, y, lrr=1e-3)
+
+
 def test_pq_resnet_block_with_dense_1x1_shortcut_lowers_bit_exact():
     """PQ 3x3 convs around a dense 1x1 projection shortcut: quantize -> lower -> program == golden graph."""
     from flow.compile import EngineConfig, lower

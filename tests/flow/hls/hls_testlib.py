@@ -6,19 +6,15 @@ import numpy as np
 
 from flow.compile.engine import EngineConfig
 from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ, Op, Program
+from flow.quant.ops import out_size
+# the random conv ops and the small geometry are the package's (the RTL cases draw the same ones)
+from flow.rtl.random_ops import SMALL_CFG, act_range, conv_op, nm_masks, requant_params  # noqa: F401
 
-INT32_MAX = (1 << 31) - 1
 
 # the default engine: the PYNQ-Z2 build (EngineConfig(): the largest 2:4 array of 8-lane PEs that fits the
 # xc7z020 at the HIGH end of the resource model, d_max 8, k_max 256) with the lookup unit added, the build
 # flow.boards.sizing.size_engine makes for a model with PQ layers (it fits at the central estimate only)
 DEFAULT_CFG = EngineConfig(pq=True)
-# small limits: 4x4 array of 4-lane 1:4 PEs (multi-pass for denser masks), codewords longer than a
-# word (d_max 8 > lanes 4), several pixel tiles per layer (acc_groups 4)
-SMALL_CFG = EngineConfig(pq=True, rows=4, cols=4, lanes=4, n=1, m=4, k_max=64, d_max=8, act_buf_bytes=2048, num_bufs=3,
-                         acc_groups=4, vmem_entries=4096, cb_rows=256, dmem_words=1024, ch_rows=64, dsp_rows=2,
-                         max_channels=64, max_kernel=5, max_ops=8, param_bytes=1 << 20,
-                         pq_v_max=16, pq_k_max=64, pq_subspaces_max=64, lut_bytes=8192)
 # odd geometry: non-power-of-two array (5 rows, 12 lanes), 3:4 PEs, codewords that tile a word (d 4 or 12),
 # 4 buffers, 3 groups per accumulator tile
 ODD_CFG = EngineConfig(pq=True, rows=5, cols=12, lanes=12, n=3, m=4, k_max=32, d_max=12, act_buf_bytes=6144, num_bufs=4,
@@ -30,83 +26,10 @@ WIDE_CFG = EngineConfig(pq=True, rows=8, dsp_rows=4, d_max=16, act_buf_bytes=131
                         ch_rows=1024, max_ops=64)
 
 
-def out_size(size: int, k: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - k) // stride + 1
-
-
-def act_range(unsigned) -> tuple[int, int]:
-    return (0, 255) if unsigned else (-128, 127)
-
-
 def rand_inputs(rng: np.random.Generator, program: Program, batch: int) -> np.ndarray:
     op = program.ops[0]
     lo, hi = act_range(op.in_unsigned)
     return rng.integers(lo, hi + 1, size=(batch, op.H, op.W, op.C)).astype(np.uint8 if op.in_unsigned else np.int8)
-
-
-def nm_masks(rng: np.random.Generator, count: int, d: int, n: int, m: int) -> np.ndarray:
-    """uint16 mask words: in each d-vector, exactly n of every m consecutive elements kept."""
-    assert d % m == 0
-    keep = np.zeros((count, d), dtype=bool)
-    for g in range(d // m):
-        # n random positions of each group of m
-        order = np.argsort(rng.random((count, m)), axis=1)[:, :n]
-        rows = np.repeat(np.arange(count), n)
-        keep[rows, g * m + order.ravel()] = True
-    bits = (keep.astype(np.int64) << np.arange(d)).sum(1)
-    return bits.astype(np.uint16)
-
-
-def requant_params(rng: np.random.Generator, acc_scale: np.ndarray, res_scale: float | None = None,
-                   shift_range=(1, 31)):
-    """mult/shift (and res_mult) per channel so that typical outputs land around +-60 (not always saturated)."""
-    oc = acc_scale.shape[0]
-    shift = rng.integers(shift_range[0], shift_range[1] + 1, size=oc)
-    target = rng.uniform(20, 100, size=oc)
-    sign = np.where(rng.random(oc) < 0.15, -1, 1)
-    mult = np.round(sign * target * (2.0 ** shift) / np.maximum(acc_scale, 1.0))
-    mult = np.where(mult == 0, sign, mult)
-    mult = np.clip(mult, -INT32_MAX, INT32_MAX).astype(np.int64)
-    res_mult = None
-    if res_scale is not None:
-        rt = rng.uniform(0.2, 1.0, size=oc)
-        res_mult = np.clip(np.round(rt * (2.0 ** shift)), -INT32_MAX, INT32_MAX).astype(np.int64)
-        res_mult = np.where(rng.random(oc) < 0.2, -res_mult, res_mult)
-    return mult, shift, res_mult
-
-
-def conv_op(rng: np.random.Generator, *, H: int, W: int, C: int, OC: int, K: int = 3, stride: int = 1,
-            pad: int = 1, wfmt: int = DENSE, n: int = 2, m: int = 4, d: int = 8, k: int = 16,
-            in_unsigned: int = 0, out_unsigned: int = 0, relu: bool | None = None,
-            in_buf: int = 0, out_buf: int = 1, res_buf: int = -1, res_unsigned: int = 0,
-            bias_scale: float = 2000.0, shift_range=(1, 31), name: str = "conv") -> Op:
-    OH, OW = out_size(H, K, stride, pad), out_size(W, K, stride, pad)
-    arrays: dict[str, np.ndarray] = {}
-    if wfmt == DENSE:
-        w = rng.integers(-128, 128, size=(OC, K, K, C))
-        arrays["weight"] = w
-        dense_w = w
-        kw = dict(wfmt=DENSE)
-    else:
-        nvec = C // d
-        codebook = rng.integers(-128, 128, size=(k, d))
-        idx = rng.integers(0, k, size=(OC, K, K, nvec))
-        masks = nm_masks(rng, OC * K * K * nvec, d, n, m).reshape(OC, K, K, nvec)
-        arrays.update(idx=idx, mask=masks, codebook=codebook)
-        keep = ((masks[..., None].astype(np.int64) >> np.arange(d)) & 1).astype(bool)
-        dense_w = (codebook[idx] * keep).reshape(OC, K, K, C)
-        kw = dict(wfmt=CODEBOOK, n=n, m=m, d=d, k=k)
-    x_rms = 147.0 if in_unsigned else 74.0
-    acc_scale = np.sqrt((dense_w.astype(np.float64) ** 2).reshape(OC, -1).sum(1)) * x_rms * 0.7 + 1
-    arrays["bias"] = rng.integers(-int(bias_scale), int(bias_scale) + 1, size=OC)
-    mult, shift, res_mult = requant_params(rng, acc_scale, 1.0 if res_buf >= 0 else None, shift_range)
-    arrays["mult"], arrays["shift"] = mult, shift
-    if res_mult is not None:
-        arrays["res_mult"] = res_mult
-    lo, hi = act_range(out_unsigned)
-    return Op(CONV, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=OC, KH=K, KW=K, stride=stride, pad=pad,
-              res_buf=res_buf, in_unsigned=in_unsigned, res_unsigned=res_unsigned, out_unsigned=out_unsigned,
-              lo=lo, hi=hi, name=name, arrays=arrays, **kw)
 
 
 def pq_op(rng: np.random.Generator, *, H: int, W: int, C: int, OC: int, K: int = 3, stride: int = 1,

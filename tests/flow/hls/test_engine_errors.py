@@ -16,15 +16,13 @@ import pytest
 from flow.compile.layout import PlacementError, place
 from flow.compile.program import CODEBOOK, DESC_FIELDS, DESC_WORDS, HEADER_WORDS, Program, replace, seal
 from flow.compile.validate import ProgramError, validate
-from flow.hls import compile as compile_mod
-from flow.hls.ap_types import APTypesNotFound, ap_types_dir
-from flow.hls.compile import ToolchainError, build, build_key, cache_root, find_cxx
-from flow.hls.csim import CSimMismatch, Engine, EngineError, csim
-from flow.hls.project import CXXFLAGS, Project, write_project
+from flow.hls.csim import CSimMismatch, Engine, EngineError, csim, engine_sources
+from flow.hls.project import Project, write_project
 from flow.quant.golden import run_program
 from hls_testlib import (DEFAULT_CFG, SMALL_CFG, conv_op, conv_program, lenet_program, pool_op, pq_op, program,
                          rand_inputs)
-from host import regmap
+from host import gxx_build, regmap
+from host.gxx_build import CXXFLAGS, APTypesNotFound, ToolchainError, ap_types_dir, build_key, cache_root, find_cxx
 
 
 def _refusal(engine: Engine, prog: Program) -> tuple[int, int | None]:
@@ -351,7 +349,7 @@ def build_stream_driver(project: Project) -> Path:
     """The driver compiled with g++ against the project's firmware (cached next to the engine builds)."""
     cxx, _ = find_cxx()
     tag = hashlib.sha1(DRIVER_CPP.encode() + b"\0" + " ".join(CXXFLAGS).encode()).hexdigest()[:12]
-    out = cache_root() / "drivers" / f"{build_key(project)}-{tag}"
+    out = cache_root() / "drivers" / f"{build_key(engine_sources(project))}-{tag}"
     exe = out / "stream_driver"
     if exe.is_file():
         return exe
@@ -504,7 +502,7 @@ def test_testbench_detects_tampered_expected_output(engine, tmp_path):
     # csim() wrote the placed program: what the testbench's load call reads
     assert (tmp_path / "program.bin").read_bytes() == place(prog, DEFAULT_CFG).to_bytes()
     # the executable itself: exit 1, counts printed
-    exe = compile_mod.build_testbench(engine.project)
+    exe = gxx_build.build_testbench(engine_sources(engine.project))
     files = [str(tmp_path / f"{k}.bin") for k in ("program", "inputs", "outputs", "expected")]
     r = subprocess.run([str(exe), *files], capture_output=True, text=True)
     assert r.returncode == 1
@@ -535,7 +533,7 @@ def test_missing_compiler_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/g++")
     proj = write_project(DEFAULT_CFG, tmp_path / "p")
     with pytest.raises(ToolchainError, match="apt-get install g\\+\\+"):
-        build(proj)
+        gxx_build.build(engine_sources(proj))
 
 
 def test_missing_ap_types_names_the_fix(monkeypatch):
@@ -544,33 +542,27 @@ def test_missing_ap_types_names_the_fix(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.delenv("VQHLS_AP_TYPES", raising=False)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "hls4ml" else real(name, *a, **k))
-    ap_types_dir.cache_clear()
-    try:
+    try:   # looked up on each call (not cached): a changed environment is seen at once
         with pytest.raises(APTypesNotFound, match="pip install hls4ml"):
             ap_types_dir()
     finally:
         monkeypatch.undo()
-        ap_types_dir.cache_clear()
     assert (ap_types_dir() / "ap_int.h").is_file()
     assert "site-packages" in str(ap_types_dir()) or "hls4ml" in str(ap_types_dir())
 
 
 def test_bad_ap_types_override(monkeypatch, tmp_path):
     monkeypatch.setenv("VQHLS_AP_TYPES", str(tmp_path))
-    ap_types_dir.cache_clear()
-    try:
-        with pytest.raises(APTypesNotFound, match="VQHLS_AP_TYPES"):
-            ap_types_dir()
-    finally:
-        monkeypatch.undo()
-        ap_types_dir.cache_clear()
+    with pytest.raises(APTypesNotFound, match="VQHLS_AP_TYPES"):
+        ap_types_dir()
 
 
 @pytest.mark.csim
 @pytest.mark.slow
 def test_build_cache_does_not_recompile(tmp_path, monkeypatch):
     monkeypatch.setenv("VQHLS_CACHE", str(tmp_path / "cache"))
-    proj = write_project(SMALL_CFG, tmp_path / "p")
+    proj = engine_sources(write_project(SMALL_CFG, tmp_path / "p"))
+    build = gxx_build.build
     tb, lib = build(proj)
     assert tb.is_file() and lib.is_file()
     assert tb.parent.name == build_key(proj) and build_key(proj).startswith(SMALL_CFG.hash())
@@ -578,10 +570,10 @@ def test_build_cache_does_not_recompile(tmp_path, monkeypatch):
     def no_compiler(*a, **k):
         raise AssertionError("recompiled although cached")
 
-    monkeypatch.setattr(compile_mod.subprocess, "Popen", no_compiler)
+    monkeypatch.setattr(gxx_build.subprocess, "Popen", no_compiler)
     assert build(proj) == (tb, lib)
     # a second project rendered from the same config hits the same cache entry
-    assert build(write_project(SMALL_CFG, tmp_path / "p2")) == (tb, lib)
+    assert build(engine_sources(write_project(SMALL_CFG, tmp_path / "p2"))) == (tb, lib)
     # Engine() for that config renders into the cache and reuses the build as well
     eng = Engine(SMALL_CFG)
     assert eng.library_path == lib

@@ -8,7 +8,7 @@ beats. The weight feeder keeps the HLS decoder's pace: a beat is offered after w
 cycles with w_ready high (the decode of that beat). It writes $VQHLS_RESULT (json): the accumulators in
 arrival order, the inclusive cycle count from the first cycle inputs are offered to the last output
 handshake, the cycle of every swap beat, the cycles the output was held (stalls) and the beats withheld
-(gaps). The comparison with the golden model is the pytest side's (cosim_cases).
+(gaps). The comparison with the golden model is the caller's (flow.rtl.cosim_cases).
 """
 from __future__ import annotations
 

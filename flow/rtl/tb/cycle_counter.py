@@ -7,7 +7,8 @@ difference of two calls (what the engine latches into REAL_CYCLES) is the number
 their two sampling edges, whatever happened in between (ap_ce low, ap_continue held off, idle cycles).
 
 The module's RESET_VALUE parameter is given to the simulator; ``VQHLS_CC_RESET`` tells the testbench the
-same number (pytest sets both). Inputs are driven at falling edges, so the next rising edge samples them.
+same number (the caller sets both: run_cocotb's parameters and extra_env). Inputs are driven at falling
+edges, so the next rising edge samples them.
 """
 from __future__ import annotations
 

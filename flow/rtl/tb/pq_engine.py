@@ -4,7 +4,7 @@ Reads the case named by ``VQHLS_PQ_CASE`` (an npz written by flow.rtl.pq_cases.w
 prototypes, LUT and bias, streams every output pixel's im2col patch ((kh, kw, c) order, zeros for
 the padding, as flow.quant.ops.im2col) one element per beat with random valid gaps, takes the
 accumulator beats with random ready back-pressure, and writes the accumulators and the edge
-counts to the case's result file (the pytest side compares them with the golden model).
+counts to the case's result file (the caller, flow.rtl.pq_cases, compares them with the golden model).
 
 Handshakes are decided at the falling edge: s_ready / m_valid / m_data depend on registers only, so
 their values between two rising edges are the ones the next rising edge samples.

@@ -1,0 +1,98 @@
+"""flow.build.report with vendor reports: a real one is used, a corrupted one is an error in the report.
+
+The reports are real Xilinx reports (hls4ml's test fixtures, ``shared/fixtures/vendor-reports/``, see
+tests/flow/boards/test_reports.py); the corrupted ones are copies cut or edited in tmp_path. The build
+is the minimum ``sections`` reads: no program, no compression report, a modelled usage.
+"""
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from flow.build.report import _md, sections
+
+_REPO = Path(__file__).resolve().parents[2]
+_CANDIDATES = [_REPO.parent / "shared" / "fixtures" / "vendor-reports",
+               _REPO / "shared" / "fixtures" / "vendor-reports"]
+FIXTURES = next((p for p in _CANDIDATES if p.is_dir()), None)
+if FIXTURES is None:
+    pytest.skip("vendor-report fixtures not found (looked in "
+                + ", ".join(str(p) for p in _CANDIDATES) + ")", allow_module_level=True)
+
+CSYNTH_XML = FIXTURES / "myproject_csynth.xml"   # BRAM_18K 0, DSP48E 73, FF 7969, LUT 2532
+UTIL_RPT = FIXTURES / "vivado_synth.rpt"
+ERROR_SECTION = "Vendor reports that did not parse"
+
+
+def _build(tmp_path: Path) -> SimpleNamespace:
+    """The fields of flow.build.stages.Build that ``sections`` reads, with vendor reports under tmp_path."""
+    return SimpleNamespace(
+        out=tmp_path, project=SimpleNamespace(path=tmp_path / "hls"), summary={"model": "m", "data": "d"},
+        opts=SimpleNamespace(board="pynq-z2", method="mvq"), creport=None, program=None, vendor={}, times={},
+        usage=SimpleNamespace(bram36=10.0, dsp=64, lut=20_000, ff=30_000))
+
+
+def _csynth_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "hls" / "vqhls_prj" / "solution1" / "syn" / "report"
+    d.mkdir(parents=True)
+    return d
+
+
+def _util_path(tmp_path: Path) -> Path:
+    d = tmp_path / "vivado" / "out"
+    d.mkdir(parents=True)
+    return d / "utilization.rpt"
+
+
+def _by_title(secs) -> dict:
+    return {s.title: s for s in secs}
+
+
+def test_a_real_csynth_report_is_used_and_no_error_is_shown(tmp_path):
+    shutil.copy(CSYNTH_XML, _csynth_dir(tmp_path) / "csynth.xml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        secs = _by_title(sections(_build(tmp_path), {}))
+    head, rows = secs["Resources"].table
+    assert head[-2:] == ["Vitis HLS csynth estimate", "model error"]
+    assert {r[0]: r[4] for r in rows} == {"BRAM36": 0.0, "DSP": 73, "LUT": 2532, "FF": 7969}
+    assert ERROR_SECTION not in secs
+
+
+def test_a_corrupted_csynth_report_is_an_error_in_the_report_and_a_warning(tmp_path):
+    text = CSYNTH_XML.read_text()
+    bad = _csynth_dir(tmp_path) / "csynth.xml"
+    bad.write_text(text[: len(text) // 2])          # cut mid-file: not well-formed XML
+    with pytest.warns(UserWarning, match="csynth report .*csynth.xml did not parse"):
+        secs = sections(_build(tmp_path), {})
+    by = _by_title(secs)
+    assert str(bad) in by[ERROR_SECTION].text and "XML parse error" in by[ERROR_SECTION].text
+    assert "No vendor report parsed" in by["Resources"].text
+    assert len(by["Resources"].table[0]) == 4                  # no vendor column made up
+    md = _md(secs, "t")
+    assert f"## {ERROR_SECTION}" in md and "ERROR:" in md
+
+
+def test_a_corrupted_utilization_report_is_named_beside_a_good_csynth(tmp_path):
+    shutil.copy(CSYNTH_XML, _csynth_dir(tmp_path) / "csynth.xml")
+    util = _util_path(tmp_path)
+    # the utilization table's rows removed: the header survives, the numbers do not
+    util.write_text("\n".join(ln for ln in UTIL_RPT.read_text().splitlines() if not ln.startswith("|")))
+    with pytest.warns(UserWarning, match="utilization report .*utilization.rpt did not parse"):
+        secs = _by_title(sections(_build(tmp_path), {}))
+    assert str(util) in secs[ERROR_SECTION].text
+    assert secs["Resources"].table[0][-2] == "Vitis HLS csynth estimate"   # the good one still used
+    assert "did not parse" in secs["Resources"].text
+
+
+def test_a_sub_function_report_does_not_stand_in_for_the_top(tmp_path):
+    d = _csynth_dir(tmp_path)
+    shutil.copy(CSYNTH_XML, d / "csynth.xml")
+    # a per-function report sorts first and parses, with other numbers; the top's summary must win
+    (d / "a_sub_csynth.xml").write_text(CSYNTH_XML.read_text().replace("<LUT>2532</LUT>", "<LUT>1</LUT>"))
+    secs = _by_title(sections(_build(tmp_path), {}))
+    assert {r[0]: r[4] for r in secs["Resources"].table[1]}["LUT"] == 2532
