@@ -6,7 +6,7 @@ PQ lookup engine vs a dense MAC array on ResNet20's 64->64 3x3 layers, with and 
 Every area number here (the columns without a model_ prefix) is a yosys 0.x ``synth_xilinx -family xc7 -flatten -noiopad -noclkbuf [-nodsp]``
 cell count (flow/rtl/area.py) of a core rendered from hls_templates/rtl/ (flow/rtl/render.py): a
 technology-mapped netlist before place and route, not a Vivado utilisation report. Beside each
-array row the analytic model of flow/boards/resources.py (the same units: products, muxes, adder
+array row the analytic model of flow/boards/resource_model.py (the same units: products, muxes, adder
 trees, decoder, accumulators) is shown for comparison.
 
 Equal effective throughput, arrays. Throughput is counted in DENSE MACs per cycle: the multiply-
@@ -51,7 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, save, table  # noqa: E402
-from flow.boards import resources as rm  # noqa: E402
+from flow.boards import resource_model as rm  # noqa: E402
 from flow.compile.engine import EngineConfig  # noqa: E402
 from flow.rtl.area import AreaError, synth_area, yosys_version  # noqa: E402
 from flow.rtl.render import write_rtl  # noqa: E402
@@ -189,7 +189,7 @@ PQ_COLS = ["build", "nodsp", "model_cycles_per_pixel", "lut", "lutram_luts", "lu
 COLUMNS = {
     "measured": "lut, lut_total, lutram_luts, ff, carry4, dsp, bram18, bram36, muxf7, muxf8, cells, yosys_s: "
                 "yosys synth_xilinx cell counts of the rendered core; *_vs_dense are ratios of them",
-    "modelled": "model_lut, model_ff, model_dsp: flow/boards/resources.py; model_cycles_per_pixel, "
+    "modelled": "model_lut, model_ff, model_dsp: flow/boards/resource_model.py; model_cycles_per_pixel, "
                 "model_pixels_per_kcycle: the analytic cycle counts of pq_model_cycles_per_pixel / "
                 "mac_model_cycles_per_pixel, not simulated",
     "mixed": "model_perf_per_yosys_lut = model_pixels_per_kcycle / lut_total (modelled throughput over "
@@ -283,7 +283,7 @@ def main() -> int:
     print()
     print("Equal effective throughput: every array below retires ROWS*COLS*LANES dense MACs per cycle on an\n"
           "N:M-pruned layer (a dense PE uses LANES multipliers; an N:M PE LANES*N/M multipliers behind M:1\n"
-          "muxes, skipping the zeros). model_* = flow/boards/resources.py for the same units.")
+          "muxes, skipping the zeros). model_* = flow/boards/resource_model.py for the same units.")
     print(table(arrays, ARRAY_COLS))
     print()
     print("Lookup vs MAC, method:")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import save, table  # noqa: E402
 from flow.compile import EngineConfig, lower  # noqa: E402
 from flow.compress import compress, finetune  # noqa: E402
-from flow.hls.csim import Engine  # noqa: E402
+from flow.hls.csim import CsimEngine  # noqa: E402
 from flow.quant import quantize_input, quantize_model  # noqa: E402
 from flow.quant import run as golden_run  # noqa: E402
 from models import data as datasets  # noqa: E402
@@ -61,7 +61,7 @@ def vqhls_row(label: str, model, data_name: str, limit: int | None, method: str 
     x = quantize_input(xte, q.in_tensor.scale, q.in_tensor.unsigned)
     engine = EngineConfig()
     prog = lower(q, engine)
-    hw = Engine(engine)
+    hw = CsimEngine(engine)
     hw.predict(prog, x[:1])  # warm: compile / load the shared library outside the timing
     sec, out = _time(lambda: hw.predict(prog, x))
     gold = golden_run(q, x)

@@ -2,7 +2,7 @@
 
     python bench/engine.py [--iters N] [--no-plot]
 
-Every number here is MODELLED (flow/boards/perf.py for cycles, flow/boards/
+Every number here is MODELLED (flow/boards/cycle_model.py for cycles, flow/boards/
 resources.py for BRAM/DSP/LUT/FF), not measured on a board or in co-simulation.
 
 Models: lenet-digits (8x8x1), resnet20 (Fashion-MNIST, 28x28x1) and MLPerf Tiny's
@@ -21,7 +21,7 @@ not by its values). Rows per model:
 
 MAC utilisation = dense-equivalent MACs / (cycles x 220): against the roofline
 of the xc7z020's 220 DSP48E1 at one int8 product per DSP per cycle (DSP48E1
-cannot pack two int8 products, see flow/boards/resources.py). A 2:4 build can
+cannot pack two int8 products, see flow/boards/resource_model.py). A 2:4 build can
 exceed 1: it skips the pruned half of the MACs, and the array has fabric
 multipliers beside its DSP ones. Array utilisation = products the array
 really forms / (cycles x engine.multipliers).
@@ -54,8 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, save  # noqa: E402
 from flow.boards import get_board  # noqa: E402
-from flow.boards.perf import BEAT_BYTES, image_cycles, load_cycles  # noqa: E402
-from flow.boards.resources import ResourceError, check_fit, estimate, table as res_table  # noqa: E402
+from flow.boards.cycle_model import BEAT_BYTES, image_cycles, load_cycles  # noqa: E402
+from flow.boards.resource_model import ResourceError, check_fit, estimate, table as res_table  # noqa: E402
 from flow.compile import EngineConfig, lower  # noqa: E402
 from flow.compile.program import CODEBOOK, CONV, Program  # noqa: E402
 from flow.compress import compress  # noqa: E402
@@ -237,7 +237,7 @@ def plot(result: dict, path: Path) -> None:
                              label=f"{label}: {rep['cycles']:,} cycles, {rep['images_per_s']:,.0f} img/s"))
     ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("modelled cycles per image")
-    ax.set_title("resnet20 (28x28x1) per layer on the PYNQ-Z2, MODELLED (flow/boards/perf.py): "
+    ax.set_title("resnet20 (28x28x1) per layer on the PYNQ-Z2, MODELLED (flow/boards/cycle_model.py): "
                  "bars left to right = 2:4 MVQ / dense VQ / dense int8")
     phase_handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=phase_handles + handles, fontsize=8, ncol=2, loc="upper left")
@@ -301,8 +301,8 @@ def plot(result: dict, path: Path) -> None:
 
 # ---- main ---------------------------------------------------------------------------------------
 def resources_of(engine: EngineConfig) -> tuple[dict, str]:
-    """The modelled range of ``engine`` on the board (flow.boards.resources) and its printed table."""
-    from flow.boards.resources import RESOURCES, budgets
+    """The modelled range of ``engine`` on the board (flow.boards.resource_model) and its printed table."""
+    from flow.boards.resource_model import RESOURCES, budgets
 
     u = estimate(engine, BOARD)
     try:
@@ -328,7 +328,7 @@ def run(iters: int = 2, progress: bool = True) -> tuple[dict, str]:
     p = out.append
     p("=" * 100)
     p(f"vqhls engine on {b.name} ({b.part}) at {b.clock_mhz:g} MHz: every number below is MODELLED")
-    p("(cycles: flow/boards/perf.py; resources: flow/boards/resources.py), not measured on a board or in cosim,")
+    p("(cycles: flow/boards/cycle_model.py; resources: flow/boards/resource_model.py), not measured on a board or in cosim,")
     p("except the 'published' rows, which are other designs' own measurements.")
     p("Programs come from UNTRAINED zoo models (random init, seed 0; random calibration images): the modelled")
     p("cycles depend only on layer shapes, the N:M masks and parameter placement, not on trained values.")
@@ -401,7 +401,7 @@ def run(iters: int = 2, progress: bool = True) -> tuple[dict, str]:
           f"the xc7z020 at the HIGH end of the resource model (see the resource range above), which is the "
           f"line check_fit and the sizing now hold.")
     payload = dict(
-        note="MODELLED numbers (flow/boards/perf.py, flow/boards/resources.py), untrained models: cycles depend "
+        note="MODELLED numbers (flow/boards/cycle_model.py, flow/boards/resource_model.py), untrained models: cycles depend "
              "only on shapes, N:M masks and placement; 'published' are other designs' measured figures",
         board=dict(name=b.name, part=b.part, clock_mhz=b.clock_mhz, dsp=b.dsp, family=b.family),
         engines={name: dict(config=e.to_dict(), hash=e.hash(), multipliers=e.multipliers) for name, e in engs.items()},

@@ -11,7 +11,7 @@
 
 It composes the stages ``flow.build`` runs (flow/build/stages.py): compress (BatchNorm statistics
 re-estimated on ``x_calib``), quantize (flow.quant.quantize_model), golden model, engine sizing,
-lowering (flow.compile.lower) and the C-simulated engine (flow.hls.csim.Engine). Inputs are float
+lowering (flow.compile.lower) and the C-simulated engine (flow.hls.csim.CsimEngine). Inputs are float
 NCHW images ``[B, C, H, W]`` (numpy or torch), the same the float model takes.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def simulate(model, x_calib, x_test, method: str = "mvq", *, board: str = "pynq-
 
     from flow.boards.sizing import size_engine
     from flow.compile import lower
-    from flow.hls.csim import Engine
+    from flow.hls.csim import CsimEngine
     from flow.quant import quantize_input, quantize_model
     from flow.quant import run as golden_run
 
@@ -103,7 +103,7 @@ def simulate(model, x_calib, x_test, method: str = "mvq", *, board: str = "pynq-
         prog = lower(q, cfg)
         x_int = quantize_input(xt, q.in_tensor.scale, q.in_tensor.unsigned)
         gold = golden_run(q, x_int)
-        sim = Engine(cfg).predict(prog, x_int)
+        sim = CsimEngine(cfg).predict(prog, x_int)
     finally:
         model.train(was_training)
     B = len(xt)

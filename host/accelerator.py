@@ -561,7 +561,7 @@ class Accelerator:
     @property
     def stats(self) -> dict:
         """Last batch: ``latency_s`` (DMA + engine, wall clock), ``images_per_s``, ``modelled_cycles`` (the
-        CYCLES register: MODELLED, flow/boards/perf.py) and ``modelled_images_per_s`` at ``fclk_mhz``,
+        CYCLES register: MODELLED, flow/boards/cycle_model.py) and ``modelled_images_per_s`` at ``fclk_mhz``,
         ``measured_cycles`` (the REAL_CYCLES register: MEASURED by the engine's free-running counter; None
         where there is none, i.e. in C-simulation) and ``measured_images_per_s`` at ``fclk_mhz``;
         totals: ``batches``, ``images``, ``busy_s``."""

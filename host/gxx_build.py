@@ -8,7 +8,7 @@ this module (the board has neither the templates nor jinja2)::
     <root>/tb/tb.cpp               the testbench main:   tb PROGRAM.bin INPUTS.bin OUTPUTS.bin [EXPECTED.bin]
     <root>/tb/bridge.cpp           the C ABI (hls_templates/tb/bridge.cpp.j2), see ``bind``
 
-* ``flow.hls.csim`` (the C-sim ``Engine``, ``csim``): ``root`` is a rendered HLS project;
+* ``flow.hls.csim`` (the C-sim ``CsimEngine``, ``csim``): ``root`` is a rendered HLS project;
 * ``host.sim`` (the sim backend): ``root`` is a deploy bundle's ``hls/`` (the bundle ships the same files).
 
 Builds are cached under ``cache_root()`` (``$VQHLS_CACHE``, default ``<repo>/.cache/vqhls``) in
@@ -306,7 +306,7 @@ ABI = {
     "vqhls_param_bytes": (_U64, []),
     "vqhls_csim_violations": (_U64, []),
     "vqhls_real_cycles": (_U64, []),
-    # image level (flow.hls.csim.Engine): load a program image, run batches through it
+    # image level (flow.hls.csim.CsimEngine): load a program image, run batches through it
     "vqhls_load": (ctypes.c_uint, [ctypes.c_char_p, _U64, _U64P, _U64P, _U64P]),
     "vqhls_run": (ctypes.c_uint, [ctypes.c_void_p, ctypes.c_void_p, _U64, _U64P]),
     # register level (host.sim.SimDevice): one ap_start .. ap_done on raw DDR and stream bytes

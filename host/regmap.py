@@ -21,7 +21,7 @@ word whose bit 0 is ``ap_vld``; the offsets are also pinned with ``offset=``)::
     0x18 PARAMS_LO    DDR byte address of the parameter image (Program.to_bytes()), low word
     0x1C PARAMS_HI    ... high word; 0x20 reserved
     0x28 CONFIG_HASH  (RO) the engine's EngineConfig.hash() as uint32; 0x2C its ap_vld
-    0x30 CYCLES_LO    (RO) MODELLED engine cycles of the last call (flow/boards/perf.py:
+    0x30 CYCLES_LO    (RO) MODELLED engine cycles of the last call (flow/boards/cycle_model.py:
     0x34 CYCLES_HI         loop iterations + stated fill depths + DDR latency); 0x38 ap_vld
     0x40 STATUS       (RO) 0 = ok, else ERR_* code in bits 7..0 and the failing
                       op index in bits 15..8 (0xFF: not op-specific); 0x44 ap_vld
@@ -40,7 +40,7 @@ the next argument starts at the next 8-byte boundary, 0x48 (as CONFIG_HASH's
 (ADDRESS_RANGE 0x80) the block design already maps: no change there.
 
 CYCLES and REAL_CYCLES are not the same thing. CYCLES is the cycle MODEL
-(flow/boards/perf.py) added up again by the engine's C++ as it runs: it says
+(flow/boards/cycle_model.py) added up again by the engine's C++ as it runs: it says
 what the model predicts for this call, whatever Vitis scheduled. REAL_CYCLES
 counts clock edges of the synthesized engine: on the board (or in Vitis C/RTL
 co-simulation) it is the measurement. The counter is read once at the start of

@@ -1,6 +1,6 @@
 """Board descriptions: the resources a build must fit and how to reach the part.
 
-``flow.boards.resources`` models what an EngineConfig uses of them and
+``flow.boards.resource_model`` models what an EngineConfig uses of them and
 ``flow.boards.sizing`` picks the EngineConfig for a board.
 
 Numbers: xc7z020 (PYNQ-Z2) from its Vivado utilization reports (53,200 LUT,

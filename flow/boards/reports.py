@@ -1,7 +1,7 @@
 """Parsers for vendor-tool reports: measured numbers beside the models.
 
-``flow.boards.resources`` (BRAM36 / DSP / LUT / FF / LUTRAM) and
-``flow.boards.perf`` (cycles) are models; the reports parsed here are what the
+``flow.boards.resource_model`` (BRAM36 / DSP / LUT / FF / LUTRAM) and
+``flow.boards.cycle_model`` (cycles) are models; the reports parsed here are what the
 tools say about a real build, so the build report can show the model's error
 (``compare``).
 

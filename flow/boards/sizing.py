@@ -9,7 +9,7 @@ rows, PQ unit; ``n``/``m`` replaced when given) and searches, deterministically,
   (LADDERS) capped at the reference values (the parameter memories; a Program
   whose parameters do not all fit streams the rest per image, flow.compile.layout),
 
-for the candidate whose HIGH end of the modelled range (flow.boards.resources:
+for the candidate whose HIGH end of the modelled range (flow.boards.resource_model:
 every unit's pessimistic figure, summed) passes ``check_fit``, with, in order of
 preference: the most multipliers, the most resident parameter bytes, the larger
 op table, the most DSP rows (DSP products cost no LUTs and close timing more
@@ -32,7 +32,7 @@ import dataclasses
 import warnings
 
 from flow.boards import Board, get_board
-from flow.boards.resources import BRAM_FRAC, ResourceError, check_fit, estimate, idx_bits, over_budget  # noqa: F401
+from flow.boards.resource_model import BRAM_FRAC, ResourceError, check_fit, estimate, idx_bits, over_budget  # noqa: F401
 from flow.compile.engine import EngineConfig
 from flow.compile.layout import cdiv
 

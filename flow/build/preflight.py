@@ -211,7 +211,7 @@ def preflight(opts: BuildOptions) -> None:
 
     engine = None
     if _needs(opts, "lower"):
-        from flow.boards.resources import check_fit
+        from flow.boards.resource_model import check_fit
         from flow.compile import EngineConfig
 
         try:

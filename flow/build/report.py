@@ -115,7 +115,7 @@ def _vendor_reports(b) -> tuple[dict[str, Any], list[str]]:
 
 
 def sections(b, plots: dict[str, str]) -> list[Section]:
-    from flow.boards import get_board, perf
+    from flow.boards import cycle_model, get_board
 
     s = b.summary
     board = get_board(b.opts.board)
@@ -150,7 +150,7 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
         model = {"BRAM36": u.bram36, "DSP": u.dsp, "LUT": u.lut, "FF": u.ff}
         head = ["resource", "modelled", "available", "% of part"]
         rows = [[k, model[k], avail[k], round(100 * model[k] / avail[k], 1)] for k in model]
-        note = ("Modelled by flow/boards/resources.py (formulas per unit, docs/engine.md). "
+        note = ("Modelled by flow/boards/resource_model.py (formulas per unit, docs/engine.md). "
                 + ("No vendor report parsed: see 'Vendor reports that did not parse'." if report_errors else
                    "No vendor report exists for this build (Vitis HLS / Vivado did not run here)."))
         if found:
@@ -169,12 +169,12 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
             head += [src, "model error"]
             rows = [row + [cmp[row[0]]["report"], "-" if cmp[row[0]]["error"] is None
                            else f"{100 * cmp[row[0]]['error']:+.1f}%"] for row in rows]
-            note = ("Modelled (flow/boards/resources.py) beside the vendor tool's numbers."
+            note = ("Modelled (flow/boards/resource_model.py) beside the vendor tool's numbers."
                     + (" A vendor report did not parse: see 'Vendor reports that did not parse'." if report_errors
                        else ""))
         out.append(Section("Resources", note, (head, rows), plots.get("resources")))
     if b.program is not None:
-        ic = perf.image_cycles(b.program, b.engine)
+        ic = cycle_model.image_cycles(b.program, b.engine)
         rows = [[o.name, o.kind, o.cycles, round(100 * o.cycles / ic.total, 1), o.macs, o.products, o.ddr_bytes]
                 for o in ic.ops]
         rows += [["(stream in)", "axis", ic.stream_in, round(100 * ic.stream_in / ic.total, 1), 0, 0, 0],
@@ -183,9 +183,9 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
         ips = board.clock_mhz * 1e6 / ic.total
         out.append(Section(
             "Cycles (modelled)",
-            f"MODELLED by flow/boards/perf.py (the C-simulation CYCLES register counts the same schedule): "
+            f"MODELLED by flow/boards/cycle_model.py (the C-simulation CYCLES register counts the same schedule): "
             f"{ic.total:,} cycles per image = {ips:,.0f} images/s at {board.clock_mhz:g} MHz; load call "
-            f"{perf.load_cycles(b.program, b.engine):,} cycles once per program. Measured numbers come from "
+            f"{cycle_model.load_cycles(b.program, b.engine):,} cycles once per program. Measured numbers come from "
             f"Vitis co-simulation or the board.",
             (["layer", "kind", "cycles", "%", "MACs", "products", "DDR bytes"], rows), plots.get("cycles")))
     if plots.get("codebooks"):
@@ -215,7 +215,7 @@ def make_plots(b, pdir: Path) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from flow.boards import get_board, perf
+    from flow.boards import cycle_model, get_board
     from flow.compile.program import CODEBOOK, CONV
 
     pdir.mkdir(parents=True, exist_ok=True)
@@ -253,13 +253,13 @@ def make_plots(b, pdir: Path) -> dict[str, str]:
         plt.close(fig)
         out["resources"] = "plots/resources.png"
     if b.program is not None:
-        ic = perf.image_cycles(b.program, b.engine)
+        ic = cycle_model.image_cycles(b.program, b.engine)
         fig, ax = plt.subplots(figsize=(10, 4))
         x = np.arange(len(ic.ops))
         ax.bar(x, [o.cycles for o in ic.ops], color="#4c72b0")
         ax.set_xticks(x, [o.name for o in ic.ops], rotation=70, fontsize=7)
         ax.set_ylabel("cycles per image (modelled)")
-        ax.set_title(f"per-layer cycles: {ic.total:,} per image (modelled, flow/boards/perf.py)")
+        ax.set_title(f"per-layer cycles: {ic.total:,} per image (modelled, flow/boards/cycle_model.py)")
         fig.tight_layout()
         fig.savefig(pdir / "cycles.png", dpi=90)
         plt.close(fig)

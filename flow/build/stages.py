@@ -274,7 +274,7 @@ def stage_quantize(b: Build) -> None:
 
 
 def stage_lower(b: Build) -> None:
-    from flow.boards import get_board, perf
+    from flow.boards import cycle_model, get_board
     from flow.boards.sizing import size_engine
     from flow.compile import EngineConfig, lower
 
@@ -292,7 +292,7 @@ def stage_lower(b: Build) -> None:
     image = b.program.to_bytes()
     (b.out / "program.bin").write_bytes(image)
     board = get_board(o.board)
-    ic = perf.image_cycles(b.program, b.engine)
+    ic = cycle_model.image_cycles(b.program, b.engine)
     b.summary.update(program_bytes=len(image),
                      float_bytes=4 * sum(p.numel() for p in b.model.parameters()),
                      modelled_cycles_per_image=ic.total,
@@ -305,7 +305,7 @@ def stage_lower(b: Build) -> None:
 
 
 def stage_fit(b: Build) -> None:
-    from flow.boards.resources import check_fit, usage_json
+    from flow.boards.resource_model import check_fit, usage_json
 
     # the HIGH end of the modelled range should fit (the board's standard builds do); a build sized for a
     # model that fits only at the CENTRAL estimate is kept, with a warning and a line in the summary (the
@@ -313,7 +313,7 @@ def stage_fit(b: Build) -> None:
     # ResourceError (a ValueError) listing every over-used resource
     import warnings
 
-    from flow.boards.resources import ResourceError
+    from flow.boards.resource_model import ResourceError
 
     try:
         b.usage = check_fit(b.engine, b.opts.board)
@@ -345,7 +345,7 @@ def stage_hls(b: Build) -> None:
     # over budget at the high end is reported (resources.json, a warning), not yet a failed build
     import warnings
 
-    from flow.boards.resources import estimate, over_budget, undeclared_multiplies, usage_json
+    from flow.boards.resource_model import estimate, over_budget, undeclared_multiplies, usage_json
     from flow.hls.lint import multiplier_instances
 
     b.usage = estimate(b.engine, board, counts=multiplier_instances(b.project.path))
@@ -362,9 +362,9 @@ def stage_hls(b: Build) -> None:
 def stage_csim(b: Build) -> None:
     from tqdm import tqdm
 
-    from flow.hls.csim import Engine
+    from flow.hls.csim import CsimEngine
 
-    hw = Engine(b.engine, project=b.project)
+    hw = CsimEngine(b.engine, project=b.project)
     n = len(b.x_int)
     outs, cycles = [], 0
     t0 = time.perf_counter()

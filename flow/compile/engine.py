@@ -38,7 +38,7 @@ def _pow2_at_least(x: int) -> int:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    rows: int = 2             # R: output pixels in flight (PYNQ-Z2: the most that fit at the HIGH end of flow.boards.resources)
+    rows: int = 2             # R: output pixels in flight (PYNQ-Z2: the most that fit at the HIGH end of flow.boards.resource_model)
     cols: int = 8             # C: output channels in flight (one requantization lane each)
     lanes: int = 8            # L: input channels per cycle (bytes of one activation word)
     n: int = 2                # a PE keeps n of every m weights (n == m: dense build, no muxes)

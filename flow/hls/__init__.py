@@ -2,7 +2,7 @@
 
     from flow.hls.project import write_project          # EngineConfig -> firmware/ tb/ Makefile build.tcl
     from host.gxx_build import build                     # g++: testbench executable + ctypes library (cached)
-    from flow.hls.csim import csim, Engine               # tb on files / in-process bridge (predict)
+    from flow.hls.csim import csim, CsimEngine               # tb on files / in-process bridge (predict)
     python -m flow.hls.lint PROJECT_DIR                  # synthesizable-subset checks
 
 The register map is ``host/regmap.py``; the parameter image is

@@ -1,9 +1,9 @@
 """C-simulation of the engine: through the testbench executable (``csim``) or
-in-process through the shared-library bridge (``Engine.predict``), like
+in-process through the shared-library bridge (``CsimEngine.predict``), like
 hls4ml's ``compile()`` / ``predict()``.
 
     outputs = csim(project, program, x_int)              # tb executable on files
-    engine = Engine(EngineConfig())                      # renders + compiles once (cached)
+    engine = CsimEngine(EngineConfig())                      # renders + compiles once (cached)
     outputs = engine.predict(program, x_int)             # in-process, batched
 
 Inputs are integer activation codes [B, H, W, C] (int8, or uint8 when the first
@@ -143,11 +143,11 @@ def _open_library(path: Path) -> tuple[ctypes.CDLL, threading.Lock, list]:
 
 
 def engine_project_dir(engine: EngineConfig) -> Path:
-    """Where Engine() keeps the project it renders for ``engine`` (inside the build cache)."""
+    """Where CsimEngine() keeps the project it renders for ``engine`` (inside the build cache)."""
     return cache_root() / "projects" / f"{engine.hash()}-{template_hash()[:12]}"
 
 
-class Engine:
+class CsimEngine:
     """The engine for one EngineConfig, compiled into a shared library and called in-process.
 
     Renders the project (into the build cache unless ``project`` is given) and
@@ -181,7 +181,7 @@ class Engine:
         if self.config_hash != expected:
             raise RuntimeError(f"library {self.library_path} reports CONFIG_HASH 0x{self.config_hash:08x}, "
                                f"expected 0x{expected:08x}: stale build cache? (delete {cache_root()})")
-        # the CYCLES register after the last call: MODELLED cycles (flow/boards/perf.py), not measured
+        # the CYCLES register after the last call: MODELLED cycles (flow/boards/cycle_model.py), not measured
         self.modelled_cycles: int = 0
         # the REAL_CYCLES register after the last call: MEASURED cycles, or None where there is no real
         # counter -- always None here (C-simulation: the counter is its C model, host/regmap.REAL_CYCLES_NA)
@@ -190,7 +190,7 @@ class Engine:
         self._image_sizes: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
-        return f"Engine({self.config!r}, library={str(self.library_path)!r})"
+        return f"CsimEngine({self.config!r}, library={str(self.library_path)!r})"
 
     def _load_locked(self, image: bytes) -> None:
         key = hashlib.sha1(image).digest()
@@ -248,7 +248,7 @@ class Engine:
             return out
         with self._lock:
             if self._loaded[0] != self._image_key:
-                raise RuntimeError("another Engine on this library loaded a different program: load_image() again")
+                raise RuntimeError("another CsimEngine on this library loaded a different program: load_image() again")
             cyc = ctypes.c_ulonglong()
             status = int(self._lib.vqhls_run(x.ctypes.data, out.ctypes.data, x.shape[0], ctypes.byref(cyc)))
             self.modelled_cycles = int(cyc.value)
@@ -279,9 +279,9 @@ class Engine:
 
 
 def predict(engine_config: EngineConfig, program: Program, inputs: np.ndarray) -> np.ndarray:
-    """One-shot ``Engine(engine_config).predict(program, inputs)`` (the build is cached)."""
-    return Engine(engine_config).predict(program, inputs)
+    """One-shot ``CsimEngine(engine_config).predict(program, inputs)`` (the build is cached)."""
+    return CsimEngine(engine_config).predict(program, inputs)
 
 
-__all__ = ["CSimError", "CSimMismatch", "Engine", "EngineError", "csim", "predict", "engine_project_dir",
+__all__ = ["CSimError", "CSimMismatch", "CsimEngine", "EngineError", "csim", "predict", "engine_project_dir",
            "engine_sources"]

@@ -30,7 +30,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from flow.boards import perf
+from flow.boards import cycle_model
 from flow.compile import program as program_mod
 from flow.compile.engine import EngineConfig
 from flow.compile.program import Program
@@ -209,8 +209,8 @@ _LATENCY = {"act_mem": 2}
 
 
 def storage_pragmas(engine: EngineConfig) -> list[tuple[str, str, str, int]]:
-    """(variable, type, impl, latency) of every on-chip memory, from the resource model (flow.boards.resources)."""
-    from flow.boards.resources import memories
+    """(variable, type, impl, latency) of every on-chip memory, from the resource model (flow.boards.resource_model)."""
+    from flow.boards.resource_model import memories
 
     return [(_MEMORY_VARS[m.name], _PORT_TYPES[m.ports], m.impl, _LATENCY.get(_MEMORY_VARS[m.name], 0))
             for m in memories(engine) if m.name in _MEMORY_VARS]
@@ -250,8 +250,8 @@ def _context(engine: EngineConfig, part: str, clock_ns: float) -> dict:
         "ports": [(p, regmap.PORT_OFFSETS[p])
                   for p in ("n_images", "params", "config_hash", "cycles", "status", "real_cycles")],
         "cc": cycle_counter.context(),
-        "perf": {"ddr_latency": perf.DDR_LATENCY, "acc_distance": perf.ACC_DISTANCE,
-                 "depth": sorted(perf.DEPTH.items())},
+        "cycle_model": {"ddr_latency": cycle_model.DDR_LATENCY, "acc_distance": cycle_model.ACC_DISTANCE,
+                 "depth": sorted(cycle_model.DEPTH.items())},
         "storage": storage_pragmas(engine),
         "firmware_sources": list(FIRMWARE_SOURCES),
         "part": part,
@@ -314,7 +314,7 @@ def write_project(
     """Render the HLS project for ``engine`` into ``outdir`` (replacing an earlier project there).
 
     With ``board`` the engine is first checked against the board's resource budget
-    (flow.boards.resources.check_fit, at the ``fit_level`` end of the modelled range: "high", or
+    (flow.boards.resource_model.check_fit, at the ``fit_level`` end of the modelled range: "high", or
     "central" for a build the fit stage accepted at its central estimate): a config that does not
     fit raises ResourceError, listing every over-used resource, and nothing is written.
 
@@ -329,7 +329,7 @@ def write_project(
         raise ValueError("test vectors need the program they belong to (program=...)")
 
     if board is not None:
-        from flow.boards.resources import check_fit
+        from flow.boards.resource_model import check_fit
 
         check_fit(engine, board, level=fit_level)
     texts = render(engine, part=part, clock_ns=clock_ns)

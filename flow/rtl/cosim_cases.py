@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from flow.boards.perf import ACC_DISTANCE
+from flow.boards.cycle_model import ACC_DISTANCE
 from flow.compile.engine import EngineConfig
 from flow.compile.layout import derived_fields
 from flow.compile.program import CODEBOOK, CONV, DENSE, Program
 from flow.quant import ops as K
 from flow.quant.program_exec import op_weights
 from flow.quant.requant import requantize
+from flow.compile.layout import cdiv
 from flow.rtl import cycle_formulas
 from flow.rtl.cosim import run_cocotb
 from flow.rtl.default_program import PROGRAM_FILE, default_program_dir
@@ -76,7 +77,7 @@ class CaseResult:
 
 
 def engine_array_cycles(dec: int, passes: int, steps: list[int]) -> int:
-    """The engine cycle model's array terms for the same step list (flow.boards.perf.conv_cycles without
+    """The engine cycle model's array terms for the same step list (flow.boards.cycle_model.conv_cycles without
     its fill depths and drain): the decode prologue, then per step max(passes * max(ng, ACC_DISTANCE), dec)."""
     return dec + sum(max(passes * max(ng, ACC_DISTANCE), dec) for ng in steps) if steps else 0
 
@@ -132,7 +133,7 @@ def schedule(case: ConvCase) -> dict:
     OC, KH, KW, _ = case.w.shape
     OH, OW = K.out_size(H, KH, case.stride, case.pad), K.out_size(W, KW, case.stride, case.pad)
     sch = cycle_formulas.conv_schedule(e, OH=OH, OW=OW, C=C, OC=OC, KH=KH, KW=KW)
-    GR, CWD, NOT = cycle_formulas.ceil_div(OW, R), cycle_formulas.ceil_div(C, L), sch.n_oc_tiles
+    GR, CWD, NOT = cdiv(OW, R), cdiv(C, L), sch.n_oc_tiles
     # zero-padded operands: x [H+2p, W', CWD*L] (enough columns for every group), w [NOT*CL, KH, KW, CWD*L]
     p = case.pad
     wpad = GR * R * case.stride + KW + 1
@@ -333,7 +334,7 @@ def print_table(results: list[CaseResult]) -> bool:
 
 
 def engine_model_rows(results: list[CaseResult]) -> list[dict]:
-    """The engine cycle model (flow.boards.perf) against the RTL, per pe_array case without back-pressure:
+    """The engine cycle model (flow.boards.cycle_model) against the RTL, per pe_array case without back-pressure:
     step periods (swap to swap) measured vs the engine's per-step term, and the whole run."""
     rows = []
     for r in results:
@@ -365,7 +366,7 @@ def main() -> int:
     exit status 0 when all are bit-exact."""
     results = run_all(default_program_dir())
     ok = print_table(results)
-    print("\nengine cycle model (flow.boards.perf: decode prologue + per step max(passes*max(ng, 2), dec))"
+    print("\nengine cycle model (flow.boards.cycle_model: decode prologue + per step max(passes*max(ng, 2), dec))"
           " vs RTL, measured:")
     print_engine_model_table(engine_model_rows(results))
     return 0 if ok else 1

@@ -35,14 +35,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flow.compile.layout import cdiv
+
 PE_ARRAY_LATENCY = 5     # input handshake of a last beat -> output handshake, cycles
 REQUANT_LATENCY = 4      # input handshake -> output handshake, cycles
 PE_ARRAY_STAGES = ("input", "operands", "products", "adder tree", "accumulate/output")
 REQUANT_STAGES = ("input", "products", "sum+round", "shift+clamp/output")
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -65,9 +63,9 @@ class ConvSchedule:
 
 
 def conv_schedule(engine, *, OH: int, OW: int, C: int, OC: int, KH: int, KW: int) -> ConvSchedule:
-    ng_total = OH * ceil_div(OW, engine.rows)
+    ng_total = OH * cdiv(OW, engine.rows)
     tiles = tuple(min(engine.acc_groups, ng_total - s) for s in range(0, ng_total, engine.acc_groups))
-    return ConvSchedule(ng_total, tiles, ceil_div(OC, engine.cols), KH * KW * ceil_div(C, engine.lanes))
+    return ConvSchedule(ng_total, tiles, cdiv(OC, engine.cols), KH * KW * cdiv(C, engine.lanes))
 
 
 def weight_beats(cols: int, vpc: int) -> tuple[int, int]:
@@ -82,7 +80,7 @@ def weight_beats(cols: int, vpc: int) -> tuple[int, int]:
 def weight_load_cycles(cols: int, vpc: int) -> int:
     """DEC: cycles to load one step's COLS columns through the weight port."""
     p, i = weight_beats(cols, vpc)
-    return ceil_div(cols, p) * i
+    return cdiv(cols, p) * i
 
 
 def pe_array_cycles(dec: int, steps: list[int]) -> int:

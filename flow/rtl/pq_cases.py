@@ -163,9 +163,9 @@ def run_case(case: PQCase, work: Path, *, argmin_le: bool = False, simulator: st
     formula = pq_model.total_cycles(engine, v=case.v, nsub=case.nsub, NOT=NOT, npix=npix)
     cycles = int(r["cycles"])
     lat = pq_model.pixel_latency(engine, NOT=NOT)
-    # the HLS engine's model of the same layer (flow.boards.perf, LUT on chip): its pixels do not overlap and
+    # the HLS engine's model of the same layer (flow.boards.cycle_model, LUT on chip): its pixels do not overlap and
     # it requantizes in one lane, so it is compared per pixel with the RTL's steady state
-    from flow.boards.perf import pq_pixel_cycles
+    from flow.boards.cycle_model import pq_pixel_cycles
 
     eng_px = pq_pixel_cycles(case.v, case.nsub, NOT, case.OC)
     out.update(engine_per_pixel=eng_px, engine_cycles=npix * eng_px,
@@ -202,7 +202,7 @@ def run_all(out_dir: str | None = None, *, with_bug: bool = True) -> list[dict]:
     work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="pq_cosim_"))
     rows = [run_case(c, work) for c in CASES]
     print(format_table(rows))
-    print("engine: the HLS engine's cycle model of the same layer (flow.boards.perf.pq_pixel_cycles); err is"
+    print("engine: the HLS engine's cycle model of the same layer (flow.boards.cycle_model.pq_pixel_cycles); err is"
           " engine vs the RTL, measured")
     if with_bug:
         b = run_case(BUG_CASE, work, argmin_le=True)

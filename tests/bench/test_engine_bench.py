@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # the repository 
 
 from bench import engine as eb  # noqa: E402
 from flow.boards import get_board  # noqa: E402
-from flow.boards.perf import image_cycles  # noqa: E402
+from flow.boards.cycle_model import image_cycles  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -271,7 +271,7 @@ def test_missing_checkpoint_and_bad_recipe(tmp_path):
 
 def test_a_config_that_does_not_fit_stops_before_hls(tmp_path):
     """The fit stage alone: an engine over the board's budget raises ResourceError naming every resource."""
-    from flow.boards.resources import ResourceError
+    from flow.boards.resource_model import ResourceError
     from flow.build.options import BuildOptions
     from flow.build.stages import Build, stage_fit
     from flow.compile.engine import EngineConfig

@@ -7,7 +7,7 @@ recomputed (so only the format's other rules can catch them); truncation and ext
 mutant:
 
 * ``Program.from_bytes`` raises ProgramFormatError (one line) or returns a Program;
-* the engine's load path (``Engine.load_image``: the host check flow.compile.validate, then the load
+* the engine's load path (``CsimEngine.load_image``: the host check flow.compile.validate, then the load
   call) refuses it with a one-line ProgramError / EngineError, or accepts it, and then the engine's
   outputs equal, byte for byte, the golden ``run_program`` of the Program ``from_bytes`` decoded;
 * whatever the golden ``run_program`` refuses, the load path refuses (with the same message when the
@@ -250,9 +250,9 @@ def check_hardware_only(engine, image: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def engine():
-    from flow.hls.csim import Engine
+    from flow.hls.csim import CsimEngine
 
-    return Engine(DEFAULT_CFG)
+    return CsimEngine(DEFAULT_CFG)
 
 
 def _settings(n: int):

@@ -25,7 +25,7 @@ def _randomize_bn(model: torch.nn.Module, seed: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("method,in_shape", [("mvq", (1, 28, 28)), ("vq", (3, 32, 32))])
 def test_resnet20_csim_bit_exact(method, in_shape):
-    from flow.hls.csim import Engine
+    from flow.hls.csim import CsimEngine
 
     torch.manual_seed(0)
     model = zoo.get("resnet20", in_channels=in_shape[0]).eval()
@@ -39,7 +39,7 @@ def test_resnet20_csim_bit_exact(method, in_shape):
     # every conv of the model must run on the engine: 19 3x3 convs + 2 projections + pool + fc
     assert sum(op.opcode == 1 for op in prog.ops) == 22
     gold = golden_run(q, x)
-    sim = Engine(engine).predict(prog, x)
+    sim = CsimEngine(engine).predict(prog, x)
     assert sim.shape == gold.shape
     assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
     # not a degenerate pass: outputs vary between images and are not all saturated
@@ -55,7 +55,7 @@ def test_mixed_mvq_pq_vecq_model_end_to_end():
     from flow.compress.mvq import MVQLinear
     from flow.compress.pq import PQConv2d
     from flow.compress.vecq import VecQConv2d
-    from flow.hls.csim import Engine
+    from flow.hls.csim import CsimEngine
 
     torch.manual_seed(0)
     model = zoo.get("resnet20", in_channels=1, blocks=1).eval()
@@ -80,7 +80,7 @@ def test_mixed_mvq_pq_vecq_model_end_to_end():
     prog = lower(q, EngineConfig(pq=True))
     assert {op.opcode for op in prog.ops} >= {1, 4}  # conv and PQ ops
     gold = golden_run(q, x)
-    sim = Engine(EngineConfig(pq=True)).predict(prog, x)
+    sim = CsimEngine(EngineConfig(pq=True)).predict(prog, x)
     assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
 
 
@@ -90,7 +90,7 @@ def test_vecq_csim_bit_exact_for_every_bit_width(scheme, bits):
     """VecQ layers run on the array's dense mode: golden == C-sim for sweep b = 2..8 (first conv dense) and for
     the paper scheme (every layer VecQ, first conv and classifier included; odd codes up to +-(2^b - 1))."""
     from flow.compress.vecq import VecQConv2d, VecQLinear
-    from flow.hls.csim import Engine
+    from flow.hls.csim import CsimEngine
 
     torch.manual_seed(bits)
     model = zoo.get("lenet-digits").eval()
@@ -113,6 +113,6 @@ def test_vecq_csim_bit_exact_for_every_bit_width(scheme, bits):
     x = quantize_input(torch.rand(8, 1, 8, 8).numpy(), q.in_tensor.scale, q.in_tensor.unsigned)
     prog = lower(q, EngineConfig(pq=True))
     gold = golden_run(q, x)
-    sim = Engine(EngineConfig(pq=True)).predict(prog, x)
+    sim = CsimEngine(EngineConfig(pq=True)).predict(prog, x)
     assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
     assert len({bytes(r.tobytes()) for r in sim}) > 1  # not a degenerate pass: the images differ

@@ -127,9 +127,9 @@ def test_truncated_and_short_images(prog):
 def test_engine_checks_the_checksummed_header_words(prog):
     """The engine's load call: the CRC covers the scale words (ERR_CRC for a flipped scale bit) and the
     io_flags must match the first / last op (ERR_IO); the scales themselves are the host's."""
-    from flow.hls.csim import Engine, EngineError
+    from flow.hls.csim import CsimEngine, EngineError
 
-    engine = Engine(DEFAULT_CFG)
+    engine = CsimEngine(DEFAULT_CFG)
     image = prog.to_bytes()
     for word, value, fix, code in ((8, 0x12345, False, regmap.ERR_CRC), (12, 0, True, regmap.ERR_IO),
                                    (12, 2 | 1, True, regmap.ERR_IO)):
@@ -148,9 +148,9 @@ def test_engine_refuses_arrays_outside_the_image(prog):
     """The hardware's own offset check (ERR_OFFSET): an array that would be read past the image's end,
     behind a valid CRC, never reaches the loads (the C-simulation would read outside its buffer)."""
     from flow.compile.program import DESC_FIELDS, DESC_WORDS
-    from flow.hls.csim import Engine, EngineError
+    from flow.hls.csim import CsimEngine, EngineError
 
-    engine = Engine(DEFAULT_CFG)
+    engine = CsimEngine(DEFAULT_CFG)
     image = prog.to_bytes()
 
     def desc(i, f):

@@ -229,7 +229,7 @@ def _randomize_bn(model: nn.Module, seed: int) -> None:
 def _golden_vs_csim(model: nn.Module, in_shape, engine=None, n_calib=32, n_test=6, seed=0):
     """quantize -> lower -> golden and C-sim; returns (golden, csim, float logits, dequantized golden)."""
     from flow.compile import EngineConfig, lower
-    from flow.hls.csim import Engine
+    from flow.hls.csim import CsimEngine
     from flow.quant import quantize_input, quantize_model
     from flow.quant import run as golden_run
 
@@ -241,7 +241,7 @@ def _golden_vs_csim(model: nn.Module, in_shape, engine=None, n_calib=32, n_test=
     x = quantize_input(xt.numpy(), q.in_tensor.scale, q.in_tensor.unsigned)
     prog = lower(q, engine)
     gold = golden_run(q, x)
-    sim = Engine(engine).predict(prog, x)
+    sim = CsimEngine(engine).predict(prog, x)
     with torch.no_grad():
         ref = model.eval()(xt).numpy()
     deq = gold.reshape(len(xt), -1).astype(np.float64) * q.out_tensor.scale
@@ -367,7 +367,7 @@ def test_size_engine_keeps_the_default_build_when_the_model_fits_it():
 
 
 def test_size_engine_grows_the_activation_buffer_within_the_board():
-    from flow.boards.resources import check_fit
+    from flow.boards.resource_model import check_fit
     from flow.boards.sizing import size_engine
     from flow.compile import EngineConfig, LoweringError, lower
     from flow.quant import quantize_model

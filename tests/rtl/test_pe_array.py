@@ -33,7 +33,7 @@ def check_bit_exact_and_cycles(case: cc.ConvCase, tmp_path) -> None:
           f"(stalls {r.stall_cycles}, gaps {r.gap_cycles})")
     if case.p_gap == 0 and case.p_stall == 0:
         assert r.cycles == r.model_cycles, f"cycle model off by {r.cycle_error:+d}"
-        # the engine's cycle model (flow.boards.perf) charges each step max(passes * max(ng, 2), dec): the
+        # the engine's cycle model (flow.boards.cycle_model) charges each step max(passes * max(ng, 2), dec): the
         # RTL's measured step periods must agree wherever the tile has >= 2 groups (the HLS accumulate
         # distance; the RTL accumulates back to back) and one pass
         x = r.extra

@@ -1,4 +1,4 @@
-"""The resource model (flow.boards.resources) and board sizing (flow.boards.sizing).
+"""The resource model (flow.boards.resource_model) and board sizing (flow.boards.sizing).
 
 Expected numbers are worked out by hand in the comments (BRAM tilings, LUTRAM
 packing), counted by enumerating the hardware units independently of the model
@@ -17,7 +17,7 @@ import pytest
 
 from flow.boards import BOARDS, UnknownBoardError, get_board
 from flow.boards import sizing
-from flow.boards.resources import (
+from flow.boards.resource_model import (
     FABRIC_MULT_LUT,
     RESOURCES,
     Range,

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from flow.boards import get_board
-from flow.boards.resources import check_fit, estimate, over_budget
+from flow.boards.resource_model import check_fit, estimate, over_budget
 from flow.boards.sizing import ROWS, search
 from flow.compile.engine import EngineConfig
 

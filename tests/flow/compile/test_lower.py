@@ -311,19 +311,19 @@ def test_engine_sizing_counts_the_copy(self_res):
 
 def test_self_residual_copy_is_in_the_cycle_model(self_res):
     """The copy's pool loop costs OH*OW*ceil(C/lanes) + pool depth modelled cycles, and run_cycles counts it."""
-    from flow.boards import perf
+    from flow.boards import cycle_model
 
     g, _, _ = self_res["net"]
     cfg = EngineConfig()
     prog = lower(g, cfg)
     copies = [op for op in prog.ops if op.name in prog.meta["residual_copies"]]
     assert len(copies) == 2
-    by_name = {c.name: c.cycles for c in perf.image_cycles(prog, cfg).ops}
-    for op in copies:   # the pool loop walks one activation word per cycle (perf.py's max-pool term)
-        assert perf.op_cycles(op, cfg).phases["window"] == op.H * op.W * -(-op.C // cfg.lanes) + perf.DEPTH["pool"]
+    by_name = {c.name: c.cycles for c in cycle_model.image_cycles(prog, cfg).ops}
+    for op in copies:   # the pool loop walks one activation word per cycle (cycle_model.py's max-pool term)
+        assert cycle_model.op_cycles(op, cfg).phases["window"] == op.H * op.W * -(-op.C // cfg.lanes) + cycle_model.DEPTH["pool"]
     # a Program without them (one the engine would refuse; the model adds per-op terms) costs that less
     without = dataclasses.replace(prog, ops=[op for op in prog.ops if op not in copies])
-    assert perf.run_cycles(prog, cfg, 1) - perf.run_cycles(without, cfg, 1) == sum(by_name[op.name] for op in copies)
+    assert cycle_model.run_cycles(prog, cfg, 1) - cycle_model.run_cycles(without, cfg, 1) == sum(by_name[op.name] for op in copies)
 
 
 def test_write_project_accepts_what_lower_gives(self_res, tmp_path):

@@ -14,26 +14,26 @@ from hls_testlib import DEFAULT_CFG, ODD_CFG, SMALL_CFG, WIDE_CFG  # noqa: F401 
 
 @pytest.fixture(scope="session")
 def engine():
-    from flow.hls.csim import Engine
-    return Engine(DEFAULT_CFG)
+    from flow.hls.csim import CsimEngine
+    return CsimEngine(DEFAULT_CFG)
 
 
 @pytest.fixture(scope="session")
 def wide_engine():
-    from flow.hls.csim import Engine
-    return Engine(WIDE_CFG)
+    from flow.hls.csim import CsimEngine
+    return CsimEngine(WIDE_CFG)
 
 
 @pytest.fixture(scope="session")
 def small_engine():
-    from flow.hls.csim import Engine
-    return Engine(SMALL_CFG)
+    from flow.hls.csim import CsimEngine
+    return CsimEngine(SMALL_CFG)
 
 
 @pytest.fixture(scope="session")
 def odd_engine():
-    from flow.hls.csim import Engine
-    return Engine(ODD_CFG)
+    from flow.hls.csim import CsimEngine
+    return CsimEngine(ODD_CFG)
 
 
 @pytest.fixture(scope="session")

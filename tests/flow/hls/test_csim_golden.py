@@ -284,9 +284,9 @@ def test_testbench_and_bridge_agree(engine):
 
 
 def test_modelled_cycles_equal_the_python_model(engine, small_engine, odd_engine):
-    """The CYCLES counter of C-simulation is the cycle model of flow/boards/perf.py, term for term:
+    """The CYCLES counter of C-simulation is the cycle model of flow/boards/cycle_model.py, term for term:
     load call and run calls, resident and streamed weights, pools, PQ, several engine geometries."""
-    from flow.boards import perf
+    from flow.boards import cycle_model
     from flow.compile.layout import place
     from hls_testlib import pq_program
 
@@ -303,10 +303,10 @@ def test_modelled_cycles_equal_the_python_model(engine, small_engine, odd_engine
                 continue
             placed = place(prog, cfg)
             eng.load(prog)
-            assert eng.modelled_cycles == perf.load_cycles(placed, cfg)
+            assert eng.modelled_cycles == cycle_model.load_cycles(placed, cfg)
             for n in (1, 3):
                 eng.predict(prog, rand_inputs(rng, prog, n))
-                assert eng.modelled_cycles == perf.run_cycles(placed, cfg, n), [op.name for op in prog.ops]
+                assert eng.modelled_cycles == cycle_model.run_cycles(placed, cfg, n), [op.name for op in prog.ops]
     # weights that do not fit stream one oc tile at a time, and the model counts the loads
     import dataclasses
     tight = dataclasses.replace(small_engine.config)
@@ -314,15 +314,15 @@ def test_modelled_cycles_equal_the_python_model(engine, small_engine, odd_engine
     placed = place(prog, tight)
     assert placed.ops[0].resident == 0
     small_engine.predict(prog, rand_inputs(rng, prog, 2))
-    assert small_engine.modelled_cycles == perf.run_cycles(placed, tight, 2)
-    assert perf.op_cycles(placed.ops[0], tight).phases["param_load"] > 0
+    assert small_engine.modelled_cycles == cycle_model.run_cycles(placed, tight, 2)
+    assert cycle_model.op_cycles(placed.ops[0], tight).phases["param_load"] > 0
     # PQ LUTs larger than lut_bytes stream their rows: two entries per beat (even OC) or one (odd OC)
     for oc in (20, 21):
         prog = pq_program(rng, H=4, W=4, C=16, OC=oc, K=3, pad=1, v=9, Kp=16, in_unsigned=1)
         placed = place(prog, tight)
         assert placed.ops[0].lut_resident == 0
         check_exact(small_engine, prog, rand_inputs(rng, prog, 2))
-        assert small_engine.modelled_cycles == perf.run_cycles(placed, tight, 2)
+        assert small_engine.modelled_cycles == cycle_model.run_cycles(placed, tight, 2)
 
 
 def test_program_roundtrip_through_bytes(engine):
@@ -364,9 +364,9 @@ def test_large_batch_crosses_bridge_chunks(engine):
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def exact_engine():
-    from flow.hls.csim import Engine
+    from flow.hls.csim import CsimEngine
     from hls_testlib import DEFAULT_CFG
-    return Engine(DEFAULT_CFG, exact=True)
+    return CsimEngine(DEFAULT_CFG, exact=True)
 
 
 def test_exact_width_types_are_bit_exact(exact_engine, engine):
@@ -394,13 +394,13 @@ def test_exact_width_types_are_bit_exact(exact_engine, engine):
 def test_board_builds_are_bit_exact(board, nm):
     """The other board builds (EngineConfig.for_board): the dense PYNQ-Z2 baseline (plain PEs, no
     muxes) and the ZCU104 array (16-byte words) compile, fit their part and compute the golden bits."""
-    from flow.boards.resources import check_fit
+    from flow.boards.resource_model import check_fit
     from flow.compile.engine import EngineConfig
-    from flow.hls.csim import Engine
+    from flow.hls.csim import CsimEngine
 
     cfg = EngineConfig.for_board(board, n=nm[0], m=nm[1])
     check_fit(cfg, board)
-    eng = Engine(cfg)
+    eng = CsimEngine(cfg)
     rng = _rng("board", board)
     assert cfg.dense == (nm == (4, 4))
     progs = [lenet_program(rng, k=32),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from flow.compile.program import DENSE
-from flow.hls.csim import Engine, InvariantError
+from flow.hls.csim import CsimEngine, InvariantError
 from flow.hls.project import write_project
 from flow.quant.golden import run_program
 from hls_testlib import DEFAULT_CFG, conv_op, program, rand_inputs
@@ -44,7 +44,7 @@ def test_accumulator_distance_is_checked(tmp_path):
     rng = _rng("acc-distance")
     prog = _one_group_dense_conv(rng)
     x = rand_inputs(rng, prog, 2)
-    good = Engine(project=write_project(DEFAULT_CFG, tmp_path / "good"))
+    good = CsimEngine(project=write_project(DEFAULT_CFG, tmp_path / "good"))
     np.testing.assert_array_equal(good.predict(prog, x), run_program(prog, x))
 
     bad = write_project(DEFAULT_CFG, tmp_path / "bad")
@@ -55,7 +55,7 @@ def test_accumulator_distance_is_checked(tmp_path):
     _patch(bad, "systolic_array.h", "const E::cnt_t ngs = ng > (unsigned)ACC_DISTANCE ? ng : E::cnt_t(ACC_DISTANCE);",
            "const E::cnt_t ngs = ng;")
     with pytest.raises(InvariantError, match="invariant"):
-        Engine(project=bad).predict(prog, x)
+        CsimEngine(project=bad).predict(prog, x)
 
 
 def test_reading_the_written_buffer_is_checked(tmp_path):
@@ -68,7 +68,7 @@ def test_reading_the_written_buffer_is_checked(tmp_path):
     # the bug: the engine's own check of out_buf != in_buf removed, and an image whose conv writes the buffer it
     # reads sent without the host check (the case the act_mem DEPENDENCE pragma declares impossible)
     _patch(bad, "top.cpp", "op.out_buf == op.in_buf) return regmap::ERR_BUFFER;", "false) return regmap::ERR_BUFFER;")
-    eng = Engine(project=bad)
+    eng = CsimEngine(project=bad)
     eng.load_image(image, validate=False)
     with pytest.raises(InvariantError, match="invariant"):
         eng.run_bytes(x.reshape(1, -1).view(np.uint8))

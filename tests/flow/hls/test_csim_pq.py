@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from flow.boards import perf
+from flow.boards import cycle_model
 from flow.compile.engine import EngineConfig
 from flow.compile.layout import place
 from flow.compile.program import PQ, Program
@@ -36,20 +36,20 @@ def _rng(*key) -> np.random.Generator:
 @pytest.fixture(scope="module")
 def engine():
     """The board geometry with the lookup unit (the default EngineConfig has none)."""
-    from flow.hls.csim import Engine
-    return Engine(PQ_CFG)
+    from flow.hls.csim import CsimEngine
+    return CsimEngine(PQ_CFG)
 
 
 @pytest.fixture(scope="module")
 def pq_small_engine():
-    from flow.hls.csim import Engine
-    return Engine(PQ_SMALL_CFG)
+    from flow.hls.csim import CsimEngine
+    return CsimEngine(PQ_SMALL_CFG)
 
 
 @pytest.fixture(scope="module")
 def pq_wide_engine():
-    from flow.hls.csim import Engine
-    return Engine(PQ_WIDE_CFG)
+    from flow.hls.csim import CsimEngine
+    return CsimEngine(PQ_WIDE_CFG)
 
 
 def _random_pq_kwargs(rng, v: int, Kp: int, *, max_c: int = 24) -> dict:
@@ -150,13 +150,13 @@ def test_pq_engine_limits(pq_small_engine):
 
 
 def test_engine_without_lookup_unit_rejects_pq(tmp_path):
-    from flow.hls.csim import Engine
+    from flow.hls.csim import CsimEngine
     from flow.hls.project import render
 
     cfg = EngineConfig(pq=False)
     files = render(cfg)
     assert "#include \"lookup_engine.h\"" not in files["firmware/top.cpp"] and "pq_layer" not in files["firmware/top.cpp"]
-    eng = Engine(cfg)
+    eng = CsimEngine(cfg)
     rng = _rng("nopq")
     prog = program(conv_op(rng, H=4, W=4, C=8, OC=4, K=3, pad=1, in_buf=0, out_buf=1),
                    pq_op(rng, H=4, W=4, C=4, OC=5, K=3, pad=1, v=9, Kp=4, in_buf=1, out_buf=0))
@@ -239,12 +239,12 @@ def test_engine_checks_the_crc(engine):
 
 
 def _modelled_equals_model(eng, prog: Program, n: int = 2) -> None:
-    """Bit-exact, and the CYCLES register of the load and run calls equals flow/boards/perf.py."""
+    """Bit-exact, and the CYCLES register of the load and run calls equals flow/boards/cycle_model.py."""
     placed = place(prog, eng.config)
     eng.load(prog)
-    assert eng.modelled_cycles == perf.load_cycles(placed, eng.config)
+    assert eng.modelled_cycles == cycle_model.load_cycles(placed, eng.config)
     check_exact(eng, prog, rand_inputs(_rng("cyc", prog.ops[-1].OC), prog, n))
-    assert eng.modelled_cycles == perf.run_cycles(placed, eng.config, n)
+    assert eng.modelled_cycles == cycle_model.run_cycles(placed, eng.config, n)
 
 
 @pytest.mark.parametrize("v,C,OC", [(9, 8, 12), (4, 8, 40), (1, 2, 3), (3, 1, 21)],
@@ -267,7 +267,7 @@ def test_pq_streamed_rows_cycles(engine, pq_small_engine, OC):
                       residual=OC % 2 == 1)
     assert place(prog, eng.config).ops[-1].lut_resident == 0
     _modelled_equals_model(eng, prog)
-    assert perf.pq_row_chunks(OC, OC % 2 == 0) == ([OC] if OC <= 126 else [128, OC - 128] if OC % 2 == 0
+    assert cycle_model.pq_row_chunks(OC, OC % 2 == 0) == ([OC] if OC <= 126 else [128, OC - 128] if OC % 2 == 0
                                                    else [126, OC - 126])
 
 
@@ -276,7 +276,7 @@ def test_bounded_stream_catches_a_burst_longer_than_its_fifo(tmp_path):
     (chunks of 2 * LOAD_FIFO_DEPTH). C-simulation runs the region serialised, as a failed DATAFLOW would
     in hardware, where it deadlocks; the bounded FIFO must report it (InvariantError) on the load call,
     and the unmodified engine must load the same program without one."""
-    from flow.hls.csim import Engine, InvariantError
+    from flow.hls.csim import CsimEngine, InvariantError
     from flow.hls.project import write_project
 
     rng = _rng("fifo")
@@ -288,16 +288,16 @@ def test_bounded_stream_catches_a_burst_longer_than_its_fifo(tmp_path):
     assert text.count(fixed) == 1
     loader.write_text(text.replace(fixed, "static const unsigned LOAD_CHUNK = 2 * LOAD_FIFO_DEPTH;"))
     with pytest.raises(InvariantError):
-        Engine(project=project).load(prog)
-    check_exact(Engine(PQ_SMALL_CFG), prog, rand_inputs(rng, prog, 1))
+        CsimEngine(project=project).load(prog)
+    check_exact(CsimEngine(PQ_SMALL_CFG), prog, rand_inputs(rng, prog, 1))
 
 
 def test_pq_exact_width_types():
     """The exact-width datapath types of synthesis (VQHLS_EXACT_TYPES: ap_int counters, addresses, distances)
     bit for bit against the golden model: resident LUT, streamed rows of even and odd OC, a residual."""
-    from flow.hls.csim import Engine
+    from flow.hls.csim import CsimEngine
 
-    eng = Engine(PQ_SMALL_CFG, exact=True)
+    eng = CsimEngine(PQ_SMALL_CFG, exact=True)
     rng = _rng("exact")
     progs = [pq_program(rng, H=4, W=4, C=2, OC=4, K=1, pad=0, v=2, Kp=4),
              pq_program(rng, H=5, W=4, C=8, OC=20, K=3, pad=1, v=9, Kp=16, residual=True),

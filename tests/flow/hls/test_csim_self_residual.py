@@ -69,7 +69,7 @@ def test_torch_models_with_a_self_residual_are_bit_exact(engine, name):
 
 def test_the_copy_runs_on_the_engine_and_is_counted(engine):
     """The copy is a 1x1 max pool the engine executes (its CYCLES counter moves by the modelled terms)."""
-    from flow.boards import perf
+    from flow.boards import cycle_model
     from flow.compile.layout import place
 
     model, shape = _model("tiny")
@@ -77,7 +77,7 @@ def test_the_copy_runs_on_the_engine_and_is_counted(engine):
     prog = lower(g, engine.config)
     assert prog.ops[0].opcode == MAXPOOL and (prog.ops[0].KH, prog.ops[0].in_buf) == (1, 0)
     _exact(engine, g, x)
-    assert engine.modelled_cycles == perf.run_cycles(place(prog, engine.config), engine.config, len(x))
+    assert engine.modelled_cycles == cycle_model.run_cycles(place(prog, engine.config), engine.config, len(x))
 
 
 # ---------------------------------------------------------------------------------------------------

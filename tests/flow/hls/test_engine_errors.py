@@ -16,7 +16,7 @@ import pytest
 from flow.compile.layout import PlacementError, place
 from flow.compile.program import CODEBOOK, DESC_FIELDS, DESC_WORDS, HEADER_WORDS, Program, replace, seal
 from flow.compile.validate import ProgramError, validate
-from flow.hls.csim import CSimMismatch, Engine, EngineError, csim, engine_sources
+from flow.hls.csim import CSimMismatch, CsimEngine, EngineError, csim, engine_sources
 from flow.hls.project import Project, write_project
 from flow.quant.golden import run_program
 from hls_testlib import (DEFAULT_CFG, SMALL_CFG, conv_op, conv_program, lenet_program, pool_op, pq_op, program,
@@ -25,7 +25,7 @@ from host import gxx_build, regmap
 from host.gxx_build import CXXFLAGS, APTypesNotFound, ToolchainError, ap_types_dir, build_key, cache_root, find_cxx
 
 
-def _refusal(engine: Engine, prog: Program) -> tuple[int, int | None]:
+def _refusal(engine: CsimEngine, prog: Program) -> tuple[int, int | None]:
     """(code, op) of the ProgramError the host check raises when ``prog`` is loaded; nothing reaches the engine."""
     with pytest.raises(ProgramError) as info:
         engine.load(prog)
@@ -124,7 +124,7 @@ def test_validator_codes_of_placement_refusals(case):
 @pytest.mark.csim
 @pytest.mark.parametrize("case", sorted(_placement_refusals()))
 def test_engine_load_reports_placement_refusals_with_code(small_engine, case):
-    """Engine.load (place -> validate -> load call) reports what place() refuses with the validator's code."""
+    """CsimEngine.load (place -> validate -> load call) reports what place() refuses with the validator's code."""
     prog, want = _placement_refusals()[case]
     assert _refusal(small_engine, prog) == want
 
@@ -574,8 +574,8 @@ def test_build_cache_does_not_recompile(tmp_path, monkeypatch):
     assert build(proj) == (tb, lib)
     # a second project rendered from the same config hits the same cache entry
     assert build(engine_sources(write_project(SMALL_CFG, tmp_path / "p2"))) == (tb, lib)
-    # Engine() for that config renders into the cache and reuses the build as well
-    eng = Engine(SMALL_CFG)
+    # CsimEngine() for that config renders into the cache and reuses the build as well
+    eng = CsimEngine(SMALL_CFG)
     assert eng.library_path == lib
     # an edited source is a different build
     top = proj.firmware_dir / "top.cpp"

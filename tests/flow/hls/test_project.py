@@ -53,7 +53,7 @@ def test_write_project_layout(tmp_path):
 def test_write_project_writes_placed_vectors(tmp_path):
     """tb/data/program.bin is what the testbench hands to the engine's load call as it is: write_project
     places the Program for the engine and checks it (flow.compile.validate.prepare), as csim() and
-    Engine.load do; a Program the engine cannot run is refused before anything is written."""
+    CsimEngine.load do; a Program the engine cannot run is refused before anything is written."""
     from flow.compile.layout import is_placed, place
     from flow.compile.validate import ProgramError, validate_image
     from hls_testlib import lenet_program
@@ -430,7 +430,7 @@ def test_lint_cli_usage(tmp_path):
 
 def test_write_project_refuses_a_config_that_does_not_fit_the_board(tmp_path):
     """A config over the board's budget fails before any file is written, naming every over-used resource."""
-    from flow.boards.resources import ResourceError
+    from flow.boards.resource_model import ResourceError
     from flow.compile.engine import EngineConfig
 
     big = EngineConfig(rows=16, dsp_rows=16, act_buf_bytes=1 << 18)
