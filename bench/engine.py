@@ -14,9 +14,9 @@ products) and where the parameters are placed, none of which training changes
 (2:4 masks always keep 2 of every 4 weights; a codebook's size is set by k,
 not by its values). Rows per model:
 
-* sparse build ``EngineConfig.for_board("pynq-z2")`` (2:4): MVQ 2:4 (the main
+* sparse build ``config_for_board("pynq-z2")`` (2:4): MVQ 2:4 (the main
   row, k=64 lenet / k=256 resnet20, d=8) and int8 dense ("none");
-* dense build ``EngineConfig.for_board("pynq-z2", n=4, m=4)``: VQ (n == m
+* dense build ``config_for_board("pynq-z2", n=4, m=4)``: VQ (n == m
   codebooks, d=8) and int8 dense ("none").
 
 MAC utilisation = dense-equivalent MACs / (cycles x 220): against the roofline
@@ -56,6 +56,7 @@ from bench.common import RESULTS, save  # noqa: E402
 from flow.boards import get_board  # noqa: E402
 from flow.boards.cycle_model import BEAT_BYTES, image_cycles, load_cycles  # noqa: E402
 from flow.boards.resource_model import ResourceError, check_fit, estimate, table as res_table  # noqa: E402
+from flow.boards.sizing import config_for_board  # noqa: E402
 from flow.compile import EngineConfig, lower  # noqa: E402
 from flow.compile.program import CODEBOOK, CONV, Program  # noqa: E402
 from flow.compress import compress  # noqa: E402
@@ -86,7 +87,7 @@ PHASES = ("compute", "drain_stall", "param_load", "overhead")
 
 def engines() -> dict[str, EngineConfig]:
     """The two PYNQ-Z2 builds: the default 2:4 sparse one and the dense (n == m) one."""
-    return {"sparse": EngineConfig.for_board(BOARD), "dense": EngineConfig.for_board(BOARD, n=4, m=4)}
+    return {"sparse": config_for_board(BOARD), "dense": config_for_board(BOARD, n=4, m=4)}
 
 
 def build_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, tuple[int, int, int]]:

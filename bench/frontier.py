@@ -200,7 +200,7 @@ def point_spec(model: str, setup: dict, method: str, knobs: dict, check: bool = 
 
 
 def _cache_root() -> Path:
-    from models.cache import cache_dir
+    from engine_io.cache import cache_dir
 
     return cache_dir("frontier")
 

@@ -14,7 +14,7 @@ the PYNQ backend (``host/pynq_backend.py``: the overlay's engine IP and AXI DMA)
 (``host/sim.py``: the bundle's own engine C++ compiled with g++, its registers, DMA and DDR
 simulated in Python).
 
-Imports neither torch nor the flow (only ``flow.bundle``, itself stdlib + numpy): it runs on the board.
+Imports neither torch nor the flow (only ``engine_io``, stdlib + numpy): it runs on the board.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from host import program_image, regmap
+from engine_io import bundle as bundle_mod
+from engine_io import program_image, regmap
 
 # The AXI DMA of the block design (hls_templates/tcl/vivado.tcl.j2): simple mode, c_sg_length_width 26.
 DMA_MAX_BYTES = (1 << 26) - 1
@@ -59,7 +60,7 @@ class AcceleratorTimeout(AcceleratorError, TimeoutError):
 class Backend(abc.ABC):
     """What the Accelerator needs from a device: registers by name, DMA buffers, two DMA channels.
 
-    Register names are the attribute names of ``host.regmap`` ("CTRL", "N_IMAGES", "PARAMS_LO",
+    Register names are the attribute names of ``engine_io.regmap`` ("CTRL", "N_IMAGES", "PARAMS_LO",
     "PARAMS_HI", "CONFIG_HASH", "CYCLES_LO", "CYCLES_HI", "STATUS", "REAL_CYCLES_LO", ...); the
     Accelerator splits the 64-bit PARAMS / CYCLES / REAL_CYCLES into their _LO / _HI words itself.
     ``offset(name)`` maps a name to its byte offset in the engine's s_axilite segment.
@@ -80,11 +81,11 @@ class Backend(abc.ABC):
 
     @staticmethod
     def offset(name: str) -> int:
-        """Byte offset of register ``name`` (a host.regmap attribute); KeyError for an unknown name."""
+        """Byte offset of register ``name`` (a engine_io.regmap attribute); KeyError for an unknown name."""
         value = getattr(regmap, name, None)
         if not isinstance(value, int) or name.startswith(("CTRL_", "ERR_")) or name in (
                 "OK", "STATUS_OP_NONE", "ADDRESS_RANGE") or not 0 <= value < regmap.ADDRESS_RANGE:
-            raise KeyError(f"{name!r} is not a register of host.regmap")
+            raise KeyError(f"{name!r} is not a register of engine_io.regmap")
         return value
 
     @abc.abstractmethod
@@ -147,7 +148,7 @@ class Backend(abc.ABC):
 # --------------------------------------------------------------------------- helpers
 
 def check_program_image(blob: bytes, format_version: Optional[int] = None) -> tuple[int, int]:
-    """The program image's header on the host, before the load call (host.program_image.parse_header):
+    """The program image's header on the host, before the load call (engine_io.program_image.parse_header):
     magic, format version (the bundle manifest's), size, the CRC32 of everything after word 7, the
     scales and flags. Returns (input bytes, output bytes) per image; raises AcceleratorError. The full
     Program check ran at build time (flow.compile.validate) and the bundle's checksums protect it since."""
@@ -158,17 +159,9 @@ def check_program_image(blob: bytes, format_version: Optional[int] = None) -> tu
     return hdr.input_bytes, hdr.output_bytes
 
 
-def _prod(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
 def _load_bundle(bundle, error: type[Exception] = AcceleratorError):
-    """A loaded, verified flow.bundle.Bundle from a path (or the Bundle itself); a BundleError becomes ``error``."""
-    from flow import bundle as bundle_mod   # stdlib + numpy + host.regmap only
-
+    """A loaded, verified engine_io.bundle.Bundle from a path (or the Bundle itself); a BundleError becomes
+    ``error``."""
     if isinstance(bundle, bundle_mod.Bundle):
         return bundle
     try:
@@ -238,8 +231,8 @@ class Accelerator:
         self.timeout = float(timeout)
         self.in_shape = tuple(int(s) for s in self.bundle.in_shape)     # (H, W, C)
         self.out_shape = tuple(int(s) for s in self.bundle.out_shape)
-        self.in_bytes = _prod(self.in_shape)
-        self.out_bytes = _prod(self.out_shape)
+        self.in_bytes = bundle_mod.shape_size(self.in_shape)
+        self.out_bytes = bundle_mod.shape_size(self.out_shape)
         self.in_dtype = np.dtype(np.uint8 if self.bundle.in_unsigned else np.int8)
         self.out_dtype = np.dtype(np.uint8 if self.bundle.out_unsigned else np.int8)
         self.in_scale = self.bundle.in_scale
@@ -265,7 +258,7 @@ class Accelerator:
     @classmethod
     def open(cls, bundle_path, backend="pynq", *, timeout: float = DEFAULT_TIMEOUT,
              batch_size: Optional[int] = None, **kw) -> "Accelerator":
-        """Load and verify the bundle (flow.bundle.load), make the backend: ``"pynq"`` (the board:
+        """Load and verify the bundle (engine_io.bundle.load), make the backend: ``"pynq"`` (the board:
         ``host.pynq_backend.PynqBackend(bundle, **kw)``), ``"sim"`` (``host.sim.SimBackend(bundle,
         **kw)``: C-simulation), or a ready ``Backend`` instance. Raises AcceleratorError."""
         bundle = _load_bundle(bundle_path)

@@ -13,9 +13,9 @@ write it (``pynq.allocate`` buffers; the Accelerator flushes the parameter image
 pynq's DMA channel flushes what it sends and invalidates what it receives).
 
 * ``VqhlsEngineDriver``: the ``DefaultIP`` driver PYNQ binds to the engine (``bindto``): registers by
-  their ``host.regmap`` names (``read_reg("STATUS")``, ``write_reg("PARAMS", addr)`` for the 64-bit
+  their ``engine_io.regmap`` names (``read_reg("STATUS")``, ``write_reg("PARAMS", addr)`` for the 64-bit
   ones), ``start()``, ``done``/``idle``, and a check of the .hwh's register layout against
-  ``host.regmap``.
+  ``engine_io.regmap``.
 * ``PynqBackend``: the ``Backend`` the Accelerator drives. Every wait has a deadline (pynq's own
   ``DMAChannel.wait()`` and ``start()`` spin forever); a timeout raises ``AcceleratorTimeout`` naming
   the engine call or the DMA channel that hung.
@@ -45,7 +45,7 @@ except Exception as _e:   # pynq present but broken here (numpy 2: pynq 4.0 pins
     raise ModuleNotFoundError(f"{PYNQ_MISSING} [import pynq failed with numpy {np.__version__}: "
                               f"{type(_e).__name__}: {_e}]", name="pynq") from _e
 
-from host import regmap
+from engine_io import regmap
 from host.accelerator import AcceleratorError, AcceleratorTimeout, Backend, _load_bundle
 
 # The engine IP as Vitis HLS exports it and the block design's cells (flow/hls/vendor.py: ENGINE_VLNV,
@@ -87,16 +87,16 @@ def _hwh_names(r: regmap.Register) -> list[tuple[str, int]]:
 
 
 def _word_offset(name: str) -> int:
-    """Byte offset of a 32-bit register word by its host.regmap name ("STATUS", "PARAMS_LO", ...)."""
+    """Byte offset of a 32-bit register word by its engine_io.regmap name ("STATUS", "PARAMS_LO", ...)."""
     value = getattr(regmap, name, None)
     if (not isinstance(value, int) or name.startswith(("CTRL_", "ERR_"))
             or name in ("OK", "STATUS_OP_NONE", "ADDRESS_RANGE") or not 0 <= value < regmap.ADDRESS_RANGE):
-        raise KeyError(f"{name!r} is not a register of host.regmap")
+        raise KeyError(f"{name!r} is not a register of engine_io.regmap")
     return value
 
 
 class VqhlsEngineDriver(DefaultIP):
-    """PYNQ driver of the vqhls engine IP: registers by ``host.regmap`` name.
+    """PYNQ driver of the vqhls engine IP: registers by ``engine_io.regmap`` name.
 
     ``read_reg(name)`` / ``write_reg(name, value)`` take a register of ``regmap.REGISTERS`` ("CTRL",
     "N_IMAGES", "PARAMS", "CONFIG_HASH", "CYCLES", "STATUS", "REAL_CYCLES", ...; a 64-bit one is read /
@@ -164,7 +164,7 @@ class VqhlsEngineDriver(DefaultIP):
     def status_message(self) -> str:
         return regmap.status_message(self.read_reg("STATUS"))
 
-    # ---- the .hwh against host.regmap
+    # ---- the .hwh against engine_io.regmap
     def regmap_mismatches(self) -> list[str]:
         """Where the .hwh's register block (Vitis names) disagrees with host/regmap.py; [] when it agrees
         or when the .hwh carries no register list."""
@@ -178,9 +178,9 @@ class VqhlsEngineDriver(DefaultIP):
             for name, off in _hwh_names(r):
                 got = hwh.get(name)
                 if got is None:
-                    out.append(f"{name} missing (host.regmap: 0x{off:02x})")
+                    out.append(f"{name} missing (engine_io.regmap: 0x{off:02x})")
                 elif int(got.get("address_offset", -1)) != off:
-                    out.append(f"{name} at 0x{int(got['address_offset']):02x}, host.regmap says 0x{off:02x}")
+                    out.append(f"{name} at 0x{int(got['address_offset']):02x}, engine_io.regmap says 0x{off:02x}")
         return out
 
 

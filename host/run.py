@@ -9,7 +9,7 @@
    says "real cycles: not available (C-simulation)").
 
 Exit 0 when every comparison is bit-exact, 1 when one differs, 2 on an error (one line ``error: ...``).
-Imports neither torch nor the flow (only flow.bundle, and models.data): this runs on the board.
+Imports neither torch nor the flow (only engine_io, and models.data): this runs on the board.
 """
 from __future__ import annotations
 

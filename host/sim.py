@@ -1,5 +1,5 @@
 """The engine without a board: a deploy bundle's own C++ (``hls/firmware``, with the C ABI in
-``hls/tb/bridge.cpp``) compiled with g++ into a shared library by ``host.gxx_build`` (the build
+``hls/tb/bridge.cpp``) compiled with g++ into a shared library by ``engine_io.gxx_build`` (the build
 flow.hls.csim uses too), driven through a simulated AXI-Lite register file, AXI-Stream FIFOs, AXI DMA
 and DDR (the register-level entry ``vqhls_call`` of the bridge: one ap_start .. ap_done).
 
@@ -16,7 +16,7 @@ Model:
   engine and the DMA see a buffer's DDR copy, which ``flush()`` updates from the CPU view and
   ``invalidate()`` copies back, so a missing flush or invalidate shows here as on the board
   (``coherent=True``: one copy). ``mem_read`` / ``mem_write`` access DDR by physical address.
-* **AXI-Lite** (``read`` / ``write``, offsets from ``host.regmap``): CTRL (ap_start, ap_done
+* **AXI-Lite** (``read`` / ``write``, offsets from ``engine_io.regmap``): CTRL (ap_start, ap_done
   clear-on-read, ap_idle, ap_ready clear-on-read, auto_restart stored but not honoured), GIE/IER/ISR,
   N_IMAGES, PARAMS, and the outputs CONFIG_HASH, CYCLES (MODELLED), STATUS, REAL_CYCLES with their
   ap_vld words (clear-on-read). REAL_CYCLES reads ``regmap.REAL_CYCLES_NA``: the engine's real counter
@@ -35,9 +35,9 @@ Model:
 Each SimDevice loads a private copy of the library (the engine keeps its on-chip memories in
 statics: two devices are two engines); calls into it are serialized with a lock.
 
-Imports neither torch nor the flow (only ``flow.bundle``): runs wherever g++ and the ap_types
+Imports neither torch nor the flow (only ``engine_io``): runs wherever g++ and the ap_types
 headers (shipped by the hls4ml package, or ``VQHLS_AP_TYPES``) are. The library is cached with the
-flow's builds (``host.gxx_build.cache_root()``, or ``cache_dir``).
+flow's builds (``engine_io.cache.cache_root()``, or ``cache_dir``).
 """
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ from typing import Optional
 
 import numpy as np
 
-from host import gxx_build, regmap
+from engine_io import gxx_build, regmap
+from engine_io.cache import CacheError
 from host.accelerator import AcceleratorError, AcceleratorTimeout, Backend, DMA_MAX_BYTES, _load_bundle
 
 
@@ -71,7 +72,7 @@ def _as_bundle(bundle):
 
 def engine_sources(bundle) -> gxx_build.EngineSources:
     """The rendered engine a bundle ships (``hls/firmware``, ``hls/tb/tb.cpp``, ``hls/tb/bridge.cpp``), as
-    ``host.gxx_build`` builds it; SimError naming the fix when a piece is missing."""
+    ``engine_io.gxx_build`` builds it; SimError naming the fix when a piece is missing."""
     hls = Path(bundle.hls_dir)
     fw = Path(bundle.path) / bundle.manifest["hls"].get("firmware", "hls/firmware")
     if fw.resolve() != (hls / "firmware").resolve():
@@ -84,7 +85,7 @@ def engine_sources(bundle) -> gxx_build.EngineSources:
     return gxx_build.EngineSources(hls, bundle.config_hash)
 
 
-def _one_line(e: gxx_build.BuildError) -> str:
+def _one_line(e: Exception) -> str:
     """A build error in one line: its first line, and the first g++ line naming an error."""
     lines = str(e).splitlines()
     first_error = next((ln.strip() for ln in lines[1:] if "error" in ln), "")
@@ -92,12 +93,12 @@ def _one_line(e: gxx_build.BuildError) -> str:
 
 
 def build_library(bundle, *, cache_dir=None, force: bool = False) -> Path:
-    """Compile (or fetch from the cache: ``cache_dir``, else host.gxx_build.cache_root()) the bundle's engine,
-    testbench and bridge with g++ (``host.gxx_build.build``); returns the library."""
+    """Compile (or fetch from the cache: ``cache_dir``, else engine_io.cache.cache_root()) the bundle's engine,
+    testbench and bridge with g++ (``engine_io.gxx_build.build``); returns the library."""
     bundle = _as_bundle(bundle)
     try:
         return gxx_build.build_library(engine_sources(bundle), force=force, root=cache_dir)
-    except gxx_build.BuildError as e:
+    except (gxx_build.BuildError, CacheError) as e:
         raise SimError(_one_line(e)) from None
 
 

@@ -2,7 +2,7 @@
 
 ``python -m models.train --model resnet20 --data fashion-mnist --epochs 3``
 trains with progress bars and writes the checkpoint into the cache
-(``models.cache.cache_dir('checkpoints')``); ``get_trained`` reuses it.
+(``engine_io.cache.cache_dir('checkpoints')``); ``get_trained`` reuses it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,19 @@ from tqdm import tqdm
 
 from models import data as datasets
 from models import zoo
-from models.cache import CacheError, cache_dir, load_checkpoint
+from engine_io.cache import CacheError, cache_dir
+
+
+def load_checkpoint(model, path, fix: str = "delete it (or pass --retrain) to train the model again") -> None:
+    """Load the state_dict cached at ``path`` into ``model``; CacheError naming the path and ``fix`` when
+    the file is truncated, corrupt or from another model (torch's zip / unpickling / size errors)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:   # RuntimeError (zip, sizes), UnpicklingError, EOFError, KeyError, ...
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CacheError(f"cached checkpoint {path} is corrupt or does not fit the model ({type(e).__name__}: "
+                         f"{detail}): {fix}") from None
 
 
 def _as_tensor(x) -> torch.Tensor:

@@ -79,7 +79,7 @@ Not modelled: routing congestion, timing, LUT-FF packing losses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flow.boards import Board, get_board
 from flow.compile.engine import EngineConfig
@@ -830,7 +830,7 @@ def check_fit(engine: EngineConfig, board: Board | str = "pynq-z2", *, counts: d
         raise ResourceError(
             f"engine {engine.hash()} does not fit {b.name} ({b.part}) at the {level} end of the modelled range:\n"
             + "\n".join("  " + line for line in over)
-            + f"\n  fix: use EngineConfig.for_board({b.name!r}) (flow.boards.sizing), or change the fields above")
+            + f"\n  fix: use config_for_board({b.name!r}) (flow.boards.sizing), or change the fields above")
     return usage
 
 

@@ -1,4 +1,4 @@
-"""Board sizing: the EngineConfig a board gets (``EngineConfig.for_board``).
+"""Board sizing: the EngineConfig a board gets (``config_for_board``).
 
 ``config_for_board(board, n=, m=)`` starts from the board's *reference* build
 (REFERENCE: word width ``lanes``, codebook limits, activation buffers, channel

@@ -9,7 +9,7 @@ created) and raises one :class:`OptionsError` listing every problem it found:
 * the compression: ``flow.compress.plan`` of the method and its settings against
   the *untrained* model (what ``compress`` would do to each layer, without
   clustering), and a method that would compress no layer at all;
-* the engine and the board: ``EngineConfig.for_board(board, n, m)``, the board's
+* the engine and the board: ``config_for_board(board, n, m)``, the board's
   resource budget, and every planned layer against the engine's limits (codebook
   size and codeword length, the PEs' n:m, the lookup unit's v / K / subspaces);
 * a dry run of compress (one k-means iteration) -> quantize -> lower on the
@@ -70,7 +70,7 @@ def probe_model(opts: BuildOptions, problems: list[str]) -> tuple[str | None, An
         info = datasets.INFO[data_name]
         model = zoo.get(opts.model, in_channels=info["shape"][0], num_classes=info["classes"])
         if not opts.checkpoint:   # a zoo model without --checkpoint is trained into the cache (or read from it)
-            from models.cache import cache_dir
+            from engine_io.cache import cache_dir
 
             try:
                 cache_dir("checkpoints")
@@ -202,7 +202,7 @@ def preflight(opts: BuildOptions) -> None:
     board = get_board(opts.board)   # an unknown board: nothing else can be checked
 
     if _needs(opts, "csim"):
-        from host.gxx_build import ToolchainError, find_cxx
+        from engine_io.gxx_build import ToolchainError, find_cxx
 
         try:
             find_cxx()
@@ -212,10 +212,10 @@ def preflight(opts: BuildOptions) -> None:
     engine = None
     if _needs(opts, "lower"):
         from flow.boards.resource_model import check_fit
-        from flow.compile import EngineConfig
+        from flow.boards.sizing import config_for_board
 
         try:
-            engine = EngineConfig.for_board(opts.board, n=opts.n, m=opts.m)
+            engine = config_for_board(opts.board, n=opts.n, m=opts.m)
         except ValueError as e:
             problems.append(f"the {board.name} engine for --n {opts.n} --m {opts.m}: {_one_line(e)}")
         if engine is not None and _needs(opts, "fit"):

@@ -275,13 +275,13 @@ def stage_quantize(b: Build) -> None:
 
 def stage_lower(b: Build) -> None:
     from flow.boards import cycle_model, get_board
-    from flow.boards.sizing import size_engine
-    from flow.compile import EngineConfig, lower
+    from flow.boards.sizing import config_for_board, size_engine
+    from flow.compile import lower
 
     o = b.opts
     # the board's standard build when the model fits it (its cached engine), else one grown for the model
     # within the board's resources (SizingError lists every limit it cannot meet)
-    standard = EngineConfig.for_board(o.board, n=o.n, m=o.m).to_dict()
+    standard = config_for_board(o.board, n=o.n, m=o.m).to_dict()
     b.engine = size_engine(b.qgraph, o.board, n=o.n, m=o.m)
     grown = {k: v for k, v in b.engine.to_dict().items() if standard.get(k) != v}
     if grown:
@@ -436,7 +436,7 @@ def _tool_versions() -> dict[str, str]:
     import numpy
     import torch
 
-    from host.gxx_build import find_cxx
+    from engine_io.gxx_build import find_cxx
     from flow.hls.vendor import find_tool
 
     out = {"python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__}

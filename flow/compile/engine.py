@@ -3,8 +3,8 @@
 One bitstream runs any Program that fits its config: layer shapes are
 runtime values read from the op descriptors; these are the compile-time
 limits, the array geometry and the on-chip memory sizes the HLS templates are
-sized from. ``EngineConfig()`` is the PYNQ-Z2 build (``for_board("pynq-z2")``
-returns it after checking it against the resource model in ``flow.boards``).
+sized from. ``EngineConfig()`` is the PYNQ-Z2 build (``flow.boards.sizing.config_for_board("pynq-z2")``
+returns it after checking it against the resource model).
 
 Geometry (docs/engine.md has the full picture):
 
@@ -131,9 +131,3 @@ class EngineConfig:
         """Stable short hash naming the compiled engine (cache key, CONFIG_HASH register)."""
         return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
-    @classmethod
-    def for_board(cls, board: str, *, n: int | None = None, m: int | None = None) -> "EngineConfig":
-        """The engine sized for ``board`` (see flow.boards.sizing); ``n == m`` asks for the dense build."""
-        from flow.boards.sizing import config_for_board   # boards depends on compile, not the reverse at import
-
-        return config_for_board(board, n=n, m=m)

@@ -6,7 +6,7 @@ bundle stores); ``from_bytes`` is the exact inverse. This module imports
 neither torch nor the rest of the flow, so the host can use it on the board.
 
 Binary layout (little-endian, every array 4-byte aligned, offsets in bytes
-from the start of the blob). The header's one definition is ``host.program_image``
+from the start of the blob). The header's one definition is ``engine_io.program_image``
 (the board's bundle loader checks images with it, without the flow):
 
     word 0  magic 0x4C485156 ('VQHL')     word 1  FORMAT_VERSION
@@ -67,8 +67,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from host import program_image as _image
-from host.program_image import (  # noqa: F401  (re-exported: the format's one definition)
+from engine_io import program_image as _image
+from engine_io.program_image import (  # noqa: F401  (re-exported: the format's one definition)
     DESC_FIELDS, DESC_WORDS, FORMAT_VERSION, HEADER_WORDS, MAGIC, HeaderError, image_crc, seal,
 )
 
@@ -78,7 +78,7 @@ OPCODES = {"conv": CONV, "maxpool": MAXPOOL, "avgpool": AVGPOOL, "pq": PQ}
 # weight formats
 DENSE, CODEBOOK = 0, 1
 
-# DESC_WORDS and the descriptor's field order, DESC_FIELDS, are host.program_image's (the board reads
+# DESC_WORDS and the descriptor's field order, DESC_FIELDS, are engine_io.program_image's (the board reads
 # the first and last op's shapes from them)
 DERIVED_FIELDS = ("CW", "WB", "OCW", "OWB", "GR", "NG", "NPT", "NOT", "NSTEP", "passes", "dec", "vpc", "cpv",
                   "resident", "v_base", "cb_base", "w_base", "ch_base", "nsub", "lut_resident", "NVEC")
@@ -260,7 +260,7 @@ class Program:
         try:
             hdr = _image.parse_header(blob)
         except HeaderError as e:
-            from host import regmap
+            from engine_io import regmap
 
             fix = ("re-export it with this kit (flow.compile.lower, Program.to_bytes())" if e.code == regmap.ERR_VERSION
                    else "copy it again from its source, or rebuild it (Program.to_bytes())")

@@ -2,12 +2,12 @@
 
 ``validate(program, engine)`` refuses, with a :class:`ProgramError`, every
 Program the engine built for ``engine`` cannot run exactly as the golden
-executor (flow.quant.program_exec) does. The engine itself keeps only cheap
+executor (flow.compile.program_exec) does. The engine itself keeps only cheap
 checks (magic, version, checksum, compile-time limits); everything below used
 to be ``validate_op`` in hls_templates/engine/top.cpp.j2 plus the values the
 hardware checked while running, and is now done here once, in Python.
 
-``ProgramError.code`` is the host.regmap ERR_* code the engine reports (or
+``ProgramError.code`` is the engine_io.regmap ERR_* code the engine reports (or
 reported) for that class of error, ``ProgramError.op`` the failing op index
 (None when not op-specific). ``str(e)`` is one line::
 
@@ -55,7 +55,7 @@ placement (after every op passed)
                 vmem_entries / cb_rows / dmem_words; anything else flow.compile.layout.place refuses
     ERR_PARAM   every derived descriptor field (program.DERIVED_FIELDS) equals what
                 ``flow.compile.layout.place(program, engine)`` computes
-image (validate_image; the header is host.program_image's)
+image (validate_image; the header is engine_io.program_image's)
     ERR_MAGIC, ERR_VERSION, ERR_HEADER (descriptor words, n_ops, image size vs the header, the engine's
     param_bytes, alignment, truncation), the checksum (regmap.ERR_CRC), ERR_HEADER for a scale that is
     not positive and finite or a reserved header word that is not 0; then op by op the descriptor's own
@@ -71,7 +71,7 @@ Not checked: the signedness an op reads a buffer with (the golden executor and t
 the bytes with the reader's own flag).
 
 One definition of the rules: ``check_program(program)`` applies the rules above that hold for any
-engine (all but the engine-only ones listed next) and ``flow.quant.program_exec.run_program`` calls it
+engine (all but the engine-only ones listed next) and ``flow.compile.program_exec.run_program`` calls it
 first, so the golden executor refuses exactly what it would be unable to run, with the same message;
 ``validate`` applies the same functions with the engine's limits. Engine-only rules: ERR_OPCODE for PQ
 without a lookup unit; buffer indices below num_bufs and res_buf != in_buf; dimensions up to
@@ -92,9 +92,9 @@ from flow.compile.program import (
     HEADER_WORDS, MAGIC, MAXPOOL, PQ, Op, Program, ProgramFormatError, _array_shapes, decode_ops,
     reads_flattened,
 )
-from host import program_image as _image
-from host import regmap
-from host.program_image import CRC_WORD, HeaderError, image_crc
+from engine_io import program_image as _image
+from engine_io import regmap
+from engine_io.program_image import CRC_WORD, HeaderError, image_crc
 
 __all__ = ["ProgramError", "validate", "validate_image", "check_program", "image_bytes", "prepare"]
 
@@ -108,7 +108,7 @@ _OPNAMES = {CONV: "conv", MAXPOOL: "maxpool", AVGPOOL: "avgpool", PQ: "pq"}
 
 
 class ProgramError(ValueError):
-    """A Program the engine cannot run. ``code``: host.regmap ERR_* code; ``op``: failing op index or None;
+    """A Program the engine cannot run. ``code``: engine_io.regmap ERR_* code; ``op``: failing op index or None;
     ``field``: the descriptor field or parameter array at fault (None when not one field)."""
 
     def __init__(self, code: int, op: int | None, message: str, field: str | None = None):
@@ -510,7 +510,7 @@ def _check_ops(program: Program, engine: EngineConfig | None) -> None:
 def check_program(program: Program) -> None:
     """Raise :class:`ProgramError` unless ``program`` is well formed for any engine: the rules above
     without an engine's limits (its buffer count, sizes, kernel, k, d, ...) and without placement.
-    The golden executor (flow.quant.program_exec.run_program) runs exactly the programs this accepts;
+    The golden executor (flow.compile.program_exec.run_program) runs exactly the programs this accepts;
     ``validate`` applies the same rules (and the engine's) in the same order."""
     if not program.ops:
         raise _err(regmap.ERR_HEADER, "program", None, "a program without ops", "n_ops", 0, ">= 1",
@@ -583,7 +583,7 @@ _COUNT_CODES = {**{f: regmap.ERR_SHAPE for f in ("H", "W", "C", "OH", "OW", "OC"
 
 def validate_image(image: bytes, engine: EngineConfig) -> Program:
     """Check a packed Program image (``Program.to_bytes()``) for ``engine``; return the Program it holds
-    (scales and signedness from its header). The header rules are host.program_image's, checked in the
+    (scales and signedness from its header). The header rules are engine_io.program_image's, checked in the
     engine's order."""
     blob = bytes(image)
     size = len(blob)

@@ -7,7 +7,7 @@ The kernel is a plain C-ABI shared library.  It is looked up, in order:
    it is not older than the source and reports the expected ABI number;
 2. a copy in the kernel cache, keyed by the sha1 of the source, the compiler's version and the flags
    (``$VQHLS_KERNEL_CACHE``, else ``kernels/`` in the kit's cache: ``$VQHLS_CACHE`` or
-   ``<repo>/.cache/vqhls``, see models.cache; a per-user temporary directory when neither is writable);
+   ``<repo>/.cache/vqhls``, see engine_io.cache; a per-user temporary directory when neither is writable);
 3. otherwise it is compiled there once with ``$CXX`` (default ``g++``, which ``make setup`` installs):
    a few seconds (about 6 s of CPU); the build is written to a temporary name and renamed, so
    concurrent processes never load a half-written file.
@@ -55,7 +55,7 @@ def backend() -> str:
 
 
 def _cache_dirs() -> list[Path]:
-    """Where a build may live: $VQHLS_KERNEL_CACHE, else the kit's cache (models.cache: $VQHLS_CACHE or
+    """Where a build may live: $VQHLS_KERNEL_CACHE, else the kit's cache (engine_io.cache: $VQHLS_CACHE or
     <repo>/.cache/vqhls) under kernels/; then a per-user temporary directory when that is not writable."""
     env = os.environ.get("VQHLS_KERNEL_CACHE")
     dirs = []
@@ -63,7 +63,7 @@ def _cache_dirs() -> list[Path]:
         dirs.append(Path(env).expanduser())
     else:
         try:
-            from models.cache import cache_root
+            from engine_io.cache import cache_root
 
             dirs.append(cache_root() / "kernels")
         except Exception:  # noqa: BLE001 - an unusable cache only costs the fallback directory

@@ -27,8 +27,8 @@ from flow.compile.program import Program
 from flow.compile.validate import prepare, validate_image
 from flow.hls import vectors
 from flow.hls.project import Project, load_project, rendered_hash, template_hash, write_project
-from host import gxx_build, regmap
-from host.gxx_build import cache_root
+from engine_io import gxx_build, regmap
+from engine_io.cache import cache_root
 
 
 class CSimError(RuntimeError):
@@ -62,7 +62,7 @@ def _as_project(project: Project | str | os.PathLike) -> Project:
 
 
 def engine_sources(project: Project) -> gxx_build.EngineSources:
-    """What ``host.gxx_build`` builds of a rendered project (the same files a deploy bundle ships)."""
+    """What ``engine_io.gxx_build`` builds of a rendered project (the same files a deploy bundle ships)."""
     return gxx_build.EngineSources(project.path, project.engine.hash())
 
 

@@ -99,7 +99,7 @@ def _dump(key: str, fw_s: str, gxx: str, inc: str) -> str:
 def multiplier_sites(project_dir: str | Path) -> dict[str, list[tuple[str, int]]] | None:
     """{function: [(firmware-relative file, line) of each run-time multiply]} for every firmware function
     g++ emits (empty lists included); None when g++ is not installed. Raises MultCompileError."""
-    from host.gxx_build import ap_types_dir
+    from engine_io.gxx_build import ap_types_dir
 
     root = Path(project_dir)
     fw = (root / "firmware").resolve()

@@ -36,9 +36,9 @@ from flow.compile.engine import EngineConfig
 from flow.compile.program import Program
 from flow.compile.validate import prepare
 from flow.hls import cycle_counter, vectors
-from host import program_image, regmap
-from host.files import swap_into_place
-from host.gxx_build import CXXFLAGS   # the Makefile's flags are the g++ build's
+from engine_io import program_image, regmap
+from engine_io.files import swap_into_place
+from engine_io.gxx_build import CXXFLAGS   # the Makefile's flags are the g++ build's
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hls_templates"
 PROJECT_NAME = "vqhls"

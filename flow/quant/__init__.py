@@ -2,12 +2,12 @@
 
 Torch-free parts import eagerly; ``quantize_model`` (needs torch) is loaded on first use.
 """
-from flow.quant.golden import evaluate, predict, quantize_input, run, run_program
+from flow.quant.golden import evaluate, predict, quantize_input, run
 from flow.quant.graph import QGraph, QNode, QTensor
 from flow.quant.requant import quantize_multiplier, requantize
 
 __all__ = ["requantize", "quantize_multiplier", "QGraph", "QNode", "QTensor", "quantize_input", "run",
-           "run_program", "predict", "evaluate", "quantize_model", "UnsupportedLayerError"]
+           "predict", "evaluate", "quantize_model", "UnsupportedLayerError"]
 
 
 def __getattr__(name: str):

@@ -1,8 +1,8 @@
 """The integer golden model: the one executable definition of the numeric contract.
 
-* ``run(graph_or_program, x_int)``: integer inference on a QGraph (or a Program);
-* ``run_program(program, x_int)``: a Program executed from its packed integer
-  arrays exactly as the engine does (C-simulation is compared with this);
+* ``run(graph, x_int)``: integer inference on a QGraph (a compiled Program is
+  executed by ``flow.compile.program_exec.run_program``, exactly as the engine
+  does; C-simulation is compared with that);
 * ``quantize_input`` / ``predict`` / ``evaluate``: the float <-> integer edges.
 
 Everything between ``quantize_input`` and the final dequantization is integer
@@ -15,10 +15,9 @@ import numpy as np
 
 from flow.quant import ops as K
 from flow.quant.graph import QGraph, QNode
-from flow.quant.program_exec import ProgramExecError, run_program  # noqa: F401  (re-exported)
 from flow.quant.requant import requantize
 
-__all__ = ["quantize_input", "run", "run_program", "predict", "evaluate", "run_node"]
+__all__ = ["quantize_input", "run", "predict", "evaluate", "run_node"]
 
 
 def quantize_input(x_float_nchw, scale: float, unsigned: bool) -> np.ndarray:
@@ -75,47 +74,34 @@ def _run_graph(graph: QGraph, x_int: np.ndarray, batch_size: int, return_all: bo
     return np.concatenate(result)
 
 
-def run(graph_or_program, x_int: np.ndarray, batch_size: int = 256, return_all: bool = False):
+def run(graph: QGraph, x_int: np.ndarray, batch_size: int = 256, return_all: bool = False):
     """Integer inference. x_int: int [B,H,W,C] (from ``quantize_input``).
 
     Returns int64 [B,OH,OW,OC], the output tensor's integers (multiply by its scale for real values).
-    ``return_all=True`` returns every node's output instead: {node name: array} for a QGraph,
-    a list in op order for a Program.
+    ``return_all=True`` returns every node's output instead: {node name: array}.
     """
-    x_int = np.asarray(x_int)
-    if isinstance(graph_or_program, QGraph):
-        return _run_graph(graph_or_program, x_int, batch_size, return_all)
-    if hasattr(graph_or_program, "ops") and hasattr(graph_or_program, "to_bytes"):
-        if return_all:
-            return run_program(graph_or_program, x_int, return_all=True)
-        outs = [run_program(graph_or_program, x_int[i: i + batch_size]) for i in range(0, len(x_int), batch_size)]
-        return np.concatenate(outs)
-    raise TypeError(f"run: expected a QGraph or a Program, got {type(graph_or_program).__name__}")
+    if not isinstance(graph, QGraph):
+        raise TypeError(f"run: expected a QGraph, got {type(graph).__name__} (a Program runs with "
+                        "flow.compile.program_exec.run_program)")
+    return _run_graph(graph, np.asarray(x_int), batch_size, return_all)
 
 
-def _in_format(gp) -> tuple[float, bool, float]:
-    """(input scale, input unsigned, output scale) of a QGraph or Program."""
-    if isinstance(gp, QGraph):
-        return gp.in_tensor.scale, gp.in_tensor.unsigned, gp.out_tensor.scale
-    return gp.in_scale, bool(gp.ops[0].in_unsigned), gp.out_scale
-
-
-def predict(graph_or_program, x_float, batch_size: int = 256) -> np.ndarray:
+def predict(graph: QGraph, x_float, batch_size: int = 256) -> np.ndarray:
     """Float inputs [B,C,H,W] -> dequantized outputs: [B,OC] when the output is 1x1 (logits),
     else [B,OC,OH,OW] (torch layout)."""
-    s_in, uns, s_out = _in_format(graph_or_program)
-    y = run(graph_or_program, quantize_input(x_float, s_in, uns), batch_size=batch_size) * s_out
+    s_in, uns, s_out = graph.in_tensor.scale, graph.in_tensor.unsigned, graph.out_tensor.scale
+    y = run(graph, quantize_input(x_float, s_in, uns), batch_size=batch_size) * s_out
     return y[:, 0, 0, :] if y.shape[1:3] == (1, 1) else y.transpose(0, 3, 1, 2)
 
 
-def evaluate(model, graph_or_program, x, y, batch_size: int = 256) -> dict:
+def evaluate(model, graph: QGraph, x, y, batch_size: int = 256) -> dict:
     """Float (torch ``model``; None to skip) vs integer top-1 accuracy on x float [N,C,H,W], y [N].
 
     Returns {'float_acc', 'int_acc', 'agreement' (fraction of equal predictions), 'n'}.
     Argmax ties go to the lowest index (numpy's argmax), as in hardware.
     """
     y = np.asarray(y.numpy() if hasattr(y, "numpy") else y)
-    logits_q = predict(graph_or_program, x, batch_size)
+    logits_q = predict(graph, x, batch_size)
     pred_q = logits_q.reshape(len(logits_q), -1).argmax(1)
     out = {"int_acc": float((pred_q == y).mean()) if len(y) else 0.0, "n": int(len(y))}
     if model is not None:

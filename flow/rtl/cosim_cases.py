@@ -4,7 +4,7 @@
     print_table(run_all(default_program_dir()))   # renders, simulates (cocotb + Icarus), compares bit for bit
 
 A pe_array case is one conv layer: its int weights (decoded from codebook + n:m masks with
-flow.quant.program_exec.op_weights) and keep bits, random activations, driven through the core in the
+flow.compile.program_exec.op_weights) and keep bits, random activations, driven through the core in the
 engine's order (cycle_formulas.conv_schedule: pixel tile, oc tile, step = kernel tap x channel word, then the
 tile's pixel groups); the accumulators that come out are compared with flow.quant.ops.conv2d (no bias)
 with np.array_equal, and the measured cycles with cycle_formulas.pe_array_cycles. The testbench
@@ -29,7 +29,7 @@ from flow.compile.engine import EngineConfig
 from flow.compile.layout import derived_fields
 from flow.compile.program import CODEBOOK, CONV, DENSE, Program
 from flow.quant import ops as K
-from flow.quant.program_exec import op_weights
+from flow.compile.program_exec import op_weights
 from flow.quant.requant import requantize
 from flow.compile.layout import cdiv
 from flow.rtl import cycle_formulas

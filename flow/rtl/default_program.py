@@ -4,7 +4,7 @@
     prog = Program.from_bytes((out / "program.bin").read_bytes())
 
 Built on first use with ``python -m flow.build --model lenet-digits --method mvq --stage hls`` (as `make
-csim` lowers it; training reuses the checkpoint cache) into the kit's cache (``models.cache``:
+csim` lowers it; training reuses the checkpoint cache) into the kit's cache (``engine_io.cache``:
 $VQHLS_CACHE or <repo>/.cache/vqhls), never into the repository's build/. The folder's key is a digest of
 its inputs: the build's arguments and the sources that make it (the Python of flow/ outside flow/rtl,
 models/, and hls_templates/), so an edit to the compiler or the templates builds it again. A build is
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from models.cache import cache_dir
+from engine_io.cache import cache_dir
 
 MODEL = "lenet-digits"
 METHOD = "mvq"

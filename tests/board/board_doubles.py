@@ -44,7 +44,7 @@ from pynq.buffer import PynqBuffer
 from pynqmetadata.frontends import Metadata
 from pynqmetadata.views.runtime import RuntimeMetadataParser
 
-from host import regmap
+from engine_io import regmap
 from host.pynq_backend import ENGINE_VLNV
 from host.sim import SimDevice, SimError
 
@@ -415,7 +415,7 @@ class _CountingWindow(_EngineWindow):
     """The engine's registers with REAL_CYCLES as the hardware has it: the C-simulated engine has no
     counter (it answers all ones), so this window plays one, answering ``cycles`` per call at the words
     Vitis gives the top's last argument (0x48 low, 0x4C high, 0x50 ap_vld: written out here, not taken
-    from host.regmap, so a host reading another offset gets something else)."""
+    from engine_io.regmap, so a host reading another offset gets something else)."""
 
     LO, HI, VLD = 0x48, 0x4C, 0x50
 

@@ -9,7 +9,7 @@ Session fixtures:
   ``python -m flow.build --board pynq-z2 --finetune-epochs 1 --limit 40 --vectors 6`` (~5 s);
   ``$VQHLS_MAIN_PYTHON`` overrides the interpreter (default ``<repo>/.venv/bin/python``).
 * ``board_bundle``: a copy of it with the derived ``vqhls.hwh`` and a dummy ``vqhls.bit``
-  (board_doubles.with_bitstream), loaded with flow.bundle.
+  (board_doubles.with_bitstream), loaded with engine_io.bundle.
 * ``other_engine_bundle``: the same model for another EngineConfig (VQ on the dense 4:4 build).
 * the sim backend's compiled engines go to a session cache directory; the ap_types headers come from
   ``$VQHLS_AP_TYPES``, else from the main environment's hls4ml (not installed here).
@@ -76,7 +76,7 @@ def _ap_types():
 
     if importlib.util.find_spec("hls4ml") is None:
         py = _main_env_python()
-        proc = subprocess.run([str(py), "-c", "from host.gxx_build import ap_types_dir; print(ap_types_dir())"],
+        proc = subprocess.run([str(py), "-c", "from engine_io.gxx_build import ap_types_dir; print(ap_types_dir())"],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             pytest.fail(f"cannot locate the ap_types headers through {py}:\n{proc.stderr[-2000:]}")
@@ -97,7 +97,7 @@ def board_bundle_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def board_bundle(board_bundle_dir, tmp_path_factory):
     from board_doubles import with_bitstream
-    from flow.bundle import load
+    from engine_io.bundle import load
 
     return load(with_bitstream(board_bundle_dir, tmp_path_factory.mktemp("bundle") / "deploy"))
 
@@ -105,7 +105,7 @@ def board_bundle(board_bundle_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def other_engine_bundle(tmp_path_factory):
     """The same model on another engine: VQ on the dense PYNQ-Z2 build (n = m = 4), another EngineConfig."""
-    from flow.bundle import load
+    from engine_io.bundle import load
 
     return load(_build(tmp_path_factory.mktemp("build-dense") / "lenet", "--method", "vq", "--n", "4", "--m", "4"))
 

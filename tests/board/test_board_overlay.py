@@ -13,7 +13,7 @@ from pynqmetadata.frontends import Metadata
 from pynqmetadata.views.runtime import RuntimeMetadataParser
 
 from board_doubles import DMA_REGISTER_NAMES, MM2S, REPO, S2MM, derive_hwh
-from host import regmap
+from engine_io import regmap
 from host.pynq_backend import ENGINE_CELL, ENGINE_VLNV, VqhlsEngineDriver
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from board_doubles import (REPO, CountingEngineDevice, DdrBitFlipDevice, PatchedHashDevice, SimPynqDevice,
                            StuckDmaDevice, derive_hwh, with_bitstream)
-from host import regmap
+from engine_io import regmap
 from host.accelerator import Accelerator, AcceleratorError, AcceleratorTimeout
 from host.pynq_backend import PYNQ_MISSING, PynqBackend, VqhlsEngineDriver
 

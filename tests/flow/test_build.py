@@ -54,7 +54,7 @@ def full_build(tmp_path_factory):
 def test_full_build_makes_a_loadable_bundle_and_a_report(full_build):
     from flow import bundle
     from flow.compile.program import Program
-    from flow.quant.golden import run_program
+    from flow.compile.program_exec import run_program
 
     out, r = full_build
     assert r.returncode == 0, r.stdout + r.stderr
@@ -189,11 +189,11 @@ WIDE_MODEL_FILE = textwrap.dedent('''
 @pytest.mark.csim
 def test_model_file_too_big_for_the_standard_engine_gets_a_sized_one(tmp_path):
     """flow.build sizes the engine for the model (flow.boards.sizing) and C-simulates that engine bit-exactly."""
-    from flow.compile import EngineConfig
+    from flow.boards.sizing import config_for_board
 
     src, ckpt = _model_file(tmp_path, WIDE_MODEL_FILE, "net")
     need = 28 * 28 * 96
-    assert need > EngineConfig.for_board("pynq-z2").act_buf_bytes   # the premise: the standard build is too small
+    assert need > config_for_board("pynq-z2").act_buf_bytes   # the premise: the standard build is too small
     summary = tmp_path / "s.json"
     r = _run("--model-file", f"{src}:net", "--checkpoint", str(ckpt), "--data", "fashion-mnist",
              "--method", "vq", "--k", "16", "--finetune-epochs", "0", "--stage", "csim", "--limit", "10",

@@ -136,7 +136,7 @@ def test_round_trip(built, image, hls_dir, bitfiles):
     src = tree(hls_dir / "firmware")
     assert tree(b.hls_dir / "firmware") == src and "top.cpp" in src
     assert (b.hls_dir / "project.json").read_bytes() == (hls_dir / "project.json").read_bytes()
-    # of tb/ only the testbench main and the bridge (host.gxx_build builds them for the sim backend), no vectors
+    # of tb/ only the testbench main and the bridge (engine_io.gxx_build builds them for the sim backend), no vectors
     assert tree(b.hls_dir / "tb") == {rel: (hls_dir / "tb" / rel).read_bytes() for rel in ("bridge.cpp", "tb.cpp")}
 
     # the manifest lists every other file, with its size and sha256
@@ -287,13 +287,13 @@ def test_regmap_version(built):
 
 
 def test_regmap_version_tracks_offsets(monkeypatch):
-    from host import regmap
+    from engine_io import bundle as bundle_format, regmap
 
-    before = bundle_mod._regmap_version()
+    before = bundle_format._regmap_version()
     regs = list(regmap.REGISTERS)
     regs[-1] = regmap.Register("STATUS", regmap.STATUS + 8, "ro", 32, "status")
     monkeypatch.setattr(regmap, "REGISTERS", tuple(regs))
-    assert bundle_mod._regmap_version() != before
+    assert bundle_format._regmap_version() != before
 
 
 # --------------------------------------------------------------------------- atomicity
@@ -440,11 +440,11 @@ def test_numpy_scalars_in_metadata(tmp_path, image, hls_dir):
 def test_import_pulls_in_neither_torch_nor_the_flow(built):
     code = (
         "import sys\n"
-        "import flow.bundle as fb\n"
+        "import engine_io.bundle as fb\n"
         f"b = fb.load({str(built)!r})\n"
         "b.vectors(); b.program_image()\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m == 'jinja2'\n"
-        "             or (m.startswith('flow.') and m != 'flow.bundle'))\n"
+        "             or m == 'flow' or m.startswith(('flow.', 'host', 'models')))\n"
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )

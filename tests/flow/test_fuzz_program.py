@@ -39,8 +39,8 @@ from flow.compile.program import (  # noqa: E402
     CODEBOOK, DESC_FIELDS, DESC_WORDS, HEADER_WORDS, Program, ProgramFormatError, seal,
 )
 from flow.compile.validate import ProgramError, check_program  # noqa: E402
-from flow.quant.program_exec import ProgramExecError, run_program  # noqa: E402
-from host.program_image import CRC_START  # noqa: E402
+from flow.compile.program_exec import ProgramExecError, run_program  # noqa: E402
+from engine_io.program_image import CRC_START  # noqa: E402
 
 FAST_EXAMPLES = 200
 LONG_EXAMPLES = int(os.environ.get("VQHLS_FUZZ_EXAMPLES", "5000"))
@@ -277,7 +277,7 @@ def test_fuzz_program_is_exact_on_the_engine(engine):
 def test_cross_op_inconsistencies_are_refused_like_the_golden(engine, op, field, value):
     """Descriptor edits behind a valid CRC that only the dataflow between ops reveals: the golden model
     and the engine's load path refuse them with the same one-line rule (ERR_BUFFER, the op)."""
-    from host import regmap
+    from engine_io import regmap
 
     b = bytearray(IMAGE)
     _word(b, 4 * (HEADER_WORDS + op * DESC_WORDS + DESC_FIELDS.index(field)), value)

@@ -1,4 +1,4 @@
-"""The Program image header (format 4, host.program_image): input / output scales and signedness travel
+"""The Program image header (format 4, engine_io.program_image): input / output scales and signedness travel
 with the image and are checksummed; the host checks (Program.from_bytes, validate_image, the bundle and
 the accelerator) and the engine's load call read the one definition."""
 from __future__ import annotations
@@ -20,8 +20,8 @@ from flow.compile.program import (  # noqa: E402
     FORMAT_VERSION, HEADER_WORDS, Program, ProgramFormatError, image_crc, seal,
 )
 from flow.compile.validate import ProgramError, validate_image  # noqa: E402
-from host import program_image as pim  # noqa: E402
-from host import regmap  # noqa: E402
+from engine_io import program_image as pim  # noqa: E402
+from engine_io import regmap  # noqa: E402
 from host.accelerator import AcceleratorError, check_program_image  # noqa: E402
 
 
@@ -138,7 +138,7 @@ def test_engine_checks_the_checksummed_header_words(prog):
         assert e.value.code == code, (word, str(e.value))
     engine.load_image(image)
     x = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1)).astype(np.uint8)
-    from flow.quant.golden import run_program
+    from flow.compile.program_exec import run_program
     want = (run_program(prog, x).astype(np.int64) & 0xFF).astype(np.uint8).reshape(3, -1)
     assert np.array_equal(engine.run_bytes(x.reshape(3, -1)), want)
 

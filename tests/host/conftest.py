@@ -34,7 +34,7 @@ def sim_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundle(bundle_path):
-    from flow.bundle import load
+    from engine_io.bundle import load
 
     return load(bundle_path)
 

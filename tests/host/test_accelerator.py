@@ -6,7 +6,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from host import regmap
+from engine_io import regmap
 from host.accelerator import Accelerator, AcceleratorError, AcceleratorTimeout, Backend, check_program_image
 from host.sim import SimBackend, SimDevice
 

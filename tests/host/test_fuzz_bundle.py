@@ -1,4 +1,4 @@
-"""Fuzzing the deploy-bundle loader (flow.bundle.load, and the host's Accelerator on top of it) with
+"""Fuzzing the deploy-bundle loader (engine_io.bundle.load, and the host's Accelerator on top of it) with
 hypothesis: a real bundle (python -m flow.build, tests/host/conftest.py) is copied and mutated -
 manifest fields set to other values and types, removed or added; any file's bytes flipped, cut or
 extended; files removed, added or replaced by a directory. Every mutant is either refused with a
@@ -23,7 +23,7 @@ pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from flow.bundle import MANIFEST, BundleError, load  # noqa: E402
+from engine_io.bundle import MANIFEST, BundleError, load  # noqa: E402
 
 FAST_EXAMPLES = 100
 LONG_EXAMPLES = int(os.environ.get("VQHLS_FUZZ_EXAMPLES", "5000"))

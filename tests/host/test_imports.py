@@ -1,5 +1,5 @@
-"""host/* runs on the board: it imports neither torch nor the flow nor the models package (flow.bundle and
-models.data, numpy only, excepted), at import time or while it runs. Checked in a fresh interpreter where those imports fail, through a full sim inference."""
+"""host/* runs on the board: it imports neither torch nor the flow nor the models package (models.data,
+numpy only, excepted; what it shares with the flow is in engine_io), at import time or while it runs. Checked in a fresh interpreter where those imports fail, through a full sim inference."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 BLOCKER = textwrap.dedent("""
     import importlib.abc, sys
 
-    ALLOWED = {"flow", "flow.bundle", "models", "models.data"}   # models.data: numpy only (host.run's datasets)
+    ALLOWED = {"models", "models.data"}   # models.data: numpy only (host.run's datasets)
 
     class Blocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -35,7 +35,7 @@ def run_blocked(body: str, env_extra: dict) -> subprocess.CompletedProcess:
 def test_host_runs_without_torch_or_the_flow(bundle_path, sim_cache, sim_library):
     proc = run_blocked(f"""
         import numpy as np
-        import host, host.regmap, host.accelerator, host.sim, host.run
+        import host, engine_io.regmap, host.accelerator, host.sim, host.run
         from host.accelerator import Accelerator
 
         acc = Accelerator.open({str(bundle_path)!r}, backend="sim")
@@ -49,7 +49,8 @@ def test_host_runs_without_torch_or_the_flow(bundle_path, sim_cache, sim_library
         assert rc == 0, rc
         bad = sorted(m for m in sys.modules
                      if m.split(".")[0] in ("torch", "hls4ml", "jinja2")
-                     or (m.startswith(("flow.", "models.")) and m not in ("flow.bundle", "models.data")))
+                     or m == "flow" or m.startswith("flow.")
+                     or (m.startswith("models.") and m != "models.data"))
         assert not bad, bad
         print("HOST-ISOLATED-OK")
     """, {"VQHLS_CACHE": str(sim_cache)})
@@ -59,7 +60,7 @@ def test_host_runs_without_torch_or_the_flow(bundle_path, sim_cache, sim_library
 
 def test_regmap_import_is_light():
     proc = run_blocked("""
-        import host.regmap
+        import engine_io.regmap
         assert "numpy" not in sys.modules and "host.accelerator" not in sys.modules, sorted(sys.modules)
         import host
         assert host.Accelerator.__name__ == "Accelerator"

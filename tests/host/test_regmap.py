@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from host import regmap
+from engine_io import regmap
 
 
 def test_real_cycles_follows_status_as_vitis_lays_it_out():

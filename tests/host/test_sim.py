@@ -1,5 +1,5 @@
 """host.sim: the bundle's engine compiled with g++, driven through the simulated AXI-Lite registers, streams,
-DMA and DDR exactly as the board's host drives the hardware (register names from host.regmap)."""
+DMA and DDR exactly as the board's host drives the hardware (register names from engine_io.regmap)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from host import gxx_build, regmap
+from engine_io import gxx_build, regmap
 from host.sim import SimDevice, SimError, SimTimeout, build_library, engine_sources
 
 
@@ -267,7 +267,7 @@ def test_each_device_is_its_own_engine(bundle, sim_cache, sim_library):
 
 
 def test_ap_types_override(bundle, tmp_path, monkeypatch):
-    from host.gxx_build import ap_types_dir
+    from engine_io.gxx_build import ap_types_dir
 
     real = ap_types_dir()
     monkeypatch.setenv("VQHLS_AP_TYPES", str(real))

@@ -308,7 +308,7 @@ def test_check_fit_names_every_over_used_resource():
     assert f"BRAM36 high {int(u.bram36)} " in msg and "/ 112 (80% of 140)" in msg
     assert f"DSP high {u.dsp} " in msg and "/ 198 (90% of 220)" in msg
     assert f"LUT high {u.lut} " in msg and "/ 37240 (70% of 53200)" in msg
-    assert "EngineConfig.for_board('pynq-z2')" in msg
+    assert "config_for_board('pynq-z2')" in msg
 
 
 def test_check_fit_charges_the_firmware_multiplies():
@@ -349,7 +349,7 @@ def test_dense_pynq_z2_build_fits_at_the_high_end():
     assert e.dense and e.n == e.m == 4
     check_fit(e, "pynq-z2")
     assert estimate(e).units["array.mux"].lut == Range.exact(0)
-    assert EngineConfig.for_board("pynq-z2", n=4, m=4) == e
+    assert config_for_board("pynq-z2", n=4, m=4) == e
 
 
 def test_zcu104_build_fits_and_is_larger():

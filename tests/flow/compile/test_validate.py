@@ -19,7 +19,7 @@ from flow.compile.program import (
     CODEBOOK, DENSE, DERIVED_FIELDS, DESC_FIELDS, DESC_WORDS, HEADER_WORDS, Op, Program, replace, seal,
 )
 from flow.compile.validate import ERR_CRC, ProgramError, image_bytes, validate, validate_image
-from host import regmap
+from engine_io import regmap
 
 SMALL = EngineConfig(pq=True, rows=4, cols=4, lanes=4, n=1, m=4, k_max=64, d_max=8, act_buf_bytes=4096, num_bufs=3,
                      max_channels=64, max_kernel=5, max_ops=8, dsp_rows=0, acc_groups=8, vmem_entries=4096,

@@ -573,7 +573,8 @@ def test_pq_resnet_block_with_dense_1x1_shortcut_lowers_bit_exact():
     from flow.compile import EngineConfig, lower
     from flow.compress import compress
     from flow.quant.convert import quantize_model
-    from flow.quant.golden import quantize_input, run, run_program
+    from flow.quant.golden import quantize_input, run
+    from flow.compile.program_exec import run_program
 
     torch.manual_seed(0)
     x = torch.rand(48, 1, 8, 8)

@@ -195,7 +195,7 @@ def check_exact_on(engine, wide_engine, prog: Program, x: np.ndarray) -> np.ndar
 
 def check_exact(engine, prog: Program, x: np.ndarray) -> np.ndarray:
     """C-sim (bridge) vs the golden model, bit-exact; returns the outputs."""
-    from flow.quant.golden import run_program
+    from flow.compile.program_exec import run_program
 
     want = run_program(prog, x)
     got = engine.predict(prog, x)

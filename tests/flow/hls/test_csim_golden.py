@@ -1,4 +1,4 @@
-"""C-simulation of the HLS engine vs the golden model (flow.quant.golden.run_program): bit-exact."""
+"""C-simulation of the HLS engine vs the golden model (flow.compile.program_exec.run_program): bit-exact."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flow.compile.program import CODEBOOK, DENSE, Program
-from flow.quant.golden import run_program
+from flow.compile.program_exec import run_program
 from hls_testlib import (check_exact, check_exact_on, conv_op, conv_program, fits, lenet_program, pool_op, program,
                          rand_inputs, resnet20_program)
 
@@ -392,13 +392,13 @@ def test_exact_width_types_are_bit_exact(exact_engine, engine):
 @pytest.mark.slow
 @pytest.mark.parametrize("board,nm", [("pynq-z2", (4, 4)), ("zcu104", (None, None))], ids=["pynq-dense", "zcu104"])
 def test_board_builds_are_bit_exact(board, nm):
-    """The other board builds (EngineConfig.for_board): the dense PYNQ-Z2 baseline (plain PEs, no
+    """The other board builds (flow.boards.sizing.config_for_board): the dense PYNQ-Z2 baseline (plain PEs, no
     muxes) and the ZCU104 array (16-byte words) compile, fit their part and compute the golden bits."""
     from flow.boards.resource_model import check_fit
-    from flow.compile.engine import EngineConfig
+    from flow.boards.sizing import config_for_board
     from flow.hls.csim import CsimEngine
 
-    cfg = EngineConfig.for_board(board, n=nm[0], m=nm[1])
+    cfg = config_for_board(board, n=nm[0], m=nm[1])
     check_fit(cfg, board)
     eng = CsimEngine(cfg)
     rng = _rng("board", board)

@@ -17,7 +17,7 @@ import pytest
 from flow.compile.program import DENSE
 from flow.hls.csim import CsimEngine, InvariantError
 from flow.hls.project import write_project
-from flow.quant.golden import run_program
+from flow.compile.program_exec import run_program
 from hls_testlib import DEFAULT_CFG, conv_op, program, rand_inputs
 
 pytestmark = pytest.mark.csim
@@ -78,7 +78,7 @@ def _retarget_output(prog, engine_config) -> bytes:
     """The placed image of ``prog`` with the conv's out_buf set to its in_buf (descriptor word 2), resealed."""
     from flow.compile.program import DESC_FIELDS, DESC_WORDS, HEADER_WORDS
     from flow.compile.validate import prepare
-    from host.program_image import seal
+    from engine_io.program_image import seal
 
     blob = bytearray(prepare(prog, engine_config).to_bytes())
     word = 4 * (HEADER_WORDS + DESC_FIELDS.index("out_buf"))

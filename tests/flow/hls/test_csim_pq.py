@@ -13,7 +13,7 @@ from flow.compile.engine import EngineConfig
 from flow.compile.layout import place
 from flow.compile.program import PQ, Program
 from hls_testlib import check_exact, conv_op, pq_op, pq_program, program, rand_inputs
-from host import regmap
+from engine_io import regmap
 
 pytestmark = pytest.mark.csim
 
@@ -216,7 +216,7 @@ def test_engine_checks_the_crc(engine):
     from flow.compile.layout import place
     from flow.compile.validate import ProgramError
     from flow.hls.csim import EngineError
-    from flow.quant.golden import run_program
+    from flow.compile.program_exec import run_program
 
     rng = _rng("crc")
     prog = place(pq_program(rng, H=4, W=4, C=3, OC=5, K=3, pad=1, v=9, Kp=8), engine.config)

@@ -18,11 +18,12 @@ from flow.compile.program import CODEBOOK, DESC_FIELDS, DESC_WORDS, HEADER_WORDS
 from flow.compile.validate import ProgramError, validate
 from flow.hls.csim import CSimMismatch, CsimEngine, EngineError, csim, engine_sources
 from flow.hls.project import Project, write_project
-from flow.quant.golden import run_program
+from flow.compile.program_exec import run_program
 from hls_testlib import (DEFAULT_CFG, SMALL_CFG, conv_op, conv_program, lenet_program, pool_op, pq_op, program,
                          rand_inputs)
-from host import gxx_build, regmap
-from host.gxx_build import CXXFLAGS, APTypesNotFound, ToolchainError, ap_types_dir, build_key, cache_root, find_cxx
+from engine_io import gxx_build, regmap
+from engine_io.gxx_build import CXXFLAGS, APTypesNotFound, ToolchainError, ap_types_dir, build_key, find_cxx
+from engine_io.cache import cache_root
 
 
 def _refusal(engine: CsimEngine, prog: Program) -> tuple[int, int | None]:

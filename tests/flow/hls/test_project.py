@@ -16,7 +16,7 @@ from flow.hls import lint as lint_mod
 from flow.hls import project as project_mod
 from flow.hls.project import UnsupportedEngineConfig, load_project, write_project
 from hls_testlib import DEFAULT_CFG, ODD_CFG, SMALL_CFG
-from host import regmap
+from engine_io import regmap
 
 FIRMWARE = ["codebook_decoder.h", "cycle_counter.cpp", "cycle_counter.h", "engine_config.h", "lookup_engine.h",
             "memories.h", "op_plan.h", "param_loader.h", "post_op.h", "regmap.h", "systolic_array.h", "top.cpp", "top.h",
@@ -268,7 +268,7 @@ def test_build_tcl(default_project):
 @pytest.mark.vitis
 def test_vitis_csim_and_synthesis(tmp_path):
     from hls_testlib import lenet_program, rand_inputs
-    from flow.quant.golden import run_program
+    from flow.compile.program_exec import run_program
 
     if not shutil.which("vitis_hls"):
         pytest.skip("vitis_hls not installed: where it is, run `python -c \"from flow.hls.project import write_project; "
@@ -292,7 +292,7 @@ def test_makefile_csim(tmp_path):
     it: test_write_project_writes_placed_vectors). Only the return code counts: the hls4ml ap_types headers make g++ warn ("iteration N invokes
     undefined behavior" in ap_private.h), which is not our code."""
     from hls_testlib import lenet_program, rand_inputs
-    from flow.quant.golden import run_program
+    from flow.compile.program_exec import run_program
 
     if not shutil.which("make"):
         pytest.skip("make not installed: apt-get install make")

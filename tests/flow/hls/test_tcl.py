@@ -513,7 +513,7 @@ def hls_project(tmp_path_factory):
     """The default engine's project with its C-simulation vectors (tb/data), as the build writes it."""
     import numpy as np
 
-    from flow.quant.golden import run_program
+    from flow.compile.program_exec import run_program
     from hls_testlib import lenet_program, rand_inputs
 
     rng = np.random.default_rng(0)
@@ -676,7 +676,7 @@ def test_cycle_counter_vitis_csim_configuration_links_and_says_not_available(hls
     the JSON's c_files) link, run the project's vectors bit-exact and report the real cycles as not
     available; without the C model the blackbox is only declared (the link fails): no C++ counter hides
     behind the Verilog. The g++ C-simulation (no macro) needs no extra source."""
-    from host.gxx_build import ap_types_dir
+    from engine_io.gxx_build import ap_types_dir
 
     root = hls_project.path
     j = json.loads((root / cycle_counter.JSON).read_text())

@@ -16,7 +16,8 @@ from flow.compile.program import HEADER_WORDS, PQ, Op, image_crc, proto_values
 from flow.compress.pq import PQConv2d, PQLinear
 from flow.quant import ops as K
 from flow.quant.convert import quantize_model
-from flow.quant.golden import predict, run, run_program
+from flow.quant.golden import predict, run
+from flow.compile.program_exec import run_program
 from quant_testlib import images, randomize_bn
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ, Op, Program, _array_shapes, proto_values
+from flow.compile.validate import ProgramError, check_program   # the one definition of the rules
 from flow.quant import ops as K
 from flow.quant.requant import requantize
 
@@ -24,7 +25,7 @@ from flow.quant.requant import requantize
 class ProgramExecError(ValueError):
     """The Program is inconsistent (shapes, buffers, missing arrays): the engine's behaviour would be undefined.
 
-    ``code`` / ``op``: the host.regmap ERR_* code and op index of the rule (flow.compile.validate's
+    ``code`` / ``op``: the engine_io.regmap ERR_* code and op index of the rule (flow.compile.validate's
     ProgramError), None for a bad input."""
 
     def __init__(self, message: str, code: int | None = None, op: int | None = None):
@@ -126,8 +127,6 @@ def run_program(program: Program, x_int: np.ndarray, return_all: bool = False):
     with ``return_all=True`` a list with every op's output (same convention), for
     locating the first mismatching op when comparing against C-simulation.
     """
-    from flow.compile.validate import ProgramError, check_program   # the one definition of the rules
-
     try:
         check_program(program)
     except ProgramError as e:

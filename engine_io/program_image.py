@@ -28,7 +28,7 @@ import struct
 import zlib
 from typing import NamedTuple, Optional
 
-from host import regmap
+from engine_io import regmap
 
 MAGIC = 0x4C485156
 FORMAT_VERSION = 4
@@ -67,7 +67,7 @@ _SCALE = struct.Struct("<d")
 
 
 class HeaderError(ValueError):
-    """A Program image header that does not verify. ``code``: the host.regmap ERR_* code the engine
+    """A Program image header that does not verify. ``code``: the engine_io.regmap ERR_* code the engine
     gives it (ERR_MAGIC, ERR_VERSION, ERR_HEADER, ERR_CRC, ERR_IO); ``str(e)``: what is wrong, one
     line, without the caller's fix."""
 

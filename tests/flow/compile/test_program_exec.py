@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from flow.compile.program import AVGPOOL, CODEBOOK, CONV, MAXPOOL, Op, Program
-from flow.quant.golden import run_program
-from flow.quant.program_exec import ProgramExecError
+from flow.compile.program_exec import run_program
+from flow.compile.program_exec import ProgramExecError
 
 
 def naive_conv(x, w, bias, stride, pad):

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from host.files import sums_match, sums_text
+from engine_io.cache import cache_root, make_dir
+from engine_io.files import sums_match, sums_text
 
-DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "vqhls"   # <repo>/.cache/vqhls
 # -fno-gnu-unique: no process-wide statics shared between engine libraries (each private copy is its own engine)
 CXXFLAGS = ("-O3", "-std=c++14", "-fno-gnu-unique")
 EXACT_FLAGS = ("-DVQHLS_EXACT_TYPES",)   # the exact-width datapath types synthesis uses, in C-simulation
@@ -65,10 +65,6 @@ class APTypesNotFound(BuildError):
 
 class CompileError(BuildError):
     """g++ rejected the sources; the message holds the command and its output."""
-
-
-class CacheError(BuildError):
-    """The build cache folder is unusable; the message names it and VQHLS_CACHE."""
 
 
 # --------------------------------------------------------------------------- toolchain
@@ -115,18 +111,6 @@ def find_cxx() -> tuple[str, str]:
         raise ToolchainError(f"C++ compiler {name!r} not found: install g++ (apt-get install g++), or point CXX "
                              "at one")
     return path, _cxx_version(path)
-
-
-def cache_root(root: str | os.PathLike | None = None) -> Path:
-    """Where builds are cached: ``root``, else ``$VQHLS_CACHE``, else ``<repo>/.cache/vqhls`` (not created);
-    CacheError when it exists and is not a directory."""
-    env = os.environ.get("VQHLS_CACHE")
-    path = Path(root) if root is not None else Path(env).expanduser() if env else DEFAULT_CACHE
-    if path.exists() and not path.is_dir():
-        origin = f"VQHLS_CACHE={env}" if root is None and env else f"the cache {path}"
-        raise CacheError(f"{origin} is not a directory: set VQHLS_CACHE to a writable directory "
-                         f"(or unset it to use {DEFAULT_CACHE})")
-    return path
 
 
 # --------------------------------------------------------------------------- the build
@@ -232,14 +216,6 @@ def clean_stale(root: Path | None = None) -> list[Path]:
     return removed
 
 
-def _mkdir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CacheError(f"cannot create the build cache folder {path} ({e.strerror or type(e).__name__}): "
-                         "set VQHLS_CACHE to a writable directory (or unset it)") from None
-
-
 def build(sources: EngineSources, *, force: bool = False, exact: bool = False,
           root: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """Build (or fetch from the cache ``cache_root(root)``) the testbench executable and the library: (tb, lib).
@@ -253,7 +229,7 @@ def build(sources: EngineSources, *, force: bool = False, exact: bool = False,
     tb, lib = out / TB_NAME, out / LIB_NAME
     if not force and verify_build(out):
         return tb, lib
-    _mkdir(out)
+    make_dir(out)
     clean_stale(out.parent)
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out))
     try:
@@ -374,7 +350,7 @@ def close_private(handle: int) -> None:
         pass
 
 
-__all__ = ["BuildError", "ToolchainError", "APTypesNotFound", "CompileError", "CacheError", "EngineSources",
-           "ap_types_dir", "find_cxx", "cache_root", "build_key", "build_dir", "build", "build_testbench",
+__all__ = ["BuildError", "ToolchainError", "APTypesNotFound", "CompileError", "EngineSources",
+           "ap_types_dir", "find_cxx", "build_key", "build_dir", "build", "build_testbench",
            "build_library", "verify_build", "clean_stale", "bind", "open_library", "open_private",
            "close_private", "CXXFLAGS", "EXACT_FLAGS"]
