@@ -86,7 +86,7 @@ CREATED_BY = "vqhls flow.bundle"
 REBUILD = "rebuild it with python -m flow.build"
 
 
-# Program image header: host/program_image.py (its one definition; stdlib only, it runs on the board)
+# Program image header: engine_io/program_image.py (its one definition; stdlib only, it runs on the board)
 PROGRAM_MAGIC = _image.MAGIC
 
 
@@ -94,7 +94,7 @@ PROGRAM_HEADER_WORDS = _image.HEADER_WORDS
 
 
 def _regmap_version() -> str:
-    """8 hex digits naming the register map the host and the engine share (host/regmap.py): a sha1 over
+    """8 hex digits naming the register map the host and the engine share (engine_io/regmap.py): a sha1 over
     every register (name, offset, access, width, port), the address range, the CTRL bits and the
     STATUS codes. A bundle built against another register map cannot be driven by this host."""
     regs = [[r.name, r.offset, r.access, r.width, r.port] for r in sorted(_regmap.REGISTERS, key=lambda r: r.offset)]
@@ -310,6 +310,20 @@ def load(path) -> Bundle:
     """Open and verify the bundle at ``path``; raises BundleError naming the offending file and the fix."""
     path = Path(path)
     where = os.fspath(path)
+    manifest = _read_manifest(path, where)
+    _check_listed_files(path, where, manifest["files"])
+    _check_sections(where, manifest)
+    _check_program(path, where, manifest)
+    _check_hls_project(path, where, manifest)
+    if manifest["regmap_version"] != REGMAP_VERSION:
+        raise _err(where, f"{MANIFEST}: register map {manifest['regmap_version']}, this host drives "
+                          f"{REGMAP_VERSION} (engine_io/regmap.py changed since the bundle was built)",
+                   f"{REBUILD} (or use the kit that built it)")
+    return Bundle(path.resolve(), manifest)
+
+
+def _read_manifest(path: Path, where: str) -> dict:
+    """manifest.json parsed, of this format, with every required field of its type."""
     if not path.is_dir():
         raise _err(where, "no such directory", "build the bundle with python -m flow.build (or check the path)")
     mpath = path / MANIFEST
@@ -331,9 +345,11 @@ def load(path) -> Bundle:
     problem = _manifest_problem(manifest)
     if problem:
         raise _err(where, f"{MANIFEST}: {problem}")
+    return manifest
 
-    # ---- every listed file present and unchanged
-    files = manifest["files"]
+
+def _check_listed_files(path: Path, where: str, files: dict) -> None:
+    """Every listed file present and unchanged (size, sha256), and nothing else in the folder."""
     for rel, ent in files.items():
         if not _safe_relpath(rel) or rel == MANIFEST:
             raise _err(where, f"{MANIFEST} lists an invalid file path {rel!r}")
@@ -345,7 +361,6 @@ def load(path) -> Bundle:
             raise _err(where, f"{rel} is {size} bytes, {MANIFEST} says {ent['bytes']} (truncated or modified)")
         if file_sha256(fpath) != ent["sha256"]:
             raise _err(where, f"{rel} sha256 mismatch (corrupted or modified)")
-    # ---- and nothing else
     for root, dirs, names in os.walk(path):
         for name in sorted(names) + sorted(d for d in dirs if os.path.islink(os.path.join(root, d))):
             rel = Path(os.path.relpath(os.path.join(root, name), path)).as_posix()
@@ -353,31 +368,38 @@ def load(path) -> Bundle:
                 raise _err(where, f"{rel} is not listed in {MANIFEST} (a file added to the bundle)",
                            f"remove it, or {REBUILD}")
 
-    # ---- the files the manifest's sections name are among the listed ones
+
+def _check_vectors(where: str, vec: dict, files: dict) -> list:
+    """The vectors section's files, each sized as its dtype and shape say; their paths."""
+    try:
+        for key in ("inputs", "expected"):
+            dt = np.dtype(vec[key]["dtype"])
+            shape = [int(s) for s in vec[key]["shape"]]
+            if shape_size(shape) * dt.itemsize != files.get(vec[key]["file"], {}).get("bytes"):
+                raise _err(where, f"{vec[key]['file']} size disagrees with the vectors' dtype {dt.name} "
+                                  f"and shape {shape} in {MANIFEST}")
+            if shape[0] != vec["count"]:
+                raise _err(where, f"{vec[key]['file']} holds {shape[0]} vectors, {MANIFEST} 'vectors.count' "
+                                  f"says {vec['count']}")
+        return [vec["inputs"]["file"], vec["expected"]["file"]]
+    except (KeyError, TypeError):
+        raise _err(where, f"{MANIFEST}: malformed 'vectors' section") from None
+
+
+def _check_sections(where: str, manifest: dict) -> None:
+    """The files the manifest's sections name are listed, and every listed file belongs to a section: a
+    dropped 'vectors' or 'bitstream' section leaves its files behind, and a bundle that silently lost its
+    self-test vectors or bitstream is not the one written."""
+    files = manifest["files"]
     needed = [manifest["program"].get("file"), manifest["hls"].get("project")]
-    vec = manifest.get("vectors")
-    if vec:
-        try:
-            needed += [vec["inputs"]["file"], vec["expected"]["file"]]
-            for key in ("inputs", "expected"):
-                dt = np.dtype(vec[key]["dtype"])
-                shape = [int(s) for s in vec[key]["shape"]]
-                if shape_size(shape) * dt.itemsize != files.get(vec[key]["file"], {}).get("bytes"):
-                    raise _err(where, f"{vec[key]['file']} size disagrees with the vectors' dtype {dt.name} "
-                                      f"and shape {shape} in {MANIFEST}")
-                if shape[0] != vec["count"]:
-                    raise _err(where, f"{vec[key]['file']} holds {shape[0]} vectors, {MANIFEST} 'vectors.count' "
-                                      f"says {vec['count']}")
-        except (KeyError, TypeError):
-            raise _err(where, f"{MANIFEST}: malformed 'vectors' section") from None
+    if manifest.get("vectors"):
+        needed += _check_vectors(where, manifest["vectors"], files)
     bit = manifest.get("bitstream")
     if bit:
         needed += [bit.get("bit"), bit.get("hwh")]
     for rel in needed:
         if rel not in files:
             raise _err(where, f"{MANIFEST} does not list {rel!r}, which the bundle needs")
-    # ---- and every listed file belongs to a section: a dropped 'vectors' or 'bitstream' section leaves its
-    # files behind, and a bundle that silently lost its self-test vectors or bitstream is not the one written
     hls_dir = str(manifest["hls"].get("dir", "hls")).rstrip("/") + "/"
     for rel in files:
         if rel not in needed and not rel.startswith(hls_dir):
@@ -387,10 +409,12 @@ def load(path) -> Bundle:
     if not any(rel.startswith(fw) for rel in files):
         raise _err(where, f"no engine sources under {fw} (listed in {MANIFEST})")
 
-    # ---- the program image's own header and checksum
-    prog_rel = manifest["program"]["file"]
-    blob = (path / prog_rel).read_bytes()
+
+def _check_program(path: Path, where: str, manifest: dict) -> None:
+    """The program image's own header and checksum, and its sizes, shapes and scales as the manifest says."""
     prog = manifest["program"]
+    prog_rel = prog["file"]
+    blob = (path / prog_rel).read_bytes()
     hdr = check_program_header(blob, f"bundle {where}", prog_rel, format_version=prog["format_version"])
     prog_in, prog_out = hdr.input_bytes, hdr.output_bytes
     in_shape, out_shape = manifest["input"]["shape"], manifest["output"]["shape"]
@@ -401,33 +425,31 @@ def load(path) -> Bundle:
         raise _err(where, f"{MANIFEST}: 'program' says {prog['bytes']} bytes moving {prog['input_bytes']} -> "
                           f"{prog['output_bytes']}, {prog_rel} is {len(blob)} bytes moving {prog_in} -> {prog_out}")
     bad = io_mismatch(hdr, manifest["input"]["scale"], manifest["output"]["scale"], manifest["input"]["unsigned"],
-                       manifest["output"]["unsigned"])
+                      manifest["output"]["unsigned"])
     if bad:
         raise _err(where, f"{MANIFEST}: {bad} ({prog_rel})")
+    vec = manifest.get("vectors")
     if vec:   # the host reads them as [count, *input shape] / [count, *output shape]
         for key, sec in (("inputs", "input"), ("expected", "output")):
             if vec[key]["shape"][1:] != manifest[sec]["shape"]:
                 raise _err(where, f"{vec[key]['file']}: {MANIFEST} gives it shape {vec[key]['shape']}, not "
                                   f"[count, *{manifest[sec]['shape']}] (the {sec} shape)")
 
-    # ---- the HLS project is the manifest's engine; the register map is this host's
+
+def _check_hls_project(path: Path, where: str, manifest: dict) -> None:
+    """The HLS project is the manifest's engine, and every engine source it lists is in the bundle (the sim
+    backend compiles them, Vitis builds them)."""
     try:
         project = json.loads((path / manifest["hls"]["project"]).read_text())
     except ValueError:
         raise _err(where, f"{manifest['hls']['project']} is not valid JSON") from None
     check_project_matches(project, manifest["engine_config"], manifest["config_hash"],
-                           f"bundle {where}: {manifest['hls']['project']}")
-    # every engine source the project lists is in the bundle (the sim backend compiles them, Vitis builds them)
+                          f"bundle {where}: {manifest['hls']['project']}")
     proj_files = project.get("files") if isinstance(project.get("files"), list) else []
     hls_root = str(manifest["hls"].get("dir", "hls")).rstrip("/")
     for rel in proj_files:
-        if isinstance(rel, str) and rel.startswith("firmware/") and f"{hls_root}/{rel}" not in files:
+        if isinstance(rel, str) and rel.startswith("firmware/") and f"{hls_root}/{rel}" not in manifest["files"]:
             raise _err(where, f"{hls_root}/{rel} missing: the HLS project lists it as an engine source")
-    if manifest["regmap_version"] != REGMAP_VERSION:
-        raise _err(where, f"{MANIFEST}: register map {manifest['regmap_version']}, this host drives "
-                          f"{REGMAP_VERSION} (host/regmap.py changed since the bundle was built)",
-                   f"{REBUILD} (or use the kit that built it)")
-    return Bundle(path.resolve(), manifest)
 
 
 def _where_json(e: Exception) -> str:

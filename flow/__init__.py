@@ -9,10 +9,9 @@ __all__ = ["simulate", "Result"]
 
 
 def __getattr__(name: str):
-    # lazy: `import flow.compile.program` (the host's bundle loader, on the board without torch) must not
-    # pull in torch through the one-call API
+    # lazy: `import flow.<stage>` must not load the one-call API's stages (quant, compile, boards) with it
     if name in __all__:
-        from flow import api
+        from flow import api   # deferred: flow.api imports numpy and the quant, compile and boards stages
 
         return getattr(api, name)
     raise AttributeError(f"module 'flow' has no attribute {name!r}")

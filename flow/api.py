@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flow.boards.sizing import size_engine
+from flow.compile import lower
+from flow.quant import quantize_input
+from flow.quant import run as golden_run
+
 __all__ = ["simulate", "Result"]
 
 
@@ -48,7 +53,7 @@ class Result:
 
 
 def _as_tensor(x, what: str):
-    import torch
+    import torch   # deferred: torch; `import flow` (flow.__getattr__ -> flow.api) does not load it
 
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
     t = t.detach().float().cpu()
@@ -70,12 +75,8 @@ def simulate(model, x_calib, x_test, method: str = "mvq", *, board: str = "pynq-
     Errors are the stages' own (CompressionError, UnsupportedLayerError, QuantizationError,
     SizingError, LoweringError: all ValueError subclasses) with messages naming the layer and the fix.
     """
-
-    from flow.boards.sizing import size_engine
-    from flow.compile import lower
-    from flow.hls.csim import CsimEngine
-    from flow.quant import quantize_input, quantize_model
-    from flow.quant import run as golden_run
+    from flow.hls.csim import CsimEngine          # deferred: jinja2 (the engine's C++ templates)
+    from flow.quant import quantize_model         # deferred: torch (flow.quant.convert)
 
     xc, xt = _as_tensor(x_calib, "x_calib"), _as_tensor(x_test, "x_test")
     if xc.shape[1:] != xt.shape[1:]:
@@ -89,7 +90,7 @@ def simulate(model, x_calib, x_test, method: str = "mvq", *, board: str = "pynq-
                 raise ValueError(f"simulate: method='none' takes no compression arguments, got {sorted(compress_kw)}")
             cmodel = model
         else:
-            from flow.compress import compress, compression_report
+            from flow.compress import compress, compression_report   # deferred: torch, only when compressing
 
             compress_kw.setdefault("clip_k", True)
             cmodel = compress(model, method=method, data=xc, **compress_kw).eval()

@@ -15,6 +15,8 @@ __all__ = ["Accelerator", "AcceleratorError", "AcceleratorTimeout", "Backend"]
 
 def __getattr__(name):
     if name in __all__:
+        # deferred: host.accelerator loads numpy, engine_io.bundle and the sim backend; `import host.<module>`
+        # loads only what that module needs
         from host import accelerator
 
         return getattr(accelerator, name)

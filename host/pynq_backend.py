@@ -46,7 +46,7 @@ except Exception as _e:   # pynq present but broken here (numpy 2: pynq 4.0 pins
                               f"{type(_e).__name__}: {_e}]", name="pynq") from _e
 
 from engine_io import regmap
-from host.accelerator import AcceleratorError, AcceleratorTimeout, Backend, _load_bundle
+from host.backend import AcceleratorError, AcceleratorTimeout, Backend, _load_bundle
 
 # The engine IP as Vitis HLS exports it and the block design's cells (flow/hls/vendor.py: ENGINE_VLNV,
 # ENGINE_CELL, DMA_CELL; not imported: the flow does not run on the board).
@@ -166,7 +166,7 @@ class VqhlsEngineDriver(DefaultIP):
 
     # ---- the .hwh against engine_io.regmap
     def regmap_mismatches(self) -> list[str]:
-        """Where the .hwh's register block (Vitis names) disagrees with host/regmap.py; [] when it agrees
+        """Where the .hwh's register block (Vitis names) disagrees with engine_io/regmap.py; [] when it agrees
         or when the .hwh carries no register list."""
         hwh = self._registers or {}
         if not hwh:
@@ -227,7 +227,7 @@ class PynqBackend(Backend):
                                    f"version (this host drives {ENGINE_VLNV})")
         bad = self.engine.regmap_mismatches()
         if bad:
-            raise AcceleratorError(f"{eng}: the bitstream's register map differs from host/regmap.py ("
+            raise AcceleratorError(f"{eng}: the bitstream's register map differs from engine_io/regmap.py ("
                                    + "; ".join(bad) + "): use the bitstream built with this kit")
 
         dma = _find_ip(overlay, DMA_VLNV_PREFIX, DMA_CELL)

@@ -51,7 +51,7 @@ def real_cycles_text(real: Optional[int], n: int, fclk_mhz: Optional[float], bac
 
 def _progress(total: int, desc: str):
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm   # deferred: tqdm, only for a progress bar (optional: none without it)
     except ImportError:
         return None
     return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not sys.stderr.isatty())

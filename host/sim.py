@@ -53,7 +53,7 @@ import numpy as np
 
 from engine_io import gxx_build, regmap
 from engine_io.cache import CacheError
-from host.accelerator import AcceleratorError, AcceleratorTimeout, Backend, DMA_MAX_BYTES, _load_bundle
+from host.backend import AcceleratorError, AcceleratorTimeout, Backend, DMA_MAX_BYTES, _load_bundle
 
 
 class SimError(RuntimeError):

@@ -52,7 +52,7 @@ def load(name: str, split: str = "train", root: str | os.PathLike | None = None)
 
 def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits   # deferred, optional: scikit-learn (+ scipy), digits only
     except ImportError:
         raise DatasetError("the digits dataset needs scikit-learn: pip install scikit-learn") from None
     d = load_digits()

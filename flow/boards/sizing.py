@@ -35,6 +35,8 @@ from flow.boards import Board, get_board
 from flow.boards.resource_model import BRAM_FRAC, ResourceError, check_fit, estimate, idx_bits, over_budget  # noqa: F401
 from flow.compile.engine import EngineConfig
 from flow.compile.layout import cdiv
+from flow.compile.lower import LoweringError, allocate_buffers, lower, residual_copies
+from flow.quant.graph import QGraph
 
 ROWS = (64, 32, 16, 12, 8, 6, 5, 4, 3, 2, 1)   # not only powers of two: act_banks rounds up
 
@@ -145,8 +147,6 @@ def model_needs(graph, lanes: int, act_banks: int) -> dict[str, int]:
     Keys: act_buf_bytes (banked layout of the largest tensor, flow.compile.layout), max_channels,
     max_kernel (a Linear after a flatten runs as an HxW kernel), max_stride, max_ops, num_bufs, k_max,
     d_max, pq_v_max, pq_k_max, pq_subspaces_max, pq (1 when a PQ layer is present)."""
-    from flow.compile.lower import LoweringError, allocate_buffers, residual_copies
-
     graph = residual_copies(graph)   # y = x + conv(x) runs with a copy of x: one op and one live buffer more
     words = 0
     for t in graph.tensors.values():
@@ -183,14 +183,12 @@ def model_needs(graph, lanes: int, act_banks: int) -> dict[str, int]:
 
 
 def _graph_of(model_or_graph, calib_x):
-    from flow.quant.graph import QGraph
-
     if isinstance(model_or_graph, QGraph):
         return model_or_graph
     if calib_x is None:
         raise SizingError("size_engine(model, ...) needs calib_x (calibration images [N, C, H, W]) to quantize "
                           "the model; or pass the QGraph of flow.quant.quantize_model")
-    from flow.quant.convert import quantize_model
+    from flow.quant.convert import quantize_model   # deferred: torch, only for an nn.Module (not a QGraph)
 
     return quantize_model(model_or_graph, calib_x)
 
@@ -209,8 +207,6 @@ def size_engine(model_or_graph, board: str = "pynq-z2", *, calib_x=None, n: int 
     Raises :class:`SizingError` listing every limit that cannot be met at once (limits no build
     supports, and every over-used resource of the smallest build that holds the model).
     """
-    from flow.compile.lower import LoweringError, lower
-
     graph = _graph_of(model_or_graph, calib_x)
     b = get_board(board)
     base = config_for_board(b.name, n=n, m=m)

@@ -22,8 +22,10 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch loads: spinning OpenMP threads stall a busy machine
 
+from flow.boards import get_board   # noqa: E402
 from flow.build.options import STAGES, BuildOptions, OptionsError, parse   # noqa: E402
 from flow.build.options import one_line as _one_line   # noqa: E402
+from flow.build.preflight import preflight as _preflight   # noqa: E402  (flow.build.preflight stays the module)
 from flow.build.stages import Build, BuildError, clean_partial, run_stages   # noqa: E402
 
 __all__ = ["main", "run", "Build", "BuildOptions", "BuildError", "OptionsError", "STAGES"]
@@ -31,14 +33,10 @@ __all__ = ["main", "run", "Build", "BuildOptions", "BuildError", "OptionsError",
 
 def run(opts: BuildOptions) -> Build:
     """Run the build described by ``opts`` up to ``opts.stage``; returns the Build (summary, paths)."""
-    from flow.boards import get_board
-
-    from flow.build.preflight import preflight
-
     get_board(opts.board)   # an unknown board fails before any work
     t0 = time.perf_counter()
     print("[preflight] ...", file=sys.stderr, flush=True)
-    preflight(opts)         # flags, compression plan, engine and board limits, toolchain: before any training
+    _preflight(opts)        # flags, compression plan, engine and board limits, toolchain: before any training
     b = Build(opts=opts, out=opts.out_dir.resolve())
     b.times["preflight"] = time.perf_counter() - t0
     print(f"[preflight] done in {b.times['preflight']:.2f} s", file=sys.stderr, flush=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flow.compress import recipe as compress_recipe   # not the BuildOptions.recipe field (a TOML path)
 from flow.compress.spec import LAYER_KEYS
 from flow.compress.spec import METHODS as COMPRESS_METHODS
 from flow.compress.spec import CompressSpec
@@ -104,15 +105,13 @@ class BuildOptions:
 
     def overrides(self, model) -> dict[str, dict[str, Any]]:
         """Per-layer compress() overrides from the recipe's [[layers]] rules (first match wins)."""
-        from flow.compress import recipe
-
         def rule(name, _mod):
             for entry in self.layers:
                 if fnmatch.fnmatchcase(name, entry["match"]):
                     return {k: v for k, v in entry.items() if k != "match"}
             return None
 
-        return recipe(model, rule) if self.layers else {}
+        return compress_recipe(model, rule) if self.layers else {}
 
     def compress_spec(self, model) -> CompressSpec:
         """The :class:`~flow.compress.spec.CompressSpec` of this build for ``model`` (method not 'none'): the

@@ -25,14 +25,30 @@ trained weights (accumulator ranges, LUT values) are still checked by the stages
 """
 from __future__ import annotations
 
-import warnings
-
+import dataclasses
 import sys
+import warnings
 from typing import Any
 
+import torch
+
+from engine_io.cache import cache_dir
+from engine_io.gxx_build import ToolchainError, find_cxx
+from flow.boards import get_board
+from flow.boards.resource_model import check_fit
+from flow.boards.sizing import SizingError, config_for_board, size_engine
 from flow.build.options import STAGES, BuildOptions, OptionsError
 from flow.build.options import one_line as _one_line
+from flow.build.stages import _load_checkpoint, load_model_file
+from flow.compile import lower
+from flow.compile.lower import LoweringError
+from flow.compress import compress, plan
+from flow.compress.errors import CompressionError
 from flow.compress.spec import CompressSpec
+from flow.finite import NonFiniteError, check_model_finite
+from flow.quant.convert import UnsupportedLayerError, check_module_types, quantize_model, trace
+from models import data as datasets
+from models import zoo
 
 
 def _needs(opts: BuildOptions, stage: str) -> bool:
@@ -41,12 +57,7 @@ def _needs(opts: BuildOptions, stage: str) -> bool:
 
 def probe_model(opts: BuildOptions, problems: list[str]) -> tuple[str | None, Any]:
     """(dataset name, untrained model -- or the --checkpoint's) without training; problems appended."""
-    from models import data as datasets
-    from models import zoo
-
     if opts.model_file:
-        from flow.build.stages import load_model_file
-
         if not opts.data:
             problems.append("--model-file needs --data (the dataset to calibrate, fine-tune and test on)")
             return None, None
@@ -70,8 +81,6 @@ def probe_model(opts: BuildOptions, problems: list[str]) -> tuple[str | None, An
         info = datasets.INFO[data_name]
         model = zoo.get(opts.model, in_channels=info["shape"][0], num_classes=info["classes"])
         if not opts.checkpoint:   # a zoo model without --checkpoint is trained into the cache (or read from it)
-            from engine_io.cache import cache_dir
-
             try:
                 cache_dir("checkpoints")
             except (OSError, ValueError) as e:
@@ -80,9 +89,6 @@ def probe_model(opts: BuildOptions, problems: list[str]) -> tuple[str | None, An
                                 f"the checkpoint cache is not usable ({msg}): set VQHLS_CACHE to a writable "
                                 "directory (or unset it)")
     if opts.checkpoint:
-        from flow.build.stages import _load_checkpoint
-        from flow.finite import NonFiniteError, check_model_finite
-
         try:
             _load_checkpoint(model, opts.checkpoint)
             check_model_finite(model, f"checkpoint {opts.checkpoint}")
@@ -155,29 +161,17 @@ def _nothing_compressed(opts: BuildOptions, plans, model, engine) -> str | None:
 def _dry_run(opts: BuildOptions, model, spec: CompressSpec | None, x, engine) -> str | None:
     """compress (one k-means iteration) -> quantize -> lower on the untrained model; the first structural
     error, or None. Numeric errors that depend on trained weights are left to the stages."""
-    import torch
-
-    from flow.boards.sizing import SizingError
-    from flow.compile.lower import LoweringError
-    from flow.compress.errors import CompressionError
-    from flow.quant.convert import UnsupportedLayerError, quantize_model
-
     x = torch.from_numpy(x)
     try:
         with warnings.catch_warnings():   # the stages report them (a dry run on an untrained model)
             warnings.simplefilter("ignore")
             cmodel = model
             if opts.method != "none":
-                from flow.compress import compress
-
                 cmodel = compress(model, spec, iters=1, data=x if _uses_pq(opts) else None, example=x[:1])
             if not _needs(opts, "quantize"):
                 return None
             q = quantize_model(cmodel, x)
         if engine is not None and _needs(opts, "lower"):
-            from flow.boards.sizing import size_engine
-            from flow.compile import lower
-
             try:
                 lower(q, engine)
             except LoweringError:   # the standard build is too small: the lower stage sizes one for the model
@@ -195,15 +189,11 @@ def _uses_pq(opts: BuildOptions) -> bool:
 
 def preflight(opts: BuildOptions) -> None:
     """Raise one OptionsError listing every problem found before training (module docstring)."""
-    from flow.boards import get_board
-
     problems: list[str] = []
     notes: list[str] = []
     board = get_board(opts.board)   # an unknown board: nothing else can be checked
 
     if _needs(opts, "csim"):
-        from engine_io.gxx_build import ToolchainError, find_cxx
-
         try:
             find_cxx()
         except ToolchainError as e:
@@ -211,9 +201,6 @@ def preflight(opts: BuildOptions) -> None:
 
     engine = None
     if _needs(opts, "lower"):
-        from flow.boards.resource_model import check_fit
-        from flow.boards.sizing import config_for_board
-
         try:
             engine = config_for_board(opts.board, n=opts.n, m=opts.m)
         except ValueError as e:
@@ -226,31 +213,23 @@ def preflight(opts: BuildOptions) -> None:
         if engine is not None and not engine.pq and _uses_pq(opts):
             # the standard build has no lookup unit; the lower stage sizes one with it for a model with PQ
             # layers (flow.boards.sizing.size_engine), so the layers are checked against its limits
-            import dataclasses
-
             engine = dataclasses.replace(engine, pq=True)
 
     data_name, model = probe_model(opts, problems)
     x = None
     if data_name is not None:
-        from models import data as datasets
-
         try:
             x = datasets.load(data_name, "test")[0][:8]
         except (ValueError, RuntimeError, OSError) as e:   # DatasetError: missing files, with the fix
             problems.append(_one_line(e))
 
     if model is not None and _needs(opts, "quantize"):   # layers the quantizer cannot run, whatever the method
-        from flow.quant.convert import UnsupportedLayerError, check_module_types, trace
-
         try:
             check_module_types(trace(model))
         except UnsupportedLayerError as e:
             problems.append(_one_line(e))
 
     if model is not None and _needs(opts, "compress") and opts.method != "none":
-        from flow.compress import plan
-
         try:
             plans = plan(model, opts.compress_spec(model))
         except ValueError as e:

@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from flow.boards import cycle_model, get_board, reports
+from flow.compile.program import CODEBOOK, CONV
+
 
 @dataclass
 class Section:
@@ -92,8 +95,6 @@ def _vendor_reports(b) -> tuple[dict[str, Any], list[str]]:
 
     Returns (parsed reports by kind, one error line per report that exists but does not parse); each
     error is also a warning, so a broken report is seen, never silently left out of the comparison."""
-    from flow.boards import reports
-
     paths: dict[str, tuple[Path, Any]] = {}
     if b.project is not None:
         rdir = Path(b.project.path) / "vqhls_prj" / "solution1" / "syn" / "report"
@@ -115,8 +116,6 @@ def _vendor_reports(b) -> tuple[dict[str, Any], list[str]]:
 
 
 def sections(b, plots: dict[str, str]) -> list[Section]:
-    from flow.boards import cycle_model, get_board
-
     s = b.summary
     board = get_board(b.opts.board)
     found, report_errors = _vendor_reports(b)
@@ -154,8 +153,6 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
                 + ("No vendor report parsed: see 'Vendor reports that did not parse'." if report_errors else
                    "No vendor report exists for this build (Vitis HLS / Vivado did not run here)."))
         if found:
-            from flow.boards import reports
-
             measured = {}
             if "utilization" in found:
                 ur = found["utilization"]
@@ -210,13 +207,10 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
 # plots
 # ---------------------------------------------------------------------------
 def make_plots(b, pdir: Path) -> dict[str, str]:
-    import matplotlib
+    import matplotlib   # deferred: matplotlib, needed only to draw the plots
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from flow.boards import cycle_model, get_board
-    from flow.compile.program import CODEBOOK, CONV
+    import matplotlib.pyplot as plt   # deferred: as above, and after matplotlib.use("Agg")
 
     pdir.mkdir(parents=True, exist_ok=True)
     out: dict[str, str] = {}

@@ -20,17 +20,38 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import platform
 import shutil
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from engine_io.gxx_build import find_cxx
+from flow import bundle
+from flow.boards import cycle_model, get_board
+from flow.boards.resource_model import (ResourceError, check_fit, estimate, over_budget, undeclared_multiplies,
+                                        usage_json)
+from flow.boards.sizing import config_for_board, size_engine
 from flow.build.options import STAGES, BuildOptions, OptionsError
+from flow.build.report import write_report
+from flow.compile import lower
+from flow.compress import compress, compression_report, finetune, plan, pq_finetune, recalibrate_bn_
+from flow.finite import check_finite, check_model_finite
+from flow.hls import vendor
+from flow.hls.lint import lint_project, multiplier_instances
+from flow.quant import quantize_input, quantize_model
+from flow.quant import run as golden_run
+from models import data as datasets
+from models import train as trainer
+from models import zoo
 
 
 class BuildError(RuntimeError):
@@ -126,8 +147,6 @@ def load_model_file(spec: str):
 
 
 def _load_checkpoint(model, path: str) -> None:
-    import torch
-
     p = Path(path)
     if not p.is_file():
         raise OptionsError(f"checkpoint {path} not found: give a state_dict saved with torch.save(model.state_dict())")
@@ -141,14 +160,6 @@ def _load_checkpoint(model, path: str) -> None:
 
 def stage_train(b: Build) -> None:
     """The float model (zoo checkpoint cache, --checkpoint, or --model-file) and the dataset."""
-    import torch
-
-    from flow.finite import check_finite, check_model_finite
-
-    from models import data as datasets
-    from models import train as trainer
-    from models import zoo
-
     o = b.opts
     if o.model_file:
         if not o.data:
@@ -190,11 +201,6 @@ BN_CALIB_IMAGES = 1024
 
 
 def stage_compress(b: Build) -> None:
-    import torch
-
-    from flow.compress import compress, compression_report, plan, recalibrate_bn_
-    from models import train as trainer
-
     o = b.opts
     if o.method == "none":
         b.cmodel = b.model
@@ -221,18 +227,11 @@ def stage_compress(b: Build) -> None:
 
 
 def stage_finetune(b: Build) -> None:
-    import torch
-
-    from flow.compress import compression_report, finetune
-    from models import train as trainer
-
     o, r = b.opts, b.recipe
     if o.method != "none" and r["finetune_epochs"]:
         lim = r["finetune_limit"] or len(b.data["xtr"])
         xf, yf = torch.from_numpy(b.data["xtr"][:lim]), torch.from_numpy(b.data["ytr"][:lim])
         if o.method == "pq":   # PQA / LUT-NN: prototypes and LUT trained jointly, annealed to hard
-            from flow.compress.finetune import pq_finetune
-
             pq_finetune(b.cmodel, xf, yf, epochs=r["finetune_epochs"], progress=True)
         else:
             finetune(b.cmodel, xf, yf, epochs=r["finetune_epochs"])
@@ -252,11 +251,6 @@ def _report_rows(report) -> dict:
 
 
 def stage_quantize(b: Build) -> None:
-    import torch
-
-    from flow.quant import quantize_input, quantize_model
-    from flow.quant import run as golden_run
-
     calib = torch.from_numpy(b.data["xtr"][: b.recipe["calib"]])
     b.qgraph = quantize_model(b.cmodel, calib)   # warns (one line per layer) when a layer is stored dense
     fallback = b.qgraph.meta.get("dense_fallback_ratio", {})
@@ -274,10 +268,6 @@ def stage_quantize(b: Build) -> None:
 
 
 def stage_lower(b: Build) -> None:
-    from flow.boards import cycle_model, get_board
-    from flow.boards.sizing import config_for_board, size_engine
-    from flow.compile import lower
-
     o = b.opts
     # the board's standard build when the model fits it (its cached engine), else one grown for the model
     # within the board's resources (SizingError lists every limit it cannot meet)
@@ -305,16 +295,10 @@ def stage_lower(b: Build) -> None:
 
 
 def stage_fit(b: Build) -> None:
-    from flow.boards.resource_model import check_fit, usage_json
-
     # the HIGH end of the modelled range should fit (the board's standard builds do); a build sized for a
     # model that fits only at the CENTRAL estimate is kept, with a warning and a line in the summary (the
     # model can be wrong either way: Vivado's report decides); over at the central estimate is an error,
     # ResourceError (a ValueError) listing every over-used resource
-    import warnings
-
-    from flow.boards.resource_model import ResourceError
-
     try:
         b.usage = check_fit(b.engine, b.opts.board)
         b.summary["fits_at"] = "high"
@@ -328,9 +312,7 @@ def stage_fit(b: Build) -> None:
 
 
 def stage_hls(b: Build) -> None:
-    from flow.boards import get_board
-    from flow.hls.lint import lint_project
-    from flow.hls.project import write_project
+    from flow.hls.project import write_project   # deferred: jinja2 (the HLS templates), for this stage only
 
     board = get_board(b.opts.board)
     # the project carries the test vectors, so its own `make csim` re-checks them without Python;
@@ -343,11 +325,6 @@ def stage_hls(b: Build) -> None:
         raise BuildError("emitted HLS fails the synthesizability lint: " + "; ".join(map(str, problems[:5])))
     # the resource model again, now charging the run-time multiplies the emitted firmware really has;
     # over budget at the high end is reported (resources.json, a warning), not yet a failed build
-    import warnings
-
-    from flow.boards.resource_model import estimate, over_budget, undeclared_multiplies, usage_json
-    from flow.hls.lint import multiplier_instances
-
     b.usage = estimate(b.engine, board, counts=multiplier_instances(b.project.path))
     over = over_budget(b.usage, board)
     b.summary["resources"] = {"bram36": b.usage.bram36, "dsp": b.usage.dsp, "lut": b.usage.lut, "ff": b.usage.ff}
@@ -360,9 +337,7 @@ def stage_hls(b: Build) -> None:
 
 
 def stage_csim(b: Build) -> None:
-    from tqdm import tqdm
-
-    from flow.hls.csim import CsimEngine
+    from flow.hls.csim import CsimEngine   # deferred: jinja2 (the engine's C++ templates), for this stage only
 
     hw = CsimEngine(b.engine, project=b.project)
     n = len(b.x_int)
@@ -384,8 +359,6 @@ def stage_csim(b: Build) -> None:
 
 
 def stage_vitis(b: Build) -> None:
-    from flow.hls import vendor
-
     cmd = vendor.vitis_command(b.project.path, csim=True, synth=True, cosim=True, export=True, impl=True)
     res = vendor.run_or_skip("vitis_hls", cmd, b.project.path, b.out / "vitis.log")
     b.vendor["vitis"] = res
@@ -395,8 +368,6 @@ def stage_vitis(b: Build) -> None:
 
 
 def stage_vivado(b: Build) -> None:
-    from flow.hls import vendor
-
     vdir = b.out / "vivado"
     vdir.mkdir(exist_ok=True)
     tcl = vendor.write_vivado_tcl(vdir / "vivado.tcl", b.opts.board, ip_repo=vendor.ip_repo_dir(b.project.path),
@@ -409,8 +380,6 @@ def stage_vivado(b: Build) -> None:
 
 
 def stage_bundle(b: Build) -> None:
-    from flow import bundle
-
     nvec = min(b.opts.vectors, len(b.x_int))
     bit = b.out / "vivado" / "out" / "vqhls.bit"
     hwh = bit.with_suffix(".hwh")
@@ -431,27 +400,17 @@ def stage_bundle(b: Build) -> None:
 
 
 def _tool_versions() -> dict[str, str]:
-    import platform
-
-    import numpy
-    import torch
-
-    from engine_io.gxx_build import find_cxx
-    from flow.hls.vendor import find_tool
-
-    out = {"python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__}
+    out = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
     try:
         out["g++"] = find_cxx()[1]
     except Exception:   # no compiler: the csim stage would have failed already
         out["g++"] = "not found"
     for tool in ("vitis_hls", "vivado"):
-        out[tool] = find_tool(tool) or "not found"
+        out[tool] = vendor.find_tool(tool) or "not found"
     return out
 
 
 def stage_report(b: Build) -> None:
-    from flow.build.report import write_report
-
     b.report_paths = write_report(b)
     b.summary["report"] = str(b.report_paths[0])
 

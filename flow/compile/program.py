@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine_io import program_image as _image
+from engine_io import regmap
 from engine_io.program_image import (  # noqa: F401  (re-exported: the format's one definition)
     DESC_FIELDS, DESC_WORDS, FORMAT_VERSION, HEADER_WORDS, MAGIC, HeaderError, image_crc, seal,
 )
@@ -260,8 +261,6 @@ class Program:
         try:
             hdr = _image.parse_header(blob)
         except HeaderError as e:
-            from engine_io import regmap
-
             fix = ("re-export it with this kit (flow.compile.lower, Program.to_bytes())" if e.code == regmap.ERR_VERSION
                    else "copy it again from its source, or rebuild it (Program.to_bytes())")
             raise ProgramFormatError(f"program image {e}: {fix}") from None

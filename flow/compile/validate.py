@@ -586,13 +586,31 @@ def validate_image(image: bytes, engine: EngineConfig) -> Program:
     (scales and signedness from its header). The header rules are engine_io.program_image's, checked in the
     engine's order."""
     blob = bytes(image)
-    size = len(blob)
-    W = _image.WORD
+    hdr = _check_image_header(blob, engine)
+    try:
+        in_scale, out_scale, _, _ = _image.check_io_words(hdr, flags=False)
+    except HeaderError as e:
+        raise _header_error(e.code, str(e)) from None
+    _check_image_descriptors(blob, hdr, engine)
+    try:
+        ops = decode_ops(blob, hdr[_image.WORD["n_ops"]])
+    except ProgramFormatError as e:   # pragma: no cover - the checks above cover decode_ops's
+        raise _header_error(regmap.ERR_HEADER, str(e)) from None
+    first = ops[0]
+    program = Program(ops=ops, in_scale=in_scale, out_scale=out_scale, in_shape=(first.H, first.W, first.C))
+    validate(program, engine)
+    _check_image_io(hdr, program)
+    return program
 
-    def hdr_err(code: int, what: str, field: str | None = None, value=None, limit=None, fix: str = REBUILD,
-                label: str = "limit"):
-        return _err(code, "program image", None, what, field, value, limit, fix, label)
 
+def _header_error(code: int, what: str, field: str | None = None, value=None, limit=None, fix: str = REBUILD,
+                  label: str = "limit") -> ProgramError:
+    return _err(code, "program image", None, what, field, value, limit, fix, label)
+
+
+def _check_image_header(blob: bytes, engine: EngineConfig) -> np.ndarray:
+    """Magic, format version, sizes and CRC32 of the image, in the engine's order; the header words."""
+    size, W, hdr_err = len(blob), _image.WORD, _header_error
     if size >= 4 and int.from_bytes(blob[:4], "little") != MAGIC:
         raise hdr_err(regmap.ERR_MAGIC, "bad magic: not a vqhls program image", "word 0",
                       f"0x{int.from_bytes(blob[:4], 'little'):08x}", f"0x{MAGIC:08x}",
@@ -631,16 +649,21 @@ def validate_image(image: bytes, engine: EngineConfig) -> Program:
         raise hdr_err(ERR_CRC, "checksum mismatch: the image is corrupted", f"word {CRC_WORD}",
                       f"0x{hdr[CRC_WORD]:08x}", f"0x{crc:08x} (crc32 of the bytes after word {CRC_WORD})",
                       "copy the image again from its source", "expected")
-    try:
-        in_scale, out_scale, _, _ = _image.check_io_words(hdr, flags=False)
-    except HeaderError as e:
-        raise hdr_err(e.code, str(e)) from None
+    return hdr
+
+
+def _check_image_descriptors(blob: bytes, hdr, engine: EngineConfig) -> None:
+    """Each descriptor's own rules (in the engine's order, before its arrays are read), its counts, and its
+    parameter arrays inside the parameter area."""
+    W = _image.WORD
+    n_ops, total = hdr[W["n_ops"]], hdr[W["total_bytes"]]
+    head = (HEADER_WORDS + n_ops * DESC_WORDS) * 4
     descs = np.frombuffer(blob, dtype="<i4", count=n_ops * DESC_WORDS, offset=HEADER_WORDS * 4)
     for i, row in enumerate(descs.reshape(n_ops, DESC_WORDS)):
         vals = dict(zip(DESC_FIELDS, (int(v) for v in row)))
         op = Op(**{f: v for f, v in vals.items() if not f.startswith("off_")})
         E = _Where(i, op)
-        try:   # the descriptor's own rules first, in the engine's order (its arrays are not read yet)
+        try:
             _check_op(i, op, engine)
         except ProgramError as e:
             if e.code != regmap.ERR_OFFSET:
@@ -654,24 +677,23 @@ def validate_image(image: bytes, engine: EngineConfig) -> Program:
             if off != 0 and (off < head or off % 4 or off + nbytes > total):
                 raise E(regmap.ERR_OFFSET, f"parameter array '{key}' ({nbytes} bytes) lies outside the parameter "
                         f"area {head}..{total}", f"off_{key}", off, f"4-aligned, {head}..{total - nbytes}", REBUILD)
-    try:
-        ops = decode_ops(blob, n_ops)
-    except ProgramFormatError as e:   # pragma: no cover - the checks above cover decode_ops's
-        raise hdr_err(regmap.ERR_HEADER, str(e)) from None
-    first, last = ops[0], ops[-1]
-    program = Program(ops=ops, in_scale=in_scale, out_scale=out_scale, in_shape=(first.H, first.W, first.C))
-    validate(program, engine)
+
+
+def _check_image_io(hdr, program: Program) -> None:
+    """The header's input / output sizes and signedness agree with the first and last ops."""
+    W = _image.WORD
+    first, last = program.ops[0], program.ops[-1]
     for word, field, want in ((W["input_bytes"], "input bytes", program.input_bytes),
                               (W["output_bytes"], "output bytes", program.output_bytes)):
         if hdr[word] != want:
-            raise hdr_err(regmap.ERR_IO, f"header {field} disagree with the {'first' if field[0] == 'i' else 'last'} "
-                          "op", f"word {word}", hdr[word], want, REBUILD, "expected")
+            raise _header_error(regmap.ERR_IO, f"header {field} disagree with the "
+                                f"{'first' if field[0] == 'i' else 'last'} op", f"word {word}", hdr[word], want,
+                                REBUILD, "expected")
     flags = (_image.IO_IN_UNSIGNED if first.in_unsigned else 0) | (_image.IO_OUT_UNSIGNED if last.out_unsigned else 0)
     if hdr[W["io_flags"]] != flags:
-        raise hdr_err(regmap.ERR_IO, "header io_flags (input / output signedness) disagree with the first op's "
-                      "in_unsigned and the last op's out_unsigned", f"word {W['io_flags']}",
-                      f"0x{hdr[W['io_flags']]:x}", f"0x{flags:x}", REBUILD, "expected")
-    return program
+        raise _header_error(regmap.ERR_IO, "header io_flags (input / output signedness) disagree with the first "
+                            "op's in_unsigned and the last op's out_unsigned", f"word {W['io_flags']}",
+                            f"0x{hdr[W['io_flags']]:x}", f"0x{flags:x}", REBUILD, "expected")
 
 
 def prepare(program: Program, engine: EngineConfig) -> Program:

@@ -10,6 +10,7 @@ re-estimated on training images (``--calibrate``), and after fine-tuning
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -17,6 +18,13 @@ import time
 
 import torch
 
+from models import data as datasets
+from models import zoo
+from models.data import DatasetError
+from models.train import evaluate, get_trained
+
+from .api import compress, compression_report, plan, recalibrate_bn_
+from .finetune import finetune, pq_finetune
 from .spec import DEFAULT_SKIP, CompressSpec
 
 _DEFAULT = CompressSpec()  # the flags' defaults are the spec's
@@ -75,47 +83,11 @@ def spec_from_args(a: argparse.Namespace) -> CompressSpec:
 
 
 def _trained_model(name: str, data: str, epochs: int | None, limit: int | None, progress: bool):
-    """A trained float model: the cached checkpoint of models.train when available, else trained here."""
-    try:
-        from models.train import get_trained
-    except ImportError:  # models.train not there: a plain Adam loop
-        get_trained = None
-    if get_trained is not None:
-        return get_trained(name, data, epochs, train_limit=limit, progress=progress)
-    from models import data as datasets, zoo
-
-    x, y = datasets.load(data, "train")
-    if limit:
-        x, y = x[:limit], y[:limit]
-    info = datasets.INFO[data]
-    model = zoo.get(name, in_channels=info["shape"][0], num_classes=info["classes"])
-    from .finetune import finetune
-
-    return finetune(model, x, y, epochs=epochs or 10, lr=2e-3)
-
-
-def _accuracy(model, x, y) -> float:
-    try:
-        from models.train import evaluate
-    except ImportError:
-        evaluate = None
-    if evaluate is not None:
-        return evaluate(model, x, y)
-    model.eval()
-    with torch.no_grad():
-        xt, yt = torch.as_tensor(x).float(), torch.as_tensor(y).long()
-        correct = sum(int((model(xt[i:i + 512]).argmax(1) == yt[i:i + 512]).sum()) for i in range(0, len(xt), 512))
-    return correct / max(1, len(xt))
+    """A trained float model: the cached checkpoint of models.train (trained and cached there when missing)."""
+    return get_trained(name, data, epochs, train_limit=limit, progress=progress)
 
 
 def run(a: argparse.Namespace) -> int:
-    import copy
-
-    from models import data as datasets, zoo
-
-    from .api import compress, compression_report, plan, recalibrate_bn_
-    from .finetune import finetune
-
     zoo.default_dataset(a.model)  # unknown model -> UnknownModelError (a ValueError) before any work
     data_name = a.data or zoo.default_dataset(a.model)
     for opt in ("train_epochs", "train_limit", "finetune_epochs", "calibrate"):
@@ -131,7 +103,7 @@ def run(a: argparse.Namespace) -> int:
 
     xt, yt = datasets.load(data_name, "test")
     model = _trained_model(a.model, data_name, epochs=a.train_epochs, limit=a.train_limit, progress=not a.quiet)
-    acc = {"float": _accuracy(model, xt, yt)}
+    acc = {"float": evaluate(model, xt, yt)}
 
     calib = None
     if a.method == "pq":  # prototypes are learnt from activations
@@ -139,7 +111,7 @@ def run(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     comp = compress(model, spec, data=calib, example=torch.from_numpy(xt[:1]))
     t_comp = time.perf_counter() - t0
-    acc["compressed"] = _accuracy(comp, xt, yt)
+    acc["compressed"] = evaluate(comp, xt, yt)
     report = compression_report(comp)
     print(f"{a.model} on {data_name}: {a.method} n:m={a.n}:{a.m} k={a.k} d={a.d} "
           f"({'float' if a.float_codebooks else 'int8'} codebooks), compressed in {t_comp:.1f} s")
@@ -150,16 +122,14 @@ def run(a: argparse.Namespace) -> int:
         x, y = datasets.load(data_name, "train")
     if a.calibrate:
         comp = recalibrate_bn_(copy.deepcopy(comp), x[:a.calibrate]).eval()
-        acc["compressed+bn-calibrated"] = _accuracy(comp, xt, yt)
+        acc["compressed+bn-calibrated"] = evaluate(comp, xt, yt)
     if a.finetune_epochs and a.method == "pq":  # PQA / LUT-NN: prototypes + LUT, annealed soft assignment
-        from .finetune import pq_finetune
-
         pq_finetune(comp, x, y, epochs=a.finetune_epochs, lr=a.finetune_lr, batch_size=a.batch_size,
                     seed=a.seed, progress=True)
-        acc[f"finetuned ({a.finetune_epochs} epochs)"] = _accuracy(comp, xt, yt)
+        acc[f"finetuned ({a.finetune_epochs} epochs)"] = evaluate(comp, xt, yt)
     elif a.finetune_epochs:
         finetune(comp, x, y, epochs=a.finetune_epochs, lr=a.finetune_lr, batch_size=a.batch_size, seed=a.seed)
-        acc[f"finetuned ({a.finetune_epochs} epochs)"] = _accuracy(comp, xt, yt)
+        acc[f"finetuned ({a.finetune_epochs} epochs)"] = evaluate(comp, xt, yt)
 
     print()
     print("test accuracy:")
@@ -173,10 +143,6 @@ def run(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    try:
-        from models.data import DatasetError
-    except ImportError:  # pragma: no cover
-        DatasetError = RuntimeError  # type: ignore[misc,assignment]
     try:
         return run(a)
     except (ValueError, DatasetError, OSError) as e:

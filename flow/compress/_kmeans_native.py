@@ -32,6 +32,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from engine_io.cache import cache_root
+
 __all__ = ["backend", "load", "KernelUnavailable"]
 
 ABI = 2
@@ -63,8 +65,6 @@ def _cache_dirs() -> list[Path]:
         dirs.append(Path(env).expanduser())
     else:
         try:
-            from engine_io.cache import cache_root
-
             dirs.append(cache_root() / "kernels")
         except Exception:  # noqa: BLE001 - an unusable cache only costs the fallback directory
             pass

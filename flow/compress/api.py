@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -10,17 +11,24 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flow.finite import check_finite, check_model_finite
 from flow.text_table import format_table
 
 from .errors import (
+    ChannelDivisibilityError,
+    CodebookSizeError,
     CompressionError,
     NMConfigError,
     UnknownLayerError,
     UnsupportedLayerError,
+    VectorLengthError,
 )
+from .flatten import flatten_sources
 from .mvq import MVQConv2d, MVQLinear, _check_conv, _CodebookLayer, check_layer_config, mask_bits_per_group
 from .nm import check_nm
+from .pq import PQConv2d, PQLinear, _layer_inputs
 from .spec import LAYER_KEYS, CompressSpec, check_method
+from .vecq import VecQConv2d, VecQLinear, check_bits
 from .vq import VQConv2d, VQLinear
 
 __all__ = ["compress", "compression_report", "Report", "LayerRow", "plan", "recipe"]
@@ -164,16 +172,12 @@ def _plan_pq_vecq(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: boo
     dense; 'first'/'last' are the default ``skip``). A layer named in ``overrides`` is PQ'd
     whatever its kernel (``overrides={name: dict(method="pq")}``).
     """
-    from .vecq import check_bits
-
     if cfg["method"] == "vecq":
         try:
             check_bits(cfg["bits"], cfg["vecq_scheme"])
         except CompressionError as e:
             raise type(e)(f"layer {name!r}: {e}") from None
         return LayerPlan(name=name, kind=kind, method="vecq", bits=int(cfg["bits"]), scheme=cfg["vecq_scheme"])
-    from .errors import ChannelDivisibilityError, CodebookSizeError, VectorLengthError
-
     lv, lK, lb = cfg["v"], cfg["K"], cfg["lut_bits"]
     if not isinstance(lv, int) or lv < 1:
         raise VectorLengthError(f"layer {name!r}: PQ subvector length v={lv!r} must be a positive integer")
@@ -262,10 +266,8 @@ def compress(
     Grouped or dilated convolutions are kept dense by the default sweep; naming one in
     ``overrides`` raises :class:`UnsupportedLayerError`.  All errors subclass ValueError.
     """
-    from flow.finite import check_finite, check_model_finite  # NaN / inf refused here, with the tensor's name
-
     spec = CompressSpec.of(spec, **settings)
-    check_model_finite(model, "compress(model)")
+    check_model_finite(model, "compress(model)")   # NaN / inf refused here, with the tensor's name
     if data is not None:
         check_finite(data[0] if isinstance(data, (tuple, list)) else data, "compress(data=...): calibration images",
                      "remove or repair those images")
@@ -279,8 +281,6 @@ def compress(
         example = calib[:1]
     chw = {}
     if any(p.kind == "linear" and p.method in ("mvq", "vq") for p in plans):
-        from .flatten import flatten_sources
-
         chw = flatten_sources(model, None if example is None else torch.as_tensor(np.asarray(example)[:1]))
     out = copy.deepcopy(model)
     modules = dict(out.named_modules())
@@ -334,12 +334,8 @@ def _pq_divisibility(v: int, plans: list[LayerPlan]) -> None:
         return
     where = ", ".join(lost)
     if not any(p.method != "none" for p in plans):
-        from .errors import ChannelDivisibilityError
-
         raise ChannelDivisibilityError(f"compress(method='pq', v={v}) compresses no layer: {where} not divisible "
                                        f"by v: choose v dividing those lengths")
-    import warnings
-
     warnings.warn(f"compress(method='pq', v={v}) keeps {len(lost)} layer(s) dense, patch length not divisible "
                   f"by v: {where}; choose v dividing them, or pass them in skip= to keep them dense quietly",
                   CompressionWarning, stacklevel=3)
@@ -348,9 +344,6 @@ def _pq_divisibility(v: int, plans: list[LayerPlan]) -> None:
 def _make_pq_vecq(model: nn.Module, mod: nn.Module, p: LayerPlan, calib: Tensor | None) -> nn.Module:
     """The PQ or VecQ layer of plan ``p`` for ``mod``; PQ learns its prototypes from ``mod``'s inputs in ``model``
     (the part converted so far) on the calibration images ``calib``."""
-    from .pq import PQConv2d, PQLinear, _layer_inputs
-    from .vecq import VecQConv2d, VecQLinear
-
     if p.method == "vecq":
         return (VecQConv2d.from_conv(mod, bits=p.bits, scheme=p.scheme) if p.kind == "conv"
                 else VecQLinear.from_linear(mod, bits=p.bits, scheme=p.scheme))

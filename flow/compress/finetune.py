@@ -25,8 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .api import plan, recalibrate_bn_
 from .errors import CompressionError, ShapeMismatchError
+from .flatten import flatten_sources, from_hwc, to_hwc, vector_order
 from .mvq import _CodebookLayer
+from .nm import importance_scores, nm_mask
+from .pq import pq_distance_scales, pq_layers, temperature_at
 
 __all__ = ["finetune", "nm_prune_finetune", "requantize_codebooks_", "pq_finetune", "PQTrainSpec"]
 
@@ -128,10 +132,6 @@ def nm_prune_finetune(
     over the first ``calib_images`` of x, see :func:`flow.compress.nm.importance_scores`).
     ``epochs=0`` prunes without retraining. Returns ``{layer name: mask}`` (0/1, the weight's shape).
     """
-    from .api import plan
-    from .flatten import flatten_sources, from_hwc, to_hwc, vector_order
-    from .nm import importance_scores, nm_mask
-
     plans = plan(model, "mvq", n=n, m=m, k=2, d=m, skip=skip, clip_k=True)
     modules = dict(model.named_modules())
     names = [p.name for p in plans if p.method != "none"]
@@ -329,8 +329,6 @@ def pq_finetune(model: nn.Module, x, y, spec: PQTrainSpec | None = None, *, teac
 def _start_pq_run(model: nn.Module, x, y, spec: PQTrainSpec, teacher: nn.Module | None, progress: bool,
                   log: Callable[[str], None] | None) -> _PQRun:
     """Check the inputs against ``spec`` and the model, and set up the run (its clock starts here)."""
-    from .pq import pq_layers
-
     x, y = _as_tensor(x).float(), _as_tensor(y).long()
     if x.shape[0] != y.shape[0]:
         raise ShapeMismatchError(f"x has {x.shape[0]} samples but y has {y.shape[0]}: give one label per sample")
@@ -351,8 +349,6 @@ def _start_pq_run(model: nn.Module, x, y, spec: PQTrainSpec, teacher: nn.Module 
 
 def _soften(run: _PQRun) -> None:
     """Measure each layer's distance scale, and make its LUT float and its assignment the spec's."""
-    from .pq import pq_distance_scales
-
     x = run.x
     run.scales = (pq_distance_scales(run.model, x[:min(len(x), 256)]) if run.spec.relative_temperature
                   else {n: 1.0 for n, _ in run.named})
@@ -371,8 +367,6 @@ def _batches(n_img: int, batch_size: int) -> int:
 
 def _soft_phase(run: _PQRun) -> None:
     """Phase 1: every parameter, Adam with cosine decay, the temperature annealed per step."""
-    from .pq import temperature_at
-
     s = run.spec
     opt = torch.optim.Adam([p for p in run.model.parameters() if p.requires_grad], lr=s.lr)
     total_steps = s.epochs * _batches(run.n_img, s.batch_size)
@@ -383,8 +377,6 @@ def _soft_phase(run: _PQRun) -> None:
 
 def _harden(run: _PQRun) -> None:
     """Between the phases: hard forward at ``t_end``, LUT quantized, BatchNorm re-estimated."""
-    from .api import recalibrate_bn_
-
     x = run.x
     run.set_temperature(run.spec.t_end)
     for n, m in run.named:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.fx import symbolic_trace
+from torch.fx.passes.shape_prop import ShapeProp
 
 __all__ = ["flatten_sources", "vector_order", "to_hwc", "from_hwc"]
 
@@ -63,9 +65,6 @@ def flatten_sources(model: nn.Module, example: Tensor | None) -> dict[str, tuple
     quantizer then says that the engine stores them dense."""
     if example is None:
         return {}
-    from torch.fx import symbolic_trace
-    from torch.fx.passes.shape_prop import ShapeProp
-
     was = model.training
     try:
         gm = symbolic_trace(model)

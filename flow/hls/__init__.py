@@ -5,7 +5,7 @@
     from flow.hls.csim import csim, CsimEngine               # tb on files / in-process bridge (predict)
     python -m flow.hls.lint PROJECT_DIR                  # synthesizable-subset checks
 
-The register map is ``host/regmap.py``; the parameter image is
+The register map is ``engine_io/regmap.py``; the parameter image is
 ``flow.compile.program.Program.to_bytes()``; the numeric reference is
 ``flow.compile.program_exec.run_program`` (C-simulation matches it bit for bit).
 """

@@ -184,7 +184,7 @@ class CsimEngine:
         # the CYCLES register after the last call: MODELLED cycles (flow/boards/cycle_model.py), not measured
         self.modelled_cycles: int = 0
         # the REAL_CYCLES register after the last call: MEASURED cycles, or None where there is no real
-        # counter -- always None here (C-simulation: the counter is its C model, host/regmap.REAL_CYCLES_NA)
+        # counter -- always None here (C-simulation: the counter is its C model, engine_io/regmap.REAL_CYCLES_NA)
         self.real_cycles: int | None = None
         self._image_key: bytes | None = None
         self._image_sizes: tuple[int, int] | None = None

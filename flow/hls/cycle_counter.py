@@ -1,4 +1,4 @@
-"""The engine's real cycle counter (REAL_CYCLES, host/regmap.py): the names and numbers its templates share.
+"""The engine's real cycle counter (REAL_CYCLES, engine_io/regmap.py): the names and numbers its templates share.
 
 The counter is Verilog (``hls_templates/rtl/cycle_counter.v.j2``) that Vitis HLS instantiates as an RTL
 blackbox (``hls_templates/tcl/cycle_counter.json.j2``, ``add_files -blackbox`` in build.tcl) for the

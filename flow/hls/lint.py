@@ -51,20 +51,17 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-TOP = "vqhls_engine"
-# The declared product and requantization units: the only functions on the engine's pipelined paths
-# allowed to hold a run-time multiply (the templates put every legitimate one in one of these).
-DECLARED_MULT_UNITS = ("pe_mul_dsp", "pe_mul_lut", "requantize", "resid_mul", "pq_square")
-SOURCE_SUFFIXES = (".h", ".hpp", ".cpp", ".cc")
+from flow.hls import lint_common, lint_mult
+from flow.hls.lint_common import Violation, _Func, _functions, _line_of, _match_close, split_top, strip_comments
+from flow.hls.lint_pipeline import analyse
 
-KEYWORDS = {
-    "if", "for", "while", "switch", "return", "sizeof", "catch", "do", "else", "case", "new", "delete",
-    "static_cast", "reinterpret_cast", "const_cast", "dynamic_cast", "decltype", "alignof", "defined",
-    "operator", "typeid", "noexcept", "static_assert",
-}
+TOP = "vqhls_engine"
+# defined in flow/hls/lint_common.py (shared with lint_pipeline and lint_mult), named here as before
+DECLARED_MULT_UNITS = lint_common.DECLARED_MULT_UNITS
+KEYWORDS = lint_common.KEYWORDS
+SOURCE_SUFFIXES = (".h", ".hpp", ".cpp", ".cc")
 
 STL_CONTAINERS = (
     "vector", "map", "multimap", "list", "forward_list", "string", "wstring", "deque", "set", "multiset",
@@ -86,57 +83,9 @@ RE_CALL = re.compile(r"\b([A-Za-z_]\w*)\s*(?:<[^;(){}<>]*(?:<[^;(){}<>]*>[^;(){}
 RE_CONST_IDENT = re.compile(r"^(?:[A-Z_][A-Z0-9_]*|(?:[A-Za-z_]\w*\s*::\s*)+[A-Za-z_]\w*)$")
 
 
-@dataclass(frozen=True)
-class Violation:
-    path: str
-    line: int
-    rule: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}:{self.rule}: {self.message}"
-
-
 # ---------------------------------------------------------------------------
 # text preparation
 # ---------------------------------------------------------------------------
-def strip_comments(text: str) -> str:
-    """Blank out comments and string / char literals (same length, newlines kept)."""
-    out = list(text)
-    i, n = 0, len(text)
-
-    def blank(a: int, b: int, keep_quotes: bool = False) -> None:
-        for j in range(a, b):
-            if out[j] != "\n" and not (keep_quotes and j in (a, b - 1)):
-                out[j] = " "
-
-    while i < n:
-        c = text[i]
-        if c == "/" and i + 1 < n and text[i + 1] == "/":
-            j = text.find("\n", i)
-            j = n if j < 0 else j
-            blank(i, j)
-            i = j
-        elif c == "/" and i + 1 < n and text[i + 1] == "*":
-            j = text.find("*/", i + 2)
-            j = n if j < 0 else j + 2
-            blank(i, j)
-            i = j
-        elif c in "\"'":
-            j = i + 1
-            while j < n and text[j] != c and text[j] != "\n":
-                j += 2 if text[j] == "\\" else 1
-            j = min(j + 1, n)
-            # keep #include "file.h" readable
-            line_start = text.rfind("\n", 0, i) + 1
-            if not text[line_start:i].lstrip().startswith("#"):
-                blank(i, j, keep_quotes=True)
-            i = j
-        else:
-            i += 1
-    return "".join(out)
-
-
 def blank_preprocessor(text: str) -> str:
     """Blank preprocessor lines (incl. continuations), keeping offsets."""
     lines = text.split("\n")
@@ -181,23 +130,6 @@ def guarded_lines(text: str) -> list[bool]:
         guarded = any((k == "nosyn" and not e) or (k == "syn" and e) for k, e in stack)
         flags.append(guarded)
     return flags
-
-
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
-
-
-def _match_close(text: str, pos: int, open_ch: str, close_ch: str) -> int:
-    """Index of the bracket closing the one at ``pos`` (or len(text))."""
-    depth = 0
-    for j in range(pos, len(text)):
-        if text[j] == open_ch:
-            depth += 1
-        elif text[j] == close_ch:
-            depth -= 1
-            if depth == 0:
-                return j
-    return len(text)
 
 
 # ---------------------------------------------------------------------------
@@ -258,7 +190,7 @@ def _loop_rules(rel: str, code: str, raw_nc: str) -> list[Violation]:
         hstart = m.end() - 1
         hend = _match_close(code, hstart, "(", ")")
         header = code[hstart + 1:hend]
-        parts = _split_top(header, ";")
+        parts = split_top(header, ";")
         ln = _line_of(code, m.start())
         if len(parts) != 3:
             out.append(Violation(rel, ln, "loop-bound", "range-for / unparsable loop header: give it a constant bound"))
@@ -302,57 +234,6 @@ def _loop_rules(rel: str, code: str, raw_nc: str) -> list[Violation]:
                 continue
         out.append(Violation(rel, ln, "loop-bound", "while loop without #pragma HLS loop_tripcount"))
     return out
-
-
-def _split_top(s: str, sep: str) -> list[str]:
-    parts, depth, cur = [], 0, []
-    for ch in s:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        if ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return parts
-
-
-@dataclass
-class _Func:
-    name: str
-    rel: str
-    line: int
-    params: str
-    body_start: int
-    body_end: int
-    code: str
-
-
-def _functions(rel: str, code: str) -> list[_Func]:
-    """Function definitions: NAME(params) [const|noexcept|-> T] { body }."""
-    funcs = []
-    for m in re.finditer(r"\b([A-Za-z_]\w*)\s*\(", code):
-        name = m.group(1)
-        if name in KEYWORDS:
-            continue
-        pstart = m.end() - 1
-        pend = _match_close(code, pstart, "(", ")")
-        rest = re.match(r"\s*(?:const\s*)?(?:noexcept\s*)?(?:override\s*)?(?::[^;{]*)?\{", code[pend + 1:])
-        if not rest:
-            continue
-        # the token before NAME must look like a return type / qualifier, not an operator or '('
-        before = code[:m.start()].rstrip()
-        if not before or before[-1] in "=(,!&|+-*/%<?:" and not before.endswith(("&", "*", ">")):
-            continue
-        if re.search(r"\b(return|else|new|case)\s*$", before):
-            continue
-        bstart = pend + 1 + rest.end() - 1
-        bend = _match_close(code, bstart, "{", "}")
-        funcs.append(_Func(name, rel, _line_of(code, m.start()), code[pstart + 1:pend], bstart, bend, code))
-    return funcs
 
 
 def _recursion_rules(funcs: list[_Func]) -> list[Violation]:
@@ -426,7 +307,7 @@ def _interface_rules(funcs: list[_Func], raw: dict[str, str], top: str) -> list[
     out = []
     for f in defs:
         params = []
-        for p in _split_top(f.params, ","):
+        for p in split_top(f.params, ","):
             p = p.strip()
             if not p or p == "void":
                 continue
@@ -476,8 +357,6 @@ def _basic_rules(files: dict[str, str], *, top: str = TOP) -> list[Violation]:
 
 
 def _lint_all(files: dict[str, str], top: str):
-    from flow.hls.lint_pipeline import analyse
-
     base = _basic_rules(files, top=top)
     extra, fw = analyse(files, top=top)
     return sorted(set(base) | set(extra), key=lambda v: (v.path, v.line, v.rule, v.message)), fw
@@ -494,27 +373,21 @@ def lint_project(project_dir: str | Path, *, top: str = TOP) -> list[Violation]:
     fw = root / "firmware"
     if not fw.is_dir():
         raise FileNotFoundError(f"{root} has no firmware/ directory (not an HLS project?)")
-    from flow.hls.lint_mult import multiplier_rules
-
     files = {p.relative_to(root).as_posix(): p.read_text() for p in sorted(fw.rglob("*")) if p.suffix in SOURCE_SUFFIXES}
     out, fwi = _lint_all(files, top)
-    out += multiplier_rules(root, fwi.direct_pipeline, {n for n, f in fwi.funcs.items() if f.inline}, fwi.calls)
+    out += lint_mult.multiplier_rules(root, fwi.direct_pipeline, {n for n, f in fwi.funcs.items() if f.inline}, fwi.calls)
     return sorted(set(out), key=lambda v: (v.path, v.line, v.rule, v.message))
 
 
 def multiplier_counts(project_dir: str | Path) -> dict[str, int]:
     """Run-time multiplies per firmware function of an emitted project (flow/hls/lint_mult.py)."""
-    from flow.hls.lint_mult import multiplier_counts as counts
-
-    return counts(project_dir)
+    return lint_mult.multiplier_counts(project_dir)
 
 
 def multiplier_instances(project_dir: str | Path) -> dict[str, int]:
     """Multipliers hardware builds per firmware function: the counts, capped by ``ALLOCATION ... mul limit=N``
     (the once-per-op sequential functions share one multiplier; flow/hls/lint_mult.py)."""
-    from flow.hls.lint_mult import multiplier_instances as instances
-
-    return instances(project_dir)
+    return lint_mult.multiplier_instances(project_dir)
 
 
 

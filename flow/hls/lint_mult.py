@@ -25,7 +25,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from flow.hls.lint import DECLARED_MULT_UNITS, Violation
+from engine_io.gxx_build import ap_types_dir
+from flow.hls.lint_common import DECLARED_MULT_UNITS, Violation
 
 GXX_FLAGS = ("-std=c++14", "-O2", "-fno-inline", "-fdump-tree-optimized-lineno", "-w")
 _OPND = r"(-?[\w.]+(?:\(D\))?)"
@@ -99,8 +100,6 @@ def _dump(key: str, fw_s: str, gxx: str, inc: str) -> str:
 def multiplier_sites(project_dir: str | Path) -> dict[str, list[tuple[str, int]]] | None:
     """{function: [(firmware-relative file, line) of each run-time multiply]} for every firmware function
     g++ emits (empty lists included); None when g++ is not installed. Raises MultCompileError."""
-    from engine_io.gxx_build import ap_types_dir
-
     root = Path(project_dir)
     fw = (root / "firmware").resolve()
     gxx = _gxx()

@@ -33,7 +33,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import product
 
-from flow.hls.lint import KEYWORDS, Violation, _functions, _line_of, _match_close, strip_comments
+from flow.hls.lint_common import (KEYWORDS, Violation, _functions, _line_of, _match_close, split_spans,
+                                  strip_comments)
 from flow.hls.lint_cexpr import evaluate
 
 TOP = "vqhls_engine"
@@ -324,19 +325,9 @@ class Func:
 
 
 def _split_params(text: str) -> list[str]:
-    out, depth, cur = [], 0, []
-    for ch in text:
-        if ch in "([{<":
-            depth += 1
-        elif ch in ")]}>":
-            depth -= 1
-        if ch == "," and depth == 0:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur))
-    return [p for p in (s.strip() for s in out) if p and p != "void"]
+    """The non-empty, non-``void`` parameters (or template arguments) of a list."""
+    parts = (text[a:b].strip() for a, b in split_spans(text, angles=True))
+    return [p for p in parts if p and p != "void"]
 
 
 def _param(text: str) -> Param | None:
@@ -1020,7 +1011,6 @@ class Walker:
         m = re.match(r"\s*\(?\s*([A-Za-z_]\w*)", code[a:b])
         if not m:
             return None
-        s = a + m.start(1)
         k = a + m.end(1)
         tgt = self.lookup(fr, m.group(1))
         if tgt is None:
@@ -1255,19 +1245,9 @@ def _match_angle(text: str, j: int) -> int | None:
 
 
 def _split_params_pos(code: str, a: int, b: int) -> list[tuple[int, int]]:
-    out, depth, start = [], 0, a
-    for k in range(a, b):
-        ch = code[k]
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            out.append((start, k))
-            start = k + 1
-    if code[start:b].strip():
-        out.append((start, b))
-    return out
+    """Spans of the arguments in ``code[a:b]`` (a blank last one dropped)."""
+    spans = split_spans(code, a, b)
+    return spans if code[spans[-1][0]:b].strip() else spans[:-1]
 
 
 def _assign_op(code: str, k: int, b: int) -> str | None:

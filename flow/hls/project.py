@@ -31,6 +31,7 @@ import jinja2
 import numpy as np
 
 from flow.boards import cycle_model
+from flow.boards.resource_model import check_fit, memories
 from flow.compile import program as program_mod
 from flow.compile.engine import EngineConfig
 from flow.compile.program import Program
@@ -210,8 +211,6 @@ _LATENCY = {"act_mem": 2}
 
 def storage_pragmas(engine: EngineConfig) -> list[tuple[str, str, str, int]]:
     """(variable, type, impl, latency) of every on-chip memory, from the resource model (flow.boards.resource_model)."""
-    from flow.boards.resource_model import memories
-
     return [(_MEMORY_VARS[m.name], _PORT_TYPES[m.ports], m.impl, _LATENCY.get(_MEMORY_VARS[m.name], 0))
             for m in memories(engine) if m.name in _MEMORY_VARS]
 
@@ -329,8 +328,6 @@ def write_project(
         raise ValueError("test vectors need the program they belong to (program=...)")
 
     if board is not None:
-        from flow.boards.resource_model import check_fit
-
         check_fit(engine, board, level=fit_level)
     texts = render(engine, part=part, clock_ns=clock_ns)
     files: dict[str, bytes] = {name: text.encode() for name, text in texts.items()}

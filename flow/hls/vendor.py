@@ -167,7 +167,7 @@ def render_vivado_tcl(board: Board | str, *, ip_repo: str | os.PathLike, out_dir
     the script copies ``{overlay_name}.bit`` / ``.hwh`` and writes the utilization and timing reports.
     Paths go into the script absolute. The Vivado project ``project_name`` is created next to the script.
     """
-    from flow.hls import project as project_mod
+    from flow.hls import project as project_mod   # deferred: jinja2 (its template environment renders the script)
 
     board = get_board(board) if isinstance(board, str) else board
     ps, gp, hp = _ps_of(board)
@@ -206,7 +206,7 @@ def write_vivado_tcl(path: str | os.PathLike, board: Board | str, **kwargs) -> P
 
 def ip_repo_dir(project_dir: str | os.PathLike) -> Path:
     """Where ``vitis_hls -f build.tcl -tclargs export=1`` leaves the engine IP (component.xml)."""
-    from flow.hls.project import PROJECT_NAME
+    from flow.hls.project import PROJECT_NAME   # deferred: flow.hls.project imports jinja2; only its name is needed
 
     return Path(project_dir) / f"{PROJECT_NAME}_prj" / "solution1" / "impl" / "ip"
 
@@ -287,7 +287,7 @@ def run_or_skip(tool: str, cmd: list[str], cwd: str | os.PathLike, log_path: str
     if exe is None:
         return VendorResult(False, None, None, f"skipped: {tool} not found\nrun where {tool} is installed: {line}",
                             line)
-    from tqdm import tqdm
+    from tqdm import tqdm   # deferred: tqdm, only when the tool runs (a skip needs no progress bar)
 
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)

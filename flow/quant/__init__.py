@@ -12,6 +12,6 @@ __all__ = ["requantize", "quantize_multiplier", "QGraph", "QNode", "QTensor", "q
 
 def __getattr__(name: str):
     if name in ("quantize_model", "UnsupportedLayerError", "QuantizationError"):
-        from flow.quant import convert
+        from flow.quant import convert   # deferred: torch (the quantizer); the golden model is numpy only
         return getattr(convert, name)
     raise AttributeError(f"module 'flow.quant' has no attribute {name!r}")

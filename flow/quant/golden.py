@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from flow.finite import check_finite
 from flow.quant import ops as K
 from flow.quant.graph import QGraph, QNode
 from flow.quant.requant import requantize
@@ -29,8 +30,6 @@ def quantize_input(x_float_nchw, scale: float, unsigned: bool) -> np.ndarray:
                    dtype=np.float64)
     if x.ndim != 4:
         raise ValueError(f"quantize_input: expected [B,C,H,W], got shape {x.shape}")
-    from flow.finite import check_finite
-
     check_finite(x, "quantize_input: input images", "a NaN would become an arbitrary integer; repair the images")
     lo, hi = (0, 255) if unsigned else (-128, 127)
     q = np.clip(np.rint(x / scale), lo, hi).transpose(0, 2, 3, 1)

@@ -14,21 +14,20 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from flow.hls import vendor
+from flow.rtl import cosim_cases, pq_cases
+from flow.rtl.default_program import HLS_DIR, default_program_dir
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # inherited by the default-program build (torch) it may run
 
 
 def main() -> int:
-    from flow.rtl import cosim_cases, pq_cases
-    from flow.rtl.default_program import HLS_DIR, default_program_dir
-
     print("== PE array (sparse N:M and dense builds) and requantization lane: RTL vs golden ==")
     pe_ok = cosim_cases.main() == 0
     print()
     print("== PQ lookup engine: RTL vs golden ==")
     pq_ok = pq_cases.main([]) == 0
     print()
-    from flow.hls import vendor
-
     build_dir = default_program_dir()
     hls_dir = build_dir / HLS_DIR
     cmd = vendor.vitis_command(hls_dir, csim=False, synth=True, cosim=True, export=False, impl=False)

@@ -86,7 +86,7 @@ def run_cocotb(verilog_sources: list[str | os.PathLike], toplevel: str, test_mod
     importable beside ``flow``, e.g. flow.rtl.tb.pe_array) on it; returns the parsed results (never
     raises on a failed test: read ``failed``). ``simulator``: "icarus" or "verilator"; default
     ``$VQHLS_SIM`` or "icarus" (``make cosim SIM=verilator``)."""
-    from cocotb_tools.runner import get_runner
+    from cocotb_tools.runner import get_runner   # deferred: cocotb, an optional tool (the dev extra), only to simulate
 
     simulator = simulator or os.environ.get("VQHLS_SIM") or "icarus"
     exe = find_simulator(simulator)

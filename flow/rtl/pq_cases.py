@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from flow.boards.cycle_model import pq_pixel_cycles
 from flow.compile.engine import EngineConfig
 from flow.quant.ops import im2col, out_size, pq_conv, pq_distances
 from flow.rtl import pq_model
+from flow.rtl.cosim import read_results, run_cocotb
 from flow.rtl.render import render_rtl
 
 TB_MODULE = "flow.rtl.tb.pq_engine"
@@ -132,8 +134,6 @@ def write_case(case: PQCase, arr: dict, path: Path, result: Path) -> None:
 
 def run_case(case: PQCase, work: Path, *, argmin_le: bool = False, simulator: str | None = None) -> dict:
     """Render, simulate, compare. Returns the figures (bit_exact, mismatches, cycles, model, formula, ...)."""
-    from flow.rtl.cosim import read_results, run_cocotb
-
     work = Path(work) / case.name
     work.mkdir(parents=True, exist_ok=True)
     engine = case.config
@@ -165,8 +165,6 @@ def run_case(case: PQCase, work: Path, *, argmin_le: bool = False, simulator: st
     lat = pq_model.pixel_latency(engine, NOT=NOT)
     # the HLS engine's model of the same layer (flow.boards.cycle_model, LUT on chip): its pixels do not overlap and
     # it requantizes in one lane, so it is compared per pixel with the RTL's steady state
-    from flow.boards.cycle_model import pq_pixel_cycles
-
     eng_px = pq_pixel_cycles(case.v, case.nsub, NOT, case.OC)
     out.update(engine_per_pixel=eng_px, engine_cycles=npix * eng_px,
                engine_err=(npix * eng_px - cycles) / cycles)

@@ -61,6 +61,17 @@ def requant_params(rng: np.random.Generator, acc_scale: np.ndarray, res_scale: f
     return mult, shift, res_mult
 
 
+def add_post_arrays(arrays: dict, rng: np.random.Generator, acc_scale: np.ndarray, residual: bool,
+                    bias_scale: float, shift_range) -> dict:
+    """``arrays`` with the per-channel epilogue of a conv / PQ op: bias, mult, shift (and res_mult)."""
+    arrays["bias"] = rng.integers(-int(bias_scale), int(bias_scale) + 1, size=acc_scale.shape[0])
+    mult, shift, res_mult = requant_params(rng, acc_scale, 1.0 if residual else None, shift_range)
+    arrays["mult"], arrays["shift"] = mult, shift
+    if res_mult is not None:
+        arrays["res_mult"] = res_mult
+    return arrays
+
+
 def conv_op(rng: np.random.Generator, *, H: int, W: int, C: int, OC: int, K: int = 3, stride: int = 1,
             pad: int = 1, wfmt: int = DENSE, n: int = 2, m: int = 4, d: int = 8, k: int = 16,
             in_unsigned: int = 0, out_unsigned: int = 0,
@@ -86,11 +97,7 @@ def conv_op(rng: np.random.Generator, *, H: int, W: int, C: int, OC: int, K: int
     # accumulator scale of a typical input (rms of int8 / uint8 activations) so mult lands outputs mid-range
     x_rms = 147.0 if in_unsigned else 74.0
     acc_scale = np.sqrt((dense_w.astype(np.float64) ** 2).reshape(OC, -1).sum(1)) * x_rms * 0.7 + 1
-    arrays["bias"] = rng.integers(-int(bias_scale), int(bias_scale) + 1, size=OC)
-    mult, shift, res_mult = requant_params(rng, acc_scale, 1.0 if res_buf >= 0 else None, shift_range)
-    arrays["mult"], arrays["shift"] = mult, shift
-    if res_mult is not None:
-        arrays["res_mult"] = res_mult
+    add_post_arrays(arrays, rng, acc_scale, res_buf >= 0, bias_scale, shift_range)
     lo, hi = act_range(out_unsigned)
     return Op(CONV, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=OC, KH=K, KW=K, stride=stride, pad=pad,
               res_buf=res_buf, in_unsigned=in_unsigned, res_unsigned=res_unsigned, out_unsigned=out_unsigned,

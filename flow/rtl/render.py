@@ -47,7 +47,7 @@ def context(engine: EngineConfig, **params) -> dict:
 
 def render_rtl(unit: str, engine: EngineConfig, **params) -> str:
     """Verilog text of ``unit`` (a key of UNITS) for ``engine``."""
-    from flow.hls.project import _environment
+    from flow.hls.project import _environment   # deferred: jinja2 (the template environment), only to render
 
     if unit not in UNITS:
         raise KeyError(f"render_rtl: unknown unit {unit!r} (known: {', '.join(UNITS)})")

@@ -214,13 +214,13 @@ def test_missing_flush_shows(board_bundle, overlay, monkeypatch):
 
 
 def test_register_map_of_the_bitstream_is_checked(board_bundle_dir, sim_device, tmp_path):
-    """A .hwh whose engine registers sit elsewhere than host/regmap.py says (another kit's bitstream)."""
+    """A .hwh whose engine registers sit elsewhere than engine_io/regmap.py says (another kit's bitstream)."""
     hwh = derive_hwh.derive().replace(b'<REGISTER NAME="status">', b'<REGISTER NAME="status_moved">')
     bundle = with_bitstream(board_bundle_dir, tmp_path / "deploy", hwh=hwh)
     import host.pynq_backend  # noqa: F401
 
     ol = pynq.Overlay(str(bundle / "vqhls.bit"), download=False, device=SimPynqDevice(sim_device))
-    with pytest.raises(AcceleratorError, match="register map differs from host/regmap.py \\(status missing"):
+    with pytest.raises(AcceleratorError, match="register map differs from engine_io/regmap.py \\(status missing"):
         Accelerator.open(bundle, backend="pynq", overlay=ol)
 
 

@@ -12,16 +12,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from shared_fixtures import shared_fixture_dir
 
 from flow.build.report import _md, sections
 
-_REPO = Path(__file__).resolve().parents[2]
-_CANDIDATES = [_REPO.parent / "shared" / "fixtures" / "vendor-reports",
-               _REPO / "shared" / "fixtures" / "vendor-reports"]
-FIXTURES = next((p for p in _CANDIDATES if p.is_dir()), None)
-if FIXTURES is None:
-    pytest.skip("vendor-report fixtures not found (looked in "
-                + ", ".join(str(p) for p in _CANDIDATES) + ")", allow_module_level=True)
+FIXTURES = shared_fixture_dir("vendor-reports")
 
 CSYNTH_XML = FIXTURES / "myproject_csynth.xml"   # BRAM_18K 0, DSP48E 73, FF 7969, LUT 2532
 UTIL_RPT = FIXTURES / "vivado_synth.rpt"

@@ -1,4 +1,4 @@
-"""host/regmap.py's REAL_CYCLES register against the Vitis HLS s_axilite layout, worked out here by hand.
+"""engine_io/regmap.py's REAL_CYCLES register against the Vitis HLS s_axilite layout, worked out here by hand.
 
 The rule (the regmap docstring, and the layout the review checked for the first five ports): arguments
 in order from 0x10; an input takes its data word(s) and a reserved word, an output its data word(s) and a

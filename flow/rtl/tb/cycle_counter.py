@@ -19,7 +19,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
-NA = (1 << 64) - 1          # host/regmap.py REAL_CYCLES_NA: never produced by the counter
+NA = (1 << 64) - 1          # engine_io/regmap.py REAL_CYCLES_NA: never produced by the counter
 TOP = NA - 1                # where the counter saturates
 
 

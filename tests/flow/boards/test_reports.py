@@ -9,9 +9,9 @@ report_utilization columns) are made in tmp_path by editing the fixture text.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from shared_fixtures import shared_fixture_dir
 
 from flow.boards.reports import (
     HlsReport,
@@ -23,13 +23,7 @@ from flow.boards.reports import (
     parse_utilization,
 )
 
-_REPO = Path(__file__).resolve().parents[3]
-_CANDIDATES = [_REPO.parent / "shared" / "fixtures" / "vendor-reports",
-               _REPO / "shared" / "fixtures" / "vendor-reports"]
-FIXTURES = next((p for p in _CANDIDATES if p.is_dir()), None)
-if FIXTURES is None:
-    pytest.skip("vendor-report fixtures not found (looked in "
-                + ", ".join(str(p) for p in _CANDIDATES) + ")", allow_module_level=True)
+FIXTURES = shared_fixture_dir("vendor-reports")
 
 CSYNTH_XML = FIXTURES / "myproject_csynth.xml"
 CSYNTH_RPT = FIXTURES / "myproject_csynth.rpt"

@@ -8,7 +8,7 @@ from flow.compile.engine import EngineConfig
 from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ, Op, Program
 from flow.quant.ops import out_size
 # the random conv ops and the small geometry are the package's (the RTL cases draw the same ones)
-from flow.rtl.random_ops import SMALL_CFG, act_range, conv_op, nm_masks, requant_params  # noqa: F401
+from flow.rtl.random_ops import SMALL_CFG, act_range, add_post_arrays, conv_op, nm_masks, requant_params  # noqa: F401
 
 
 # the default engine: the PYNQ-Z2 build (EngineConfig(): the largest 2:4 array of 8-lane PEs that fits the
@@ -57,12 +57,7 @@ def pq_op(rng: np.random.Generator, *, H: int, W: int, C: int, OC: int, K: int =
     lut = rng.integers(-qmax, qmax + 1, size=(Cs, Kp, OC))
     OH, OW = out_size(H, K, stride, pad), out_size(W, K, stride, pad)
     arrays: dict[str, np.ndarray] = dict(proto=proto, lut=lut)
-    arrays["bias"] = rng.integers(-int(bias_scale), int(bias_scale) + 1, size=OC)
-    acc_scale = np.full(OC, np.sqrt(Cs) * qmax * 0.6 + 1)
-    mult, shift, res_mult = requant_params(rng, acc_scale, 1.0 if res_buf >= 0 else None, shift_range)
-    arrays["mult"], arrays["shift"] = mult, shift
-    if res_mult is not None:
-        arrays["res_mult"] = res_mult
+    add_post_arrays(arrays, rng, np.full(OC, np.sqrt(Cs) * qmax * 0.6 + 1), res_buf >= 0, bias_scale, shift_range)
     olo, ohi = act_range(out_unsigned)
     return Op(PQ, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=OC, KH=K, KW=K, stride=stride, pad=pad,
               res_buf=res_buf, in_unsigned=in_unsigned, res_unsigned=res_unsigned, out_unsigned=out_unsigned,

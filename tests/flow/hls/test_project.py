@@ -141,12 +141,12 @@ def test_regmap_rendered_from_host_regmap(default_project):
     header = (fw / "regmap.h").read_text()
     consts = {m.group(1): int(m.group(2), 0)
               for m in re.finditer(r"static const unsigned (?:long long )?(\w+) = (0x[0-9A-Fa-f]+|\d+)(?:ULL)?;", header)}
-    # every register offset, CTRL bit and STATUS code of host/regmap.py, with its value (nothing stale, nothing extra)
+    # every register offset, CTRL bit and STATUS code of engine_io/regmap.py, with its value (nothing stale, nothing extra)
     assert consts == _regmap_ints()
     for name in ("CONFIG_HASH_CTRL", "CYCLES_CTRL", "STATUS_CTRL", "ERR_CRC", "ERR_NOT_LOADED", "ERR_TLAST",
                  "REAL_CYCLES_CTRL", "REAL_CYCLES_NA"):
         assert name in consts, name
-    # the layout as Vitis HLS lays out the top's arguments (host/regmap.py docstring)
+    # the layout as Vitis HLS lays out the top's arguments (engine_io/regmap.py docstring)
     assert (regmap.N_IMAGES, regmap.PARAMS_LO, regmap.PARAMS_HI, regmap.CONFIG_HASH, regmap.CONFIG_HASH_CTRL,
             regmap.CYCLES_LO, regmap.CYCLES_HI, regmap.CYCLES_CTRL, regmap.STATUS, regmap.STATUS_CTRL) == \
         (0x10, 0x18, 0x1C, 0x28, 0x2C, 0x30, 0x34, 0x38, 0x40, 0x44)
@@ -224,7 +224,7 @@ def test_regmap_layout_matches_vitis(default_project):
     assert words[regmap.STATUS] == "status:data0" and words[regmap.STATUS_CTRL] == "status:ap_vld"
     assert words[regmap.REAL_CYCLES_LO] == "real_cycles:data0" and words[regmap.REAL_CYCLES_HI] == "real_cycles:data1"
     assert words[regmap.REAL_CYCLES_CTRL] == "real_cycles:ap_vld"
-    # host/regmap.py's own description of the ports agrees with the C signature
+    # engine_io/regmap.py's own description of the ports agrees with the C signature
     for r in regmap.REGISTERS:
         if r.port:
             direction, bits = ports[r.port]
