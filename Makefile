@@ -45,15 +45,17 @@ venv: .venv/.stamp
 
 board-env: .venv-board/.stamp
 
-# pynq 4.0 pins numpy<2: its own environment, never torch (the host package needs numpy, tqdm)
+# The PYNQ-Z2's own software: the `board` extra of pyproject.toml (pynq 3.1.x, the board's last release line
+# (pynq 4 drops Zynq-7000), numpy 1.x, pycparser<2.23 (2.23 dropped the plyparser module pynq.lib imports)),
+# never torch. hypothesis: tests/conftest.py imports it. --clear: a changed pin replaces the old pynq.
 .venv-board/.stamp: pyproject.toml
 	@exec 9>.venv-board.lock; flock 9; \
 	if [ -f $@ ] && [ $@ -nt pyproject.toml ]; then exit 0; fi; \
 	set -ex; \
-	python3 -m venv .venv-board; \
+	python3 -m venv --clear .venv-board; \
 	$(BOARD_PIP) install -q --upgrade pip; \
-	$(BOARD_PIP) install -q "pynq==4.0.0" "numpy<2" pytest tqdm; \
-	$(BOARD_PIP) install -q -e . --no-deps; \
+	$(BOARD_PIP) install -q -e '.[board]' pytest hypothesis; \
+	$(BOARD_PY) -c 'import numpy, pynq; print("board env: pynq", pynq.__version__, "numpy", numpy.__version__)'; \
 	touch $@
 
 csim: setup
@@ -70,7 +72,8 @@ build: setup
 	$(PY) -m flow.build --board pynq-z2 --model $(MODEL) --method $(METHOD) \
 	  $(if $(DATA),--data $(DATA)) $(if $(LIMIT),--limit $(LIMIT))
 
-# the main suite, then the PYNQ backend on the real pynq code (no board) in .venv-board
+# the main suite, then the PYNQ backend on the real pynq code (no board) in .venv-board: pynq 3.1.2, the
+# board's own release (tests/board/test_pynq_versions.py checks the installed pynq is the pinned one)
 test: setup board-env
 	$(PY) -m pytest -m "not vitis and not board and not fuzz" -q --ignore=tests/board
 	$(BOARD_PY) -m pytest tests/board -q

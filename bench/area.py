@@ -269,7 +269,7 @@ def plot(arrays: list[dict], pq: list[dict], path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=4, help="array rows (COLS = LANES = 8)")
-    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--no-plot", action="store_true", help="write the JSON only, no PNG")
     a = ap.parse_args()
     try:
         version = yosys_version()

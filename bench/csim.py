@@ -96,8 +96,9 @@ def hls4ml_row(model, io_type: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--resnet-images", type=int, default=100)
-    ap.add_argument("--skip-hls4ml", action="store_true")
+    ap.add_argument("--resnet-images", type=int, default=100,
+                    help="resnet20 test images C-simulated (default %(default)s)")
+    ap.add_argument("--skip-hls4ml", action="store_true", help="leave out the hls4ml comparison row")
     a = ap.parse_args()
     lenet = trainer.get_trained("lenet-digits", "digits")
     rows = [vqhls_row("lenet-digits (int8)", lenet, "digits", None, None),

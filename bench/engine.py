@@ -418,7 +418,7 @@ def run(iters: int = 2, progress: bool = True) -> tuple[dict, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=2, help="k-means iterations (cycles do not depend on them)")
-    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--no-plot", action="store_true", help="write the JSON only, no PNG")
     a = ap.parse_args()
     t0 = time.perf_counter()
     payload, text = run(a.iters)

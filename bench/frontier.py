@@ -892,7 +892,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="lenet-digits only, a tiny grid and 2 fine-tuning epochs "
                                                          "(the test's mode; writes frontier_quick.*)")
     ap.add_argument("--models", nargs="+", default=None, help="subset of lenet-digits, resnet20")
-    ap.add_argument("--backend", choices=("process", "ray", "serial"), default="process")
+    ap.add_argument("--backend", choices=("process", "ray", "serial"), default="process",
+                    help="how points run: process pool (default), Ray, or one after another")
     ap.add_argument("--jobs", type=int, default=2, help="parallel points (processes or Ray CPUs); default 2")
     ap.add_argument("--ray-address", default=None, help="a Ray cluster to join (default: a local Ray)")
     ap.add_argument("--train-epochs", type=int, default=None, help="resnet20 float baseline epochs")

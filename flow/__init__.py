@@ -5,7 +5,7 @@ import os as _os
 # torch is imported to take effect.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__all__ = ["simulate", "Result"]
+__all__ = ["simulate", "Result", "deploy", "Deployment"]
 
 
 def __getattr__(name: str):

@@ -3,21 +3,28 @@
     path = write_bundle("build/lenet/deploy", program_image=prog.to_bytes(), engine_config=cfg.to_dict(),
                         config_hash=cfg.hash(), ..., hls_dir="build/lenet/hls")
     bundle = load("build/lenet/deploy")        # BundleError unless every file is what was written
+    add_bitstream("build/lenet/deploy", "build/lenet/vivado/out")   # vqhls.bit + vqhls.hwh, verified first
+
+    python -m flow.bundle add-bitstream build/lenet/deploy build/lenet/vivado/out
 
 The bundle is written whole or not at all: into a temporary sibling directory, verified with
 ``load``, then renamed into place (an older bundle is replaced only by that final rename).
+``add_bitstream`` takes a bitstream only when its .hwh names the engine IP of the bundle's
+``config_hash`` with engine_io/regmap.py's register offsets (``verify_bitstream``, engine_io/hwh.py).
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -26,6 +33,7 @@ from engine_io.bundle import (BITSTREAM, BUNDLE_FORMAT, CREATED_BY, HLS_DIR, HLS
                               HLS_TB_SOURCES, HWH, MANIFEST, PROGRAM, REGMAP_VERSION, VECTORS_EXPECTED,
                               VECTORS_INPUTS, Bundle, BundleError, check_program_header, check_project_matches,
                               io_mismatch, load, shape_size)
+from engine_io import hwh as _hwh
 from engine_io.files import file_sha256, swap_into_place
 
 
@@ -318,10 +326,17 @@ def _write_contents(tmp: Path, contents: _Contents) -> Dict[str, dict]:
 def _write_verified(out_dir: Path, manifest: Dict[str, Any], contents: _Contents) -> Path:
     """Write the bundle into a temporary sibling of ``out_dir``, verify it with ``load``, then swap it
     into place; nothing is left behind when any step fails."""
+    return _publish(out_dir, manifest, lambda tmp: _write_contents(tmp, contents))
+
+
+def _publish(out_dir: Path, manifest: Dict[str, Any], write_files: Callable[[Path], Dict[str, dict]]) -> Path:
+    """``write_files(tmp)`` (it returns the manifest's ``files``) into a temporary sibling of ``out_dir``,
+    the manifest beside them, ``load`` to verify, then the swap into place; nothing is left behind when
+    any step fails, and ``out_dir`` is at every moment the old bundle or the new one."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        manifest["files"] = _write_contents(tmp, contents)
+        manifest["files"] = write_files(tmp)
         text = json.dumps(manifest, indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
         (tmp / MANIFEST).write_text(text)
         load(tmp)   # a bundle that does not verify never replaces anything
@@ -332,6 +347,87 @@ def _write_verified(out_dir: Path, manifest: Dict[str, Any], contents: _Contents
     return out_dir
 
 
+# ---------------------------------------------------------------------------
+# adding a bitstream built elsewhere (Vitis HLS + Vivado from the build's vendor/run_vendor.sh)
+# ---------------------------------------------------------------------------
+def verify_bitstream(bit, hwh, config_hash: str, where: str = "bitstream") -> "_hwh.Ip":
+    """The engine IP of the .hwh ``hwh``, after checking that ``bit`` and ``hwh`` exist and that the .hwh
+    names the engine of ``config_hash`` with engine_io/regmap.py's register offsets; BundleError (one
+    line naming the mismatch) otherwise."""
+    for p in (Path(bit), Path(hwh)):
+        if not p.is_file():
+            raise BundleError(f"{where}: {p} missing: run the vendor handoff (vendor/run_vendor.sh) first, or "
+                              "name the folder holding vqhls.bit and vqhls.hwh")
+    try:
+        return _hwh.check_engine(Path(hwh), config_hash)
+    except _hwh.HwhError as e:
+        raise BundleError(f"{where}: {e}") from None
+
+
+def add_bitstream(bundle_dir, src_dir, *, bit_name: str = BITSTREAM, hwh_name: str = HWH) -> Path:
+    """Add ``src_dir/bit_name`` and ``src_dir/hwh_name`` to the bundle at ``bundle_dir`` as its bitstream
+    (vqhls.bit, vqhls.hwh), after ``verify_bitstream`` against the bundle's config hash; returns the
+    bundle's path. The bundle is rewritten whole (a verified copy swapped into place): on any error it
+    is left byte for byte as it was. A bitstream already in the bundle is replaced."""
+    bundle_dir = Path(bundle_dir)
+    old = load(bundle_dir)
+    src_dir = Path(src_dir)
+    if not src_dir.is_dir():
+        raise BundleError(f"add-bitstream: {src_dir} is not a folder: name the folder holding {bit_name} and "
+                          f"{hwh_name} (the build's vivado/out)")
+    bit, hwh = src_dir / bit_name, src_dir / hwh_name
+    ip = verify_bitstream(bit, hwh, old.config_hash, "add-bitstream")
+    manifest = json.loads((old.path / MANIFEST).read_text())
+    manifest["bitstream"] = {"bit": BITSTREAM, "hwh": HWH, "engine_ip": ip.vlnv, "engine_instance": ip.instance}
+    keep = [rel for rel in manifest["files"] if rel not in (BITSTREAM, HWH)]
+
+    def write_files(tmp: Path) -> Dict[str, dict]:
+        files: Dict[str, dict] = {}
+        for rel, src in [(rel, old.path / rel) for rel in keep] + [(BITSTREAM, bit), (HWH, hwh)]:
+            dst = tmp / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            files[rel] = {"sha256": file_sha256(dst), "bytes": dst.stat().st_size}
+        return dict(sorted(files.items()))
+
+    return _publish(old.path, manifest, write_files)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the kit's one-line ``error: ...`` and exit code 2 for a malformed command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (python -m flow.bundle --help)\n")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m flow.bundle add-bitstream BUNDLE DIR``: 0 when added, 2 with one ``error:`` line otherwise."""
+    ap = _Parser(prog="python -m flow.bundle", description="Deploy bundle tools.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    add = sub.add_parser("add-bitstream", help="add a Vivado bitstream (.bit + .hwh) to a bundle after checking "
+                                               "that the .hwh names this bundle's engine",
+                         description="Add DIR/vqhls.bit and DIR/vqhls.hwh (the build's vivado/out after "
+                                     "vendor/run_vendor.sh) to the deploy bundle BUNDLE. Refused, with the bundle "
+                                     "unchanged, unless the .hwh holds the vqhls engine IP built for the bundle's "
+                                     "config hash with engine_io/regmap.py's register offsets.")
+    add.add_argument("bundle", metavar="BUNDLE", help="the deploy bundle (the build's deploy/ folder)")
+    add.add_argument("src", metavar="DIR", help="folder holding the bitstream and its .hwh (the build's vivado/out)")
+    add.add_argument("--bit", default=BITSTREAM, help=f"bitstream file name in DIR (default {BITSTREAM})")
+    add.add_argument("--hwh", default=HWH, help=f"hardware handoff file name in DIR (default {HWH})")
+    args = ap.parse_args(argv)
+    if args.command is None:
+        ap.error("name a command: add-bitstream")
+    try:
+        path = add_bitstream(args.bundle, args.src, bit_name=args.bit, hwh_name=args.hwh)
+    except (BundleError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    b = load(path)
+    print(f"added {b.bit_path.name} + {b.hwh_path.name} to {args.bundle}: engine {b.manifest['bitstream']['engine_ip']} "
+          f"(config {b.config_hash}); the bundle is board-ready")
+    return 0
+
+
 def _vqhls_version() -> str:
     try:
         from importlib.metadata import version
@@ -339,3 +435,7 @@ def _vqhls_version() -> str:
         return version("vqhls")
     except Exception:   # not installed (a copied kit on the board)
         return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

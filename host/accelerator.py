@@ -105,8 +105,10 @@ class Accelerator:
 
     Inputs: integer codes uint8/int8 [B, H, W, C] (NHWC, the dtype of the bundle's input signedness),
     or floats [B, C, H, W] in the model's input space, quantized on the host with the bundle's input
-    scale (round half to even, saturated: as flow.quant.quantize_input). Outputs: the engine's codes
-    [B, *out_shape] (int8, or uint8 for an unsigned output), or floats (codes x out_scale), or argmax [B].
+    scale (round half to even: as flow.quant.quantize_input); floats outside the bundle's input range
+    (:meth:`input_range`, give or take half a code) are refused unless ``clip=True``, non-finite ones
+    always. Outputs: the engine's codes [B, *out_shape] (int8, or uint8 for an unsigned output), or
+    floats (codes x out_scale), or argmax [B].
     """
 
     def __init__(self, bundle, backend: Backend, *, timeout: float = DEFAULT_TIMEOUT,
@@ -256,13 +258,61 @@ class Accelerator:
         self.loaded = True
 
     # ---- inputs and outputs
-    def quantize(self, x) -> np.ndarray:
+    def input_range(self) -> tuple[float, float]:
+        """The floats the bundle's input codes stand for: ``(0 * in_scale, 255 * in_scale)`` for an unsigned
+        input, ``(-128 * in_scale, 127 * in_scale)`` for a signed one (the build's calibration set them)."""
+        lo, hi = (0, 255) if self.bundle.in_unsigned else (-128, 127)
+        return lo * self.in_scale, hi * self.in_scale
+
+    def check_float_input(self, x: np.ndarray) -> None:
+        """Refuse float images the bundle cannot take as they are (ValueError, one line naming the range and
+        the fix): non-finite values (NaN, inf), and values outside :meth:`input_range` by more than half an
+        input code (the rounding quantize does), e.g. pixels in 0..255 for a bundle whose inputs are 0..1,
+        or negative values for an unsigned input."""
+        finite = np.isfinite(x)
+        if not finite.all():
+            bad = int((~finite).sum())
+            imgs = np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))
+            raise ValueError(f"float input has {bad} non-finite value{'s' if bad != 1 else ''} (NaN/inf) in image"
+                             f"{'s' if len(imgs) != 1 else ''} {', '.join(map(str, imgs[:5]))}"
+                             f"{' ...' if len(imgs) > 5 else ''}: repair or drop those images")
+        if x.size == 0:
+            return
+        lo, hi = self.input_range()
+        tol = 0.5 * self.in_scale       # half a code: the rounding, not a saturation
+        xmin, xmax = float(x.min()), float(x.max())
+        if xmin >= lo - tol and xmax <= hi + tol:
+            return
+        sign = "unsigned" if self.bundle.in_unsigned else "signed"
+        codes = "0..255" if self.bundle.in_unsigned else "-128..127"
+        if self.bundle.in_unsigned and xmin < lo - tol:
+            fix = ("the bundle's input is unsigned (the build calibrated on non-negative images): give images "
+                   "as the build did (e.g. undo a mean/std normalisation)")
+        elif hi <= 1.0 + tol and xmax <= 255.5 and xmin >= -tol:
+            fix = "these look like 0..255 pixel values: divide them by 255"
+        else:
+            fix = "scale the images as the build's data were scaled"
+        raise ValueError(f"float input spans [{xmin:.6g}, {xmax:.6g}], the bundle's input range is "
+                         f"[{lo:.6g}, {hi:.6g}] ({sign} codes {codes} x scale {self.in_scale:.6g}): {fix}, "
+                         "or pass clip=True to saturate as the build's golden model does")
+
+    def quantize(self, x, *, clip: bool = False) -> np.ndarray:
         """Float images [B, C, H, W] -> integer codes [B, H, W, C]: round half to even of x / in_scale,
-        saturated to the input's range (the flow's quantize_input)."""
+        saturated to the input's range (the flow's quantize_input).
+
+        Accepted floats: finite, within :meth:`input_range` (codes 0..255 x ``in_scale`` for an unsigned
+        input, -128..127 x ``in_scale`` for a signed one) give or take half a code; anything else is a
+        ValueError naming the range and the fix (:meth:`check_float_input`). ``clip=True`` saturates
+        finite values outside the range instead (what the build's golden model does with its test set)."""
         x = np.asarray(x, dtype=np.float64)
         exp = self.ishape_float(x.shape[0] if x.ndim == 4 else 0)
         if x.ndim != 4 or tuple(x.shape[1:]) != exp[1:]:
             raise ValueError(f"float input must be [B, {', '.join(map(str, exp[1:]))}] (NCHW), got {list(x.shape)}")
+        if clip:
+            if not np.isfinite(x).all():
+                self.check_float_input(x)     # NaN / inf are refused even when clipping: they have no code
+        else:
+            self.check_float_input(x)
         lo, hi = (0, 255) if self.bundle.in_unsigned else (-128, 127)
         q = np.clip(np.rint(x / self.in_scale), lo, hi).transpose(0, 2, 3, 1)
         return np.ascontiguousarray(q.astype(self.in_dtype))
@@ -271,11 +321,11 @@ class Accelerator:
         """Output codes -> floats (codes x out_scale), float32."""
         return (np.asarray(y, dtype=np.float64) * self.out_scale).astype(np.float32)
 
-    def _codes(self, x) -> np.ndarray:
+    def _codes(self, x, clip: bool = False) -> np.ndarray:
         """Validate one batch; integer codes [B, H, W, C] of the input dtype."""
         x = np.asarray(x)
         if x.dtype.kind == "f":
-            return self.quantize(x)
+            return self.quantize(x, clip=clip)
         want = f"{self.in_dtype.name} [B, {', '.join(map(str, self.in_shape))}] (NHWC codes)"
         if x.dtype != self.in_dtype:
             hint = ""
@@ -377,12 +427,14 @@ class Accelerator:
 
     # ---- inference
     def infer(self, x, *, dequantize: bool = False, argmax: bool = False,
-              batch_size: Optional[int] = None) -> np.ndarray:
+              batch_size: Optional[int] = None, clip: bool = False) -> np.ndarray:
         """Run ``x`` (codes [B, H, W, C] or floats [B, C, H, W]) through the engine, in batches of
         ``batch_size`` (default ``self.batch_size``) images per engine call. Returns the output codes
         [B, *out_shape], or floats (``dequantize``), or the argmax [B] (``argmax``). Loads the program
-        first if ``load()`` was not called. ValueError on a wrong shape or dtype (expected vs got)."""
-        codes = self._codes(x)
+        first if ``load()`` was not called. ValueError on a wrong shape or dtype (expected vs got), and on
+        float images outside the bundle's input range or not finite (see :meth:`quantize`; ``clip=True``
+        saturates out-of-range floats instead). Integer codes are taken as they are."""
+        codes = self._codes(x, clip)
         n = codes.shape[0]
         bs = self.batch_size if batch_size is None else min(int(batch_size), self.max_batch)
         if bs < 1:
@@ -392,16 +444,18 @@ class Accelerator:
         parts = list(self.stream((codes[i: i + bs] for i in range(0, n, bs)), dequantize=dequantize, argmax=argmax))
         return np.concatenate(parts, axis=0)
 
-    def stream(self, batches: Iterable, *, dequantize: bool = False, argmax: bool = False) -> Iterator[np.ndarray]:
+    def stream(self, batches: Iterable, *, dequantize: bool = False, argmax: bool = False,
+               clip: bool = False) -> Iterator[np.ndarray]:
         """Yield the results of each batch of ``batches`` in order, keeping two batches in flight: batch
         i+1 is validated, quantized and copied into the other buffer pair while the engine runs batch i,
-        and started as soon as batch i is done, before batch i's outputs are copied out and yielded."""
+        and started as soon as batch i is done, before batch i's outputs are copied out and yielded.
+        Float batches are checked as in :meth:`infer` (``clip`` as there)."""
         self._ensure_loaded()
         inflight: Optional[dict] = None
         slot = 0
         try:
             for xb in batches:
-                codes = self._codes(xb)
+                codes = self._codes(xb, clip)
                 n = int(codes.shape[0])
                 if n > self.max_batch:
                     raise ValueError(f"a batch of {n} images exceeds the DMA's {DMA_MAX_BYTES}-byte transfer "

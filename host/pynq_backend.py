@@ -21,17 +21,32 @@ pynq's DMA channel flushes what it sends and invalidates what it receives).
   the engine call or the DMA channel that hung.
 
 Imports pynq at the top (``host.accelerator`` imports this module only for ``backend="pynq"``); where
-pynq is missing, the import fails with one line saying how to get it. pynq 4.0 needs numpy<2, so it
-lives in its own environment (``make board-env``: ``.venv-board``).
+pynq is missing, the import fails with one line saying how to get it.
+
+pynq versions. The PYNQ-Z2's images are v2.7 (Python 3.8), v3.0 and v3.1 (Python 3.10), all numpy 1.x;
+pynq 3.1.x is its last release (pynq 4 drops the Zynq-7000 boards: its wheel no longer ships their
+``pynq.lib`` parts). What this module uses is the same from 2.7 to 4.0: ``Overlay(bit, download=,
+device=)``, ``ip_dict`` entries with ``type``, ``phys_addr``, ``addr_range``, ``parameters`` and
+``registers`` (``address_offset``) and the PS's ``PCW_*`` parameters (2.7 parses the .hwh itself,
+pynq.pl_server.hwh_parser; 3.x and 4.x through pynqmetadata), ``DefaultIP(description)`` with ``mmio``
+and ``_registers``, ``allocate(shape, dtype, target=)``, and ``pynq.lib.dma.DMA`` in simple mode
+(``_SDMAChannel``: ``transfer(buf, nbytes=)``, ``wait()``, ``idle``, ``error``, ``transferred``,
+``_mmio``, ``_offset``, ``_max_size``, ``_first_transfer``, ``_active_buffer``; 3.x also clears
+``_active_buffer`` in ``wait()``, 4.0 changes only the scatter-gather channel). ``PynqBackend`` refuses,
+with one line, a pynq older than 2.7 (never tested) and pynq 4 or newer on a Zynq-7000 CPU (armv7l).
+``.venv-board`` (``make board-env``) tests pynq 3.1.2; pynq needs numpy<2, hence its own environment.
 """
 from __future__ import annotations
 
+import platform
+import re
 import time
 from typing import Optional
 
 import numpy as np
 
-PYNQ_MISSING = "pynq not installed: pip install vqhls[board] in an environment with numpy<2 (make board-env)"
+PYNQ_MISSING = ("pynq not installed: on the board use the image's pynq (2.7 to 3.1.x); elsewhere "
+                "pip install vqhls[board] in an environment with numpy<2 (make board-env)")
 
 try:
     import pynq
@@ -41,16 +56,18 @@ except ModuleNotFoundError as _e:
     if _e.name and (_e.name == "pynq" or _e.name.startswith("pynq")):
         raise ModuleNotFoundError(PYNQ_MISSING, name="pynq") from None
     raise
-except Exception as _e:   # pynq present but broken here (numpy 2: pynq 4.0 pins numpy<2)
+except Exception as _e:   # pynq present but broken here (numpy 2: pynq pins numpy<2; pycparser>=2.23)
     raise ModuleNotFoundError(f"{PYNQ_MISSING} [import pynq failed with numpy {np.__version__}: "
                               f"{type(_e).__name__}: {_e}]", name="pynq") from _e
 
+from engine_io import hwh as _hwh
 from engine_io import regmap
 from host.backend import AcceleratorError, AcceleratorTimeout, Backend, _load_bundle
 
-# The engine IP as Vitis HLS exports it and the block design's cells (flow/hls/vendor.py: ENGINE_VLNV,
-# ENGINE_CELL, DMA_CELL; not imported: the flow does not run on the board).
-ENGINE_VLNV = "vqhls:vqhls:vqhls_engine:1.0"
+# The engine IP as Vitis HLS exports it: engine_io.hwh.engine_vlnv(config hash), vqhls:vqhls:vqhls_engine_<hash>:1.0,
+# one VLNV per EngineConfig (so VqhlsEngineDriver is bound per hash: engine_driver()). The block design's
+# cells: flow/hls/vendor.py's ENGINE_CELL, DMA_CELL (not imported: the flow does not run on the board).
+ENGINE_VLNV_PREFIX = f"{_hwh.IP_VENDOR}:{_hwh.IP_LIBRARY}:{_hwh.IP_NAME_PREFIX}"
 ENGINE_CELL = "vqhls_engine_0"
 DMA_CELL = "axi_dma_0"
 DMA_VLNV_PREFIX = "xilinx.com:ip:axi_dma:"
@@ -62,6 +79,12 @@ DMACR, DMASR, LENGTH = 0x00, 0x04, 0x28
 DMACR_RS, DMACR_RESET = 0x1, 0x4
 DMASR_HALTED, DMASR_IDLE = 0x1, 0x2
 DMASR_ERRORS = 0x70             # DMAIntErr | DMASlvErr | DMADecErr
+
+# pynq releases this host drives (module docstring): 2.7 (the oldest PYNQ-Z2 image tested) up to 3.1.x,
+# the board's last; 4.x only off Zynq-7000 (the board doubles of tests/board on x86)
+PYNQ_OLDEST = (2, 7)
+ZYNQ_7000_ARCH = "armv7l"       # platform.machine() on a Zynq-7000's Cortex-A9 (pynq.ps.ZYNQ_ARCH)
+PYNQ_Z2_PIN = "pynq==3.1.2"     # the `board` extra of pyproject.toml
 
 _REGS = {r.name: r for r in regmap.REGISTERS}
 _DMASR_ERROR_TEXT = (
@@ -86,6 +109,23 @@ def _hwh_names(r: regmap.Register) -> list[tuple[str, int]]:
     return names
 
 
+def pynq_version_problem(version: str, machine: str) -> Optional[str]:
+    """None when this host can drive pynq ``version`` on a CPU ``machine`` (``platform.machine()``), else
+    one line saying why not and what to install."""
+    m = re.match(r"(\d+)\.(\d+)", str(version))
+    if m is None:
+        return (f"pynq version {version!r} is not a release number: install a PYNQ-Z2 release "
+                f"({PYNQ_Z2_PIN}, or the board image's own pynq 2.7 to 3.1.x)")
+    release = (int(m.group(1)), int(m.group(2)))
+    if release < PYNQ_OLDEST:
+        return (f"pynq {version} is older than {PYNQ_OLDEST[0]}.{PYNQ_OLDEST[1]}, the oldest release this host "
+                f"supports: use a PYNQ-Z2 image v2.7 or newer (v3.1 recommended), or pip install '{PYNQ_Z2_PIN}'")
+    if release[0] >= 4 and machine == ZYNQ_7000_ARCH:
+        return (f"pynq {version} does not support Zynq-7000 boards such as the PYNQ-Z2 (pynq 4 dropped them): "
+                f"use the board image's pynq 3.1.x, or pip install '{PYNQ_Z2_PIN}' 'numpy<2'")
+    return None
+
+
 def _word_offset(name: str) -> int:
     """Byte offset of a 32-bit register word by its engine_io.regmap name ("STATUS", "PARAMS_LO", ...)."""
     value = getattr(regmap, name, None)
@@ -104,7 +144,7 @@ class VqhlsEngineDriver(DefaultIP):
     ...). Reading CTRL clears ap_done (clear-on-read, as Vitis HLS builds it). CYCLES is the engine's
     cycle MODEL; REAL_CYCLES its free-running counter: on the board, the MEASURED cycles of a call."""
 
-    bindto = [ENGINE_VLNV]
+    # no bindto: the IP's VLNV carries the EngineConfig hash; engine_driver(hash) binds a subclass to it
 
     def __init__(self, description):
         super().__init__(description=description)
@@ -184,6 +224,22 @@ class VqhlsEngineDriver(DefaultIP):
         return out
 
 
+_DRIVERS: dict = {}
+
+
+def engine_driver(config_hash: str) -> type:
+    """The VqhlsEngineDriver subclass bound (pynq ``bindto``) to the engine IP of EngineConfig hash
+    ``config_hash``, made once. pynq picks an IP's driver by its VLNV when the Overlay is made: call this
+    before ``pynq.Overlay(...)`` to get ``ol.vqhls_engine_0`` as this driver (PynqBackend does; for an
+    Overlay made earlier it binds the driver to the IP's description itself)."""
+    vlnv = _hwh.engine_vlnv(config_hash)
+    cls = _DRIVERS.get(vlnv)
+    if cls is None:
+        cls = type(f"VqhlsEngineDriver_{config_hash}", (VqhlsEngineDriver,), {"bindto": [vlnv]})
+        _DRIVERS[vlnv] = cls
+    return cls
+
+
 def _find_ip(overlay, prefix: str, preferred: str) -> Optional[str]:
     names = [n for n, d in overlay.ip_dict.items() if str(d.get("type", "")).startswith(prefix)]
     if not names:
@@ -202,10 +258,14 @@ class PynqBackend(Backend):
     name = "pynq"
 
     def __init__(self, bundle, *, overlay=None, timeout: float = DEFAULT_TIMEOUT):
+        problem = pynq_version_problem(getattr(pynq, "__version__", "unknown"), platform.machine())
+        if problem is not None:
+            raise AcceleratorError(problem)
         self.bundle = _load_bundle(bundle)
         self.timeout = float(timeout)
         self._closed = False
         self._pending: dict = {}
+        driver = engine_driver(self.bundle.config_hash)      # before an Overlay binds its drivers
         if overlay is None:
             if not self.bundle.has_bitstream:
                 raise AcceleratorError(
@@ -215,16 +275,23 @@ class PynqBackend(Backend):
         self.overlay = overlay
         self.device = overlay.device
 
-        eng = _find_ip(overlay, ENGINE_VLNV.rpartition(":")[0] + ":", ENGINE_CELL)
+        want = _hwh.engine_vlnv(self.bundle.config_hash)
+        eng = _find_ip(overlay, ENGINE_VLNV_PREFIX, ENGINE_CELL)
         if eng is None:
             types = sorted({str(d.get("type")) for d in overlay.ip_dict.values()})
-            raise AcceleratorError(f"overlay {overlay.bitfile_name} has no {ENGINE_VLNV} IP (it has: "
+            raise AcceleratorError(f"overlay {overlay.bitfile_name} has no vqhls engine IP ({want}; it has: "
                                    f"{', '.join(types)}): load the vqhls bitstream built with this bundle")
+        got = str(overlay.ip_dict[eng].get("type"))
+        if got != want:
+            raise AcceleratorError(
+                f"overlay {overlay.bitfile_name}: IP {eng} is {got} (engine {_hwh.hash_of_vlnv(got) or 'unknown'}), "
+                f"the bundle's engine is {self.bundle.config_hash} ({want}): load the bitstream built for this "
+                "bundle's EngineConfig (python -m flow.bundle add-bitstream checks the pair)")
+        self.engine_vlnv = got
         self.engine = getattr(overlay, eng)
         if not isinstance(self.engine, VqhlsEngineDriver):
-            raise AcceleratorError(f"overlay IP {eng} ({overlay.ip_dict[eng]['type']}) is bound to "
-                                   f"{type(self.engine).__name__}, not VqhlsEngineDriver: a different engine IP "
-                                   f"version (this host drives {ENGINE_VLNV})")
+            # an Overlay made before engine_driver() registered the VLNV: pynq bound DefaultIP; bind ours
+            self.engine = driver(dict(overlay.ip_dict[eng], device=overlay.device))
         bad = self.engine.regmap_mismatches()
         if bad:
             raise AcceleratorError(f"{eng}: the bitstream's register map differs from engine_io/regmap.py ("
@@ -329,7 +396,7 @@ class PynqBackend(Backend):
             if time.monotonic() > deadline:
                 status = self.engine.read_reg("STATUS")
                 raise AcceleratorTimeout(
-                    f"{what}: {self.engine_name} ({ENGINE_VLNV}) did not assert ap_done within {float(timeout):g} s "
+                    f"{what}: {self.engine_name} ({self.engine_vlnv}) did not assert ap_done within {float(timeout):g} s "
                     f"(CTRL 0x{ctrl:02x}{', ap_idle' if ctrl & regmap.CTRL_AP_IDLE else ', busy'}; STATUS "
                     f"0x{status:04x}; {self._dma_state()}): the engine hung, most likely waiting on its "
                     "input stream (a DMA send that did not run or was shorter than N_IMAGES images)")
@@ -429,7 +496,8 @@ class PynqBackend(Backend):
                 if time.monotonic() > deadline:
                     raise AcceleratorTimeout(f"{self._chan_name(which)}: did not start after the reset within "
                                              f"{self.timeout:g} s: reload the bitstream")
-            # pynq's channel bookkeeping (pynq 4.0 _SDMAChannel): the next transfer is a first one again
+            # pynq's channel bookkeeping (_SDMAChannel, the same in pynq 2.7 to 4.0): the next transfer is a
+            # first one again (transfer() refuses a channel that is not idle unless _first_transfer)
             ch._first_transfer = True
             ch._active_buffer = None
 

@@ -1,4 +1,5 @@
-"""Run a deploy bundle: ``python -m host.run BUNDLE [--backend sim|pynq] [--data NAME] [--limit N] [--batch N]``.
+"""Run a deploy bundle: ``python -m host.run BUNDLE [--backend sim|pynq] [--data NAME|set.npz [--limit N] [--clip]]
+[--batch N] [--timeout S]``.
 
 1. opens the bundle (every checksum verified), makes the backend, makes the load call;
 2. runs the bundle's own test vectors and compares the outputs with its expected ones bit for bit;
@@ -20,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from host.accelerator import Accelerator, AcceleratorError, images_per_s
+from host.accelerator import DEFAULT_TIMEOUT, Accelerator, AcceleratorError, images_per_s
 from host.sim import SimError
 from models import data as datasets
 
@@ -122,7 +123,7 @@ def _run_dataset(acc: Accelerator, args) -> int:
     bar = _progress(len(x), args.data)
     outs = []
     t0 = time.perf_counter()
-    for out in acc.stream(x[i: i + bs] for i in range(0, len(x), bs)):
+    for out in acc.stream((x[i: i + bs] for i in range(0, len(x), bs)), clip=args.clip):
         outs.append(out)
         if bar is not None:
             bar.update(len(out))
@@ -144,7 +145,7 @@ def _run_dataset(acc: Accelerator, args) -> int:
     if vec is not None and same_data:
         vin, vexp = vec
         k = min(len(vin), len(x))
-        q = acc.quantize(x[:k])
+        q = acc.quantize(x[:k], clip=args.clip)
         if k and np.array_equal(q, vin[:k].reshape(q.shape)):
             same = int(np.all(logits[:k].reshape(k, -1) == vexp[:k].reshape(k, -1), axis=1).sum())
             print(f"           the first {k} images are the bundle's vectors: {same}/{k} outputs bit-exact"
@@ -162,22 +163,41 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="deploy bundle directory (build/<name>/deploy)")
     p.add_argument("--backend", default="pynq", help="pynq (the board, default) or sim (C-simulation with g++)")
-    p.add_argument("--data", choices=datasets.DATASETS, help="also run this dataset's test split")
-    p.add_argument("--limit", type=int, help="first N test images only")
+    p.add_argument("--data", help=f"also run this data set's test split: {', '.join(datasets.DATASETS)}, or the "
+                                   ".npz the bundle was built with (x_test, y_test)")
+    p.add_argument("--limit", type=int, help="with --data: the first N test images only")
     p.add_argument("--batch", type=int, help="images per engine call (default 256)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds an engine call may take (+10 ms per image)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds an engine call may take, > 0 (default {DEFAULT_TIMEOUT:g}; +10 ms per image)")
+    p.add_argument("--clip", action="store_true",
+                   help="with --data: saturate float images outside the bundle's input range (as the build's "
+                        "golden model does) instead of refusing them")
     p.add_argument("--cache-dir", help="sim backend: where compiled engines are cached "
                                        "(default $VQHLS_CACHE or <repo>/.cache/vqhls)")
     return p
 
 
+def check_args(args) -> None:
+    """Flags that would be ignored or cannot work: DataError (one line naming the flag and the fix)."""
+    if not (args.timeout > 0) or args.timeout == float("inf"):   # not (> 0): NaN too
+        raise DataError(f"--timeout must be a number of seconds > 0, got {args.timeout:g}")
+    if args.limit is not None and not args.data:
+        raise DataError(f"--limit {args.limit} needs --data (it limits the data set's test images; "
+                        "the bundle's vectors always all run)")
+    if args.data and not str(args.data).endswith(".npz") and args.data not in datasets.DATASETS:
+        raise DataError(f"--data {args.data!r}: choose one of {', '.join(datasets.DATASETS)} or give a .npz file")
+    if args.clip and not args.data:
+        raise DataError("--clip needs --data (it applies to the data set's float images)")
+    if args.limit is not None and args.limit < 0:
+        raise DataError(f"--limit must be >= 0, got {args.limit}")
+    if args.batch is not None and args.batch < 1:
+        raise DataError(f"--batch must be >= 1, got {args.batch}")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.limit is not None and args.limit < 0:
-            raise DataError(f"--limit must be >= 0, got {args.limit}")
-        if args.batch is not None and args.batch < 1:
-            raise DataError(f"--batch must be >= 1, got {args.batch}")
+        check_args(args)
         return run(args)
     except (AcceleratorError, SimError, DataError, datasets.DatasetError, ValueError, OSError) as e:   # BundleError: a ValueError
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

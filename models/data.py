@@ -3,7 +3,10 @@
 Every loader returns ``(x, y)`` with ``x`` float32 ``[N, C, H, W]`` in [0, 1]
 and ``y`` int64 ``[N]``. Nothing is downloaded: digits ships with
 scikit-learn, Fashion-MNIST comes from the Debian package
-``dataset-fashion-mnist``, CIFAR-10 from a directory the user gives.
+``dataset-fashion-mnist``, CIFAR-10 from a directory the user gives, and a
+user's own set from a ``.npz`` file (``load("path/to/set.npz", split)``): arrays
+``x_train``, ``y_train``, ``x_test``, ``y_test``, images NCHW (uint8 0..255 is
+scaled to [0, 1]; float is kept as given), integer labels 0..classes-1.
 
 Needs only numpy (and scikit-learn for digits): the board's runner (host.run) loads its test split
 from here, without torch.
@@ -34,13 +37,95 @@ class DatasetError(RuntimeError):
     """A dataset is unknown or its files are missing; the message says how to fix it."""
 
 
-def load(name: str, split: str = "train", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Load ``split`` ('train' or 'test') of dataset ``name``.
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
-    Returns x float32 [N, C, H, W] in [0, 1] and y int64 [N].
+
+def is_npz(name: str | os.PathLike) -> bool:
+    """Whether ``name`` names a user's ``.npz`` data set rather than a built-in one."""
+    return str(name).endswith(".npz")
+
+
+def npz_problems(path: str | os.PathLike) -> list[str]:
+    """Every problem of a user's ``.npz`` data set, one line each (empty when it loads): the file, its keys,
+    dtypes, shapes (NCHW, the same C H W in both splits, as many labels as images), finite values, labels."""
+    p = Path(path)
+    where = f"--data {path}"
+    if not p.is_file():
+        return [f"{where}: file not found (give an .npz with {', '.join(NPZ_KEYS)})"]
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:   # not a zip, truncated, object arrays (pickles are refused): one line
+        return [f"{where}: not a readable .npz ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                "save it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"]
+    problems = []
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        problems.append(f"{where}: missing array(s) {', '.join(missing)} (it has: {', '.join(arrays) or 'none'})")
+    for split in ("train", "test"):
+        x, y = arrays.get(f"x_{split}"), arrays.get(f"y_{split}")
+        if x is not None:
+            if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+                problems.append(f"{where}: x_{split} has dtype {x.dtype}: use uint8 (0..255) or float")
+            if x.ndim != 4:
+                problems.append(f"{where}: x_{split} has shape {x.shape}: give images as N x C x H x W (NCHW)")
+            elif x.shape[1] > x.shape[3] and x.shape[3] in (1, 3, 4):
+                problems.append(f"{where}: x_{split} has shape {x.shape}, which looks like NHWC: transpose it to "
+                                "NCHW (x.transpose(0, 3, 1, 2))")
+            elif len(x) == 0:
+                problems.append(f"{where}: x_{split} has no images")
+            if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+                problems.append(f"{where}: x_{split} has {int((~np.isfinite(x)).sum())} NaN/Inf values")
+        if y is not None:
+            if not np.issubdtype(y.dtype, np.integer):
+                problems.append(f"{where}: y_{split} has dtype {y.dtype}: labels must be integers 0..classes-1")
+            elif y.ndim != 1:
+                problems.append(f"{where}: y_{split} has shape {y.shape}: give one label per image (shape [N])")
+            elif len(y) and y.min() < 0:
+                problems.append(f"{where}: y_{split} has negative labels (min {int(y.min())}): use 0..classes-1")
+        if x is not None and y is not None and x.ndim == 4 and y.ndim == 1 and len(x) != len(y):
+            problems.append(f"{where}: x_{split} has {len(x)} images but y_{split} {len(y)} labels")
+    xtr, xte = arrays.get("x_train"), arrays.get("x_test")
+    if xtr is not None and xte is not None and xtr.ndim == 4 and xte.ndim == 4 and xtr.shape[1:] != xte.shape[1:]:
+        problems.append(f"{where}: x_train images are {xtr.shape[1:]} (C, H, W) but x_test {xte.shape[1:]}")
+    ytr, yte = arrays.get("y_train"), arrays.get("y_test")
+    if (not problems and ytr is not None and yte is not None and len(yte)
+            and yte.max() > ytr.max()):
+        problems.append(f"{where}: y_test has label {int(yte.max())} that y_train never has "
+                        f"(y_train's labels are 0..{int(ytr.max())})")
+    return problems
+
+
+def info(name: str | os.PathLike) -> dict:
+    """``{"shape": (C, H, W), "classes": n}`` of a built-in data set or a user's ``.npz`` (read, not trained)."""
+    if not is_npz(name):
+        if name not in INFO:
+            raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)} or give a .npz")
+        return INFO[name]
+    with np.load(name, allow_pickle=False) as z:
+        return {"shape": tuple(int(s) for s in z["x_train"].shape[1:]),
+                "classes": int(max(z["y_train"].max(), z["y_test"].max())) + 1}
+
+
+def _npz(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    problems = npz_problems(path)
+    if problems:
+        raise DatasetError("; ".join(problems))
+    with np.load(path, allow_pickle=False) as z:
+        x, y = z[f"x_{split}"], z[f"y_{split}"]
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+def load(name: str, split: str = "train", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load ``split`` ('train' or 'test') of dataset ``name`` (a built-in name or a path ending in .npz).
+
+    Returns x float32 [N, C, H, W] (in [0, 1] for the built-in sets and uint8 .npz) and y int64 [N].
     """
     if split not in ("train", "test"):
         raise DatasetError(f"unknown split {split!r}: use 'train' or 'test'")
+    if is_npz(name):
+        return _npz(name, split)
     if name == "digits":
         return _digits(split)
     if name == "fashion-mnist":

@@ -7,8 +7,10 @@ trains with progress bars and writes the checkpoint into the cache
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,13 +22,46 @@ from models import zoo
 from engine_io.cache import CacheError, cache_dir
 
 
+def _first(names: list[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (f" (+{len(names) - n} more)" if len(names) > n else "")
+
+
+def state_dict_mismatch(model: nn.Module, state) -> str | None:
+    """Why ``state`` does not fit ``model``, in one line: the missing and unexpected keys and the shape
+    mismatches, the first few of each; None when it fits (torch's own message stops at its first line)."""
+    if not isinstance(state, dict):
+        return (f"it holds a {type(state).__name__}, not a state_dict: save it with "
+                "torch.save(model.state_dict(), path)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs the model's {tuple(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_first(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es): {_first(shapes, 3)}")
+    return "; ".join(parts) or None
+
+
 def load_checkpoint(model, path, fix: str = "delete it (or pass --retrain) to train the model again") -> None:
     """Load the state_dict cached at ``path`` into ``model``; CacheError naming the path and ``fix`` when
-    the file is truncated, corrupt or from another model (torch's zip / unpickling / size errors)."""
+    the file is truncated, corrupt or from another model (torch's zip / unpickling / size errors; a state_dict
+    of another model lists its missing / unexpected keys and shape mismatches)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # RuntimeError (zip), UnpicklingError, EOFError, ...
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CacheError(f"cached checkpoint {path} is corrupt ({type(e).__name__}: {detail}): {fix}") from None
+    why = state_dict_mismatch(model, state)
+    if why:
+        raise CacheError(f"cached checkpoint {path} does not fit the model ({why}): {fix}")
+    try:
         model.load_state_dict(state)
-    except Exception as e:   # RuntimeError (zip, sizes), UnpicklingError, EOFError, KeyError, ...
+    except Exception as e:   # anything the key / shape comparison above did not catch
         detail = (str(e).strip().splitlines() or [""])[0][:200]
         raise CacheError(f"cached checkpoint {path} is corrupt or does not fit the model ({type(e).__name__}: "
                          f"{detail}): {fix}") from None
@@ -97,10 +132,8 @@ def default_epochs(model_name: str) -> int:
 
 def build(model_name: str, data_name: str) -> nn.Module:
     """A fresh zoo model shaped for ``data_name``'s images."""
-    shape = datasets.INFO[data_name]["shape"] if data_name in datasets.INFO else None
-    if shape is None:
-        datasets.load(data_name, "test")  # raises the clear unknown-dataset error
-    return zoo.get(model_name, in_channels=shape[0], num_classes=datasets.INFO[data_name]["classes"])
+    info = datasets.info(data_name)   # a built-in set or a user's .npz; DatasetError when unknown
+    return zoo.get(model_name, in_channels=info["shape"][0], num_classes=info["classes"])
 
 
 def get_trained(
@@ -121,7 +154,10 @@ def get_trained(
     zoo._check(model_name)
     data_name = data_name or zoo.default_dataset(model_name)
     epochs = default_epochs(model_name) if epochs is None else epochs
-    tag = (f"{model_name}-{data_name}-e{epochs}" + (f"-n{train_limit}" if train_limit else "")
+    data_tag = data_name
+    if datasets.is_npz(data_name):   # a user's file: its name and content hash (a changed file trains again)
+        data_tag = f"{Path(data_name).stem}-{hashlib.sha256(Path(data_name).read_bytes()).hexdigest()[:12]}"
+    tag = (f"{model_name}-{data_tag}-e{epochs}" + (f"-n{train_limit}" if train_limit else "")
            + (f"-s{seed}" if seed else ""))
     path = cache_dir("checkpoints") / f"{tag}.pt"
     with torch.random.fork_rng(devices=[]):
@@ -144,14 +180,21 @@ def get_trained(
     return model
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m models.train``."""
     ap = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help=f"one of {', '.join(zoo.names())}")
     ap.add_argument("--data", default=None, help=f"one of {', '.join(datasets.DATASETS)} (default: the model's)")
-    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="training epochs (default: the model's, e.g. 30 for lenet-digits, 3 otherwise); "
+                         "the checkpoint is cached per epoch count")
     ap.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     ap.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     # 0 or negative would train nothing (or everything but the last N images) and cache that checkpoint
     for flag, value in (("--epochs", a.epochs), ("--limit", a.limit)):
         if value is not None and value < 1:

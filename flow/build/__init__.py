@@ -1,7 +1,7 @@
 """The whole pipeline, stage by stage: ``python -m flow.build --board pynq-z2``.
 
     python -m flow.build --board pynq-z2 [--model NAME | --model-file path.py:factory --checkpoint FILE]
-                         [--data NAME] [--method mvq|vq|pq|vecq | --recipe recipe.toml] [--out build/NAME]
+                         [--data NAME|path.npz] [--method mvq|vq|pq|vecq | --recipe recipe.toml] [--out build/NAME]
                          [--stage STAGE]
 
 Stages (flow/build/stages.py, each a function writing into the build directory):
@@ -11,13 +11,20 @@ PATH, else print `skipped: <tool> not found` and the command. Exit status: 0 don
 1 C-simulation differs from golden, 2 bad input or a failed stage (one line, no
 traceback, no half-written bundle; VQHLS_TRACEBACK=1 re-raises for debugging).
 Bad input is found before any training where it can be (flow/build/preflight.py).
+One build at a time per build directory (a flock on ``<out>/.lock``); every stage reruns
+on every build, and a rerun with other options clears the earlier build's outputs
+(``<out>/build.json`` records them).
 """
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
+import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch loads: spinning OpenMP threads stall a busy machine
@@ -26,7 +33,7 @@ from flow.boards import get_board   # noqa: E402
 from flow.build.options import STAGES, BuildOptions, OptionsError, parse   # noqa: E402
 from flow.build.options import one_line as _one_line   # noqa: E402
 from flow.build.preflight import preflight as _preflight   # noqa: E402  (flow.build.preflight stays the module)
-from flow.build.stages import Build, BuildError, clean_partial, run_stages   # noqa: E402
+from flow.build.stages import Build, BuildError, clean_partial, display_path, run_stages   # noqa: E402
 
 __all__ = ["main", "run", "Build", "BuildOptions", "BuildError", "OptionsError", "STAGES"]
 
@@ -40,10 +47,79 @@ def run(opts: BuildOptions) -> Build:
     b = Build(opts=opts, out=opts.out_dir.resolve())
     b.times["preflight"] = time.perf_counter() - t0
     print(f"[preflight] done in {b.times['preflight']:.2f} s", file=sys.stderr, flush=True)
+    with out_lock(b.out):   # a second build on the same --out is refused while this one runs
+        start_record(b.out, opts)   # a rerun with other settings clears the earlier build's outputs first
+        try:
+            return run_stages(b, opts.stage)
+        finally:
+            clean_partial(b)
+
+
+# what a build writes into --out (stages.py); only these are ever cleared, never anything else there
+OUTPUTS = ("model.pt", "compression.json", "compressed.pt", "golden.npz", "program.bin", "program.json",
+           "resources.json", "hls", "csim.json", "vitis", "vitis.log", "vivado", "vivado.log", "deploy",
+           "report.md", "report.html", "plots")
+RECORD = "build.json"
+# options that do not change what the stages write (where to, how far, the summary file)
+_NOT_RECORDED = ("out", "stage", "json", "retrain")
+
+
+@contextmanager
+def out_lock(out: Path):
+    """An exclusive lock on ``<out>/.lock`` for the build's lifetime (released on exit, also when killed:
+    the kernel drops a dead process's flock). A second build on the same folder gets OptionsError."""
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / ".lock", "a+")
     try:
-        return run_stages(b, opts.stage)
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        raise OptionsError(f"--out {out}: another build is running in this directory"
+                           + (f" (pid {holder})" if holder else "") + ": wait for it or give another --out") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
     finally:
-        clean_partial(b)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def recorded_options(opts: BuildOptions) -> dict:
+    """The options that decide the build's outputs, as recorded in ``<out>/build.json``."""
+    return {k: v for k, v in dataclasses.asdict(opts).items() if k not in _NOT_RECORDED}
+
+
+def start_record(out: Path, opts: BuildOptions) -> None:
+    """Compare the options with the previous build's record in ``out``; when they differ (or the folder holds
+    outputs without a record), clear that build's outputs (OUTPUTS only), then record these options.
+
+    Every stage reruns on every build (nothing is reused), so a rerun with the same options rewrites the same
+    files; one with other options starts from a folder without the old bundle, report or vendor files."""
+    new = recorded_options(opts)
+    rec = out / RECORD
+    old = None
+    if rec.is_file():
+        try:
+            old = json.loads(rec.read_text()).get("options")
+        except (ValueError, AttributeError):
+            old = None
+    present = [n for n in OUTPUTS if (out / n).exists()]
+    if present and old != new:
+        changed = (sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) if isinstance(old, dict)
+                   else ["no record of the earlier build's settings"])
+        print(f"note: --out {display_path(str(out))} holds a build with other settings ({', '.join(changed)}): "
+              f"clearing its outputs ({', '.join(present)})", file=sys.stderr)
+        for n in present:
+            p = out / n
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    tmp = rec.with_name(rec.name + ".tmp")
+    tmp.write_text(json.dumps({"options": new}, indent=2, default=str) + "\n")
+    tmp.replace(rec)
 
 
 def _print_summary(b: Build) -> int:
@@ -99,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         b = run(opts)
         return _print_summary(b)
     except KeyboardInterrupt:
-        print("error: interrupted: the build directory keeps the finished stages; no half-written bundle",
-              file=sys.stderr)
+        print("error: interrupted: no half-written bundle; a rerun redoes every stage (finished stages are not "
+              "reused)", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError, OSError) as e:   # the kit's bad-input and stage errors: one line
         if os.environ.get("VQHLS_TRACEBACK"):

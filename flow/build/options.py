@@ -22,7 +22,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
-import tomllib
+import os
+import tempfile
+try:
+    import tomllib
+except ModuleNotFoundError:   # Python 3.10 (requires-python >= 3.10): the same parser, from PyPI
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,7 +140,8 @@ def parser() -> argparse.ArgumentParser:
     a("--model-file", help="a model outside the zoo: path/to/file.py:factory (factory() returns an nn.Module); "
                            "needs --data, and --checkpoint or training (--train-epochs)")
     a("--checkpoint", help="a state_dict (.pt) for --model-file, or to use instead of training a zoo model")
-    a("--data", help="dataset: digits, fashion-mnist, cifar10 (default: the model's; resnet20 uses fashion-mnist)")
+    a("--data", help="dataset: digits, fashion-mnist, cifar10 (default: the model's; resnet20 uses fashion-mnist), "
+                     "or a .npz with x_train, y_train, x_test, y_test (NCHW images, uint8 or float; any size)")
     a("--method", choices=METHODS, help=f"compression: {', '.join(METHODS)} (default {_SPEC.method})")
     a("--recipe", help="a TOML file setting any of these flags, and per-layer rules in [[layers]]")
     a("--n", type=int, help=f"mvq: kept weights per group (default {_SPEC.n})")
@@ -155,7 +161,8 @@ def parser() -> argparse.ArgumentParser:
       help="train the zoo model again, replacing its cached checkpoint (e.g. a corrupt one)")
     a("--limit", type=int, help="use the first N test images for golden / C-simulation")
     a("--vectors", type=int, help="test vectors stored in the bundle (default 8)")
-    a("--out", help="build directory (default build/<model>-<method>)")
+    a("--out", help="build directory (default build/<model>-<method>); one build at a time (locked), and a "
+                    "rerun with other settings clears the earlier build's outputs there")
     a("--stage", choices=STAGES, help="run the stages up to this one (default: report, i.e. all)")
     a("--json", help="also write the build summary as JSON here")
     return ap
@@ -200,6 +207,11 @@ def read_recipe(path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise OptionsError(f"recipe {path}: not valid TOML ({e})") from None
     fields = {f.name for f in dataclasses.fields(BuildOptions)} - {"layers", "recipe"}
+    unknown = [k for k in raw if k != "layers" and k.replace("-", "_") not in fields]
+    if unknown:   # every one at once, not the first
+        raise OptionsError(f"recipe {path}: unknown key{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join(map(repr, unknown))}: use a flag name of python -m flow.build --help, "
+                           "or [[layers]]")
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key == "layers":
@@ -243,10 +255,21 @@ def parse(argv: list[str] | None = None) -> BuildOptions:
             problems.append(str(e))
     merged.update(given)
     opts = BuildOptions(**merged)
-    if opts.json and not Path(opts.json).resolve().parent.is_dir():
-        problems.append(f"--json {opts.json}: directory {Path(opts.json).resolve().parent} does not exist")
-    if opts.out and Path(opts.out).exists() and not Path(opts.out).is_dir():
-        problems.append(f"--out {opts.out} is a file: give a directory for the build")
+    if opts.json:
+        why = _unwritable_file(Path(opts.json))
+        if why:
+            problems.append(f"--json {opts.json}: {why}")
+    why = _unwritable_dir(opts.out_dir)
+    if why:
+        problems.append(f"--out {opts.out_dir}: {why}")
+    if opts.method == "none":
+        # settings a build without compression would silently ignore (n and m still shape the engine)
+        ignored = [f"--{k.replace('_', '-')}" for k in _COMPRESSION_ONLY if k in merged]
+        if opts.layers:
+            ignored.append("the recipe's [[layers]]")
+        if ignored:
+            problems.append(f"--method none compresses nothing, so {', '.join(ignored)} would be ignored: "
+                            "drop them or choose a compression method")
     if opts.model_file and ":" not in opts.model_file:
         problems.append(f"--model-file {opts.model_file}: give path/to/file.py:factory")
     if opts.method == "vecq" and not any(p.startswith("command line: --bits") for p in problems):
@@ -257,6 +280,49 @@ def parse(argv: list[str] | None = None) -> BuildOptions:
     if problems:
         raise _all(problems)
     return opts
+
+
+# settings that only a compression method uses (with --method none they would be ignored)
+_COMPRESSION_ONLY = ("k", "d", "v", "K", "bits", "vecq_scheme", "finetune_epochs")
+
+
+def _probe_write(d: Path) -> str | None:
+    """Why no file can be created in the existing directory ``d`` (tried, not guessed: root ignores modes)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-test-", dir=d)
+    except OSError as e:
+        return f"cannot write into {d} ({e.strerror or type(e).__name__})"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def _existing_parent(p: Path) -> Path:
+    p = p.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _unwritable_dir(p: Path) -> str | None:
+    """Why the build directory ``p`` cannot be used (checked before any work), or None."""
+    if p.exists() and not p.is_dir():
+        return "is a file: give a directory for the build"
+    base = _existing_parent(p)
+    if not base.is_dir():
+        return f"{base} is a file, so the directory cannot be created there"
+    return _probe_write(base)
+
+
+def _unwritable_file(p: Path) -> str | None:
+    """Why the file ``p`` cannot be written (checked before the build, not after it), or None."""
+    if p.is_dir():
+        return "is a directory: give a file name"
+    if not p.absolute().parent.is_dir():
+        return f"directory {p.absolute().parent} does not exist"
+    if p.exists() and not os.access(p, os.W_OK):
+        return "is not writable"
+    return _probe_write(p.absolute().parent)
 
 
 def _all(problems: list[str]) -> OptionsError:

@@ -26,6 +26,7 @@ trained weights (accumulator ranges, LUT values) are still checked by the stages
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import sys
 import warnings
 from typing import Any
@@ -62,6 +63,8 @@ def probe_model(opts: BuildOptions, problems: list[str]) -> tuple[str | None, An
             problems.append("--model-file needs --data (the dataset to calibrate, fine-tune and test on)")
             return None, None
         data_name = opts.data
+        if not _data_ok(data_name, problems):
+            data_name = None
         try:
             model = load_model_file(opts.model_file)
         except OptionsError as e:
@@ -75,10 +78,9 @@ def probe_model(opts: BuildOptions, problems: list[str]) -> tuple[str | None, An
             return None, None
         default = zoo.default_dataset(opts.model)
         data_name = opts.data or ("fashion-mnist" if default == "cifar10" else default)
-        if data_name not in datasets.INFO:
-            problems.append(f"--data {data_name}: unknown dataset: choose one of {', '.join(datasets.DATASETS)}")
+        if not _data_ok(data_name, problems):
             return None, None
-        info = datasets.INFO[data_name]
+        info = datasets.info(data_name)
         model = zoo.get(opts.model, in_channels=info["shape"][0], num_classes=info["classes"])
         if not opts.checkpoint:   # a zoo model without --checkpoint is trained into the cache (or read from it)
             try:
@@ -96,6 +98,45 @@ def probe_model(opts: BuildOptions, problems: list[str]) -> tuple[str | None, An
             problems.append(str(e))
     model.eval()
     return data_name, model
+
+
+def _data_ok(data_name: str, problems: list[str]) -> bool:
+    """A built-in data set name or a user's .npz that loads (keys, dtypes, NCHW shapes, labels: every
+    problem appended, one line each)."""
+    if datasets.is_npz(data_name):
+        found = datasets.npz_problems(data_name)
+        problems.extend(found)
+        return not found
+    if data_name not in datasets.INFO:
+        problems.append(f"--data {data_name}: unknown dataset: choose one of {', '.join(datasets.DATASETS)} "
+                        "or give a .npz (x_train, y_train, x_test, y_test)")
+        return False
+    return True
+
+
+def _output_problem(opts: BuildOptions, model, x, classes: int) -> str | None:
+    """The model's output count against the data's classes (a forward pass on two test images)."""
+    try:
+        with torch.no_grad():
+            y = model.eval()(torch.from_numpy(x[:2]))
+    except Exception as e:   # the model cannot take these images at all: one line naming both
+        return (f"the model {opts.model_file or opts.model} fails on the data's images {tuple(x.shape[1:])} "
+                f"(C, H, W): {type(e).__name__}: {_one_line(e)}")
+    if not isinstance(y, torch.Tensor) or y.dim() != 2:
+        return (f"the model {opts.model_file or opts.model} returns "
+                f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__} per batch: it must "
+                "return logits [N, classes]")
+    if y.shape[1] != classes:
+        return (f"the model {opts.model_file or opts.model} has {y.shape[1]} outputs but the data set "
+                f"{opts.data or ''} has {classes} classes: make its last layer output {classes}".replace("  ", " "))
+    return None
+
+
+def _unmatched_rules(opts: BuildOptions, names: list[str]) -> list[str]:
+    """Recipe [[layers]] rules whose pattern matches no Conv2d / Linear layer (they would be ignored)."""
+    return [f"recipe {opts.recipe}: [[layers]] match = {e['match']!r} matches no layer: the Conv2d / Linear "
+            f"layers are {', '.join(names) or 'none'}" for e in opts.layers
+            if not any(fnmatch.fnmatchcase(n, e["match"]) for n in names)]
 
 
 def _limit_problems(plans, model, engine) -> list[str]:
@@ -222,6 +263,14 @@ def preflight(opts: BuildOptions) -> None:
             x = datasets.load(data_name, "test")[0][:8]
         except (ValueError, RuntimeError, OSError) as e:   # DatasetError: missing files, with the fix
             problems.append(_one_line(e))
+
+    if model is not None and x is not None:
+        err = _output_problem(opts, model, x, datasets.info(data_name)["classes"])
+        if err:
+            problems.append(err)
+    if model is not None and opts.layers:
+        problems.extend(_unmatched_rules(opts, [n for n, m in model.named_modules()
+                                                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]))
 
     if model is not None and _needs(opts, "quantize"):   # layers the quantizer cannot run, whatever the method
         try:

@@ -189,6 +189,7 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
         out.append(Section("Codebook usage", "Share of each codebook's codewords that the layer's indices use, "
                            "and how evenly (entropy of the index histogram over log2 k).", None,
                            plots["codebooks"]))
+    out.extend(_bundle_sections(b))
     lines = []
     for tool, res in b.vendor.items():
         lines.append(f"{tool}: {res.message}")
@@ -200,6 +201,79 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
                            "above:\n\n```\n" + "\n".join(report_errors) + "\n```"))
     times = [[k, round(v, 2)] for k, v in b.times.items()]
     out.append(Section("Stage times", "", (["stage", "seconds"], times)))
+    return out
+
+
+def _rel(path, out: Path) -> str:
+    """A path as the user may copy it, never the machine's absolute path: relative to the current directory
+    when under it, else relative to the folder that holds the build folder ``out``."""
+    p = Path(path).resolve()
+    for base in (Path.cwd().resolve(), Path(out).resolve().parent):
+        try:
+            return str(p.relative_to(base))
+        except ValueError:
+            continue
+    return p.name
+
+
+def _has_bitstream(bundle_path) -> bool:
+    from flow import bundle   # deferred: the bundle reader, only when the build wrote one
+    try:
+        return bool(bundle.load(bundle_path).has_bitstream)
+    except Exception:   # a bundle that does not load is reported as not board-ready, not as a report crash
+        return False
+
+
+def _bundle_sections(b) -> list[Section]:
+    """The engine (config, hash, standard or sized for this model), the two compression ratios, and the
+    bundle's status with the exact next commands."""
+    s = b.summary
+    out: list[Section] = []
+    if b.engine is not None:
+        sized = s.get("engine_sized")
+        text = (f"Engine config hash {b.engine.hash()} (the bitstream must carry the same hash). "
+                + (f"The engine was SIZED FOR THIS MODEL on {b.opts.board} (not the board's standard build: "
+                   + ", ".join(f"{k}={v}" for k, v in sorted(sized.items()))
+                   + "), so it needs its own bitstream: one built for the standard engine will not load."
+                   if sized else f"The board's standard engine for {b.opts.board}: a bitstream of the standard "
+                   "build with this hash fits it."))
+        rows = [[k, str(v)] for k, v in sorted(b.engine.to_dict().items())]
+        out.append(Section("Engine", text, (["parameter", "value"], rows)))
+    if "ratio" in s:
+        lines = [f"- Compressed model: {s['ratio']:.2f}x: every bit the compressed format stores (indices, masks, "
+                 "codebooks, scales, dense layers) against the float32 weights (flow.compress.compression_report)."]
+        stored = s.get("stored_ratio", s["ratio"])
+        lines.append(f"- Engine stores: {stored:.2f}x: the same count for the layers as the engine holds them"
+                     + (f"; {', '.join(s.get('dense_fallback', []))} are stored dense int8 by the lowering, so "
+                        "this is lower" if "stored_ratio" in s else "; no layer is stored differently, so it "
+                        "equals the model's") + ".")
+        if "program_bytes" in s:
+            lines.append(f"- Program image: {s['program_bytes']:,} bytes, word-aligned for the engine, so larger "
+                         "than the bit count above.")
+        out.append(Section("Compression ratios", "\n".join(lines)))
+    for w in s.get("warnings", []):
+        out.append(Section("Warning", f"WARNING: {w}"))
+    if b.bundle_path is not None:
+        bpath = _rel(b.bundle_path, b.out)
+        if _has_bitstream(b.bundle_path):
+            text = (f"BOARD-READY: the bundle {bpath} holds a bitstream verified against its engine config hash. "
+                    f"On the board: `python -m host.run {bpath} --backend pynq`.")
+        else:
+            script = b.out / "vendor" / "run_vendor.sh"
+            vendor_run = (f"sh {_rel(script, b.out)} board_repo=<TUL board files>\n" if script.is_file() else
+                          "# (its command is under 'Vendor tools' below; docs/build.md)\n")
+            bit_dir = _rel(b.out / "vivado" / "out", b.out)
+            text = (f"SIMULATION-ONLY until a verified bitstream is added: the bundle {bpath} runs with "
+                    f"`python -m host.run {bpath} --backend sim` here. Next steps:\n\n"
+                    "```\n"
+                    "# 1. on a machine with Vitis HLS and Vivado: the vendor run\n" + vendor_run +
+                    f"# 2. add the bitstream it wrote (vqhls.bit, vqhls.hwh in {bit_dir}), verified against "
+                    f"engine config hash {b.engine.hash() if b.engine is not None else '?'}\n"
+                    f"python -m flow.bundle add-bitstream {bpath} {bit_dir}\n"
+                    "# 3. on the board\n"
+                    f"python -m host.run {bpath} --backend pynq\n"
+                    "```")
+        out.append(Section("Bundle status and next steps", text))
     return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import platform
 import shutil
 import sys
@@ -143,7 +144,35 @@ def load_model_file(spec: str):
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise OptionsError(f"--model-file {spec}: {path} has no callable {attr!r}")
-    return factory()
+    try:
+        model = factory()
+    except Exception as e:   # the user's factory: one line naming it
+        raise OptionsError(f"--model-file {spec}: {attr}() failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise OptionsError(f"--model-file {spec}: {attr}() returned a {type(model).__name__}, not a "
+                           "torch.nn.Module: return the model itself (e.g. nn.Sequential(...))")
+    return model
+
+
+def display_path(path: str) -> str:
+    """``path`` as a user may copy it: relative to the current directory when under it, else its file name
+    (a build report or manifest never holds the absolute path of the machine that built it)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return p.name
+
+
+def display_model(o: BuildOptions) -> str:
+    """The model as the summary, report and manifest name it: the zoo name, or file.py:factory (no
+    absolute path)."""
+    if not o.model_file:
+        return o.model
+    path, _, attr = o.model_file.rpartition(":")
+    return f"{display_path(path)}:{attr}"
 
 
 def _load_checkpoint(model, path: str) -> None:
@@ -152,10 +181,17 @@ def _load_checkpoint(model, path: str) -> None:
         raise OptionsError(f"checkpoint {path} not found: give a state_dict saved with torch.save(model.state_dict())")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:   # a corrupt file or not a torch file: one line
+        raise OptionsError(f"checkpoint {path} is not readable: {type(e).__name__}: "
+                           f"{(str(e).splitlines() or [''])[0]}") from None
+    why = trainer.state_dict_mismatch(model, state)   # every missing / unexpected key, not torch's first line
+    if why:
+        raise OptionsError(f"checkpoint {path} does not fit the model: {why}")
+    try:
         model.load_state_dict(state)
-    except Exception as e:   # a wrong or corrupt checkpoint: one line
+    except Exception as e:   # what the key and shape comparison did not catch
         raise OptionsError(f"checkpoint {path} does not fit the model: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0]}") from None
+                           f"{(str(e).splitlines() or [''])[0]}") from None
 
 
 def stage_train(b: Build) -> None:
@@ -192,7 +228,9 @@ def stage_train(b: Build) -> None:
     b.data = dict(xtr=xtr, ytr=ytr, xte=xte, yte=yte)
     b.model = model
     torch.save(model.state_dict(), b.out / "model.pt")
-    b.summary.update(model=o.model_file or o.model, data=b.data_name, method=o.method,
+    # the data set as the report and the manifest name it: a user's .npz by its relative path or file name
+    b.data_name = display_path(b.data_name) if datasets.is_npz(b.data_name) else b.data_name
+    b.summary.update(model=display_model(o), data=b.data_name, method=o.method,
                      float_acc=trainer.evaluate(model, xte, yte))
 
 
@@ -265,6 +303,39 @@ def stage_quantize(b: Build) -> None:
     yte = b.data["yte"]
     b.summary["golden_acc"] = float((b.gold.reshape(len(yte), -1).argmax(1) == yte).mean())
     np.savez_compressed(b.out / "golden.npz", inputs=b.x_int, outputs=b.gold)
+    drop = golden_drop_warning(b.summary, calib.numpy(), b.data["xte"])
+    if drop:
+        b.summary.setdefault("warnings", []).append(drop)
+        warnings.warn(drop, stacklevel=2)
+
+
+# golden (integer) accuracy more than this many points below the float model it quantizes is warned about
+GOLDEN_DROP_POINTS = 2.0
+
+
+def golden_drop_warning(summary: dict, calib: np.ndarray, xte: np.ndarray) -> str | None:
+    """One line when the golden integer accuracy falls more than GOLDEN_DROP_POINTS below the float model it
+    quantizes (the fine-tuned / compressed / float accuracy, the last one measured), naming the likely cause:
+    a small calibration set, or test images outside the calibration range (the input scale clips them)."""
+    ref_key = next((k for k in ("finetuned_acc", "compressed_acc", "float_acc") if k in summary), None)
+    if ref_key is None or "golden_acc" not in summary:
+        return None
+    ref, gold = 100 * summary[ref_key], 100 * summary["golden_acc"]
+    if ref - gold <= GOLDEN_DROP_POINTS:
+        return None
+    causes = []
+    if len(calib) < 64:
+        causes.append(f"the calibration set has only {len(calib)} image{'s' if len(calib) != 1 else ''}")
+    lo, hi = float(calib.min()), float(calib.max())
+    tlo, thi = float(xte.min()), float(xte.max())
+    span = max(hi - lo, 1e-12)
+    if tlo < lo - 0.05 * span or thi > hi + 0.05 * span:
+        causes.append(f"the test images span [{tlo:.3g}, {thi:.3g}] but the calibration (training) images "
+                      f"[{lo:.3g}, {hi:.3g}]: scale both the same way")
+    cause = "; ".join(causes) or ("the activation ranges seen in calibration: calibrate on more, or more "
+                                  "representative, training images")
+    return (f"golden integer accuracy {gold:.2f}% is {ref - gold:.2f} points below the float model it "
+            f"quantizes ({ref:.2f}%, {ref_key}; margin {GOLDEN_DROP_POINTS:g} points): likely cause: {cause}")
 
 
 def stage_lower(b: Build) -> None:
@@ -358,9 +429,27 @@ def stage_csim(b: Build) -> None:
                                                           "csim_cycles_per_image", "csim_images_per_s")})
 
 
+def _vendor_kit(b: Build) -> "vendor.VendorKit":
+    """The build's relocatable vendor handoff (vivado/vivado.tcl, vendor/run_vendor.sh), written afresh."""
+    return vendor.write_vendor_kit(b.out, b.opts.board, b.project.path, b.engine.hash())
+
+
+def _skipped(res: "vendor.VendorResult", tool: str, b: Build) -> "vendor.VendorResult":
+    """A skipped vendor run's message: the one documented command that runs the handoff elsewhere
+    (relative paths, board_repo= named), instead of this machine's absolute command line."""
+    note = vendor.board_files_note(b.opts.board)
+    msg = (f"skipped: {tool} not found\nrun where Vitis HLS and Vivado are installed (copy the build's hls/, "
+           f"vivado/ and vendor/ folders together): {vendor.kit_command(b.out)}"
+           + (f"\n  board_repo: {note}" if note else ""))
+    return vendor.VendorResult(res.ran, res.returncode, res.log, msg, vendor.kit_command(b.out))
+
+
 def stage_vitis(b: Build) -> None:
+    _vendor_kit(b)
     cmd = vendor.vitis_command(b.project.path, csim=True, synth=True, cosim=True, export=True, impl=True)
     res = vendor.run_or_skip("vitis_hls", cmd, b.project.path, b.out / "vitis.log")
+    if not res.ran:
+        res = _skipped(res, "vitis_hls", b)
     b.vendor["vitis"] = res
     print(res.message, file=sys.stderr)
     if res.ran and res.returncode != 0:
@@ -368,21 +457,41 @@ def stage_vitis(b: Build) -> None:
 
 
 def stage_vivado(b: Build) -> None:
-    vdir = b.out / "vivado"
-    vdir.mkdir(exist_ok=True)
-    tcl = vendor.write_vivado_tcl(vdir / "vivado.tcl", b.opts.board, ip_repo=vendor.ip_repo_dir(b.project.path),
-                                  out_dir=vdir / "out")
-    res = vendor.run_or_skip("vivado", vendor.vivado_command(tcl), vdir, b.out / "vivado.log")
+    kit = _vendor_kit(b)
+    # board files Vivado does not ship (PYNQ-Z2: TUL's) from $VQHLS_BOARD_REPO when Vivado runs here
+    board_repo = os.environ.get("VQHLS_BOARD_REPO") or None
+    res = vendor.run_or_skip("vivado", vendor.vivado_command(kit.vivado_tcl, board_repo=board_repo),
+                             kit.vivado_tcl.parent, b.out / "vivado.log")
+    if not res.ran:
+        res = _skipped(res, "vivado", b)
     b.vendor["vivado"] = res
     print(res.message, file=sys.stderr)
     if res.ran and res.returncode != 0:
         raise BuildError(f"vivado failed (exit {res.returncode}): see {b.out / 'vivado.log'}")
 
 
+def _verified_bitstream(b: Build) -> tuple[Path, Path] | None:
+    """vivado/out/vqhls.{bit,hwh} when they exist and the .hwh names this engine (config hash, register
+    offsets: flow.bundle.verify_bitstream); else None, with one warning line when a bitstream was refused.
+    What happened goes to b.summary["bitstream"]: {"status": "verified" | "refused" | "absent", ...}."""
+    bit = b.out / vendor.VIVADO_SUBDIR / vendor.VIVADO_OUT / f"{vendor.OVERLAY_NAME}.bit"
+    hwh = bit.with_suffix(".hwh")
+    if not bit.is_file() and not hwh.is_file():
+        b.summary["bitstream"] = {"status": "absent"}
+        return None
+    try:
+        ip = bundle.verify_bitstream(bit, hwh, b.engine.hash(), "vivado/out")
+    except bundle.BundleError as e:
+        b.summary["bitstream"] = {"status": "refused", "reason": str(e)}
+        warnings.warn(f"not bundling the bitstream: {e}; the bundle is simulation-only", stacklevel=2)
+        return None
+    b.summary["bitstream"] = {"status": "verified", "engine_ip": ip.vlnv}
+    return bit, hwh
+
+
 def stage_bundle(b: Build) -> None:
     nvec = min(b.opts.vectors, len(b.x_int))
-    bit = b.out / "vivado" / "out" / "vqhls.bit"
-    hwh = bit.with_suffix(".hwh")
+    bitstream = _verified_bitstream(b)
     tools = _tool_versions()
     meta = b.program.meta
     out_shape = tuple(int(s) for s in b.gold.shape[1:])
@@ -394,7 +503,7 @@ def stage_bundle(b: Build) -> None:
         out_unsigned=bool(meta.get("out_unsigned")), hls_dir=b.project.path,
         vectors=(b.x_int[:nvec], b.gold[:nvec]), golden_acc=b.summary.get("golden_acc"),
         bit_exact=(b.summary["bit_exact"], b.summary["images"]) if "bit_exact" in b.summary else None,
-        tools=tools, bitstream=(bit, hwh) if bit.is_file() and hwh.is_file() else None,
+        tools=tools, bitstream=bitstream,
         extra={"board": b.opts.board, "modelled_cycles_per_image": b.summary.get("modelled_cycles_per_image")})
     b.summary["bundle"] = str(b.bundle_path)
 

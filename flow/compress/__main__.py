@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--vecq-scheme", default=_DEFAULT.vecq_scheme, choices=("paper", "sweep"),
                     help="vecq: paper (half-integer levels, lambda*std step, least-squares scale; default) or "
                          "sweep (symmetric levels, exact vector-loss step)")
-    ap.add_argument("--seed", type=int, default=_DEFAULT.seed)
+    ap.add_argument("--seed", type=int, default=_DEFAULT.seed,
+                    help="seed of k-means initialization (default %(default)s)")
     ap.add_argument("--skip", nargs="*", default=None,
                     help="layers kept dense: 'first', 'last' and/or module names (default: first last; none "
                          "for vecq's paper scheme, which quantizes every layer)")
@@ -67,8 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--calibrate", type=int, default=1024,
                     help="training images for BatchNorm re-estimation after compression (0: off; default 1024)")
     ap.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs (default 0)")
-    ap.add_argument("--finetune-lr", type=float, default=1e-3)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--finetune-lr", type=float, default=1e-3,
+                    help="fine-tuning learning rate (Adam; default %(default)s)")
+    ap.add_argument("--batch-size", type=int, default=64,
+                    help="fine-tuning batch size (default %(default)s)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the report and accuracies as JSON")
     ap.add_argument("--quiet", action="store_true", help="no training progress on stderr")
     return ap

@@ -3,11 +3,12 @@
     from flow.hls import vendor
 
     project = write_project(EngineConfig(), "build/hls")                     # build.tcl (Vitis HLS)
+    kit = vendor.write_vendor_kit("build", "pynq-z2", project.path, project.engine.hash())
+    #   build/vivado/vivado.tcl, build/vendor/run_vendor.sh: every path relative, so build/{hls,vivado,vendor}
+    #   run wherever they are copied together:  sh build/vendor/run_vendor.sh board_repo=DIR
     r = vendor.run_or_skip("vitis_hls", vendor.vitis_command(project.path, export=True), project.path,
                            "build/vitis.log")
-    tcl = vendor.write_vivado_tcl("build/vivado/vivado.tcl", "pynq-z2",
-                                  ip_repo=vendor.ip_repo_dir(project.path), out_dir="build/vivado/out")
-    r = vendor.run_or_skip("vivado", vendor.vivado_command(tcl), tcl.parent, "build/vivado.log")
+    r = vendor.run_or_skip("vivado", vendor.vivado_command(kit.vivado_tcl), kit.vivado_tcl.parent, "build/vivado.log")
     print(r.message)     # where a tool is not installed: "skipped: vivado not found" and the command to run
 
 ``hls_templates/tcl/vivado.tcl.j2`` is rendered with the same Jinja2 environment
@@ -31,20 +32,37 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine_io.hwh import IP_LIBRARY, IP_NAME_PREFIX, IP_VENDOR, IP_VERSION, engine_vlnv  # noqa: F401
 from flow.boards import Board, get_board
 
 VIVADO_TEMPLATE = "tcl/vivado.tcl.j2"
+RUN_SCRIPT_TEMPLATE = "tcl/run_vendor.sh.j2"
 
-# the engine IP as build.tcl exports it (config_export -vendor -library -ipname -version)
-IP_VENDOR = "vqhls"
-IP_LIBRARY = "vqhls"
-IP_NAME = "vqhls_engine"
-IP_VERSION = "1.0"
-ENGINE_VLNV = f"{IP_VENDOR}:{IP_LIBRARY}:{IP_NAME}:{IP_VERSION}"
+# The engine IP as build.tcl exports it: engine_vlnv(EngineConfig.hash()) = vqhls:vqhls:vqhls_engine_<hash>:1.0
+# (engine_io/hwh.py, where the bundle's bitstream check reads it back from the .hwh).
 ENGINE_CELL = "vqhls_engine_0"
 DMA_CELL = "axi_dma_0"
 OVERLAY_NAME = "vqhls"          # NAME.bit + NAME.hwh in the output directory (pynq.Overlay("NAME.bit"))
 DEFAULT_PROJECT_NAME = "vqhls_bd"
+
+# The handoff folders of a build, relative to its --out folder (write_vendor_kit)
+HLS_SUBDIR = "hls"
+VIVADO_SUBDIR = "vivado"
+VENDOR_SUBDIR = "vendor"
+RUN_SCRIPT = "run_vendor.sh"
+VIVADO_OUT = "out"              # vivado/out/vqhls.{bit,hwh}
+
+# Board files Vivado does not ship, by the board part's vendor: where to get them (board_repo=DIR)
+BOARD_FILES = {
+    "tul.com.tw": "the TUL board files: boards/TUL/pynq-z2 of github.com/Xilinx/XilinxBoardStore "
+                  "(git clone it, pass board_repo=<clone>/boards/TUL), or install them from Vivado's XHub store",
+}
+
+
+def board_files_note(board: Board | str) -> str:
+    """Where the board files of ``board`` come from when Vivado does not ship them; "" when it does."""
+    board = get_board(board) if isinstance(board, str) else board
+    return BOARD_FILES.get(board.board_part.split(":")[0], "") if board.board_part else ""
 
 
 # ---------------------------------------------------------------------------
@@ -159,13 +177,22 @@ def _fmt_mhz(mhz: float) -> str:
     return f"{mhz:g}"
 
 
-def render_vivado_tcl(board: Board | str, *, ip_repo: str | os.PathLike, out_dir: str | os.PathLike,
+def _relative(path: str | os.PathLike, script_dir: str | os.PathLike) -> str:
+    """``path`` relative to ``script_dir`` (POSIX separators): what the script joins to its own folder."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(script_dir).resolve())).as_posix()
+
+
+def render_vivado_tcl(board: Board | str, *, config_hash: str, ip_repo: str | os.PathLike,
+                      out_dir: str | os.PathLike, script_dir: str | os.PathLike = ".",
                       project_name: str = DEFAULT_PROJECT_NAME, overlay_name: str = OVERLAY_NAME) -> str:
     """The Vivado script (block design -> bitstream) for ``board`` as text.
 
+    ``config_hash``: the EngineConfig.hash() the engine IP was exported for (its VLNV, ``engine_vlnv``);
     ``ip_repo``: the engine IP that Vitis HLS exported (``ip_repo_dir(project)``); ``out_dir``: where
     the script copies ``{overlay_name}.bit`` / ``.hwh`` and writes the utilization and timing reports.
-    Paths go into the script absolute. The Vivado project ``project_name`` is created next to the script.
+    Both go into the script relative to ``script_dir``, the folder the script will be written to: the
+    script joins them to its own location at run time, so it runs wherever it is copied together with
+    them. The Vivado project ``project_name`` is created next to the script.
     """
     from flow.hls import project as project_mod   # deferred: jinja2 (its template environment renders the script)
 
@@ -182,26 +209,86 @@ def render_vivado_tcl(board: Board | str, *, ip_repo: str | os.PathLike, out_dir
         "gp": gp,
         "hp": hp,
         "fclk_mhz": _fmt_mhz(board.clock_mhz),
-        "ip_repo": str(Path(ip_repo).resolve()),
-        "out_dir": str(Path(out_dir).resolve()),
+        "ip_repo": _relative(ip_repo, script_dir),
+        "out_dir": _relative(out_dir, script_dir),
         "project_name": project_name,
         "overlay_name": overlay_name,
-        "engine_vlnv": ENGINE_VLNV,
+        "config_hash": config_hash,
+        "engine_vlnv": engine_vlnv(config_hash),
+        "engine_vlnv_prefix": f"{IP_VENDOR}:{IP_LIBRARY}:{IP_NAME_PREFIX}",
         "engine_cell": ENGINE_CELL,
         "dma_cell": DMA_CELL,
     }
     return project_mod._render_one(env, VIVADO_TEMPLATE, context)
 
 
-def write_vivado_tcl(path: str | os.PathLike, board: Board | str, **kwargs) -> Path:
-    """Render ``render_vivado_tcl(board, **kwargs)`` to ``path`` (directories created); returns the path."""
-    path = Path(path)
-    text = render_vivado_tcl(board, **kwargs)
+def _write_text(path: Path, text: str, mode: int | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
+    if mode is not None:
+        tmp.chmod(mode)
     os.replace(tmp, path)
     return path
+
+
+def write_vivado_tcl(path: str | os.PathLike, board: Board | str, **kwargs) -> Path:
+    """Render ``render_vivado_tcl(board, **kwargs)`` to ``path`` (directories created; paths in it relative
+    to ``path``'s folder); returns the path."""
+    path = Path(path)
+    return _write_text(path, render_vivado_tcl(board, script_dir=path.parent, **kwargs))
+
+
+@dataclass(frozen=True)
+class VendorKit:
+    """The relocatable vendor handoff of one build (``write_vendor_kit``)."""
+
+    out: Path              # the build's --out folder
+    hls_dir: Path          # out/hls: build.tcl (Vitis HLS)
+    vivado_tcl: Path       # out/vivado/vivado.tcl
+    run_script: Path       # out/vendor/run_vendor.sh: Vitis HLS, then Vivado
+    bitstream_dir: Path    # out/vivado/out: vqhls.bit + vqhls.hwh once Vivado ran
+
+
+def write_vendor_kit(out: str | os.PathLike, board: Board | str, hls_dir: str | os.PathLike,
+                     config_hash: str) -> VendorKit:
+    """Write ``out/vivado/vivado.tcl`` and ``out/vendor/run_vendor.sh`` for the HLS project ``hls_dir``
+    (``out/hls`` in a build) of the engine ``config_hash``: every path in them is relative, so the
+    three folders run wherever they are copied together (``sh vendor/run_vendor.sh board_repo=DIR``)."""
+    from flow.hls import project as project_mod   # deferred: jinja2 (its template environment renders the script)
+
+    board = get_board(board) if isinstance(board, str) else board
+    out = Path(out)
+    hls_dir = Path(hls_dir)
+    vivado_dir = out / VIVADO_SUBDIR
+    vendor_dir = out / VENDOR_SUBDIR
+    tcl = write_vivado_tcl(vivado_dir / "vivado.tcl", board, config_hash=config_hash,
+                           ip_repo=ip_repo_dir(hls_dir), out_dir=vivado_dir / VIVADO_OUT)
+    env = project_mod._environment()
+    context = {
+        "board": board,
+        "config_hash": config_hash,
+        "engine_vlnv": engine_vlnv(config_hash),
+        "hls_rel": _relative(hls_dir, vendor_dir),
+        "vivado_rel": _relative(vivado_dir, vendor_dir),
+        "vivado_out": VIVADO_OUT,
+        "overlay_name": OVERLAY_NAME,
+        "board_files": board_files_note(board),
+    }
+    script = _write_text(vendor_dir / RUN_SCRIPT, project_mod._render_one(env, RUN_SCRIPT_TEMPLATE, context), 0o755)
+    return VendorKit(out, hls_dir, tcl, script, vivado_dir / VIVADO_OUT)
+
+
+def kit_command(out: str | os.PathLike) -> str:
+    """The one line that runs a build's vendor handoff: ``sh OUT/vendor/run_vendor.sh board_repo=DIR``
+    (OUT relative to the working directory when it lies below it; board_repo always named: DIR is
+    ``board_files_note(board)``'s folder, or any board-file folder where Vivado ships the board)."""
+    out = Path(out)
+    try:
+        shown = out.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        shown = str(out)
+    return f"sh {shlex.quote(shown + '/' + VENDOR_SUBDIR + '/' + RUN_SCRIPT)} board_repo=DIR"
 
 
 def ip_repo_dir(project_dir: str | os.PathLike) -> Path:

@@ -1,4 +1,4 @@
-"""TEST DOUBLES for running the real PYNQ code (pynq 4.0: Overlay, DefaultIP binding, MMIO, allocate,
+"""TEST DOUBLES for running the real PYNQ code (pynq 3.1.2, also 4.0: Overlay, DefaultIP binding, MMIO, allocate,
 PynqBuffer, lib.dma.DMA) on an x86 machine with no board.
 
 * ``SimPynqDevice``: a ``pynq.Device`` (pynq's device abstraction, the one seam pynq offers for other
@@ -45,7 +45,7 @@ from pynqmetadata.frontends import Metadata
 from pynqmetadata.views.runtime import RuntimeMetadataParser
 
 from engine_io import regmap
-from host.pynq_backend import ENGINE_VLNV
+from host.pynq_backend import ENGINE_VLNV_PREFIX
 from host.sim import SimDevice, SimError
 
 _HERE = Path(__file__).resolve().parent
@@ -256,7 +256,7 @@ class SimPynqDevice(pynq.Device):
         for name, d in ip_dict.items():
             if "phys_addr" not in d:
                 continue
-            if d["type"] == ENGINE_VLNV:
+            if str(d["type"]).startswith(ENGINE_VLNV_PREFIX):
                 model = self._engine_window()
             elif str(d["type"]).startswith("xilinx.com:ip:axi_dma:"):
                 self.dma = self._dma_model()
@@ -463,7 +463,8 @@ def dummy_bitstream(design: str = "vqhls_bd_wrapper", part: str = "7z020clg400")
 def with_bitstream(bundle_dir: Path, out_dir: Path, hwh: Optional[bytes] = None) -> Path:
     """A copy of the deploy bundle at ``bundle_dir`` in ``out_dir`` with ``vqhls.hwh`` (derived from
     pynqmetadata's real resizer.hwh by fixtures/derive_hwh.py, or ``hwh``) and a dummy ``vqhls.bit``,
-    listed in its manifest as flow.bundle would list the Vivado outputs ("bitstream" and "files")."""
+    listed in its manifest as flow.bundle would list the Vivado outputs ("bitstream" and "files"). The
+    derived .hwh's engine IP carries the bundle's config hash, as Vitis HLS exports it."""
     from flow import bundle as bundle_mod
 
     out_dir = Path(out_dir)
@@ -471,7 +472,8 @@ def with_bitstream(bundle_dir: Path, out_dir: Path, hwh: Optional[bytes] = None)
         shutil.rmtree(out_dir)
     shutil.copytree(bundle_dir, out_dir)
     files = {
-        bundle_mod.HWH: derive_hwh.derive() if hwh is None else hwh,
+        bundle_mod.HWH: (derive_hwh.derive(config_hash=json.loads((out_dir / bundle_mod.MANIFEST).read_text())
+                                           ["config_hash"]) if hwh is None else hwh),
         bundle_mod.BITSTREAM: dummy_bitstream(),
     }
     manifest = json.loads((out_dir / bundle_mod.MANIFEST).read_text())

@@ -1,7 +1,7 @@
 """tests/board: the PYNQ backend on the real pynq package, without a board.
 
-They need pynq 4.0, which pins numpy<2 and so lives in its own environment (``make board-env`` makes
-``.venv-board``); run them with ``.venv-board/bin/python -m pytest tests/board``. Where pynq does not
+They need pynq (3.1.2, the PYNQ-Z2's last release: the `board` extra), which pins numpy<2 and so lives in its
+own environment (``make board-env`` makes ``.venv-board``); run them with ``.venv-board/bin/python -m pytest tests/board``. Where pynq does not
 import (the main ``.venv``: numpy 2, torch), every module here is reported as one skip with the reason.
 
 Session fixtures:
@@ -140,8 +140,11 @@ def sim_device(make_sim):
 @pytest.fixture
 def overlay_for(board_bundle):
     """``overlay_for(device)``: the real pynq.Overlay of the bundle's vqhls.bit (its .hwh parsed by
-    pynq) on a device double, without a download (Overlay(..., download=False))."""
-    import host.pynq_backend  # noqa: F401  (registers VqhlsEngineDriver before the Overlay binds drivers)
+    pynq) on a device double, without a download (Overlay(..., download=False)); VqhlsEngineDriver is bound
+    to the bundle's engine VLNV first, as host.pynq_backend.engine_driver tells a user with an own Overlay."""
+    from host.pynq_backend import engine_driver
+
+    engine_driver(board_bundle.config_hash)
 
     def make(device):
         return pynq.Overlay(str(board_bundle.bit_path), download=False, device=device)

@@ -14,7 +14,8 @@ from pynqmetadata.views.runtime import RuntimeMetadataParser
 
 from board_doubles import DMA_REGISTER_NAMES, MM2S, REPO, S2MM, derive_hwh
 from engine_io import regmap
-from host.pynq_backend import ENGINE_CELL, ENGINE_VLNV, VqhlsEngineDriver
+from engine_io import hwh
+from host.pynq_backend import ENGINE_CELL, ENGINE_VLNV_PREFIX, VqhlsEngineDriver
 
 
 def test_engine_names_match_the_flow():
@@ -28,8 +29,10 @@ def test_engine_names_match_the_flow():
         if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
                 and isinstance(node.value, ast.Constant)):
             consts[node.targets[0].id] = node.value.value
-    vlnv = ":".join(consts[k] for k in ("IP_VENDOR", "IP_LIBRARY", "IP_NAME", "IP_VERSION"))
-    assert ENGINE_VLNV == vlnv == derive_hwh.ENGINE_VLNV
+    # the VLNV comes from engine_io.hwh on both sides (the flow's vendor.py imports it), with the config hash
+    assert "from engine_io.hwh import" in src and "engine_vlnv" in src
+    assert ENGINE_VLNV_PREFIX == f"{hwh.IP_VENDOR}:{hwh.IP_LIBRARY}:{hwh.IP_NAME_PREFIX}"
+    assert hwh.engine_vlnv("0123abcd") == ENGINE_VLNV_PREFIX + "0123abcd:" + hwh.IP_VERSION
     assert ENGINE_CELL == consts["ENGINE_CELL"] == derive_hwh.ENGINE_CELL
     assert derive_hwh.DMA_CELL == consts["DMA_CELL"]
 
@@ -38,7 +41,7 @@ def test_derived_hwh_parses_with_pynqmetadata(tmp_path):
     path = derive_hwh.write(tmp_path / "vqhls.hwh")
     ip = RuntimeMetadataParser(Metadata(input=path)).ip_dict
     eng, dma = ip[ENGINE_CELL], ip["axi_dma_0"]
-    assert eng["type"] == ENGINE_VLNV
+    assert eng["type"] == hwh.engine_vlnv(derive_hwh.DEFAULT_HASH) == "vqhls:vqhls:vqhls_engine_0123abcd:1.0"
     assert eng["phys_addr"] == 0x43C00000 and eng["addr_range"] >= regmap.ADDRESS_RANGE
     assert dma["type"] == "xilinx.com:ip:axi_dma:7.1" and dma["phys_addr"] == 0x40400000
     p = dma["parameters"]
@@ -74,7 +77,8 @@ def test_dma_model_offsets_match_pynq_and_the_hwh(tmp_path):
 def test_overlay_binds_the_engine_driver_and_the_dma(overlay, board_bundle):
     assert overlay.is_loaded()
     eng = overlay.vqhls_engine_0
-    assert type(eng) is VqhlsEngineDriver
+    assert isinstance(eng, VqhlsEngineDriver) and eng.bindto == [hwh.engine_vlnv(board_bundle.config_hash)]
+    assert overlay.ip_dict[ENGINE_CELL]["type"] == hwh.engine_vlnv(board_bundle.config_hash)
     assert type(overlay.axi_dma_0) is pynq.lib.dma.DMA
     assert overlay.axi_dma_0.sendchannel is not None and overlay.axi_dma_0.recvchannel is not None
     assert eng.regmap_mismatches() == []

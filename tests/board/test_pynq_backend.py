@@ -3,6 +3,7 @@ the board replaced by board_doubles.SimPynqDevice: the bundle's own engine in C-
 .hwh's address map, an AXI DMA register model and a non-coherent DDR."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -167,7 +168,8 @@ def test_engine_hang_names_the_engine(board_bundle, overlay):
         be = acc.backend
         be.write_reg("N_IMAGES", 1)
         be.start()
-        with pytest.raises(AcceleratorTimeout, match=r"vqhls_engine_0 \(vqhls:vqhls:vqhls_engine:1\.0\) did not "
+        vlnv = re.escape(f"vqhls:vqhls:vqhls_engine_{board_bundle.config_hash}:1.0")
+        with pytest.raises(AcceleratorTimeout, match=rf"vqhls_engine_0 \({vlnv}\) did not "
                                                      r"assert ap_done within 0\.2 s \(CTRL 0x01, busy"):
             be.wait_done(0.2, "probe call")
 
@@ -213,15 +215,53 @@ def test_missing_flush_shows(board_bundle, overlay, monkeypatch):
             acc.load()
 
 
-def test_register_map_of_the_bitstream_is_checked(board_bundle_dir, sim_device, tmp_path):
+def test_register_map_of_the_bitstream_is_checked(board_bundle, board_bundle_dir, sim_device, tmp_path):
     """A .hwh whose engine registers sit elsewhere than engine_io/regmap.py says (another kit's bitstream)."""
-    hwh = derive_hwh.derive().replace(b'<REGISTER NAME="status">', b'<REGISTER NAME="status_moved">')
+    hwh = derive_hwh.derive(config_hash=board_bundle.config_hash).replace(
+        b'<REGISTER NAME="status">', b'<REGISTER NAME="status_moved">')
     bundle = with_bitstream(board_bundle_dir, tmp_path / "deploy", hwh=hwh)
     import host.pynq_backend  # noqa: F401
 
     ol = pynq.Overlay(str(bundle / "vqhls.bit"), download=False, device=SimPynqDevice(sim_device))
     with pytest.raises(AcceleratorError, match="register map differs from engine_io/regmap.py \\(status missing"):
         Accelerator.open(bundle, backend="pynq", overlay=ol)
+
+
+def test_bitstream_of_another_engine_config_is_refused(board_bundle, board_bundle_dir, sim_device, tmp_path,
+                                                       monkeypatch):
+    """The engine IP's VLNV carries its EngineConfig hash (engine_io.hwh): an overlay whose .hwh names another
+    hash is refused when the backend opens, before any register access, naming both; the driver is bound
+    per hash, so an overlay made before the backend registered it still gets VqhlsEngineDriver."""
+    from engine_io import hwh as hwh_mod
+    from host.pynq_backend import engine_driver
+
+    other = "deadbeef" if board_bundle.config_hash != "deadbeef" else "feedface"
+    bundle = with_bitstream(board_bundle_dir, tmp_path / "deploy", hwh=derive_hwh.derive(config_hash=other))
+    dev = SimPynqDevice(sim_device)
+    ol = pynq.Overlay(str(bundle / "vqhls.bit"), download=False, device=dev)
+    with pytest.raises(AcceleratorError) as e:
+        Accelerator.open(bundle, backend="pynq", overlay=ol)
+    assert str(e.value).endswith(
+        f"IP vqhls_engine_0 is {hwh_mod.engine_vlnv(other)} (engine {other}), the bundle's engine is "
+        f"{board_bundle.config_hash} ({hwh_mod.engine_vlnv(board_bundle.config_hash)}): load the bitstream built "
+        "for this bundle's EngineConfig (python -m flow.bundle add-bitstream checks the pair)")
+    assert sim_device.calls == 0
+    # the matching .hwh on an Overlay made while pynq knows no driver for the VLNV (as before the backend
+    # registered one): pynq binds DefaultIP, the backend binds its own driver to the IP's description
+    from pynq import overlay as pynq_overlay
+
+    vlnv = hwh_mod.engine_vlnv(board_bundle.config_hash)
+    engine_driver(board_bundle.config_hash)
+    for key in (vlnv, vlnv.rpartition(":")[0]):
+        monkeypatch.delitem(pynq_overlay._ip_drivers, key)
+    fresh = with_bitstream(board_bundle_dir, tmp_path / "deploy2")
+    before = pynq.Overlay(str(fresh / "vqhls.bit"), download=False, device=SimPynqDevice(sim_device))
+    assert type(before.vqhls_engine_0) is pynq.DefaultIP
+    with Accelerator.open(fresh, backend="pynq", overlay=before) as acc:
+        assert type(acc.backend.engine) is engine_driver(board_bundle.config_hash)
+        x, expected = board_bundle.vectors()
+        acc.load()
+        np.testing.assert_array_equal(acc.infer(x), expected)
 
 
 def test_without_pynq_one_clear_error(board_bundle):

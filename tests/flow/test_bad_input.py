@@ -324,3 +324,158 @@ def test_an_overflowing_activation_is_named():
         model[2].weight.fill_(1e30)
     with pytest.raises(ValueError, match="activation '.*' reaches inf"):
         quantize_model(model, torch.rand(4, 1, 8, 8))
+
+
+# ---------------------------------------------------------------------------
+# user mistakes named in one line (never "internal error"), ignored settings refused, paths checked first
+# ---------------------------------------------------------------------------
+USER_MODELS = textwrap.dedent('''
+    from torch import nn
+
+    def as_dict():
+        return {"conv": nn.Conv2d(1, 8, 3)}
+
+    def five():
+        return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(8, 5))
+
+    def ten():
+        return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(8, 10))
+''')
+
+
+@pytest.fixture
+def user_models(tmp_path):
+    src = tmp_path / "user_models.py"
+    src.write_text(USER_MODELS)
+    return src
+
+
+def test_a_factory_returning_a_dict_is_named(tmp_path, user_models):
+    r, cache, out = _run(["--model-file", f"{user_models}:as_dict", "--data", "digits"], tmp_path)
+    _one_line_error(r, "as_dict() returned a dict, not a torch.nn.Module")
+    assert "internal error" not in r.stderr
+    _no_training(cache, out)
+
+
+def test_a_model_with_other_output_count_than_classes_leaves_no_folder(tmp_path, user_models):
+    r, cache, out = _run(["--model-file", f"{user_models}:five", "--data", "digits", "--train-epochs", "1"],
+                         tmp_path)
+    _one_line_error(r, "has 5 outputs but the data set digits has 10 classes")
+    _no_training(cache, out)   # no empty build folder either
+
+
+def test_a_checkpoint_that_does_not_fit_lists_the_keys(tmp_path, user_models):
+    ns: dict = {}
+    exec(USER_MODELS, ns)
+    state = ns["ten"]().state_dict()
+    state["extra.weight"] = torch.zeros(3)
+    del state["0.bias"]
+    state["4.weight"] = torch.zeros(10, 4)
+    torch.save(state, tmp_path / "c.pt")
+    r, cache, out = _run(["--model-file", f"{user_models}:ten", "--data", "digits", "--method", "none",
+                          "--checkpoint", str(tmp_path / "c.pt")], tmp_path)
+    _one_line_error(r, "does not fit the model", "1 missing key(s): 0.bias", "1 unexpected key(s): extra.weight",
+                    "4.weight (10, 4) vs the model's (10, 8)")
+    _no_training(cache, out)
+
+
+def test_method_none_with_compression_flags_is_refused(tmp_path):
+    r, cache, out = _run(["--method", "none", "--k", "64", "--finetune-epochs", "2"], tmp_path)
+    _one_line_error(r, "--method none compresses nothing", "--k", "--finetune-epochs")
+    _no_training(cache, out)
+
+
+def test_every_unknown_recipe_key_at_once(tmp_path):
+    rec = tmp_path / "r.toml"
+    rec.write_text('methd = "vq"\nkk = 4\nmodel = "lenet-digits"\n')
+    r, cache, out = _run(["--recipe", str(rec)], tmp_path)
+    _one_line_error(r, "unknown keys 'methd', 'kk'")
+    _no_training(cache, out)
+
+
+def test_a_layer_rule_matching_no_layer_is_an_error(tmp_path):
+    rec = tmp_path / "r.toml"
+    rec.write_text('method = "vq"\n[[layers]]\nmatch = "feature.*"\nmethod = "vq"\nk = 8\n')
+    r, cache, out = _run(["--recipe", str(rec)], tmp_path)
+    _one_line_error(r, "match = 'feature.*' matches no layer", "features.0", "classifier.3")
+    _no_training(cache, out)
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r, cache, _ = _run(["--out", str(afile / "build"), "--json", str(tmp_path / "nodir" / "s.json")], tmp_path,
+                       out=False)
+    _one_line_error(r, "2 problems", "--json", "does not exist", f"--out {afile / 'build'}", "is a file")
+    r, cache, _ = _run(["--json", str(tmp_path)], tmp_path)
+    _one_line_error(r, f"--json {tmp_path}: is a directory")
+    _no_training(cache, tmp_path / "out")
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_bad_npz_data_is_listed_one_problem_per_line_part(tmp_path):
+    x = np.zeros((4, 1, 8, 8), np.uint8)
+    y = np.arange(4)
+    bad = _npz(tmp_path / "d.npz", x_train=x.transpose(0, 2, 3, 1), y_train=y.astype(np.float32),
+               x_test=x[:3], y_test=y)
+    r, cache, out = _run(["--data", str(bad)], tmp_path)
+    _one_line_error(r, "looks like NHWC", "y_train has dtype float32", "x_test has 3 images but y_test 4 labels")
+    _no_training(cache, out)
+    r, cache, out = _run(["--data", str(_npz(tmp_path / "e.npz", x_train=x, y_train=y))], tmp_path)
+    _one_line_error(r, "missing array(s) x_test, y_test")
+
+
+# ---------------------------------------------------------------------------
+# --help never runs work; every flag has help text
+# ---------------------------------------------------------------------------
+def _parsers():
+    import argparse
+    import importlib
+
+    from flow.build.options import parser as build_parser
+    from flow.compress.__main__ import _parser as compress_parser
+    from flow.rtl.__main__ import parser as rtl_parser
+    from models.train import parser as train_parser
+
+    out = {"flow.build": build_parser(), "flow.compress": compress_parser(), "models.train": train_parser(),
+           "flow.rtl": rtl_parser()}
+
+    class _Got(Exception):
+        pass
+
+    def grab(self, *a, **k):   # the bench scripts build their parser inside main(): take it at parse time
+        raise _Got(self)
+
+    for name in ("area", "csim", "engine", "frontier", "kmeans", "pq_train", "pq_vecq"):
+        mod = importlib.import_module(f"bench.{name}")
+        orig = argparse.ArgumentParser.parse_args
+        argparse.ArgumentParser.parse_args = grab
+        try:
+            mod.main()
+        except _Got as g:
+            out[f"bench.{name}"] = g.args[0]
+        finally:
+            argparse.ArgumentParser.parse_args = orig
+    return out
+
+
+def test_every_flag_has_help_text():
+    parsers = _parsers()
+    assert len(parsers) == 11
+    missing = [f"{name} {'/'.join(a.option_strings)}" for name, p in parsers.items() for a in p._actions
+               if a.option_strings and not (a.help or "").strip()]
+    assert missing == []
+
+
+def test_flow_rtl_help_prints_and_runs_nothing(tmp_path):
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "flow.rtl", "--help"], capture_output=True, text=True, cwd=REPO,
+                       timeout=60)
+    assert r.returncode == 0 and "usage: python -m flow.rtl" in r.stdout
+    assert "==" not in r.stdout and time.perf_counter() - t0 < 30   # no co-simulation started

@@ -135,7 +135,8 @@ def test_model_file_with_checkpoint(tmp_path):
              "--out", str(tmp_path / "b"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "bit-exact: 40/40" in r.stdout
-    assert "model " + str(src) + ":tiny on digits, method vq" in r.stdout
+    # the summary names the model file without the build machine's absolute path (tmp_path is outside the repo)
+    assert "model mymodel.py:tiny on digits, method vq" in r.stdout and str(tmp_path) not in r.stdout
 
 
 def _model_file(tmp_path, text: str, factory: str):
@@ -368,3 +369,99 @@ def test_compress_stage_recalibrates_batchnorm(tmp_path):
     for key, val in expected.state_dict().items():
         assert torch.equal(got[key], val), key
     assert not b.cmodel.training
+
+
+# ---------------------------------------------------------------------------
+# a user's own data (.npz, any size), the lock on --out, reruns with other settings
+# ---------------------------------------------------------------------------
+MODEL3_FILE = MODEL_FILE.replace("def tiny():", "def tiny3():").replace("nn.Conv2d(1, 8", "nn.Conv2d(3, 8")
+
+
+def _digits_npz(path: Path, size: int = 16, channels: int = 3) -> Path:
+    """Digits upsampled to size x size (nearest), repeated over channels, as uint8 0..255 (NCHW)."""
+    from models import data
+
+    def up(x):
+        return np.repeat(np.kron(x, np.ones((size // 8, size // 8), np.float32)), channels, axis=1)
+
+    (xtr, ytr), (xte, yte) = data.load("digits", "train"), data.load("digits", "test")
+    np.savez(path, x_train=(up(xtr) * 255).round().astype(np.uint8), y_train=ytr,
+             x_test=(up(xte) * 255).round().astype(np.uint8), y_test=yte)
+    return path
+
+
+@pytest.mark.csim
+@pytest.mark.slow
+def test_own_npz_data_of_another_size_is_bit_exact_through_csim(tmp_path):
+    npz = _digits_npz(tmp_path / "digits16.npz")
+    src = tmp_path / "m3.py"
+    src.write_text(MODEL3_FILE)
+    r = _run("--model-file", f"{src}:tiny3", "--data", str(npz), "--train-epochs", "10", "--method", "vq",
+             "--k", "16", "--finetune-epochs", "0", "--stage", "csim", "--limit", "40",
+             "--out", str(tmp_path / "b"), "--json", str(tmp_path / "s.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["images"] == 40 and s["bit_exact"] == 40
+    assert s["data"] == "digits16.npz" and s["model"] == "m3.py:tiny3"   # no absolute path
+    assert s["float_acc"] > 0.3   # learnt from the file's labels: chance is 0.1, P(>= 12 of 40 by chance) < 1e-3
+    gold = np.load(tmp_path / "b" / "golden.npz")
+    assert gold["inputs"].shape[0] == 40 and gold["inputs"][0].size == 3 * 16 * 16   # the file's images
+    assert json.loads((tmp_path / "b" / "build.json").read_text())["options"]["data"] == str(npz)
+
+
+def _cheap_build(tmp_path, out, *extra):
+    """A --model-file build to the train stage (no training: its checkpoint)."""
+    src, ckpt = _model_file(tmp_path, MODEL_FILE, "tiny")
+    return _run("--model-file", f"{src}:tiny", "--checkpoint", str(ckpt), "--data", "digits", "--method", "vq",
+                "--k", "16", "--stage", "train", "--out", str(out), *extra)
+
+
+def test_a_second_build_on_the_same_out_is_refused_while_one_runs(tmp_path):
+    import fcntl
+
+    out = tmp_path / "b"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:   # stands in for a running build: the same flock it takes
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        r = _cheap_build(tmp_path, out)
+        _clean_error(r, f"--out {out}", "another build is running", "pid 4242")
+        assert not (out / "model.pt").exists()
+    r = _cheap_build(tmp_path, out)   # released: it runs
+    assert r.returncode == 0, r.stderr
+    assert (out / "model.pt").is_file()
+
+
+def test_a_rerun_with_other_settings_clears_only_the_old_builds_outputs(tmp_path):
+    out = tmp_path / "b"
+    assert _cheap_build(tmp_path, out).returncode == 0
+    rec = json.loads((out / "build.json").read_text())["options"]
+    assert rec["k"] == 16 and "stage" not in rec
+    # what a later stage of that build would have left, and a file of the user's
+    (out / "deploy").mkdir()
+    (out / "deploy" / "manifest.json").write_text("{}")
+    (out / "report.md").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    r = _cheap_build(tmp_path, out)   # the same settings: the same outputs, nothing cleared
+    assert r.returncode == 0 and (out / "deploy" / "manifest.json").exists() and "other settings" not in r.stderr
+    r = _cheap_build(tmp_path, out, "--k", "8")       # --k given twice: the last wins (argparse)
+    assert r.returncode == 0, r.stderr
+    assert "holds a build with other settings (k" in r.stderr
+    assert not (out / "deploy").exists() and not (out / "report.md").exists()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.pt").is_file()
+    assert json.loads((out / "build.json").read_text())["options"]["k"] == 8
+
+
+def test_the_golden_drop_warning_names_the_likely_cause():
+    from flow.build.stages import golden_drop_warning
+
+    calib = np.random.default_rng(0).uniform(0, 1, (256, 1, 8, 8)).astype(np.float32)
+    ok = {"float_acc": 0.95, "golden_acc": 0.94}
+    assert golden_drop_warning(ok, calib, calib) is None                   # 1 point: within the margin
+    drop = {"float_acc": 0.95, "finetuned_acc": 0.90, "golden_acc": 0.60}
+    w = golden_drop_warning(drop, calib, calib * 255)                       # test images in 0..255
+    assert "30.00 points below" in w and "finetuned_acc" in w
+    assert "test images span [0.0202, 255]" in w and "[7.94e-05, 1]" in w
+    w = golden_drop_warning(drop, calib[:1], calib)
+    assert "only 1 image" in w

@@ -28,6 +28,7 @@ def _build(tmp_path: Path) -> SimpleNamespace:
     return SimpleNamespace(
         out=tmp_path, project=SimpleNamespace(path=tmp_path / "hls"), summary={"model": "m", "data": "d"},
         opts=SimpleNamespace(board="pynq-z2", method="mvq"), creport=None, program=None, vendor={}, times={},
+        engine=None, bundle_path=None,
         usage=SimpleNamespace(bram36=10.0, dsp=64, lut=20_000, ff=30_000))
 
 
@@ -91,3 +92,38 @@ def test_a_sub_function_report_does_not_stand_in_for_the_top(tmp_path):
     (d / "a_sub_csynth.xml").write_text(CSYNTH_XML.read_text().replace("<LUT>2532</LUT>", "<LUT>1</LUT>"))
     secs = _by_title(sections(_build(tmp_path), {}))
     assert {r[0]: r[4] for r in secs["Resources"].table[1]}["LUT"] == 2532
+
+
+# ---------------------------------------------------------------------------
+# engine, ratios, bundle status and next steps
+# ---------------------------------------------------------------------------
+def test_the_report_names_the_engine_the_two_ratios_and_the_next_steps(tmp_path):
+    from flow.compile import EngineConfig
+
+    b = _build(tmp_path)
+    b.usage, b.project = None, None
+    engine = EngineConfig()
+    b.engine = engine
+    b.summary.update(ratio=9.5, stored_ratio=7.25, dense_fallback=["fc1"], program_bytes=1234,
+                     engine_sized={"act_words": 4096}, warnings=["golden integer accuracy 10.00% is ..."])
+    b.bundle_path = tmp_path / "deploy"           # not a loadable bundle: no verified bitstream
+    by = _by_title(sections(b, {}))
+    eng = by["Engine"]
+    assert engine.hash() in eng.text and "SIZED FOR THIS MODEL" in eng.text and "act_words=4096" in eng.text
+    assert dict((r[0], r[1]) for r in eng.table[1]) == {k: str(v) for k, v in engine.to_dict().items()}
+    ratios = by["Compression ratios"].text
+    assert "Compressed model: 9.50x" in ratios and "Engine stores: 7.25x" in ratios and "fc1" in ratios
+    status = by["Bundle status and next steps"].text
+    assert status.startswith("SIMULATION-ONLY until a verified bitstream is added")
+    d = tmp_path.name   # outside the current directory: relative to the folder holding the build
+    assert f"python -m flow.bundle add-bitstream {d}/deploy {d}/vivado/out" in status
+    assert "(its command is under 'Vendor tools' below" in status   # no vendor/run_vendor.sh in this folder
+    assert f"python -m host.run {d}/deploy --backend pynq" in status and str(tmp_path) not in status
+    assert "WARNING: golden integer accuracy" in by["Warning"].text
+    (tmp_path / "vendor").mkdir()
+    (tmp_path / "vendor" / "run_vendor.sh").write_text("")
+    assert f"sh {d}/vendor/run_vendor.sh board_repo=" in _by_title(sections(b, {}))["Bundle status and next steps"].text
+    b.summary.pop("engine_sized")
+    b.summary.pop("stored_ratio")
+    by = _by_title(sections(b, {}))
+    assert "standard engine" in by["Engine"].text and "equals the model's" in by["Compression ratios"].text

@@ -116,3 +116,91 @@ def test_vecq_csim_bit_exact_for_every_bit_width(scheme, bits):
     sim = CsimEngine(EngineConfig(pq=True)).predict(prog, x)
     assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
     assert len({bytes(r.tobytes()) for r in sim}) > 1  # not a degenerate pass: the images differ
+
+
+# ------------------------------------------------------------------------------------------------------
+# flow.deploy: one Python path from a user's in-memory model and arrays to a fine-tuned, bit-exact bundle
+
+class _TinyCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
+                                      nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def _trained_tiny_cnn():
+    from models.data import load
+
+    torch.manual_seed(0)
+    xtr, ytr = load("digits", "train")
+    xte, yte = load("digits", "test")
+    xtr, ytr, xte, yte = xtr[:400], ytr[:400], xte[:100], yte[:100]
+    model = _TinyCNN()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    for _ in range(30):
+        for i in range(0, len(X), 50):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(X[i: i + 50]), Y[i: i + 50]).backward()
+            opt.step()
+    return model.eval(), (xtr, ytr), (xte, yte)
+
+
+@pytest.mark.csim
+@pytest.mark.slow
+def test_deploy_in_memory_model_to_a_verified_bit_exact_bundle(tmp_path, capsys):
+    """flow.deploy runs flow.build's stages (compress, fine-tune, quantize, lower, hls, csim, bundle, report) on
+    a model and arrays in memory: the bundle loads verified (engine_io.bundle.load), its vectors are the user's
+    first test images quantized (flow.quant.quantize_input), the host sim backend reproduces its expected
+    outputs and the golden outputs of every test image bit for bit, and host.run reads the written data.npz."""
+    import flow
+    from engine_io.bundle import load
+    from host import run as host_run
+    from host.accelerator import Accelerator
+
+    model, train, (xte, yte) = _trained_tiny_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path / "tiny"
+    d = flow.deploy(model, train, (torch.from_numpy(xte), yte), out=out, method="mvq", k=32, finetune_epochs=1,
+                    vectors=8)
+    s = d.summary
+    assert d.bit_exact and s["images"] == 100
+    assert {"float_acc", "finetuned_acc", "golden_acc", "csim_acc"} <= set(s) and s["golden_acc"] > 0.8
+    assert d.bundle == out.resolve() / "deploy" and d.report is not None and d.report.is_file()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())   # the user's model untouched
+    b = load(d.bundle)
+    assert b.manifest["method"] == "mvq"
+    vin, vexp = b.vectors()
+    assert np.array_equal(vin.reshape(8, -1), quantize_input(xte[:8], b.in_scale, b.in_unsigned).reshape(8, -1))
+    with Accelerator.open(d.bundle, backend="sim", cache_dir=tmp_path / "sim-cache") as acc:
+        assert np.array_equal(acc.infer(vin.reshape(-1, *acc.in_shape)).reshape(vexp.shape), vexp)
+        got = acc.infer(xte)
+        assert np.array_equal(got.reshape(100, -1).astype(np.int64),
+                              np.asarray(d.build.gold).reshape(100, -1).astype(np.int64))
+    capsys.readouterr()
+    rc = host_run.main([str(d.bundle), "--backend", "sim", "--data", str(out / "inputs" / "data.npz"),
+                        "--cache-dir", str(tmp_path / "sim-cache")])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert f"100 images, accuracy {100 * s['csim_acc']:.2f} %" in text
+
+
+def test_deploy_refuses_unknown_and_own_options_before_any_work(tmp_path):
+    import flow
+
+    model = _TinyCNN()
+    data = (np.zeros((4, 1, 8, 8), np.float32), np.arange(4))
+    with pytest.raises(ValueError) as e:
+        flow.deploy(model, data, data, out=tmp_path / "x", kk=3, epochs=2, train_epochs=3)
+    msg = str(e.value)
+    assert "epochs, kk, train_epochs" in msg and "deploy sets these itself" in msg
+    with pytest.raises(ValueError, match="--k 0: must be at least 1"):
+        flow.deploy(model, data, data, out=tmp_path / "x", k=0)
+    with pytest.raises(ValueError, match="looks like NHWC"):
+        flow.deploy(model, (data[0].transpose(0, 2, 3, 1), data[1]), data, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -489,3 +489,103 @@ def test_codeword_lengths_other_than_8_and_sparser_masks_run_bit_exact():
     gold, sim, ref, deq = _golden_vs_csim(c, (3, 16, 16))
     assert np.array_equal(sim.astype(np.int64), gold.astype(np.int64))
     _close_to_float(ref, deq, tol=0.5)
+
+
+# ------------------------------------------------------------------------------------------------------
+# 6. flow.simulate's rough edges (issue 19): float64 / half models, NHWC images, a collapsed golden accuracy
+
+class DigitsCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
+                                      nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+@pytest.fixture(scope="module")
+def digits_cnn():
+    """A small CNN trained on 400 sklearn digits (~97 % on 100 test images; a few seconds)."""
+    from models.data import load
+
+    torch.manual_seed(0)
+    xtr, ytr = load("digits", "train")
+    xte, yte = load("digits", "test")
+    xtr, ytr, xte, yte = xtr[:400], ytr[:400], xte[:100], yte[:100]
+    model = DigitsCNN()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    for _ in range(30):
+        for i in range(0, len(X), 50):
+            opt.zero_grad()
+            F.cross_entropy(model(X[i: i + 50]), Y[i: i + 50]).backward()
+            opt.step()
+    model.eval()
+    return model, (xtr, ytr), (xte, yte)
+
+
+@pytest.mark.csim
+def test_simulate_reports_accuracies_and_warns_when_golden_collapses(digits_cnn):
+    """With y_test the Result holds float / golden / C-sim accuracy; a golden accuracy more than 2 points below
+    float warns (UserWarning and Result.warnings) naming the likely cause: calibration images in another range
+    (here a tenth of the test images' brightness), or a one-image calibration set (here a blank one). A good
+    calibration set warns about nothing. bit_exact stays True: it compares C-sim with golden, not with float."""
+    import flow
+    from flow.api import ACCURACY_MARGIN
+
+    model, (xtr, _), (xte, yte) = digits_cnn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        good = flow.simulate(model, xtr[:256], xte, method="none", y_test=yte)
+    assert good.bit_exact and good.warnings == []
+    ref = (model(torch.from_numpy(xte)).argmax(1).numpy() == yte).mean()
+    assert good.float_acc == pytest.approx(ref) and good.float_acc > 0.9
+    assert good.golden_acc >= good.float_acc - ACCURACY_MARGIN
+    assert good.csim_acc == pytest.approx((good.csim.argmax(1) == yte).mean())
+    for xc, cause in ((xtr[:256] * 0.1, "the test images span [0, 1] but the calibration images [0, 0.1]"),
+                      (xtr[:1] * 0, "the calibration set has 1 image")):
+        with pytest.warns(UserWarning, match="points below the float model's") as rec:
+            r = flow.simulate(model, xc, xte, method="none", y_test=yte)
+        assert r.bit_exact and r.golden_acc < r.float_acc - ACCURACY_MARGIN
+        msg = next(str(w.message) for w in rec if "points below" in str(w.message))
+        assert cause in msg and msg in r.warnings, msg
+        assert f"{100 * r.golden_acc:.2f} %" in msg and "margin 2 points" in msg
+    # no labels: no accuracies, the golden / float agreement still says how close they are
+    r = flow.simulate(model, xtr[:256], xte[:10], method="none")
+    assert r.float_acc is None and r.golden_acc is None and 0.0 <= r.agreement <= 1.0
+
+
+@pytest.mark.csim
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_simulate_converts_float64_and_half_models(digits_cnn, dtype):
+    """A float64 / half model is simulated as a float32 copy (said in a warning); the user's model keeps its
+    dtype; the result equals the float32 model's (for float64, whose float32 copy is the same model exactly)."""
+    import copy
+
+    import flow
+
+    model, (xtr, _), (xte, _) = digits_cnn
+    m = copy.deepcopy(model).to(dtype)
+    with pytest.warns(UserWarning, match=f"parameters are {str(dtype).replace('torch.', '')}: simulated a float32"):
+        r = flow.simulate(m, xtr[:64], xte[:8], method="none")
+    assert r.bit_exact and all(p.dtype == dtype for p in m.parameters())
+    if dtype == torch.float64:
+        ref = flow.simulate(model, xtr[:64], xte[:8], method="none")
+        assert np.array_equal(r.csim, ref.csim)
+
+
+def test_simulate_refuses_nhwc_images_naming_the_nchw_shape(digits_cnn):
+    import flow
+
+    model, (xtr, _), (xte, _) = digits_cnn
+    nhwc = xte[:4].transpose(0, 2, 3, 1)                       # [4, 8, 8, 1]
+    with pytest.raises(ValueError) as e:
+        flow.simulate(model, xtr[:16], nhwc, method="none")
+    msg = str(e.value)
+    assert "looks like NHWC" in msg and "(4, 1, 8, 8)" in msg and "transpose(0, 3, 1, 2)" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match=r"x_calib has 3 channel\(s\).*reads 1"):
+        flow.simulate(model, np.zeros((2, 3, 8, 8), np.float32), xte[:2], method="none")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        flow.simulate(model, xtr[:16], np.full((1, 1, 8, 8), np.nan, np.float32), method="none")

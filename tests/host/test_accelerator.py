@@ -45,7 +45,47 @@ def test_float_input_equals_the_quantized_path(acc, bundle):
     edge = np.array([0.5 * s, 1.5 * s, 2.5 * s, -3.0, 1e9], dtype=np.float64).reshape(1, 1, 1, 5)
     probe = np.broadcast_to(edge[..., :1], (1, *acc.ishape_float()[1:])).copy()
     probe.reshape(-1)[:5] = edge.reshape(-1)
-    assert np.array_equal(acc.quantize(probe), quantize_input(probe, s, bundle.in_unsigned))
+    assert np.array_equal(acc.quantize(probe, clip=True), quantize_input(probe, s, bundle.in_unsigned))
+
+
+def test_float_input_outside_the_bundle_range_is_refused(acc, bundle):
+    """Floats the bundle cannot take as they are: pixels in 0..255 for a bundle whose inputs are 0..1 (84 %
+    instead of 99 % when saturated silently), negative floats for an unsigned input, NaN / inf; each one line
+    naming the range and the fix. Within half a code of the range they are rounded as before."""
+    from models.data import load
+
+    assert bundle.in_unsigned and abs(bundle.in_scale - 1 / 255) < 1e-12   # digits: uint8 codes, images in 0..1
+    lo, hi = acc.input_range()
+    assert lo == 0.0 and abs(hi - 1.0) < 1e-12
+    xf, _ = load("digits", "test")
+    xf = xf[:8]
+    ok = acc.infer(xf)
+    cases = {"0..255": (xf * 255, "divide them by 255"),
+             "negative": (xf - 0.5, "the bundle's input is unsigned"),
+             "nan": (np.where(np.arange(xf.size).reshape(xf.shape) == 3, np.nan, xf), "NaN/inf"),
+             "inf": (np.where(np.arange(xf.size).reshape(xf.shape) == 70, np.inf, xf), "image 1:")}
+    for name, (bad, fix) in cases.items():
+        for call in (lambda b: acc.infer(b), lambda b: list(acc.stream([xf, b]))):
+            with pytest.raises(ValueError) as e:
+                call(bad.astype(np.float32))
+            msg = str(e.value)
+            assert "\n" not in msg and fix in msg, (name, msg)
+            if name in ("0..255", "negative"):
+                assert "[0, 1]" in msg and "codes 0..255" in msg, msg
+    # rounding is not an error: half a code either side of the range still maps to the end codes
+    s = bundle.in_scale
+    edge = xf.astype(np.float64).copy()
+    edge[0, 0, 0, 0], edge[0, 0, 0, 1] = -0.49 * s, 255.49 * s
+    q = acc.quantize(edge)
+    assert q[0, 0, 0, 0] == 0 and q[0, 0, 1, 0] == 255
+    with pytest.raises(ValueError):
+        edge[0, 0, 0, 1] = 255.6 * s
+        acc.quantize(edge)
+    # clip=True saturates what is finite, still refuses NaN; integer codes are taken as they are
+    assert np.array_equal(acc.infer(xf * 1.5, clip=True), acc.infer(np.clip(xf * 1.5, 0, 1)))
+    with pytest.raises(ValueError, match="NaN"):
+        acc.infer(cases["nan"][0], clip=True)
+    assert np.array_equal(acc.infer(acc.quantize(xf)), ok)
 
 
 def test_stream_equals_infer(acc, bundle):

@@ -73,3 +73,20 @@ def test_errors_are_one_line(capsys, bundle_path, sim_cache, sim_library, tmp_pa
     monkeypatch.setenv("CXX", str(tmp_path / "no-g++"))
     assert "install g++ (apt-get install g++)" in one_error_line(capsys, [str(bundle_path), "--backend", "sim",
                                                                           "--cache-dir", str(tmp_path / "c")])
+
+
+def test_flags_that_would_be_ignored_are_errors(capsys, bundle_path):
+    """--timeout 0 / negative / NaN and --limit or --clip without --data were ignored: now one line, exit 2,
+    before the bundle is opened (the path here does not exist: the flag is named, not the bundle)."""
+    missing = "no-such-bundle"
+    for t in ("0", "-1", "nan"):
+        assert "--timeout must be a number of seconds > 0" in one_error_line(capsys, [missing, "--timeout", t])
+    assert "--limit 5 needs --data" in one_error_line(capsys, [missing, "--limit", "5"])
+    assert "--clip needs --data" in one_error_line(capsys, [missing, "--clip"])
+    assert "choose one of digits" in one_error_line(capsys, [missing, "--data", "mnist"])
+    assert "--limit must be >= 0" in one_error_line(capsys, [missing, "--data", "digits", "--limit", "-1"])
+
+
+def test_every_flag_has_help():
+    for action in host_run.build_parser()._actions:
+        assert action.help and action.help.strip(), action.option_strings or action.dest

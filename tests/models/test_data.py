@@ -121,3 +121,56 @@ def test_unknown_dataset_and_split():
         data.load("imagenet", "train")
     with pytest.raises(data.DatasetError, match="unknown split"):
         data.load("digits", "val")
+
+
+# ---------------------------------------------------------------------------
+# a user's own .npz
+# ---------------------------------------------------------------------------
+def test_an_npz_loads_uint8_scaled_and_float_as_given(tmp_path):
+    rng = np.random.default_rng(0)
+    xu = rng.integers(0, 256, (6, 3, 12, 12), dtype=np.uint8)
+    xf = rng.normal(size=(4, 3, 12, 12)).astype(np.float64)
+    p = tmp_path / "own.npz"
+    np.savez(p, x_train=xu, y_train=np.array([0, 1, 2, 3, 4, 5], np.int32), x_test=xf,
+             y_test=np.array([5, 0, 1, 2]))
+    x, y = data.load(str(p), "train")
+    assert x.dtype == np.float32 and y.dtype == np.int64 and x.shape == (6, 3, 12, 12)
+    assert np.array_equal(x * 255, xu.astype(np.float32)) and list(y) == [0, 1, 2, 3, 4, 5]
+    x, _ = data.load(str(p), "test")
+    assert np.allclose(x, xf.astype(np.float32))                 # float: not rescaled
+    assert data.info(str(p)) == {"shape": (3, 12, 12), "classes": 6}
+
+
+def test_npz_problems_are_all_named(tmp_path):
+    p = tmp_path / "bad.npz"
+    np.savez(p, x_train=np.zeros((3, 1, 8, 8), np.int32), y_train=np.array([0, -1, 2]),
+             x_test=np.full((2, 1, 9, 9), np.nan, np.float32), y_test=np.zeros((2, 1), np.int64))
+    probs = data.npz_problems(p)
+    text = "\n".join(probs)
+    for needle in ("x_train has dtype int32", "y_train has negative labels", "x_test has 162 NaN/Inf values",
+                   "y_test has shape (2, 1)", "x_train images are (1, 8, 8) (C, H, W) but x_test (1, 9, 9)"):
+        assert needle in text, text
+    with pytest.raises(data.DatasetError, match="dtype int32"):
+        data.load(str(p), "train")
+    assert data.npz_problems(tmp_path / "none.npz") == [f"--data {tmp_path / 'none.npz'}: file not found "
+                                                       "(give an .npz with x_train, y_train, x_test, y_test)"]
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    assert "not a readable .npz" in data.npz_problems(tmp_path / "junk.npz")[0]
+
+
+def test_a_state_dict_mismatch_lists_missing_unexpected_and_shapes():
+    import torch
+    from torch import nn
+
+    from models.train import state_dict_mismatch
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    state = model.state_dict()
+    assert state_dict_mismatch(model, state) is None
+    state.pop("0.bias")
+    state["2.weight"] = torch.zeros(1)
+    state["1.weight"] = torch.zeros(2, 5)
+    why = state_dict_mismatch(model, state)
+    assert why == ("1 missing key(s): 0.bias; 1 unexpected key(s): 2.weight; "
+                   "1 shape mismatch(es): 1.weight (2, 5) vs the model's (2, 3)")
+    assert "not a state_dict" in state_dict_mismatch(model, [1, 2])

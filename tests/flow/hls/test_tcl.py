@@ -31,6 +31,9 @@ from flow.boards import get_board
 from flow.compile.engine import EngineConfig
 from flow.hls import cycle_counter, vendor
 from flow.hls.project import write_project
+from engine_io import hwh
+
+HASH = EngineConfig().hash()
 
 TCLSH = shutil.which("tclsh")
 pytestmark = pytest.mark.skipif(TCLSH is None, reason="tclsh not installed: apt-get install tcl")
@@ -59,7 +62,8 @@ namespace eval ::fake {
     variable top ""
     variable value_flags {-part -type -vlnv -target_address_space -offset -range -rule -config -dict -files
                           -to_step -jobs -file -max_paths -cflags -name -period -format -flow -argv
-                          -trace_level -rtl -vendor -library -ipname -version -fileset -flow_target}
+                          -trace_level -rtl -vendor -library -ipname -version -fileset -flow_target
+                          -description -display_name}
 }
 
 proc ::fake::json {s} {
@@ -543,7 +547,10 @@ def test_build_tcl_default_runs_csim_and_csynth(hls_project, tmp_path):
     assert r.named("config_interface") == [["-m_axi_addr64"]]
     (export,) = r.named("config_export")
     assert opt(export, "-format") == "ip_catalog" and opt(export, "-rtl") == "verilog"
-    assert ":".join(opt(export, f) for f in ("-vendor", "-library", "-ipname", "-version")) == vendor.ENGINE_VLNV
+    # the IP's VLNV carries the engine config's hash, as engine_io/hwh.py reads it back from the .hwh
+    vlnv = ":".join(opt(export, f) for f in ("-vendor", "-library", "-ipname", "-version"))
+    assert vlnv == vendor.engine_vlnv(HASH) == f"vqhls:vqhls:vqhls_engine_{HASH}:1.0"
+    assert hwh.hash_of_vlnv(vlnv) == HASH and HASH in opt(export, "-description")
     src, blackbox, tb, data = r.named("add_files")
     assert src[0] == "firmware/top.cpp" and "-std=c++14" in opt(src, "-cflags")
     # the real cycle counter: the RTL blackbox's JSON; the header declares it (no inline C model) under the macro
@@ -733,7 +740,7 @@ def _vivado_case(tmp: Path, board_name: str, *, export: bool = True) -> VivadoCa
         assert r.named("set_part") == [[board.part]]
         assert float(opt(r.named("create_clock")[0], "-period")) == pytest.approx(1000.0 / board.clock_mhz)
     ip_repo = vendor.ip_repo_dir(proj.path)
-    tcl = vendor.write_vivado_tcl(tmp / "vivado" / "vivado.tcl", board_name, ip_repo=ip_repo,
+    tcl = vendor.write_vivado_tcl(tmp / "vivado" / "vivado.tcl", board_name, config_hash=HASH, ip_repo=ip_repo,
                                   out_dir=tmp / "out dir")
     return VivadoCase(board_name, proj, ip_repo, tmp / "out dir", tcl)
 
@@ -756,8 +763,8 @@ def test_vivado_block_design(tmp_path, board_name):
     assert r.commands().index("update_ip_catalog") < r.commands().index("create_bd_design")
     cells = r.cells()
     engine_vlnv = cells[vendor.ENGINE_CELL]
-    assert engine_vlnv == vendor.ENGINE_VLNV
-    kinds = {name: vlnv.split(":")[2] for name, vlnv in cells.items()}
+    assert engine_vlnv == vendor.engine_vlnv(HASH)     # the IP exported for this engine config, by its hash
+    kinds = {name: "vqhls_engine" if vlnv == engine_vlnv else vlnv.split(":")[2] for name, vlnv in cells.items()}
     assert sorted(kinds.values()) == sorted(["vqhls_engine", ps.vlnv.split(":")[2], "axi_dma", "axi_interconnect",
                                              "smartconnect", "proc_sys_reset"])
     ps_cell = ps.cell
@@ -931,8 +938,14 @@ def test_vivado_needs_exported_ip(tmp_path):
     # a repository without the engine IP
     case.ip_repo.mkdir(parents=True)
     r = run_tcl(tmp_path / "run2", case.tcl)
-    assert r.returncode == 1 and f"has no IP {vendor.ENGINE_VLNV}" in r.stderr
+    assert r.returncode == 1 and f"has no IP {vendor.engine_vlnv(HASH)}" in r.stderr
     assert "create_bd_design" not in r.commands()
+    # a repository holding the engine IP of another engine config: named as such, not taken
+    other = "0badc0de"
+    (case.ip_repo / "component.xml").write_text(f'<fake-component vlnv="{vendor.engine_vlnv(other)}"/>\n')
+    r = run_tcl(tmp_path / "run3", case.tcl)
+    assert r.returncode == 1 and f"has no IP {vendor.engine_vlnv(HASH)} but {vendor.engine_vlnv(other)}" in r.stderr
+    assert "exported for another engine config" in r.stderr and "create_bd_design" not in r.commands()
 
 
 def test_vivado_failed_implementation_and_old_hwh_location(tmp_path):
@@ -950,9 +963,10 @@ def test_vivado_failed_implementation_and_old_hwh_location(tmp_path):
 def test_vivado_board_without_preset(tmp_path):
     board = replace(get_board("pynq-z2"), name="bare-z7", board_part="")
     tcl = tmp_path / "v.tcl"
-    tcl.write_text(vendor.render_vivado_tcl(board, ip_repo=tmp_path / "ip", out_dir=tmp_path / "out"))
+    tcl.write_text(vendor.render_vivado_tcl(board, config_hash=HASH, ip_repo=tmp_path / "ip", out_dir=tmp_path / "out",
+                                            script_dir=tmp_path))
     (tmp_path / "ip").mkdir()
-    (tmp_path / "ip" / "component.xml").write_text(f'<fake-component vlnv="{vendor.ENGINE_VLNV}"/>\n')
+    (tmp_path / "ip" / "component.xml").write_text(f'<fake-component vlnv="{vendor.engine_vlnv(HASH)}"/>\n')
     r = run_tcl(tmp_path / "run", tcl, board_parts="")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "get_board_parts" not in r.commands() and "board_part" not in r.props()["vqhls_bd"]
@@ -963,11 +977,13 @@ def test_render_refuses_unknown_ps_ports():
     base = get_board("pynq-z2")
     for bad in (dict(hp_port="S_AXI_HP9"), dict(gp_port="S_AXI_HP0"), dict(ps_ip="xilinx.com:ip:versal_cips")):
         with pytest.raises(vendor.BoardDesignError):
-            vendor.render_vivado_tcl(replace(base, **bad), ip_repo="/ip", out_dir="/out")
+            vendor.render_vivado_tcl(replace(base, **bad), config_hash=HASH, ip_repo="/ip", out_dir="/out")
     with pytest.raises(ValueError):
-        vendor.render_vivado_tcl(base, ip_repo="/ip", out_dir="/out", project_name="my project")
+        vendor.render_vivado_tcl(base, config_hash=HASH, ip_repo="/ip", out_dir="/out", project_name="my project")
+    with pytest.raises(ValueError, match="not 8 hex digits"):
+        vendor.render_vivado_tcl(base, config_hash="xyz", ip_repo="/ip", out_dir="/out")
     # another HP port: its enable, clock and DDR segment follow
-    tcl = vendor.render_vivado_tcl(replace(base, hp_port="S_AXI_HP2"), ip_repo="/ip", out_dir="/out")
+    tcl = vendor.render_vivado_tcl(replace(base, hp_port="S_AXI_HP2"), config_hash=HASH, ip_repo="/ip", out_dir="/out")
     assert "CONFIG.PCW_USE_S_AXI_HP2 {1}" in tcl and "$ps/S_AXI_HP2_ACLK" in tcl
     assert "$ps/S_AXI_HP2/HP2_DDR_LOWOCM" in tcl and "S_AXI_HP0" not in tcl
 
@@ -996,8 +1012,8 @@ def test_rendered_paths_are_quoted(tmp_path):
     odd = tmp_path / "we$ird [dir]"
     case_ip = odd / "ip"
     case_ip.mkdir(parents=True)
-    (case_ip / "component.xml").write_text(f'<fake-component vlnv="{vendor.ENGINE_VLNV}"/>\n')
-    tcl = vendor.write_vivado_tcl(odd / "v.tcl", "pynq-z2", ip_repo=case_ip, out_dir=odd / "out {1}")
+    (case_ip / "component.xml").write_text(f'<fake-component vlnv="{vendor.engine_vlnv(HASH)}"/>\n')
+    tcl = vendor.write_vivado_tcl(odd / "v.tcl", "pynq-z2", config_hash=HASH, ip_repo=case_ip, out_dir=odd / "out {1}")
     r = run_tcl(tmp_path / "run", tcl)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.facts_of("ip_repo") == [[str(case_ip)]]
@@ -1068,3 +1084,135 @@ def test_vivado_command():
     assert cmd == ["vivado", "-mode", "batch", "-nojournal", "-notrace", "-source", str(Path("x/vivado.tcl").resolve())]
     cmd = vendor.vivado_command("/a/v.tcl", jobs=2, board_repo="/boards")
     assert cmd[-3:] == ["-tclargs", "jobs=2", "board_repo=/boards"]
+
+
+# ---------------------------------------------------------------------------
+# the relocatable vendor handoff: hls/ + vivado/ + vendor/run_vendor.sh, moved, then run under the doubles
+# ---------------------------------------------------------------------------
+FAKE_TOOL_SH = r"""#!/bin/sh
+# test double of {tool} (tests/flow/hls/test_tcl.py): runs the Tcl script it is given (-f / -source / --tcl)
+# in tclsh after the recording prelude, with the words after -tclargs as the script's argv
+script=
+while [ $# -gt 0 ]; do
+    case $1 in
+        -f|-source|--tcl) script=$2; shift 2 ;;
+        -tclargs) shift; break ;;
+        *) shift ;;
+    esac
+done
+echo "{tool} $(pwd) $script" >> "$FAKE_LOG_DIR/scripts.txt"
+FAKE_LOG="$FAKE_LOG_DIR/{tool}.jsonl" FAKE_SCRIPT="$script" exec tclsh "$FAKE_DRIVER" "$@"
+"""
+
+
+def _fake_tools(tmp: Path, tools: tuple[str, ...]) -> dict[str, str]:
+    """A bin folder with shell doubles of ``tools`` (each runs its script in tclsh under the prelude) and
+    the environment that puts it first on PATH."""
+    bindir = tmp / "bin"
+    bindir.mkdir(parents=True)
+    for tool in tools:
+        f = bindir / tool
+        f.write_text(FAKE_TOOL_SH.replace("{tool}", tool))
+        f.chmod(0o755)
+    prelude = tmp / "fake_vendor_tools.tcl"
+    prelude.write_text(FAKE_VENDOR_TOOLS_TCL)
+    driver = tmp / "fake_driver.tcl"
+    driver.write_text("source $::env(FAKE_PRELUDE)\nsource $::env(FAKE_SCRIPT)\n")
+    logs = tmp / "logs"
+    logs.mkdir()
+    return dict(os.environ, PATH=f"{bindir}{os.pathsep}{Path(TCLSH).parent}{os.pathsep}/usr/bin{os.pathsep}/bin",
+                FAKE_PRELUDE=str(prelude), FAKE_DRIVER=str(driver), FAKE_LOG_DIR=str(logs),
+                FAKE_BOARD_PARTS="tul.com.tw:pynq-z2:part0:1.0", FAKE_HWH_IN="gen", FAKE_PROGRESS="100%",
+                FAKE_WNS="0.1")
+
+
+def _calls(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("hls_tool", ["vitis_hls", "vitis-run"])
+def test_vendor_kit_runs_after_a_move(hls_project, tmp_path, hls_tool):
+    """A build's hls/, vivado/ and vendor/ folders, moved to another place, run there with the one documented
+    command: every path the (doubled) tools receive lies in the new place, none in the old one, and the run
+    script names the Tcl files the flow wrote. vitis-run (Vitis 2024.2+) gets build.tcl's options from
+    VQHLS_HLS_ARGS instead of -tclargs."""
+    old = tmp_path / "build_here"
+    shutil.copytree(hls_project.path, old / "hls")
+    shutil.rmtree(old / "hls" / "vqhls_prj", ignore_errors=True)       # an earlier test's export
+    kit = vendor.write_vendor_kit(old, "pynq-z2", old / "hls", HASH)
+    assert kit.vivado_tcl == old / "vivado" / "vivado.tcl" and kit.run_script == old / "vendor" / "run_vendor.sh"
+    written = {p.relative_to(old).as_posix(): p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    # nothing written for the vendor machine holds this machine's path
+    for rel, data in written.items():
+        assert str(old).encode() not in data and str(old.resolve()).encode() not in data, rel
+
+    new = tmp_path / "elsewhere" / "copied_build"
+    new.mkdir(parents=True)
+    for sub in ("hls", "vivado", "vendor"):
+        shutil.move(str(old / sub), str(new / sub))
+    assert not any(old.iterdir())
+    boards = tmp_path / "board_files"
+    boards.mkdir()
+    env = _fake_tools(tmp_path / "tools", (hls_tool, "vivado"))
+    r = subprocess.run(["sh", str(new / "vendor" / "run_vendor.sh"), f"board_repo={boards}", "csim=1",
+                        f"hls={hls_tool}"], cwd=tmp_path / "elsewhere", env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    logs = Path(env["FAKE_LOG_DIR"])
+
+    # the run script ran the flow's own build.tcl and vivado.tcl, in their new folders
+    ran = [line.split(" ", 1)[1].rsplit(" ", 1) for line in (logs / "scripts.txt").read_text().splitlines()]
+    assert [Path(cwd) / script for cwd, script in ran] == [new / "hls" / "build.tcl", new / "vivado" / "vivado.tcl"]
+    assert (new / "hls" / "build.tcl").read_bytes() == written["hls/build.tcl"]
+    assert (new / "vivado" / "vivado.tcl").read_bytes() == written["vivado/vivado.tcl"]
+    hls_calls, viv_calls = _calls(logs / f"{hls_tool}.jsonl"), _calls(logs / "vivado.jsonl")
+    cmds = [c[0] for c in hls_calls]
+    assert {"csim_design", "csynth_design", "export_design"} <= set(cmds) and "cosim_design" not in cmds
+
+    # every path a tool received: inside the new place (or the board files), never the old one
+    words = [w for c in hls_calls + viv_calls for a in c[1:] for w in a.split()]   # -cflags, -argv: several
+    assert not [w for w in words if str(old) in w]
+    # file system paths (block-design objects also start with "/": /processing_system7_0/...)
+    absolute = [w for w in words if w.startswith("/") and len(Path(w).parts) > 1 and Path("/", Path(w).parts[1]).exists()]
+    assert len(absolute) > 10, "the doubles recorded no paths"
+    outside = [w for w in absolute if not (Path(w).is_relative_to(new) or Path(w).is_relative_to(boards))]
+    assert not outside
+    relative = [c[1] if not c[1].startswith("-") else c[2] for c in hls_calls if c[0] == "add_files"]
+    assert relative and all((new / "hls" / rel).exists() for rel in relative)
+    facts = {c[0]: c[1:] for c in viv_calls if c[0].startswith("=")}
+    assert facts["=ip_repo"] == [str(vendor.ip_repo_dir(new / "hls"))]
+    assert ["board.repoPaths", str(boards)] in [c[1:] for c in viv_calls if c[0] == "set_param"]
+    (create,) = [c[1:] for c in viv_calls if c[0] == "create_project"]
+    assert create[1] == str(new / "vivado" / "vqhls_bd")
+    assert [c for c in viv_calls if c[0] == "=cell" and c[1] == vendor.ENGINE_CELL][0][2] == vendor.engine_vlnv(HASH)
+    # the bitstream and its handoff where the run script says, in the new place only
+    assert (new / "vivado" / "out" / "vqhls.bit").is_file() and (new / "vivado" / "out" / "vqhls.hwh").is_file()
+    assert not list(old.rglob("*"))
+    assert f"add-bitstream <the build's deploy folder> {new / 'vivado' / 'out'}" in r.stdout
+
+
+def test_vendor_kit_refuses_bad_arguments(tmp_path):
+    proj = write_project(EngineConfig(), tmp_path / "b" / "hls")
+    kit = vendor.write_vendor_kit(tmp_path / "b", "pynq-z2", proj.path, HASH)
+    env = _fake_tools(tmp_path / "tools", ("vitis_hls", "vivado"))
+    for args, want in ((["jobs=x"], "error: jobs=x is not a number"), (["boardrepo=/x"], "error: unknown argument"),
+                       ([f"board_repo={tmp_path / 'none'}"], "is not a folder")):
+        r = subprocess.run(["sh", str(kit.run_script), *args], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and want in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not (Path(env["FAKE_LOG_DIR"]) / "scripts.txt").exists()       # nothing ran
+    r = subprocess.run(["sh", str(kit.run_script), "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "board_repo=DIR" in r.stdout and "XilinxBoardStore" in r.stdout
+    assert "vitis-run" in r.stdout and "2024.2" in r.stdout and not (Path(env["FAKE_LOG_DIR"]) / "scripts.txt").exists()
+    # without board_repo on the PYNQ-Z2: a note where the TUL board files come from, then the run
+    r = subprocess.run(["sh", str(kit.run_script)], env=env, capture_output=True, text=True, timeout=60)
+    assert "note: tul.com.tw:pynq-z2:part0:1.0 needs board files" in r.stderr
+    # a folder path with a space: refused before Vitis HLS would split its -cflags there
+    spaced = tmp_path / "with space"
+    shutil.copytree(tmp_path / "b", spaced)
+    (Path(env["FAKE_LOG_DIR"]) / "scripts.txt").unlink()
+    r = subprocess.run(["sh", str(spaced / "vendor" / "run_vendor.sh")], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "has a space in its path" in r.stderr
+    assert not (Path(env["FAKE_LOG_DIR"]) / "scripts.txt").exists()
+    # the documented command names board_repo=
+    assert vendor.kit_command(kit.out).endswith("vendor/run_vendor.sh board_repo=DIR")
