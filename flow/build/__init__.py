@@ -95,8 +95,9 @@ def recorded_options(opts: BuildOptions) -> dict:
 
 
 def start_record(out: Path, opts: BuildOptions) -> None:
-    """Compare the options with the previous build's record in ``out``; when they differ (or the folder holds
-    outputs without a record), clear that build's outputs (OUTPUTS only), then record these options.
+    """Compare the options with the previous build's record in ``out``; when they differ, clear that build's
+    outputs (OUTPUTS only), then record these options. A folder holding such names without a record is refused
+    (OptionsError): they may be the user's own files.
 
     Every stage reruns on every build (nothing is reused), so a rerun with the same options rewrites the same
     files; one with other options starts from a folder without the old bundle, report or vendor files."""
@@ -109,9 +110,12 @@ def start_record(out: Path, opts: BuildOptions) -> None:
         except (ValueError, AttributeError):
             old = None
     present = [n for n in OUTPUTS if (out / n).exists()]
+    if present and not isinstance(old, dict):
+        # no record: these may be the user's own files (a model.pt, an hls/ folder), never delete them
+        raise OptionsError(f"--out {display_path(str(out))} holds {', '.join(present)} but no {RECORD} of the "
+                           "build that wrote them: give an empty or new --out, or remove those files")
     if present and old != new:
-        changed = (sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) if isinstance(old, dict)
-                   else ["no record of the earlier build's settings"])
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         print(f"note: --out {display_path(str(out))} holds a build with other settings ({', '.join(changed)}): "
               f"clearing its outputs ({', '.join(present)})", file=sys.stderr)
         for n in present:

@@ -453,6 +453,18 @@ def test_a_rerun_with_other_settings_clears_only_the_old_builds_outputs(tmp_path
     assert json.loads((out / "build.json").read_text())["options"]["k"] == 8
 
 
+def test_an_out_with_unrecorded_build_names_is_refused_and_nothing_deleted(tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "model.pt").write_text("the user's own checkpoint")
+    (out / "hls").mkdir()
+    r = _cheap_build(tmp_path, out)
+    assert r.returncode == 2 and "holds model.pt, hls but no build.json" in r.stderr, r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [r.stderr.strip().splitlines()[-1]]
+    assert (out / "model.pt").read_text() == "the user's own checkpoint" and (out / "hls").is_dir()
+    assert not (out / "build.json").exists()
+
+
 def test_the_golden_drop_warning_names_the_likely_cause():
     from flow.build.stages import golden_drop_warning
 
