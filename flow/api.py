@@ -33,14 +33,10 @@ from flow.boards.sizing import size_engine
 from flow.compile import lower
 from flow.quant import quantize_input
 from flow.quant import run as golden_run
+from flow.quant.accuracy import golden_drop_warning
 from models.data import npz_problems
 
-__all__ = ["simulate", "Result", "deploy", "Deployment", "ACCURACY_MARGIN"]
-
-# golden (integer) accuracy this far below the float model's (a fraction: 2 points) is warned about
-ACCURACY_MARGIN = 0.02
-# fewer calibration images than this are named as a likely cause of a collapsed golden accuracy
-SMALL_CALIB = 32
+__all__ = ["simulate", "Result", "deploy", "Deployment"]
 
 
 @dataclass
@@ -127,33 +123,6 @@ def _float32_model(model) -> tuple[object, str | None]:
             f"the model's parameters are {', '.join(other)}: simulated a float32 copy (the model is unchanged)")
 
 
-def _range_text(x) -> str:
-    return f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"
-
-
-def accuracy_warning(float_acc: float, golden_acc: float, *, calib_images: int | None = None, x_calib=None,
-                     x_test=None, margin: float = ACCURACY_MARGIN, what: str = "the float model") -> str | None:
-    """The warning when the golden integer accuracy is more than ``margin`` (a fraction) below ``float_acc``,
-    naming the likely cause: few calibration images, or calibration images in another range than the test
-    images (the input scale and every activation range come from the calibration set). None otherwise."""
-    if golden_acc >= float_acc - margin:
-        return None
-    causes = []
-    if calib_images is not None and calib_images < SMALL_CALIB:
-        causes.append(f"the calibration set has {calib_images} image{'s' if calib_images != 1 else ''} "
-                      f"(calibrate on a few hundred training images, at least {SMALL_CALIB})")
-    if x_calib is not None and x_test is not None:
-        c_hi = max(abs(float(x_calib.min())), abs(float(x_calib.max()))) or 1.0
-        t_hi = max(abs(float(x_test.min())), abs(float(x_test.max())))
-        if t_hi > 1.1 * c_hi or t_hi < 0.25 * c_hi or (float(x_test.min()) < 0 <= float(x_calib.min())):
-            causes.append(f"the test images span {_range_text(x_test)} but the calibration images "
-                          f"{_range_text(x_calib)} (calibrate on images scaled like the test images)")
-    cause = "; ".join(causes) if causes else ("no calibration-size or range cause found: check the layers the "
-                                              "quantizer warned about")
-    return (f"golden integer accuracy {100 * golden_acc:.2f} % is {100 * (float_acc - golden_acc):.2f} points below "
-            f"{what}'s {100 * float_acc:.2f} % (margin {100 * margin:g} points): likely cause: {cause}")
-
-
 def _accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean())
 
@@ -168,7 +137,7 @@ def simulate(model, x_calib, x_test, method: str = "mvq", *, y_test=None, board:
     images are refused in one line naming the NCHW shape (never transposed silently). A float64 or half
     model is simulated as a float32 copy (noted in ``Result.warnings``). With ``y_test`` (labels [B]) the
     Result holds the float, golden and C-sim accuracies, and a golden accuracy more than
-    ``ACCURACY_MARGIN`` (2 points) below the float model's is warned about (UserWarning, and in
+    ``flow.quant.accuracy.MARGIN_POINTS`` (2 points) below the float model's is warned about (UserWarning, and in
     ``Result.warnings``) with its likely cause: a small calibration set or calibration images in another
     range than the test images. ``Result.agreement`` (golden vs float top-1) is there without labels.
 
@@ -238,8 +207,8 @@ def simulate(model, x_calib, x_test, method: str = "mvq", *, y_test=None, board:
     if yt is not None:
         res.float_acc, res.golden_acc = _accuracy(fpred, yt), _accuracy(gold2.argmax(1), yt)
         res.csim_acc = _accuracy(sim2.argmax(1), yt)
-        msg = accuracy_warning(res.float_acc, res.golden_acc, calib_images=len(xc), x_calib=xc, x_test=xt,
-                               what="the float model" if method == "none" else "the compressed float model")
+        msg = golden_drop_warning(res.float_acc, res.golden_acc, np.asarray(xc), np.asarray(xt),
+                                  what="the float model" if method == "none" else "the compressed float model")
         if msg:
             res.warnings.append(msg)
             warnings.warn(msg, UserWarning, stacklevel=2)
@@ -318,7 +287,7 @@ def deploy(model, train, test, *, out: str | Path | None = None, method: str = "
     It writes ``<out>/inputs/``: ``data.npz`` (x_train, y_train, x_test, y_test: ``python -m host.run
     <out>/deploy --data <out>/inputs/data.npz`` runs its test split), ``model.pt`` (the state_dict) and
     the model file that hands the model to flow.build. Returns a :class:`Deployment`; a golden accuracy
-    more than ``ACCURACY_MARGIN`` below the (fine-tuned) float model's is warned about with its likely
+    more than ``flow.quant.accuracy.MARGIN_POINTS`` below the (fine-tuned) float model's is warned about with its likely
     cause. Errors are flow.build's (ValueError / RuntimeError subclasses, one line each)."""
     import torch   # deferred: torch (see _as_tensor)
 
@@ -366,15 +335,6 @@ def deploy(model, train, test, *, out: str | Path | None = None, method: str = "
     finally:
         _HANDOFF.pop()
     s = b.summary
-    ref_key = next((k for k in ("finetuned_acc", "compressed_acc", "float_acc") if k in s), None)
-    if ref_key and "golden_acc" in s:
-        calib = min(b.recipe["calib"], len(xtr))
-        what = {"finetuned_acc": "the fine-tuned float model", "compressed_acc": "the compressed float model",
-                "float_acc": "the float model"}[ref_key]
-        msg = accuracy_warning(s[ref_key], s["golden_acc"], calib_images=calib,
-                               x_calib=b.data["xtr"][:calib], x_test=b.data["xte"], what=what)
-        if msg:
-            notes.append(msg)
-            warnings.warn(msg, UserWarning, stacklevel=2)
+    notes += list(s.get("warnings", []))   # the build's own (golden vs float: flow.build.stages warns already)
     return Deployment(out=b.out, bundle=b.bundle_path, report=b.report_paths[0] if b.report_paths else None,
                       summary=dict(s), warnings=notes, build=b)

@@ -50,6 +50,7 @@ from flow.hls import vendor
 from flow.hls.lint import lint_project, multiplier_instances
 from flow.quant import quantize_input, quantize_model
 from flow.quant import run as golden_run
+from flow.quant.accuracy import golden_drop_warning
 from models import data as datasets
 from models import train as trainer
 from models import zoo
@@ -303,39 +304,14 @@ def stage_quantize(b: Build) -> None:
     yte = b.data["yte"]
     b.summary["golden_acc"] = float((b.gold.reshape(len(yte), -1).argmax(1) == yte).mean())
     np.savez_compressed(b.out / "golden.npz", inputs=b.x_int, outputs=b.gold)
-    drop = golden_drop_warning(b.summary, calib.numpy(), b.data["xte"])
+    ref = next((k for k in ("finetuned_acc", "compressed_acc", "float_acc") if k in b.summary), None)
+    what = {"finetuned_acc": "the fine-tuned float model", "compressed_acc": "the compressed float model",
+            "float_acc": "the float model"}.get(ref, "")
+    drop = ref and golden_drop_warning(b.summary[ref], b.summary["golden_acc"], calib.numpy(), b.data["xte"],
+                                       what=f"{what} it quantizes ({ref})")
     if drop:
         b.summary.setdefault("warnings", []).append(drop)
         warnings.warn(drop, stacklevel=2)
-
-
-# golden (integer) accuracy more than this many points below the float model it quantizes is warned about
-GOLDEN_DROP_POINTS = 2.0
-
-
-def golden_drop_warning(summary: dict, calib: np.ndarray, xte: np.ndarray) -> str | None:
-    """One line when the golden integer accuracy falls more than GOLDEN_DROP_POINTS below the float model it
-    quantizes (the fine-tuned / compressed / float accuracy, the last one measured), naming the likely cause:
-    a small calibration set, or test images outside the calibration range (the input scale clips them)."""
-    ref_key = next((k for k in ("finetuned_acc", "compressed_acc", "float_acc") if k in summary), None)
-    if ref_key is None or "golden_acc" not in summary:
-        return None
-    ref, gold = 100 * summary[ref_key], 100 * summary["golden_acc"]
-    if ref - gold <= GOLDEN_DROP_POINTS:
-        return None
-    causes = []
-    if len(calib) < 64:
-        causes.append(f"the calibration set has only {len(calib)} image{'s' if len(calib) != 1 else ''}")
-    lo, hi = float(calib.min()), float(calib.max())
-    tlo, thi = float(xte.min()), float(xte.max())
-    span = max(hi - lo, 1e-12)
-    if tlo < lo - 0.05 * span or thi > hi + 0.05 * span:
-        causes.append(f"the test images span [{tlo:.3g}, {thi:.3g}] but the calibration (training) images "
-                      f"[{lo:.3g}, {hi:.3g}]: scale both the same way")
-    cause = "; ".join(causes) or ("the activation ranges seen in calibration: calibrate on more, or more "
-                                  "representative, training images")
-    return (f"golden integer accuracy {gold:.2f}% is {ref - gold:.2f} points below the float model it "
-            f"quantizes ({ref:.2f}%, {ref_key}; margin {GOLDEN_DROP_POINTS:g} points): likely cause: {cause}")
 
 
 def stage_lower(b: Build) -> None:

@@ -466,14 +466,13 @@ def test_an_out_with_unrecorded_build_names_is_refused_and_nothing_deleted(tmp_p
 
 
 def test_the_golden_drop_warning_names_the_likely_cause():
-    from flow.build.stages import golden_drop_warning
+    from flow.quant.accuracy import golden_drop_warning
 
     calib = np.random.default_rng(0).uniform(0, 1, (256, 1, 8, 8)).astype(np.float32)
-    ok = {"float_acc": 0.95, "golden_acc": 0.94}
-    assert golden_drop_warning(ok, calib, calib) is None                   # 1 point: within the margin
-    drop = {"float_acc": 0.95, "finetuned_acc": 0.90, "golden_acc": 0.60}
-    w = golden_drop_warning(drop, calib, calib * 255)                       # test images in 0..255
-    assert "30.00 points below" in w and "finetuned_acc" in w
+    assert golden_drop_warning(0.95, 0.94, calib, calib) is None           # 1 point: within the margin
+    w = golden_drop_warning(0.90, 0.60, calib, calib * 255, what="the fine-tuned float model (finetuned_acc)")
+    assert "30.00 points below the fine-tuned float model (finetuned_acc)" in w   # test images in 0..255
     assert "test images span [0.0202, 255]" in w and "[7.94e-05, 1]" in w
-    w = golden_drop_warning(drop, calib[:1], calib)
-    assert "only 1 image" in w
+    w = golden_drop_warning(0.90, 0.60, calib[:1], calib)
+    assert "the calibration set has only 1 image" in w
+    assert "span" not in golden_drop_warning(0.90, 0.60, calib, calib[:200])   # same range: not named
