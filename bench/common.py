@@ -52,6 +52,21 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_info(flags: tuple[str, ...] = ("avx2", "avx512f", "fma")) -> dict:
+    """The CPU as a bench records it: model name, cores, and whether it has each of ``flags`` (the ISA
+    extensions that pick code paths; from /proc/cpuinfo's flags, None where that is not readable)."""
+    have: set[str] | None = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {"model": cpu_model(), "cores": os.cpu_count(),
+            "flags": {f: (None if have is None else f in have) for f in flags}}
+
+
 def provenance(script: str | Path, argv: list[str] | None = None) -> dict:
     """What produced a result: the commit, the script and its arguments, the date and the machine.
 

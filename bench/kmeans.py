@@ -1,6 +1,6 @@
 """Masked k-means against faiss-cpu: seconds per Lloyd iteration, side by side in one run.
 
-    python bench/kmeans.py [--quick] [--iters N] [--repeats R] [--threads T] [--sklearn] [--out DIR]
+    python bench/kmeans.py [--quick] [--iters N] [--repeats R] [--threads T] [--code-path P] [--sklearn] [--out DIR]
 
 Data: the weights of a ResNet-18 (ImageNet shapes, every conv but the first, whose Cin of 3 does not
 split into vectors of 8), Kaiming-normal initialised layer by layer (std sqrt(2 / fan_in), seeded), cut
@@ -24,6 +24,12 @@ to faiss is the median of the per-repeat ratios (each against the faiss run of t
 load spike from other processes hits both sides).  ``cpu_s_per_iter`` is the process CPU time (all
 threads) per iteration, the same difference.  All use ``--threads`` threads (default: every core:
 ``torch.set_num_threads`` and ``faiss.omp_set_num_threads``).
+
+Where it ran: above the table (and in the JSON) the CPU model, its ISA flags that pick code paths
+(avx2, avx512f, fma), the threads each side ran on, the commit, and the code path of ours: the native
+kernel's copy (``avx512``: 16 float32 lanes, ``avx2``: 8 lanes with FMA, ``base``: 4 lanes, SSE2; the
+widest the CPU runs unless ``--code-path`` asks for a narrower one) or ``torch`` (the pure-torch BLAS
+path).  faiss picks its own build (generic / AVX2 / AVX-512) and runs BLAS sgemm plus its argmin.
 
 Inertia: the final codebook's objective, recomputed here in float64 for every implementation (each
 point to its nearest codeword), per vector; masked rows count the kept elements only, so they are
@@ -50,7 +56,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, save, table  # noqa: E402
+from bench.common import RESULTS, cpu_info, git_commit, save, table  # noqa: E402
 from flow.compress import _kmeans_native, nm_mask  # noqa: E402
 from flow.compress.kmeans import assign_nearest, masked_kmeans  # noqa: E402
 
@@ -63,7 +69,12 @@ RESNET18 = (
     + [(256, 128, 3, 3), (256, 256, 3, 3), (256, 128, 1, 1), (256, 256, 3, 3), (256, 256, 3, 3)]
     + [(512, 256, 3, 3), (512, 512, 3, 3), (512, 256, 1, 1), (512, 512, 3, 3), (512, 512, 3, 3)]
 )
-COLS = ["impl", "N", "d", "k", "iters", "s_per_iter", "vs_faiss", "cpu_s_per_iter", "init_s", "inertia"]
+COLS = ["impl", "path", "N", "d", "k", "iters", "s_per_iter", "vs_faiss", "cpu_s_per_iter", "init_s", "inertia"]
+# What each code path of ours is, for the header.
+PATHS = {"avx512": "native kernel, AVX-512 copy (16 float32 lanes per vector)",
+         "avx2": "native kernel, AVX2 + FMA copy (8 float32 lanes per vector)",
+         "base": "native kernel, baseline x86-64 copy (4 float32 lanes per vector, SSE2, no FMA)",
+         "torch": "pure-torch path (a BLAS GEMM per chunk of points, packed argmin)"}
 
 
 def resnet18_vectors(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +146,20 @@ def checks(x: torch.Tensor, mask: torch.Tensor, res, sample: int) -> dict:
             "argmin_mismatches": int((got != ref).sum())}
 
 
-def run_bench(n: int | None, iters: int, repeats: int, threads: int, sklearn: bool, sample: int) -> dict:
+def select_code_path(path: str) -> str:
+    """Point masked_kmeans at ``path`` (auto, avx512, avx2, base, torch) through its environment
+    variables; return the path that runs (auto: the widest copy this CPU runs).
+
+    Raises:
+        ValueError: a copy this CPU does not run.
+    """
+    os.environ["VQHLS_KMEANS"] = "torch" if path == "torch" else "auto"
+    os.environ["VQHLS_KMEANS_ISA"] = "auto" if path == "torch" else path
+    return _kmeans_native.isa()
+
+
+def run_bench(n: int | None, iters: int, repeats: int, threads: int, sklearn: bool, sample: int,
+              code_path: str = "auto") -> dict:
     import faiss
 
     torch.set_num_threads(threads)
@@ -144,8 +168,9 @@ def run_bench(n: int | None, iters: int, repeats: int, threads: int, sklearn: bo
     N = x.shape[0]
     xn = x.numpy()
     t = time.perf_counter()
-    backend = "native" if _kmeans_native.load() is not None else "torch"
-    load_s = time.perf_counter() - t  # a first run compiles the kernel (cached afterwards)
+    path = select_code_path(code_path)  # a first run compiles the kernel (cached afterwards)
+    backend = "torch" if path == "torch" else "native"
+    load_s = time.perf_counter() - t
 
     def ours(m):
         def run(it: int):
@@ -196,7 +221,7 @@ def run_bench(n: int | None, iters: int, repeats: int, threads: int, sklearn: bo
         a = assign_nearest(x, torch.from_numpy(np.ascontiguousarray(C)), mm).numpy()
         inertia = masked_inertia(xn, None if mm is None else mm.numpy(), C, a) / N
         rows.append(dict(
-            impl=name, N=N, d=D, k=K, iters=iters,
+            impl=name, path=path if name.startswith("ours") else name.split()[0], N=N, d=D, k=K, iters=iters,
             s_per_iter=statistics.median(v[0] for v in vals),
             vs_faiss=statistics.median(v[0] / f for v, f in zip(vals, faiss_w)),
             cpu_s_per_iter=statistics.median(v[1] for v in vals),
@@ -204,7 +229,9 @@ def run_bench(n: int | None, iters: int, repeats: int, threads: int, sklearn: bo
             inertia=inertia, rounds=[list(v) for v in vals],
         ))
     chk = checks(x, mask, last["ours masked (2:4)"], sample)
-    return {"rows": rows, "checks": chk, "backend": backend, "kernel_load_s": load_s, "threads": threads,
+    return {"rows": rows, "checks": chk, "backend": backend, "code_path": path,
+            "code_path_what": PATHS[path], "cpu": cpu_info(), "kernel_load_s": load_s, "threads": threads,
+            "torch_threads": torch.get_num_threads(), "faiss_threads": faiss.omp_get_max_threads(),
             "faiss": getattr(faiss, "__version__", "?"), "torch": torch.__version__, "N": N,
             "data": "ResNet-18 convs (all but the first), Kaiming-normal, [Cout,kh,kw,Cin] -> [*, 8], 2:4 "
                     "magnitude masks along Cin", "k": K, "iters": iters, "repeats": repeats, "seed": SEED}
@@ -229,7 +256,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_yticks(list(ys), names)
     ax.invert_yaxis()
     ax.set_xlabel("seconds per Lloyd iteration (bars: median; dots: rounds)")
-    ax.set_title(f"k-means, {result['N']:,} x {D}, k={K}, {result['threads']} threads")
+    ax.set_title(f"k-means, {result['N']:,} x {D}, k={K}, {result['threads']} threads, ours: {result['code_path']}")
     ax.set_xlim(0, 1.6 * max(max(w for w, _, _ in r["rounds"]) for r in rows))
     fig.subplots_adjust(left=0.22, right=0.97, bottom=0.17, top=0.88)
     fig.savefig(path, dpi=120)
@@ -243,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, help="interleaved rounds (default 3; --quick 1)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="threads for the k-means kernels (default: all cores)")
+    ap.add_argument("--code-path", choices=["auto", *reversed(_kmeans_native.ISAS), "torch"], default="auto",
+                    help="ours on this code path: auto (the widest kernel copy the CPU runs), a narrower "
+                         "kernel copy, or torch (the pure-torch BLAS path)")
     ap.add_argument("--sklearn", action="store_true", help="add scikit-learn's KMeans (slow)")
     ap.add_argument("--sample", type=int, default=20_000, help="points checked against brute force")
     ap.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON and PNG (default bench/results)")
@@ -252,9 +282,28 @@ def main(argv: list[str] | None = None) -> int:
     repeats = a.repeats or (1 if a.quick else 3)
     if iters < 1 or repeats < 1 or a.threads < 1:
         ap.error("--iters, --repeats and --threads must be >= 1")
-    t0 = time.perf_counter()
-    result = run_bench(QUICK_N if a.quick else None, iters, repeats, a.threads, a.sklearn, a.sample)
-    result["wall_s"] = time.perf_counter() - t0
+    saved = {v: os.environ.get(v) for v in ("VQHLS_KMEANS", "VQHLS_KMEANS_ISA")}
+    try:
+        try:
+            select_code_path(a.code_path)
+        except (ValueError, _kmeans_native.KernelUnavailable) as e:
+            print(f"error: --code-path {a.code_path}: {e}", file=sys.stderr)
+            return 2
+        t0 = time.perf_counter()
+        result = run_bench(QUICK_N if a.quick else None, iters, repeats, a.threads, a.sklearn, a.sample,
+                           a.code_path)
+        result["wall_s"] = time.perf_counter() - t0
+    finally:  # main() also runs in-process (the tests): leave the caller's environment as it was
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+    cpu = result["cpu"]
+    flags = ", ".join(f"{f} {'?' if v is None else ('yes' if v else 'no')}" for f, v in cpu["flags"].items())
+    print(f"machine: {cpu['model']}, {cpu['cores']} cores; {flags}; commit {git_commit()}")
+    print(f"threads: {a.threads} (torch {result['torch_threads']}, faiss {result['faiss_threads']}); "
+          f"ours: {result['code_path']} = {result['code_path_what']}")
     print(f"k-means, {result['N']:,} vectors x {D}, k={K}, {iters} iterations, {a.threads} threads, "
           f"median of {repeats} interleaved rounds; backend: {result['backend']}")
     print("s_per_iter = (T(1+iters) - T(1)) / iters, wall clock; vs_faiss = median of the per-round ratios; "

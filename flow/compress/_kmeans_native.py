@@ -12,12 +12,15 @@ The kernel is a plain C-ABI shared library.  It is looked up, in order:
    a few seconds (about 6 s of CPU); the build is written to a temporary name and renamed, so
    concurrent processes never load a half-written file.
 
-The kernel carries AVX-512 / AVX2 / baseline clones of its hot loop (GCC ``target_clones``), so one
-build runs on any x86-64 machine at the best width it supports.
+The kernel carries three copies of its range loop, each compiled for one instruction set with its own
+vector width (AVX-512: 16 float32 lanes, AVX2 + FMA: 8, baseline x86-64 / other CPUs: 4), and picks the
+widest the CPU supports at run time, so one build runs on any x86-64 machine at its best width.
+:func:`isa` says which copy runs.
 
 ``VQHLS_KMEANS`` selects the backend of :mod:`flow.compress.kmeans`: ``auto`` (default: the kernel
 when it loads, else the pure-torch path with a one-time warning), ``native`` (the kernel or an error)
-or ``torch`` (never the kernel).
+or ``torch`` (never the kernel).  ``VQHLS_KMEANS_ISA`` (``auto``, ``avx512``, ``avx2`` or ``base``)
+makes the kernel run a narrower copy than the CPU's best (to test or time each copy on one machine).
 """
 from __future__ import annotations
 
@@ -34,11 +37,14 @@ from pathlib import Path
 
 from engine_io.cache import cache_root
 
-__all__ = ["backend", "load", "KernelUnavailable"]
+__all__ = ["backend", "load", "isa", "isa_level", "supported_isas", "KernelUnavailable", "ISAS"]
 
-ABI = 2
+ABI = 3
 SRC = Path(__file__).with_name("_kmeans_kernel.cpp")
-FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-Wno-psabi"]
+# -ffp-contract=fast: ISO C++ mode turns multiply-add contraction off, and the search is one FMA per
+# codeword and kept column (the error bounds hold with or without it).
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
+ISAS = ("base", "avx2", "avx512")  # the kernel's code paths, by vq_kmeans_isa level (0, 1, 2)
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -79,9 +85,12 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.vq_kmeans_abi.argtypes = []
     if lib.vq_kmeans_abi() != ABI:
         raise KernelUnavailable(f"{path}: ABI {lib.vq_kmeans_abi()} != {ABI} (a stale build: delete it)")
-    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    vp, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.vq_kmeans_isa.restype = i32
+    lib.vq_kmeans_isa.argtypes = [i32]
     lib.vq_assign.restype = None
-    lib.vq_assign.argtypes = [ctypes.c_int, i64, i64, vp, vp, vp, vp, i64, i64, vp, vp, vp, vp, vp, vp, vp]
+    lib.vq_assign.argtypes = [i32, i32, i64, i64, vp, vp, vp, vp, vp, vp, i32, vp, vp, i64, i64, vp, vp, vp, vp,
+                              vp, vp, vp]
     return lib
 
 
@@ -164,3 +173,33 @@ def load() -> ctypes.CDLL | None:
             _state["warned"] = True
             warnings.warn(f"masked k-means runs on the slower pure-torch path: {err}", RuntimeWarning, stacklevel=3)
         return None
+
+
+def supported_isas(lib: ctypes.CDLL) -> list[str]:
+    """The kernel's code paths this CPU can run, narrowest first (``base`` always)."""
+    return list(ISAS[: lib.vq_kmeans_isa(-1) + 1])
+
+
+def isa_level(lib: ctypes.CDLL) -> int:
+    """The code path (index into :data:`ISAS`) the kernel runs under ``$VQHLS_KMEANS_ISA`` (read at every call).
+
+    Raises:
+        ValueError: an unknown value, or a path this CPU does not support.
+    """
+    want = os.environ.get("VQHLS_KMEANS_ISA", "auto").strip().lower() or "auto"
+    if want == "auto":
+        return lib.vq_kmeans_isa(-1)
+    if want not in ISAS:
+        raise ValueError(f"VQHLS_KMEANS_ISA={want!r}: use auto, {', '.join(reversed(ISAS))}")
+    level = lib.vq_kmeans_isa(ISAS.index(want))
+    if level < 0:
+        raise ValueError(f"VQHLS_KMEANS_ISA={want}: this CPU runs only {', '.join(supported_isas(lib))}; "
+                         "pick one of those or auto")
+    return level
+
+
+def isa(lib: ctypes.CDLL | None = None) -> str:
+    """Which code path masked k-means runs here: ``avx512``, ``avx2`` or ``base`` (the kernel's copies),
+    or ``torch`` when the kernel is not used (``VQHLS_KMEANS=torch``, or no compiler under ``auto``)."""
+    lib = load() if lib is None else lib
+    return "torch" if lib is None else ISAS[isa_level(lib)]

@@ -13,13 +13,20 @@ see :mod:`flow.compress._kmeans_native`):
 * native (default): ``_kmeans_kernel.cpp``, a fused distance-and-argmin kernel
   built with the system g++ on first use (or at install time) and called
   through ctypes on one Python thread per torch thread.  For each point it reads only
-  the kept columns, computes 16 codewords per vector instruction in float32
-  keeping the best and second-best value per lane, and redoes a point in
-  float64 only when the float32 gap is within the rounding bound (a near or
-  real tie: a few points in 10^5).  The cluster statistics (per-element
-  sums of kept x, counts of kept elements) are accumulated in the same pass.
-  No ``[n, k]`` score matrix is ever written: on a 2:4 mask the kernel does
-  half the arithmetic of the unmasked search.
+  the kept columns and searches all codewords in float32, W codewords per vector
+  instruction (W = 16 on AVX-512, 8 on AVX2 + FMA, 4 on baseline x86-64: one copy
+  per instruction set, picked at run time), keeping the best and second-best value
+  per lane.  Stage 1 is the expansion faiss uses, fused with the argmin: on values
+  centred at the data mean ``mu``, ``|x'|^2 + T_j - 2 x'.c'_j`` with ``T_j`` the
+  codeword's squared norm over the point's kept columns (one table row per mask
+  pattern), one multiply-add per codeword and kept column.  A point whose best and
+  second-best stage-1 values are within that form's rounding bound (relative to
+  ``|x - mu|^2``) goes to stage 2, the direct form ``sum (x - c)^2`` (bound relative
+  to the distance); one within that bound too (a near or real tie: a few points in
+  10^5) is redone in float64.  The cluster statistics (per-element sums of kept x,
+  counts of kept elements) are accumulated in the same pass.  No ``[n, k]`` score
+  matrix is ever written: on a 2:4 mask the kernel does half the arithmetic of the
+  unmasked search.
 * torch (no compiler): the expansion ``||m(x-c)||^2 = sum m x^2 - 2 (m x).c +
   m.(c^2)`` as one skinny GEMM per chunk of points (points sharing a mask
   pattern searched together over their kept columns), a packed argmin, and
@@ -383,20 +390,66 @@ def _exact_argmin(xm: Tensor, mf: Tensor | None, C: Tensor, rows: Tensor) -> Ten
     return out
 
 
+# Stage 1 of the kernel reads T (the codewords' squared norms over a point's kept columns) from a table
+# with one row per mask pattern when the patterns are few (N:M masks: 36 for 2:4 on d = 8); otherwise
+# each point sums its own row.  A table row costs k * d once per iteration, a summed row k * r per point.
+_MAX_PATTERNS = 4096
+_PATTERN_TABLE_BYTES = 4 << 20
+_MAX_STAGE1_D = 2048  # the kernel's stage-1 error constant assumes (2r + 4)(2r + 2) u <= 2; beyond: stage 2
+_STAGE1_LIMIT = 2.0 ** 40  # |c - mu| above this could overflow stage 1's float32 terms: stage 2 only
+
+
+def _patterns(mf: Tensor, kp: int) -> tuple[Tensor, Tensor] | None:
+    """``(pid [n] int32, patterns [npat, d] float64 0/1)`` when the mask has few patterns, else None."""
+    n, d = mf.shape
+    if d > 62:
+        return None
+    code = mf.to(torch.int64) @ (1 << torch.arange(d, dtype=torch.int64))
+    if d <= 20:  # a lookup table over every possible code: O(n), no sort
+        seen = torch.bincount(code, minlength=1 << d).nonzero().flatten()
+        lut = torch.zeros(1 << d, dtype=torch.int64)
+        lut[seen] = torch.arange(seen.numel())
+        pats, pid = seen, lut[code]
+    else:
+        pats, pid = torch.unique(code, return_inverse=True)
+    npat = pats.numel()
+    if npat > _MAX_PATTERNS or npat * kp * 4 > _PATTERN_TABLE_BYTES or 4 * npat > n:
+        return None
+    bits = ((pats[:, None] >> torch.arange(d, dtype=torch.int64)) & 1).to(torch.float64)
+    return pid.to(torch.int32).contiguous(), bits.contiguous()
+
+
 class _NativeStep:
     """Assignment (and the Lloyd statistics) by the fused kernel ``_kmeans_kernel.cpp``.
 
     The points are cut into fixed ranges; each range is one kernel call on a worker
     thread (ctypes releases the GIL) and writes its own partial sums, which are then
-    added in range order.
+    added in range order.  Per call this side prepares the kernel's small inputs from
+    the codebook: ``-2 c'^T`` and the T table of stage 1 (``c' = c - mu``, ``mu`` the
+    mean of the kept data, so the expansion's error bound is relative to ``|x - mu|^2``),
+    and ``C^T`` for stage 2.
     """
 
     def __init__(self, lib, xm: Tensor, mf: Tensor | None, k: int, nthreads: int):
         n, d = xm.shape
         self.lib, self.n, self.d, self.k = lib, n, d, k
+        self.level = _kmeans_native.isa_level(lib)
         self.x = xm.contiguous()
         self.m = None if mf is None else (mf != 0).to(torch.uint8).contiguous()
-        self.kp = -(-k // 32) * 32  # the kernel runs two 16-codeword blocks at a time
+        self.kp = kp = -(-k // 32) * 32  # the kernel runs two blocks of up to 16 codewords at a time
+        # Stage 1's shift: the per-column mean of the kept values (xm is zero where masked).
+        kept = torch.full((d,), float(n), dtype=torch.float64) if mf is None else mf.sum(0, dtype=torch.float64)
+        self.mu = (xm.sum(0, dtype=torch.float64) / kept.clamp_min(1.0)).to(torch.float32).contiguous()
+        self.tmode, self.pid, self.pats = 0, None, None
+        if mf is not None:
+            found = _patterns(mf, kp)
+            if found is None:
+                self.tmode = 2
+            else:
+                self.tmode = 1
+                self.pid, self.pats = found
+        if d > _MAX_STAGE1_D:
+            self.tmode = -1
         g = max(1, min(_MAX_SLOTS, -(-n // _SLOT_MIN), _SLOT_BYTES // (k * d * 16 + k * 8)))
         step = max(1, -(-n // g))
         self.ranges = [(s, min(n, s + step)) for s in range(0, n, step)]
@@ -405,39 +458,72 @@ class _NativeStep:
         self.cnt = torch.empty(G, k, dtype=torch.int64)
         self.nk = torch.empty(G, k, d, dtype=torch.int64) if self.m is not None else None
         self.sa = torch.empty(G, dtype=torch.float64)
-        self.info = torch.zeros(G, 2, dtype=torch.int64)
+        self.info = torch.zeros(G, 3, dtype=torch.int64)
         self.bufs = [torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)]  # ping-pong
         self.prev: Tensor | None = None
         self.pool = ThreadPoolExecutor(min(nthreads, G)) if nthreads > 1 and G > 1 else None
-        self.n_exact = 0  # points decided in float64 so far (near ties)
+        self.n_exact = 0  # points decided in float64 so far (near or real ties)
+        self.n_direct = 0  # points stage 1 (the expansion) left to stage 2 (the direct form) so far
         self.moved = 0  # points that changed codeword in the last step
+
+    @property
+    def code_path(self) -> str:
+        """The kernel copy that runs: ``avx512``, ``avx2`` or ``base``."""
+        return _kmeans_native.ISAS[self.level]
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
 
+    def _tables(self, C: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+        """``(w, tab, ct, tmode)`` for the kernel (see ``vq_assign``): padding beyond k never wins."""
+        d, k, kp = self.d, self.k, self.kp
+        nan = float("nan")
+        ct = torch.full((d, kp), nan, dtype=torch.float32)
+        ct[:, :k] = C.T
+        cs = C - self.mu  # c' = fl(c - mu) in float32, as the kernel rounds x'
+        tmode = self.tmode
+        if tmode >= 0 and not bool(cs.abs().max() <= _STAGE1_LIMIT):
+            tmode = -1
+        w = torch.zeros(d, kp, dtype=torch.float32)
+        if tmode < 0:
+            return w, ct, ct, -1
+        w[:, :k] = -2.0 * cs.T  # exact (a power of two)
+        c2 = cs.double().square()
+        if tmode == 0:
+            tab = torch.full((1, kp), nan, dtype=torch.float32)
+            tab[0, :k] = c2.sum(1)  # rounded once from float64
+        elif tmode == 1:
+            tab = torch.full((self.pats.shape[0], kp), nan, dtype=torch.float32)
+            tab[:, :k] = self.pats @ c2.T
+        else:
+            tab = torch.full((d, kp), nan, dtype=torch.float32)
+            tab[:, :k] = (cs * cs).T  # float32 squares; the kernel sums a point's kept rows
+        return w, tab, ct, tmode
+
     def assign(self, C: Tensor, stats: bool = False) -> Tensor:
         """``[n]`` int64 nearest codeword; with ``stats`` also fills the per-range partial sums."""
         d, k, kp = self.d, self.k, self.kp
         C = C.to(torch.float32).contiguous()
-        CT = torch.full((d, kp), float("nan"), dtype=torch.float32)  # padding codewords never win
-        CT[:, :k] = C.T
+        w, tab, ct, tmode = self._tables(C)
         prev = self.prev
         out = self.bufs[1] if prev is self.bufs[0] else self.bufs[0]
-        xp, mp, ctp, cp, op = (self.x.data_ptr(), None if self.m is None else self.m.data_ptr(),
-                               CT.data_ptr(), C.data_ptr(), out.data_ptr())
+        xp, mp, op = self.x.data_ptr(), None if self.m is None else self.m.data_ptr(), out.data_ptr()
+        mup, wp, tp, ctp, cp = self.mu.data_ptr(), w.data_ptr(), tab.data_ptr(), ct.data_ptr(), C.data_ptr()
+        pidp = None if self.pid is None else self.pid.data_ptr()
         pp = None if prev is None else prev.data_ptr()
         isz, dsz = 8, 8  # bytes per int64 / float64 element
+        lvl = self.level
 
         def run(g: int) -> None:
             s, e = self.ranges[g]
-            info = self.info.data_ptr() + 2 * isz * g
+            info = self.info.data_ptr() + 3 * isz * g
+            head = (lvl, d, k, kp, xp, mp, mup, wp, tp, pidp, tmode, ctp, cp, s, e, op, pp)
             if not stats:
-                self.lib.vq_assign(d, k, kp, xp, mp, ctp, cp, s, e, op, pp, None, None, None, None, info)
+                self.lib.vq_assign(*head, None, None, None, None, info)
                 return
-            self.lib.vq_assign(d, k, kp, xp, mp, ctp, cp, s, e, op, pp, self.s1[g].data_ptr(),
-                               self.cnt[g].data_ptr(), None if self.nk is None else self.nk[g].data_ptr(),
-                               self.sa.data_ptr() + dsz * g, info)
+            self.lib.vq_assign(*head, self.s1[g].data_ptr(), self.cnt[g].data_ptr(),
+                               None if self.nk is None else self.nk[g].data_ptr(), self.sa.data_ptr() + dsz * g, info)
 
         G = len(self.ranges)
         if self.pool is not None:
@@ -447,6 +533,7 @@ class _NativeStep:
                 run(g)
         tot = self.info.sum(0).tolist()
         self.n_exact += tot[0]
+        self.n_direct += tot[2]
         self.moved = tot[1] if prev is not None else self.n
         return out
 

@@ -297,8 +297,9 @@ def test_backend_switch(monkeypatch):
         masked_kmeans(torch.randn(10, 2), None, 2)
 
 
-def test_bench_quick(tmp_path):
-    """bench/kmeans.py --quick runs, its correctness checks pass, and it writes its table and plot."""
+def test_bench_quick(tmp_path, capsys):
+    """bench/kmeans.py --quick runs, its correctness checks pass, it says where it ran (CPU, ISA flags,
+    threads, code path, commit), and it writes its table and plot."""
     pytest.importorskip("faiss")
     sys.path.insert(0, str(REPO))  # bench/ is not installed
     try:
@@ -317,6 +318,15 @@ def test_bench_quick(tmp_path):
     assert faiss_row["vs_faiss"] == 1.0 and all(r["N"] == kb.QUICK_N for r in data["rows"])
     # same algorithm, same data: our unmasked inertia is within a few percent of faiss's
     assert data["rows"][1]["inertia"] <= 1.05 * faiss_row["inertia"]
+    # where it ran, beside the commit that provenance() records
+    assert data["code_path"] == _kmeans_native.isa() and [r["path"] for r in data["rows"]][1:] == [
+        data["code_path"], "faiss"]
+    assert set(data["cpu"]["flags"]) == {"avx2", "avx512f", "fma"} and data["cpu"]["model"]
+    assert data["torch_threads"] == data["faiss_threads"] == data["threads"] and data["machine"]["commit"]
+    out = capsys.readouterr().out
+    head = out.splitlines()[:2]
+    assert head[0].startswith("machine: ") and "avx2 " in head[0] and "avx512f " in head[0] and "commit " in head[0]
+    assert head[1].startswith(f"threads: {data['threads']} (torch ") and f"ours: {data['code_path']} = " in head[1]
     print(f"bench --quick: {time.perf_counter() - t:.1f} s")
 
 
@@ -353,3 +363,137 @@ def test_quality_matches_faiss_on_a_large_problem():
     D = brute_distances(x[:2000], None, ours.codebook.numpy())  # spot check the final codebook's assignment
     final = assign_nearest(torch.from_numpy(x[:2000]), ours.codebook).numpy()
     assert_is_argmin(final, D)
+
+
+def _code_paths() -> list[str]:
+    """The kernel's code paths (base, avx2, avx512) this CPU runs; empty without the kernel."""
+    try:
+        lib = _kmeans_native._load()
+    except _kmeans_native.KernelUnavailable:
+        return []
+    return _kmeans_native.supported_isas(lib)
+
+
+@pytest.fixture(params=list(_kmeans_native.ISAS))
+def code_path(request, monkeypatch):
+    """Each copy of the native kernel (VQHLS_KMEANS_ISA); skipped where the CPU (or the compiler) lacks it."""
+    if request.param not in _code_paths():
+        pytest.skip(f"this CPU (or build) does not run the {request.param} kernel")
+    monkeypatch.setenv("VQHLS_KMEANS", "native")
+    monkeypatch.setenv("VQHLS_KMEANS_ISA", request.param)
+    assert _kmeans_native.isa() == request.param
+    return request.param
+
+
+def _nm(x: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    return nm_mask(x, n, m)
+
+
+@pytest.mark.parametrize("case", [
+    "dense d=8 k=256", "2:4 d=8 k=256 (pattern table)", "random d=8 k=70 (pattern table)",
+    "random d=16 k=40 (per-point T)", "1:4 d=16 k=33", "random d=20 k=17 (runtime r)", "dense d=3 k=300 > n",
+    "offset 1000 d=8 k=64", "blobs 50 apart d=4 k=40", "tiny 1e-20 d=8 k=32", "huge 1e13 d=4 k=16",
+    "zero rows d=8 k=20", "k=1 d=4"])
+def test_every_code_path_is_the_float64_argmin(code_path, case):
+    """Each kernel copy, each way of getting the stage-1 table, and the guards, against brute force."""
+    g = torch.Generator().manual_seed(sum(map(ord, case)))
+    d = int(case.split("d=")[1].split()[0])
+    k = int(case.split("k=")[1].split()[0])
+    n = 200 if "> n" in case else 2000
+    x = torch.randn(n, d, generator=g)
+    C = torch.randn(k, d, generator=g)
+    mask = None
+    if case.startswith("2:4"):
+        mask = _nm(x, 2, 4)
+    elif case.startswith("1:4"):
+        mask = _nm(x, 1, 4)
+    elif case.startswith("random") or case.startswith("zero rows"):
+        mask = (torch.rand(n, d, generator=g) > 0.5).float()
+    if case.startswith("zero rows"):
+        mask[::7] = 0  # no kept element: every distance is 0, codeword 0 wins
+    if case.startswith("offset"):  # a common offset: stage 1 runs on x - mu, so it still decides
+        x, C = x + 1000.0, C * 0.5 + 1000.0
+    if case.startswith("blobs"):  # clusters far apart next to their spread: stage 2 decides many points
+        centers = torch.randn(4, d, generator=g) * 50
+        x = centers[torch.randint(0, 4, (n,), generator=g)] + torch.randn(n, d, generator=g)
+        C = centers.repeat(10, 1) + torch.randn(k, d, generator=g)
+    if case.startswith("tiny"):  # float32 subnormal distances
+        x, C = x * 1e-20, C * 1e-20
+    if case.startswith("huge"):  # |c| > 2^40: stage 1 is skipped (overflow guard)
+        x, C = x * 1e13, C * 1e13
+    C[k // 2] = C[0]  # a duplicate codeword: the lower index must win its exact ties
+    got = assign_nearest(x, C, mask).numpy()
+    D = brute_distances(x.numpy(), None if mask is None else mask.numpy(), C.numpy())
+    assert_is_argmin(got, D)
+    if k > 1:
+        assert not (got == k // 2).any()
+    if case.startswith("zero rows"):
+        assert (got[::7] == 0).all()
+
+
+def test_stage_one_decides_almost_every_point(code_path, monkeypatch):
+    """The expansion (stage 1) must leave few points to the slower stages, or the speed is gone: on
+    clustered 2:4 data with an offset, under 1% go on to the direct form and under 0.1% to float64."""
+    from flow.compress import kmeans as km
+
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(40000, 8, generator=g) + 3.0
+    mask = nm_mask(x - 3.0, 2, 4)
+    xm, mf = km._prepare(x, mask)
+    C = km._kmeanspp(xm, mf, 128, g=g, sample=16384)
+    step = km._NativeStep(_kmeans_native.load(), xm, mf, 128, nthreads=1)
+    try:
+        assert step.code_path == code_path and step.tmode == 1  # 36 patterns: the table
+        step(C)
+    finally:
+        step.close()
+    assert step.n_direct < 0.01 * 40000 and step.n_exact < 0.001 * 40000, (step.n_direct, step.n_exact)
+
+
+def test_near_ties_on_every_code_path(code_path):
+    """Codeword pairs 2^-20 apart (relative): stage 1 and stage 2 cannot split them, float64 does."""
+    g = torch.Generator().manual_seed(22)
+    base = torch.randn(48, 8, generator=g)
+    C = torch.cat([base, base + torch.randn(48, 8, generator=g) * 2.0 ** -20])
+    x = base.repeat(25, 1) + torch.randn(1200, 8, generator=g) * 0.3
+    for mask in (None, nm_mask(x, 2, 4)):
+        D = brute_distances(x.numpy(), None if mask is None else mask.numpy(), C.numpy())
+        assert_is_argmin(assign_nearest(x, C, mask).numpy(), D)
+
+
+def test_code_path_choice(monkeypatch):
+    """VQHLS_KMEANS_ISA picks a copy; auto is the widest the CPU runs; a bad value is a one-line error."""
+    paths = _code_paths()
+    if not paths:
+        pytest.skip("native k-means kernel unavailable")
+    monkeypatch.setenv("VQHLS_KMEANS", "native")
+    monkeypatch.delenv("VQHLS_KMEANS_ISA", raising=False)
+    assert _kmeans_native.isa() == paths[-1] and paths[0] == "base"
+    monkeypatch.setenv("VQHLS_KMEANS_ISA", "sse9")
+    with pytest.raises(ValueError, match="VQHLS_KMEANS_ISA='sse9': use auto, avx512, avx2, base"):
+        _kmeans_native.isa()
+    if "avx512" not in paths:
+        monkeypatch.setenv("VQHLS_KMEANS_ISA", "avx512")
+        with pytest.raises(ValueError, match="this CPU runs only"):
+            _kmeans_native.isa()
+    monkeypatch.setenv("VQHLS_KMEANS", "torch")
+    assert _kmeans_native.isa() == "torch"
+
+
+def test_code_paths_give_the_same_result(monkeypatch):
+    """Every copy of the kernel gives the same codebooks bit for bit (same assignment, same sums)."""
+    paths = _code_paths()
+    if len(paths) < 2:
+        pytest.skip("fewer than two kernel copies run on this CPU")
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(20000, 8, generator=g)
+    mask = nm_mask(x, 2, 4)
+    monkeypatch.setenv("VQHLS_KMEANS", "native")
+    runs = []
+    for p in paths:
+        monkeypatch.setenv("VQHLS_KMEANS_ISA", p)
+        runs.append([masked_kmeans(x, m, 48, iters=4, seed=1) for m in (None, mask)])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a.assign, b.assign) and torch.equal(a.codebook, b.codebook)
+            assert a.objective == b.objective
