@@ -77,7 +77,16 @@ def provenance(script: str | Path, argv: list[str] | None = None) -> dict:
             "script": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
             "argv": list(sys.argv[1:] if argv is None else argv),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "isa": cpu_info()["flags"], "threads": _threads(),
             "platform": platform.platform(), "python": platform.python_version()}
+
+
+def _threads() -> dict:
+    """The thread counts a result ran with: torch's intra-op threads (when the script loaded torch) and
+    OMP_NUM_THREADS as set (None: the library default, all cores)."""
+    torch = sys.modules.get("torch")
+    return {"torch": torch.get_num_threads() if torch is not None else None,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
 def save(name: str, payload: dict, script: str | Path, argv: list[str] | None = None,

@@ -47,6 +47,10 @@ def test_save_records_what_produced_the_result(tmp_path):
     assert m["commit"].split("+")[0] == head
     assert (m["script"], m["argv"], m["cores"]) == ("bench/area.py", ["--rows", "2"], os.cpu_count())
     assert m["cpu"] and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", m["date"])
+    # the ISA flags that pick code paths, as /proc/cpuinfo lists them (an independent read of the file)
+    flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
+    assert m["isa"] == {f: f in flags for f in ("avx2", "avx512f", "fma")}
+    assert set(m["threads"]) == {"torch", "OMP_NUM_THREADS"}
 
 
 def test_every_committed_result_says_what_produced_it():
