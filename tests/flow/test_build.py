@@ -476,3 +476,17 @@ def test_the_golden_drop_warning_names_the_likely_cause():
     w = golden_drop_warning(0.90, 0.60, calib[:1], calib)
     assert "the calibration set has only 1 image" in w
     assert "span" not in golden_drop_warning(0.90, 0.60, calib, calib[:200])   # same range: not named
+
+
+def test_an_interrupt_says_that_a_rerun_redoes_every_stage(monkeypatch, capsys):
+    """The interrupt message promises nothing the build does not do: no stage is reused on a rerun."""
+    import flow.build as fb
+
+    def interrupted(opts):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fb, "run", interrupted)
+    assert fb.main(["--board", "pynq-z2", "--stage", "compress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: interrupted: no half-written bundle; a rerun redoes every stage (finished stages are "
+                   "not reused)")
