@@ -27,9 +27,8 @@ from engine_io import hwh, regmap
 from flow import bundle as bundle_mod
 from flow.bundle import BundleError, add_bitstream, load, write_bundle
 from flow.compile.engine import EngineConfig
-from flow.compile.layout import place
-from flow.compile.program import CONV, Op, Program
 from flow.hls.project import write_project
+from small_cases import tiny_program
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_HWH = REPO.parent / "shared" / "fixtures" / "pynq-z2" / "base.hwh.gz"
@@ -117,14 +116,6 @@ def test_derived_engine_reads_back():
 # ---------------------------------------------------------------------------
 # a bundle (as tests/flow/test_bundle.py builds one)
 # ---------------------------------------------------------------------------
-def tiny_program() -> Program:
-    rng = np.random.default_rng(0)
-    op = Op(CONV, 0, 1, H=4, W=4, C=8, OH=4, OW=4, OC=8, KH=3, KW=3, pad=1, in_unsigned=1, out_unsigned=0,
-            name="conv", arrays=dict(weight=rng.integers(-128, 128, (8, 3, 3, 8)),
-                                     bias=rng.integers(-100, 100, 8), mult=np.full(8, 1000), shift=np.full(8, 16)))
-    return place(Program([op], in_scale=0.5, out_scale=0.25, in_shape=(4, 4, 8)), CFG)
-
-
 @pytest.fixture(scope="module")
 def hls_dir(tmp_path_factory) -> Path:
     return write_project(CFG, tmp_path_factory.mktemp("hls") / "hls").path

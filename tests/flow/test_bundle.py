@@ -14,21 +14,12 @@ import pytest
 from flow import bundle as bundle_mod
 from flow.bundle import BUNDLE_FORMAT, Bundle, BundleError, load, write_bundle
 from flow.compile.engine import EngineConfig
-from flow.compile.layout import place
-from flow.compile.program import CONV, FORMAT_VERSION, Op, Program
+from flow.compile.program import FORMAT_VERSION, Program
 from flow.hls.project import write_project
+from small_cases import tiny_program
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = EngineConfig()
-
-
-def tiny_program() -> Program:
-    """One 3x3 dense conv 4x4x8 -> 4x4x8, placed for the default engine."""
-    rng = np.random.default_rng(0)
-    op = Op(CONV, 0, 1, H=4, W=4, C=8, OH=4, OW=4, OC=8, KH=3, KW=3, pad=1, in_unsigned=1, out_unsigned=0,
-            name="conv", arrays=dict(weight=rng.integers(-128, 128, (8, 3, 3, 8)),
-                                     bias=rng.integers(-100, 100, 8), mult=np.full(8, 1000), shift=np.full(8, 16)))
-    return place(Program([op], in_scale=0.5, out_scale=0.25, in_shape=(4, 4, 8)), CFG)
 
 
 @pytest.fixture(scope="module")

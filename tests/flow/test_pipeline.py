@@ -8,6 +8,7 @@ from flow.compress import compress
 from flow.quant import quantize_input, quantize_model
 from flow.quant import run as golden_run
 from models import zoo
+from small_cases import DigitsCNN, trained_digits_cnn
 
 
 def _randomize_bn(model: torch.nn.Module, seed: int) -> None:
@@ -121,36 +122,6 @@ def test_vecq_csim_bit_exact_for_every_bit_width(scheme, bits):
 # ------------------------------------------------------------------------------------------------------
 # flow.deploy: one Python path from a user's in-memory model and arrays to a fine-tuned, bit-exact bundle
 
-class _TinyCNN(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        nn = torch.nn
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
-                                      nn.ReLU(), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
-
-
-def _trained_tiny_cnn():
-    from models.data import load
-
-    torch.manual_seed(0)
-    xtr, ytr = load("digits", "train")
-    xte, yte = load("digits", "test")
-    xtr, ytr, xte, yte = xtr[:400], ytr[:400], xte[:100], yte[:100]
-    model = _TinyCNN()
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    for _ in range(30):
-        for i in range(0, len(X), 50):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(X[i: i + 50]), Y[i: i + 50]).backward()
-            opt.step()
-    return model.eval(), (xtr, ytr), (xte, yte)
-
-
 @pytest.mark.csim
 @pytest.mark.slow
 def test_deploy_in_memory_model_to_a_verified_bit_exact_bundle(tmp_path, capsys):
@@ -163,7 +134,7 @@ def test_deploy_in_memory_model_to_a_verified_bit_exact_bundle(tmp_path, capsys)
     from host import run as host_run
     from host.accelerator import Accelerator
 
-    model, train, (xte, yte) = _trained_tiny_cnn()
+    model, train, (xte, yte) = trained_digits_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = tmp_path / "tiny"
     d = flow.deploy(model, train, (torch.from_numpy(xte), yte), out=out, method="mvq", k=32, finetune_epochs=1,
@@ -193,7 +164,7 @@ def test_deploy_in_memory_model_to_a_verified_bit_exact_bundle(tmp_path, capsys)
 def test_deploy_refuses_unknown_and_own_options_before_any_work(tmp_path):
     import flow
 
-    model = _TinyCNN()
+    model = DigitsCNN()
     data = (np.zeros((4, 1, 8, 8), np.float32), np.arange(4))
     with pytest.raises(ValueError) as e:
         flow.deploy(model, data, data, out=tmp_path / "x", kk=3, epochs=2, train_epochs=3)

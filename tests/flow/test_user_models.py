@@ -14,6 +14,7 @@ from torch import nn
 from flow.compress.mvq import MVQConv2d, MVQLinear
 from flow.compress.vecq import VecQConv2d, VecQLinear
 from flow.compress.vq import VQConv2d, VQLinear
+from small_cases import trained_digits_cnn
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -494,36 +495,10 @@ def test_codeword_lengths_other_than_8_and_sparser_masks_run_bit_exact():
 # ------------------------------------------------------------------------------------------------------
 # 6. flow.simulate's rough edges (issue 19): float64 / half models, NHWC images, a collapsed golden accuracy
 
-class DigitsCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
-                                      nn.ReLU(), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
-
-
 @pytest.fixture(scope="module")
 def digits_cnn():
     """A small CNN trained on 400 sklearn digits (~97 % on 100 test images; a few seconds)."""
-    from models.data import load
-
-    torch.manual_seed(0)
-    xtr, ytr = load("digits", "train")
-    xte, yte = load("digits", "test")
-    xtr, ytr, xte, yte = xtr[:400], ytr[:400], xte[:100], yte[:100]
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    for _ in range(30):
-        for i in range(0, len(X), 50):
-            opt.zero_grad()
-            F.cross_entropy(model(X[i: i + 50]), Y[i: i + 50]).backward()
-            opt.step()
-    model.eval()
-    return model, (xtr, ytr), (xte, yte)
+    return trained_digits_cnn()
 
 
 @pytest.mark.csim
