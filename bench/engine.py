@@ -47,7 +47,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -57,20 +56,11 @@ from flow.boards import get_board  # noqa: E402
 from flow.boards.cycle_model import BEAT_BYTES, image_cycles, load_cycles  # noqa: E402
 from flow.boards.resource_model import ResourceError, check_fit, estimate, table as res_table  # noqa: E402
 from flow.boards.sizing import config_for_board  # noqa: E402
-from flow.compile import EngineConfig, lower  # noqa: E402
+from flow.compile import EngineConfig, untrained  # noqa: E402
 from flow.compile.program import CODEBOOK, CONV, Program  # noqa: E402
-from flow.compress import compress  # noqa: E402
-from flow.quant import quantize_model  # noqa: E402
 from flow.text_table import format_table  # noqa: E402
-from models import zoo  # noqa: E402
 
 BOARD = "pynq-z2"
-# model: (zoo kwargs, input [C, H, W], codebook size k as flow/build/options.py's MODEL_DEFAULTS)
-MODELS = {
-    "lenet-digits": ({}, (1, 8, 8), 64),
-    "resnet20": ({"in_channels": 1}, (1, 28, 28), 256),
-    "resnet8": ({}, (3, 32, 32), 256),
-}
 # images/s at the board clock, default build, modelled (issue 17 item 9); None: reported only
 TARGETS = {"lenet-digits": 20_000.0, "resnet20": 700.0, "resnet8": None}
 # published figures of OTHER designs (measured by their authors on their boards), as issue 17 cites them
@@ -90,28 +80,15 @@ def engines() -> dict[str, EngineConfig]:
     return {"sparse": config_for_board(BOARD), "dense": config_for_board(BOARD, n=4, m=4)}
 
 
-def build_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, tuple[int, int, int]]:
-    """The zoo model with a deterministic random init (eval mode) and its input shape [C, H, W]."""
-    kw, shape, _ = MODELS[name]
-    torch.manual_seed(seed)
-    return zoo.get(name, **kw).eval(), shape
+MODELS = untrained.MODELS
+# one copy of the untrained builder: flow/compile/untrained.py (the RTL engine's cases use it too)
+build_model = untrained.build_model
 
 
 def build_program(name: str, method: str, engine: EngineConfig, *, seed: int = 0, iters: int = 2,
                   calib_images: int = 8) -> Program:
-    """The placed Program of an untrained zoo model, as flow/build/stages.py makes it: compress (method
-    'mvq' / 'vq' / 'none', d=8, the model's k, few k-means iterations: cycles do not depend on the
-    codeword values; vectors of a Linear after a spatial flatten along C, as flow.build cuts them),
-    quantize_model on random calibration images in [0, 1], lower for ``engine``."""
-    model, shape = build_model(name, seed)
-    k = MODELS[name][2]
-    g = torch.Generator().manual_seed(seed + 1)
-    calib = torch.rand(calib_images, *shape, generator=g)
-    if method != "none":
-        n = 2 if method == "mvq" else engine.m
-        model = compress(model, method=method, n=n, m=engine.m, k=k, d=8, clip_k=True, iters=iters, seed=seed,
-                         example=calib[:1])
-    return lower(quantize_model(model, calib), engine)
+    """flow.compile.untrained.untrained_program (the bench's name for it)."""
+    return untrained.untrained_program(name, method, engine, seed=seed, iters=iters, calib_images=calib_images)
 
 
 def _phase_split(phases: dict[str, int], cycles: int) -> dict[str, int]:

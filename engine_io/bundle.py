@@ -19,6 +19,11 @@ Layout (every path relative to the bundle directory)::
     vectors/expected.bin   their expected outputs
     vqhls.bit, vqhls.hwh   the bitstream and its hardware handoff (same base name, as PYNQ's Overlay
                            expects), when built
+    rtl/*.v                the engine in RTL (flow.rtl.engine_rtl.engine_sources of the bundle's EngineConfig,
+                           top ``vqhls_engine_top``), when the writer was given it: the rtl backend
+                           (host/rtl_backend.py) builds it with Verilator (engine_io.verilator_build). An optional
+                           section like the bitstream: a bundle without it still loads (format 1), and only
+                           ``backend="rtl"`` needs it
 
 The bundle is written whole or not at all: into a temporary sibling directory, verified with
 ``load``, then renamed into place (an older bundle is replaced only by that final rename). ``load``
@@ -78,6 +83,12 @@ BITSTREAM = "vqhls.bit"
 
 
 HWH = "vqhls.hwh"
+
+
+RTL_DIR = "rtl"                     # the engine's Verilog (manifest section "rtl": dir, top, files in read order)
+
+
+RTL_TOP = "vqhls_engine_top"
 
 
 CREATED_BY = "vqhls flow.bundle"
@@ -238,6 +249,23 @@ class Bundle:
     def hls_dir(self) -> Path:
         return self.path / self.manifest["hls"]["dir"]
 
+    @property
+    def has_rtl(self) -> bool:
+        """The bundle carries the engine's RTL (``rtl/*.v``: the rtl backend's Verilator build)."""
+        return bool(self.manifest.get("rtl"))
+
+    @property
+    def rtl_files(self) -> Tuple[Path, ...]:
+        """The engine's Verilog files, in the order a simulator reads them (empty without an rtl section)."""
+        rtl = self.manifest.get("rtl")
+        return tuple(self.path / rel for rel in rtl["files"]) if rtl else ()
+
+    @property
+    def rtl_top(self) -> Optional[str]:
+        """The RTL engine's top module (None without an rtl section)."""
+        rtl = self.manifest.get("rtl")
+        return rtl["top"] if rtl else None
+
 
 _REQUIRED = {"bundle_format": int, "model": str, "method": str, "data": str, "engine_config": dict,
              "config_hash": str, "regmap_version": str, "program": dict, "input": dict, "output": dict,
@@ -303,6 +331,29 @@ def _manifest_problem(m: dict) -> Optional[str]:
     if bit is not None and not (isinstance(bit, dict) and isinstance(bit.get("bit"), str)
                                 and isinstance(bit.get("hwh"), str)):
         return "malformed 'bitstream' section"
+    return _rtl_problem(m.get("rtl"))
+
+
+def _rtl_problem(rtl) -> Optional[str]:
+    """What is wrong with the manifest's optional 'rtl' section (None: absent or well formed): a relative
+    ``dir``, a Verilog module name ``top``, and ``files``, a non-empty list of distinct ``<dir>/<name>.v``."""
+    if rtl is None:
+        return None
+    if not isinstance(rtl, dict):
+        return "malformed 'rtl' section (dir, top, files)"
+    rdir = rtl.get("dir")
+    if not (isinstance(rdir, str) and _safe_relpath(rdir)):
+        return f"'rtl.dir' is {rdir!r}, not a relative path inside the bundle"
+    top = rtl.get("top")
+    if not (isinstance(top, str) and top[:1].isalpha() and top.replace("_", "").isalnum() and top.isascii()):
+        return f"'rtl.top' is {top!r}, not a Verilog module name"
+    files = rtl.get("files")
+    if not (isinstance(files, list) and files and len(set(map(str, files))) == len(files)):
+        return f"'rtl.files' is {files!r}, not a list of distinct Verilog files"
+    for rel in files:
+        if not (isinstance(rel, str) and _safe_relpath(rel) and rel.startswith(rdir.rstrip("/") + "/")
+                and rel.endswith(".v") and "/" not in rel[len(rdir.rstrip("/")) + 1:]):
+            return f"'rtl.files' entry {rel!r} is not a .v file in {rdir!r}"
     return None
 
 
@@ -397,6 +448,9 @@ def _check_sections(where: str, manifest: dict) -> None:
     bit = manifest.get("bitstream")
     if bit:
         needed += [bit.get("bit"), bit.get("hwh")]
+    rtl = manifest.get("rtl")
+    if rtl:
+        needed += list(rtl["files"])
     for rel in needed:
         if rel not in files:
             raise _err(where, f"{MANIFEST} does not list {rel!r}, which the bundle needs")

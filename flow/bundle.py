@@ -5,6 +5,10 @@
     bundle = load("build/lenet/deploy")        # BundleError unless every file is what was written
     add_bitstream("build/lenet/deploy", "build/lenet/vivado/out")   # vqhls.bit + vqhls.hwh, verified first
 
+``rtl_sources`` ({file name: Verilog}, flow.rtl.engine_rtl.engine_sources(engine), which flow.build's bundle
+stage passes: this module ranks beside flow.rtl and does not render it) puts the engine's RTL in ``rtl/``
+with a manifest section ``rtl`` (dir, top, files in read order): what ``backend="rtl"`` builds with Verilator.
+
     python -m flow.bundle add-bitstream build/lenet/deploy build/lenet/vivado/out
 
 The bundle is written whole or not at all: into a temporary sibling directory, verified with
@@ -30,9 +34,9 @@ import numpy as np
 
 from engine_io import program_image as _image
 from engine_io.bundle import (BITSTREAM, BUNDLE_FORMAT, CREATED_BY, HLS_DIR, HLS_FIRMWARE, HLS_PROJECT,  # noqa: F401
-                              HLS_TB_SOURCES, HWH, MANIFEST, PROGRAM, REGMAP_VERSION, VECTORS_EXPECTED,
-                              VECTORS_INPUTS, Bundle, BundleError, check_program_header, check_project_matches,
-                              io_mismatch, load, shape_size)
+                              HLS_TB_SOURCES, HWH, MANIFEST, PROGRAM, REGMAP_VERSION, RTL_DIR, RTL_TOP,
+                              VECTORS_EXPECTED, VECTORS_INPUTS, Bundle, BundleError, check_program_header,
+                              check_project_matches, io_mismatch, load, shape_size)
 from engine_io import hwh as _hwh
 from engine_io.files import file_sha256, swap_into_place
 
@@ -80,6 +84,7 @@ class _Contents:
     hls: _HlsSources
     vectors: Optional[Tuple[Tuple[str, np.ndarray], ...]]   # ((rel path, array) for inputs, expected)
     bitstream: Optional[Tuple[Path, Path]]                  # (bit, hwh)
+    rtl: Optional[Tuple[Tuple[str, bytes], ...]] = None     # ((file name, Verilog), ...) in read order
 
 
 def write_bundle(
@@ -104,6 +109,7 @@ def write_bundle(
     tools: Optional[Dict[str, str]] = None,
     bitstream=None,
     extra: Optional[dict] = None,
+    rtl_sources: Optional[Dict[str, str]] = None,
 ) -> Path:
     """Write the deploy bundle at ``out_dir`` whole or not at all; returns its resolved path.
 
@@ -112,7 +118,9 @@ def write_bundle(
     (``flow.hls.project.write_project``) whose ``firmware/`` and ``project.json`` are copied;
     ``vectors``: (inputs [N, H, W, C], expected [N, ...]) integer codes or None; ``bit_exact``:
     (images matching golden, images compared); ``tools``: {tool: version}; ``bitstream``:
-    (bit path, hwh path) or None; ``extra``: JSON-serializable dict stored as the manifest's ``extra``.
+    (bit path, hwh path) or None; ``extra``: JSON-serializable dict stored as the manifest's ``extra``;
+    ``rtl_sources``: {file name: Verilog text} of the engine's RTL (flow.rtl.engine_rtl.engine_sources of
+    this EngineConfig, top ``vqhls_engine_top``) or None, written to ``rtl/`` in the given order.
     An existing bundle at ``out_dir`` is replaced only once the new one is complete and verified.
     """
     out_dir = _replaceable(out_dir)
@@ -126,7 +134,8 @@ def write_bundle(
         hls=_checked_hls_project(Path(hls_dir), engine_config, config_hash),
         vectors=None if vectors is None else _vector_entries(vectors, in_shape, out_shape, in_unsigned=in_unsigned,
                                                              out_unsigned=out_unsigned),
-        bitstream=None if bitstream is None else _checked_bitstream(bitstream))
+        bitstream=None if bitstream is None else _checked_bitstream(bitstream),
+        rtl=None if rtl_sources is None else _checked_rtl(rtl_sources, config_hash))
     manifest = _manifest(contents, hdr, engine_config=engine_config, config_hash=config_hash, model=model,
                          method=method, data=data, in_scale=in_scale, in_shape=in_shape, in_unsigned=in_unsigned,
                          out_scale=out_scale, out_shape=out_shape, out_unsigned=out_unsigned,
@@ -252,6 +261,31 @@ def _checked_bitstream(bitstream) -> Tuple[Path, Path]:
     return bit_src
 
 
+def _checked_rtl(rtl_sources, config_hash: str) -> Tuple[Tuple[str, bytes], ...]:
+    """((name, Verilog bytes), ...): plain ``<name>.v`` file names, text that is not empty, the top module
+    ``RTL_TOP`` defined in one of them, and the engine's CONFIG_HASH constant (the top's ``32'h...``) equal
+    to ``config_hash``: RTL rendered for another EngineConfig is refused here, not on the first load call."""
+    if not isinstance(rtl_sources, dict) or not rtl_sources:
+        raise BundleError("write_bundle: rtl_sources must be {file name: Verilog} "
+                          "(flow.rtl.engine_rtl.engine_sources(engine))")
+    out = []
+    for name, text in rtl_sources.items():
+        if not (isinstance(name, str) and name.endswith(".v") and name[:-2].replace("_", "").isalnum()
+                and name.isascii()):
+            raise BundleError(f"write_bundle: rtl_sources file name {name!r} is not a plain <name>.v")
+        if not isinstance(text, str) or not text.strip():
+            raise BundleError(f"write_bundle: rtl_sources[{name!r}] is not Verilog text")
+        out.append((name, text.encode()))
+    tops = [name for name, text in rtl_sources.items() if f"module {RTL_TOP}" in text]
+    if not tops:
+        raise BundleError(f"write_bundle: no rtl_sources file defines module {RTL_TOP}: pass "
+                          "flow.rtl.engine_rtl.engine_sources(engine)")
+    if f"32'h{int(config_hash, 16):08X}" not in rtl_sources[tops[0]]:
+        raise BundleError(f"write_bundle: the RTL in rtl_sources was rendered for another EngineConfig (its top "
+                          f"does not carry CONFIG_HASH {config_hash}): render it for this engine")
+    return tuple(out)
+
+
 def _manifest(contents: _Contents, hdr: "_image.Header", *, engine_config: dict, config_hash: str, model, method,
               data, in_scale, in_shape: tuple, in_unsigned, out_scale, out_shape: tuple, out_unsigned, golden_acc,
               bit_exact, tools, extra) -> Dict[str, Any]:
@@ -281,6 +315,8 @@ def _manifest(contents: _Contents, hdr: "_image.Header", *, engine_config: dict,
             "expected": {"file": VECTORS_EXPECTED, "dtype": vec[1][1].dtype.name, "shape": list(vec[1][1].shape)},
         },
         "bitstream": None if contents.bitstream is None else {"bit": BITSTREAM, "hwh": HWH},
+        "rtl": None if contents.rtl is None else {"dir": RTL_DIR, "top": RTL_TOP,
+                                                  "files": [f"{RTL_DIR}/{name}" for name, _ in contents.rtl]},
         "hls": {"dir": HLS_DIR, "project": HLS_PROJECT, "firmware": HLS_FIRMWARE},
         "extra": extra,
         "files": {},
@@ -320,6 +356,8 @@ def _write_contents(tmp: Path, contents: _Contents) -> Dict[str, dict]:
     if contents.bitstream is not None:
         copy(contents.bitstream[0], BITSTREAM)
         copy(contents.bitstream[1], HWH)
+    for name, blob in contents.rtl or ():
+        put(f"{RTL_DIR}/{name}", blob)
     return dict(sorted(files.items()))
 
 

@@ -1,4 +1,5 @@
-"""Run a deploy bundle on the engine: on the PYNQ-Z2 (``backend="pynq"``) or in C-simulation (``"sim"``).
+"""Run a deploy bundle on the engine: on the PYNQ-Z2 (``backend="pynq"``), in C-simulation (``"sim"``) or as
+RTL under Verilator (``"rtl"``).
 
     from host.accelerator import Accelerator
 
@@ -11,9 +12,10 @@
 
 The host side of the protocol in ``engine_io/regmap.py`` (the one register map), over a ``Backend``
 (``host/backend.py``, with the errors; re-exported here):
-the PYNQ backend (``host/pynq_backend.py``: the overlay's engine IP and AXI DMA) or the sim backend
+the PYNQ backend (``host/pynq_backend.py``: the overlay's engine IP and AXI DMA), the sim backend
 (``host/sim.py``: the bundle's own engine C++ compiled with g++, its registers, DMA and DDR
-simulated in Python).
+simulated in Python) or the rtl backend (``host/rtl_backend.py``: the bundle's own Verilog engine built
+with Verilator, its PS side, AXI DMA and DDR a cycle-level test double; REAL_CYCLES measured in RTL).
 
 Imports neither torch nor the flow (only ``engine_io``, stdlib + numpy): it runs on the board.
 """
@@ -86,7 +88,16 @@ def _make_backend(name: str, bundle, kw: dict) -> Backend:
             if e.name and (e.name == "pynq" or e.name.startswith("pynq.")):
                 raise _pynq_missing(e) from None
             raise
-    raise AcceleratorError(f"unknown backend {name!r}: choose 'pynq' (the board) or 'sim' (C-simulation)")
+    if name == "rtl":
+        import importlib   # deferred: host.rtl_backend loads the Verilator build path, only for backend="rtl"
+
+        rtl_backend = importlib.import_module("host.rtl_backend")
+        try:
+            return rtl_backend.RtlBackend(bundle, **kw)
+        except rtl_backend.RtlError as e:
+            raise AcceleratorError(str(e)) from None
+    raise AcceleratorError(f"unknown backend {name!r}: choose 'pynq' (the board), 'sim' (C-simulation) or 'rtl' "
+                           "(the RTL engine under Verilator)")
 
 
 class _Pair:
@@ -132,7 +143,7 @@ class Accelerator:
         self.batch_size = min(bs, self.max_batch)
         self.fclk_mhz = backend.fclk_mhz if getattr(backend, "fclk_mhz", None) else self._bundle_fclk()
         self.loaded = False
-        self.load_cycles: Optional[int] = None          # CYCLES of the load call: MODELLED
+        self.load_cycles: Optional[int] = None          # CYCLES of the load call: MODELLED (None: the RTL engine)
         self.load_real_cycles: Optional[int] = None     # REAL_CYCLES of the load call: MEASURED (None: no counter)
         self._params_buf = None
         self._pairs: list[Optional[_Pair]] = [None, None]
@@ -147,7 +158,8 @@ class Accelerator:
              batch_size: Optional[int] = None, **kw) -> "Accelerator":
         """Load and verify the bundle (engine_io.bundle.load), make the backend: ``"pynq"`` (the board:
         ``host.pynq_backend.PynqBackend(bundle, **kw)``), ``"sim"`` (``host.sim.SimBackend(bundle,
-        **kw)``: C-simulation), or a ready ``Backend`` instance. Raises AcceleratorError."""
+        **kw)``: C-simulation), ``"rtl"`` (``host.rtl_backend.RtlBackend(bundle, **kw)``: the bundle's RTL
+        under Verilator), or a ready ``Backend`` instance. Raises AcceleratorError."""
         bundle = _load_bundle(bundle_path)
         if isinstance(backend, Backend):
             if kw:
@@ -242,7 +254,7 @@ class Accelerator:
         self.backend.wait_done(self.timeout, "load call (N_IMAGES = 0)")
         hw_hash = self.backend.read_reg("CONFIG_HASH")
         status = self.backend.read_reg("STATUS")
-        self.load_cycles = self._read64("CYCLES")
+        self.load_cycles = modelled_cycles(self._read64("CYCLES"))
         self.load_real_cycles = regmap.real_cycles(self._read64("REAL_CYCLES"))
         if hw_hash != self.config_hash:
             _free(buf)
@@ -385,7 +397,7 @@ class Accelerator:
             self.backend.recover()
             raise
         status = self.backend.read_reg("STATUS")
-        cycles = self._read64("CYCLES")
+        cycles = modelled_cycles(self._read64("CYCLES"))
         real = regmap.real_cycles(self._read64("REAL_CYCLES"))
         try:
             self.backend.dma_wait(self._call_timeout(n))
@@ -493,9 +505,10 @@ class Accelerator:
     @property
     def stats(self) -> dict:
         """Last batch: ``latency_s`` (DMA + engine, wall clock), ``images_per_s``, ``modelled_cycles`` (the
-        CYCLES register: MODELLED, flow/boards/cycle_model.py) and ``modelled_images_per_s`` at ``fclk_mhz``,
-        ``measured_cycles`` (the REAL_CYCLES register: MEASURED by the engine's free-running counter; None
-        where there is none, i.e. in C-simulation) and ``measured_images_per_s`` at ``fclk_mhz``;
+        CYCLES register: MODELLED, flow/boards/cycle_model.py; None where it reads all ones: the RTL engine)
+        and ``modelled_images_per_s`` at ``fclk_mhz``, ``measured_cycles`` (the REAL_CYCLES register:
+        MEASURED by the engine's free-running counter, on the board or in RTL simulation; None where there is
+        none, i.e. in C-simulation) and ``measured_images_per_s`` at ``fclk_mhz``;
         totals: ``batches``, ``images``, ``busy_s``."""
         return dict(self._stats)
 
@@ -529,7 +542,7 @@ class Accelerator:
             "copy_input_data_to_device[ms]": job["copy_in_s"] * 1e3,
             "copy_output_data_from_device[ms]": copy_out * 1e3,
             "modelled_cycles": cycles,
-            "modelled_cycles_per_image": cycles / n,
+            "modelled_cycles_per_image": cycles / n if cycles is not None else None,
             "modelled_throughput[images/s]": (n * self.fclk_mhz * 1e6 / cycles) if (self.fclk_mhz and cycles) else None,
             "measured_cycles": real,
             "measured_cycles_per_image": real / n if real is not None else None,
@@ -546,6 +559,12 @@ class Accelerator:
             return 1e3 / ns if ns > 0 else None
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+
+
+def modelled_cycles(value: int) -> Optional[int]:
+    """The CYCLES register as the engine's modelled count, or None where it reads all ones (the RTL engine
+    computes no cycle model: its builds' model is flow.boards.cycle_model's, in the manifest's extra)."""
+    return None if value == regmap.REAL_CYCLES_NA else int(value)
 
 
 def images_per_s(n: int, cycles: Optional[int], fclk_mhz: Optional[float]) -> Optional[float]:

@@ -1,5 +1,5 @@
 """The backend interface the Accelerator drives (``Backend``), its errors and the DMA's transfer limit: what
-``host.accelerator`` and the backends (``host.sim``, ``host.pynq_backend``) share, in a module below them
+``host.accelerator`` and the backends (``host.sim``, ``host.pynq_backend``, ``host.rtl_backend``) share, in a module below them
 all (the backends subclass ``Backend``; the Accelerator opens them). ``host.accelerator`` re-exports every
 name here.
 

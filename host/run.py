@@ -1,4 +1,4 @@
-"""Run a deploy bundle: ``python -m host.run BUNDLE [--backend sim|pynq] [--data NAME|set.npz [--limit N] [--clip]]
+"""Run a deploy bundle: ``python -m host.run BUNDLE [--backend sim|pynq|rtl] [--data NAME|set.npz [--limit N] [--clip]]
 [--batch N] [--timeout S]``.
 
 1. opens the bundle (every checksum verified), makes the backend, makes the load call;
@@ -7,7 +7,8 @@
    numpy): accuracy, bit-exactness against the bundle vectors on the images they hold, throughput
    (measured images/s, the engine's MODELLED cycles from the CYCLES register and, on the board, its
    MEASURED cycles from the REAL_CYCLES register: a free-running counter; C-simulation has none and
-   says "real cycles: not available (C-simulation)").
+   says "real cycles: not available (C-simulation)"; ``--backend rtl`` runs the bundle's Verilog under
+   Verilator and prints REAL_CYCLES measured in RTL simulation).
 
 Exit 0 when every comparison is bit-exact, 1 when one differs, 2 on an error (one line ``error: ...``).
 Imports neither torch nor the flow (only engine_io, and models.data): this runs on the board.
@@ -42,12 +43,35 @@ def real_cycles_text(real: Optional[int], n: int, fclk_mhz: Optional[float], bac
     if real is None:
         why = "C-simulation" if backend == "sim" else "the engine's REAL_CYCLES register reads all ones"
         return f"real cycles: not available ({why})"
-    where = "on the board" if backend == "pynq" else f"by the {backend} backend's engine"
+    where = {"pynq": "on the board", "rtl": "in RTL simulation (Verilator)"}.get(
+        backend, f"by the {backend} backend's engine")
     per = real / n if n else float(real)
     rate = images_per_s(n, real, fclk_mhz)
     clock = (f" = {_fmt_rate(rate)} images/s at {fclk_mhz:g} MHz" if rate is not None
              else " (clock unknown: no images/s)")
     return f"{per:,.0f} cycles/image measured {where} (REAL_CYCLES register, the engine's counter){clock}"
+
+
+def modelled_text(tp: dict, manifest: dict, fclk: Optional[float]) -> str:
+    """The modelled cycles of a throughput test: the CYCLES register's, or, where it reads all ones (the RTL
+    engine computes no model), the build's cycle model (flow.boards.cycle_model) from the bundle manifest."""
+    at = f" at {fclk:g} MHz" if fclk else ""
+    per = tp["modelled_cycles_per_image"]
+    if per is not None:
+        return f"{per:,.0f} cycles/image (CYCLES register) = {_fmt_rate(tp['modelled_throughput[images/s]'])} images/s{at}"
+    extra = manifest.get("extra") if isinstance(manifest.get("extra"), dict) else {}
+    per = extra.get("modelled_cycles_per_image")
+    if not isinstance(per, (int, float)) or isinstance(per, bool) or not per > 0:
+        return "not available (CYCLES reads all ones: the RTL engine has no cycle model; the bundle records none)"
+    rate = images_per_s(1, per, fclk)
+    return (f"{per:,.0f} cycles/image (the build's cycle model, flow.boards.cycle_model, from the bundle manifest: "
+            f"the RTL engine's CYCLES reads all ones) = {_fmt_rate(rate)} images/s{at}")
+
+
+def _speed_where(backend: str) -> str:
+    """Whose speed the wall-clock throughput line measures."""
+    return {"sim": "C-simulation speed on this CPU, not the board",
+            "rtl": "RTL simulation speed on this CPU, not the board"}.get(backend, "on the board")
 
 
 def _progress(total: int, desc: str):
@@ -60,7 +84,7 @@ def _progress(total: int, desc: str):
 
 def run(args) -> int:
     backend_kw = {}
-    if args.backend == "sim" and args.cache_dir:
+    if args.backend in ("sim", "rtl") and args.cache_dir:
         backend_kw["cache_dir"] = args.cache_dir
     acc = Accelerator.open(args.bundle, backend=args.backend, timeout=args.timeout, batch_size=args.batch,
                            **backend_kw)
@@ -74,7 +98,8 @@ def run(args) -> int:
         print(f"backend    {acc.backend.describe()}")
         acc.load()
         print(f"load       ok: {len(b.program_image()):,}-byte program on chip, CONFIG_HASH 0x{acc.config_hash:08x}, "
-              f"{acc.load_cycles:,} modelled cycles (CYCLES), "
+              + (f"{acc.load_cycles:,} modelled cycles (CYCLES), " if acc.load_cycles is not None
+                 else "modelled cycles: not available (CYCLES reads all ones: the RTL engine has no cycle model), ")
               + (f"{acc.load_real_cycles:,} measured cycles (REAL_CYCLES)" if acc.load_real_cycles is not None
                  else real_cycles_text(None, 0, None, acc.backend.name)))
 
@@ -98,12 +123,10 @@ def run(args) -> int:
         tp = acc.throughput_test(batch=args.batch or min(acc.batch_size, 256))
         fclk = tp["fclk[mhz]"]
         print(f"throughput {_fmt_rate(tp['throughput[images/s]'])} images/s measured "
-              f"({'C-simulation speed on this CPU, not the board' if acc.backend.name == 'sim' else 'on the board'}; "
+              f"({_speed_where(acc.backend.name)}; "
               f"batch {tp['batch_size']}, {tp['runtime[ms]']:.2f} ms, DMA in {tp['DRAM_in_bandwidth[MB/s]']:.2f} MB/s, "
               f"out {tp['DRAM_out_bandwidth[MB/s]']:.2f} MB/s)")
-        print(f"modelled   {tp['modelled_cycles_per_image']:,.0f} cycles/image (CYCLES register) = "
-              f"{_fmt_rate(tp['modelled_throughput[images/s]'])} images/s"
-              + (f" at {fclk:g} MHz" if fclk else ""))
+        print(f"modelled   {modelled_text(tp, b.manifest, fclk)}")
         print(f"measured   {real_cycles_text(tp['measured_cycles'], tp['batch_size'], fclk, acc.backend.name)}")
     return rc
 
@@ -162,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m host.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="deploy bundle directory (build/<name>/deploy)")
-    p.add_argument("--backend", default="pynq", help="pynq (the board, default) or sim (C-simulation with g++)")
+    p.add_argument("--backend", default="pynq", help="pynq (the board, default), sim (C-simulation with g++) or rtl "
+                                                     "(the bundle's Verilog engine under Verilator: measured cycles)")
     p.add_argument("--data", help=f"also run this data set's test split: {', '.join(datasets.DATASETS)}, or the "
                                    ".npz the bundle was built with (x_test, y_test)")
     p.add_argument("--limit", type=int, help="with --data: the first N test images only")
@@ -172,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", action="store_true",
                    help="with --data: saturate float images outside the bundle's input range (as the build's "
                         "golden model does) instead of refusing them")
-    p.add_argument("--cache-dir", help="sim backend: where compiled engines are cached "
+    p.add_argument("--cache-dir", help="sim and rtl backends: where compiled engines are cached "
                                        "(default $VQHLS_CACHE or <repo>/.cache/vqhls)")
     return p
 

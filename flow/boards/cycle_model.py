@@ -125,13 +125,16 @@ class ImageCycles:
 LOAD_CHUNK = 64      # beats per loader DATAFLOW region: one burst (max_read_burst_length), the FIFO depth (param_loader.h)
 
 
-def burst(words: int, steps: int | None = None) -> int:
+def burst(words: int, steps: int | None = None, depth: dict | None = None) -> int:
     """Cycles to load ``words`` 32-bit beats: chunks of at most LOAD_CHUNK beats, each one DATAFLOW region
     (reader burst -> FIFO -> unpacker) of DDR_LATENCY + DEPTH["load"] + its unpacker steps; ``steps`` is the
-    unpacker's total (the beats by default; the bytes when a beat feeds four steps). 0 words: nothing issued."""
+    unpacker's total (the beats by default; the bytes when a beat feeds four steps). 0 words: nothing issued.
+    ``depth`` (``_depths``): its ``load_chunk``, when given, replaces DDR_LATENCY + DEPTH["load"] per chunk."""
     if words <= 0:
         return 0
-    return cdiv(words, LOAD_CHUNK) * (DDR_LATENCY + DEPTH["load"]) + (words if steps is None else steps)
+    dp = depth or {}
+    per_chunk = dp.get("load_chunk", DDR_LATENCY + dp.get("load", DEPTH["load"]))
+    return cdiv(words, LOAD_CHUNK) * per_chunk + (words if steps is None else steps)
 
 
 def _words(nbytes: int) -> int:
@@ -184,9 +187,19 @@ def conv_tiles(op: Op, engine: EngineConfig, oc_tiles: int | None = None) -> lis
     return tiles
 
 
-def conv_cycles(op: Op, engine: EngineConfig, oc_tiles: int | None = None) -> dict[str, int]:
+def _depths(depth: dict | None) -> dict:
+    """DEPTH (the HLS engine's stated fill depths) with ``depth``'s entries over it. Keys beyond DEPTH's, 0 when
+    absent: ``conv_plan`` (cycles per conv op before its first loop), ``maxpool`` / ``avgpool`` (per pool kind,
+    else ``pool``), ``op_gap`` (cycles between one op's end and the next op's start), ``image_glue`` (cycles per
+    image besides its stream bytes, the ops and their gaps)."""
+    return {**DEPTH, **(depth or {})}
+
+
+def conv_cycles(op: Op, engine: EngineConfig, oc_tiles: int | None = None, depth: dict | None = None) -> dict[str, int]:
     """Phases of a placed conv op (or of ``oc_tiles`` of its output-channel tiles run alone): decode
-    prologue, tile loops (compute overlapped with the previous tile's drain), final drain."""
+    prologue, tile loops (compute overlapped with the previous tile's drain), final drain. ``depth``: fill
+    depths other than the HLS engine's (``_depths``; the RTL engine's are flow.rtl.engine_rtl.RTL_DEPTH)."""
+    dp = _depths(depth)
     tiles = conv_tiles(op, engine, oc_tiles)
     step = lambda ng: max(op.passes * max(ng, ACC_DISTANCE), op.dec)   # noqa: E731
     loops = 0
@@ -195,13 +208,13 @@ def conv_cycles(op: Op, engine: EngineConfig, oc_tiles: int | None = None) -> di
     for ng in tiles:
         c = op.NSTEP * step(ng)
         d = engine.rows * prev
-        loops += max(c, d) + DEPTH["conv"]
+        loops += max(c, d) + dp["conv"]
         compute += c
         drain_wait += max(0, d - c)
         prev = ng
-    final = engine.rows * prev + DEPTH["conv"]
+    final = engine.rows * prev + dp["conv"]
     # the prologue is the tile loop's first entry, decoding step 0 only (one decoder instance per op)
-    return {"prologue": op.dec + DEPTH["conv"], "tiles": loops, "final_drain": final,
+    return {"prologue": op.dec + dp["conv"] + dp.get("conv_plan", 0), "tiles": loops, "final_drain": final,
             "compute": compute, "drain_stall": drain_wait}
 
 
@@ -219,45 +232,50 @@ def pq_row_cycles(OC: int, pairs: bool) -> int:
     return sum(DDR_LATENCY + DEPTH["load"] + (n // 2 if pairs else n) for n in pq_row_chunks(OC, pairs))
 
 
-def pq_pixel_cycles(v: int, nsub: int, NOT: int, OC: int, resident: bool = True, pairs: bool = True) -> int:
+def pq_pixel_cycles(v: int, nsub: int, NOT: int, OC: int, resident: bool = True, pairs: bool = True,
+                    depth: dict | None = None) -> int:
     """Cycles of one PQ output pixel (pixels do not overlap).
 
     LUT on chip: one PQ_STEP loop of nsub windows of max(v, NOT, ACC_DISTANCE) (encoder of subspace w, bias
     init in window 0, lookup of subspace w-1 in window w >= 1), a last lookup window of max(NOT,
     ACC_DISTANCE), OC drain cycles, + DEPTH["pq"]. Streamed LUT: the encoder alone (nsub * v + DEPTH["pq"]),
-    nsub rows (``pq_row_cycles``), the drain alone (OC + DEPTH["pq"])."""
+    nsub rows (``pq_row_cycles``), the drain alone (OC + DEPTH["pq"]). ``depth``: as ``conv_cycles``."""
+    dpq = _depths(depth)["pq"]
     if resident:
         span, last = max(v, NOT, ACC_DISTANCE), max(NOT, ACC_DISTANCE)
-        return nsub * span + last + OC + DEPTH["pq"]
-    return nsub * v + DEPTH["pq"] + nsub * pq_row_cycles(OC, pairs) + OC + DEPTH["pq"]
+        return nsub * span + last + OC + dpq
+    return nsub * v + dpq + nsub * pq_row_cycles(OC, pairs) + OC + dpq
 
 
-def pq_cycles(op: Op, engine: EngineConfig) -> tuple[dict[str, int], int]:
+def pq_cycles(op: Op, engine: EngineConfig, depth: dict | None = None) -> tuple[dict[str, int], int]:
     """(phases, DDR bytes per image) of a placed PQ op. The streamed rows' DDR bytes are an upper bound when
-    OC is odd (a chunk's first and last beats may hold one entry each)."""
+    OC is odd (a chunk's first and last beats may hold one entry each). ``depth``: as ``conv_cycles`` (its
+    ``pq_op``, 0 when absent: cycles per PQ op besides its loads and pixels)."""
+    dp = _depths(depth)
     rows = op.nsub * op.K
     pairs = op.OC % 2 == 0 and engine.cols % 2 == 0
-    proto = burst(_words(rows * op.v), rows * op.v)
+    proto = burst(_words(rows * op.v), rows * op.v, dp) + dp.get("pq_op", 0)
     ddr = 4 * _words(rows * op.v)
     lut = 0
     if op.lut_resident:
         count = rows * op.OC
-        lut = burst(cdiv(count, 2), None if pairs else count)
+        lut = burst(cdiv(count, 2), None if pairs else count, dp)
         ddr += 4 * cdiv(count, 2)
     npix = op.OH * op.OW
-    per_pixel = pq_pixel_cycles(op.v, op.nsub, op.NOT, op.OC, bool(op.lut_resident), pairs)
+    per_pixel = pq_pixel_cycles(op.v, op.nsub, op.NOT, op.OC, bool(op.lut_resident), pairs, depth)
     if not op.lut_resident:
         ddr += npix * op.nsub * BEAT_BYTES * sum(n // 2 + (0 if pairs else 1) for n in pq_row_chunks(op.OC, pairs))
     return {"proto_load": proto, "lut_load": lut, "pixels": npix * per_pixel}, ddr
 
 
-def op_cycles(op: Op, engine: EngineConfig) -> OpCycles:
-    """Modelled cycles of one placed op per image (descriptor fetch included)."""
+def op_cycles(op: Op, engine: EngineConfig, depth: dict | None = None) -> OpCycles:
+    """Modelled cycles of one placed op per image (descriptor fetch included); ``depth`` as ``conv_cycles``."""
+    dp = _depths(depth)
     phases: dict[str, int] = {"fetch": DESC_WORDS}
     macs = products = ddr = 0
     kind = {CONV: "conv", MAXPOOL: "maxpool", AVGPOOL: "avgpool", PQ: "pq"}.get(op.opcode, "?")
     if op.opcode == CONV and op.resident:
-        phases.update(conv_cycles(op, engine))
+        phases.update(conv_cycles(op, engine, depth=depth))
     elif op.opcode == CONV:   # streamed: per oc tile, load its weights (the codebook with the first), run it
         phases.update(param_load=0, prologue=0, tiles=0, final_drain=0, compute=0, drain_stall=0)
         for ot in range(op.NOT):
@@ -265,7 +283,7 @@ def op_cycles(op: Op, engine: EngineConfig) -> OpCycles:
             cyc, b = param_load_cycles(op, oc, with_codebook=ot == 0)
             phases["param_load"] += cyc
             ddr += b
-            for k, v in conv_cycles(op, engine, oc_tiles=1).items():
+            for k, v in conv_cycles(op, engine, oc_tiles=1, depth=depth).items():
                 phases[k] += v
     if op.opcode == CONV:
         macs = op.OH * op.OW * op.OC * op.KH * op.KW * op.C
@@ -275,23 +293,26 @@ def op_cycles(op: Op, engine: EngineConfig) -> OpCycles:
         else:
             products = macs
     elif op.opcode == MAXPOOL:
-        phases["window"] = op.OH * op.OW * op.OCW * op.KH * op.KW + DEPTH["pool"]
+        phases["window"] = op.OH * op.OW * op.OCW * op.KH * op.KW + dp.get("maxpool", dp["pool"])
     elif op.opcode == AVGPOOL:
-        phases["window"] = op.OH * op.OW * op.OCW * (op.KH * op.KW + engine.lanes) + DEPTH["pool"]
+        phases["window"] = op.OH * op.OW * op.OCW * (op.KH * op.KW + engine.lanes) + dp.get("avgpool", dp["pool"])
     elif op.opcode == PQ:
-        p, ddr = pq_cycles(op, engine)
+        p, ddr = pq_cycles(op, engine, depth)
         phases.update(p)
     total = sum(v for k, v in phases.items() if k not in ("compute", "drain_stall"))
     return OpCycles(op.name, kind, total, phases, macs, products, ddr)
 
 
-def image_cycles(program: Program, engine: EngineConfig) -> ImageCycles:
-    """Modelled cycles of one image through a placed program (flow.compile.layout.place)."""
+def image_cycles(program: Program, engine: EngineConfig, depth: dict | None = None) -> ImageCycles:
+    """Modelled cycles of one image through a placed program (flow.compile.layout.place); ``depth`` as
+    ``conv_cycles`` (the gaps between ops and the per-image glue are charged to stream_out)."""
+    dp = _depths(depth)
     first, last = program.ops[0], program.ops[-1]
+    glue = dp.get("op_gap", 0) * (len(program.ops) - 1) + dp.get("image_glue", 0)
     return ImageCycles(
-        ops=[op_cycles(op, engine) for op in program.ops],
-        stream_in=first.H * first.W * first.C + DEPTH["stream"],
-        stream_out=last.OH * last.OW * last.OC + DEPTH["stream"],
+        ops=[op_cycles(op, engine, depth) for op in program.ops],
+        stream_in=first.H * first.W * first.C + dp["stream"],
+        stream_out=last.OH * last.OW * last.OC + dp["stream"] + glue,
     )
 
 

@@ -7,7 +7,8 @@
 Stages (flow/build/stages.py, each a function writing into the build directory):
 train -> compress -> finetune -> quantize -> lower -> fit -> hls -> csim -> vitis ->
 vivado -> bundle -> report. Vendor stages run where `vitis_hls` / `vivado` are on
-PATH, else print `skipped: <tool> not found` and the command. Exit status: 0 done,
+PATH, else print `skipped: <tool> not found` and the command. ``--engine rtl``: the
+vitis stage packages the RTL engine as the IP with Vivado instead (flow/build/rtl_ip.py). Exit status: 0 done,
 1 C-simulation differs from golden, 2 bad input or a failed stage (one line, no
 traceback, no half-written bundle; VQHLS_TRACEBACK=1 re-raises for debugging).
 Bad input is found before any training where it can be (flow/build/preflight.py).
@@ -57,8 +58,8 @@ def run(opts: BuildOptions) -> Build:
 
 # what a build writes into --out (stages.py); only these are ever cleared, never anything else there
 OUTPUTS = ("model.pt", "compression.json", "compressed.pt", "golden.npz", "program.bin", "program.json",
-           "resources.json", "hls", "csim.json", "vitis", "vitis.log", "vivado", "vivado.log", "deploy",
-           "report.md", "report.html", "plots")
+           "resources.json", "hls", "csim.json", "vitis", "vitis.log", "rtl", "vivado-ip.log", "vivado", "vivado.log",
+           "deploy", "report.md", "report.html", "plots")
 RECORD = "build.json"
 # options that do not change what the stages write (where to, how far, the summary file)
 _NOT_RECORDED = ("out", "stage", "json", "retrain")

@@ -42,6 +42,9 @@ from flow.compress.vecq import BitWidthError, check_bits
 STAGES = ("train", "compress", "finetune", "quantize", "lower", "fit", "hls", "csim", "vitis", "vivado",
           "bundle", "report")
 METHODS = COMPRESS_METHODS + ("none",)
+# the engine IP the block design takes: the HLS engine (Vitis HLS synthesizes and exports it) or the RTL engine
+# (hls_templates/rtl, packaged by Vivado's IP packager: no Vitis HLS; flow/build/rtl_ip.py)
+ENGINES = ("hls", "rtl")
 # the compression settings' defaults, names and per-layer keys (a [[layers]] table's) are flow.compress.spec's
 _SPEC = CompressSpec()
 
@@ -71,6 +74,7 @@ class BuildOptions:
     """Everything a build needs to know; see ``python -m flow.build --help``."""
 
     board: str = "pynq-z2"
+    engine: str = "hls"                 # "rtl": the RTL engine as the Vivado IP, no Vitis HLS stages
     model: str = "lenet-digits"
     model_file: str | None = None       # path.py:factory (a model defined outside the zoo)
     checkpoint: str | None = None       # state_dict for --model-file (or to replace a zoo model's training)
@@ -136,6 +140,10 @@ def parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS)   # unset flags stay unset: the recipe, then the defaults, fill them
     a = ap.add_argument
     a("--board", help="target board: pynq-z2 (default) or zcu104")
+    a("--engine", choices=ENGINES,
+      help="the engine IP in the block design: hls (default: Vitis HLS synthesizes and exports the C++ engine) or "
+           "rtl (the RTL engine of hls_templates/rtl, packaged as an IP by Vivado: no Vitis HLS; a model it does "
+           "not run yet, e.g. weights streamed from DDR at run time, is refused)")
     a("--model", help="a zoo model: lenet-digits (default), cnn-fmnist, resnet20")
     a("--model-file", help="a model outside the zoo: path/to/file.py:factory (factory() returns an nn.Module); "
                            "needs --data, and --checkpoint or training (--train-epochs)")
@@ -170,7 +178,8 @@ def parser() -> argparse.ArgumentParser:
 
 _INT_KEYS = {"n", "m", "k", "d", "v", "K", "bits", "iters", "seed", "lut_bits", "finetune_epochs", "train_epochs",
              "limit", "vectors"}
-_STR_KEYS = {"board", "model", "model_file", "checkpoint", "data", "method", "out", "stage", "json", "vecq_scheme"}
+_STR_KEYS = {"board", "engine", "model", "model_file", "checkpoint", "data", "method", "out", "stage", "json",
+             "vecq_scheme"}
 
 
 # the smallest value each integer option takes (a 0 or negative --limit / --k must not mean "all" / default)
@@ -188,6 +197,8 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         raise OptionsError(f"{where}: {key} = {value!r} must be a string")
     if key == "method" and value not in METHODS:
         raise OptionsError(f"{where}: method {value!r}: choose one of {', '.join(METHODS)}")
+    if key == "engine" and value not in ENGINES:
+        raise OptionsError(f"{where}: engine {value!r}: choose one of {', '.join(ENGINES)}")
     if key == "vecq_scheme" and value not in VECQ_SCHEMES:
         raise OptionsError(f"{where}: vecq_scheme {value!r}: choose one of {', '.join(VECQ_SCHEMES)}")
     if key == "retrain" and not isinstance(value, bool):

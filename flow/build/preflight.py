@@ -18,6 +18,8 @@ created) and raises one :class:`OptionsError` listing every problem it found:
   a model the standard build is too small for is sized as the lower stage will size it
   (``flow.boards.sizing.size_engine``: activation buffer, channels, kernel, ops grown
   within the board's resources), and refused only when no build on the board holds it;
+* ``--engine rtl``: the dry run's Program against what the RTL engine runs (flow.rtl.engine_rtl.unsupported,
+  e.g. no weights streamed from DDR at run time);
 * the toolchain: the C++ compiler when the build goes as far as C-simulation.
 
 Only what the stages up to ``--stage`` need is checked. Limits that depend on the
@@ -40,7 +42,7 @@ from flow.boards.resource_model import check_fit
 from flow.boards.sizing import SizingError, config_for_board, size_engine
 from flow.build.options import STAGES, BuildOptions, OptionsError
 from flow.build.options import one_line as _one_line
-from flow.build.stages import _load_checkpoint, load_model_file
+from flow.build.stages import _load_checkpoint, load_model_file, rtl_refusal
 from flow.compile import lower
 from flow.compile.lower import LoweringError
 from flow.compress import compress, plan
@@ -214,9 +216,14 @@ def _dry_run(opts: BuildOptions, model, spec: CompressSpec | None, x, engine) ->
             q = quantize_model(cmodel, x)
         if engine is not None and _needs(opts, "lower"):
             try:
-                lower(q, engine)
+                prog = lower(q, engine)
             except LoweringError:   # the standard build is too small: the lower stage sizes one for the model
-                size_engine(q, opts.board, n=opts.n, m=opts.m)   # SizingError: every limit it cannot meet
+                sized = size_engine(q, opts.board, n=opts.n, m=opts.m)   # SizingError: every limit it cannot meet
+                prog = lower(q, sized) if opts.engine == "rtl" else None
+            if opts.engine == "rtl":   # placement (shapes and engine), not weights, decides: the lower stage
+                why = rtl_refusal(prog)   # checks the trained model's Program again
+                if why:
+                    return why
     except (UnsupportedLayerError, LoweringError, CompressionError, SizingError) as e:
         return f"{_one_line(e)} (found before training, on the untrained model)"
     except Exception:   # anything weight-dependent (scales, ranges): the stages check it on the trained model

@@ -266,7 +266,8 @@ def _bundle_sections(b) -> list[Section]:
             text = (f"SIMULATION-ONLY until a verified bitstream is added: the bundle {bpath} runs with "
                     f"`python -m host.run {bpath} --backend sim` here. Next steps:\n\n"
                     "```\n"
-                    "# 1. on a machine with Vitis HLS and Vivado: the vendor run\n" + vendor_run +
+                    f"# 1. on a machine with {'Vivado' if b.opts.engine == 'rtl' else 'Vitis HLS and Vivado'}: "
+                    "the vendor run\n" + vendor_run +
                     f"# 2. add the bitstream it wrote (vqhls.bit, vqhls.hwh in {bit_dir}), verified against "
                     f"engine config hash {b.engine.hash() if b.engine is not None else '?'}\n"
                     f"python -m flow.bundle add-bitstream {bpath} {bit_dir}\n"

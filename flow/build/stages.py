@@ -12,6 +12,8 @@ stages produced) and writes its outputs into the build directory:
     hls       hls/ (the HLS project with test vectors, linted)        -> b.project
     csim      csim.json (C-simulation vs golden, bit for bit)         -> b.sim
     vitis     vitis/ (csynth / cosim / IP export, or the skip line)   -> b.vendor["vitis"]
+              --engine rtl: rtl/ (the RTL engine's Verilog, packaged as the IP by Vivado; no Vitis HLS)
+                                                                      -> b.vendor["vivado ip"]
     vivado    vivado/ (block design, .bit + .hwh, or the skip line)   -> b.vendor["vivado"]
     bundle    deploy/ (flow.bundle: manifest, program, sources, vectors, bitstream when built)
     report    report.md, report.html, plots/
@@ -42,6 +44,7 @@ from flow.boards.resource_model import (ResourceError, check_fit, estimate, over
                                         usage_json)
 from flow.boards.sizing import config_for_board, size_engine
 from flow.build.options import STAGES, BuildOptions, OptionsError
+from flow.build import rtl_ip
 from flow.build.report import write_report
 from flow.compile import lower
 from flow.compress import compress, compression_report, finetune, plan, pq_finetune, recalibrate_bn_
@@ -51,6 +54,7 @@ from flow.hls.lint import lint_project, multiplier_instances
 from flow.quant import quantize_input, quantize_model
 from flow.quant import run as golden_run
 from flow.quant.accuracy import golden_drop_warning
+from flow.rtl import engine_rtl
 from models import data as datasets
 from models import train as trainer
 from models import zoo
@@ -326,6 +330,10 @@ def stage_lower(b: Build) -> None:
         print(f"engine sized for the model on {o.board} (not the standard build): "
               + ", ".join(f"{k}={v}" for k, v in sorted(grown.items())))
     b.program = lower(b.qgraph, b.engine)
+    if o.engine == "rtl":   # what the RTL engine cannot run yet: refused before anything is packaged
+        why = rtl_refusal(b.program)
+        if why:
+            raise OptionsError(why)
     image = b.program.to_bytes()
     (b.out / "program.bin").write_bytes(image)
     board = get_board(o.board)
@@ -405,8 +413,18 @@ def stage_csim(b: Build) -> None:
                                                           "csim_cycles_per_image", "csim_images_per_s")})
 
 
-def _vendor_kit(b: Build) -> "vendor.VendorKit":
-    """The build's relocatable vendor handoff (vivado/vivado.tcl, vendor/run_vendor.sh), written afresh."""
+def rtl_refusal(program) -> str | None:
+    """--engine rtl: why the RTL engine cannot run the lowered ``program`` (flow.rtl.engine_rtl.unsupported, the
+    one statement of the rule), as the build's one-line error; None when it can."""
+    why = engine_rtl.unsupported(program)
+    return f"--engine rtl: {why}; build it with --engine hls (Vitis HLS) instead" if why else None
+
+
+def _vendor_kit(b: Build):
+    """The build's relocatable vendor handoff (vivado/vivado.tcl, vendor/run_vendor.sh; with --engine rtl also
+    rtl/: the Verilog and package_ip.tcl), written afresh: a vendor.VendorKit or an rtl_ip.RtlKit."""
+    if b.opts.engine == "rtl":
+        return rtl_ip.write_rtl_kit(b.out, b.opts.board, b.engine)
     return vendor.write_vendor_kit(b.out, b.opts.board, b.project.path, b.engine.hash())
 
 
@@ -414,13 +432,18 @@ def _skipped(res: "vendor.VendorResult", tool: str, b: Build) -> "vendor.VendorR
     """A skipped vendor run's message: the one documented command that runs the handoff elsewhere
     (relative paths, board_repo= named), instead of this machine's absolute command line."""
     note = vendor.board_files_note(b.opts.board)
-    msg = (f"skipped: {tool} not found\nrun where Vitis HLS and Vivado are installed (copy the build's hls/, "
-           f"vivado/ and vendor/ folders together): {vendor.kit_command(b.out)}"
+    where = (f"Vivado is installed (copy the build's {rtl_ip.RTL_SUBDIR}/" if b.opts.engine == "rtl"
+             else f"Vitis HLS and Vivado are installed (copy the build's {vendor.HLS_SUBDIR}/")
+    msg = (f"skipped: {tool} not found\nrun where {where}, vivado/ and vendor/ folders together): "
+           f"{vendor.kit_command(b.out)}"
            + (f"\n  board_repo: {note}" if note else ""))
     return vendor.VendorResult(res.ran, res.returncode, res.log, msg, vendor.kit_command(b.out))
 
 
 def stage_vitis(b: Build) -> None:
+    if b.opts.engine == "rtl":   # no Vitis HLS: the RTL engine is packaged as the IP by Vivado
+        _stage_rtl_ip(b)
+        return
     _vendor_kit(b)
     cmd = vendor.vitis_command(b.project.path, csim=True, synth=True, cosim=True, export=True, impl=True)
     res = vendor.run_or_skip("vitis_hls", cmd, b.project.path, b.out / "vitis.log")
@@ -430,6 +453,24 @@ def stage_vitis(b: Build) -> None:
     print(res.message, file=sys.stderr)
     if res.ran and res.returncode != 0:
         raise BuildError(f"vitis_hls failed (exit {res.returncode}): see {b.out / 'vitis.log'}")
+
+
+def _stage_rtl_ip(b: Build) -> None:
+    """--engine rtl: rtl/ (the engine's Verilog, package_ip.tcl), vivado/vivado.tcl and vendor/run_vendor.sh;
+    Vivado packages the IP into rtl/ip where it is installed, else the skip line."""
+    kit = _vendor_kit(b)
+    res = vendor.run_or_skip("vivado", vendor.vivado_command(kit.package_tcl), kit.rtl_dir, b.out / RTL_IP_LOG)
+    if not res.ran:
+        res = _skipped(res, "vivado", b)
+    b.vendor[RTL_IP_TOOL] = res
+    print(res.message, file=sys.stderr)
+    if res.ran and res.returncode != 0:
+        raise BuildError(f"vivado (IP packager) failed (exit {res.returncode}): see {b.out / RTL_IP_LOG}")
+
+
+# the --engine rtl packaging run: its name in the summary and its log
+RTL_IP_TOOL = "vivado ip"
+RTL_IP_LOG = "vivado-ip.log"
 
 
 def stage_vivado(b: Build) -> None:
@@ -479,8 +520,9 @@ def stage_bundle(b: Build) -> None:
         out_unsigned=bool(meta.get("out_unsigned")), hls_dir=b.project.path,
         vectors=(b.x_int[:nvec], b.gold[:nvec]), golden_acc=b.summary.get("golden_acc"),
         bit_exact=(b.summary["bit_exact"], b.summary["images"]) if "bit_exact" in b.summary else None,
-        tools=tools, bitstream=bitstream,
-        extra={"board": b.opts.board, "modelled_cycles_per_image": b.summary.get("modelled_cycles_per_image")})
+        tools=tools, bitstream=bitstream, rtl_sources=engine_rtl.engine_sources(b.engine),
+        extra={"board": b.opts.board, "modelled_cycles_per_image": b.summary.get("modelled_cycles_per_image"),
+               **({"engine": "rtl"} if b.opts.engine == "rtl" else {})})
     b.summary["bundle"] = str(b.bundle_path)
 
 
@@ -512,7 +554,8 @@ def run_stages(b: Build, until: str) -> Build:
     """Run the stages in order up to ``until`` (inclusive)."""
     b.out.mkdir(parents=True, exist_ok=True)
     for name in STAGES[: STAGES.index(until) + 1]:
-        with timed(b, name):
+        # with --engine rtl the vitis stage runs no Vitis HLS: it packages the RTL engine (named so in the log)
+        with timed(b, "rtl-ip" if name == "vitis" and b.opts.engine == "rtl" else name):
             STAGE_FUNCS[name](b)
     return b
 

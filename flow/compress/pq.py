@@ -47,6 +47,7 @@ training and LUT recomputation only; it is not deployed.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -76,9 +77,17 @@ __all__ = [
 ]
 
 LUT_BITS = (8, 16)
-# Elements of one [C, K, m] distance block: about L2-sized, so the distance, argmin and (in
-# training) softmax passes over a block run in cache; also bounds memory for big batches.
-_SCORE_CHUNK = 1 << 20
+# Elements of one [C, K, m] distance block (2 MiB in float32): the distance, argmin and (in training)
+# softmax and gradient passes over a block run in cache (one ResNet20 layer per stage trained on a
+# loaded 2-core EPYC, 1 MiB L2: 2^19 and 2^20 alike, 2^18 ~10% and 2^21 ~75% slower); also bounds
+# memory for big batches. A
+# PQConv2d's training passes build its patches for about this many columns at a time.
+_SCORE_CHUNK = 1 << 19
+# The soft assignment's powers of 2: exponents below _EXP2_MIN (results under float32's smallest
+# normal, exactly _EXP2_FLOOR at the bound) are flushed to 0 (see _soft_block).
+_LOG2E = 1.0 / math.log(2.0)
+_EXP2_MIN = -126.0
+_EXP2_FLOOR = 2.0 ** -126
 # Patch elements (Cin*kh*kw per output pixel) a PQConv2d builds at once outside training: a few
 # images at a time, so each one's patches are encoded while they are still in cache.
 _PATCH_CHUNK = 1 << 20
@@ -115,33 +124,53 @@ def _chunk_cols(C: int, K: int, M: int) -> int:
     return max(1, min(M, _SCORE_CHUNK // (C * K)))
 
 
-def _scores(aT: Tensor, P: Tensor, pn: Tensor) -> Tensor:
+class _Scratch:
+    """Flat buffers reused from block to block: ``take(i, *shape)`` is a contiguous view of buffer i.
+
+    The block loops below write every [C, K, m] intermediate into one of these (``out=``, in place)
+    instead of allocating it: a fresh multi-megabyte tensor per op costs more than the op itself.
+    """
+
+    def __init__(self, like: Tensor, count: int, numel: int):
+        self.bufs = [like.new_empty(numel) for _ in range(count)]
+
+    def take(self, i: int, *shape: int) -> Tensor:
+        return self.bufs[i][:math.prod(shape)].view(*shape)
+
+
+def _scores(aT: Tensor, P: Tensor, pn: Tensor, out: Tensor | None = None) -> Tensor:
     """``e[c, k, m] = ||P[c, k]||^2 - 2 P[c, k] . a[c, :, m]``: the squared distance less ``||a||^2``.
 
-    aT [C, v, m] (subspace-major, positions last), P [C, K, v], pn = ||P||^2 [C, K] -> [C, K, m].
-    ``||a||^2`` is the same for every k, so it changes neither the argmin nor the softmax.
+    aT [C, v, m] (subspace-major, positions last), P [C, K, v], pn = ||P||^2 [C, K] -> [C, K, m]
+    (into ``out`` when given). ``||a||^2`` is the same for every k, so it changes neither the argmin
+    nor the softmax.
     """
-    return torch.baddbmm(pn[:, :, None], P, aT, alpha=-2)
+    if out is None:
+        return torch.baddbmm(pn[:, :, None], P, aT, alpha=-2)
+    return torch.baddbmm(pn[:, :, None], P, aT, alpha=-2, out=out)
 
 
-def _encode_block(aT: Tensor, P: Tensor, pn: Tensor, pn_max: Tensor, weights: Tensor) -> Tensor:
+def _encode_block(aT: Tensor, P: Tensor, pn: Tensor, pn_max: Tensor, weights: Tensor,
+                  scratch: _Scratch | None = None) -> Tensor:
     """Nearest prototype of the columns of aT [C, v, m]: int64 [C, m], ties to the lowest index.
 
     The expanded distance's rounding error is bounded by ``tol``; a column whose best and
     runner-up lie within ``2 tol`` (two or more hits below ``min + 2 tol``) is re-encoded with
     the direct formula, so the answer is always the direct strict-less scan's.
     ``weights`` [2, K] = (ones, arange(K)) in aT's dtype: one GEMM gives, per column, the
-    number of hits and (when it is 1) the index of the only hit.
+    number of hits and (when it is 1) the index of the only hit. ``scratch`` (two buffers of
+    at least C*K*m elements) holds the [C, K, m] intermediates.
     """
-    v = aT.shape[1]
-    e = _scores(aT, P, pn)  # [C, K, m]
+    C, v, m = aT.shape
+    K = P.shape[1]
+    e = _scores(aT, P, pn, out=None if scratch is None else scratch.take(0, C, K, m))  # [C, K, m]
     emin = e.amin(1)  # [C, m]
     an = (aT * aT).sum(1)  # [C, m]
     # Error of either distance formula <= ~(4v + 8) eps (||a||^2 + ||P||^2); doubled for margin.
     rel = (8 * v + 16) * torch.finfo(aT.dtype).eps
-    thr = emin + 2 * rel * (an + pn_max[:, None])
-    hits = torch.le(e, thr[:, None, :], out=torch.empty_like(e))  # 0/1 in aT's dtype [C, K, m]
-    count_index = torch.matmul(weights, hits)  # [C, 2, m]
+    thr = an.add_(pn_max[:, None]).mul_(2 * rel).add_(emin)
+    hits = torch.le(e, thr[:, None, :], out=torch.empty_like(e) if scratch is None else scratch.take(1, C, K, m))
+    count_index = torch.matmul(weights, hits)  # [C, 2, m]: hits per column and the index of a single hit
     idx = count_index[:, 1].to(torch.int64)
     ambiguous = count_index[:, 0] > 1  # the order of best and runner-up is within error: redo exactly
     if ambiguous.any():
@@ -151,8 +180,11 @@ def _encode_block(aT: Tensor, P: Tensor, pn: Tensor, pn_max: Tensor, weights: Te
 
 
 @torch.no_grad()
-def _encode_T(aT: Tensor, prototypes: Tensor) -> Tensor:
-    """Nearest prototype of every column of aT [C, v, M] (subspace-major): int64 [C, M]."""
+def _encode_T(aT: Tensor, prototypes: Tensor, scratch: _Scratch | None = None) -> Tensor:
+    """Nearest prototype of every column of aT [C, v, M] (subspace-major): int64 [C, M].
+
+    ``scratch``: at least two buffers of ``C*K*_chunk_cols(C, K, M)`` elements (a caller that encodes
+    many ranges passes one, so they are allocated once)."""
     C, K, _ = prototypes.shape
     M = aT.shape[2]
     P = prototypes.to(aT.dtype)
@@ -162,8 +194,10 @@ def _encode_T(aT: Tensor, prototypes: Tensor) -> Tensor:
                            torch.arange(K, dtype=aT.dtype, device=aT.device)])
     out = torch.empty(C, M, dtype=torch.int64, device=aT.device)
     step = _chunk_cols(C, K, M)
+    scratch = scratch or _Scratch(aT, 2, C * K * step)
     for i in range(0, M, step):
-        out[:, i:i + step] = _encode_block(aT[:, :, i:i + step], P, pn, pn_max=pn_max, weights=weights)
+        out[:, i:i + step] = _encode_block(aT[:, :, i:i + step], P, pn, pn_max=pn_max, weights=weights,
+                                           scratch=scratch)
     return out
 
 
@@ -203,16 +237,22 @@ def _lut_sum(lut: Tensor, idx: Tensor) -> Tensor:
     return F.embedding_bag(rows, lut.reshape(C * K, Cout), mode="sum")
 
 
-def _soft_block(ab: Tensor, P: Tensor, pn: Tensor, temperature: float) -> Tensor:
+def _soft_block(ab: Tensor, P: Tensor, pn: Tensor, temperature: float, out: Tensor | None = None) -> Tensor:
     """Soft assignment of the columns of ab [C, v, m]: ``softmax_k(-||a - P_k||^2 / T)`` [C, K, m].
 
-    Computed as ``softmax((e_min - e) / T)`` (the same softmax: a shift per column), so the
-    best prototype's logit is exactly 0 and a tiny ``T`` gives an exact one-hot (the others
-    underflow to 0) instead of overflowing. Exact ties share the weight.
+    Computed in place in one [C, K, m] tensor (``out`` when given) as ``2^((e_min - e) log2(e) / T)``
+    normalised over k (the same softmax: a shift per column), so the best prototype's logit is
+    exactly 0 and a tiny ``T`` gives an exact one-hot (the others underflow to 0) instead of
+    overflowing. Exact ties share the weight. Weights below ``2^-126`` (float32's smallest normal)
+    are flushed to 0 before the power is taken: torch's ``exp``/``exp2`` take a slow path, tens of
+    ns per element, for results that underflow, and at the small temperatures of the end of an
+    annealing schedule almost every weight does. ``exp2`` rather than ``exp``: 3x faster in torch.
     """
-    e = _scores(ab, P, pn)
-    z = torch.sub(e.amin(1, keepdim=True), e, out=e).mul_(1.0 / temperature)  # in place: e is not needed again
-    return torch.softmax(z, 1)
+    e = _scores(ab, P, pn, out=out)
+    z = torch.sub(e.amin(1, keepdim=True), e, out=e).mul_(_LOG2E / temperature)  # <= 0; e is not needed again
+    z.clamp_(min=_EXP2_MIN).exp2_()
+    F.threshold(z, _EXP2_FLOOR, 0.0, inplace=True)  # the clamped ones (exactly 2^-126) -> 0
+    return z.mul_(z.sum(1, keepdim=True).reciprocal_())
 
 
 def _soft_sum(aT: Tensor, P: Tensor, lut: Tensor, temperature: float) -> Tensor:
@@ -223,97 +263,222 @@ def _soft_sum(aT: Tensor, P: Tensor, lut: Tensor, temperature: float) -> Tensor:
     pn = (P * P).sum(-1)
     flat = lut.reshape(C * K, Cout)
     step = _chunk_cols(C, K, M)
+    scratch = _Scratch(aT, 1, C * K * step)
     for i in range(0, M, step):
-        soft = _soft_block(aT[:, :, i:i + step], P, pn, temperature=temperature)  # [C, K, m]
-        torch.matmul(soft.reshape(C * K, -1).T, flat, out=out[i:i + step])
+        m = min(step, M - i)
+        soft = _soft_block(aT[:, :, i:i + m], P, pn, temperature=temperature, out=scratch.take(0, C, K, m))
+        torch.mm(soft.view(C * K, m).T, flat, out=out[i:i + m])
     return out
+
+
+def _hard_lut_grad(idx: Tensor, g: Tensor, K: int) -> Tensor:
+    """``grad[c, k] = sum of g[m] over the m with idx[c, m] = k``: idx [C, M], g [M, Cout] -> [C, K, Cout]."""
+    grad = g.new_zeros(idx.shape[0], K, g.shape[1])
+    for c in range(idx.shape[0]):
+        grad[c].index_add_(0, idx[c], g)
+    return grad
+
+
+def _soft_backward(aT: Tensor, P: Tensor, lut: Tensor, g: Tensor, temperature: float, need_a: bool,
+                   need_p: bool, grad_lut: Tensor | None,
+                   scratch: _Scratch | None = None) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients through the soft assignment, block by block: ``(dL/daT [C, v, M], dL/dP [C, K, v])``.
+
+    aT [C, v, M], P [C, K, v], lut [C, K, Cout] (all detached), g = dL/dout [M, Cout] contiguous.
+    With ``soft = softmax_k(z)``, ``z = -(||P||^2 - 2 P.a + ||a||^2) / T`` and ``gs = g @ lut^T``:
+    ``gz = soft * (gs - <soft, gs>)``, ``dL/da = (2/T) sum_k gz P_k`` (the ``||a||^2`` term drops out:
+    ``sum_k gz = 0``) and ``dL/dP_k = (2/T) (sum_m gz a_m - P_k sum_m gz)``. ``grad_lut`` [C, K, Cout]
+    (the soft forward's lut gradient ``soft^T g``), when given, is accumulated in place.
+
+    Per block of columns: one GEMM for the distances, the softmax in place, one GEMM for ``gs``,
+    three in-place passes for ``gz``, then one batched GEMM each for dL/da and dL/dP; every
+    [C, K, m] intermediate lives in one of three reused buffers.
+    """
+    C, K, v = P.shape
+    M = aT.shape[2]
+    scale = 2.0 / temperature
+    pn = (P * P).sum(-1)
+    flat = lut.reshape(C * K, -1)
+    gT = g.T  # [Cout, M] (a view)
+    Ps = (P * scale).transpose(1, 2).contiguous() if need_a else None  # [C, v, K]
+    grad_a = torch.empty_like(aT) if need_a else None
+    gpT = aT.new_zeros(C, v, K) if need_p else None  # sum_m a_m gz_m^T
+    gz_sum = aT.new_zeros(C, K) if need_p else None
+    step = _chunk_cols(C, K, M)
+    scratch = scratch or _Scratch(aT, 3, C * K * step)
+    for i in range(0, M, step):
+        m = min(step, M - i)
+        ab = aT[:, :, i:i + m]  # [C, v, m]
+        soft = _soft_block(ab, P, pn, temperature=temperature, out=scratch.take(0, C, K, m))  # [C, K, m]
+        if grad_lut is not None:
+            grad_lut.view(C * K, -1).addmm_(soft.view(C * K, m), g[i:i + m])
+        if not (need_a or need_p):
+            continue
+        gz = scratch.take(1, C, K, m)
+        torch.mm(flat, gT[:, i:i + m], out=gz.view(C * K, m))  # gs = dL/dsoft
+        dot = torch.mul(soft, gz, out=scratch.take(2, C, K, m)).sum(1, keepdim=True)  # <soft, gs> [C, 1, m]
+        gz.sub_(dot).mul_(soft)  # dL/dz
+        if need_a:
+            torch.bmm(Ps, gz, out=grad_a[:, :, i:i + m])
+        if need_p:
+            gpT.baddbmm_(ab, gz.transpose(1, 2))
+            gz_sum += gz.sum(2)
+    grad_p = None
+    if need_p:
+        grad_p = (gpT.transpose(1, 2) - P * gz_sum[..., None]).mul_(scale)
+    return grad_a, grad_p
+
+
+class _ConvGeom(NamedTuple):
+    """A PQConv2d's patch geometry: what :func:`_im2col_T` needs besides the input."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    C: int
+    v: int
+
+
+def _column_blocks(src: Tensor, geom: _ConvGeom | None, K: int) -> list[tuple[int, int, int, int]]:
+    """``(i0, i1, n0, n1)``: the column ranges the training passes walk, and (conv) their images.
+
+    PQLinear (``geom`` None, src = aT [C, v, M]): one range, the functions chunk it themselves.
+    PQConv2d (src = x [N, Cin, H, W]): whole images per range, about one distance block of columns
+    each, so a range's patches are built, used and dropped while they are in cache and the full
+    [C, v, N*OH*OW] patch matrix never exists.
+    """
+    if geom is None:
+        return [(0, src.shape[2], 0, 0)]
+    (kh, kw), (sh, sw), (ph, pw) = geom.kernel, geom.stride, geom.padding
+    N = src.shape[0]
+    L = ((src.shape[2] + 2 * ph - kh) // sh + 1) * ((src.shape[3] + 2 * pw - kw) // sw + 1)
+    nb = max(1, _chunk_cols(geom.C, K, N * L) // max(L, 1))
+    return [(n0 * L, min(N, n0 + nb) * L, n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
+
+
+def _block_cols(src: Tensor, geom: _ConvGeom | None, blk: tuple[int, int, int, int],
+                buf: Tensor | None) -> Tensor:
+    """The subvectors [C, v, i1 - i0] of one range of :func:`_column_blocks` (conv: built into ``buf``)."""
+    i0, i1, n0, n1 = blk
+    if geom is None:
+        return src[:, :, i0:i1]
+    return _im2col_T(src[n0:n1], geom.kernel, geom.stride, geom.padding, C=geom.C, v=geom.v,
+                     out=None if buf is None else buf[:geom.C * geom.v * (i1 - i0)])
 
 
 class _PQLookup(torch.autograd.Function):
     """Straight-through PQ product (LUT-NN): value of the hard assignment, gradient of the soft one.
 
-    forward(aT [C, v, M], P [C, K, v], lut [C, K, Cout], temperature (float), idx [C, M], soft_forward) ->
-    ``sum_c lut[c, idx[c, m]]`` [M, Cout]. The backward is that of
+    forward(src, P [C, K, v], lut [C, K, Cout], temperature (float), soft_forward, geom) -> [M, Cout], where
+    src is the subvectors aT [C, v, M] (``geom`` None: PQLinear) or the input x [N, Cin, H, W] of a
+    PQConv2d with patch geometry ``geom`` (M = N*OH*OW, rows in (n, oh, ow) order). The value is
+    ``sum_c lut[c, idx[c, m]]`` with idx the nearest prototypes (:func:`_encode_T`: the eval path's
+    encoding, so the value is the hard lookup bit for bit). The backward is that of
     ``(hard + soft - soft.detach()) @ lut`` with ``soft = softmax(-||a - P||^2 / T)`` over k:
 
-    With ``soft_forward`` the value is ``soft @ lut`` itself (idx unused) and the backward
-    that of ``soft @ lut``: the same as below with ``soft`` in place of ``hard`` for the lut.
-
     * lut:  ``hard^T g`` (a scatter-add of g into the chosen rows);
-    * soft: ``gs = g @ lut^T``; through the softmax ``gz = soft * (gs - <soft, gs>)``, and
-      with ``z = -(||P||^2 - 2 P.a + ||a||^2) / T``:  ``dL/da = (2/T) sum_k gz P_k`` (the
-      ``||a||^2`` term drops out: ``sum_k gz = 0``) and ``dL/dP_k = (2/T) sum_m gz (a_m - P_k)``.
+    * src, P: through the soft assignment (:func:`_soft_backward`; conv: then :func:`_col2im_T`).
 
-    The distances are recomputed block by block in the backward (a cheap GEMM), so no
-    [C, K, M] tensor is kept between the passes and every block stays in cache.
+    With ``soft_forward`` the value is ``soft @ lut`` itself and the backward that of ``soft @ lut``:
+    the same with ``soft`` in place of ``hard`` for the lut.
+
+    A conv's patches are built range by range (:func:`_column_blocks`) in both passes from the saved
+    input, and the distances are recomputed block by block in the backward (a cheap GEMM), so neither
+    the patch matrix nor any [C, K, M] tensor is kept between the passes and every block stays in cache.
     """
 
     @staticmethod
-    def forward(ctx, aT: Tensor, P: Tensor, lut: Tensor, temperature: float, idx: Tensor,
-                soft_forward: bool = False) -> Tensor:
-        ctx.save_for_backward(aT, P, lut, idx)
-        ctx.temperature = float(temperature)
-        ctx.soft_forward = bool(soft_forward)
+    def forward(ctx, src: Tensor, P: Tensor, lut: Tensor, temperature: float, soft_forward: bool = False,
+                geom: _ConvGeom | None = None) -> Tensor:
+        C, K, _ = P.shape
+        Pd, lut_d = P.detach(), lut.detach()
+        blocks = _column_blocks(src, geom, K)
+        M = blocks[-1][1]
+        buf = None if geom is None else src.new_empty(C * P.shape[2] * max(b[1] - b[0] for b in blocks))
         if soft_forward:
-            return _soft_sum(aT, P.detach(), lut.detach(), temperature=ctx.temperature)
-        return _lut_sum(lut, idx)
+            out = lut_d.new_empty(M, lut.shape[2])
+            for blk in blocks:
+                out[blk[0]:blk[1]] = _soft_sum(_block_cols(src, geom, blk, buf), Pd, lut_d, temperature=temperature)
+            idx = None
+        else:
+            idx = torch.empty(C, M, dtype=torch.int64, device=src.device)
+            scratch = _Scratch(src, 2, C * K * _chunk_cols(C, K, M))
+            for blk in blocks:
+                idx[:, blk[0]:blk[1]] = _encode_T(_block_cols(src, geom, blk, buf).detach(), Pd, scratch=scratch)
+            out = _lut_sum(lut_d, idx)
+        ctx.save_for_backward(src, P, lut)
+        ctx.idx, ctx.geom = idx, geom
+        ctx.temperature, ctx.soft_forward = float(temperature), bool(soft_forward)
+        return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        aT, P, lut, idx = ctx.saved_tensors
-        need_a, need_p, need_lut = ctx.needs_input_grad[:3]
+        src, P, lut = ctx.saved_tensors
+        geom = ctx.geom
+        need_src, need_p, need_lut = ctx.needs_input_grad[:3]
         C, K, v = P.shape
-        M = aT.shape[2]
         g = g.contiguous()
-        grad_a = grad_p = grad_lut = None
-        soft_lut = need_lut and ctx.soft_forward  # d/dlut of soft @ lut: accumulated block by block below
+        grad_src = grad_p = grad_lut = None
+        soft_lut = need_lut and ctx.soft_forward  # d/dlut of soft @ lut: accumulated block by block
         if need_lut:
-            grad_lut = torch.zeros_like(lut)
-            if not soft_lut:
-                for c in range(C):
-                    grad_lut[c].index_add_(0, idx[c], g)
-        if need_a or need_p or soft_lut:
-            scale = 2.0 / ctx.temperature
-            Pd = P.detach()
-            pn = (Pd * Pd).sum(-1)
-            lut_d = lut.detach()
-            gT = g.T  # [Cout, M]
-            grad_a = torch.empty_like(aT) if need_a else None
-            gp = torch.zeros_like(Pd) if need_p else None
-            gz_sum = torch.zeros(C, K, dtype=P.dtype, device=P.device) if need_p else None
-            step = _chunk_cols(C, K, M)
-            for i in range(0, M, step):
-                ab = aT[:, :, i:i + step]  # [C, v, m]
-                soft = _soft_block(ab, Pd, pn, temperature=ctx.temperature)  # [C, K, m]
-                if soft_lut:
-                    grad_lut.view(C * K, -1).addmm_(soft.reshape(C * K, -1), g[i:i + step])
-                if not (need_a or need_p):
-                    continue
-                gz = torch.matmul(lut_d, gT[:, i:i + step])  # dL/dsoft [C, K, m]
-                gz.mul_(soft)
-                soft.mul_(gz.sum(1, keepdim=True))
-                gz.sub_(soft)  # dL/dz = soft * (gs - <soft, gs>)
-                if need_a:
-                    grad_a[:, :, i:i + step] = torch.bmm(Pd.transpose(1, 2), gz).mul_(scale)
+            grad_lut = torch.zeros_like(lut) if soft_lut else _hard_lut_grad(ctx.idx, g, K)
+        if need_src or need_p or soft_lut:
+            src_d, Pd, lut_d = src.detach(), P.detach(), lut.detach()
+            blocks = _column_blocks(src_d, geom, K)
+            buf = None if geom is None else src_d.new_empty(C * v * max(b[1] - b[0] for b in blocks))
+            if need_src and geom is not None:
+                grad_src = torch.empty_like(src_d)
+            scratch = _Scratch(src_d, 3, C * K * _chunk_cols(C, K, blocks[-1][1]))
+            for blk in blocks:
+                i0, i1, n0, n1 = blk
+                ga, gp = _soft_backward(_block_cols(src_d, geom, blk, buf), Pd, lut_d, g[i0:i1], ctx.temperature,
+                                        need_a=need_src, need_p=need_p, grad_lut=grad_lut if soft_lut else None,
+                                        scratch=scratch)
                 if need_p:
-                    gp.baddbmm_(gz, ab.transpose(1, 2))
-                    gz_sum += gz.sum(2)
-            if need_p:
-                grad_p = (gp - Pd * gz_sum[..., None]).mul_(scale)
-        return grad_a, grad_p, grad_lut, None, None, None
+                    grad_p = gp if grad_p is None else grad_p.add_(gp)
+                if need_src:
+                    if geom is None:
+                        grad_src = ga
+                    else:
+                        _col2im_T(ga, (n1 - n0, *src_d.shape[1:]), geom.kernel, geom.stride, geom.padding,
+                                  out=grad_src[n0:n1])
+        return grad_src, grad_p, grad_lut, None, None, None
 
 
 def _im2col_T(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-              C: int, v: int) -> Tensor:
-    """Subvectors of x [N, Cin, H, W], subspace-major: [C, v, N*OH*OW], patch order (kh, kw, cin)."""
+              C: int, v: int, out: Tensor | None = None) -> Tensor:
+    """Subvectors of x [N, Cin, H, W], subspace-major: [C, v, N*OH*OW], patch order (kh, kw, cin).
+
+    ``out``: a contiguous buffer of ``C*v*N*OH*OW`` elements to write them into (a view of it is returned).
+    """
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    N = x.shape[0]
+    N, Cin = x.shape[:2]
     OH, OW = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
     xt = (F.pad(x, (pw, pw, ph, ph)) if ph or pw else x).transpose(0, 1)  # [Cin, N, Hp, Wp] (a view)
     # One strided slice per kernel offset, stacked: [kh*kw, Cin, N, OH, OW], i.e. rows in
     # (kh, kw, cin) patch order and columns in (n, oh, ow) order, written once.
     taps = [xt[:, :, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw] for i in range(kh) for j in range(kw)]
-    return torch.stack(taps).reshape(C, v, N * OH * OW)
+    if out is None:
+        return torch.stack(taps).reshape(C, v, N * OH * OW)
+    return torch.stack(taps, out=out.view(kh * kw, Cin, N, OH, OW)).view(C, v, N * OH * OW)
+
+
+def _col2im_T(g: Tensor, x_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+              padding: tuple[int, int], out: Tensor | None = None) -> Tensor:
+    """The adjoint of :func:`_im2col_T`: g [C, v, N*OH*OW] -> dL/dx [N, Cin, H, W] (into ``out`` when given).
+
+    Each kernel offset's slice of g is added into one zero-padded buffer (autograd's own backward
+    of the stacked slices builds a full-size zero tensor per offset, about 2.5x slower).
+    """
+    (N, Cin, H, W), (kh, kw), (sh, sw), (ph, pw) = x_shape, kernel, stride, padding
+    OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    gx = g.new_zeros(N, Cin, H + 2 * ph, W + 2 * pw)
+    gt = g.reshape(kh * kw, Cin, N, OH, OW).transpose(1, 2)  # [kh*kw, N, Cin, OH, OW] (a view)
+    for t in range(kh * kw):
+        i, j = divmod(t, kw)
+        gx[:, :, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw] += gt[t]
+    gx = gx[:, :, ph:ph + H, pw:pw + W]
+    return gx.contiguous() if out is None else out.copy_(gx)
 
 
 class _Im2colT(torch.autograd.Function):
@@ -328,14 +493,8 @@ class _Im2colT(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        (N, Cin, H, W), (kh, kw), (sh, sw), (ph, pw) = ctx.geom
-        OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-        gx = g.new_zeros(Cin, N, H + 2 * ph, W + 2 * pw)
-        gt = g.reshape(kh * kw, Cin, N, OH, OW)
-        for t in range(kh * kw):
-            i, j = divmod(t, kw)
-            gx[:, :, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw] += gt[t]
-        return gx[:, :, ph:ph + H, pw:pw + W].transpose(0, 1), None, None, None, None, None
+        x_shape, kernel, stride, padding = ctx.geom
+        return _col2im_T(g, x_shape, kernel, stride, padding), None, None, None, None, None
 
 
 @torch.no_grad()
@@ -481,13 +640,17 @@ class _PQBase(nn.Module):
         one (straight-through, LUT-NN; see :class:`_PQLookup`). Otherwise a pure
         gather-and-sum: the LUT computation the engine does.
         """
-        lut = self.effective_lut()  # [C, K, Cout]
         if self.training and torch.is_grad_enabled():
-            soft = getattr(self, "soft_forward", False)
-            idx = aT.new_zeros(0, dtype=torch.int64) if soft else _encode_T(aT.detach(), self.prototypes.detach())
-            out = _PQLookup.apply(aT, self.prototypes.to(aT.dtype), lut, float(self.temperature), idx, soft)
-        else:
-            out = _lut_sum(lut, _encode_T(aT.detach(), self.prototypes.detach()))
+            return self._pq_train(aT, None)
+        out = _lut_sum(self.effective_lut(), _encode_T(aT.detach(), self.prototypes.detach()))
+        return out if self.bias is None else out + self.bias
+
+    def _pq_train(self, src: Tensor, geom: _ConvGeom | None) -> Tensor:
+        """The training product (:class:`_PQLookup`): src = aT [C, v, M] (geom None) or a conv's input
+        x [N, Cin, H, W] with its patch geometry -> [M, Cout] (+ bias)."""
+        soft = getattr(self, "soft_forward", False)
+        out = _PQLookup.apply(src, self.prototypes.to(src.dtype), self.effective_lut(), float(self.temperature),
+                              soft, geom)
         return out if self.bias is None else out + self.bias
 
     # --- accounting ----------------------------------------------------------------------
@@ -609,8 +772,10 @@ class PQConv2d(_PQBase):
             x = x[None]
         N = x.shape[0]
         OH, OW = self.output_size(x.shape[2], x.shape[3])
-        if self.training and torch.is_grad_enabled():
-            y = self._pq_product(self._subvectors_T(x))
+        if self.training and torch.is_grad_enabled():  # patches built block by block inside (_PQLookup)
+            if x.shape[1] != self.in_channels:
+                raise ShapeMismatchError(f"PQConv2d expects input [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
+            y = self._pq_train(x, _ConvGeom(self.kernel_size, self.stride, self.padding, self.num_subspaces, self.v))
         else:  # the pure lookup path: a few images at a time (see _PATCH_CHUNK)
             nb = max(1, _PATCH_CHUNK // max(1, self.D * OH * OW))
             y = torch.cat([self._pq_product(self._subvectors_T(x[i:i + nb])) for i in range(0, N, nb)]) if N > nb \

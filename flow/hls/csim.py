@@ -258,6 +258,57 @@ class CsimEngine:
             raise EngineError(status, "run: ")
         return out
 
+    # vqhls_csim_dump's memories: name, C dtype of its values, shape (from the EngineConfig)
+    _DUMPS = (("op_words", np.uint32, lambda e: (e.max_ops, 64)), ("vidx", np.uint32, lambda e: (e.vmem_entries,)),
+              ("vmask", np.uint32, lambda e: (e.vmem_entries,)), ("cb", np.int8, lambda e: (e.cb_rows, e.d_max)),
+              ("dmem", np.int8, lambda e: (e.dmem_words, e.lanes)), ("ch_bias", np.int32, lambda e: (e.cols, e.ch_rows)),
+              ("ch_mult", np.int32, lambda e: (e.cols, e.ch_rows)), ("ch_shift", np.uint32, lambda e: (e.cols, e.ch_rows)),
+              ("ch_res_mult", np.int32, lambda e: (e.cols, e.ch_rows)),
+              ("act", np.uint8, lambda e: (e.num_bufs, e.act_banks, e.bank_words, e.lanes)))
+
+    def onchip_memories(self, image: bytes | None = None, inputs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The engine's own on-chip parameter memories (memories.h, copied out by the bridge's vqhls_csim_dump):
+        name -> array (op_words [max_ops, 64] uint32, vidx / vmask [vmem_entries] uint32, cb [cb_rows, d_max]
+        int8, dmem [dmem_words, lanes] int8, ch_bias / ch_mult / ch_res_mult [cols, ch_rows] int32, ch_shift
+        [cols, ch_rows] uint8; and act [num_bufs, banks, bank_words, lanes] uint8, the activation buffers):
+        the reference of flow/rtl/onchip.py. With ``image``: after its load call on a
+        fresh private instance of the library (all memories zero before; EngineError on a non-zero STATUS),
+        and then, with ``inputs`` (raw bytes [B, input_bytes] uint8), after a run call on them; without
+        ``image``: the memories of this library instance as they are now."""
+        if image is None:
+            with self._lock:
+                return self._dump(self._lib)
+        lib = gxx_build.open_private(self.library_path)
+        try:
+            image = bytes(image)
+            in_b, out_b, cyc = ctypes.c_ulonglong(), ctypes.c_ulonglong(), ctypes.c_ulonglong()
+            status = int(lib.vqhls_load(image, len(image), ctypes.byref(in_b), ctypes.byref(out_b), ctypes.byref(cyc)))
+            if status != 0:
+                raise EngineError(status, "load (onchip_memories): ")
+            if inputs is not None:
+                x = np.ascontiguousarray(inputs, dtype=np.uint8)
+                out = np.empty((x.shape[0], int(out_b.value)), np.uint8)
+                if x.ndim != 2 or x.shape[1] != int(in_b.value):
+                    raise ValueError(f"inputs must be uint8 bytes [B, {int(in_b.value)}], got {list(x.shape)}")
+                status = int(lib.vqhls_run(x.ctypes.data, out.ctypes.data, x.shape[0], ctypes.byref(cyc)))
+                if status != 0:
+                    raise EngineError(status, "run (onchip_memories): ")
+            return self._dump(lib)
+        finally:
+            gxx_build.close_private(lib._handle)
+
+    def _dump(self, lib: ctypes.CDLL) -> dict[str, np.ndarray]:
+        fn = lib.vqhls_csim_dump
+        fn.restype, fn.argtypes = ctypes.c_ulonglong, [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulonglong]
+        out = {}
+        for which, (name, dtype, shape) in enumerate(self._DUMPS):
+            arr = np.zeros(shape(self.config), dtype)
+            size = int(fn(which, arr.ctypes.data, arr.nbytes))
+            if size != arr.nbytes:
+                raise RuntimeError(f"vqhls_csim_dump({which}) reports {size} bytes for {name}, expected {arr.nbytes}")
+            out[name] = arr.astype(np.uint8) if name == "ch_shift" else arr
+        return out
+
     def predict(self, program: Program, inputs: np.ndarray) -> np.ndarray:
         """Run ``inputs`` [B, H, W, C] through ``program``; outputs [B, OH, OW, OC] (int8 or uint8)."""
         x = vectors.check_inputs(program, inputs)

@@ -177,6 +177,23 @@ def _fmt_mhz(mhz: float) -> str:
     return f"{mhz:g}"
 
 
+@dataclass(frozen=True)
+class IpSource:
+    """Where the engine IP that vivado.tcl takes comes from (the script's comments and error messages name it).
+    Every field is plain text without Tcl metacharacters (it lands inside Tcl strings)."""
+
+    maker: str      # "Vitis HLS": the tool that exports the IP
+    script: str     # "build.tcl -tclargs export=1": the script (and options) that exports it
+    command: str    # the command line that exports it
+    folder: str     # "hls": the build's folder holding that script
+    kind: str       # "Vitis HLS IP": what the engine cell is
+
+
+# the HLS engine, exported by Vitis HLS (the default); flow.build.rtl_ip has the RTL engine's
+HLS_IP = IpSource(maker="Vitis HLS", script="build.tcl -tclargs export=1",
+                  command="vitis_hls -f build.tcl -tclargs export=1", folder="hls", kind="Vitis HLS IP")
+
+
 def _relative(path: str | os.PathLike, script_dir: str | os.PathLike) -> str:
     """``path`` relative to ``script_dir`` (POSIX separators): what the script joins to its own folder."""
     return Path(os.path.relpath(Path(path).resolve(), Path(script_dir).resolve())).as_posix()
@@ -184,7 +201,8 @@ def _relative(path: str | os.PathLike, script_dir: str | os.PathLike) -> str:
 
 def render_vivado_tcl(board: Board | str, *, config_hash: str, ip_repo: str | os.PathLike,
                       out_dir: str | os.PathLike, script_dir: str | os.PathLike = ".",
-                      project_name: str = DEFAULT_PROJECT_NAME, overlay_name: str = OVERLAY_NAME) -> str:
+                      project_name: str = DEFAULT_PROJECT_NAME, overlay_name: str = OVERLAY_NAME,
+                      ip_source: IpSource = HLS_IP) -> str:
     """The Vivado script (block design -> bitstream) for ``board`` as text.
 
     ``config_hash``: the EngineConfig.hash() the engine IP was exported for (its VLNV, ``engine_vlnv``);
@@ -192,7 +210,8 @@ def render_vivado_tcl(board: Board | str, *, config_hash: str, ip_repo: str | os
     the script copies ``{overlay_name}.bit`` / ``.hwh`` and writes the utilization and timing reports.
     Both go into the script relative to ``script_dir``, the folder the script will be written to: the
     script joins them to its own location at run time, so it runs wherever it is copied together with
-    them. The Vivado project ``project_name`` is created next to the script.
+    them. The Vivado project ``project_name`` is created next to the script. ``ip_source``: what exports
+    the IP (HLS_IP, or the RTL engine's packager: flow.build.rtl_ip), named in the script's messages.
     """
     from flow.hls import project as project_mod   # deferred: jinja2 (its template environment renders the script)
 
@@ -218,6 +237,7 @@ def render_vivado_tcl(board: Board | str, *, config_hash: str, ip_repo: str | os
         "engine_vlnv_prefix": f"{IP_VENDOR}:{IP_LIBRARY}:{IP_NAME_PREFIX}",
         "engine_cell": ENGINE_CELL,
         "dma_cell": DMA_CELL,
+        "ip": ip_source,
     }
     return project_mod._render_one(env, VIVADO_TEMPLATE, context)
 

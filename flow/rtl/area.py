@@ -23,12 +23,21 @@ with a Vivado utilisation report.
 Results are cached by the sha1 of the yosys version, the script's flags, the top and every source's
 text, as JSON under ``.cache/yosys-area/`` in the repository (``VQHLS_AREA_CACHE`` overrides), because
 a big array takes minutes of yosys.
+
+Two options for whole designs (flow/rtl/engine_area.py): ``flatten=False`` keeps the hierarchy (each
+module synthesized alone, no optimisation across its ports) and adds ``modules`` (each module's own
+cells, submodule instances as cell types) and ``hierarchy`` (each module with everything under it,
+summed over its instances); ``netlist=True`` then runs ``flatten; write_json`` on the mapped netlist and
+keeps it, gzipped, beside the cache entry (``res["netlist"]``: its path) for analyses such as the logic
+depth. Either option is part of the cache key.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -99,9 +108,9 @@ def _sources(verilog) -> list[tuple[str, str]]:
     return uniq
 
 
-def script_flags(top: str, *, nodsp: bool, family: str) -> list[str]:
+def script_flags(top: str, *, nodsp: bool, family: str, flatten: bool = True) -> list[str]:
     """The synth_xilinx arguments (without the sources)."""
-    flags = ["-family", family, "-top", top, "-flatten", "-noiopad", "-noclkbuf"]
+    flags = ["-family", family, "-top", top, *(["-flatten"] if flatten else []), "-noiopad", "-noclkbuf"]
     if nodsp:
         flags.append("-nodsp")
     return flags
@@ -146,12 +155,55 @@ def parse_stat(stat: dict, top: str | None = None) -> dict:
     }
 
 
+def parse_modules(stat: dict) -> tuple[dict, dict]:
+    """Per-module summaries of a hierarchical ``stat -json``: (own, inclusive).
+
+    own: module -> parse_stat of its own cells (instances of other modules of the design appear in its
+    ``cells`` under their module name and are not folded into lut / ff / ...); inclusive: module -> the
+    same summary of its own cells plus, per instance, everything under that module (the module's whole
+    subtree, as if it were synthesized alone and flattened)."""
+    mods = {k.lstrip("\\"): v for k, v in stat.get("modules", {}).items()}
+    raw = {m: {str(k).lstrip("\\"): int(n) for k, n in v.get("num_cells_by_type", {}).items()} for m, v in mods.items()}
+    own = {m: parse_stat({"modules": {m: {"num_cells_by_type": c}}}, m) for m, c in raw.items()}
+    memo: dict[str, dict[str, int]] = {}
+
+    def flat(m: str, depth: int = 0) -> dict[str, int]:
+        if m in memo:
+            return memo[m]
+        if depth > 64:
+            raise AreaError(f"stat -json: module hierarchy deeper than 64 at {m} (a loop?)")
+        out: dict[str, int] = {}
+        for t, n in raw[m].items():
+            sub = flat(t, depth + 1) if t in raw else {t: 1}
+            for k, v in sub.items():
+                out[k] = out.get(k, 0) + n * v
+        memo[m] = out
+        return out
+
+    incl = {m: parse_stat({"modules": {m: {"num_cells_by_type": flat(m)}}}, m) for m in raw}
+    return own, incl
+
+
+_STAT_TREE_LINE = re.compile(r'(?m)^[ \t]+[^\s"{}\[\]:,][^"{}:]*[ \t]+\d+[ \t]*\n')
+
+
+def load_stat_json(text: str) -> dict:
+    """``stat -json`` output as a dict. yosys 0.23 writes the text hierarchy tree ("  vqhls_pool_unit  1",
+    one line per instance) into the JSON of a design whose hierarchy is deeper than one level; those lines
+    are dropped before parsing."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return json.loads(_STAT_TREE_LINE.sub("", text))
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("VQHLS_AREA_CACHE", REPO_ROOT / ".cache" / "yosys-area"))
 
 
 def synth_area(verilog: str | Path | list, top: str, *, nodsp: bool = False, family: str = "xc7",
-               timeout: float = DEFAULT_TIMEOUT, cache: bool = True) -> dict:
+               timeout: float = DEFAULT_TIMEOUT, cache: bool = True, flatten: bool = True,
+               netlist: bool = False) -> dict:
     """Synthesize ``verilog`` for ``family`` with ``top`` as top module and return its cell counts.
 
     Returns ``{"lut", "ff", "carry4", "dsp", "bram18", "bram36", "muxf7", "muxf8", "lutram", "lutram_luts", "srl",
@@ -159,21 +211,27 @@ def synth_area(verilog: str | Path | list, top: str, *, nodsp: bool = False, fam
     (``runtime_s``: yosys' wall time when it ran; on a cache hit the stored one, ``cached`` True).
     AreaError when yosys is missing ("apt-get install yosys"), exits non-zero (the end of its log),
     runs past ``timeout`` seconds, or writes no readable stat.
+    ``flatten=False``: hierarchy kept, plus ``modules`` / ``hierarchy`` (see parse_modules);
+    ``netlist=True``: plus ``netlist``, the path of the flattened mapped netlist (yosys JSON, gzipped).
     """
     exe = find_yosys()
     version = yosys_version(exe)
     srcs = _sources(verilog)
-    flags = script_flags(top, nodsp=nodsp, family=family)
+    flags = script_flags(top, nodsp=nodsp, family=family, flatten=flatten)
+    post = ["flatten", "write_json netlist.json"] if netlist else []
     h = hashlib.sha1()
-    for part in (version, " ".join(flags), *(f"{n}\0{t}" for n, t in srcs)):
+    for part in (version, " ".join(flags + (["+"] + post if post else [])), *(f"{n}\0{t}" for n, t in srcs)):
         h.update(part.encode())
         h.update(b"\0\0")
     key = h.hexdigest()
     cfile = cache_dir() / f"{key}.json"
-    if cache and cfile.is_file():
+    nfile = cache_dir() / f"{key}.netlist.json.gz"
+    if cache and cfile.is_file() and (not netlist or nfile.is_file()):
         try:
             res = json.loads(cfile.read_text())
             res["cached"] = True
+            if netlist:
+                res["netlist"] = str(nfile)
             return res
         except (OSError, json.JSONDecodeError):
             pass   # a broken entry: synthesize again
@@ -184,7 +242,7 @@ def synth_area(verilog: str | Path | list, top: str, *, nodsp: bool = False, fam
         for name, text in srcs:
             (tmpd / name).write_text(text)
             reads.append(f"read_verilog {'-sv ' if name.endswith('.sv') else ''}{name}")
-        script = "; ".join([*reads, "synth_xilinx " + " ".join(flags), "tee -q -o stat.json stat -json"])
+        script = "; ".join([*reads, "synth_xilinx " + " ".join(flags), "tee -q -o stat.json stat -json", *post])
         (tmpd / "synth.ys").write_text(script.replace("; ", "\n") + "\n")
         t0 = time.perf_counter()
         try:
@@ -199,12 +257,26 @@ def synth_area(verilog: str | Path | list, top: str, *, nodsp: bool = False, fam
             tail = "\n".join((log or proc.stdout + proc.stderr).strip().splitlines()[-20:])
             raise AreaError(f"yosys failed (exit {proc.returncode}) on {top} with `{script}`:\n{tail}")
         try:
-            stat = json.loads((tmpd / "stat.json").read_text())
+            stat = load_stat_json((tmpd / "stat.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise AreaError(f"yosys wrote no readable stat -json for {top}: {e}") from e
+        if netlist:
+            try:
+                nfile.parent.mkdir(parents=True, exist_ok=True)
+                tmpn = nfile.with_suffix(".tmp")
+                with open(tmpd / "netlist.json", "rb") as src, gzip.open(tmpn, "wb", compresslevel=6) as dst:
+                    shutil.copyfileobj(src, dst)
+                tmpn.replace(nfile)
+            except OSError as e:
+                raise AreaError(f"could not keep the netlist of {top} at {nfile}: {e}") from e
 
     res = parse_stat(stat, top)
     res.update(top=top, family=family, nodsp=nodsp, yosys=version, runtime_s=round(runtime, 3), cached=False)
+    if not flatten:
+        own, incl = parse_modules(stat)
+        res.update(modules=own, hierarchy=incl)
+    if netlist:
+        res["netlist"] = str(nfile)
     if cache:
         try:
             cfile.parent.mkdir(parents=True, exist_ok=True)

@@ -81,11 +81,12 @@ def read_results(path: Path) -> CocotbResult:
 def run_cocotb(verilog_sources: list[str | os.PathLike], toplevel: str, test_module: str, *,
                build_dir: str | os.PathLike, parameters: dict | None = None, extra_env: dict | None = None,
                simulator: str | None = None, testcase: str | None = None, timescale=("1ns", "1ps"),
-               seed: int | None = 1) -> CocotbResult:
+               seed: int | None = 1, rebuild: bool = True) -> CocotbResult:
     """Build ``verilog_sources`` with ``toplevel`` and run the cocotb ``test_module`` (a dotted module
     importable beside ``flow``, e.g. flow.rtl.tb.pe_array) on it; returns the parsed results (never
     raises on a failed test: read ``failed``). ``simulator``: "icarus" or "verilator"; default
-    ``$VQHLS_SIM`` or "icarus" (``make cosim SIM=verilator``)."""
+    ``$VQHLS_SIM`` or "icarus" (``make cosim SIM=verilator``). ``rebuild=False``: keep a model already built in
+    ``build_dir`` (the caller keys the folder by a digest of the sources: flow.rtl.engine_rtl)."""
     from cocotb_tools.runner import get_runner   # deferred: cocotb, an optional tool (the dev extra), only to simulate
 
     simulator = simulator or os.environ.get("VQHLS_SIM") or "icarus"
@@ -107,7 +108,7 @@ def run_cocotb(verilog_sources: list[str | os.PathLike], toplevel: str, test_mod
         os.environ["MAKEFLAGS"] = " ".join((saved_makeflags or "").split() + ["CFG_CXXFLAGS_PCH_I=-include"])
     try:
         runner.build(sources=[str(Path(s).resolve()) for s in verilog_sources], hdl_toplevel=toplevel,
-                     parameters=parameters or {}, build_dir=build_dir, always=True, timescale=timescale,
+                     parameters=parameters or {}, build_dir=build_dir, always=rebuild, timescale=timescale,
                      build_args=build_args, log_file=build_dir / "build.log")
     finally:
         if saved_makeflags is None:

@@ -7,7 +7,7 @@ Built on first use with ``python -m flow.build --model lenet-digits --method mvq
 csim` lowers it; training reuses the checkpoint cache) into the kit's cache (``engine_io.cache``:
 $VQHLS_CACHE or <repo>/.cache/vqhls), never into the repository's build/. The folder's key is a digest of
 its inputs: the build's arguments and the sources that make it (the Python of flow/ outside flow/rtl,
-models/, and hls_templates/), so an edit to the compiler or the templates builds it again. A build is
+models/, and hls_templates/ but the RTL units other than the cycle counter), so an edit to the compiler or the templates builds it again. A build is
 written into a temporary sibling folder and renamed into place, so concurrent sessions never read half
 a build.
 """
@@ -38,7 +38,11 @@ def _sources() -> list[Path]:
     consumes the build), models/ and hls_templates/."""
     files = [p for p in (_KIT_ROOT / "flow").rglob("*.py") if _RTL_DIR not in p.parents]
     files += (_KIT_ROOT / "models").rglob("*.py")
-    files += (p for p in (_KIT_ROOT / "hls_templates").rglob("*") if p.is_file())
+    # hls_templates/ without the RTL engine's units: the HLS project reads only the cycle counter of
+    # hls_templates/rtl (its blackbox), so an edit to another RTL unit does not rebuild the model
+    rtl = _KIT_ROOT / "hls_templates" / "rtl"
+    files += (p for p in (_KIT_ROOT / "hls_templates").rglob("*")
+              if p.is_file() and (rtl not in p.parents or p.name == "cycle_counter.v.j2"))
     return sorted(files)
 
 

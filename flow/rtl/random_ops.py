@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from flow.compile.engine import EngineConfig
-from flow.compile.program import CODEBOOK, CONV, DENSE, Op
+from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, Op, Program
 from flow.quant.ops import out_size
 
 INT32_MAX = (1 << 31) - 1
@@ -102,3 +102,32 @@ def conv_op(rng: np.random.Generator, *, H: int, W: int, C: int, OC: int, K: int
     return Op(CONV, in_buf, out_buf, H=H, W=W, C=C, OH=OH, OW=OW, OC=OC, KH=K, KW=K, stride=stride, pad=pad,
               res_buf=res_buf, in_unsigned=in_unsigned, res_unsigned=res_unsigned, out_unsigned=out_unsigned,
               lo=lo, hi=hi, name=name, arrays=arrays, **kw)
+
+
+def avgpool_op(H: int, W: int, C: int, K: int, in_buf: int, out_buf: int) -> Op:
+    lo, hi = act_range(1)
+    return Op(AVGPOOL, in_buf, out_buf, H=H, W=W, C=C, OH=out_size(H, K, K, 0), OW=out_size(W, K, K, 0), OC=C,
+              KH=K, KW=K, stride=K, in_unsigned=1, out_unsigned=1, lo=lo, hi=hi, name="avgpool",
+              arrays=dict(mult=np.full(C, (1 << 20) // (K * K)), shift=np.full(C, 20)))
+
+
+def maxpool_op(H: int, W: int, C: int, K: int, in_buf: int, out_buf: int) -> Op:
+    lo, hi = act_range(1)
+    return Op(MAXPOOL, in_buf, out_buf, H=H, W=W, C=C, OH=out_size(H, K, K, 0), OW=out_size(W, K, K, 0), OC=C,
+              KH=K, KW=K, stride=K, in_unsigned=1, out_unsigned=1, lo=lo, hi=hi, name="maxpool")
+
+
+def random_program(wfmt: int, seed: int = 5) -> Program:
+    """8x8x8 -> dense conv (residual source, buffer 2) | conv 3x3 8->16 with that residual -> avg pool 2 ->
+    max pool 2 -> conv 2x2 16->10 (a linear): ``wfmt`` CODEBOOK is VQ (n = m = 4, k 16, d 8), else dense."""
+    rng = np.random.default_rng(seed)
+    cb = dict(wfmt=wfmt, n=4, m=4, d=8, k=16) if wfmt == CODEBOOK else dict(wfmt=DENSE)
+    ops = [conv_op(rng, H=8, W=8, C=8, OC=16, K=3, pad=1, in_unsigned=1, out_unsigned=0, shift_range=(8, 24),
+                   in_buf=0, out_buf=2, name="res_src"),
+           conv_op(rng, H=8, W=8, C=8, OC=16, K=3, pad=1, in_unsigned=1, out_unsigned=1, shift_range=(8, 24),
+                   in_buf=0, out_buf=1, res_buf=2, res_unsigned=0, name="conv", **cb),
+           avgpool_op(8, 8, 16, 2, 1, 0),
+           maxpool_op(4, 4, 16, 2, 0, 1),
+           conv_op(rng, H=2, W=2, C=16, OC=10, K=2, pad=0, in_unsigned=1, out_unsigned=0, shift_range=(8, 24),
+                   in_buf=1, out_buf=0, name="fc", **cb)]
+    return Program(ops=ops, in_shape=(8, 8, 8))

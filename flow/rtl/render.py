@@ -15,11 +15,12 @@ from pathlib import Path
 
 from flow.compile.engine import EngineConfig
 
-UNITS = {
-    "pe_array": "rtl/pe_array.v.j2",
-    "requant": "rtl/requant.v.j2",
-    "pq_engine": "rtl/pq_engine.v.j2",
-}
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "hls_templates"
+# every hls_templates/rtl/<unit>.v.j2 is a unit: the cores (pe_array, requant, pq_engine) and the units of
+# the whole engine (docs/rtl.md, "The engine in RTL")
+UNITS = {p.name[:-len(".v.j2")]: f"rtl/{p.name}" for p in sorted((TEMPLATE_DIR / "rtl").glob("*.v.j2"))}
+# the part and clock the engine's HLS context names (the RTL units read its constants, not its pragmas)
+_PART, _CLOCK_NS = "xc7z020clg400-1", 10.0
 
 
 def clog2(x: int) -> int:
@@ -28,9 +29,14 @@ def clog2(x: int) -> int:
 
 
 def context(engine: EngineConfig, **params) -> dict:
-    """The template context of ``engine`` (params override the derived values)."""
+    """The template context of ``engine`` (params override the derived values): the HLS engine's context
+    (``d`` the derived sizes and widths, ``desc_fields``, ``opcodes``, ``status_codes``, ``regs``, header
+    constants: flow.hls.project) plus the RTL cores' widths below."""
+    from flow.hls.project import _context   # deferred: jinja2 (flow.hls.project imports it), only to render
+
     slots = engine.slots
-    ctx = {
+    ctx = dict(_context(engine, _PART, _CLOCK_NS))
+    ctx.update({
         "e": engine,
         "engine": engine,
         "clog2": clog2,
@@ -39,8 +45,9 @@ def context(engine: EngineConfig, **params) -> dict:
         "wpb": 2,                             # weight columns per beat: the HLS decoder's two entries per cycle
         "selw": clog2(engine.m),              # m:1 mux select
         "psw": 17 + clog2(slots) if slots > 1 else 17,   # adder-tree sum of SLOTS 17-bit products
+        "desc": {f: i for i, f in enumerate(ctx["desc_fields"])},   # descriptor word of each field
         "bug": "",
-    }
+    })
     ctx.update(params)
     return ctx
 

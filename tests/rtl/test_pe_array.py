@@ -124,7 +124,7 @@ def test_requant_vectors_cover_extremes():
 
 
 def test_render_units_and_dense_has_no_mux():
-    assert set(UNITS) == {"pe_array", "requant", "pq_engine"}
+    assert {"pe_array", "requant", "pq_engine"} <= set(UNITS)   # the cores, beside the whole engine's units
     dense = render_rtl("pe_array", EngineConfig(n=4, m=4))
     sparse = render_rtl("pe_array", EngineConfig())
     assert "M:1 mux" in sparse and "act_sel[(c*SLOTS+s)" in sparse

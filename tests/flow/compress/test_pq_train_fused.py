@@ -1,0 +1,194 @@
+"""The PQ training product (flow.compress.pq._PQLookup) against a brute-force per-subspace formulation.
+
+The reference is written out here with autograd: patches by F.unfold reordered to (kh, kw, cin), per
+subspace the direct squared distances, the first argmin (ties to the lowest index), the softmax and
+``(hard + soft - soft.detach()) @ LUT_c`` (straight-through) or ``soft @ LUT_c`` (soft forward).
+The fused code builds patches block by block, computes the distances as a GEMM expansion, the softmax
+through exp2 with underflow flushed, and writes its own backward; values and gradients must agree
+within float tolerance, and the straight-through forward must equal the eval (hard lookup) forward
+bit for bit, since that is what the integer golden model reproduces.
+"""
+from __future__ import annotations
+
+import copy
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flow.compress import pq as pqm
+from flow.compress.pq import PQConv2d, PQLinear
+
+
+def ref_patches(x: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
+    """[N, Cin, H, W] -> [N*L, D], D in (kh, kw, cin) order, by F.unfold and an explicit index."""
+    N, Cin = x.shape[:2]
+    kh, kw = kernel
+    cols = F.unfold(x, kernel, padding=padding, stride=stride)  # [N, Cin*kh*kw, L], rows (cin, kh, kw)
+    order = [ci * kh * kw + i * kw + j for i in range(kh) for j in range(kw) for ci in range(Cin)]
+    return cols[:, order, :].transpose(1, 2).reshape(-1, len(order))
+
+
+def ref_product(a: torch.Tensor, P: torch.Tensor, lut: torch.Tensor, T: float, soft_forward: bool) -> torch.Tensor:
+    """a [M, C*v], P [C, K, v], lut [C, K, Cout] -> [M, Cout], one subspace at a time."""
+    C, K, v = P.shape
+    out = 0
+    for c in range(C):
+        ac = a[:, c * v:(c + 1) * v]
+        d = ((ac[:, None, :] - P[c][None]) ** 2).sum(-1)  # [M, K], direct
+        soft = torch.softmax(-d / T, 1)
+        if soft_forward:
+            w = soft
+        else:
+            hard = F.one_hot(d.detach().argmin(1), K).to(a.dtype)  # argmin: the first minimum
+            w = hard + soft - soft.detach()
+        out = out + w @ lut[c]
+    return out
+
+
+def ref_conv(layer: PQConv2d, x: torch.Tensor, P, W, b, T: float, soft_forward: bool) -> torch.Tensor:
+    N = x.shape[0]
+    a = ref_patches(x, layer.kernel_size, layer.stride, layer.padding)
+    Wm = W.permute(0, 2, 3, 1).reshape(W.shape[0], layer.num_subspaces, layer.v)
+    lut = torch.einsum("ckv,ocv->cko", P, Wm)
+    y = ref_product(a, P, lut, T, soft_forward) + b
+    OH, OW = layer.output_size(x.shape[2], x.shape[3])
+    return y.reshape(N, OH, OW, -1).permute(0, 3, 1, 2)
+
+
+def planted_ties(layer, x: torch.Tensor) -> None:
+    """Make exact ties: prototype 1 duplicates prototype 0 in every subspace, prototype 2 of each is a real
+    patch (distance exactly 0 for it), and on an integer grid many distances coincide."""
+    with torch.no_grad():
+        layer.prototypes.copy_(torch.round(layer.prototypes * 2) / 2)
+        layer.prototypes[:, 1] = layer.prototypes[:, 0]
+        if isinstance(layer, PQConv2d):
+            a = ref_patches(x, layer.kernel_size, layer.stride, layer.padding)
+        else:
+            a = x.reshape(-1, layer.in_features)
+        layer.prototypes[:, 2] = a[0].reshape(layer.num_subspaces, layer.v)
+
+
+# (Cin, Cout, kernel, stride, padding, v, K, N, H, W)
+CONV_SHAPES = [
+    (4, 5, (3, 3), (1, 1), (1, 1), 6, 8, 3, 7, 6),    # subvectors straddle kernel offsets
+    (3, 4, (3, 2), (2, 1), (1, 0), 3, 4, 2, 9, 5),    # rectangular kernel, stride, one-sided padding
+    (16, 8, (3, 3), (2, 2), (1, 1), 9, 16, 5, 8, 8),  # the ResNet20 (9, 16) shape, strided
+    (2, 3, (1, 1), (1, 1), (0, 0), 2, 5, 4, 3, 3),    # 1x1
+]
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "x".join(map(str, s[:2])) + f"-v{s[5]}K{s[6]}")
+@pytest.mark.parametrize("mode", ["ste", "soft"])
+@pytest.mark.parametrize("chunk", [1 << 19, 40])  # 40: many image ranges and many distance blocks per range
+@pytest.mark.parametrize("ties", [False, True])
+def test_conv_training_product_matches_bruteforce(shape, mode, chunk, ties, monkeypatch):
+    monkeypatch.setattr(pqm, "_SCORE_CHUNK", chunk)
+    Cin, Cout, kernel, stride, padding, v, K, N, H, W = shape
+    g = torch.Generator().manual_seed(zlib.crc32(repr((shape, mode, ties)).encode()))
+    conv = nn.Conv2d(Cin, Cout, kernel, stride, padding).double()
+    x = torch.randn(N, Cin, H, W, dtype=torch.float64, generator=g)
+    if ties:
+        x = torch.round(x * 2) / 2
+    layer = PQConv2d.from_conv(conv, v=v, K=K, calib_x=x, iters=3)
+    if ties:
+        planted_ties(layer, x)
+    T = 0.7
+    layer.set_temperature(T)
+    layer.set_assignment(mode)
+    layer.train()
+    xg = x.clone().requires_grad_(True)
+    y = layer(xg)
+    gy = torch.randn(y.shape, dtype=y.dtype, generator=g)
+    (y * gy).sum().backward()
+
+    P = layer.prototypes.detach().clone().requires_grad_(True)
+    Wt = layer.weight.detach().clone().requires_grad_(True)
+    b = layer.bias.detach().clone().requires_grad_(True)
+    xr = x.clone().requires_grad_(True)
+    yr = ref_conv(layer, xr, P, Wt, b, T, soft_forward=mode == "soft")
+    (yr * gy).sum().backward()
+
+    torch.testing.assert_close(y.detach(), yr.detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(xg.grad, xr.grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(layer.prototypes.grad, P.grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(layer.weight.grad, Wt.grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(layer.bias.grad, b.grad, rtol=1e-9, atol=1e-9)
+    if mode == "ste":  # the training forward is the hard lookup the golden model computes, bit for bit
+        with torch.no_grad():
+            assert torch.equal(y.detach(), copy.deepcopy(layer).eval()(x))
+
+
+@pytest.mark.parametrize("mode", ["ste", "soft"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_linear_training_product_matches_bruteforce(mode, ties):
+    g = torch.Generator().manual_seed(7 + ties)
+    lin = nn.Linear(12, 5).double()
+    x = torch.randn(2, 9, 12, dtype=torch.float64, generator=g)  # leading dims are flattened into M
+    if ties:
+        x = torch.round(x)
+    layer = PQLinear.from_linear(lin, v=4, K=6, calib_x=x, iters=3)
+    if ties:
+        planted_ties(layer, x)
+    layer.set_temperature(0.4)
+    layer.set_assignment(mode)
+    layer.train()
+    xg = x.clone().requires_grad_(True)
+    y = layer(xg)
+    gy = torch.randn(y.shape, dtype=y.dtype, generator=g)
+    (y * gy).sum().backward()
+    P, Wt, b = (t.detach().clone().requires_grad_(True) for t in (layer.prototypes, layer.weight, layer.bias))
+    xr = x.clone().requires_grad_(True)
+    lut = torch.einsum("ckv,ocv->cko", P, Wt.reshape(5, 3, 4))
+    yr = ref_product(xr.reshape(-1, 12), P, lut, 0.4, mode == "soft").reshape(2, 9, 5) + b
+    (yr * gy).sum().backward()
+    torch.testing.assert_close(y.detach(), yr.detach(), rtol=1e-10, atol=1e-10)
+    for got, want in ((xg.grad, xr.grad), (layer.prototypes.grad, P.grad), (layer.weight.grad, Wt.grad),
+                      (layer.bias.grad, b.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    if mode == "ste":
+        with torch.no_grad():
+            assert torch.equal(y.detach(), copy.deepcopy(layer).eval()(x))
+
+
+@pytest.mark.parametrize("T", [3.0, 0.05, 1e-3])
+def test_float32_training_step_matches_float64_reference(T):
+    """float32 (what training runs in) within float32 tolerance of the float64 reference, including
+    temperatures where most soft weights underflow (flushed to 0 here, denormal or 0 in the reference)."""
+    g = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(16, 8, 3, 1, 1)
+    x = torch.randn(4, 16, 6, 6, generator=g)
+    layer = PQConv2d.from_conv(conv, v=9, K=16, calib_x=x, iters=3)
+    layer.set_temperature(T)
+    layer.train()
+    xg = x.clone().requires_grad_(True)
+    y = layer(xg)
+    gy = torch.randn(y.shape, generator=g)
+    (y * gy).sum().backward()
+    P, Wt, b = (t.detach().double().clone().requires_grad_(True) for t in (layer.prototypes, layer.weight, layer.bias))
+    xr = x.double().requires_grad_(True)
+    yr = ref_conv(layer, xr, P, Wt, b, T, soft_forward=False)
+    (yr * gy.double()).sum().backward()
+    with torch.no_grad():
+        assert torch.equal(y.detach(), copy.deepcopy(layer).eval()(x))
+    torch.testing.assert_close(y.detach().double(), yr.detach(), rtol=1e-4, atol=1e-4)
+    for got, want in ((xg.grad, xr.grad), (layer.prototypes.grad, P.grad), (layer.weight.grad, Wt.grad)):
+        assert torch.isfinite(got).all()
+        scale = want.abs().max().clamp_min(1e-12)
+        assert float((got.double() - want).abs().max() / scale) < 1e-3
+
+
+def test_soft_weights_flush_underflow_to_exact_zero_and_one():
+    """At a tiny temperature the soft assignment is an exact one-hot (the others flushed, not denormal),
+    ties share the weight exactly, and no value is NaN."""
+    P = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [5.0, 5.0]]])  # k=2 ties k=0
+    a = torch.tensor([[[0.1, 0.0, 0.9, 30.0], [0.0, 0.0, 0.0, 30.0]]])  # [C=1, v=2, m=4]
+    pn = (P * P).sum(-1)
+    soft = pqm._soft_block(a, P, pn, temperature=1e-6)
+    assert torch.isfinite(soft).all()
+    assert soft[0, :, 0].tolist() == [0.5, 0.0, 0.5, 0.0]  # 0 and 2 tie exactly
+    assert soft[0, :, 2].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert soft[0, :, 3].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert (soft[(soft > 0) & (soft < 1)] == 0.5).all()  # no denormal leftovers
