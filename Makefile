@@ -75,11 +75,11 @@ build: setup
 # the main suite, then the PYNQ backend on the real pynq code (no board) in .venv-board: pynq 3.1.2, the
 # board's own release (tests/board/test_pynq_versions.py checks the installed pynq is the pinned one)
 test: setup board-env
-	$(PY) -m pytest -m "not vitis and not board and not fuzz" -q --ignore=tests/board
+	$(PY) -m pytest -m "not vitis and not board and not fuzz and not synth" -q --ignore=tests/board --durations=15
 	$(BOARD_PY) -m pytest tests/board -q
 
 test-fast: setup
-	$(PY) -m pytest -m "not vitis and not board and not slow and not fuzz" -q --ignore=tests/board
+	$(PY) -m pytest -m "not vitis and not board and not slow and not fuzz and not synth" -q --ignore=tests/board
 
 # long fuzzing campaigns (VQHLS_FUZZ_EXAMPLES examples per property, default 5000); make test runs a bounded one
 fuzz: setup

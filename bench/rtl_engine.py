@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/rtl_engine.py", description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default="", help="comma-separated model-method (default: every case)")
     ap.add_argument("--images", type=int, default=None, help="images per case (default: all of the case's)")
-    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--no-plot", action="store_true", help="do not draw bench/results/rtl_engine.png")
     a = ap.parse_args(argv)
     want = [c for c in a.cases.split(",") if c]
     rows, skipped = [], []

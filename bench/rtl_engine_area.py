@@ -81,8 +81,9 @@ def mult_lines(muls: list[dict], src: dict[str, str]) -> tuple[list[str], int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--builds", nargs="+", default=["default", "dense"], choices=["default", "dense"])
-    ap.add_argument("--board", default="pynq-z2")
+    ap.add_argument("--builds", nargs="+", default=["default", "dense"], choices=["default", "dense"],
+                    help="the PYNQ-Z2 builds to synthesize: default (2:4 sparse) and / or dense (n == m)")
+    ap.add_argument("--board", default="pynq-z2", help="the board whose build and part to use (default pynq-z2)")
     a = ap.parse_args(argv)
     try:
         version = yosys_version()

@@ -17,6 +17,8 @@ import sys
 
 from flow.hls import vendor
 from flow.rtl import cosim_cases, engine_report, pq_cases
+from flow.rtl.area import AreaError
+from flow.rtl.engine_area import RESOURCES, XC7Z020, engine_area, format_rows
 from flow.rtl.engine_cases import CASES, engine_case
 from flow.rtl.engine_rtl import EngineRtlError
 from flow.rtl.default_program import HLS_DIR, default_program_dir
@@ -25,17 +27,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # inherited by the default
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line: no options yet, but ``--help`` prints this and exits before any co-simulation."""
-    return argparse.ArgumentParser(
+    """The command line: ``--no-area`` skips the whole engine's yosys table; ``--help`` prints this and exits
+    before any co-simulation."""
+    ap = argparse.ArgumentParser(
         prog="python -m flow.rtl",
         description="Co-simulate the RTL cores (PE array, requantization lane, PQ lookup engine) against the "
                     "golden model with cocotb and Icarus Verilog, and the HLS engine with Vitis HLS where "
-                    "vitis_hls is on PATH (else the skip line and the command). Takes about a minute; exit 0 "
-                    "when every case is bit-exact.")
+                    "vitis_hls is on PATH (else the skip line and the command); then the whole RTL engine on every "
+                    "model case (Verilator) and its yosys table (cached; the first run synthesizes for about "
+                    "twenty minutes). Exit 0 when every case is bit-exact.")
+    ap.add_argument("--no-area", action="store_true", help="skip the yosys synthesis of the whole engine")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser().parse_args(argv)   # --help exits here, before any work
+    args = parser().parse_args(argv)   # --help exits here, before any work
     print("== PE array (sparse N:M and dense builds) and requantization lane: RTL vs golden ==")
     pe_ok = cosim_cases.main() == 0
     print()
@@ -54,6 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         print(engine_report.engine_line(row), flush=True)
         engine_ok &= row.exact == row.images and all(s == 0 for s in row.status)
     print()
+    if not args.no_area:
+        print("== yosys synth_xilinx of the whole engine (default PYNQ-Z2 build; cached in .cache/yosys-area) ==")
+        try:
+            rec = engine_area("default")
+        except AreaError as e:
+            print(f"yosys area: not run: {e}")
+        else:
+            print(format_rows(rec))
+            t = rec["total"]
+            print("yosys total / xc7z020: " + ", ".join(f"{r} {t[r]:g} ({100 * t[r] / XC7Z020[r]:.1f} %)"
+                                                         for r in RESOURCES))
+            print("(yosys maps more loosely than Vivado: an upper reference; bench/rtl_engine_area.py has the rest)")
+        print()
     build_dir = default_program_dir()
     hls_dir = build_dir / HLS_DIR
     cmd = vendor.vitis_command(hls_dir, csim=False, synth=True, cosim=True, export=False, impl=False)

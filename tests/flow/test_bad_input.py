@@ -452,7 +452,8 @@ def _parsers():
     def grab(self, *a, **k):   # the bench scripts build their parser inside main(): take it at parse time
         raise _Got(self)
 
-    for name in ("area", "csim", "engine", "frontier", "kmeans", "pq_train", "pq_vecq"):
+    for name in ("area", "csim", "engine", "frontier", "kmeans", "pq_train", "pq_vecq", "pq_step", "rtl_engine",
+                 "rtl_engine_area"):
         mod = importlib.import_module(f"bench.{name}")
         orig = argparse.ArgumentParser.parse_args
         argparse.ArgumentParser.parse_args = grab
@@ -467,7 +468,7 @@ def _parsers():
 
 def test_every_flag_has_help_text():
     parsers = _parsers()
-    assert len(parsers) == 11
+    assert len(parsers) == 14
     missing = [f"{name} {'/'.join(a.option_strings)}" for name, p in parsers.items() for a in p._actions
                if a.option_strings and not (a.help or "").strip()]
     assert missing == []

@@ -259,7 +259,7 @@ def test_skipped_vendor_stage_prints_the_handoff_command(tmp_path, monkeypatch):
     from flow.hls import vendor
 
     monkeypatch.chdir(tmp_path)
-    b = SimpleNamespace(out=tmp_path / "build" / "lenet", opts=SimpleNamespace(board="pynq-z2"))
+    b = SimpleNamespace(out=tmp_path / "build" / "lenet", opts=SimpleNamespace(board="pynq-z2", engine="hls"))
     res = _skipped(vendor.VendorResult(False, None, None, "skipped: vivado not found\nrun ...", "cd /x && vivado"),
                    "vivado", b)
     first, second, third = res.message.splitlines()

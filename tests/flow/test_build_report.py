@@ -27,7 +27,7 @@ def _build(tmp_path: Path) -> SimpleNamespace:
     """The fields of flow.build.stages.Build that ``sections`` reads, with vendor reports under tmp_path."""
     return SimpleNamespace(
         out=tmp_path, project=SimpleNamespace(path=tmp_path / "hls"), summary={"model": "m", "data": "d"},
-        opts=SimpleNamespace(board="pynq-z2", method="mvq"), creport=None, program=None, vendor={}, times={},
+        opts=SimpleNamespace(board="pynq-z2", method="mvq", engine="hls"), creport=None, program=None, vendor={}, times={},
         engine=None, bundle_path=None,
         usage=SimpleNamespace(bram36=10.0, dsp=64, lut=20_000, ff=30_000))
 

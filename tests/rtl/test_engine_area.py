@@ -121,6 +121,7 @@ def _line(src: str, line: int) -> str:
 @needs_yosys
 @pytest.mark.cosim
 @pytest.mark.slow
+@pytest.mark.synth
 @pytest.mark.parametrize("build", ["default", "dense"])
 def test_engine_memories_and_dsps(build):
     from flow.boards import resource_model as rm
