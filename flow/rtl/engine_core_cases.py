@@ -33,6 +33,7 @@ from flow.quant.ops import out_size
 from flow.quant.requant import act_range
 from flow.rtl.cosim import run_cocotb
 from flow.rtl.onchip import PW_MEMS, apply_writes, onchip_state, op_fields, resident
+from flow.rtl.engine_rtl import op_table
 from flow.rtl.render import render_rtl
 from flow.boards.cycle_model import op_cycles
 from flow.compile.program_exec import run_program
@@ -147,16 +148,7 @@ class CoreRun:
 
     def op_cycles(self, n_ops: int) -> np.ndarray:
         """[images run, n_ops] cycles op_start .. op_done of every op, image after image."""
-        rows, cur, starts = [], [0] * n_ops, {}
-        for ev, op, cyc in self.ops:
-            if ev == 0:
-                starts[op] = cyc
-            elif op in starts:
-                cur[op] = cyc - starts.pop(op)
-                if op == n_ops - 1:
-                    rows.append(cur)
-                    cur = [0] * n_ops
-        return np.array(rows, np.int64).reshape(-1, n_ops)
+        return op_table(self.ops, n_ops)
 
 
 def run_core(image: bytes, engine: EngineConfig, calls: list[CoreCall], *, simulator: str = "icarus",

@@ -135,12 +135,12 @@ class EngineRun:
         return [r / n for r, (_, n) in zip(self.real_cycles, self.calls) if n]
 
 
-def _op_table(ops: np.ndarray, n_ops: int) -> np.ndarray:
+def op_table(ops, n_ops: int) -> np.ndarray:
     """[images, ops] cycles from the (event, op, cycle) log (event 0 start, 1 done), image after image."""
     starts: dict[int, int] = {}
     rows: list[list[int]] = []
     cur = [0] * n_ops
-    for ev, op, cyc in ops.tolist():
+    for ev, op, cyc in np.asarray(ops, np.int64).reshape(-1, 3).tolist():
         if ev == 0:
             starts[op] = cyc
         elif op in starts:
@@ -194,12 +194,12 @@ def run_engine(image: bytes, engine: EngineConfig, inputs: np.ndarray, *, batche
         run = EngineRun(outputs=r["outputs"], load_status=int(info["load_status"]),
                         statuses=[int(s) for s in r["statuses"]], real_cycles=[int(c) for c in r["real_cycles"]],
                         calls=[tuple(c) for c in r["calls"].tolist()], load_real_cycles=int(info["load_real_cycles"]),
-                        config_hash=int(info["config_hash"]), op_cycles=_op_table(r["ops"], n_ops),
+                        config_hash=int(info["config_hash"]), op_cycles=op_table(r["ops"], n_ops),
                         info=info, simulator=simulator)
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return run
 
 
-__all__ = ["RTL_DEPTH", "ENGINE_UNITS", "PQ_UNITS", "units", "EngineRtlError", "EngineRun", "engine_sources", "build_dir_for", "run_engine",
+__all__ = ["RTL_DEPTH", "op_table", "ENGINE_UNITS", "PQ_UNITS", "units", "EngineRtlError", "EngineRun", "engine_sources", "build_dir_for", "run_engine",
            "unsupported", "CosimError"]

@@ -252,7 +252,7 @@ def corruptions(image: bytes, engine: EngineConfig) -> list[tuple[str, bytes]]:
         ("body byte (last word)", set_word(image, n - 1, _words(image)[n - 1] ^ 0x01000000)),
         ("input_bytes", set_word(image, WORD["input_bytes"], _words(image)[WORD["input_bytes"]] + 1)),
         ("output_bytes", set_word(image, WORD["output_bytes"], 7)),
-        ("io_flags", set_word(image, WORD["io_flags"], 3, reseal=True)),
+        ("io_flags", set_word(image, WORD["io_flags"], _words(image)[WORD["io_flags"]] ^ 1, reseal=True)),
         ("io_flags unknown bit", set_word(image, WORD["io_flags"], 0x11, reseal=True)),
         # check_op, each on one op (the op index must come back in STATUS[15:8])
         ("op0 opcode 9", set_field(image, 0, "opcode", 9)),
@@ -274,7 +274,7 @@ def corruptions(image: bytes, engine: EngineConfig) -> list[tuple[str, bytes]]:
         ("op1 CW 2", set_field(image, 1, "CW", 2)),
         ("op0 WB 3", set_field(image, 0, "WB", 3)),
         ("op0 H 2000 (buffer)", set_field(image, 0, "H", 2000)),
-        ("op1 lo > hi", set_field(image, 1, "lo", 200)),
+        ("op1 lo > hi", set_field(image, 1, "lo", field(image, 1, "hi") + 1)),
         ("op2 hi 300", set_field(image, 2, "hi", 300)),
         ("op1 NOT 3", set_field(image, 1, "NOT", 3)),
         ("op2 ch_base past ch_rows", set_field(image, 2, "ch_base", engine.ch_rows)),
