@@ -113,13 +113,13 @@ def test_streamed_lut_refused_not_run() -> None:
 
 @pytest.mark.slow
 def test_lenet_pq_bit_exact_through_axi() -> None:
-    """lenet-digits pq (its engine: the lookup unit, rows 4, num_bufs 2), the first 45 test images in two run
+    """lenet-digits pq (its engine: the lookup unit, rows 4, num_bufs 2), the first 15 test images in two run
     calls on Verilator (all 360 in `make cosim` / bench/rtl_engine.py: the make-test budget), bit-exact; cycles
     per image and per op within 5 % of the model with RTL_DEPTH."""
     _need("verilator")
     case = engine_case("lenet-digits", "pq")
     assert any(op.opcode == PQ for op in case.program.ops)
-    n = 45
+    n = 15
     first = n // 3
     run = run_engine(case.image, case.engine, case.inputs[:n], batches=[first, n - first])
     assert run.load_status == 0, regmap.status_message(run.load_status)
