@@ -29,7 +29,7 @@ from flow.build import rtl_ip
 from flow.compile.engine import EngineConfig
 from flow.hls import vendor
 from flow.rtl import engine_rtl
-from test_tcl import FAKE_TOOL_SH, FAKE_VENDOR_TOOLS_TCL, TCLSH, TclRun, opt
+from test_tcl import FAKE_VENDOR_TOOLS_TCL, TCLSH, TclRun, _fake_tools, opt
 
 REPO = Path(__file__).resolve().parents[3]
 HASH = EngineConfig().hash()
@@ -472,20 +472,7 @@ def test_a_port_no_interface_takes_is_refused():
 def fake_vivado(tmp: Path) -> dict[str, str]:
     """A bin folder whose ``vivado`` runs its -source script in tclsh under the doubles (test_tcl.FAKE_TOOL_SH),
     and the environment that puts it first on PATH (each script's calls in $FAKE_LOG_DIR/vivado.jsonl)."""
-    bindir = tmp / "bin"
-    bindir.mkdir(parents=True)
-    (bindir / "vivado").write_text(FAKE_TOOL_SH.replace("{tool}", "vivado"))
-    (bindir / "vivado").chmod(0o755)
-    prelude = tmp / "prelude.tcl"
-    prelude.write_text(FAKE_VENDOR_TOOLS_TCL + FAKE_IPX_TCL)
-    driver = tmp / "driver.tcl"
-    driver.write_text("source $::env(FAKE_PRELUDE)\nsource $::env(FAKE_SCRIPT)\n")
-    logs = tmp / "logs"
-    logs.mkdir()
-    return dict(os.environ, PATH=f"{bindir}{os.pathsep}{Path(TCLSH).parent}{os.pathsep}/usr/bin{os.pathsep}/bin",
-                FAKE_PRELUDE=str(prelude), FAKE_DRIVER=str(driver), FAKE_LOG_DIR=str(logs),
-                FAKE_BOARD_PARTS="tul.com.tw:pynq-z2:part0:1.0", FAKE_HWH_IN="gen", FAKE_PROGRESS="100%",
-                FAKE_WNS="0.1")
+    return _fake_tools(tmp, ("vivado",), FAKE_IPX_TCL)
 
 
 def test_rtl_kit_runs_after_a_move(tmp_path):

@@ -1105,9 +1105,10 @@ FAKE_LOG="$FAKE_LOG_DIR/{tool}.jsonl" FAKE_SCRIPT="$script" exec tclsh "$FAKE_DR
 """
 
 
-def _fake_tools(tmp: Path, tools: tuple[str, ...]) -> dict[str, str]:
-    """A bin folder with shell doubles of ``tools`` (each runs its script in tclsh under the prelude) and
-    the environment that puts it first on PATH."""
+def _fake_tools(tmp: Path, tools: tuple[str, ...], extra_tcl: str = "") -> dict[str, str]:
+    """A bin folder with shell doubles of ``tools`` (each runs its script in tclsh under the prelude, plus
+    ``extra_tcl``: more doubles, e.g. test_rtl_ip's ipx:: commands) and the environment that puts it first
+    on PATH."""
     bindir = tmp / "bin"
     bindir.mkdir(parents=True)
     for tool in tools:
@@ -1115,7 +1116,7 @@ def _fake_tools(tmp: Path, tools: tuple[str, ...]) -> dict[str, str]:
         f.write_text(FAKE_TOOL_SH.replace("{tool}", tool))
         f.chmod(0o755)
     prelude = tmp / "fake_vendor_tools.tcl"
-    prelude.write_text(FAKE_VENDOR_TOOLS_TCL)
+    prelude.write_text(FAKE_VENDOR_TOOLS_TCL + extra_tcl)
     driver = tmp / "fake_driver.tcl"
     driver.write_text("source $::env(FAKE_PRELUDE)\nsource $::env(FAKE_SCRIPT)\n")
     logs = tmp / "logs"
