@@ -74,12 +74,16 @@ build: setup
 
 # the main suite, then the PYNQ backend on the real pynq code (no board) in .venv-board: pynq 3.1.2, the
 # board's own release (tests/board/test_pynq_versions.py checks the installed pynq is the pinned one)
+# The main suite runs on TEST_JOBS pytest-xdist workers (default: one per core), whole files per worker so a
+# module's fixtures are built once; tests/conftest.py gives each worker its share of the OpenMP threads.
+TEST_JOBS ?= $(shell nproc)
 test: setup board-env
-	$(PY) -m pytest -m "not vitis and not board and not fuzz and not synth" -q --ignore=tests/board --durations=15
+	$(PY) -m pytest -m "not vitis and not board and not fuzz and not synth and not sim_matrix" -q --ignore=tests/board --durations=25 \
+	  -n $(TEST_JOBS) --dist loadfile
 	$(BOARD_PY) -m pytest tests/board -q
 
 test-fast: setup
-	$(PY) -m pytest -m "not vitis and not board and not slow and not fuzz and not synth" -q --ignore=tests/board
+	$(PY) -m pytest -m "not vitis and not board and not slow and not fuzz and not synth and not sim_matrix" -q --ignore=tests/board
 
 # long fuzzing campaigns (VQHLS_FUZZ_EXAMPLES examples per property, default 5000); make test runs a bounded one
 fuzz: setup

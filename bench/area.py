@@ -43,6 +43,7 @@ Writes RESULTS/ (bench/results, or $VQHLS_BENCH_OUT: ``make bench`` puts build/b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -54,22 +55,36 @@ from bench.common import RESULTS, save, table  # noqa: E402
 from flow.boards import resource_model as rm  # noqa: E402
 from flow.compile.engine import EngineConfig  # noqa: E402
 from flow.rtl.area import AreaError, synth_area, yosys_version  # noqa: E402
+from flow.rtl.engine_area import netlist_facts  # noqa: E402
 from flow.rtl.render import write_rtl  # noqa: E402
 
 BUILD = Path(__file__).resolve().parent.parent / "build" / "area"
 COLS = LANES = 8
 SPARSITY = ((4, 4), (2, 4), (1, 4))          # dense, 2:4, 1:4
+# the array forms: (unit, top, form); the row-mux form (issue 22) only for sparse builds
+FORMS = (("pe_array", "vqhls_pe_array", "per-PE mux"), ("pe_array_rowmux", "vqhls_pe_array_rowmux", "row mux"))
 # ResNet20's 64->64 3x3 layers
 LAYER = dict(cin=64, cout=64, k=3)
 PQ_V, PQ_K = 9, 16
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-def synth_unit(unit: str, engine: EngineConfig, top: str, nodsp: bool) -> dict:
-    """yosys cell counts (MEASURED) of core ``unit`` rendered for ``engine``."""
+def synth_unit(unit: str, engine: EngineConfig, top: str, nodsp: bool, netlist: bool = False) -> dict:
+    """yosys cell counts (MEASURED) of core ``unit`` rendered for ``engine`` (``netlist``: keep the mapped
+    netlist too, for the logic depth)."""
     out = BUILD / f"{unit}-{engine.hash()}"
     path = write_rtl(unit, engine, out)
-    return synth_area(path, top, nodsp=nodsp)
+    return synth_area(path, top, nodsp=nodsp, netlist=netlist)
+
+
+def depth_of(a: dict, top: str) -> dict:
+    """The longest path of a synthesized core in logic levels (flow.rtl.engine_area.netlist_facts on its mapped
+    netlist: LUT, MUXF7/8, CARRY4 and LUTRAM reads between registers, DSP48E1s with PREG, top-level ports), its
+    LUT levels, and where it starts and ends."""
+    d = netlist_facts(a["netlist"], top)["depth"]
+    lv = d["levels"] or {}
+    where = f"{lv.get('start', {}).get('net', '?')} -> {lv.get('end', {}).get('net', '?')}" if lv else ""
+    return {"depth": lv.get("levels"), "depth_lut": (d["lut_levels"] or {}).get("lut_levels"), "depth_path": where}
 
 
 def lut_total(a: dict) -> int:
@@ -86,9 +101,15 @@ def model_array(e: EngineConfig) -> dict:
     """resources.py's units that the pe_array core contains: products (DSP / fabric), muxes, adder
     trees + accumulate, weight decoder, and ONE accumulator bank (rows*cols x acc_groups x 32, the
     engine's ping-pong has two)."""
-    units = [rm.array_fabric_mult(e), rm.array_mux(e), rm.array_adders(e), rm.decoder(e)]
+    return _model(e, rm.unit_array_mux(e))
+
+
+def _model(e: EngineConfig, mux) -> dict:
+    """Central values of the resource model's array units (products in fabric, ``mux``, adder trees, decoder)
+    and one accumulator bank."""
+    units = [rm.unit_array_fabric(e), mux, rm.unit_array_adders(e), rm.unit_decoder(e)]
     acc = rm.memory("acc", e.rows * e.cols, e.acc_groups, rm.ACC_BITS, "s2p")
-    return {"lut": round(sum(u["lut"] for u in units) + acc.luts), "ff": round(sum(u["ff"] for u in units)),
+    return {"lut": round(sum(u.lut.central for u in units) + acc.luts), "ff": round(sum(u.ff.central for u in units)),
             "dsp": rm.dsp_products(e)}
 
 
@@ -96,23 +117,27 @@ def model_array(e: EngineConfig) -> dict:
 def bench_arrays(rows: int) -> list[dict]:
     out = []
     for nodsp in (False, True):
-        for n, m in SPARSITY:
+        for (n, m), (unit, top, form) in ((nm, f) for nm in SPARSITY for f in FORMS):
+            if n == m and unit != "pe_array":
+                continue
             e = array_engine(rows, n, m, dsp=not nodsp)
             t0 = time.perf_counter()
-            a = synth_unit("pe_array", e, "vqhls_pe_array", nodsp)
-            mod = model_array(e)
+            a = synth_unit(unit, e, top, nodsp, netlist=True)
+            mod = model_array(e) if unit == "pe_array" else model_rowmux(e)
+            build = "dense" if n == m else f"{n}:{m}" + (" row-mux" if unit != "pe_array" else "")
             out.append({
-                "part": "array", "build": "dense" if n == m else f"{n}:{m}", "nodsp": nodsp,
+                "part": "array", "build": build, "form": "dense" if n == m else form, "nodsp": nodsp,
                 "rows": rows, "cols": COLS, "lanes": LANES, "n": n, "m": m,
                 "multipliers": e.multipliers, "dense_macs_per_cycle": rows * COLS * LANES,
                 "lut": a["lut"], "lut_total": lut_total(a), "lutram_luts": a["lutram_luts"], "ff": a["ff"],
                 "carry4": a["carry4"], "dsp": a["dsp"], "bram18": a["bram18"], "bram36": a["bram36"],
                 "muxf7": a["muxf7"], "muxf8": a["muxf8"],
                 "model_lut": mod["lut"], "model_ff": mod["ff"], "model_dsp": mod["dsp"],
+                **depth_of(a, top),
                 "yosys_s": a["runtime_s"], "cached": a["cached"], "wall_s": round(time.perf_counter() - t0, 2),
                 "cells": a["cells"],
             })
-            print(f"  pe_array {out[-1]['build']:>5} {'-nodsp' if nodsp else 'dsp   '}: "
+            print(f"  {unit} {out[-1]['build']:>11} {'-nodsp' if nodsp else 'dsp   '}: "
                   f"yosys {a['runtime_s']:.1f} s{' (cached)' if a['cached'] else ''}", flush=True)
     for r in out:
         base = next(x for x in out if x["nodsp"] == r["nodsp"] and x["n"] == x["m"])
@@ -120,6 +145,16 @@ def bench_arrays(rows: int) -> list[dict]:
         r["ff_vs_dense"] = r["ff"] / base["ff"] if base["ff"] else math.nan
         r["dsp_vs_dense"] = r["dsp"] / base["dsp"] if base["dsp"] else math.nan
     return out
+
+
+def model_rowmux(e: EngineConfig) -> dict:
+    """The resource model of the row-mux array when flow/boards/resource_model.py has one (``unit_array_rowmux``:
+    the same units as model_array with ROWS x SLOTS compaction muxes instead of the per-PE ones); otherwise
+    no model (None)."""
+    f = getattr(rm, "unit_array_rowmux", None)
+    if f is None:
+        return {"lut": None, "ff": None, "dsp": None}
+    return _model(dataclasses.replace(e, row_mux=True), f(dataclasses.replace(e, row_mux=True)))
 
 
 # ---- part 2: lookup engine vs MAC array ----------------------------------------------------------
@@ -182,13 +217,16 @@ def bench_pq() -> tuple[list[dict], dict]:
 
 # ---- report --------------------------------------------------------------------------------------
 ARRAY_COLS = ["build", "nodsp", "multipliers", "dense_macs_per_cycle", "lut", "lutram_luts", "lut_total",
-              "lut_vs_dense", "ff", "ff_vs_dense", "carry4", "dsp", "model_lut", "model_ff", "model_dsp", "yosys_s"]
+              "lut_vs_dense", "ff", "ff_vs_dense", "carry4", "dsp", "depth", "depth_lut", "model_lut", "model_ff",
+              "model_dsp", "yosys_s"]
 PQ_COLS = ["build", "nodsp", "model_cycles_per_pixel", "lut", "lutram_luts", "lut_total", "ff", "carry4", "dsp",
            "bram18", "bram36", "model_perf_per_yosys_lut_vs_mac", "yosys_s"]
 # which result columns are measured (yosys on the rendered RTL) and which modelled (formulas, no synthesis)
 COLUMNS = {
     "measured": "lut, lut_total, lutram_luts, ff, carry4, dsp, bram18, bram36, muxf7, muxf8, cells, yosys_s: "
-                "yosys synth_xilinx cell counts of the rendered core; *_vs_dense are ratios of them",
+                "yosys synth_xilinx cell counts of the rendered core; *_vs_dense are ratios of them; depth, "
+                "depth_lut, depth_path: the longest path of the mapped netlist in logic levels / LUT levels "
+                "(flow.rtl.engine_area.netlist_facts; top-level ports count as path ends)",
     "modelled": "model_lut, model_ff, model_dsp: flow/boards/resource_model.py; model_cycles_per_pixel, "
                 "model_pixels_per_kcycle: the analytic cycle counts of pq_model_cycles_per_pixel / "
                 "mac_model_cycles_per_pixel, not simulated",
@@ -207,13 +245,17 @@ def comparison(arrays: list[dict], pq: list[dict]) -> list[str]:
     for nodsp in (False, True):
         d = {r["build"]: r for r in arrays if r["nodsp"] == nodsp}
         tag = "-nodsp (every multiplier in LUTs)" if nodsp else "DSP inference"
-        for b in ("2:4", "1:4"):
+        for b in ("2:4", "2:4 row-mux", "1:4", "1:4 row-mux"):
             if b in d:
                 r = d[b]
                 line = (f"{tag}: {b} vs dense at equal dense-MAC throughput: slice LUT {_pct(r['lut_vs_dense'])}, "
                         f"FF {_pct(r['ff_vs_dense'])}")
                 if not nodsp:
                     line += f", DSP48E1 {_pct(r['dsp_vs_dense'])}"
+                pe = d.get(b.split()[0]) if b.endswith("row-mux") else None
+                if pe:
+                    line += (f"; vs the per-PE-mux {pe['build']}: slice LUT {_pct(r['lut_total'] / pe['lut_total'])}, "
+                             f"FF {_pct(r['ff'] / pe['ff'])}, logic depth {r['depth']} vs {pe['depth']} levels")
                 lines.append(line)
     for nodsp in (False, True):
         p = next((r for r in pq if r["nodsp"] == nodsp and r["build"] == "PQ lookup"), None)
@@ -237,7 +279,7 @@ def plot(arrays: list[dict], pq: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
-    builds = [b for b in ("dense", "2:4", "1:4") if any(r["build"] == b for r in arrays)]
+    builds = [b for b in ("dense", "2:4", "2:4 row-mux", "1:4", "1:4 row-mux") if any(r["build"] == b for r in arrays)]
     w = 0.2
     for i, (nodsp, key, label) in enumerate(((False, "lut_total", "LUT (DSP inferred)"),
                                              (False, "dsp", "DSP48E1 (DSP inferred)"),
@@ -270,6 +312,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=4, help="array rows (COLS = LANES = 8)")
     ap.add_argument("--no-plot", action="store_true", help="write the JSON only, no PNG")
+    ap.add_argument("--arrays-only", action="store_true",
+                    help="synthesize the array rows only; the lookup-vs-MAC rows are copied from the existing "
+                         "RESULTS/area.json (their yosys counts as measured then; marked pq_from_previous_run)")
     a = ap.parse_args()
     try:
         version = yosys_version()
@@ -279,7 +324,13 @@ def main() -> int:
     t0 = time.perf_counter()
     print(f"{version}; synth_xilinx -family xc7 -flatten -noiopad -noclkbuf [-nodsp]")
     arrays = bench_arrays(a.rows)
-    pq, method = bench_pq()
+    prev = None
+    if a.arrays_only:
+        import json
+        prev = json.loads((RESULTS / "area.json").read_text())
+        pq, method = prev["pq_vs_mac"], prev["pq_method"]
+    else:
+        pq, method = bench_pq()
     print()
     print("Equal effective throughput: every array below retires ROWS*COLS*LANES dense MACs per cycle on an\n"
           "N:M-pruned layer (a dense PE uses LANES multipliers; an N:M PE LANES*N/M multipliers behind M:1\n"
@@ -303,6 +354,9 @@ def main() -> int:
                "claims": {"mvq": "sparse systolic array 55% smaller than the dense EWS baseline",
                           "pqa": "lookup engine 40-104% more performance per area than a MAC engine (ResNet20)"},
                "yosys_s_total": ys, "wall_s": total}
+    if prev is not None:
+        payload["pq_from_previous_run"] = {"machine": prev.get("machine"), "pq_from_previous_run":
+                                           prev.get("pq_from_previous_run")}
     print("wrote", save("area", payload, __file__))
     if not a.no_plot:
         plot(arrays, pq, RESULTS / "area.png")

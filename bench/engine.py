@@ -57,7 +57,7 @@ from flow.boards.cycle_model import BEAT_BYTES, image_cycles, load_cycles  # noq
 from flow.boards.resource_model import ResourceError, check_fit, estimate, table as res_table  # noqa: E402
 from flow.boards.sizing import config_for_board  # noqa: E402
 from flow.compile import EngineConfig, untrained  # noqa: E402
-from flow.compile.program import CODEBOOK, CONV, Program  # noqa: E402
+from flow.compile.program import CODEBOOK, CODEBOOK_SHARED, CONV, Program  # noqa: E402
 from flow.text_table import format_table  # noqa: E402
 
 BOARD = "pynq-z2"
@@ -110,7 +110,7 @@ def model_report(program: Program, engine: EngineConfig, board: str = BOARD) -> 
     layers = []
     for op, oc in zip(program.ops, ic.ops):
         layers.append(dict(
-            name=oc.name, kind=oc.kind, fmt=("codebook" if op.wfmt == CODEBOOK else "int8") if op.opcode == CONV else "-",
+            name=oc.name, kind=oc.kind, fmt=("codebook" if op.wfmt == CODEBOOK else "shared-mask codebook" if op.wfmt == CODEBOOK_SHARED else "int8") if op.opcode == CONV else "-",
             passes=op.passes, cycles=oc.cycles, percent=100.0 * oc.cycles / total,
             macs=oc.macs, products=oc.products, mac_util=oc.macs / (oc.cycles * roof),
             resident=bool(op.resident) if op.opcode == CONV else None,

@@ -1,9 +1,11 @@
 """Accuracy against compression ratio: each method's Pareto frontier (VQ, MVQ, PQ, VecQ, dense int8).
 
     python bench/frontier.py [--quick] [--jobs 2] [--backend process|ray|serial] [--dry-run]
+    python bench/frontier.py --only-shared --merge bench/results/frontier.json   # shared-mask points only
 
 For lenet-digits (digits) and resnet20 (Fashion-MNIST) this sweeps every method's knobs
-(VQ: k, d; MVQ: N:M in {1:4, 2:4, 2:8}, k, d, plus the Taylor importance criterion; PQ: v, K;
+(VQ: k, d; MVQ: N:M in {1:4, 2:4, 2:8}, k, d, plus the Taylor importance criterion; shared-mask MVQ:
+the same N:M, k, d with one pattern per group of g output channels, g in :func:`shared_groups`; PQ: v, K;
 VecQ: bits and scheme; dense int8 as the reference), trains every compressed model with the
 same budget and keeps each method's Pareto frontier of test accuracy against the
 whole-model compression ratio (every stored bit; dense layers int8 + a scale), with the
@@ -27,6 +29,9 @@ float 12 epochs on all 60000 images (measured 210-230 s per epoch on one core, s
 2 threads), then 42 points and 4 prune stages, each 2 epochs on the first 15000 training images
 (~130 s per VQ / MVQ / VecQ point, ~900-1300 s per PQ point, on one thread, two at a time:
 ~70 min); lenet-digits (30 + 8 epochs, ~3 min) runs alongside.  ``--dry-run`` lists the tasks.
+The shared-mask points came later (issue 22): ``--only-shared`` runs only them (with the float and int8
+references and the stages they need) and ``--merge FILE`` takes every other row from a finished run's JSON
+of the same budget, checking that the re-trained float baseline matches that file's.
 
 Writes RESULTS/ (bench/results, or $VQHLS_BENCH_OUT: ``make bench`` puts build/bench there) frontier.json and frontier.png (``--quick``: lenet-digits only, a
 tiny grid, frontier_quick.*; ``--out DIR`` elsewhere).
@@ -87,6 +92,14 @@ DENSE_BITS = 8
 SEED = 0
 
 
+def shared_groups() -> tuple[int, ...]:
+    """The shared-mask group sizes of the sweep: 4, 8 and the engine's column count (EngineConfig().cols, a
+    group then being one column tile) when that is another."""
+    from flow.compile.engine import EngineConfig
+
+    return tuple(dict.fromkeys((4, 8, int(EngineConfig().cols))))
+
+
 def grid(model: str, quick: bool) -> list[dict]:
     """The points of ``model``: ``[{method, knobs, check}]`` (check: a budget-check point, 2x epochs)."""
     pts: list[dict] = [dict(method="float", knobs={}), dict(method="int8", knobs={})]
@@ -102,6 +115,8 @@ def grid(model: str, quick: bool) -> list[dict]:
         for n, m, k, d in ((2, 4, 16, 4), (1, 4, 16, 8), (2, 8, 16, 8)):
             add("mvq", n=n, m=m, k=k, d=d, importance="magnitude")
         add("mvq", n=2, m=4, k=16, d=4, importance="taylor")
+        add("mvq", n=2, m=4, k=16, d=4, importance="magnitude", mask_group=4)
+        add("mvq", n=2, m=4, k=16, d=8, importance="magnitude", mask_group=8)
         add("pq", v=9, K=8)
         for s in schemes:
             add("vecq", bits=2, **({"vecq_scheme": s} if s else {}))
@@ -116,6 +131,11 @@ def grid(model: str, quick: bool) -> list[dict]:
                 add("mvq", n=n, m=m, k=k, d=d, importance="magnitude")
     for k in (64, 256):  # the second importance criterion, at the paper's default 2:4, d=8
         add("mvq", n=2, m=4, k=k, d=8, importance="taylor")
+    for g in shared_groups():  # shared masks (issue 22): MVQ's (N:M, d, k) grid, one pattern per g channels
+        for n, m in ((1, 4), (2, 4), (2, 8)):
+            for d in (8, 16):
+                for k in ks:
+                    add("mvq", n=n, m=m, k=k, d=d, importance="magnitude", mask_group=g)
     pq = ((9, 8), (9, 16), (9, 64), (3, 64)) if model == "lenet-digits" else ((9, 8), (9, 16))
     for v, K in pq:
         add("pq", v=v, K=K)
@@ -174,11 +194,14 @@ def baseline_spec(model: str, setup: dict) -> dict:
                 code=_source_hash(*_MODEL_SRC))
 
 
-def prune_spec(model: str, setup: dict, n: int, m: int, importance: str) -> dict:
-    return dict(kind="prune", baseline=baseline_spec(model, setup), n=n, m=m, importance=importance,
+def prune_spec(model: str, setup: dict, n: int, m: int, importance: str, mask_group: int = 1) -> dict:
+    spec = dict(kind="prune", baseline=baseline_spec(model, setup), n=n, m=m, importance=importance,
                 epochs=setup["ft_epochs"], images=setup["ft_images"], calib=setup["calib"], batch=setup["batch"],
                 lr=setup["lr_ft"], skip=SKIP["mvq"], seed=SEED, version=VERSION,
                 code=_source_hash(*_FLOW_SRC))
+    if mask_group != 1:  # absent for per-channel masks: those specs read as they always did
+        spec["mask_group"] = mask_group
+    return spec
 
 
 def point_spec(model: str, setup: dict, method: str, knobs: dict, check: bool = False) -> dict:
@@ -188,8 +211,11 @@ def point_spec(model: str, setup: dict, method: str, knobs: dict, check: bool = 
     prune = None
     if method == "mvq":
         imp = knobs.pop("importance", "magnitude")
-        prune = prune_spec(model, setup, knobs["n"], knobs["m"], imp)
+        g = knobs.pop("mask_group", 1)
+        prune = prune_spec(model, setup, knobs["n"], knobs["m"], imp, g)
         knobs["importance"] = imp
+        if g != 1:
+            knobs["mask_group"] = g
     return dict(kind="point", model=model, data=setup["data"], method=method, knobs=knobs, check=bool(check),
                 baseline=baseline_spec(model, setup), prune=prune,
                 budget=dict(ft_epochs=ft_epochs if method not in ("float", "int8") else 0,
@@ -212,7 +238,8 @@ def point_path(spec: dict) -> Path:
 def _stage_path(spec: dict) -> Path:
     tag = spec["baseline"]["model"] if spec["kind"] == "prune" else spec["model"]
     if spec["kind"] == "prune":
-        tag += f"-{spec['n']}of{spec['m']}-{spec['importance']}"
+        tag += f"-{spec['n']}of{spec['m']}-{spec['importance']}" + (f"-g{spec['mask_group']}"
+                                                                      if spec.get("mask_group", 1) != 1 else "")
     return _cache_root() / f"{spec['kind']}s" / f"{tag}-{key(spec)}.pt"
 
 
@@ -333,6 +360,9 @@ def prune_retrain(spec: dict) -> tuple[dict, dict]:
     xft, yft, xte, yte, _, _ = _split(b["data"], budget)
     kw = dict(n=spec["n"], m=spec["m"], skip=tuple(spec["skip"]), lr=spec["lr"], batch_size=spec["batch"],
               seed=spec["seed"], importance=spec["importance"], calib_images=spec["calib"], progress=False)
+    g = spec.get("mask_group", 1)
+    if g != 1:
+        kw.update(mask_group=g, overrides=group_overrides(base, g, spec["skip"]))
     t = time.perf_counter()
     pruned0 = copy.deepcopy(base)
     nm_prune_finetune(pruned0, xft, yft, epochs=0, **kw)
@@ -353,6 +383,23 @@ def load_pruned(spec: dict):
     model.load_state_dict(state["model"])
     masks = {k[len("mask:"):]: v for k, v in state.items() if k.startswith("mask:")}
     return model.eval(), masks
+
+
+def group_overrides(model, g: int, skip) -> dict[str, dict]:
+    """``{layer: dict(mask_group=gcd(Cout, g))}`` for the compressed Conv2d/Linear layers whose output channels
+    ``g`` does not divide (the classifiers' 10 outputs): they share their masks by the largest group that fits.
+    ``skip``: the bench's skip list ('first', 'last', names); skipped layers get no override (it would
+    compress them)."""
+    import math
+
+    from torch import nn
+
+    names = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+    skipped = {n for n, _ in names[:1]} if "first" in skip else set()
+    skipped |= {n for n, _ in names[-1:]} if "last" in skip else set()
+    skipped |= {n for n, _ in names for s in skip if n == s or n.startswith(s + ".")}
+    return {n: dict(mask_group=math.gcd(int(mod.weight.shape[0]), g)) for n, mod in names
+            if n not in skipped and mod.weight.shape[0] % g}
 
 
 def run_stage(spec: dict) -> dict:
@@ -491,6 +538,9 @@ def run_point(spec: dict) -> dict:
     kw.pop("importance", None)
     if spec["skip"] is not None:
         kw["skip"] = tuple(spec["skip"])
+    if kw.get("mask_group", 1) != 1:
+        kw["overrides"] = group_overrides(src, kw["mask_group"], spec["skip"] or ())
+        out["extra"]["mask_group_overrides"] = {n: o["mask_group"] for n, o in kw["overrides"].items()}
     if method in ("vq", "mvq"):
         kw["clip_k"] = True
     t = time.perf_counter()
@@ -503,7 +553,8 @@ def run_point(spec: dict) -> dict:
             layer = mods[name]
             if not torch.equal(layer.mask, mask.to(layer.mask.dtype)):
                 cls = MVQConv2d.from_conv if isinstance(layer, MVQConv2d) else MVQLinear.from_linear
-                new = cls(srcmods[name], layer.n, layer.m, layer.k, layer.d, seed=spec["seed"], name=name, mask=mask)
+                new = cls(srcmods[name], layer.n, layer.m, layer.k, layer.d, seed=spec["seed"], name=name, mask=mask,
+                          mask_group=layer.mask_group)
                 new.quantize_codebook_(8)
                 parent, _, leaf = name.rpartition(".")
                 setattr(c.get_submodule(parent) if parent else c, leaf, new)
@@ -691,7 +742,8 @@ def plan_tasks(models: list[str], setups: dict, quick: bool, jobs: int) -> tuple
             spec = point_spec(model, setup, p["method"], p["knobs"], p.get("check", False))
             deps = [bname]
             if spec["prune"] is not None:
-                pn = f"{model}/prune {spec['prune']['n']}:{spec['prune']['m']} {spec['prune']['importance']}"
+                pn = f"{model}/prune {spec['prune']['n']}:{spec['prune']['m']} {spec['prune']['importance']}" + (
+                    f" g={spec['prune']['mask_group']}" if spec["prune"].get("mask_group", 1) != 1 else "")
                 tasks.setdefault(pn, (spec["prune"], 1, [bname], 50.0))
                 deps.append(pn)
             name = f"{model}/{p['method']} {label(p['method'], spec['knobs'])}" + (" [2x epochs]" if spec["check"]
@@ -703,12 +755,55 @@ def plan_tasks(models: list[str], setups: dict, quick: bool, jobs: int) -> tuple
     return tasks, points
 
 
+def select_points(points: list[dict], tasks: dict, keep) -> tuple[list[dict], dict]:
+    """The points ``keep(point)`` selects and the tasks they need (themselves and their stages)."""
+    points = [p for p in points if keep(p)]
+    need: set[str] = set()
+    todo = [p["name"] for p in points]
+    while todo:
+        name = todo.pop()
+        if name not in need:
+            need.add(name)
+            todo.extend(tasks[name][2])
+    return points, {n: t for n, t in tasks.items() if n in need}
+
+
+def merge_rows(rows: list[dict], merged: dict, models: list[str], bases: dict) -> tuple[list[dict], dict]:
+    """This run's rows plus the ``merged`` run's rows of ``models`` for every point not run now (marked
+    ``merged: True``), and what was checked: the float baseline (accuracy and per-epoch curve) and the float and
+    int8 rows of both runs, which must agree for the rows to compare."""
+    have = {r["name"] for r in rows}
+    old = [dict(r, merged=True) for r in merged.get("rows", []) if r["model"] in models and r["name"] not in have]
+    info: dict = {"file_rows": len(old), "run_rows": len(rows), "checks": {}}
+    lines = []
+    for m_ in models:
+        ob, nb = (merged.get("baselines") or {}).get(m_), bases.get(m_)
+        chk = dict(baseline_acc=(ob or {}).get("acc"), baseline_acc_now=(nb or {}).get("acc"),
+                   curve_equal=bool(ob and nb and ob.get("curve") == nb.get("curve")))
+        for meth in ("float", "int8"):
+            o = next((r.get("acc") for r in merged.get("rows", []) if r["model"] == m_ and r["method"] == meth), None)
+            n = next((r.get("acc") for r in rows if r["model"] == m_ and r["method"] == meth), None)
+            chk[f"{meth}_acc"], chk[f"{meth}_acc_now"] = o, n
+        chk["same"] = chk["curve_equal"] and chk["float_acc"] is not None and \
+            chk["float_acc"] == chk["float_acc_now"] and \
+            chk["int8_acc"] == chk["int8_acc_now"]
+        info["checks"][m_] = chk
+        lines.append(f"merge {m_}: {'the same' if chk['same'] else 'NOT the same'} float baseline as the merged "
+                     f"file (float {chk['float_acc']} vs {chk['float_acc_now']} now, int8 {chk['int8_acc']} vs "
+                     f"{chk['int8_acc_now']}, per-epoch curve {'equal' if chk['curve_equal'] else 'different'})")
+    info["text"] = "\n".join(lines)
+    info["same_baseline"] = all(c["same"] for c in info["checks"].values())
+    # this run's float / int8 rows replace the file's (the same when the baseline is), the rest are the file's
+    return [r for r in old if r["method"] not in ("float", "int8")] + rows, info
+
+
 def label(method: str, knobs: dict) -> str:
     if method == "vq":
         return f"k={knobs['k']} d={knobs['d']}"
     if method == "mvq":
         imp = "" if knobs.get("importance", "magnitude") == "magnitude" else f" {knobs['importance']}"
-        return f"{knobs['n']}:{knobs['m']} k={knobs['k']} d={knobs['d']}{imp}"
+        g = f" g={knobs['mask_group']}" if knobs.get("mask_group", 1) != 1 else ""
+        return f"{knobs['n']}:{knobs['m']} k={knobs['k']} d={knobs['d']}{imp}{g}"
     if method == "pq":
         return f"v={knobs['v']} K={knobs['K']}"
     if method == "vecq":
@@ -716,22 +811,39 @@ def label(method: str, knobs: dict) -> str:
     return "-"
 
 
+def series(row: dict) -> str:
+    """The frontier a row belongs to: its method, or ``"mvq g=G"`` for shared-mask MVQ (G output channels per
+    N:M pattern)."""
+    g = row.get("knobs", {}).get("mask_group", 1)
+    return f"{row['method']} g={g}" if row["method"] == "mvq" and g != 1 else row["method"]
+
+
 def frontiers(rows: list[dict]) -> dict:
-    """Per model and method: the Pareto frontier (masks counted; MVQ also without masks), as row indices."""
+    """Per model and series (:func:`series`): the Pareto frontier (masks counted; per-channel MVQ also without
+    masks), as row indices."""
     out: dict = {}
     for model in dict.fromkeys(r["model"] for r in rows):
         fm: dict = {}
-        for method in METHOD_ORDER:
-            idx = [i for i, r in enumerate(rows) if r["model"] == model and r["method"] == method
+        names = sorted({series(r) for r in rows if r["model"] == model},
+                       key=lambda n: (METHOD_ORDER.index(n.split()[0]), int(n.split("g=")[1]) if "g=" in n else 0))
+        for name in names:
+            idx = [i for i, r in enumerate(rows) if r["model"] == model and series(r) == name
                    and not r["check"] and "acc" in r]
             if not idx:
                 continue
             pts = [rows[i] for i in idx]
-            fm[method] = [idx[j] for j in pareto_front(pts, "ratio", "acc")]
-            if method == "mvq":
+            fm[name] = [idx[j] for j in pareto_front(pts, "ratio", "acc")]
+            if name == "mvq":
                 fm["mvq (no masks)"] = [idx[j] for j in pareto_front(pts, "ratio_nomask", "acc")]
         out[model] = fm
     return out
+
+
+def best_point(rows: list[dict], idx: list[int], r: float) -> dict | None:
+    """The most accurate of ``rows[idx]`` with ``ratio >= r`` (every bit counted), None if none reaches it;
+    of equal accuracies the higher ratio."""
+    pts = [rows[i] for i in idx if rows[i]["ratio"] >= r]
+    return max(pts, key=lambda q: (q["acc"], q["ratio"])) if pts else None
 
 
 def budget_text(model: str, setup: dict, base: dict | None) -> str:
@@ -766,14 +878,14 @@ def report(rows: list[dict], fr: dict, setups: dict, bases: dict, prunes: dict) 
         on = {i for m_, idx in fr[model].items() if m_ != "mvq (no masks)" for i in idx}
         on_nm = set(fr[model].get("mvq (no masks)", []))
         body = []
-        for i, r in sorted(mine, key=lambda t: (METHOD_ORDER.index(t[1]["method"]), t[1]["check"],
+        for i, r in sorted(mine, key=lambda t: (METHOD_ORDER.index(t[1]["method"]), series(t[1]), t[1]["check"],
                                                 t[1].get("ratio", 0))):
             if r["check"]:
                 continue
             if "error" in r:
                 body.append(dict(method=r["method"], config=r["config"], front="ERROR"))
                 continue
-            body.append(dict(method=r["method"], config=r["config"], ratio=r["ratio"], ratio_nm=r["ratio_nomask"],
+            body.append(dict(method=series(r), config=r["config"], ratio=r["ratio"], ratio_nm=r["ratio_nomask"],
                              MMACs=r["macs"] / 1e6, Mlookups=r["lookups"] / 1e6 if r["lookups"] else "-",
                              acc0=r["acc0"], acc=r["acc"],
                              front=("*" if i in on else "") + ("+" if i in on_nm else "")))
@@ -805,6 +917,20 @@ def report(rows: list[dict], fr: dict, setups: dict, bases: dict, prunes: dict) 
             body.append(row)
         lines.append(table(body, ["method"] + [f">={rr}x" for rr in RATIO_MARKS]))
         lines.append("")
+        cmp_ = [m_ for m_ in fr[model] if m_ == "vq" or m_.startswith("mvq") and m_ != "mvq (no masks)"]
+        if any(m_.startswith("mvq g=") for m_ in cmp_):
+            lines.append("every bit counted (masks included: one pattern per group of g output channels): VQ, "
+                         "per-channel MVQ and shared-mask MVQ; best accuracy at ratio >= r / MMACs per image of "
+                         "that point ('-' = never reached)")
+            body = []
+            for meth in cmp_:
+                row = {"method": meth}
+                for rr in RATIO_MARKS:
+                    b = best_point(rows, fr[model][meth], rr)
+                    row[f">={rr}x"] = "-" if b is None else f"{b['acc']:.2f} / {b['macs'] / 1e6:.4g}"
+                body.append(row)
+            lines.append(table(body, ["method"] + [f">={rr}x" for rr in RATIO_MARKS]))
+            lines.append("")
         checks = [r for _, r in mine if r["check"] and "acc" in r]
         if checks:
             lines.append(f"budget check: the same point trained {2 * setups[model]['ft_epochs']} instead of "
@@ -828,7 +954,7 @@ def report(rows: list[dict], fr: dict, setups: dict, bases: dict, prunes: dict) 
             for r in sorted(diag, key=lambda q: (q["method"], q["ratio"])):
                 d = r["diag"]
                 pr = r.get("extra", {}).get("prune") or {}
-                body.append(dict(method=r["method"], config=r["config"], ratio=r["ratio"], ratio_nm=r["ratio_nomask"],
+                body.append(dict(method=series(r), config=r["config"], ratio=r["ratio"], ratio_nm=r["ratio_nomask"],
                                  b_idx=d["bpw_index"], b_mask=d["bpw_mask"], b_cb=d["bpw_codebook"],
                                  rel_err=d["rel_err_kept"], used=d["used"], H=d["entropy_ratio"],
                                  pruned=(f"{pr['acc_pruned']:.2f}/{pr['acc_retrained']:.2f}" if pr else "-"),
@@ -860,9 +986,9 @@ def plot(rows: list[dict], fr: dict, path: Path, bases: dict) -> None:
         for meth, idx in fr[model].items():
             if meth == "float":
                 continue
-            color, marker = styles[meth]
+            color, marker = styles.get(meth, ("tab:olive" if meth.endswith("g=4") else "tab:cyan", "v"))
             x = "ratio_nomask" if meth == "mvq (no masks)" else "ratio"
-            ls = ":" if meth == "mvq (no masks)" else "-"
+            ls = ":" if meth == "mvq (no masks)" else "--" if meth.startswith("mvq g=") else "-"
             ax.plot([rows[i][x] for i in idx], [rows[i]["acc"] for i in idx], ls=ls, marker=marker, color=color,
                     label=f"{meth} frontier", ms=6, mfc="none" if meth == "mvq (no masks)" else color)
         fl = [r for r in mine if r["method"] == "float"]
@@ -901,6 +1027,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ft-images", type=int, default=None, help="resnet20 training images per compressed model")
     ap.add_argument("--out", type=Path, default=None, help="directory for the JSON and PNG (default bench/results)")
     ap.add_argument("--dry-run", action="store_true", help="list the tasks and which are cached; run nothing")
+    ap.add_argument("--only-shared", action="store_true",
+                    help="run only the shared-mask MVQ points (and the float / int8 references and the stages "
+                         "they need); with --merge the other rows come from that file")
+    ap.add_argument("--merge", type=Path, default=None, metavar="JSON",
+                    help="a finished run's frontier JSON of the same budget: its rows stand for every point not "
+                         "run now (the float baseline is re-trained and checked against it)")
     a = ap.parse_args(argv)
 
     setups = {k: dict(v) for k, v in (QUICK_SETUPS if a.quick else SETUPS).items()}
@@ -913,6 +1045,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown model(s) {bad}: use {', '.join(setups)}" + (" (--quick has lenet-digits only)"
                                                                          if a.quick else ""))
     tasks, points = plan_tasks(models, setups, a.quick, a.jobs)
+    merged = None
+    if a.merge is not None:
+        try:
+            merged = json.loads(a.merge.read_text())
+        except (OSError, ValueError) as e:
+            ap.error(f"--merge {a.merge}: cannot read it ({e})")
+        for m_ in models:
+            if merged.get("setups", {}).get(m_) != setups[m_]:
+                ap.error(f"--merge {a.merge}: its {m_} budget {merged.get('setups', {}).get(m_)} is not this run's "
+                         f"{setups[m_]}: rows of different budgets do not compare")
+    if a.only_shared:
+        points, tasks = select_points(points, tasks, lambda p: series(p) != p["method"] or
+                                      p["method"] in ("float", "int8"))
     results: dict = {}
     todo = {}
     for name, t in tasks.items():
@@ -953,10 +1098,18 @@ def main(argv: list[str] | None = None) -> int:
                    config=label(p["method"], p["knobs"]), key=key(p["spec"]))
         row.update(res if res is not None else {"error": "not run"})
         rows.append(row)
+    merge_info = None
+    if merged is not None:
+        rows, merge_info = merge_rows(rows, merged, models, {m_: results.get(f"{m_}/baseline") for m_ in models})
+        merge_info.update(file=str(a.merge), file_machine=merged.get("machine"))
+        print(merge_info["text"], file=sys.stderr)
     ok = [r for r in rows if "acc" in r]
     fr = frontiers(rows)
     bases = {m: results.get(f"{m}/baseline") for m in models}
     prunes = {n: r for n, r in results.items() if "/prune " in n}
+    if merged is not None:
+        prunes = {**{n: r for n, r in merged.get("prune_stages", {}).items() if n.split("/")[0] in models},
+                  **prunes}
     text = report(rows, fr, setups, bases, prunes)
     print("Accuracy-ratio frontier: test accuracy (%) against whole-model compression ratio (float32 bits / "
           f"every stored bit; dense layers int8 + a per-layer scale, BN 2x32 bits per channel); ratio_nm = the same "
@@ -978,6 +1131,7 @@ def main(argv: list[str] | None = None) -> int:
         "baselines": bases, "prune_stages": prunes, "rows": [{k: v for k, v in r.items() if k != "spec"} for r in rows],
         "frontiers": {m: {meth: [rows[i]["name"] for i in idx] for meth, idx in f.items()} for m, f in fr.items()},
         "ratio_marks": list(RATIO_MARKS), "wall_s": wall, "task_s": run_s, "backend": a.backend, "jobs": a.jobs,
+        "only_shared": a.only_shared, "merge": merge_info,
         "conventions": {
             "ratio": "float32 bits of every weight, bias and folded BN / stored bits (compression_report, "
                      "dense_bits=8)",

@@ -57,6 +57,9 @@ DESC_FIELDS = (
     # so the engine needs no run-time divide: word layouts, tiling counts, on-chip addresses
     "CW", "WB", "OCW", "OWB", "GR", "NG", "NPT", "NOT", "NSTEP", "passes", "dec", "vpc", "cpv",
     "resident", "v_base", "cb_base", "w_base", "ch_base", "nsub", "lut_resident", "NVEC",
+    # appended in format 4 (0 in older images, which keep their meaning): the shared-mask weight format's
+    # mask group (wfmt 2: output channels per mask) and the placement's row-mux flag (docs/engine.md)
+    "mg", "rowmux",
 )
 assert len(DESC_FIELDS) <= DESC_WORDS
 IO_IN_UNSIGNED = 1

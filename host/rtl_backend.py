@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import bisect
 import ctypes
-import struct
 import weakref
 from typing import Optional
 
 import numpy as np
 
-from engine_io import program_image, regmap
+from engine_io import regmap
 from engine_io import verilator_build as vb
 from engine_io.cache import CacheError
 from host.backend import DMA_MAX_BYTES, AcceleratorError, AcceleratorTimeout, Backend, _load_bundle
@@ -66,25 +65,11 @@ def rtl_sources(bundle) -> vb.RtlSources:
     return vb.RtlSources(tuple(bundle.rtl_files), bundle.rtl_top, bundle.config_hash)
 
 
-OPCODE_CONV, OPCODE_PQ = 1, 4     # flow.compile.program's CONV and PQ (the descriptor's opcode field)
-
-
 def rtl_refusal(image: bytes) -> Optional[str]:
-    """Why the RTL engine cannot run the Program image yet (one line naming the op), or None: the rule of
-    flow.rtl.engine_rtl.unsupported, read here from the descriptors (the host does not import the flow): a PQ op
-    whose LUT does not fit on chip (its rows would stream per pixel). Streamed conv weights run."""
-    words = program_image.header_words(image)
-    n_ops, desc_words = words[program_image.WORD["n_ops"]], words[program_image.WORD["desc_words"]]
-    field = {name: i for i, name in enumerate(program_image.DESC_FIELDS)}
-    for i in range(n_ops):
-        base = program_image.HEADER_BYTES + 4 * desc_words * i
-
-        def get(name: str) -> int:
-            return struct.unpack_from("<i", image, base + 4 * field[name])[0]
-
-        if get("opcode") == OPCODE_PQ and not get("lut_resident"):
-            return (f"op {i} is a PQ op whose LUT does not fit on chip (streamed rows), which the RTL engine does "
-                    "not do yet: use an engine with a larger lut_bytes (or backend='sim')")
+    """Why the RTL engine cannot run the Program image (one line naming the op), or None: the rule of
+    flow.rtl.engine_rtl.unsupported, restated here (the host does not import the flow). No op is refused today:
+    streamed conv weights and PQ LUTs streamed per pixel both run; the hook stays for a future limit."""
+    del image
     return None
 
 

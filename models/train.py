@@ -7,7 +7,9 @@ trains with progress bars and writes the checkpoint into the cache
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -163,9 +165,19 @@ def get_trained(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(model_name, data_name)
-    if path.exists() and not retrain:
-        load_checkpoint(model, path)   # CacheError (one line: the path, delete it or --retrain) when corrupt
-        return model.eval()
+    # One trainer per tag at a time (two pytest workers, or `make csim` beside `make test`): the second waits
+    # for the first's checkpoint instead of training the same model again. The kernel drops a dead process's lock.
+    with open(path.with_name(f".{tag}.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() and not retrain:
+            load_checkpoint(model, path)   # CacheError (one line: the path, delete it or --retrain) when corrupt
+            return model.eval()
+        return _train_and_save(model, data_name, path, tag, epochs, train_limit, progress, seed)
+
+
+def _train_and_save(model: nn.Module, data_name: str, path: Path, tag: str, epochs: int, train_limit: int | None,
+                    progress: bool, seed: int) -> nn.Module:
+    """Train ``model`` and write its checkpoint to ``path`` (atomically, under the caller's lock)."""
     x, y = datasets.load(data_name, "train")
     if train_limit:
         x, y = x[:train_limit], y[:train_limit]
@@ -174,7 +186,7 @@ def get_trained(
         train(model, x, y, epochs=epochs, progress=progress, seed=seed)
     if progress:
         print(f"trained {tag} in {time.time() - t0:.1f} s -> {path}", file=sys.stderr)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{tag}.{os.getpid()}.tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)  # atomic: a killed run never leaves a truncated checkpoint
     return model

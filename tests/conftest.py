@@ -1,6 +1,11 @@
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp; see flow/__init__.py
+# `make test` runs the suite on pytest-xdist workers, one per core: each worker's torch and OpenMP get their
+# share of the cores instead of all of them (2 workers x 2 threads on 2 cores only thrash)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 from engine_io.cache import cache_root  # noqa: E402
 

@@ -67,7 +67,7 @@ import numpy as np
 
 from flow.compile.engine import EngineConfig
 from flow.compile.layout import cdiv
-from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, DESC_WORDS, HEADER_WORDS, MAXPOOL, PQ, Op, Program
+from flow.compile.program import AVGPOOL, CODEBOOK, CODEBOOK_SHARED, CONV, DENSE, DESC_WORDS, HEADER_WORDS, MAXPOOL, PQ, Op, Program
 
 DDR_LATENCY = 30     # cycles from an m_axi read request to its first beat (Zynq-7000 HP0 at 100 MHz, typical)
 # a pass sweeps at least this many group slots, so one accumulator is read-modified-written at most
@@ -170,7 +170,9 @@ def param_load_cycles(op: Op, oc_count: int | None = None, with_codebook: bool =
         nbytes = oc * op.KH * op.KW * op.C
         return burst(_words(nbytes), byte_cycles(nbytes, op.C)), 4 * _words(nbytes)
     nv = oc * op.KH * op.KW * (op.C // op.d)
-    cyc, ddr = 2 * burst(cdiv(nv, 2)), 2 * 4 * cdiv(nv, 2)
+    # masks: one entry per d-vector, or one per group of mg output channels (shared-mask format)
+    nm = cdiv(oc, op.mg) * op.KH * op.KW * (op.C // op.d) if op.wfmt == CODEBOOK_SHARED else nv
+    cyc, ddr = burst(cdiv(nv, 2)) + burst(cdiv(nm, 2)), 4 * cdiv(nv, 2) + 4 * cdiv(nm, 2)
     if with_codebook:
         cb = op.k * op.d
         cyc += burst(_words(cb), byte_cycles(cb, op.d))
@@ -226,10 +228,14 @@ def pq_row_chunks(OC: int, pairs: bool) -> list[int]:
     return [min(per, OC - done) for done in range(0, OC, per)]
 
 
-def pq_row_cycles(OC: int, pairs: bool) -> int:
+def pq_row_cycles(OC: int, pairs: bool, depth: dict | None = None) -> int:
     """Cycles to add one streamed LUT row into the accumulators: per chunk DDR_LATENCY + DEPTH["load"] + its
-    steps (two entries per step when pairs, else one)."""
-    return sum(DDR_LATENCY + DEPTH["load"] + (n // 2 if pairs else n) for n in pq_row_chunks(OC, pairs))
+    steps (two entries per step when pairs, else one). ``depth`` (``_depths``): its ``load_chunk``, when given,
+    replaces DDR_LATENCY + DEPTH["load"] per chunk, and its ``pq_row`` (0 when absent) is added once per row
+    (the RTL engine: one run-time request per row, bursts kept in flight, so a round trip per row)."""
+    dp = depth or {}
+    per_chunk = dp.get("load_chunk", DDR_LATENCY + dp.get("load", DEPTH["load"]))
+    return dp.get("pq_row", 0) + sum(per_chunk + (n // 2 if pairs else n) for n in pq_row_chunks(OC, pairs))
 
 
 def pq_pixel_cycles(v: int, nsub: int, NOT: int, OC: int, resident: bool = True, pairs: bool = True,
@@ -239,22 +245,26 @@ def pq_pixel_cycles(v: int, nsub: int, NOT: int, OC: int, resident: bool = True,
     LUT on chip: one PQ_STEP loop of nsub windows of max(v, NOT, ACC_DISTANCE) (encoder of subspace w, bias
     init in window 0, lookup of subspace w-1 in window w >= 1), a last lookup window of max(NOT,
     ACC_DISTANCE), OC drain cycles, + DEPTH["pq"]. Streamed LUT: the encoder alone (nsub * v + DEPTH["pq"]),
-    nsub rows (``pq_row_cycles``), the drain alone (OC + DEPTH["pq"]). ``depth``: as ``conv_cycles``."""
-    dpq = _depths(depth)["pq"]
+    nsub rows (``pq_row_cycles``), the drain alone (OC + DEPTH["pq"]). ``depth``: as ``conv_cycles``; its
+    ``pq_stream``, when given, replaces the streamed pixel's 2 * DEPTH["pq"] (the RTL engine's own fill)."""
+    dp = _depths(depth)
+    dpq = dp["pq"]
     if resident:
         span, last = max(v, NOT, ACC_DISTANCE), max(NOT, ACC_DISTANCE)
         return nsub * span + last + OC + dpq
-    return nsub * v + dpq + nsub * pq_row_cycles(OC, pairs) + OC + dpq
+    return nsub * v + nsub * pq_row_cycles(OC, pairs, depth) + OC + dp.get("pq_stream", 2 * dpq)
 
 
 def pq_cycles(op: Op, engine: EngineConfig, depth: dict | None = None) -> tuple[dict[str, int], int]:
     """(phases, DDR bytes per image) of a placed PQ op. The streamed rows' DDR bytes are an upper bound when
     OC is odd (a chunk's first and last beats may hold one entry each). ``depth``: as ``conv_cycles`` (its
-    ``pq_op``, 0 when absent: cycles per PQ op besides its loads and pixels)."""
+    ``pq_op``, 0 when absent: cycles per PQ op besides its loads and pixels; ``pq_op_stream`` instead when the
+    LUT streams, which has no LUT load request)."""
     dp = _depths(depth)
     rows = op.nsub * op.K
     pairs = op.OC % 2 == 0 and engine.cols % 2 == 0
-    proto = burst(_words(rows * op.v), rows * op.v, dp) + dp.get("pq_op", 0)
+    per_op = dp.get("pq_op", 0) if op.lut_resident else dp.get("pq_op_stream", dp.get("pq_op", 0))
+    proto = burst(_words(rows * op.v), rows * op.v, dp) + per_op
     ddr = 4 * _words(rows * op.v)
     lut = 0
     if op.lut_resident:
@@ -287,8 +297,13 @@ def op_cycles(op: Op, engine: EngineConfig, depth: dict | None = None) -> OpCycl
                 phases[k] += v
     if op.opcode == CONV:
         macs = op.OH * op.OW * op.OC * op.KH * op.KW * op.C
-        if op.wfmt == CODEBOOK and "mask" in op.arrays:
+        if op.wfmt in (CODEBOOK, CODEBOOK_SHARED) and "mask" in op.arrays:
             kept = int(np.unpackbits(np.ascontiguousarray(op.arrays["mask"], np.uint16).view(np.uint8)).sum())
+            if op.wfmt == CODEBOOK_SHARED:   # rows of mg channels (a partial last group counts its channels)
+                rows = np.ascontiguousarray(op.arrays["mask"], np.uint16).reshape(-1, op.KH * op.KW * (op.C // op.d))
+                per_row = np.unpackbits(rows.view(np.uint8), axis=1).sum(1)
+                width = np.minimum(op.mg, op.OC - np.arange(rows.shape[0]) * op.mg)
+                kept = int((per_row * width).sum())
             products = op.OH * op.OW * kept
         else:
             products = macs

@@ -2,7 +2,8 @@
 
 Sections: accuracies and bit-exactness, the compression report, the resource
 model against the board (and the vendor reports beside it, with the model's
-error, when Vitis HLS / Vivado ran), modelled cycles per layer and images/s,
+error, when Vitis HLS / Vivado ran), the resource model beside yosys' synthesis of the RTL engine of the
+same EngineConfig (read from a cache or the bench results, never run here), modelled cycles per layer and images/s,
 the vendor stages (ran, or the command to run them), and plots: per-layer bits
 and compression, per-layer cycles, resources against the part, codebook usage.
 Every modelled number says so.
@@ -21,7 +22,10 @@ from typing import Any
 import numpy as np
 
 from flow.boards import cycle_model, get_board, reports
-from flow.compile.program import CODEBOOK, CONV
+from flow.boards import resource_model as rm
+from flow.compile.program import CODEBOOK, CODEBOOK_SHARED, CONV
+from flow.rtl.area import AreaError
+from flow.rtl.engine_area import RESOURCES, UNIT_MAP, build_config, model_rows, yosys_reference
 
 
 @dataclass
@@ -170,6 +174,9 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
                     + (" A vendor report did not parse: see 'Vendor reports that did not parse'." if report_errors
                        else ""))
         out.append(Section("Resources", note, (head, rows), plots.get("resources")))
+    ysec = yosys_section(b, board, plots.get("yosys"))
+    if ysec is not None:
+        out.append(ysec)
     if b.program is not None:
         ic = cycle_model.image_cycles(b.program, b.engine)
         rows = [[o.name, o.kind, o.cycles, round(100 * o.cycles / ic.total, 1), o.macs, o.products, o.ddr_bytes]
@@ -202,6 +209,118 @@ def sections(b, plots: dict[str, str]) -> list[Section]:
     times = [[k, round(v, 2)] for k, v in b.times.items()]
     out.append(Section("Stage times", "", (["stage", "seconds"], times)))
     return out
+
+
+_RES_LABEL = {"bram36": "BRAM36", "dsp": "DSP", "lut": "LUT", "ff": "FF", "lutram": "LUTRAM"}
+YOSYS_LABEL = "synthesized by {version} synth_xilinx -family xc7: an upper reference, Vivado maps tighter"
+
+
+def model_split(usage: rm.Usage) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """(engine, block design) of a modelled usage: per resource (low, central, high) summed over the non-bd
+    units and over the bd.* units (what the RTL engine holds; what only the block design adds)."""
+    eng = {r: [0.0, 0.0, 0.0] for r in RESOURCES}
+    bd = {r: [0.0, 0.0, 0.0] for r in RESOURCES}
+    for name, u in usage.units.items():
+        target = bd if name.startswith("bd.") else eng
+        for r in RESOURCES:
+            for i, x in enumerate(u.get(r).as_tuple()):
+                target[r][i] += x
+    return {r: tuple(v) for r, v in eng.items()}, {r: tuple(v) for r, v in bd.items()}
+
+
+def _against(y: float, lo: float, hi: float) -> str:
+    if lo <= y <= hi:
+        return "in range"
+    return f"+{y - hi:,.0f} over high" if y > hi else f"-{lo - y:,.0f} under low"
+
+
+def _produce_command(b, board) -> str:
+    """The command that produces the yosys figures of this build's engine (minutes of yosys; never run here)."""
+    e = b.engine
+    if board.name == "pynq-z2":
+        if e.hash() == build_config("default").hash():
+            return "python bench/rtl_engine_area.py --builds default"
+        if e.n == e.m and e.hash() == build_config("dense").hash():
+            return "python bench/rtl_engine_area.py --builds dense"
+    cfg = f"EngineConfig(**json.load(open('{_rel(b.out / 'program.json', b.out)}'))['engine'])"
+    if e.pq:      # engine_area's comparison rows raise for pq engines (model_rows): the two runs fill the cache
+        return ("python -c \"import json; from flow.compile.engine import EngineConfig; from flow.rtl.engine_area "
+                f"import synth_engine; e = {cfg}; synth_engine(e, flatten=True); synth_engine(e, flatten=False)\"")
+    return ("python -c \"import json; from flow.compile.engine import EngineConfig; from flow.rtl.engine_area import "
+            f"engine_area; engine_area({cfg}, '{board.name}')\"")
+
+
+def yosys_section(b, board, image: str | None = None) -> Section | None:
+    """'Resources: modelled vs yosys': per RTL unit and resource the modelled low / central / high beside yosys'
+    figure, then the engine totals and the engine with the block design's modelled share added, with the % of
+    the part. The yosys figures are read (flow.rtl.engine_area.yosys_reference: the synth_area cache, else the
+    bench results when their engine hash is this build's), never synthesized in a build. None without an engine."""
+    if b.engine is None:
+        return None
+    title = "Resources: modelled vs yosys"
+    usage = b.usage if b.usage is not None else rm.estimate(b.engine, board)
+    ref, why = yosys_reference(b.engine)
+    if ref is None:
+        return Section(title, f"The yosys figures are not available for this engine ({b.engine.hash()}): {why}. "
+                              f"They come from `{_produce_command(b, board)}` (minutes of yosys; a build never runs "
+                              "it), after which this report reads them.")
+    eng, bd = model_split(usage)
+    notes = []
+    try:
+        mrows, _, _ = model_rows(b.engine, board.name, usage=usage)
+    except AreaError as e:
+        mrows = None
+        notes.append(f"Per-unit rows are not shown: {e} (a PQ unit has no row in flow.rtl.engine_area.UNIT_MAP); "
+                     "the engine totals are.")
+    if mrows is not None and not ref.get("units"):
+        mrows = None
+        notes.append("Per-unit rows are not shown: the yosys run with the hierarchy kept is not among the figures "
+                     "read; the engine totals are.")
+    avail = {"bram36": board.bram36, "dsp": board.dsp, "lut": board.lut, "ff": board.ff, "lutram": board.lutram}
+
+    def pct(x: float, r: str) -> str:
+        return f"{100 * x / avail[r]:.1f}" if avail[r] else "-"
+
+    rows: list[list[Any]] = []
+    for unit in (UNIT_MAP if mrows is not None else ()):
+        if unit not in ref["units"]:          # figures written before the row existed: the totals still show
+            continue
+        for r in RESOURCES:
+            lo, ce, hi = mrows[unit][r]
+            y = ref["units"][unit][r]
+            if any((lo, ce, hi, y)):
+                rows.append([unit, _RES_LABEL[r], lo, ce, hi, y, _against(y, lo, hi), "-"])
+    for label, ytot in (("engine (sum of units, hierarchy kept)", ref.get("hier_total")),
+                        ("engine (flattened)", ref["total"])):
+        if ytot is None:
+            continue
+        for r in RESOURCES:
+            lo, ce, hi = eng[r]
+            rows.append([label, _RES_LABEL[r], lo, ce, hi, ytot[r], _against(ytot[r], lo, hi),
+                         f"{pct(ce, r)} / {pct(ytot[r], r)}"])
+    for r in RESOURCES:
+        lo, ce, hi = bd[r]
+        if any((lo, ce, hi)):
+            rows.append(["block design (modelled only)", _RES_LABEL[r], lo, ce, hi, "-", "-", f"{pct(ce, r)} / -"])
+    for r in RESOURCES:
+        lo, ce, hi = (eng[r][i] + bd[r][i] for i in range(3))
+        y = ref["total"][r] + bd[r][1]
+        rows.append(["engine + block design (yosys: flattened + modelled bd central)", _RES_LABEL[r], lo, ce, hi, y,
+                     _against(y, lo, hi), f"{pct(ce, r)} / {pct(y, r)}"])
+    family = ("" if board.family == "7series" else
+              f" {board.part} is {board.family}: the yosys cells are 7-series ones, a rough reference there.")
+    text = ("Modelled: flow/boards/resource_model.py low / central / high (this build's estimate, the figures of "
+            "'Resources'). yosys: " + YOSYS_LABEL.format(version=ref["yosys"].split(" (")[0]) + "; technology-"
+            "mapped cells before place and route of the RTL engine of this EngineConfig (hls_templates/rtl), per "
+            "unit with the hierarchy kept (each unit alone), in total flattened. The block design (DMA, "
+            "interconnect, reset) exists only in the model: its modelled central share is added to the yosys "
+            "total in the last rows. The model's run-time multiplies (mult.runtime) count a third each to the "
+            "conv, pool and loader rows (flow.rtl.engine_area.UNIT_MAP), hence fractions of a DSP there. "
+            f"% of part: of {board.part}, modelled central / yosys. Source of the yosys "
+            f"figures: {ref['source']}." + family + ("\n\n" + " ".join(notes) if notes else ""))
+    head = ["unit", "resource", "modelled low", "modelled central", "modelled high", "yosys (synthesized)",
+            "yosys against the model", "% of part (modelled central / yosys)"]
+    return Section(title, text, (head, rows), image)
 
 
 def _rel(path, out: Path) -> str:
@@ -321,6 +440,28 @@ def make_plots(b, pdir: Path) -> dict[str, str]:
         fig.savefig(pdir / "resources.png", dpi=90)
         plt.close(fig)
         out["resources"] = "plots/resources.png"
+    if b.engine is not None:
+        ref, _ = yosys_reference(b.engine)
+        if ref is not None:
+            board = get_board(b.opts.board)
+            eng, _bd = model_split(b.usage if b.usage is not None else rm.estimate(b.engine, board))
+            res = ["lut", "ff", "dsp", "bram36"]
+            avail = [board.lut, board.ff, board.dsp, board.bram36]
+            lo, ce, hi = ([100 * eng[r][i] / a for r, a in zip(res, avail)] for i in range(3))
+            ys = [100 * ref["total"][r] / a for r, a in zip(res, avail)]
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            x = np.arange(len(res))
+            ax.bar(x - 0.2, ce, 0.4, yerr=[np.subtract(ce, lo), np.subtract(hi, ce)], capsize=3, color="#4c72b0",
+                   label="modelled central (bars: low..high)")
+            ax.bar(x + 0.2, ys, 0.4, color="#dd8452", label="synthesized by yosys (upper reference)")
+            ax.set_xticks(x, [_RES_LABEL[r] for r in res])
+            ax.set_ylabel(f"% of {board.part}")
+            ax.set_title("RTL engine without block design: modelled vs yosys (flattened)", fontsize=9)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(pdir / "yosys.png", dpi=90)
+            plt.close(fig)
+            out["yosys"] = "plots/yosys.png"
     if b.program is not None:
         ic = cycle_model.image_cycles(b.program, b.engine)
         fig, ax = plt.subplots(figsize=(10, 4))
@@ -333,7 +474,7 @@ def make_plots(b, pdir: Path) -> dict[str, str]:
         fig.savefig(pdir / "cycles.png", dpi=90)
         plt.close(fig)
         out["cycles"] = "plots/cycles.png"
-        cb_ops = [op for op in b.program.ops if op.opcode == CONV and op.wfmt == CODEBOOK]
+        cb_ops = [op for op in b.program.ops if op.opcode == CONV and op.wfmt in (CODEBOOK, CODEBOOK_SHARED)]
         if cb_ops:
             used, ent = [], []
             for op in cb_ops:

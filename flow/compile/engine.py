@@ -67,6 +67,10 @@ class EngineConfig:
     pq_k_max: int = 16        # most prototypes per subspace (K distance units in parallel)
     pq_subspaces_max: int = 64   # most subspaces (KH*KW*C / v) of a layer: on-chip prototype rows
     lut_bytes: int = 32768    # on-chip LUT memory (16-bit entries). A larger LUT streams its rows from DDR
+    # row-mux array (sparse builds): the m:1 selection happens once per array row for the whole column
+    # tile (the union of the tile's masks: one shared N:M pattern per input position for shared-mask
+    # layers), then the compacted lanes are broadcast to the columns; the PEs have no mux (docs/engine.md)
+    row_mux: bool = False
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.n > self.m:
@@ -94,6 +98,8 @@ class EngineConfig:
             raise ValueError(f"EngineConfig: pq_v_max={self.pq_v_max} > 64 is not supported")
         if self.pq_k_max > 256:
             raise ValueError(f"EngineConfig: pq_k_max={self.pq_k_max} > 256 is not supported (8-bit codes)")
+        if self.row_mux and self.n == self.m:
+            raise ValueError("EngineConfig: row_mux needs a sparse build (n < m); a dense build has no muxes")
         if self.act_buf_bytes % (self.act_banks * self.lanes):
             raise ValueError(f"EngineConfig: act_buf_bytes={self.act_buf_bytes} must be a multiple of "
                              f"act_banks x lanes = {self.act_banks * self.lanes}")
@@ -129,5 +135,8 @@ class EngineConfig:
 
     def hash(self) -> str:
         """Stable short hash naming the compiled engine (cache key, CONFIG_HASH register)."""
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        d = self.to_dict()
+        if not d["row_mux"]:     # builds without the row-mux array keep the hash they had before the option
+            del d["row_mux"]
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 

@@ -25,12 +25,13 @@ its rows from DDR per lookup (``lut_resident = 0``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from flow.compile.engine import EngineConfig
-from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, DERIVED_FIELDS, PQ, Op, Program
+from flow.compile.program import AVGPOOL, CODEBOOK, CODEBOOK_SHARED, CONV, DENSE, DERIVED_FIELDS, PQ, Op, Program
 
 
 class PlacementError(ValueError):
@@ -62,8 +63,17 @@ class Need:
         return Need(max(self.v, o.v), max(self.cb, o.cb), max(self.w, o.w), max(self.ch, o.ch))
 
 
+def is_codebook(op: Op) -> bool:
+    """A codebook weight format: per-channel masks (CODEBOOK) or masks shared by mg channels (CODEBOOK_SHARED)."""
+    return op.wfmt in (CODEBOOK, CODEBOOK_SHARED)
+
+
 def passes_of(op: Op, engine: EngineConfig) -> int:
-    """Array passes per step: the most weights one m-group of lanes keeps, over n, rounded up."""
+    """Array passes per step: the most weights one m-group of lanes keeps, over n, rounded up.
+
+    Per-PE muxes (``engine.row_mux`` False): the most one output channel keeps. Row-mux array: the most
+    the *union* of an output-channel tile's masks keeps (the tile's columns share one selection per row):
+    for a shared-mask layer the shared pattern, for per-channel masks usually all m lanes."""
     if op.opcode != CONV:
         return 0
     if engine.n == engine.m:
@@ -73,12 +83,58 @@ def passes_of(op: Op, engine: EngineConfig) -> int:
     mask = op.arrays.get("mask")
     if mask is None or mask.size == 0:
         return cdiv(engine.m, engine.n)
-    bits = (mask.astype(np.int64)[..., None] >> np.arange(op.d)) & 1          # [..., nvec, d]
+    nvec = op.C // op.d
+    mask = mask.reshape(-1, op.KH, op.KW, nvec)
+    if op.wfmt == CODEBOOK_SHARED:               # [ceil(OC/mg)] rows -> one per output channel
+        mask = mask[np.arange(op.OC) // max(op.mg, 1)]
+    bits = (mask.astype(np.int64)[..., None] >> np.arange(op.d)) & 1          # [OC, KH, KW, nvec, d]
     per_ch = bits.reshape(*mask.shape[:-1], op.C)                               # [OC, KH, KW, C]
     pad = (-op.C) % engine.lanes                                                # lanes past C hold nothing
     per_ch = np.concatenate([per_ch, np.zeros((*per_ch.shape[:-1], pad), np.int64)], -1)
+    if engine.row_mux:                           # union over each tile of cols output channels
+        tpad = (-op.OC) % engine.cols
+        per_ch = np.concatenate([per_ch, np.zeros((tpad, *per_ch.shape[1:]), np.int64)], 0)
+        per_ch = per_ch.reshape(-1, engine.cols, *per_ch.shape[1:]).max(1)    # [NOT, KH, KW, CW*lanes]
     kept = per_ch.reshape(*per_ch.shape[:-1], -1, engine.m).sum(-1)
     return max(1, cdiv(int(kept.max(initial=0)), engine.n))
+
+
+def mask_entries(op: Op, oc: int) -> int:
+    """vmask_mem entries (one per d-vector) the masks of ``oc`` consecutive output channels starting at a
+    tile boundary occupy: per channel (CODEBOOK), or one row per group of mg channels (CODEBOOK_SHARED)."""
+    per = op.KH * op.KW * (op.C // op.d)
+    return (cdiv(oc, op.mg) if op.wfmt == CODEBOOK_SHARED else oc) * per
+
+
+def masks_shared(op: Op, group: int) -> bool:
+    """True when a CODEBOOK conv's mask tensor [OC][KH][KW][C/d] is identical within every aligned group of
+    ``group`` output channels (the last, partial group included)."""
+    if op.opcode != CONV or op.wfmt != CODEBOOK or group < 1:
+        return False
+    mask = op.arrays.get("mask")
+    if mask is None or mask.size == 0:
+        return False
+    mask = np.asarray(mask).reshape(op.OC, -1)
+    first = mask[(np.arange(op.OC) // group) * group]      # each channel's group leader
+    return bool(np.array_equal(mask, first))
+
+
+def share_masks(program: Program, engine: EngineConfig) -> Program:
+    """For a row-mux engine: every CODEBOOK conv whose masks are shared by each aligned group of
+    ``engine.cols`` output channels becomes CODEBOOK_SHARED (mask rows of the groups' leaders, mg = cols);
+    other ops unchanged. Without ``engine.row_mux`` the program is returned as is."""
+    if not engine.row_mux:
+        return program
+    ops = []
+    for op in program.ops:
+        if masks_shared(op, engine.cols):
+            arrays = dict(op.arrays)
+            nvec = op.C // op.d
+            arrays["mask"] = np.asarray(op.arrays["mask"]).reshape(op.OC, op.KH, op.KW, nvec)[::engine.cols].copy()
+            op = dataclasses.replace(op, wfmt=CODEBOOK_SHARED, mg=engine.cols, arrays=arrays)
+        ops.append(op)
+    return Program(ops=ops, in_scale=program.in_scale, out_scale=program.out_scale, in_shape=program.in_shape,
+                   meta=dict(program.meta))
 
 
 def op_need(op: Op, engine: EngineConfig) -> Need:
@@ -88,14 +144,14 @@ def op_need(op: Op, engine: EngineConfig) -> Need:
         return Need(ch=ch)
     if op.wfmt == DENSE:
         return Need(w=op.OC * op.KH * op.KW * cdiv(op.C, engine.lanes), ch=ch)
-    return Need(v=op.OC * op.KH * op.KW * (op.C // op.d), cb=op.k, ch=ch)
+    return Need(v=op.OC * op.KH * op.KW * (op.C // op.d), cb=op.k, ch=ch)   # idx sets it: masks take <= as many
 
 
 def _derive(op: Op, engine: EngineConfig) -> dict:
     L, B, R = engine.lanes, engine.act_banks, engine.rows
     f = dict(CW=cdiv(op.C, L), WB=cdiv(op.W, B), OCW=cdiv(op.OC, L), OWB=cdiv(op.OW, B),
              GR=0, NG=0, NPT=0, NOT=0, NSTEP=0, passes=0, dec=0, vpc=0, cpv=0, nsub=0, lut_resident=0,
-             NVEC=0)
+             NVEC=0, rowmux=0)
     if op.opcode in (CONV, PQ):
         f["GR"] = cdiv(op.OW, R)
         f["NOT"] = cdiv(op.OC, engine.cols)
@@ -104,7 +160,8 @@ def _derive(op: Op, engine: EngineConfig) -> dict:
         f["NPT"] = cdiv(f["NG"], engine.acc_groups)
         f["NSTEP"] = op.KH * op.KW * f["CW"]
         f["passes"] = passes_of(op, engine)
-        if op.wfmt == CODEBOOK and op.d:
+        f["rowmux"] = int(engine.row_mux)
+        if is_codebook(op) and op.d:
             f["vpc"] = L // op.d if op.d <= L else 1
             f["cpv"] = op.d // L if op.d > L else 1
             f["NVEC"] = op.C // op.d
@@ -137,7 +194,7 @@ def check_layout(op: Op, engine: EngineConfig, where: str = "") -> None:
     if op.opcode == CONV and op.stride > engine.max_stride:
         raise PlacementError(f"{where}: stride {op.stride} > engine.max_stride = {engine.max_stride} "
                              "(the activation banks serve rows * max_stride input columns per cycle)")
-    if op.opcode == CONV and op.wfmt == CODEBOOK and op.d and op.d % engine.lanes and engine.lanes % op.d:
+    if op.opcode == CONV and is_codebook(op) and op.d and op.d % engine.lanes and engine.lanes % op.d:
         raise PlacementError(f"{where}: codeword length d = {op.d} and engine.lanes = {engine.lanes}: "
                              "one must divide the other")
 
@@ -147,15 +204,16 @@ def _unflatten(op: Op, src: tuple[int, int, int], engine: EngineConfig, where: s
     equivalent HxW-kernel conv on that tensor: the same sum over the same bytes (the flatten order is
     NHWC), but it reads the tensor in its own word layout, which a flat view of the bytes would not."""
     H, W, C = src
-    if op.wfmt == CODEBOOK and op.d and C % op.d:
+    if is_codebook(op) and op.d and C % op.d:
         raise PlacementError(f"{where}: a codebook Linear on a flattened {H}x{W}x{C} tensor needs d = {op.d} "
                              f"to divide its channels {C}: lower that layer dense")
     if max(H, W) > engine.max_kernel:
         raise PlacementError(f"{where}: a Linear on a flattened {H}x{W}x{C} tensor runs as a {H}x{W} kernel, "
                              f"engine.max_kernel = {engine.max_kernel}: pool the map first or raise max_kernel")
     arrays = dict(op.arrays)
-    nvec = C // op.d if op.wfmt == CODEBOOK and op.d else 0
-    for key, shape in (("weight", (op.OC, H, W, C)), ("idx", (op.OC, H, W, nvec)), ("mask", (op.OC, H, W, nvec))):
+    nvec = C // op.d if is_codebook(op) and op.d else 0
+    mrows = cdiv(op.OC, op.mg) if op.wfmt == CODEBOOK_SHARED and op.mg else op.OC
+    for key, shape in (("weight", (op.OC, H, W, C)), ("idx", (op.OC, H, W, nvec)), ("mask", (mrows, H, W, nvec))):
         if key in arrays and arrays[key].size:
             arrays[key] = np.asarray(arrays[key]).reshape(shape)
     return dataclasses.replace(op, H=H, W=W, C=C, KH=H, KW=W, arrays=arrays)
@@ -168,8 +226,8 @@ def _match_shapes(ops: list[Op], engine: EngineConfig) -> list[Op]:
     out = []
     for i, op in enumerate(ops):
         where = f"op {i} '{op.name}'"
-        if op.opcode == CONV and (op.wfmt not in (DENSE, CODEBOOK) or
-                                  (op.wfmt == CODEBOOK and (op.d < 1 or op.C % op.d))):
+        if op.opcode == CONV and (op.wfmt not in (DENSE, CODEBOOK, CODEBOOK_SHARED) or
+                                  (is_codebook(op) and (op.d < 1 or op.C % op.d))):
             raise PlacementError(f"{where}: weight format {op.wfmt} with d = {op.d} and C = {op.C} cannot be placed")
         if op.opcode == PQ and (op.v < 1 or (op.KH * op.KW * op.C) % op.v):
             raise PlacementError(f"{where}: PQ subvector length v = {op.v} does not split a "
@@ -241,6 +299,8 @@ def _choose_resident(ops: list[Op], needs: list[Need], engine: EngineConfig) -> 
     for i in streamed:
         op = ops[i]
         step = engine.cols * op.KH * op.KW * (op.C if op.wfmt == DENSE else 2 * (op.C // op.d))
+        if op.wfmt == CODEBOOK_SHARED:   # the tile's masks: one row of KH*KW*C/d entries
+            step = math.gcd(step, 2 * op.KH * op.KW * (op.C // op.d))
         if step % 4:
             raise PlacementError(f"op {i} '{op.name}' streams its weights per output-channel tile, but a tile "
                                  f"starts {step} bytes after the previous one (not 4-byte aligned)")

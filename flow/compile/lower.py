@@ -43,7 +43,7 @@ import dataclasses
 import numpy as np
 
 from flow.compile.engine import EngineConfig
-from flow.compile.layout import PlacementError, place
+from flow.compile.layout import PlacementError, place, share_masks
 from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ, Op, Program
 from flow.quant.graph import QGraph, QNode, QTensor
 from flow.quant.ops import acc_bound, keep_to_mask_bits, pq_acc_bound
@@ -317,6 +317,10 @@ def lower(qgraph: QGraph, engine: EngineConfig) -> Program:
               "quant": {k: v for k, v in qgraph.meta.items()}, "pq_streamed": pq_streamed,
               "residual_copies": copies},
     )
+    # a row-mux engine: codebook layers whose masks are shared by every aligned group of cols output
+    # channels get the shared-mask format (one mask per oc tile); the others keep per-channel masks and
+    # run on the union of their tile's masks (more passes, flow.compile.layout.passes_of)
+    prog = share_masks(prog, engine)
     try:   # the descriptor fields this engine derives: word layouts, tiles, on-chip addresses
         prog = place(prog, engine)
     except PlacementError as e:

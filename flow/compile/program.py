@@ -31,8 +31,10 @@ stands alone: the host quantizes inputs from it), checksummed with the body.
 
 Parameter arrays per op (absent ones have offset 0):
     weight   int8  [Cout][KH][KW][Cin]          dense layers (wfmt == DENSE)
-    idx      uint16 [Cout][KH][KW][Cin/d]        codeword index per vector (wfmt == CODEBOOK)
-    mask     uint16 [Cout][KH][KW][Cin/d]        bit e set = element e of the vector kept
+    idx      uint16 [Cout][KH][KW][Cin/d]        codeword index per vector (wfmt == CODEBOOK, CODEBOOK_SHARED)
+    mask     uint16 [Cout][KH][KW][Cin/d]        bit e set = element e of the vector kept; wfmt ==
+                                                 CODEBOOK_SHARED: [ceil(Cout/mg)][KH][KW][Cin/d], channel oc
+                                                 uses row oc // mg
     codebook int8  [k][d]
     bias     int32 [Cout]   added to the accumulator before requantization
     mult     int32 [Cout]   requantization multiplier M
@@ -76,13 +78,15 @@ from engine_io.program_image import (  # noqa: F401  (re-exported: the format's 
 # opcodes
 CONV, MAXPOOL, AVGPOOL, PQ = 1, 2, 3, 4
 OPCODES = {"conv": CONV, "maxpool": MAXPOOL, "avgpool": AVGPOOL, "pq": PQ}
-# weight formats
-DENSE, CODEBOOK = 0, 1
+# weight formats; CODEBOOK_SHARED: a codebook layer whose N:M mask is shared by every aligned group of
+# ``mg`` output channels (mask array [ceil(OC/mg)][KH][KW][C/d]; the row-mux array runs it, docs/engine.md)
+DENSE, CODEBOOK, CODEBOOK_SHARED = 0, 1, 2
 
 # DESC_WORDS and the descriptor's field order, DESC_FIELDS, are engine_io.program_image's (the board reads
 # the first and last op's shapes from them)
 DERIVED_FIELDS = ("CW", "WB", "OCW", "OWB", "GR", "NG", "NPT", "NOT", "NSTEP", "passes", "dec", "vpc", "cpv",
-                  "resident", "v_base", "cb_base", "w_base", "ch_base", "nsub", "lut_resident", "NVEC")
+                  "resident", "v_base", "cb_base", "w_base", "ch_base", "nsub", "lut_resident", "NVEC",
+                  "rowmux")
 PQ_FIELDS = ("v", "K", "lut_bits")   # descriptor fields only PQ ops use (0 elsewhere)
 assert len(DESC_FIELDS) <= DESC_WORDS
 
@@ -160,6 +164,8 @@ class Op:
     nsub: int = 0              # pq: subspaces KH*KW*C / v
     lut_resident: int = 0      # pq: 1 when the LUT fits the on-chip LUT memory (else rows stream from DDR)
     NVEC: int = 0              # codebook conv: d-vectors per tap, C / d
+    mg: int = 0                # wfmt CODEBOOK_SHARED: output channels sharing one mask (the engine needs cols)
+    rowmux: int = 0            # conv: 1 when placed for a row-mux engine (EngineConfig.row_mux; passes differ)
     name: str = ""
     # integer parameters, see module docstring for dtypes and shapes
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -332,7 +338,7 @@ def _array_shapes(op: Op) -> dict[str, tuple[int, ...]]:
     return {
         "weight": (op.OC, op.KH, op.KW, op.C),
         "idx": (op.OC, op.KH, op.KW, nvec),
-        "mask": (op.OC, op.KH, op.KW, nvec),
+        "mask": (cdiv_(op.OC, op.mg) if op.wfmt == CODEBOOK_SHARED and op.mg > 0 else op.OC, op.KH, op.KW, nvec),
         "codebook": (op.k, op.d),
         "bias": (op.OC,),
         "mult": (op.OC,),
@@ -341,6 +347,11 @@ def _array_shapes(op: Op) -> dict[str, tuple[int, ...]]:
         "proto": (subspaces, op.K, op.v),
         "lut": (subspaces, op.K, op.OC),
     }
+
+
+def cdiv_(a: int, b: int) -> int:
+    """ceil(a / b) for integers (b > 0)."""
+    return -(-a // b)
 
 
 def reads_flattened(op: Op, held: tuple[int, int, int]) -> bool:

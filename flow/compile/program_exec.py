@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ, Op, Program, _array_shapes, proto_values
+from flow.compile.program import AVGPOOL, CODEBOOK, CODEBOOK_SHARED, CONV, DENSE, MAXPOOL, PQ, Op, Program, _array_shapes, proto_values
 from flow.compile.validate import ProgramError, check_program   # the one definition of the rules
 from flow.quant import ops as K
 from flow.quant.requant import requantize
@@ -67,6 +67,14 @@ def op_weights(op: Op, i: int = 0) -> np.ndarray:
             raise ProgramExecError(f"op {i} ({op.name}): C={op.C} is not a multiple of d={op.d}")
         idx = _arr(op, "idx", i)
         keep = K.mask_bits_to_keep(_arr(op, "mask", i), op.d)
+        return K.decode_codebook(idx, keep, _arr(op, "codebook", i))
+    if op.wfmt == CODEBOOK_SHARED:   # one mask row per aligned group of mg output channels: channel oc uses row oc // mg
+        if op.d < 1 or op.C % op.d or op.mg < 1:
+            raise ProgramExecError(f"op {i} ({op.name}): shared-mask codebook needs d | C and mg >= 1 "
+                                   f"(C={op.C}, d={op.d}, mg={op.mg})")
+        idx = _arr(op, "idx", i)
+        mask = _arr(op, "mask", i)[np.arange(op.OC) // op.mg]            # [OC, KH, KW, C/d]
+        keep = K.mask_bits_to_keep(mask, op.d)
         return K.decode_codebook(idx, keep, _arr(op, "codebook", i))
     raise ProgramExecError(f"op {i} ({op.name}): unknown weight format {op.wfmt}")
 

@@ -40,6 +40,8 @@ per op, in program order (each op's rules, then what it reads, before the next o
               ERR_PARAM 0 <= n <= m (the declared n:m pattern; any mask density runs, in ``passes``)
               ERR_OFFSET idx, mask [OC][KH][KW][C/d] uint16, codebook [k][d] int8
               ERR_PARAM every codeword index < k; every mask uses only its low d bits
+    codebook, shared mask (wfmt 2): as codebook, but mask [ceil(OC/mg)][KH][KW][C/d]; ERR_PARAM mg >= 1
+              (mg == engine.cols); ERR_OPCODE without engine.row_mux
     other wfmt: ERR_OPCODE
     ERR_OFFSET  mult, shift [OC] int32; bias [OC] when present; res_mult [OC] with a residual
     ERR_PARAM   every shift in 1..31
@@ -88,7 +90,7 @@ from flow.compile import layout
 from flow.compile.engine import EngineConfig
 from flow.quant import ops as K
 from flow.compile.program import (
-    _ARRAYS, AVGPOOL, CODEBOOK, CONV, DENSE, DERIVED_FIELDS, DESC_FIELDS, DESC_WORDS, FORMAT_VERSION,
+    _ARRAYS, AVGPOOL, CODEBOOK, CODEBOOK_SHARED, CONV, DENSE, DERIVED_FIELDS, DESC_FIELDS, DESC_WORDS, FORMAT_VERSION,
     HEADER_WORDS, MAGIC, MAXPOOL, PQ, Op, Program, ProgramFormatError, _array_shapes, decode_ops,
     reads_flattened,
 )
@@ -226,7 +228,10 @@ def acc_range(op: Op, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.nd
         else:
             nvec = op.C // op.d
             idx = np.asarray(op.arrays["idx"]).reshape(op.OC, op.KH, op.KW, nvec)
-            keep = K.mask_bits_to_keep(np.asarray(op.arrays["mask"]).reshape(op.OC, op.KH, op.KW, nvec), op.d)
+            mask = np.asarray(op.arrays["mask"])
+            if op.wfmt == CODEBOOK_SHARED:   # row oc // mg of a [ceil(OC/mg)][KH][KW][C/d] mask
+                mask = mask.reshape(-1, op.KH, op.KW, nvec)[np.arange(op.OC) // op.mg]
+            keep = K.mask_bits_to_keep(mask.reshape(op.OC, op.KH, op.KW, nvec), op.d)
             w = K.decode_codebook(idx, keep, np.asarray(op.arrays["codebook"]).reshape(op.k, op.d)).reshape(op.OC, -1)
         pos = w > 0
         return (b + np.where(pos, w * xlo, w * xhi).sum(axis=1), b + np.where(pos, w * xhi, w * xlo).sum(axis=1))
@@ -412,7 +417,19 @@ def _check_codebook_params(E: _Where, op: Op, engine: EngineConfig | None) -> No
                 REBUILD)
     nvec = op.OC * op.KH * op.KW * (op.C // op.d)
     idx = _array(E, op, "idx", nvec, "[OC][KH][KW][C/d] uint16")
-    mask = _array(E, op, "mask", nvec, "[OC][KH][KW][C/d] uint16")
+    if op.wfmt == CODEBOOK_SHARED:
+        # one mask per aligned group of mg output channels; the engine's group is its column tile
+        want = engine.cols if engine is not None else None
+        if op.mg < 1 or (want is not None and op.mg != want):
+            raise E(regmap.ERR_PARAM, "shared-mask group is not the engine's column tile", "mg", op.mg,
+                    ">= 1" if want is None else f"cols={want}", f"lower the layer for this engine, {LOWER}")
+        if engine is not None and not engine.row_mux:
+            raise E(regmap.ERR_OPCODE, "shared-mask weight format on an engine without the row-mux array",
+                    "wfmt", op.wfmt, f"{DENSE} or {CODEBOOK}", f"build with EngineConfig.row_mux, or {LOWER}")
+        mask = _array(E, op, "mask", -(-op.OC // op.mg) * op.KH * op.KW * (op.C // op.d),
+                      "[ceil(OC/mg)][KH][KW][C/d] uint16")
+    else:
+        mask = _array(E, op, "mask", nvec, "[OC][KH][KW][C/d] uint16")
     _array(E, op, "codebook", op.k * op.d, "[k][d] int8")
     bad = np.flatnonzero(idx >= op.k)
     if bad.size:
@@ -432,11 +449,11 @@ def _check_weights(E: _Where, op: Op, engine: EngineConfig | None) -> None:
         _check_pq_params(E, op, engine)
     elif op.wfmt == DENSE:
         _array(E, op, "weight", op.OC * op.KH * op.KW * op.C, "[OC][KH][KW][C] int8")
-    elif op.wfmt == CODEBOOK:
+    elif op.wfmt in (CODEBOOK, CODEBOOK_SHARED):
         _check_codebook_params(E, op, engine)
     else:
-        raise E(regmap.ERR_OPCODE, "unknown weight format", "wfmt", op.wfmt, f"{DENSE} (dense) or {CODEBOOK} "
-                "(codebook)", REBUILD)
+        raise E(regmap.ERR_OPCODE, "unknown weight format", "wfmt", op.wfmt, f"{DENSE} (dense), {CODEBOOK} "
+                f"(codebook) or {CODEBOOK_SHARED} (codebook, shared mask)", REBUILD)
 
 
 def _check_channel_params(E: _Where, op: Op) -> None:

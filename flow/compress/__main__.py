@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--m", type=int, default=_DEFAULT.m, help="N:M group size (default %(default)s)")
     ap.add_argument("--k", type=int, default=_DEFAULT.k, help="codebook size (default %(default)s)")
     ap.add_argument("--d", type=int, default=_DEFAULT.d, help="vector length along Cin (default %(default)s)")
+    ap.add_argument("--mask-group", type=int, default=_DEFAULT.mask_group,
+                    help="mvq: g output channels share one N:M pattern per input position (must divide every "
+                         "compressed layer's output channels; default %(default)s = a pattern per channel)")
     ap.add_argument("--iters", type=int, default=_DEFAULT.iters, help="k-means iterations (default %(default)s)")
     ap.add_argument("--v", type=int, default=_DEFAULT.v, help="pq: subvector length (default %(default)s)")
     ap.add_argument("--K", type=int, default=_DEFAULT.K, help="pq: prototypes per subspace (default %(default)s)")
@@ -117,7 +120,8 @@ def run(a: argparse.Namespace) -> int:
     acc["compressed"] = evaluate(comp, xt, yt)
     report = compression_report(comp)
     print(f"{a.model} on {data_name}: {a.method} n:m={a.n}:{a.m} k={a.k} d={a.d} "
-          f"({'float' if a.float_codebooks else 'int8'} codebooks), compressed in {t_comp:.1f} s")
+          + (f"mask_group={a.mask_group} " if a.method == "mvq" and a.mask_group > 1 else "")
+          + f"({'float' if a.float_codebooks else 'int8'} codebooks), compressed in {t_comp:.1f} s")
     print(report.table())
 
     x = y = None

@@ -24,8 +24,8 @@ from .errors import (
     VectorLengthError,
 )
 from .flatten import flatten_sources
-from .mvq import MVQConv2d, MVQLinear, _check_conv, _CodebookLayer, check_layer_config, mask_bits_per_group
-from .nm import check_nm
+from .mvq import MVQConv2d, MVQLinear, _check_conv, _CodebookLayer, check_layer_config, mask_bits
+from .nm import check_mask_group, check_nm
 from .pq import PQConv2d, PQLinear, _layer_inputs
 from .spec import LAYER_KEYS, CompressSpec, check_method
 from .vecq import VecQConv2d, VecQLinear, check_bits
@@ -52,6 +52,7 @@ class LayerPlan:
     bits: int = 0      # vecq: weight bits; pq: LUT bits
     scheme: str = ""   # vecq: 'paper' or 'sweep'
     why: str = ""      # method 'none' by the default sweep for a reason the user should hear (compress warns)
+    mask_group: int = 1  # mvq: output channels sharing one N:M pattern (1 for every other method)
 
     @classmethod
     def dense(cls, name: str, kind: str, why: str = "") -> "LayerPlan":
@@ -160,8 +161,10 @@ def _plan_layer(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: bool,
     if clip_k and isinstance(lk, int) and nvec > 0:
         lk = min(lk, nvec)
     check_layer_config(name, cin, n_vectors=nvec, n=ln, m=lmm, k=lk, d=ld)
+    g = cfg.get("mask_group", 1) if lm == "mvq" else 1
+    check_mask_group(g, int(w.shape[0]), f"layer {name!r}: ")
     return LayerPlan(name=name, kind=kind, method=lm, n=ln, m=lmm, k=lk, d=ld, iters=int(cfg["iters"]),
-                     seed=int(cfg["seed"]))
+                     seed=int(cfg["seed"]), mask_group=g)
 
 
 def _plan_pq_vecq(name: str, kind: str, mod: nn.Module, cfg: dict, explicit: bool) -> LayerPlan:
@@ -251,6 +254,10 @@ def compress(
             least-squares scale; odd int codes on the engine) or 'sweep' (symmetric levels with zero, the
             step minimising the vector loss exactly); see :mod:`flow.compress.vecq`.
         quantize_codebooks: make every codebook int8 with a per-layer scale (what the engine stores).
+        mask_group: MVQ only: ``g`` consecutive output channels ``[g*i, g*i+g)`` share one N:M pattern per
+            input position, chosen by the group's summed ``|w|`` (``g`` must divide every MVQ layer's output
+            channels; a per-layer override sets another; ``g`` = the engine's ``cols`` aligns a group with a
+            column tile); 1 (default) = a pattern per channel, today's MVQ.
         clip_k: use ``min(k, number of vectors)`` per layer instead of raising :class:`CodebookSizeError`.
 
     Args:
@@ -312,9 +319,10 @@ def _make_codebook_layer(mod: nn.Module, p: LayerPlan, in_chw: tuple[int, int, i
     """The MVQ or VQ layer of plan ``p`` for the Conv2d/Linear ``mod`` (``in_chw``: a Linear's flattened map)."""
     common = dict(k=p.k, d=p.d, iters=p.iters, seed=p.seed, name=p.name)
     if p.kind == "conv":
-        return (MVQConv2d.from_conv(mod, n=p.n, m=p.m, **common) if p.method == "mvq"
+        return (MVQConv2d.from_conv(mod, n=p.n, m=p.m, mask_group=p.mask_group, **common) if p.method == "mvq"
                 else VQConv2d.from_conv(mod, m=p.m, **common))
-    return (MVQLinear.from_linear(mod, n=p.n, m=p.m, in_chw=in_chw, **common) if p.method == "mvq"
+    return (MVQLinear.from_linear(mod, n=p.n, m=p.m, in_chw=in_chw, mask_group=p.mask_group, **common)
+            if p.method == "mvq"
             else VQLinear.from_linear(mod, m=p.m, in_chw=in_chw, **common))
 
 
@@ -467,7 +475,9 @@ def compression_report(model: nn.Module, dense_bits: int = 32) -> Report:
     * MVQ/VQ layer: indices ``n_vectors * ceil(log2 k)``; masks: each N:M group of m
       weights stores its pattern as a rank among the C(m, n) possible ones,
       ``ceil(log2 C(m, n))`` bits per group (2:4 -> 3 bits per 4 weights; a plain
-      m-bit bitmap would cost 4), none when n == m; codebook ``k * d * 8`` when
+      m-bit bitmap would cost 4), none when n == m; a mask shared by g output channels
+      (``mask_group``) stores one pattern per group of g channels and m inputs,
+      ``Cout/g * kh*kw*Cin/m`` patterns (:func:`flow.compress.mvq.mask_bits`); codebook ``k * d * 8`` when
       int8-quantized (its bit width in general) or ``k * d * 32`` when float, plus a
       32-bit scale when quantized; bias 32 bits per output channel.
     * Conv2d / Linear kept dense: ``dense_bits`` per weight (default float32; with
@@ -487,7 +497,7 @@ def compression_report(model: nn.Module, dense_bits: int = 32) -> Report:
             nbias = mod.bias.numel() if mod.bias is not None else 0
             bits = {
                 "indices": mod.n_vectors * (math.ceil(math.log2(mod.k)) if mod.k > 1 else 0),
-                "masks": (wnum // mod.m) * mask_bits_per_group(mod.n, mod.m),
+                "masks": mask_bits(wnum, mod.n, mod.m, mod.mask_group),
                 "codebook": mod.k * mod.d * (mod.codebook_bits or 32),
                 "scale": 32 if mod.codebook_scale is not None else 0,
                 "bias": 32 * nbias,

@@ -17,7 +17,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -116,6 +116,8 @@ def nm_prune_finetune(
     importance: str = "magnitude",
     calib_images: int | None = 1024,
     progress: bool = True,
+    mask_group: int = 1,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Tensor]:
     """MVQ's first step: N:M-prune the layers MVQ will compress and retrain the survivors (in place).
 
@@ -130,11 +132,16 @@ def nm_prune_finetune(
 
     ``importance``: ``"magnitude"`` (|w|, the default) or ``"taylor"`` (``sum |w * dL/dw|``
     over the first ``calib_images`` of x, see :func:`flow.compress.nm.importance_scores`).
+    ``mask_group``: g output channels share one pattern, chosen by the importance summed over the group
+    (:func:`flow.compress.nm.nm_mask` ``group=``); ``overrides``: per-layer settings as in
+    :func:`flow.compress.compress` (e.g. ``{"fc": dict(mask_group=2)}`` where g does not divide Cout).
     ``epochs=0`` prunes without retraining. Returns ``{layer name: mask}`` (0/1, the weight's shape).
     """
-    plans = plan(model, "mvq", n=n, m=m, k=2, d=m, skip=skip, clip_k=True)
+    plans = plan(model, "mvq", n=n, m=m, k=2, d=m, skip=skip, clip_k=True, mask_group=mask_group,
+                 overrides={name: {**ov, "k": 2, "d": m} for name, ov in (overrides or {}).items()})
     modules = dict(model.named_modules())
     names = [p.name for p in plans if p.method != "none"]
+    group = {p.name: p.mask_group for p in plans}
     scores = importance_scores(model, names, criterion=importance, x=x, y=y, batch_size=batch_size,
                                max_images=calib_images)
     # a Linear on a flattened map groups along C, as compress() will cut its vectors (flow.compress.flatten)
@@ -145,10 +152,10 @@ def nm_prune_finetune(
         w = modules[name].weight
         order = vector_order(chw.get(name), w.shape[1], d=m, m=m) if w.dim() == 2 else None
         if order:
-            mask = from_hwc(nm_mask(to_hwc(w.detach(), order), n, m, dim=1,
+            mask = from_hwc(nm_mask(to_hwc(w.detach(), order), n, m, dim=1, group=group[name],
                                     score=to_hwc(scores[name].to(w.device), order)), order).to(w.dtype)
         else:
-            mask = nm_mask(w.detach(), n, m, dim=1, score=scores[name].to(w.device)).to(w.dtype)
+            mask = nm_mask(w.detach(), n, m, dim=1, score=scores[name].to(w.device), group=group[name]).to(w.dtype)
         with torch.no_grad():
             w.mul_(mask)
         hooks.append(w.register_hook(lambda g, mask=mask: g * mask))

@@ -12,7 +12,9 @@ Layout contract read by flow/quant and flow/compile (do not rename):
 ``codebook [k, d]`` float32 Parameter, ``indices`` int64 buffer
 ``[Cout, kh, kw, Cin//d]`` (Linear ``[Cout, Cin//d]``), ``mask`` float32 0/1 buffer
 ``[Cout, Cin, kh, kw]`` (Linear ``[Cout, Cin]``), ``bias`` Parameter or None,
-``codebook_scale`` 0-dim float32 buffer once the codebook is int8-quantized.  A Linear that reads a
+``codebook_scale`` 0-dim float32 buffer once the codebook is int8-quantized, ``mask_group`` int attribute
+(``g``: the output channels ``[g*i, g*i+g)`` share one N:M pattern per input position, 1 = a pattern per
+channel; ``mask`` stays per weight, its ``g`` rows equal, so readers of ``mask`` need not know ``g``).  A Linear that reads a
 flattened CxHxW map may cut its vectors along C instead (``in_chw = (C, H, W)``, see
 :mod:`flow.compress.flatten`): its ``indices`` are then in (h, w, c) column order; ``mask`` stays in the
 weight's (torch) order.
@@ -35,10 +37,10 @@ from .errors import (
 )
 from .kmeans import masked_kmeans
 from .flatten import from_hwc, to_hwc, vector_order
-from .nm import check_nm, is_nm_sparse, nm_mask
+from .nm import check_mask_group, check_nm, is_nm_sparse, is_shared_mask, nm_mask
 
-__all__ = ["MVQConv2d", "MVQLinear", "check_layer_config", "mask_bits_per_group", "codebook_diagnostics",
-           "mvq_diagnostics"]
+__all__ = ["MVQConv2d", "MVQLinear", "check_layer_config", "mask_bits_per_group", "mask_bits",
+           "codebook_diagnostics", "mvq_diagnostics"]
 
 
 def mask_bits_per_group(n: int, m: int) -> int:
@@ -48,6 +50,13 @@ def mask_bits_per_group(n: int, m: int) -> int:
     6 patterns -> 3 bits per group of 4), which is what the bitstream unpacks.
     """
     return math.ceil(math.log2(math.comb(m, n))) if n < m else 0
+
+
+def mask_bits(weights: int, n: int, m: int, group: int = 1) -> int:
+    """Stored mask bits of a layer of ``weights`` weights (``Cout * Cin * kh * kw``) whose N:M patterns are
+    shared by ``group`` output channels: ``(Cout/g) * kh*kw*Cin/m`` patterns of :func:`mask_bits_per_group`
+    bits each, i.e. ``weights // (m * g) * mask_bits_per_group(n, m)`` (``g == 1``: one per group of m)."""
+    return weights // (m * group) * mask_bits_per_group(n, m)
 
 
 def check_layer_config(name: str, cin: int, n_vectors: int, n: int, m: int, k: int, d: int) -> None:
@@ -88,9 +97,10 @@ class _CodebookLayer(nn.Module):
     indices: Tensor
     mask: Tensor
     codebook_scale: Tensor | None
+    mask_group: int = 1  # class default: layers pickled before shared masks existed
 
     def _init_codebook_state(self, codebook: Tensor, indices: Tensor, mask: Tensor, bias: Tensor | None,
-                             n: int, m: int) -> None:
+                             n: int, m: int, mask_group: int = 1) -> None:
         self.n, self.m = int(n), int(m)
         self.k, self.d = int(codebook.shape[0]), int(codebook.shape[1])
         self.codebook = nn.Parameter(codebook.detach().to(torch.float32).clone())
@@ -99,6 +109,11 @@ class _CodebookLayer(nn.Module):
         self.bias = nn.Parameter(bias.detach().to(torch.float32).clone()) if bias is not None else None
         self.register_buffer("codebook_scale", None)
         self.codebook_bits: int | None = None  # bits of the quantized codebook entries, None = float32
+        check_mask_group(mask_group, int(mask.shape[0]))
+        if not is_shared_mask(self.mask, mask_group):
+            raise CompressionError(f"mask_group={mask_group}: the mask's rows differ within a group of "
+                                   f"{mask_group} output channels; build it with nm_mask(..., group={mask_group})")
+        self.mask_group = int(mask_group)  # g output channels share one N:M pattern (1 = per channel)
 
     # -- codebook quantization ------------------------------------------------------------------
     @torch.no_grad()
@@ -157,14 +172,14 @@ class MVQConv2d(_CodebookLayer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], stride: tuple[int, int],
                  padding: tuple[int, int], codebook: Tensor, indices: Tensor, mask: Tensor,
-                 bias: Tensor | None, n: int, m: int):
+                 bias: Tensor | None, n: int, m: int, mask_group: int = 1):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = tuple(int(v) for v in kernel_size)
         self.stride = tuple(int(v) for v in stride)
         self.padding = tuple(int(v) for v in padding)
         self.dilation, self.groups = (1, 1), 1  # the only supported values; here for conv-like readers
-        self._init_codebook_state(codebook, indices, mask, bias=bias, n=n, m=m)
+        self._init_codebook_state(codebook, indices, mask, bias=bias, n=n, m=m, mask_group=mask_group)
         kh, kw = self.kernel_size
         if tuple(self.indices.shape) != (self.out_channels, kh, kw, self.in_channels // self.d):
             raise CompressionError(f"indices shape {tuple(self.indices.shape)} does not match "
@@ -175,11 +190,13 @@ class MVQConv2d(_CodebookLayer):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, n: int, m: int, k: int, d: int, iters: int = 20, seed: int = 0,
-                  name: str = "", mask: Tensor | None = None) -> "MVQConv2d":
+                  name: str = "", mask: Tensor | None = None, mask_group: int = 1) -> "MVQConv2d":
         """Compress ``conv``: N:M mask along Cin (n of every m), masked k-means of the ``[*, d]`` vectors.
 
         ``mask``: a given N:M mask (0/1, the weight's shape, e.g. from
         :func:`~flow.compress.finetune.nm_prune_finetune`) instead of the magnitude mask.
+        ``mask_group``: g output channels ``[g*i, g*i+g)`` share one pattern per input position, chosen by
+        the summed ``|w|`` of the group (a given ``mask`` must be shared so); g must divide Cout.
         ``name`` only improves error messages.  Raises the :mod:`flow.compress.errors` classes.
         """
         _check_conv(conv, name)
@@ -187,14 +204,16 @@ class MVQConv2d(_CodebookLayer):
         cout, cin, kh, kw = w.shape
         nvec = cout * kh * kw * (cin // d) if _is_pos_int(d) and cin % d == 0 else 0
         check_layer_config(name, cin, nvec, n=n, m=m, k=k, d=d)
-        mask = nm_mask(w, n, m, dim=1) if mask is None else _given_mask(mask, w, n, m=m, name=name)
+        check_mask_group(mask_group, cout, f"layer {name!r}: " if name else "")
+        mask = (nm_mask(w, n, m, dim=1, group=mask_group) if mask is None
+                else _given_mask(mask, w, n, m=m, name=name, group=mask_group))
         # [Cout, Cin, kh, kw] -> [Cout, kh, kw, Cin] -> [Cout*kh*kw*(Cin/d), d]: vector g = channels g*d..g*d+d-1
         vec = w.permute(0, 2, 3, 1).reshape(-1, d)
         vmask = mask.permute(0, 2, 3, 1).reshape(-1, d)
         res = masked_kmeans(vec, vmask if n < m else None, k, iters=iters, seed=seed)
         return cls(cin, cout, (kh, kw), stride=_pair(conv.stride), padding=_pair(conv.padding),
                    codebook=res.codebook, indices=res.assign.view(cout, kh, kw, cin // d), mask=mask, bias=conv.bias,
-                   n=n, m=m)
+                   n=n, m=m, mask_group=mask_group)
 
     def decoded_weight(self) -> Tensor:
         """``mask * codebook[indices]`` as ``[Cout, Cin, kh, kw]`` (differentiable w.r.t. the codebook)."""
@@ -212,7 +231,8 @@ class MVQConv2d(_CodebookLayer):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, n:m={self.n}:{self.m}, k={self.k}, d={self.d}, "
-                f"bias={self.bias is not None}, codebook={'int%d' % self.codebook_bits if self.codebook_bits else 'float32'}")
+                + (f"mask shared by {self.mask_group} output channels, " if self.mask_group > 1 else "")
+                + f"bias={self.bias is not None}, codebook={'int%d' % self.codebook_bits if self.codebook_bits else 'float32'}")
 
 
 class MVQLinear(_CodebookLayer):
@@ -221,10 +241,11 @@ class MVQLinear(_CodebookLayer):
     in_chw: tuple[int, int, int] | None = None   # class default: layers pickled before in_chw existed
 
     def __init__(self, in_features: int, out_features: int, codebook: Tensor, indices: Tensor, mask: Tensor,
-                 bias: Tensor | None, n: int, m: int, in_chw: tuple[int, int, int] | None = None):
+                 bias: Tensor | None, n: int, m: int, in_chw: tuple[int, int, int] | None = None,
+                 mask_group: int = 1):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self._init_codebook_state(codebook, indices, mask, bias=bias, n=n, m=m)
+        self._init_codebook_state(codebook, indices, mask, bias=bias, n=n, m=m, mask_group=mask_group)
         # (C, H, W) when the input is a flattened CxHxW map and the vectors (indices) run along C, in
         # (h, w, c) column order (flow.compress.flatten); None: along the input, torch's order
         self.in_chw = vector_order(in_chw, self.in_features, self.d, m=self.m)
@@ -241,10 +262,11 @@ class MVQLinear(_CodebookLayer):
     @classmethod
     def from_linear(cls, linear: nn.Linear, n: int, m: int, k: int, d: int, iters: int = 20, seed: int = 0,
                     name: str = "", mask: Tensor | None = None,
-                    in_chw: tuple[int, int, int] | None = None) -> "MVQLinear":
+                    in_chw: tuple[int, int, int] | None = None, mask_group: int = 1) -> "MVQLinear":
         """Compress ``linear``: N:M mask along the input dimension, masked k-means of its ``[*, d]`` vectors.
 
         ``mask``: a given N:M mask (0/1, the weight's shape) instead of the magnitude mask.
+        ``mask_group``: g outputs ``[g*i, g*i+g)`` share one pattern per input (see :meth:`MVQConv2d.from_conv`).
         ``in_chw``: the (C, H, W) map this Linear reads flattened (:func:`flow.compress.flatten.flatten_sources`):
         vectors and N:M groups are then cut along C, as the engine stores them; ignored when C is not a
         multiple of d and m (the quantizer then stores the layer dense, and says so).
@@ -255,16 +277,19 @@ class MVQLinear(_CodebookLayer):
         cout, cin = w.shape
         nvec = cout * (cin // d) if _is_pos_int(d) and cin % d == 0 else 0
         check_layer_config(name, cin, nvec, n=n, m=m, k=k, d=d)
+        check_mask_group(mask_group, cout, f"layer {name!r}: " if name else "")
         chw = vector_order(in_chw, cin, d, m=m)
         wv = to_hwc(w, chw) if chw else w   # the weight in the order its vectors are cut
         if mask is None:
-            mask_v = nm_mask(wv, n, m, dim=1)
+            mask_v = nm_mask(wv, n, m, dim=1, group=mask_group)
         else:
             mask_v = _given_mask(to_hwc(mask, chw) if chw and isinstance(mask, Tensor) and
-                                 tuple(mask.shape) == tuple(w.shape) else mask, wv, n, m=m, name=name)
+                                 tuple(mask.shape) == tuple(w.shape) else mask, wv, n, m=m, name=name,
+                                 group=mask_group)
         res = masked_kmeans(wv.reshape(-1, d), mask_v.reshape(-1, d) if n < m else None, k, iters=iters, seed=seed)
         return cls(cin, cout, res.codebook, indices=res.assign.view(cout, cin // d),
-                   mask=from_hwc(mask_v, chw) if chw else mask_v, bias=linear.bias, n=n, m=m, in_chw=chw)
+                   mask=from_hwc(mask_v, chw) if chw else mask_v, bias=linear.bias, n=n, m=m, in_chw=chw,
+                   mask_group=mask_group)
 
     def decoded_weight(self) -> Tensor:
         """``mask * codebook[indices]`` as ``[Cout, Cin]`` in torch's column order (differentiable w.r.t. the
@@ -279,12 +304,14 @@ class MVQLinear(_CodebookLayer):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, n:m={self.n}:{self.m}, "
                 f"k={self.k}, d={self.d}, bias={self.bias is not None}, "
+                + (f"mask shared by {self.mask_group} outputs, " if self.mask_group > 1 else "")
                 + (f"vectors along C of a flattened {'x'.join(map(str, self.in_chw))} map, " if self.in_chw else "")
                 + f"codebook={'int%d' % self.codebook_bits if self.codebook_bits else 'float32'}")
 
 
-def _given_mask(mask: Tensor, w: Tensor, n: int, m: int, name: str) -> Tensor:
-    """A caller's N:M mask as float32 0/1 on the CPU, checked against the weight and (n, m)."""
+def _given_mask(mask: Tensor, w: Tensor, n: int, m: int, name: str, group: int = 1) -> Tensor:
+    """A caller's N:M mask as float32 0/1 on the CPU, checked against the weight, (n, m) and its sharing by
+    ``group`` output channels."""
     if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(w.shape):
         got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
         raise CompressionError(f"{_who(name)}mask shape {got} != weight shape {tuple(w.shape)}")
@@ -292,6 +319,9 @@ def _given_mask(mask: Tensor, w: Tensor, n: int, m: int, name: str) -> Tensor:
     if not is_nm_sparse(mask, n, m, dim=1):
         raise CompressionError(f"{_who(name)}the given mask does not keep exactly n={n} of every m={m} weights "
                                f"along Cin: build it with nm_mask(weight, {n}, {m}, dim=1)")
+    if group > 1 and not is_shared_mask(mask, group):
+        raise CompressionError(f"{_who(name)}the given mask is not shared by groups of mask_group={group} output "
+                               f"channels: build it with nm_mask(weight, {n}, {m}, dim=1, group={group})")
     return mask
 
 
@@ -365,7 +395,7 @@ def codebook_diagnostics(layer: _CodebookLayer, source_weight: Tensor) -> dict:
     entropy = float(-(p * torch.log2(p)).sum())
     nw = mask.numel()
     bits_index = layer.n_vectors * (math.ceil(math.log2(layer.k)) if layer.k > 1 else 0)
-    bits_mask = (nw // layer.m) * mask_bits_per_group(layer.n, layer.m)
+    bits_mask = mask_bits(nw, layer.n, layer.m, layer.mask_group)
     bits_codebook = layer.k * layer.d * (layer.codebook_bits or 32)
     return dict(
         n=layer.n, m=layer.m, k=layer.k, d=layer.d, weights=nw, kept=int(kept), vectors=layer.n_vectors,

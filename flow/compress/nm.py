@@ -7,6 +7,10 @@ or our sparse systolic array executes).  Importance is ``|w|`` by default
 Taylor score ``sum over calibration batches of |w * dL/dw|``, passed to
 :func:`nm_mask` as ``score``.  Ties go to the lower index, so the mask is a
 pure function of the scores — the hardware flow never has to guess.
+
+Shared masks (``group=g``): the ``g`` consecutive output channels ``[g*i, g*i+g)`` (dim 0) share one
+pattern per input position, chosen by the group's summed importance (``sum`` of ``|w|`` or of the
+score over its ``g`` channels); ``g == 1`` is the per-weight mask, computed exactly as without it.
 """
 from __future__ import annotations
 
@@ -16,9 +20,36 @@ from torch import Tensor, nn
 
 from .errors import CompressionError, DivisibilityError, NMConfigError, ShapeMismatchError
 
-__all__ = ["nm_mask", "check_nm", "is_nm_sparse", "importance_scores", "IMPORTANCE"]
+__all__ = ["nm_mask", "check_nm", "is_nm_sparse", "importance_scores", "IMPORTANCE", "check_mask_group",
+           "is_shared_mask", "MaskGroupError"]
 
 IMPORTANCE = ("magnitude", "taylor")
+
+
+class MaskGroupError(NMConfigError):
+    """A shared-mask group size g is not a positive integer or does not divide the output channels."""
+
+
+def check_mask_group(g: int, cout: int | None = None, where: str = "") -> None:
+    """Raise :class:`MaskGroupError` unless ``g`` is an int >= 1 (and divides ``cout`` when given).
+
+    ``where``: a prefix naming the layer, e.g. ``"layer 'fc': "``.
+    """
+    if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+        raise MaskGroupError(f"{where}mask_group={g!r} is invalid: the shared-mask group size must be an integer "
+                             f">= 1 (1 = a mask per output channel, e.g. 4 or 8 = the engine's column count)")
+    if cout is not None and cout % g:
+        fits = [v for v in range(1, cout + 1) if cout % v == 0]
+        raise MaskGroupError(f"{where}mask_group={g} does not divide the {cout} output channels: pick g from {fits}, "
+                             f"or set a per-layer override, e.g. overrides={{name: dict(mask_group=...)}}")
+
+
+def is_shared_mask(mask: Tensor, group: int, dim: int = 0) -> bool:
+    """True iff the ``group`` consecutive slices ``[g*i, g*i+g)`` of ``mask`` along ``dim`` are all equal."""
+    check_mask_group(group, mask.shape[dim])
+    m = (mask != 0).movedim(dim, 0)
+    m = m.reshape(m.shape[0] // group, group, *m.shape[1:])
+    return bool((m == m[:, :1]).all())
 
 
 def check_nm(n: int, m: int) -> None:
@@ -33,7 +64,7 @@ def check_nm(n: int, m: int) -> None:
         raise NMConfigError(f"n={n} > m={m}: cannot keep more than m weights per group of m; use n <= m")
 
 
-def nm_mask(weight: Tensor, n: int, m: int, dim: int = 1, score: Tensor | None = None) -> Tensor:
+def nm_mask(weight: Tensor, n: int, m: int, dim: int = 1, score: Tensor | None = None, group: int = 1) -> Tensor:
     """N:M mask of ``weight``: magnitude by default, or by an importance ``score``.
 
     Args:
@@ -42,6 +73,9 @@ def nm_mask(weight: Tensor, n: int, m: int, dim: int = 1, score: Tensor | None =
         dim: the grouping dimension (1 = Cin for a conv ``[Cout, Cin, kh, kw]`` or a Linear ``[out, in]``).
         score: optional importance of each weight (``weight``'s shape, larger = more important,
             e.g. from :func:`importance_scores`); None ranks by ``|weight|``.
+        group: ``g`` consecutive output channels (dim 0, ``[g*i, g*i+g)``) share one pattern, chosen on the
+            importance summed over them (``g`` must divide ``weight.shape[0]``; needs ``dim != 0``); 1 = a
+            pattern per channel.
 
     Returns:
         float32 tensor of ``weight.shape`` with 0/1 entries; each group of ``m`` along
@@ -52,6 +86,7 @@ def nm_mask(weight: Tensor, n: int, m: int, dim: int = 1, score: Tensor | None =
         NMConfigError: ``n < 1`` or ``n > m``.
         DivisibilityError: ``weight.shape[dim] % m != 0``.
         ShapeMismatchError: ``score`` is not of ``weight``'s shape.
+        MaskGroupError: ``group`` is not an int >= 1 dividing ``weight.shape[0]``.
     """
     check_nm(n, m)
     if weight.dim() == 0:
@@ -60,6 +95,9 @@ def nm_mask(weight: Tensor, n: int, m: int, dim: int = 1, score: Tensor | None =
     if not -nd <= dim < nd:
         raise CompressionError(f"dim={dim} is out of range for a {nd}-d weight; use 0..{nd - 1}")
     dim %= nd
+    check_mask_group(group, weight.shape[0])
+    if group > 1:
+        return _shared_nm_mask(weight, n, m, dim, score, group)
     size = weight.shape[dim]
     if size % m:
         raise DivisibilityError(
@@ -90,6 +128,26 @@ def nm_mask(weight: Tensor, n: int, m: int, dim: int = 1, score: Tensor | None =
     keep = torch.zeros_like(mag, dtype=torch.float32)
     keep.scatter_(-1, order[..., :n], 1.0)
     return keep.reshape(*lead, size).movedim(-1, dim).contiguous()
+
+
+def _shared_nm_mask(weight: Tensor, n: int, m: int, dim: int, score: Tensor | None, group: int) -> Tensor:
+    """:func:`nm_mask` with ``group > 1``: the pattern of the importance summed over each group of ``group``
+    output channels (dim 0), repeated over the group's channels."""
+    if dim == 0:
+        raise CompressionError("a shared mask groups output channels (dim 0): the N:M dim must be another one")
+    if score is not None and (not isinstance(score, Tensor) or tuple(score.shape) != tuple(weight.shape)):
+        got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+        raise ShapeMismatchError(f"score shape {got} != weight shape {tuple(weight.shape)}: give one "
+                                 f"importance value per weight")
+    imp = weight.detach().abs() if score is None else score.detach().to(weight.device)
+    if imp.is_floating_point() and torch.isnan(imp).any():
+        what = "weight" if score is None else "score"
+        raise CompressionError(f"{what} contains NaN: N:M pruning is undefined; fix the {what}s first")
+    # [Cout, ...] -> [Cout/g, g, ...] summed over the g channels of each group (float64: exact enough that
+    # the pattern maximises the group's summed importance however the sum is ordered)
+    summed = imp.to(torch.float64).reshape(weight.shape[0] // group, group, *weight.shape[1:]).sum(1)
+    one = nm_mask(summed, n, m, dim=dim, score=summed)  # one pattern per group and input position
+    return one.repeat_interleave(group, dim=0).to(torch.float32).contiguous()
 
 
 def is_nm_sparse(mask: Tensor, n: int, m: int, dim: int = 1) -> bool:

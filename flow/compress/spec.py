@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import NMConfigError, UnknownMethodError
-from .nm import check_nm
+from .nm import check_mask_group, check_nm
 
 __all__ = ["CompressSpec", "METHODS", "LAYER_KEYS", "DEFAULT_SKIP", "default_skip", "check_method"]
 
 METHODS = ("mvq", "vq", "pq", "vecq")
 # the settings an ``overrides`` entry (one layer) may change; the rest hold for the whole model
-LAYER_KEYS = ("method", "n", "m", "k", "d", "iters", "seed", "v", "K", "bits", "lut_bits", "vecq_scheme")
+LAYER_KEYS = ("method", "n", "m", "k", "d", "iters", "seed", "v", "K", "bits", "lut_bits", "vecq_scheme",
+              "mask_group")
 
 
 class _MethodDefault:
@@ -70,6 +71,7 @@ class CompressSpec:
     lut_bits: int = 8
     vecq_scheme: str = "paper"
     quantize_codebooks: bool = True
+    mask_group: int = 1   # mvq: g output channels share one N:M pattern per input position (1: per channel)
 
     def __post_init__(self) -> None:
         skip = self.skip
@@ -90,6 +92,7 @@ class CompressSpec:
         if self.method == "mvq" and self.n >= self.m:
             raise NMConfigError(f"method='mvq' needs sparsity, i.e. n < m, got n={self.n}, m={self.m}: "
                                 "use method='vq' for dense codebooks")
+        check_mask_group(self.mask_group)
 
     @classmethod
     def of(cls, spec: CompressSpec | str | None = None, **settings: Any) -> CompressSpec:

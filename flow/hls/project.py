@@ -242,6 +242,7 @@ def _context(engine: EngineConfig, part: str, clock_ns: float) -> dict:
         "opcodes": dict(program_mod.OPCODES),
         "wfmt_dense": program_mod.DENSE,
         "wfmt_codebook": program_mod.CODEBOOK,
+        "wfmt_codebook_shared": program_mod.CODEBOOK_SHARED,
         "regs": regs,
         "ctrl_bits": ctrl_bits,
         "status_codes": status_codes,

@@ -20,6 +20,7 @@ same loop iteration counts plus DEPTH conv = 24 per loop entry, no plan term), s
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ SMALL_DENSE = EngineConfig(rows=2, cols=4, lanes=4, n=4, m=4, k_max=64, d_max=8,
 SMALL_R4 = EngineConfig(rows=4, cols=4, lanes=4, n=2, m=4, k_max=64, d_max=8, act_buf_bytes=4096, num_bufs=3,
                         acc_groups=3, vmem_entries=4096, cb_rows=256, dmem_words=1024, ch_rows=64, dsp_rows=2,
                         max_channels=64, max_kernel=5, max_ops=8, param_bytes=1 << 20)
+
+# the 2:4 geometry with the row-mux array (issue 22: one m:1 selection per row for the column tile)
+SMALL_24_RM = dataclasses.replace(SMALL_24, row_mux=True)
 
 FLUSH = 7          # the unit's cycles between loops (conv_unit.v.j2 FLUSH)
 PLAN = 18          # start cycle (0) -> first issue cycle: the plan steps 0..15 (one product each) and the setup step
@@ -86,9 +90,11 @@ def _rng(*key) -> np.random.Generator:
 
 
 def make_case(name: str, engine: EngineConfig, *, seed: int = 0, residual: bool = False, res_unsigned: int = 0,
-              bug: str = "", **kw) -> ConvUnitCase:
+              bug: str = "", share: bool = False, **kw) -> ConvUnitCase:
     """One conv (buffer 0 -> 1) drawn by flow.rtl.random_ops.conv_op; with ``residual`` a dense conv of the
-    same geometry first writes the residual into buffer 2 (the unit runs the second op)."""
+    same geometry first writes the residual into buffer 2 (the unit runs the second op). ``share``: the unit's
+    codebook op gets masks shared by every aligned group of engine.cols output channels (the group's first
+    channel's copied) and, on a row-mux engine, the shared-mask format (flow.compile.layout.share_masks)."""
     rng = _rng(name, seed)
     ops: list[Op] = []
     if residual:
@@ -98,7 +104,14 @@ def make_case(name: str, engine: EngineConfig, *, seed: int = 0, residual: bool 
         ops.append(conv_op(rng, **kw, in_buf=0, out_buf=1, res_buf=2, res_unsigned=res_unsigned, name=name))
     else:
         ops.append(conv_op(rng, **kw, name=name))
+    if share:
+        mask = ops[-1].arrays["mask"]
+        for g0 in range(0, mask.shape[0], engine.cols):
+            mask[g0:g0 + engine.cols] = mask[g0]
     prog = Program(ops=ops, in_shape=(ops[0].H, ops[0].W, ops[0].C))
+    if share:
+        from flow.compile.layout import share_masks
+        prog = share_masks(prog, engine)
     placed = prepare(prog, engine)
     first = placed.ops[0]
     lo, hi = act_range(first.in_unsigned)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -62,17 +63,18 @@ INSTANCES = {"u_control": "control", "u_loader": "loader", "u_core": "engine_cor
              "u_pool": "pool_unit", "u_sin": "stream_in", "u_sout": "stream_out", "u_rq": "requant"}
 # the rows of the per-unit comparison: RTL unit -> (the modules whose cells count for it, resource-model units
 # with the fraction of each). Model units not listed here are the block design's (bd.*), added to the total.
-# requant: cols lanes drain the conv unit, 1 serves the pool unit; mult.runtime (the allowance of 2 run-time
-# multiplies, 1/3/4 DSP each): half to the conv unit's plan_op multiplier, half to the loader's check_op one.
+# requant: the cols lanes that drain the conv unit; requant.pool: the pool unit's lane; mult.runtime (the
+# allowance of 3 run-time multiplies, 1/3/4 DSP each): a third each to the conv unit's and the pool unit's
+# plan_op multipliers and the loader's check_op one.
 UNIT_MAP: dict[str, dict[str, float]] = {
     "conv_unit": {"array.mult_dsp": 1, "array.mult_fabric": 1, "array.mux": 1, "array.adders": 1, "mem.acc": 1,
-                  "acc.read_mux": 1, "crossbar": 1, "decoder": 1, "requant": -1, "control.counters": 1,
-                  "control.pipe": 1, "mult.runtime": 0.5},
-    "pool_unit": {"pool": 1, "requant": -2},
+                  "acc.read_mux": 1, "crossbar": 1, "decoder": 1, "requant": 1, "control.counters": 1,
+                  "control.pipe": 1, "mult.runtime": 1 / 3},
+    "pool_unit": {"pool": 1, "requant.pool": 1, "mult.runtime": 1 / 3},
     "engine_core": {"mem.act": 1, "mem.vidx": 1, "mem.vmask": 1, "mem.cbmem": 1, "mem.dmem": 1, "mem.chmem": 1,
                     "mem.ops": 1, "glue.port_mux": 1, "control.sequencer": 1, "control.unpack_op": 1},
     "loader": {"control.check_op": 1, "control.loaders": 1, "control.crc32": 1, "mem.loader_fifos": 1,
-               "axi.m_axi": 1, "mult.runtime": 0.5},
+               "axi.m_axi": 1, "mult.runtime": 1 / 3},
     "stream_in+stream_out": {"control.streams": 1, "axi.axis": 1},
     "control": {"axi.s_axilite": 1},
     "engine_top": {"control.cycles": 1},
@@ -145,19 +147,18 @@ def unit_counts(hier: dict) -> dict[str, dict]:
 
 
 # ---- the resource model ---------------------------------------------------------------------------------
-def model_rows(engine: EngineConfig, board: str = "pynq-z2") -> tuple[dict, dict, dict]:
+def model_rows(engine: EngineConfig, board: str = "pynq-z2", usage: rm.Usage | None = None) -> tuple[dict, dict, dict]:
     """(rows, block design, engine total), each resource as (low, central, high), MODELLED: the resource
-    model's units summed per UNIT_MAP row (requant split cols : 1 between conv and pool), the bd.* units, and
-    every non-bd unit. Raises when a model unit is neither mapped nor bd (so a new unit is not lost)."""
-    usage = rm.estimate(engine, board)
-    lanes = rm.requant_lanes(engine)
-    frac = {-1: engine.cols / lanes, -2: 1 / lanes}
+    model's units summed per UNIT_MAP row (requant: the conv lanes; requant.pool: the pool's), the bd.* units, and
+    every non-bd unit. Raises when a model unit is neither mapped nor bd (so a new unit is not lost).
+    ``usage``: the estimate to split (a build's own, e.g. with the firmware's multiply counts); default
+    rm.estimate(engine, board)."""
+    usage = usage if usage is not None else rm.estimate(engine, board)
     mapped = defaultdict(float)
     rows: dict[str, dict] = {}
     for row, units in UNIT_MAP.items():
         r = {res: [0.0, 0.0, 0.0] for res in RESOURCES}
         for name, f in units.items():
-            f = frac.get(f, f)
             mapped[name] += f
             u = usage.units.get(name)
             if u is None:
@@ -630,6 +631,97 @@ def engine_area(build: str | EngineConfig = "default", board: str = "pynq-z2") -
             "cached": {"flat": flat["cached"], "hier": hier["cached"]}}
 
 
+# ---- read-only lookup of the yosys figures (the build report: never runs yosys) ----------------------------
+RESULTS_JSON = REPO_ROOT / "bench" / "results" / "rtl_engine_area.json"
+RESULTS_ENV = "VQHLS_RTL_AREA_RESULTS"      # overrides RESULTS_JSON (tests point it at a file in tmp)
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repository when under it (what a report may print), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def area_cache_key(version: str, flags: list[str], post: list[str], srcs: list[tuple[str, str]]) -> str:
+    """The key flow.rtl.area.synth_area stores a run under (sha1 of the yosys version, the synth_xilinx flags with
+    the post-steps, and every (file name, text) source); the same hash, so a lookup finds what synth_area wrote
+    (tests/flow/build/test_report_yosys.py checks the two agree on a real yosys run)."""
+    h = hashlib.sha1()
+    for part in (version, " ".join(flags + (["+"] + post if post else [])), *(f"{n}\0{t}" for n, t in srcs)):
+        h.update(part.encode())
+        h.update(b"\0\0")
+    return h.hexdigest()
+
+
+def cached_area(engine: EngineConfig, versions: tuple[str, ...] | None = None) -> dict | None:
+    """The yosys figures engine_area gives for ``engine``, read from the synth_area cache ONLY (yosys is never run;
+    ``yosys -V`` is, for the key): {"source", "yosys", "engine_hash", "total" (flattened: summary()), "units"
+    (row -> summary of the run with the hierarchy kept) and "hier_total", both None when that run is not cached};
+    None when the flattened run is not cached. ``versions``: yosys version strings to try (default: the installed
+    yosys'; none when it is missing)."""
+    if versions is None:
+        try:
+            versions = (area.yosys_version(),)
+        except AreaError:
+            return None
+    srcs = list(engine_sources(engine).items())          # the names and texts write_sources gives synth_area
+    flat_flags = area.script_flags(TOP, nodsp=False, family="xc7", flatten=True)
+    hier_flags = area.script_flags(TOP, nodsp=False, family="xc7", flatten=False)
+    for version in versions:
+        flat_key = area_cache_key(version, flat_flags, ["flatten", "write_json netlist.json"], srcs)
+        flat_file = area.cache_dir() / f"{flat_key}.json"
+        if not flat_file.is_file():
+            continue
+        try:
+            flat = json.loads(flat_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        units = hier_total = None
+        hier_file = area.cache_dir() / f"{area_cache_key(version, hier_flags, [], srcs)}.json"
+        if hier_file.is_file():
+            try:
+                hier = json.loads(hier_file.read_text())
+                units, hier_total = unit_counts(hier), summary(hier)
+            except (OSError, json.JSONDecodeError, KeyError, AreaError):
+                units = hier_total = None
+        return {"source": f"the synth_area cache ({_shown(area.cache_dir())})", "yosys": flat.get("yosys", version),
+                "engine_hash": engine.hash(), "total": summary(flat), "units": units, "hier_total": hier_total}
+    return None
+
+
+def yosys_reference(engine: EngineConfig, results_json: str | Path | None = None,
+                    versions: tuple[str, ...] | None = None) -> tuple[dict | None, str]:
+    """(figures, "") or (None, why): the yosys figures of ``engine`` WITHOUT running yosys, as cached_area gives
+    them; from the synth_area cache first, else from a build of the bench results (``results_json``, default
+    $VQHLS_RTL_AREA_RESULTS or bench/results/rtl_engine_area.json) whose engine_hash is ``engine``'s."""
+    try:
+        rec = cached_area(engine, versions)
+        why = [f"no cached yosys run of this engine in {_shown(area.cache_dir())}"]
+    except Exception as e:        # a config the RTL does not render is "no cached figures", never a failed report
+        rec, why = None, [f"the RTL does not render for this engine ({type(e).__name__}: {e})"]
+    if rec is not None:
+        return rec, ""
+    path = Path(results_json or os.environ.get(RESULTS_ENV) or RESULTS_JSON)
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        why.append(f"{_shown(path)} is not readable ({type(e).__name__})")
+        return None, "; ".join(why)
+    builds = payload.get("builds", [])
+    for b in builds:
+        if b.get("engine_hash") == engine.hash():
+            commit = payload.get("machine", {}).get("commit", "?")
+            return {"source": f"{_shown(path)} (build {b.get('build')}, written at commit {commit}; it names the engine "
+                              "config, not the RTL text, so RTL changed since then is not in it)",
+                    "yosys": b.get("yosys", payload.get("yosys", "yosys")), "engine_hash": engine.hash(),
+                    "total": b["total"], "units": b.get("units"), "hier_total": b.get("hier_total")}, ""
+    why.append(f"{_shown(path)} holds engines " + (", ".join(f"{b.get('engine_hash')} ({b.get('build')})" for b in builds)
+                                           or "none"))
+    return None, "; ".join(why)
+
+
 # ---- the table ------------------------------------------------------------------------------------------
 def _rng(v) -> str:
     lo, ce, hi = v
@@ -670,4 +762,5 @@ def format_rows(rec: dict) -> str:
 
 
 __all__ = ["TOP", "XC7Z020", "UNIT_MAP", "build_config", "write_sources", "synth_engine", "summary", "unit_counts",
-           "model_rows", "netlist_facts", "engine_area", "format_rows", "unit_of", "memory_of"]
+           "model_rows", "netlist_facts", "engine_area", "format_rows", "unit_of", "memory_of", "area_cache_key",
+           "cached_area", "yosys_reference", "RESULTS_JSON", "RESULTS_ENV"]

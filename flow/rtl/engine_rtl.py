@@ -65,12 +65,19 @@ def units(engine: EngineConfig) -> tuple[str, ...]:
 #   pq_op 25      per PQ op besides its loads and pixels: the plan's 10 products on one multiplier, and the two
 #                 run-time requests' round trips through the loader's burst reader to the testbench's AXI RAM
 #                 (cocotbext-axi AxiRamRead: a few cycles; real DDR is slower: DDR_LATENCY once per request)
+#   pq_stream 10, pq_row 8, pq_op_stream 18   a PQ op whose LUT streams (pq_unit.v.j2 S_ROWQ .. S_DRN): per
+#                 pixel the setup cycle, the encoder's D = 3 tail before the last code, S_DRN (1: the last row
+#                 tile's accumulator write lands) and the drain's L1 (1) + requantization lane (4); per row S_ROWQ
+#                 (code * OC) and S_ROWG (the request), then 6 cycles from the request to its first beat through
+#                 the loader to the testbench's AXI RAM (real DDR: DDR_LATENCY more per row); per op the plan and
+#                 the prototypes' request only (25 less the LUT request's 7). Read off the pipeline, then
+#                 confirmed to the cycle on random layers (tests/rtl/test_pq_streamed_lut.py)
 #   load_chunk 0  per 64-beat chunk of a run-time load: the burst reader keeps up to 8 bursts in flight, so a
 #                 load streams one beat per unpacker step after its first beat (the HLS pays DDR_LATENCY +
 #                 DEPTH["load"] per chunk: one DATAFLOW region per burst)
 # Per call (not per image) the sequencer also reads op 0's and the last op's descriptors (about 130 cycles).
 RTL_DEPTH = {"conv": 7, "conv_plan": 18, "pool": 6, "maxpool": 6, "avgpool": 10, "stream": 0, "op_gap": 2,
-             "image_glue": 9, "pq": 9, "pq_op": 25, "load_chunk": 0}
+             "image_glue": 9, "pq": 9, "pq_op": 25, "load_chunk": 0, "pq_row": 8, "pq_stream": 10, "pq_op_stream": 18}
 
 
 class EngineRtlError(RuntimeError):
@@ -85,12 +92,11 @@ def engine_sources(engine: EngineConfig, bugs: dict | None = None) -> dict[str, 
 
 
 def unsupported(prog) -> str | None:
-    """Why the RTL engine cannot run the placed Program ``prog`` yet (one line naming the op), or None. The one
-    statement of the rule: run_engine refuses with it, and ``flow.build --engine rtl`` before packaging."""
-    for i, op in enumerate(prog.ops):
-        if op.opcode == 4 and not op.lut_resident:
-            return (f"op {i} ({op.name}) is a PQ op whose LUT does not fit on chip (streamed rows), which the RTL "
-                    "engine does not do yet: use an engine with a larger lut_bytes")
+    """Why the RTL engine cannot run the placed Program ``prog`` (one line naming the op), or None. The one
+    statement of the rule: run_engine refuses with it, and ``flow.build --engine rtl`` before packaging. No op
+    is refused today: every op the compiler places runs (streamed conv weights per oc tile, PQ LUTs on chip or
+    streamed per pixel); the hook stays so that a future limit has one place to be stated."""
+    del prog
     return None
 
 
@@ -158,7 +164,7 @@ def run_engine(image: bytes, engine: EngineConfig, inputs: np.ndarray, *, batche
                work: Path | None = None, raw: bool = False) -> EngineRun:
     """Load ``image`` into the RTL engine and run ``inputs`` ([n, in_bytes] uint8, the engine's input bytes) in
     run calls of ``batches`` images (default: one call of all). EngineRtlError when the Program holds an op
-    the RTL engine does not run yet (a PQ op's streamed LUT rows) or the simulation fails. ``raw``: send the
+    the RTL engine does not run (``unsupported``: none today) or the simulation fails. ``raw``: send the
     image as it is, unchecked (the engine's own checks are under test: a corrupted image)."""
     if raw:
         out_bytes = program_image.header_words(image)[program_image.WORD["output_bytes"]]

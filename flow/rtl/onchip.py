@@ -31,7 +31,7 @@ import numpy as np
 
 from engine_io.program_image import DESC_FIELDS, DESC_WORDS, HEADER_WORDS, MAGIC, WORD
 from flow.compile.engine import EngineConfig
-from flow.compile.program import AVGPOOL, CODEBOOK, CONV, DENSE, MAXPOOL, PQ
+from flow.compile.program import AVGPOOL, CODEBOOK, CODEBOOK_SHARED, CONV, DENSE, MAXPOOL, PQ
 
 # pw_mem codes of the parameter write port (the spec's "Parameter write port")
 PW_OPW, PW_VIDX, PW_VMASK, PW_CB, PW_DMEM, PW_CH_BIAS, PW_CH_MULT, PW_CH_SHIFT, PW_CH_RESMULT = range(9)
@@ -128,9 +128,11 @@ def _load_weights(st: OnChip, image: bytes, op: dict, engine: EngineConfig) -> N
             raise LoadError(f"dense weights at words {a0}..{a0 + n - 1} past dmem_words={engine.dmem_words}")
         st.dmem[a0:a0 + n] = words.reshape(n, L)
         return
-    if op["wfmt"] != CODEBOOK:
+    if op["wfmt"] not in (CODEBOOK, CODEBOOK_SHARED):
         raise LoadError(f"conv weight format {op['wfmt']}")
     count = taps * op["NVEC"]
+    # a shared-mask op (row-mux engines): one mask per (oc tile, tap, vector), NOT*KH*KW*NVEC entries from v_base
+    mcount = op["NOT"] * op["KH"] * op["KW"] * op["NVEC"] if op["wfmt"] == CODEBOOK_SHARED else count
     k, d, a0 = op["k"], op["d"], op["v_base"]
     if a0 + count > engine.vmem_entries:
         raise LoadError(f"vmem entries {a0}..{a0 + count - 1} past vmem_entries={engine.vmem_entries}")
@@ -138,7 +140,7 @@ def _load_weights(st: OnChip, image: bytes, op: dict, engine: EngineConfig) -> N
     if np.any(idx >= k):
         raise LoadError("codeword index >= k (ERR_PARAM)")
     st.vidx[a0:a0 + count] = idx
-    st.vmask[a0:a0 + count] = _array(image, op["off_mask"], count, "<u2").astype(np.uint32) & ((1 << d) - 1)
+    st.vmask[a0:a0 + mcount] = _array(image, op["off_mask"], mcount, "<u2").astype(np.uint32) & ((1 << d) - 1)
     cb0 = op["cb_base"]
     if cb0 + k > engine.cb_rows:
         raise LoadError(f"codebook rows {cb0}..{cb0 + k - 1} past cb_rows={engine.cb_rows}")

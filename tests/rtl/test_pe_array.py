@@ -61,7 +61,7 @@ def test_default_model_layer_bit_exact_and_cycles(default_model_build, tmp_path)
     check_bit_exact_and_cycles(case, tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.sim_matrix
 def test_pe_array_under_verilator(tmp_path, monkeypatch):
     """The optional Verilator path (`make cosim SIM=verilator`): the 2:4 array on the default PYNQ-Z2
     geometry builds (the wheel's PCH flag is supplied, flow.rtl.cosim) and is bit-exact, with the cycles

