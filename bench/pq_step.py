@@ -1,7 +1,6 @@
 """PQ training step against the float training step, side by side in one run (issue 21, item 2).
 
-    python bench/pq_step.py [--quick] [--steps S] [--repeats R] [--threads T] [--batch B] [--base COMMIT]
-        [--no-before] [--out DIR]
+    python bench/pq_step.py [--quick] [--steps S] [--repeats R] [--threads T] [--batch B] [--out DIR]
 
 Model: the zoo's ResNet20 shaped for Fashion-MNIST (28x28x1): the cached 3-epoch checkpoint when there is
 one, else the seeded untrained model (the step's cost does not depend on the weights; the JSON says which).
@@ -18,19 +17,19 @@ step), as :func:`flow.compress.finetune.pq_finetune` runs it:
   ``t_end`` (0.03), where almost every soft weight underflows (the cost of the exponentials differs);
 * ``pq hard``: the hard phase (LUT int8, BatchNorm re-estimated, only BatchNorm and biases trained).
 
-``impl``: ``after`` is this tree's :mod:`flow.compress.pq`; ``before`` is the formulation of commit
-``--base`` (default: the last commit before the rewrite), read with ``git show`` and run on the same
-model through the same layer objects (its ``_pq_product`` / ``_subvectors_T`` / ``forward`` bound to
-them); skipped when git or the commit is missing. ``same_forward``: this row's model output on a fixed
-batch equals the ``after`` one bit for bit (the hard lookup), and the largest relative difference of
-the parameter gradients between before and after.
+``impl``: ``native`` is the default path, the fused kernel :mod:`flow.compress._pq_native` (its code path,
+e.g. ``native/avx512``, is printed and saved); ``torch`` is the previous fused torch formulation of the same
+tree (``VQHLS_PQ=torch``), run on a copy of the same model. ``same_forward``: the native row's model output
+on a fixed batch equals the torch row's bit for bit (the hard lookup), and ``grad_rel_diff`` is the largest
+relative difference of the parameter gradients between the two.
 
 Timing: ``--repeats`` interleaved rounds; in each, every row runs one untimed step and then ``--steps``
 timed steps, one row after the other, so a load spike from other processes hits all rows alike. The
 table shows the median over the rounds of the wall-clock ms per step and of the process CPU ms per step;
-``x_float`` is the median of the per-round ratios to that round's float row (wall clock). Threads:
-``--threads`` (default 1: the comparison is per core). Writes RESULTS/pq_step.json (``--quick``:
-pq_step_quick.json) with the commit, CPU model, ISA flags and thread counts.
+``x_float`` is the median of the per-round ratios to that round's float row (wall clock) and ``cpu_x_float``
+the same ratio of CPU ms. Threads: ``--threads`` (default 1: the comparison is per core). Writes
+RESULTS/pq_step.json (``--quick``: pq_step_quick.json) with the commit, CPU model, ISA flags, thread
+counts and the code path.
 """
 from __future__ import annotations
 
@@ -41,10 +40,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see f
 import argparse
 import copy
 import statistics
-import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -52,8 +49,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, RESULTS, cpu_info, git_commit, save, table  # noqa: E402
+from bench.common import RESULTS, cpu_info, git_commit, save, table  # noqa: E402
 from flow.compress import compress  # noqa: E402
+from flow.compress import _pq_native  # noqa: E402
 from flow.compress import pq as pq_mod  # noqa: E402
 from flow.compress.finetune import (  # noqa: E402
     PQTrainSpec,
@@ -66,39 +64,17 @@ from models import data as datasets  # noqa: E402
 from models import train as trainer  # noqa: E402
 
 V, K, LUT_BITS = 9, 16, 8
-BASE = "f6dd99f"  # the last commit with the per-block softmax / full im2col formulation
 T_START, T_END = 1.0, 0.03  # pq_train.py's schedule (relative temperatures)
-COLS = ["phase", "impl", "ms_per_step", "cpu_ms_per_step", "x_float", "same_forward", "grad_rel_diff"]
-
-
-def load_before(base: str) -> types.ModuleType | None:
-    """flow/compress/pq.py as of commit ``base``, as a module of the flow.compress package; None without it."""
-    try:
-        src = subprocess.run(["git", "show", f"{base}:flow/compress/pq.py"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    mod = types.ModuleType("flow.compress._pq_before")
-    mod.__package__ = "flow.compress"
-    exec(compile(src, f"{base}:flow/compress/pq.py", "exec"), mod.__dict__)
-    return mod
-
-
-def use_before(model: torch.nn.Module, before: types.ModuleType) -> torch.nn.Module:
-    """Bind the old formulation's training product, patch builder and forward to every PQ layer of ``model``."""
-    for m in pq_mod.pq_layers(model):
-        m._pq_product = types.MethodType(before._PQBase._pq_product, m)
-        if isinstance(m, pq_mod.PQConv2d):
-            m._subvectors_T = types.MethodType(before.PQConv2d._subvectors_T, m)
-            m.forward = types.MethodType(before.PQConv2d.forward, m)
-    return model
+COLS = ["phase", "impl", "ms_per_step", "cpu_ms_per_step", "x_float", "cpu_x_float", "same_forward",
+        "grad_rel_diff"]
 
 
 class Row:
-    """One configuration: a model, what trains, an Adam optimizer, and its timings."""
+    """One configuration: a model, what trains, the PQ backend (``VQHLS_PQ``), an Adam optimizer, and its timings."""
 
     def __init__(self, phase: str, impl: str, model: torch.nn.Module, bn_only: bool = False):
         self.phase, self.impl, self.model, self.bn_only = phase, impl, model, bn_only
+        self.backend = "native" if impl == "native" else "torch"
         with _only_bn_and_bias_trainable(model, bn_only):
             self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(self.params, lr=1e-3)
@@ -106,6 +82,7 @@ class Row:
         self.cpu: list[float] = []
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        os.environ["VQHLS_PQ"] = self.backend
         with _only_bn_and_bias_trainable(self.model, self.bn_only):
             self.model.train()
             self.opt.zero_grad(set_to_none=True)
@@ -114,9 +91,8 @@ class Row:
 
     def probe(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Output and parameter gradients on (x, y), parameters unchanged (a copy of the model)."""
+        os.environ["VQHLS_PQ"] = self.backend
         m = copy.deepcopy(self.model)
-        if self.impl == "before":  # deepcopy keeps the bound methods bound to the original layers
-            use_before(m, self.before)
         with _only_bn_and_bias_trainable(m, self.bn_only):
             m.train()
             out = m(x)
@@ -136,26 +112,20 @@ def build(a) -> tuple[list[Row], dict, torch.Tensor, torch.Tensor]:
         model, weights = trainer.build("resnet20", "fashion-mnist"), "untrained (seed 0)"
     torch.manual_seed(0)
     pq_model = compress(model, "pq", v=V, K=K, lut_bits=LUT_BITS, data=x[:256], iters=2 if a.quick else 20)
-    before = None if a.no_before else load_before(a.base)
     spec = PQTrainSpec(epochs=1, assignment="ste")
     rows = [Row("float", "-", copy.deepcopy(model))]
-    variants = [("after", None)] + ([("before", before)] if before is not None else [])
+    impls = ["native"] + ([] if a.native_only else ["torch"])
     for t in (T_START, T_END):
         run = _start_pq_run(copy.deepcopy(pq_model), x, y, spec=spec, teacher=None, progress=False, log=None)
         _soften(run)
         run.set_temperature(t)
-        for impl, mod in variants:
-            m = copy.deepcopy(run.model)
-            rows.append(Row(f"pq soft T={t:g}", impl, use_before(m, mod) if mod else m))
-            rows[-1].before = mod
+        for impl in impls:
+            rows.append(Row(f"pq soft T={t:g}", impl, copy.deepcopy(run.model)))
     _soften(run)
     _harden(run)  # T = t_end, LUT int8, BatchNorm re-estimated
-    for impl, mod in variants:
-        m = copy.deepcopy(run.model)
-        rows.append(Row("pq hard", impl, use_before(m, mod) if mod else m, bn_only=True))
-        rows[-1].before = mod
-    info = dict(weights=weights, pq_layers=len(pq_mod.pq_layers(pq_model)), before_loaded=before is not None,
-                base=a.base)
+    for impl in impls:
+        rows.append(Row("pq hard", impl, copy.deepcopy(run.model), bn_only=True))
+    info = dict(weights=weights, pq_layers=len(pq_mod.pq_layers(pq_model)), code_path=f"native/{_pq_native.isa()}")
     return rows, info, x, y
 
 
@@ -166,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, help="interleaved rounds (default 3; --quick 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--batch", type=int, default=64, help="images per step (default 64)")
-    ap.add_argument("--base", default=BASE, help=f"commit whose flow/compress/pq.py is 'before' (default {BASE})")
-    ap.add_argument("--no-before", action="store_true", help="time this tree's formulation only")
+    ap.add_argument("--native-only", action="store_true", help="time the native path only (no torch rows)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON (default bench/results)")
     a = ap.parse_args(argv)
     steps = a.steps or (1 if a.quick else 4)
@@ -175,15 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     if steps < 1 or repeats < 1 or a.threads < 1 or a.batch < 1:
         ap.error("--steps, --repeats, --threads and --batch must be >= 1")
     torch.set_num_threads(a.threads)
+    os.environ["VQHLS_PQ"] = "native"  # the kernel must load: no silent fall back to torch in this bench
+    _pq_native.load()
     t0 = time.perf_counter()
     rows, info, x, y = build(a)
     B = a.batch
     xb, yb = x[:B], y[:B]
-    # the same forward: every row's output on a fixed batch against its phase's "after" row
+    # the same forward: every torch row's output on a fixed batch against its phase's native row
     ref: dict[str, tuple] = {}
     for r in rows:
         out, grads = r.probe(xb, yb)
-        if r.impl == "before" and r.phase in ref:
+        if r.impl == "torch" and r.phase in ref:
             o, g = ref[r.phase]
             r.same_forward = bool(torch.equal(out, o))
             r.grad_rel_diff = max(float((a_ - b_).abs().max() / b_.abs().max().clamp_min(1e-30))
@@ -208,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         out_rows.append(dict(phase=r.phase, impl=r.impl, ms_per_step=statistics.median(r.wall),
                              cpu_ms_per_step=statistics.median(r.cpu),
                              x_float=statistics.median(w / f for w, f in zip(r.wall, fl.wall)),
+                             cpu_x_float=statistics.median(c / f for c, f in zip(r.cpu, fl.cpu)),
                              same_forward=r.same_forward, grad_rel_diff=r.grad_rel_diff,
                              wall_ms_rounds=r.wall, cpu_ms_rounds=r.cpu))
     cpu = cpu_info()
@@ -216,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
                   t_start=T_START, t_end=T_END, cpu=cpu, wall_s=time.perf_counter() - t0, **info)
     flags = ", ".join(f"{f} {'?' if v is None else ('yes' if v else 'no')}" for f, v in cpu["flags"].items())
     print(f"machine: {cpu['model']}, {cpu['cores']} cores; {flags}; commit {git_commit()}; "
-          f"threads: torch {torch.get_num_threads()}")
+          f"threads: torch {torch.get_num_threads()}; code path: {info['code_path']}")
     print(f"ResNet20 / Fashion-MNIST 28x28x1 ({info['weights']}), PQ (v={V}, K={K}), {info['pq_layers']} PQConv2d "
           f"layers; one training step = forward + cross-entropy + backward + Adam, batch {B}")
-    print(f"median of {repeats} interleaved rounds of {steps} steps; x_float = median per-round ratio of wall ms "
-          f"to the float row; before = flow/compress/pq.py at {a.base}"
-          + ("" if info["before_loaded"] or a.no_before else " (not available: git show failed)"))
+    print(f"median of {repeats} interleaved rounds of {steps} steps; x_float (cpu_x_float) = median per-round ratio "
+          f"of wall (CPU) ms to the float row; native = the fused kernel (default), torch = the previous fused "
+          f"torch path (VQHLS_PQ=torch)")
     print(table(out_rows, COLS))
     name = "pq_step_quick" if a.quick else "pq_step"
     path = save(name, result, __file__, argv, out=a.out)

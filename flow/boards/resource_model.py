@@ -1010,8 +1010,9 @@ def over_budget(usage: Usage, board: Board | str, *, bram_frac: float = BRAM_FRA
 def check_fit(engine: EngineConfig, board: Board | str = "pynq-z2", *, counts: dict[str, int] | None = None,
               bram_frac: float = BRAM_FRAC, dsp_frac: float = DSP_FRAC, lut_frac: float = LUT_FRAC,
               level: str = "high") -> Usage:
-    """The usage of ``engine`` if the HIGH end (or ``level``) of its modelled range fits ``board``'s budget;
-    else ResourceError naming every over-used resource with its range and the fix. ``counts``: the
+    """The usage of ``engine`` if it fits ``board`` at ``level`` (see ``over_budget``; "high": the central
+    figure within the budgets and the high end within the part); else ResourceError naming every over-used
+    resource with its range and the fix. ``counts``: the
     firmware's run-time multiplies (see ``estimate``)."""
     b = _board(board)
     usage = estimate(engine, b, counts)

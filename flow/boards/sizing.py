@@ -9,12 +9,13 @@ rows, PQ unit; ``n``/``m`` replaced when given) and searches, deterministically,
   (LADDERS) capped at the reference values (the parameter memories; a Program
   whose parameters do not all fit streams the rest per image, flow.compile.layout),
 
-for the candidate whose HIGH end of the modelled range (flow.boards.resource_model:
-every unit's pessimistic figure, summed) passes ``check_fit``, with, in order of
+for the candidate that passes ``check_fit`` at its "high" level (flow.boards.resource_model: the CENTRAL
+figure within the budgets, and the HIGH end -- every unit's pessimistic figure, calibrated so that yosys's
+looser mapping of the RTL engine lies inside it -- within the part itself), with, in order of
 preference: the most multipliers, the most resident parameter bytes, the larger
 op table, the most DSP rows (DSP products cost no LUTs and close timing more
 easily). It does not pick the largest config under the budget line at the
-model's central figure: a build chosen this way still fits when the model is
+model's central figure alone: a build chosen this way still fits the part when the model is
 wrong by up to the width of its range.
 
 Everything else (lanes, n:m, k_max, d_max, act_buf_bytes, num_bufs,
@@ -22,7 +23,7 @@ acc_groups, ch_rows, max_channels, pq_*) is the reference's: those limits
 decide which models compile at all, so the search never trades them away.
 
 PYNQ-Z2 with the default n:m is pinned: ``EngineConfig()`` *is* that build and
-is returned as is when its high end fits the budget. When the resource model says it does
+is returned as is when it passes that check. When the resource model says it does
 not, a warning names the over-used resources and the searched config is
 returned instead (adopt it as the new defaults).
 """
@@ -67,7 +68,7 @@ def resident_bytes(e: EngineConfig) -> int:
 
 
 def _fits(e: EngineConfig, board: Board, level: str = "high") -> bool:
-    """The HIGH end (or ``level``) of e's modelled range is within every budget."""
+    """``over_budget`` at ``level`` finds nothing ("high": central within the budgets, high end within the part)."""
     return not over_budget(estimate(e, board), board, level=level)
 
 
@@ -83,10 +84,10 @@ def memory_options(ref: EngineConfig) -> list[dict[str, int]]:
 
 
 def search(board: Board | str, ref: EngineConfig, level: str = "high") -> EngineConfig:
-    """The preferred config around ``ref`` whose HIGH end fits (module docstring); ResourceError when none does.
+    """The preferred config around ``ref`` that fits at ``level`` (module docstring); ResourceError when none does.
 
     Order: rows (most multipliers first) > memory option (most resident bytes first) > dsp_rows
-    (most first), every candidate judged by the HIGH end of its modelled range. BRAM does not depend
+    (most first), every candidate judged by ``check_fit``'s rule at ``level``. BRAM does not depend
     on dsp_rows, and DSP / FF do not depend on the memory option; LUT grows with its LUTRAM and its
     address widths: a memory option is skipped when its BRAM is over budget, or when an option with
     the same LUTRAM and no more LUTs already failed for every dsp_rows of this geometry.

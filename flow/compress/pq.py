@@ -62,6 +62,7 @@ from .errors import (
     UnsupportedLayerError,
     VectorLengthError,
 )
+from . import _pq_native as _native
 from .kmeans import masked_kmeans
 from .vecq import BitWidthError, check_plain_conv, conv_padding
 
@@ -382,6 +383,11 @@ class _PQLookup(torch.autograd.Function):
     With ``soft_forward`` the value is ``soft @ lut`` itself and the backward that of ``soft @ lut``:
     the same with ``soft`` in place of ``hard`` for the lut.
 
+    Float32 CPU tensors with K <= 64 run the fused native kernel (:mod:`flow.compress._pq_native`,
+    ``VQHLS_PQ``; :func:`_encode_native`, :func:`_native_backward`); other dtypes and devices, and
+    ``VQHLS_PQ=torch``, the torch formulation below. Both give the same forward bit for bit and the same
+    gradients within float rounding (tests/flow/compress/test_pq_train_fused.py).
+
     A conv's patches are built range by range (:func:`_column_blocks`) in both passes from the saved
     input, and the distances are recomputed block by block in the backward (a cheap GEMM), so neither
     the patch matrix nor any [C, K, M] tensor is kept between the passes and every block stays in cache.
@@ -402,9 +408,15 @@ class _PQLookup(torch.autograd.Function):
             idx = None
         else:
             idx = torch.empty(C, M, dtype=torch.int64, device=src.device)
-            scratch = _Scratch(src, 2, C * K * _chunk_cols(C, K, M))
-            for blk in blocks:
-                idx[:, blk[0]:blk[1]] = _encode_T(_block_cols(src, geom, blk, buf).detach(), Pd, scratch=scratch)
+            lib = _native.usable(src, Pd, K=K)
+            if lib is not None:  # the fused kernel: the same answer as _encode_T (see _encode_native)
+                tab = _native.Tables(Pd)
+                for blk in blocks:
+                    _encode_native(lib, tab, _block_cols(src, geom, blk, buf).detach(), Pd, idx[:, blk[0]:blk[1]])
+            else:
+                scratch = _Scratch(src, 2, C * K * _chunk_cols(C, K, M))
+                for blk in blocks:
+                    idx[:, blk[0]:blk[1]] = _encode_T(_block_cols(src, geom, blk, buf).detach(), Pd, scratch=scratch)
             out = _lut_sum(lut_d, idx)
         ctx.save_for_backward(src, P, lut)
         ctx.idx, ctx.geom = idx, geom
@@ -420,10 +432,18 @@ class _PQLookup(torch.autograd.Function):
         g = g.contiguous()
         grad_src = grad_p = grad_lut = None
         soft_lut = need_lut and ctx.soft_forward  # d/dlut of soft @ lut: accumulated block by block
-        if need_lut:
-            grad_lut = torch.zeros_like(lut) if soft_lut else _hard_lut_grad(ctx.idx, g, K)
+        if need_lut and not soft_lut:
+            lib = _native.usable(g, K=K)
+            grad_lut = _hard_lut_grad(ctx.idx, g, K) if lib is None else _native.hard_lut_grad(lib, ctx.idx, g, K)
+        elif need_lut:
+            grad_lut = torch.zeros_like(lut)
         if need_src or need_p or soft_lut:
             src_d, Pd, lut_d = src.detach(), P.detach(), lut.detach()
+            lib = _native.usable(src_d, Pd, lut_d, K=K)
+            if lib is not None:  # the fused kernel (_native_backward); else the torch formulation below
+                gs, gp, gl = _native_backward(lib, src_d, Pd, lut_d, g, geom, ctx.temperature, need_src, need_p,
+                                              soft_lut)
+                return gs, gp, gl if soft_lut else grad_lut, None, None, None
             blocks = _column_blocks(src_d, geom, K)
             buf = None if geom is None else src_d.new_empty(C * v * max(b[1] - b[0] for b in blocks))
             if need_src and geom is not None:
@@ -443,6 +463,96 @@ class _PQLookup(torch.autograd.Function):
                         _col2im_T(ga, (n1 - n0, *src_d.shape[1:]), geom.kernel, geom.stride, geom.padding,
                                   out=grad_src[n0:n1])
         return grad_src, grad_p, grad_lut, None, None, None
+
+
+def _encode_native(lib, tab: "_native.Tables", ab: Tensor, P: Tensor, out: Tensor) -> None:
+    """:func:`_encode_T` by the fused kernel: nearest prototypes of ab [C, v, m] into out [C, m] (a view).
+
+    The kernel computes the expanded scores and the same ambiguity test as :func:`_encode_block`
+    (two or more scores within ``min + 2 tol``: -1); those columns are re-encoded here with the
+    direct formula (:func:`_scan_nearest`). Every other column's single hit is the direct strict-less
+    scan's answer, so the result equals :func:`_encode_T`'s bit for bit.
+    """
+    ab = ab.contiguous()
+    v = ab.shape[1]
+    rel = (8 * v + 16) * torch.finfo(ab.dtype).eps
+    _native.encode(lib, tab, ab, out, 2 * rel)
+    amb = out < 0
+    if amb.any():
+        ci, mi = amb.nonzero(as_tuple=True)
+        out[ci, mi] = _scan_nearest(ab[ci, :, mi], P[ci])
+
+
+def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: "_ConvGeom | None",
+                     temperature: float, need_src: bool, need_p: bool,
+                     soft_lut: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """:class:`_PQLookup`'s soft-assignment backward by the fused kernels: ``(dL/dsrc, dL/dP, dL/dlut)``.
+
+    The same gradients as :func:`_soft_backward` (+ :func:`_col2im_T`), range of columns by range.
+    Straight-through (``soft_lut`` False): ``pq_soft_grad_cols`` computes per tile of columns the scores,
+    the flushed ``exp2`` softmax, ``gs = lut . g``, ``gz``, its column sum and dL/da = ``(2/T) P^T gz``;
+    ``sum_m a_m gz_m^T`` for dL/dP is a batched GEMM. Soft forward: ``pq_soft_grad`` (prototypes in the
+    lanes) also accumulates dL/dlut = ``soft^T g``, and dL/da is a batched GEMM.
+    src [C, v, M] (``geom`` None) or a conv input [N, Cin, H, W]; g [M, Cout] contiguous; P [C, K, v];
+    lut [C, K, Cout]; dL/dlut is None unless ``soft_lut``.
+    """
+    C, K, v = P.shape
+    tab = _native.Tables(P, lut)
+    kp, cout = tab.kp, tab.cout
+    scale = 2.0 / temperature
+    need_gz = need_src or need_p
+    if geom is None:
+        M = src.shape[2]
+        step = _chunk_cols(C, K, M)
+        blocks = [(i, min(M, i + step), 0, 0) for i in range(0, M, step)]
+        buf = None
+    else:
+        blocks = _column_blocks(src, geom, K)
+        buf = src.new_empty(C * v * max(b[1] - b[0] for b in blocks))
+    width = max(b[1] - b[0] for b in blocks)
+    M = blocks[-1][1]
+    # dL/da for every column ([C, v, M]); a conv's goes through one _col2im_T at the end (one pass of
+    # kh*kw slice adds over the batch costs less than one per range)
+    grad_a = src.new_empty(C, v, M) if need_src else None
+    if need_gz and not soft_lut:  # straight-through: the column-lane kernel writes dL/da itself
+        gT = g.t().contiguous()  # [Cout, M]
+        ps = (P.transpose(1, 2) * scale).contiguous()  # (2/T) P^T [C, v, K]
+        ga_all = grad_a if need_src else src.new_empty(C, v, M)
+        gzsum = src.new_zeros(C, K)
+        gzb = src.new_empty(C * K * width) if need_p else None
+        gpT = src.new_zeros(C, v, K) if need_p else None  # sum_m a_m gz_m^T
+        for blk in blocks:
+            i0, i1 = blk[0], blk[1]
+            ab = _block_cols(src, geom, blk, buf).contiguous()
+            gz = gzb[:C * K * (i1 - i0)].view(C, K, i1 - i0) if need_p else None
+            _native.soft_grad_cols(lib, tab, ab, gT[:, i0:], _LOG2E / temperature, ps, ga_all[:, :, i0:], gz,
+                                   gzsum)
+            if need_p:
+                gpT.baddbmm_(ab, gz.transpose(1, 2))
+        grad_lut = None
+    else:  # soft forward: the prototype-lane kernel also accumulates dL/dlut
+        gzbuf = src.new_empty(C * width * kp) if need_gz else None
+        gpT = src.new_zeros(C, v, kp) if need_p else None
+        gzsum = src.new_zeros(C, kp)
+        glT = src.new_zeros(C, cout, kp)
+        Ps = tab.pt2 * (-scale / 2) if need_src else None  # (2/T) P^T [C, v, kp], padding 0
+        for blk in blocks:
+            i0, i1 = blk[0], blk[1]
+            ab = _block_cols(src, geom, blk, buf).contiguous()
+            gz = gzbuf[:C * (i1 - i0) * kp].view(C, i1 - i0, kp) if need_gz else None
+            _native.soft_grad(lib, tab, ab, g[i0:i1], _LOG2E / temperature, gz, gzsum, glT)
+            if need_p:
+                gpT.baddbmm_(ab, gz)
+            if need_src:
+                grad_a[:, :, i0:i1] = torch.bmm(Ps, gz.transpose(1, 2))
+        gpT, gzsum = (None if gpT is None else gpT[:, :, :K]), gzsum[:, :K]
+        grad_lut = glT[:, :, :K].transpose(1, 2).contiguous()
+    grad_src = None
+    if need_src:
+        grad_src = grad_a if geom is None else _col2im_T(grad_a, tuple(src.shape), geom.kernel, geom.stride,
+                                                         geom.padding)
+    grad_p = (gpT.transpose(1, 2) - P * gzsum[..., None]).mul_(scale) if need_p else None
+    return grad_src, grad_p, grad_lut
 
 
 def _im2col_T(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -468,16 +578,18 @@ def _col2im_T(g: Tensor, x_shape: tuple[int, ...], kernel: tuple[int, int], stri
     """The adjoint of :func:`_im2col_T`: g [C, v, N*OH*OW] -> dL/dx [N, Cin, H, W] (into ``out`` when given).
 
     Each kernel offset's slice of g is added into one zero-padded buffer (autograd's own backward
-    of the stacked slices builds a full-size zero tensor per offset, about 2.5x slower).
+    of the stacked slices builds a full-size zero tensor per offset, about 2.5x slower). The buffer is
+    laid out [Cin, N, Hp, Wp] like g's rows (each offset's slice is then contiguous in (cin, n), 1.6-2x
+    faster than adding into NCHW) and transposed once at the end.
     """
     (N, Cin, H, W), (kh, kw), (sh, sw), (ph, pw) = x_shape, kernel, stride, padding
     OH, OW = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    gx = g.new_zeros(N, Cin, H + 2 * ph, W + 2 * pw)
-    gt = g.reshape(kh * kw, Cin, N, OH, OW).transpose(1, 2)  # [kh*kw, N, Cin, OH, OW] (a view)
+    gx = g.new_zeros(Cin, N, H + 2 * ph, W + 2 * pw)
+    gt = g.reshape(kh * kw, Cin, N, OH, OW)
     for t in range(kh * kw):
         i, j = divmod(t, kw)
         gx[:, :, i:i + sh * (OH - 1) + 1:sh, j:j + sw * (OW - 1) + 1:sw] += gt[t]
-    gx = gx[:, :, ph:ph + H, pw:pw + W]
+    gx = gx[:, :, ph:ph + H, pw:pw + W].transpose(0, 1)
     return gx.contiguous() if out is None else out.copy_(gx)
 
 

@@ -192,3 +192,152 @@ def test_soft_weights_flush_underflow_to_exact_zero_and_one():
     assert soft[0, :, 2].tolist() == [0.0, 1.0, 0.0, 0.0]
     assert soft[0, :, 3].tolist() == [0.0, 0.0, 0.0, 1.0]
     assert (soft[(soft > 0) & (soft < 1)] == 0.5).all()  # no denormal leftovers
+
+
+# ----------------------------------------------------------------------------- the native kernel (default path)
+# float32 CPU training runs flow/compress/_pq_kernel.cpp (VQHLS_PQ=auto); float64 (the tests above) runs the
+# torch formulation. Here the kernel against the float64 brute-force reference (float32 tolerance) and
+# against the torch formulation (bit-equal forward, gradients within float32 rounding), on every K padding
+# (16, 32, 64 lanes), strides, ties, small blocks, the soft forward and each ISA copy the CPU runs.
+
+from flow.compress import _pq_native  # noqa: E402
+
+# (Cin, Cout, kernel, stride, padding, v, K, N, H, W)
+NATIVE_SHAPES = [
+    (16, 8, (3, 3), (1, 1), (1, 1), 9, 16, 3, 6, 6),   # ResNet20 (9, 16)
+    (16, 16, (3, 3), (2, 2), (1, 1), 9, 5, 2, 7, 7),   # K = 5: 11 padded lanes, strided
+    (4, 6, (3, 2), (1, 2), (1, 0), 4, 32, 2, 8, 9),    # K padded to 32, subvectors straddle offsets
+    (3, 5, (1, 1), (1, 1), (0, 0), 3, 64, 2, 9, 9),    # K = 64
+]
+
+
+def _step(layer, x, gy, backend: str, monkeypatch):
+    monkeypatch.setenv("VQHLS_PQ", backend)
+    layer = copy.deepcopy(layer)
+    xg = x.clone().requires_grad_(True)
+    y = layer(xg)
+    (y * gy).sum().backward()
+    return y.detach(), [xg.grad, layer.prototypes.grad, layer.weight.grad, layer.bias.grad]
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want.double()).abs().max() / want.double().abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("shape", NATIVE_SHAPES, ids=lambda s: f"K{s[6]}-s{s[3][0]}")
+@pytest.mark.parametrize("mode", ["ste", "soft"])
+@pytest.mark.parametrize("T", [2.0, 0.02, 1e-4])  # 1e-4: nearly every column one-hot (the kernel skips them)
+def test_native_matches_bruteforce_and_torch_path(shape, mode, T, monkeypatch):
+    monkeypatch.setattr(pqm, "_SCORE_CHUNK", 600)  # several image ranges per layer
+    Cin, Cout, kernel, stride, padding, v, K, N, H, W = shape
+    g = torch.Generator().manual_seed(zlib.crc32(repr((shape, mode, T)).encode()))
+    x = torch.randn(N, Cin, H, W, generator=g)
+    layer = PQConv2d.from_conv(nn.Conv2d(Cin, Cout, kernel, stride, padding), v=v, K=K, calib_x=x, iters=2)
+    layer.set_temperature(T)
+    layer.set_assignment(mode)
+    layer.train()
+    gy = torch.randn(layer(x).shape, generator=g)
+    y_n, g_n = _step(layer, x, gy, "native", monkeypatch)
+    y_t, g_t = _step(layer, x, gy, "torch", monkeypatch)
+    if mode == "ste":  # the hard lookup, bit for bit, on both paths and in eval
+        assert torch.equal(y_n, y_t)
+        with torch.no_grad():
+            assert torch.equal(y_n, copy.deepcopy(layer).eval()(x))
+    else:
+        torch.testing.assert_close(y_n, y_t, rtol=0, atol=0)  # the soft forward is the torch code on both
+    # The scores' rounding (different summation orders) moves the soft weights by about ulp(e) / T: at
+    # T = 1e-4 near-tie columns are that ill-conditioned on both paths alike.
+    tol = 2e-4 if T >= 1e-2 else 2e-2
+    for got, want in zip(g_n, g_t):
+        assert _rel(got, want) < tol
+    if T < 1e-2:  # the float64 reference keeps weights under 2^-126 that both float32 paths flush (above)
+        return
+    # and against the independent float64 reference
+    P, Wt, b = (t.detach().double().clone().requires_grad_(True) for t in (layer.prototypes, layer.weight, layer.bias))
+    xr = x.double().requires_grad_(True)
+    yr = ref_conv(layer, xr, P, Wt, b, T, soft_forward=mode == "soft")
+    (yr * gy.double()).sum().backward()
+    torch.testing.assert_close(y_n.double(), yr.detach(), rtol=1e-4, atol=1e-4)
+    for got, want in zip(g_n, (xr.grad, P.grad, Wt.grad, b.grad)):
+        assert torch.isfinite(got).all() and _rel(got, want) < 1e-3
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "base"])
+def test_native_isa_copies_agree(isa, monkeypatch):
+    """Each compiled copy the CPU runs gives the torch path's forward bit for bit and its gradients."""
+    lib = _pq_native.load()
+    if lib is None or isa not in _pq_native.ISAS[:lib.pq_kernel_isa(-1) + 1]:
+        pytest.skip(f"this CPU does not run the {isa} copy")  # a real skip: the CPU lacks the instructions
+    monkeypatch.setenv("VQHLS_PQ_ISA", isa)
+    g = torch.Generator().manual_seed(11)
+    x = torch.round(torch.randn(2, 16, 6, 6, generator=g) * 2) / 2  # integer grid: ties and ambiguous columns
+    layer = PQConv2d.from_conv(nn.Conv2d(16, 8, 3, 1, 1), v=9, K=16, calib_x=x, iters=2)
+    planted_ties(layer, x)
+    layer.set_temperature(0.3)
+    layer.train()
+    gy = torch.randn(2, 8, 6, 6, generator=g)
+    y_n, g_n = _step(layer, x, gy, "native", monkeypatch)
+    y_t, g_t = _step(layer, x, gy, "torch", monkeypatch)
+    assert torch.equal(y_n, y_t)
+    for got, want in zip(g_n, g_t):
+        assert _rel(got, want) < 2e-4
+
+
+@pytest.mark.parametrize("mode", ["ste", "soft"])
+def test_native_linear_matches_torch_path(mode, monkeypatch):
+    monkeypatch.setattr(pqm, "_SCORE_CHUNK", 64)  # several column blocks
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 40, 24, generator=g)
+    layer = PQLinear.from_linear(nn.Linear(24, 7), v=6, K=10, calib_x=x, iters=2)
+    layer.set_temperature(0.5)
+    layer.set_assignment(mode)
+    layer.train()
+    gy = torch.randn(3, 40, 7, generator=g)
+    y_n, g_n = _step(layer, x, gy, "native", monkeypatch)
+    y_t, g_t = _step(layer, x, gy, "torch", monkeypatch)
+    assert torch.equal(y_n, y_t)
+    for got, want in zip(g_n, g_t):
+        assert _rel(got, want) < 2e-4
+
+
+def test_native_encoder_equals_the_eval_encoder_on_near_ties():
+    """The kernel's encoder (expanded scores, ambiguous columns re-encoded directly) gives _encode_T's
+    indices exactly, on data built to put many columns within rounding of a tie."""
+    lib = _pq_native.load()
+    g = torch.Generator().manual_seed(2)
+    C, K, v, m = 6, 16, 9, 3000
+    P = torch.round(torch.randn(C, K, v, generator=g) * 4) / 4
+    P[:, 1] = P[:, 0]  # exact duplicates
+    aT = torch.round(torch.randn(C, v, m, generator=g) * 4) / 4
+    aT[:, :, :50] = P[:, 3, :, None]  # exact hits
+    aT[:, :, 50:100] = (P[:, 4] + P[:, 5])[:, :, None] / 2 + 1e-7  # midpoints: near ties
+    want = pqm._encode_T(aT, P)
+    raw = torch.empty(C, m, dtype=torch.int64)
+    _pq_native.encode(lib, _pq_native.Tables(P), aT, raw, 2 * (8 * v + 16) * torch.finfo(torch.float32).eps)
+    assert (raw < 0).sum() >= 100  # the ambiguous columns are there and flagged
+    got = torch.empty(C, m, dtype=torch.int64)
+    pqm._encode_native(lib, _pq_native.Tables(P), aT, P, got)
+    assert torch.equal(got, want)
+    assert torch.equal(got, pqm._scan_nearest(aT.permute(0, 2, 1).reshape(-1, v),
+                                              P.repeat_interleave(m, 0)).reshape(C, m))
+
+
+def test_native_threads_split_subspaces_without_changing_the_result(monkeypatch):
+    """With 2 torch threads the kernel runs disjoint subspace ranges on 2 threads: the same bits as 1 thread."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 16, 7, 7, generator=g)
+    layer = PQConv2d.from_conv(nn.Conv2d(16, 8, 3, 1, 1), v=9, K=16, calib_x=x, iters=2)
+    layer.set_temperature(0.5)
+    layer.train()
+    gy = torch.randn(3, 8, 7, 7, generator=g)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1, g1 = _step(layer, x, gy, "native", monkeypatch)
+        torch.set_num_threads(2)
+        y2, g2 = _step(layer, x, gy, "native", monkeypatch)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(y1, y2)
+    assert torch.equal(g1[0], g2[0])  # dL/dx: the kernel's per-subspace work and col2im, the same on any split
+    assert _rel(g1[1], g2[1]) < 1e-5  # dL/dP: also a torch GEMM, whose blocking may follow the thread count

@@ -1,0 +1,532 @@
+// Fused PQ training kernels for flow/compress/pq.py (the encoder of the straight-through forward and the
+// soft-assignment backward), loaded with ctypes by flow/compress/_pq_native.py.
+//
+// Plain C ABI, no Python or torch headers: the caller passes raw pointers of contiguous float32 CPU
+// tensors and a range of subspaces [c0, c1); the kernel is single-threaded (the caller may run disjoint
+// subspace ranges on its own threads: every output row belongs to one subspace).
+//
+// Two layouts of the work per (subspace c, column):
+// * columns in the lanes (pq_encode_cols, pq_soft_grad_cols: the default path): W columns per vector,
+//   loops over k and j with scalar operands, no horizontal reductions; P as p2 [C, K, v] = -2 P,
+//   pn [C, K] = ||P_k||^2.
+// * prototypes in the lanes (pq_soft_grad, used for the soft forward's LUT gradient): K rounded up to
+//   KP (16, 32 or 64) lanes, padding lanes with pn = +inf (never the minimum, soft weight 0):
+//   pt2 [C, v, KP] = -2 P^T, pn [C, KP], lutT [C, Cout, KP], g [m, Cout].
+// Common: a [C, v, m] the subvectors of a block of m columns (subspace-major); the scores
+// e_k = ||P_k||^2 - 2 P_k . a (the squared distance less ||a||^2); W is the machine's width, one copy
+// per instruction set as in _kmeans_kernel.cpp (AVX-512 16, AVX2 + FMA 8, baseline 4), picked at run time.
+//
+// pq_encode_cols: the nearest prototype, or -1 where the best and the runner-up lie within the error
+//   bound of the expanded form (e_k <= e_min + rel2 (||a||^2 + max_k ||P_k||^2) for two or more k): the
+//   caller re-encodes those with the direct formula, exactly as flow.compress.pq._encode_block does.
+// pq_soft_grad_cols: the straight-through backward (below), W columns in the vector lanes.
+// pq_soft_grad: soft = softmax_k(-e / T) computed as 2^((e_min - e) s), s = log2(e) / T, with weights
+//   below 2^-126 flushed to 0 (flow.compress.pq._soft_block); then, with gs_k = lut_k . g (dL/dsoft),
+//   gz = soft * (gs - <soft, gs>) (dL/dz) written to gz [C, m, KP], and accumulated: gzsum[c, k] += gz_k
+//   ([C, KP]) and (soft forward only, when glT is not NULL) glT[c, o, k] += soft_k g_o ([C, Cout, KP], the
+//   LUT gradient of soft @ lut).  need_gz = 0 skips gz and its sum (only glT wanted).  The two products
+//   with gz that have long inner dimensions (dL/da = (2/T) P^T gz and sum_m a_m gz_m^T for dL/dP) are
+//   the caller's batched GEMMs.
+// pq_hard_lut_grad: the straight-through LUT gradient hard^T g, gl[c, idx[c, col]] += g[col].
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#define PQ_INLINE __attribute__((always_inline)) inline
+
+namespace {
+
+constexpr int ABI = 6;
+
+template <int W>
+struct VT {
+    typedef float f __attribute__((vector_size(W * sizeof(float))));
+    typedef int32_t i __attribute__((vector_size(W * sizeof(int32_t))));
+};
+
+template <int W>
+PQ_INLINE typename VT<W>::f ld(const float* p) {
+    typename VT<W>::f v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+template <int W>
+PQ_INLINE void st(float* p, typename VT<W>::f v) {
+    std::memcpy(p, &v, sizeof(v));
+}
+
+// Horizontal sum / minimum of a W-lane float vector: halve until one lane is left.
+template <int W, class V>
+PQ_INLINE float hsum(V v) {
+    if constexpr (W == 1) {
+        return v[0];
+    } else {
+        typedef float H __attribute__((vector_size(sizeof(float) * W / 2)));
+        H a, b;
+        std::memcpy(&a, &v, sizeof(a));
+        std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
+        return hsum<W / 2>(a + b);
+    }
+}
+
+template <int W, class V>
+PQ_INLINE float hmin(V v) {
+    if constexpr (W == 1) {
+        return v[0];
+    } else {
+        typedef float H __attribute__((vector_size(sizeof(float) * W / 2)));
+        H a, b;
+        std::memcpy(&a, &v, sizeof(a));
+        std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
+        return hmin<W / 2>(a < b ? a : b);
+    }
+}
+
+// 2^z for z <= 0, and exactly 0 where z <= -126 (below float32's smallest normal: flushed, as in
+// _soft_block).  z = n + f with n = trunc(z - 1/2) (so f in [-1/2, 1/2]); 2^f = e^(f ln 2) by its
+// Taylor series to degree 7 (truncation error < 6e-9 relative), 2^n from the exponent bits.
+template <int W>
+PQ_INLINE typename VT<W>::f exp2_neg(typename VT<W>::f z) {
+    typedef typename VT<W>::f vf;
+    typedef typename VT<W>::i vi;
+    const vf lo = vf{} - 126.0f;
+    const vi keep = z > lo;  // -1 where kept
+    const vf zz = z > lo ? z : lo;
+    const vi n = __builtin_convertvector(zz - 0.5f, vi);
+    const vf x = (zz - __builtin_convertvector(n, vf)) * 0.69314718055994531f;
+    vf p = x * (1.0f / 5040.0f) + 1.0f / 720.0f;
+    p = p * x + 1.0f / 120.0f;
+    p = p * x + 1.0f / 24.0f;
+    p = p * x + 1.0f / 6.0f;
+    p = p * x + 0.5f;
+    p = p * x + 1.0f;
+    p = p * x + 1.0f;
+    const vi bits = (n + 127) << 23;
+    vf scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    const vi r = (vi)(p * scale) & keep;
+    vf out;
+    std::memcpy(&out, &r, sizeof(out));
+    return out;
+}
+
+struct GradArgs {
+    int64_t c0, c1, v, m, cout;
+    const float *a, *pt2, *pn, *lutT, *g;
+    float s;
+    float *gz, *gzsum, *glT;
+    int need_gz;
+};
+
+// e[0..NB) = pn - 2 P . a for column `col` of subspace c; also ||a||^2 when want_an.
+template <int W, int NB, bool want_an>
+PQ_INLINE float scores(typename VT<W>::f* e, const float* ac, const float* pt2c, const float* pnc, int64_t v,
+                       int64_t m, int64_t col) {
+    constexpr int KP = W * NB;
+    // Two partial sums (even and odd j): the multiply-adds of one column are a dependency chain otherwise.
+    typename VT<W>::f e1[NB];
+    for (int b = 0; b < NB; ++b) {
+        e[b] = ld<W>(pnc + b * W);
+        e1[b] = typename VT<W>::f{};
+    }
+    float an = 0.0f, an1 = 0.0f;
+    int64_t j = 0;
+    for (; j + 1 < v; j += 2) {
+        const float aj = ac[j * m + col], ak = ac[(j + 1) * m + col];
+        if (want_an) {
+            an += aj * aj;
+            an1 += ak * ak;
+        }
+        for (int b = 0; b < NB; ++b) {
+            e[b] += aj * ld<W>(pt2c + j * KP + b * W);
+            e1[b] += ak * ld<W>(pt2c + (j + 1) * KP + b * W);
+        }
+    }
+    if (j < v) {
+        const float aj = ac[j * m + col];
+        if (want_an) an += aj * aj;
+        for (int b = 0; b < NB; ++b) e[b] += aj * ld<W>(pt2c + j * KP + b * W);
+    }
+    for (int b = 0; b < NB; ++b) e[b] += e1[b];
+    return an + an1;
+}
+
+template <int W, int NB>
+PQ_INLINE float emin_of(const typename VT<W>::f* e) {
+    typename VT<W>::f mn = e[0];
+    for (int b = 1; b < NB; ++b) mn = e[b] < mn ? e[b] : mn;
+    return hmin<W>(mn);
+}
+
+template <int W, int NB>
+PQ_INLINE void grad_range(const GradArgs& A) {
+    typedef typename VT<W>::f vf;
+    constexpr int KP = W * NB;
+    const int64_t v = A.v, m = A.m, cout = A.cout;
+    for (int64_t c = A.c0; c < A.c1; ++c) {
+        const float* ac = A.a + c * v * m;
+        const float* pt2c = A.pt2 + c * v * KP;
+        const float* pnc = A.pn + c * KP;
+        const float* lutc = A.lutT + c * cout * KP;
+        float* glc = A.glT ? A.glT + c * cout * KP : nullptr;
+        vf zs[NB];
+        for (int b = 0; b < NB; ++b) zs[b] = ld<W>(A.gzsum + c * KP + b * W);
+        for (int64_t col = 0; col < m; ++col) {
+            vf e[NB];
+            scores<W, NB, false>(e, ac, pt2c, pnc, v, m, col);
+            const float emin = emin_of<W, NB>(e);
+            vf p[NB];
+            vf tot = vf{};
+            for (int b = 0; b < NB; ++b) {
+                p[b] = exp2_neg<W>((emin - e[b]) * A.s);
+                tot += p[b];
+            }
+            const float inv = 1.0f / hsum<W>(tot);
+            for (int b = 0; b < NB; ++b) p[b] *= inv;
+            const float* gr = A.g + col * cout;
+            if (glc) {
+                for (int64_t o = 0; o < cout; ++o)
+                    for (int b = 0; b < NB; ++b)
+                        st<W>(glc + o * KP + b * W, ld<W>(glc + o * KP + b * W) + p[b] * gr[o]);
+            }
+            if (!A.need_gz) continue;
+            float* gzo = A.gz + (c * m + col) * KP;
+            // A one-hot column (every other weight flushed to exactly 0, common at small T): gz_k =
+            // 1 * (gs_k - gs_k) = 0 and 0 * (...) = 0 elsewhere, exactly; skip gs.
+            vf nz = vf{};
+            for (int b = 0; b < NB; ++b) nz += p[b] > vf{} ? vf{} + 1.0f : vf{};
+            if (hsum<W>(nz) == 1.0f) {
+                for (int b = 0; b < NB; ++b) st<W>(gzo + b * W, vf{});
+                continue;
+            }
+            // gs = lut . g in four partial sums (o mod 4): independent chains of multiply-adds.
+            vf gs[NB], q1[NB], q2[NB], q3[NB];
+            for (int b = 0; b < NB; ++b) gs[b] = q1[b] = q2[b] = q3[b] = vf{};
+            int64_t o = 0;
+            for (; o + 3 < cout; o += 4) {
+                const float g0 = gr[o], g1 = gr[o + 1], g2 = gr[o + 2], g3 = gr[o + 3];
+                for (int b = 0; b < NB; ++b) {
+                    gs[b] += ld<W>(lutc + o * KP + b * W) * g0;
+                    q1[b] += ld<W>(lutc + (o + 1) * KP + b * W) * g1;
+                    q2[b] += ld<W>(lutc + (o + 2) * KP + b * W) * g2;
+                    q3[b] += ld<W>(lutc + (o + 3) * KP + b * W) * g3;
+                }
+            }
+            for (; o < cout; ++o)
+                for (int b = 0; b < NB; ++b) gs[b] += ld<W>(lutc + o * KP + b * W) * gr[o];
+            for (int b = 0; b < NB; ++b) gs[b] += (q1[b] + q2[b]) + q3[b];
+            vf dv = vf{};
+            for (int b = 0; b < NB; ++b) dv += p[b] * gs[b];
+            const float dot = hsum<W>(dv);
+            for (int b = 0; b < NB; ++b) {
+                const vf gz = (gs[b] - dot) * p[b];
+                st<W>(gzo + b * W, gz);
+                zs[b] += gz;
+            }
+        }
+        for (int b = 0; b < NB; ++b) st<W>(A.gzsum + c * KP + b * W, zs[b]);
+    }
+}
+
+// pq_soft_grad_cols: the STE backward with W columns in the vector lanes (no horizontal reductions):
+//   p2 [C, K, v] = -2 P, ps [C, v, K] = (2/T) P^T, pn [C, K], lut = lutT [C, Cout, kp], gT [Cout, ldg] (g
+//   transposed, columns [0, m) used); writes ga [C, v, ldo] (columns [0, m)) = (2/T) sum_k P_k gz_k (dL/da)
+//   and, when gz is not NULL, gz [C, K, m]; accumulates
+//   gzsum [C, K].  K = KT when KT > 0 (a compile-time K), else the runtime A.K (at most 64).
+struct ColArgs {
+    int64_t c0, c1, v, m, cout, K, kp, ldg, ldo;  // ldg: row stride of gT; ldo: row stride of ga
+    const float *a, *p2, *ps, *pn, *lut, *gT;
+    float s;
+    float *ga, *gz, *gzsum;
+};
+
+template <int W>
+PQ_INLINE typename VT<W>::f ldp(const float* p, int n) {
+    typename VT<W>::f v = typename VT<W>::f{};
+    std::memcpy(&v, p, n * sizeof(float));
+    return v;
+}
+
+template <int W, int KT, bool TAIL>
+PQ_INLINE void col_tile(const ColArgs& A, int64_t c, int64_t col, int n, typename VT<W>::f* zs) {
+    typedef typename VT<W>::f vf;
+    const int64_t K = KT > 0 ? KT : A.K;
+    const int64_t v = A.v, m = A.m, cout = A.cout;
+    const float* ac = A.a + c * v * m + col;
+    const float* p2c = A.p2 + c * K * v;
+    const float* psc = A.ps + c * v * K;
+    const float* pnc = A.pn + c * K;
+    const float* lutc = A.lut + c * cout * A.kp;
+    constexpr int KM = KT > 0 ? KT : 64;
+    constexpr int VM = 64;
+    vf av[VM], e[KM], gs[KM];
+    for (int64_t j = 0; j < v; ++j) av[j] = TAIL ? ldp<W>(ac + j * m, n) : ld<W>(ac + j * m);
+    vf mn = vf{} + INFINITY;
+    for (int64_t k = 0; k < K; ++k) {
+        vf x0 = vf{} + pnc[k], x1 = vf{};
+        int64_t j = 0;
+        for (; j + 1 < v; j += 2) {
+            x0 += av[j] * p2c[k * v + j];
+            x1 += av[j + 1] * p2c[k * v + j + 1];
+        }
+        if (j < v) x0 += av[j] * p2c[k * v + j];
+        e[k] = x0 + x1;
+        mn = e[k] < mn ? e[k] : mn;
+    }
+    vf tot = vf{};
+    for (int64_t k = 0; k < K; ++k) {
+        e[k] = exp2_neg<W>((mn - e[k]) * A.s);
+        tot += e[k];
+    }
+    const vf inv = 1.0f / tot;
+    for (int64_t k = 0; k < K; ++k) {
+        e[k] *= inv;  // the soft weights
+        gs[k] = vf{};
+    }
+    // gs_k = sum_o lut[k, o] g_o: o outer, the K accumulators in registers (lutT: [Cout, kp] per subspace)
+    const float* gc = A.gT + col;
+    for (int64_t o = 0; o < cout; ++o) {
+        const vf go = TAIL ? ldp<W>(gc + o * A.ldg, n) : ld<W>(gc + o * A.ldg);
+        const float* lo = lutc + o * A.kp;
+        for (int64_t k = 0; k < K; ++k) gs[k] += go * lo[k];
+    }
+    vf dot = vf{};
+    for (int64_t k = 0; k < K; ++k) dot += e[k] * gs[k];
+    for (int64_t k = 0; k < K; ++k) {
+        const vf gz = (gs[k] - dot) * e[k];
+        gs[k] = gz;
+        zs[k] += gz;
+        if (A.gz) {
+            float* dst = A.gz + (c * K + k) * m + col;
+            if (TAIL) std::memcpy(dst, &gz, n * sizeof(float)); else st<W>(dst, gz);
+        }
+    }
+    // dL/da_j = sum_k ps[j, k] gz_k: j outer, two register accumulators (no chain through memory)
+    for (int64_t j = 0; j < v; ++j) {
+        const float* pj = psc + j * K;
+        vf x0 = vf{}, x1 = vf{};
+        int64_t k = 0;
+        for (; k + 1 < K; k += 2) {
+            x0 += gs[k] * pj[k];
+            x1 += gs[k + 1] * pj[k + 1];
+        }
+        if (k < K) x0 += gs[k] * pj[k];
+        x0 += x1;
+        float* dst = A.ga + (c * v + j) * A.ldo + col;
+        if (TAIL) std::memcpy(dst, &x0, n * sizeof(float)); else st<W>(dst, x0);
+    }
+}
+
+template <int W, int KT>
+PQ_INLINE void cols_range(const ColArgs& A) {
+    typedef typename VT<W>::f vf;
+    const int64_t K = KT > 0 ? KT : A.K;
+    constexpr int KM = KT > 0 ? KT : 64;
+    for (int64_t c = A.c0; c < A.c1; ++c) {
+        vf zs[KM];
+        for (int64_t k = 0; k < K; ++k) zs[k] = vf{};
+        int64_t col = 0;
+        for (; col + W <= A.m; col += W) col_tile<W, KT, false>(A, c, col, W, zs);
+        if (col < A.m) col_tile<W, KT, true>(A, c, col, (int)(A.m - col), zs);
+        for (int64_t k = 0; k < K; ++k) A.gzsum[c * K + k] += hsum<W>(zs[k]);
+    }
+}
+
+template <int W>
+PQ_INLINE void cols_w(const ColArgs& A) {
+    if (A.K == 16) cols_range<W, 16>(A); else cols_range<W, 0>(A);
+}
+
+// pq_encode_cols: pq_encode with W columns in the vector lanes: p2 [C, K, v] = -2 P, pn [C, K], the same
+// test and the same answers (-1: ambiguous), K <= 64, v <= 64.
+struct EncColArgs {
+    int64_t c0, c1, v, m, K;
+    const float *a, *p2, *pn, *pnmax;
+    float rel2;
+    int64_t* idx;
+    int64_t ld;
+};
+
+template <int W, int KT, bool TAIL>
+PQ_INLINE void enc_tile(const EncColArgs& A, int64_t c, int64_t col, int n) {
+    typedef typename VT<W>::f vf;
+    const int64_t K = KT > 0 ? KT : A.K;
+    const int64_t v = A.v, m = A.m;
+    const float* ac = A.a + c * v * m + col;
+    const float* p2c = A.p2 + c * K * v;
+    const float* pnc = A.pn + c * K;
+    constexpr int KM = KT > 0 ? KT : 64;
+    vf av[64], e[KM];
+    vf an0 = vf{}, an1 = vf{};
+    int64_t j = 0;
+    for (; j + 1 < v; j += 2) {
+        av[j] = TAIL ? ldp<W>(ac + j * m, n) : ld<W>(ac + j * m);
+        av[j + 1] = TAIL ? ldp<W>(ac + (j + 1) * m, n) : ld<W>(ac + (j + 1) * m);
+        an0 += av[j] * av[j];
+        an1 += av[j + 1] * av[j + 1];
+    }
+    if (j < v) {
+        av[j] = TAIL ? ldp<W>(ac + j * m, n) : ld<W>(ac + j * m);
+        an0 += av[j] * av[j];
+    }
+    vf mn = vf{} + INFINITY;
+    for (int64_t k = 0; k < K; ++k) {
+        vf x0 = vf{} + pnc[k], x1 = vf{};
+        int64_t i = 0;
+        for (; i + 1 < v; i += 2) {
+            x0 += av[i] * p2c[k * v + i];
+            x1 += av[i + 1] * p2c[k * v + i + 1];
+        }
+        if (i < v) x0 += av[i] * p2c[k * v + i];
+        e[k] = x0 + x1;
+        mn = e[k] < mn ? e[k] : mn;
+    }
+    const vf thr = ((an0 + an1) + A.pnmax[c]) * A.rel2 + mn;
+    vf cnt = vf{}, which = vf{};
+    for (int64_t k = 0; k < K; ++k) {
+        const auto hit = e[k] <= thr;
+        cnt += hit ? vf{} + 1.0f : vf{};
+        which = hit ? vf{} + (float)k : which;
+    }
+    int64_t* out = A.idx + c * A.ld + col;
+    for (int l = 0; l < n; ++l) out[l] = cnt[l] == 1.0f ? (int64_t)which[l] : -1;
+}
+
+template <int W, int KT>
+PQ_INLINE void enc_cols_range(const EncColArgs& A) {
+    for (int64_t c = A.c0; c < A.c1; ++c) {
+        int64_t col = 0;
+        for (; col + W <= A.m; col += W) enc_tile<W, KT, false>(A, c, col, W);
+        if (col < A.m) enc_tile<W, KT, true>(A, c, col, (int)(A.m - col));
+    }
+}
+
+template <int W>
+PQ_INLINE void enc_cols_w(const EncColArgs& A) {
+    if (A.K == 16) enc_cols_range<W, 16>(A); else enc_cols_range<W, 0>(A);
+}
+
+// gl[c, idx[c, col], :] += g[col, :] for col < m (idx [C, ld] int64, g [m, cout], gl [C, K, cout]).
+void hard_lut_grad(int64_t c0, int64_t c1, int64_t m, int64_t cout, int64_t K, const int64_t* idx, int64_t ld,
+                   const float* g, float* gl) {
+    for (int64_t c = c0; c < c1; ++c) {
+        const int64_t* ic = idx + c * ld;
+        float* glc = gl + c * K * cout;
+        for (int64_t col = 0; col < m; ++col) {
+            float* row = glc + ic[col] * cout;
+            const float* gr = g + col * cout;
+            for (int64_t o = 0; o < cout; ++o) row[o] += gr[o];
+        }
+    }
+}
+
+template <int W>
+PQ_INLINE int grad_w(int64_t kp, const GradArgs& A) {
+    switch (kp / W) {
+        case 16 / W: grad_range<W, 16 / W>(A); return 0;
+        case 32 / W: grad_range<W, 32 / W>(A); return 0;
+        case 64 / W: grad_range<W, 64 / W>(A); return 0;
+        default: return -1;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define PQ_X86 1
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+int grad_avx512(int64_t kp, const GradArgs& A) { return grad_w<16>(kp, A); }
+__attribute__((target("avx2,fma")))
+int grad_avx2(int64_t kp, const GradArgs& A) { return grad_w<8>(kp, A); }
+__attribute__((target("avx512f,avx512vl,avx2,fma")))
+void hard_avx512(int64_t c0, int64_t c1, int64_t m, int64_t cout, int64_t K, const int64_t* idx, int64_t ld,
+                 const float* g, float* gl) { hard_lut_grad(c0, c1, m, cout, K, idx, ld, g, gl); }
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+void cols_avx512(const ColArgs& A) { cols_w<16>(A); }
+__attribute__((target("avx2,fma")))
+void cols_avx2(const ColArgs& A) { cols_w<8>(A); }
+#endif
+void cols_base(const ColArgs& A) { cols_w<4>(A); }
+#ifdef PQ_X86
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+void enc_cols_avx512(const EncColArgs& A) { enc_cols_w<16>(A); }
+__attribute__((target("avx2,fma")))
+void enc_cols_avx2(const EncColArgs& A) { enc_cols_w<8>(A); }
+#endif
+void enc_cols_base(const EncColArgs& A) { enc_cols_w<4>(A); }
+int grad_base(int64_t kp, const GradArgs& A) { return grad_w<4>(kp, A); }
+
+int best_isa() {
+#ifdef PQ_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#endif
+    return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+int pq_kernel_abi(void) { return ABI; }
+
+// want < 0: the best code path this CPU supports (0 baseline, 1 AVX2 + FMA, 2 AVX-512); else want when
+// the CPU supports it, -1 when it does not.
+int pq_kernel_isa(int want) {
+    const int best = best_isa();
+    if (want < 0) return best;
+    return want <= best ? want : -1;
+}
+
+// pq_encode with columns in the lanes (see enc_cols_range).
+int pq_encode_cols(int isa, int64_t c0, int64_t c1, int64_t v, int64_t m, int64_t K, const float* a, const float* p2,
+                   const float* pn, const float* pnmax, float rel2, int64_t* idx, int64_t ld) {
+    if (K > 64 || v > 64) return -1;
+    const EncColArgs A{c0, c1, v, m, K, a, p2, pn, pnmax, rel2, idx, ld};
+#ifdef PQ_X86
+    if (isa >= 2) return enc_cols_avx512(A), 0;
+    if (isa == 1) return enc_cols_avx2(A), 0;
+#endif
+    return enc_cols_base(A), 0;
+}
+
+// The STE backward with columns in the lanes (see cols_range); K <= 64, v <= 64.
+int pq_soft_grad_cols(int isa, int64_t c0, int64_t c1, int64_t v, int64_t m, int64_t cout, int64_t K, int64_t kp,
+                      const float* a,
+                      const float* p2, const float* ps, const float* pn, const float* lut, const float* gT,
+                      int64_t ldg, float s, float* ga, int64_t ldo, float* gz, float* gzsum) {
+    if (K > 64 || v > 64) return -1;
+    const ColArgs A{c0, c1, v, m, cout, K, kp, ldg, ldo, a, p2, ps, pn, lut, gT, s, ga, gz, gzsum};
+#ifdef PQ_X86
+    if (isa >= 2) return cols_avx512(A), 0;
+    if (isa == 1) return cols_avx2(A), 0;
+#endif
+    return cols_base(A), 0;
+}
+
+// The hard (straight-through) LUT gradient, accumulated: gl[c, idx[c, col]] += g[col] for c in [c0, c1).
+int pq_hard_lut_grad(int isa, int64_t c0, int64_t c1, int64_t m, int64_t cout, int64_t K, const int64_t* idx,
+                     int64_t ld, const float* g, float* gl) {
+#ifdef PQ_X86
+    if (isa >= 2) return hard_avx512(c0, c1, m, cout, K, idx, ld, g, gl), 0;
+#endif
+    return hard_lut_grad(c0, c1, m, cout, K, idx, ld, g, gl), 0;
+}
+
+// Returns 0, or -1 for an unsupported KP (16, 32 and 64 are compiled).
+int pq_soft_grad(int isa, int64_t kp, int64_t c0, int64_t c1, int64_t v, int64_t m, int64_t cout, const float* a,
+                 const float* pt2, const float* pn, const float* lutT, const float* g, float s, float* gz,
+                 float* gzsum, float* glT, int need_gz) {
+    const GradArgs A{c0, c1, v, m, cout, a, pt2, pn, lutT, g, s, gz, gzsum, glT, need_gz};
+#ifdef PQ_X86
+    if (isa >= 2) return grad_avx512(kp, A);
+    if (isa == 1) return grad_avx2(kp, A);
+#endif
+    return grad_base(kp, A);
+}
+
+}  // extern "C"

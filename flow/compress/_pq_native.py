@@ -1,0 +1,273 @@
+"""Loader of the fused PQ training kernel ``_pq_kernel.cpp`` (ctypes, no Python headers) and its calls.
+
+Built and cached like the k-means kernel (:mod:`flow.compress._kmeans_native`: a copy next to this file
+built at install time, else one in the kernel cache keyed by the source, compiler and flags, else compiled
+there once with ``$CXX``/``g++``, about 2 s). One build carries an AVX-512, an AVX2 + FMA and a baseline
+copy; :func:`isa` says which runs.
+
+``VQHLS_PQ`` selects how :mod:`flow.compress.pq` trains: ``auto`` (default: the kernel for float32 CPU
+tensors with K <= 64 when it loads, else the torch path with a one-time warning), ``native`` (the kernel
+or an error) or ``torch`` (never the kernel: the reference formulation). ``VQHLS_PQ_ISA`` (``auto``,
+``avx512``, ``avx2``, ``base``) picks a narrower copy than the CPU's best.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ._kmeans_native import KernelUnavailable, _cache_dirs
+
+__all__ = ["backend", "load", "isa", "usable", "Tables", "encode", "soft_grad", "soft_grad_cols", "hard_lut_grad",
+           "KernelUnavailable", "ISAS", "KP_MAX"]
+
+ABI = 6
+SRC = Path(__file__).with_name("_pq_kernel.cpp")
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
+ISAS = ("base", "avx2", "avx512")
+KP_MAX = 64  # the kernel is compiled for K padded to 16, 32 or 64
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def backend() -> str:
+    """``auto``, ``native`` or ``torch`` from ``$VQHLS_PQ`` (read at every call)."""
+    b = os.environ.get("VQHLS_PQ", "auto").strip().lower() or "auto"
+    if b not in ("auto", "native", "torch"):
+        raise ValueError(f"VQHLS_PQ={b!r}: use auto, native or torch")
+    return b
+
+
+def _bind(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    lib.pq_kernel_abi.restype = ctypes.c_int
+    if lib.pq_kernel_abi() != ABI:
+        raise KernelUnavailable(f"{path}: ABI {lib.pq_kernel_abi()} != {ABI} (a stale build: delete it)")
+    vp, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    lib.pq_kernel_isa.restype = i32
+    lib.pq_kernel_isa.argtypes = [i32]
+    lib.pq_soft_grad.restype = i32
+    lib.pq_soft_grad.argtypes = [i32, i64, i64, i64, i64, i64, i64, vp, vp, vp, vp, vp, f32, vp, vp, vp, i32]
+    lib.pq_encode_cols.restype = i32
+    lib.pq_encode_cols.argtypes = [i32, i64, i64, i64, i64, i64, vp, vp, vp, vp, f32, vp, i64]
+    lib.pq_soft_grad_cols.restype = i32
+    lib.pq_soft_grad_cols.argtypes = [i32, i64, i64, i64, i64, i64, i64, i64, vp, vp, vp, vp, vp, vp, i64, f32, vp, i64,
+                                      vp, vp]
+    lib.pq_hard_lut_grad.restype = i32
+    lib.pq_hard_lut_grad.argtypes = [i32, i64, i64, i64, i64, i64, vp, i64, vp, vp]
+    return lib
+
+
+def _compile() -> Path:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise KernelUnavailable("no C++ compiler (set CXX or install g++: `make setup` does)")
+    try:
+        ver = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise KernelUnavailable(f"{cxx} --version failed: {e}") from e
+    key = hashlib.sha1("\0".join([SRC.read_text(), ver, " ".join(FLAGS), platform.machine(), str(ABI)])
+                       .encode()).hexdigest()[:16]
+    for d in _cache_dirs():
+        out = d / f"pq-{key}.so"
+        if out.is_file():
+            return out
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".pq-", suffix=".so", dir=d)
+            os.close(fd)
+        except OSError:
+            continue
+        try:
+            r = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SRC)], capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                raise KernelUnavailable(f"{cxx} failed to build {SRC.name}:\n{r.stderr[-2000:]}")
+            os.replace(tmp, out)
+            return out
+        except (OSError, subprocess.SubprocessError) as e:
+            raise KernelUnavailable(f"building {SRC.name} with {cxx} failed: {e}") from e
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise KernelUnavailable("no writable cache directory for the kernel (set VQHLS_KERNEL_CACHE)")
+
+
+def _load() -> ctypes.CDLL:
+    src_mtime = SRC.stat().st_mtime
+    for p in sorted(SRC.parent.glob("_pq_kernel*.so")):
+        if p.stat().st_mtime >= src_mtime:
+            try:
+                return _bind(p)
+            except (OSError, AttributeError, KernelUnavailable):
+                pass
+    try:
+        return _bind(_compile())
+    except (OSError, AttributeError) as e:
+        raise KernelUnavailable(f"loading the PQ kernel failed: {e}") from e
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernel for the current ``VQHLS_PQ`` setting, or None for the torch path.
+
+    Raises:
+        KernelUnavailable: ``VQHLS_PQ=native`` and the kernel cannot be built or loaded.
+    """
+    b = backend()
+    if b == "torch":
+        return None
+    with _lock:
+        if "lib" not in _state and "error" not in _state:
+            try:
+                _state["lib"] = _load()
+            except KernelUnavailable as e:
+                _state["error"] = e
+        if "lib" in _state:
+            return _state["lib"]
+        err = _state["error"]
+        if b == "native":
+            raise err
+        if not _state.get("warned"):
+            _state["warned"] = True
+            warnings.warn(f"PQ training runs on the slower pure-torch path: {err}", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def isa_level(lib: ctypes.CDLL) -> int:
+    """The code path (index into :data:`ISAS`) under ``$VQHLS_PQ_ISA``."""
+    want = os.environ.get("VQHLS_PQ_ISA", "auto").strip().lower() or "auto"
+    if want == "auto":
+        return lib.pq_kernel_isa(-1)
+    if want not in ISAS:
+        raise ValueError(f"VQHLS_PQ_ISA={want!r}: use auto, {', '.join(reversed(ISAS))}")
+    level = lib.pq_kernel_isa(ISAS.index(want))
+    if level < 0:
+        raise ValueError(f"VQHLS_PQ_ISA={want}: this CPU does not run it")
+    return level
+
+
+def isa() -> str:
+    """The code path PQ training runs here: ``avx512``, ``avx2``, ``base`` (the kernel) or ``torch``."""
+    lib = load()
+    return "torch" if lib is None else ISAS[isa_level(lib)]
+
+
+def usable(*tensors: Tensor, K: int) -> ctypes.CDLL | None:
+    """The kernel when it applies to these tensors (float32, CPU) and K (<= 64), else None."""
+    if K > KP_MAX or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+        if backend() == "native" and K > KP_MAX:
+            raise KernelUnavailable(f"VQHLS_PQ=native: the kernel is compiled for K <= {KP_MAX}, not {K}")
+        return None
+    return load()
+
+
+def _kp(K: int) -> int:
+    return 16 if K <= 16 else 32 if K <= 32 else 64
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _run(fn, C: int) -> None:
+    """fn(c0, c1) over [0, C): split across torch's intra-op thread count (ctypes releases the GIL)."""
+    global _pool
+    n = max(1, min(torch.get_num_threads(), C))
+    if n == 1:
+        rc = [fn(0, C)]
+    else:
+        if _pool is None or _pool._max_workers < n:  # noqa: SLF001
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="vqhls-pq")
+        cuts = [C * i // n for i in range(n + 1)]
+        rc = list(_pool.map(lambda i: fn(cuts[i], cuts[i + 1]), range(n)))
+    if any(rc):
+        raise KernelUnavailable("PQ kernel: unsupported K padding")
+
+
+class Tables:
+    """The per-call constants of one layer, padded to KP lanes: P [C, K, v] (float32) and, for the
+    gradient, the LUT [C, K, Cout]."""
+
+    def __init__(self, P: Tensor, lut: Tensor | None = None):
+        C, K, v = P.shape
+        self.C, self.K, self.v, self.kp = C, K, v, _kp(K)
+        kp = self.kp
+        self.pt2 = P.new_zeros(C, v, kp)
+        self.pt2[:, :, :K] = P.transpose(1, 2) * -2.0
+        pn = (P * P).sum(-1)
+        self.pn = P.new_full((C, kp), float("inf"))
+        self.pn[:, :K] = pn
+        self.pnmax = pn.amax(-1).contiguous()
+        self.p2 = (P * -2.0).contiguous()  # [C, K, v]
+        self.pn_k = pn.contiguous()  # [C, K]
+        if lut is not None:
+            self.cout = lut.shape[2]
+            self.lutT = P.new_zeros(C, self.cout, kp)
+            self.lutT[:, :, :K] = lut.transpose(1, 2)
+
+
+def encode(lib: ctypes.CDLL, tab: Tables, aT: Tensor, out: Tensor, rel2: float) -> None:
+    """Nearest prototypes of aT [C, v, m] (contiguous float32) into out [C, >= m] int64 (a row-contiguous
+    view), -1 where the expanded form cannot decide (the caller re-encodes those directly)."""
+    level = isa_level(lib)
+    m = aT.shape[2]
+    ld = out.stride(0)
+    assert aT.is_contiguous() and out.stride(1) == 1
+    _run(lambda c0, c1: lib.pq_encode_cols(level, c0, c1, tab.v, m, tab.K, aT.data_ptr(), tab.p2.data_ptr(),
+                                           tab.pn_k.data_ptr(), tab.pnmax.data_ptr(), rel2, out.data_ptr(), ld),
+         tab.C)
+
+
+def soft_grad(lib: ctypes.CDLL, tab: Tables, aT: Tensor, g: Tensor, s: float, gz: Tensor | None,
+              gzsum: Tensor | None, glT: Tensor | None) -> None:
+    """One block: aT [C, v, m], g [m, Cout] (contiguous float32); gz [C, m, KP] written, gzsum [C, KP] and
+    glT [C, Cout, KP] accumulated (see _pq_kernel.cpp). gz None: only glT."""
+    level = isa_level(lib)
+    m = aT.shape[2]
+    assert aT.is_contiguous() and g.is_contiguous()
+    need = gz is not None
+    _run(lambda c0, c1: lib.pq_soft_grad(level, tab.kp, c0, c1, tab.v, m, tab.cout, aT.data_ptr(), tab.pt2.data_ptr(),
+                                         tab.pn.data_ptr(), tab.lutT.data_ptr(), g.data_ptr(), s, _ptr(gz),
+                                         _ptr(gzsum), _ptr(glT), int(need)), tab.C)
+
+
+def soft_grad_cols(lib: ctypes.CDLL, tab: Tables, aT: Tensor, gT: Tensor, s: float, ps: Tensor, ga: Tensor,
+                   gz: Tensor | None, gzsum: Tensor) -> None:
+    """The straight-through backward of one block, columns in the vector lanes: aT [C, v, m] contiguous,
+    gT [Cout, >= m] (rows contiguous: g transposed, this block's columns), ps [C, v, K] = (2/T) P^T;
+    writes ga [C, v, >= m] (dL/da, rows contiguous) and gz [C, K, m] (None: not written), accumulates
+    gzsum [C, K] (see _pq_kernel.cpp)."""
+    level = isa_level(lib)
+    m = aT.shape[2]
+    assert aT.is_contiguous() and gT.stride(1) == 1 and ga.stride(2) == 1 and ps.is_contiguous()
+    _run(lambda c0, c1: lib.pq_soft_grad_cols(level, c0, c1, tab.v, m, tab.cout, tab.K, tab.kp, aT.data_ptr(),
+                                              tab.p2.data_ptr(), ps.data_ptr(), tab.pn_k.data_ptr(),
+                                              tab.lutT.data_ptr(), gT.data_ptr(), gT.stride(0), s, ga.data_ptr(),
+                                              ga.stride(1), _ptr(gz), gzsum.data_ptr()), tab.C)
+
+
+def hard_lut_grad(lib: ctypes.CDLL, idx: Tensor, g: Tensor, K: int) -> Tensor:
+    """``grad[c, k] = sum of g[m] over the m with idx[c, m] = k``: idx [C, M] int64, g [M, Cout] float32
+    (contiguous) -> [C, K, Cout] (:func:`flow.compress.pq._hard_lut_grad`, summed in column order)."""
+    C, M = idx.shape
+    cout = g.shape[1]
+    idx = idx.contiguous()
+    gl = g.new_zeros(C, K, cout)
+    level = isa_level(lib)
+    _run(lambda c0, c1: lib.pq_hard_lut_grad(level, c0, c1, M, cout, K, idx.data_ptr(), M, g.data_ptr(),
+                                             gl.data_ptr()), C)
+    return gl
