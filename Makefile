@@ -77,10 +77,12 @@ build: setup
 # board's own release (tests/board/test_pynq_versions.py checks the installed pynq is the pinned one)
 # The main suite runs on TEST_JOBS pytest-xdist workers (default: one per core), whole files per worker so a
 # module's fixtures are built once; tests/conftest.py gives each worker its share of the OpenMP threads.
+# PYTEST_ARGS: more pytest options, e.g. PYTEST_ARGS=--junitxml=times.xml (every test's time).
 TEST_JOBS ?= $(shell nproc)
+PYTEST_ARGS ?=
 test: setup board-env
 	$(PY) -m pytest -m "not vitis and not board and not fuzz and not synth and not sim_matrix" -q --ignore=tests/board --durations=25 \
-	  -n $(TEST_JOBS) --dist loadfile
+	  -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 	$(BOARD_PY) -m pytest tests/board -q
 
 test-fast: setup

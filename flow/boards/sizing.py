@@ -194,6 +194,40 @@ def _graph_of(model_or_graph, calib_x):
     return quantize_model(model_or_graph, calib_x)
 
 
+def _search_holding(b: Board, ref: EngineConfig, grown: dict[str, int]) -> EngineConfig:
+    """``search`` at the high level, else at the central estimate (warned), else SizingError naming the
+    limits the model needs and what even the smallest build over-uses."""
+    cfg = None
+    try:
+        cfg = search(b, ref)
+    except ResourceError:
+        cfg = None
+    if cfg is None:
+        # nothing that holds the model passes the fit check (central figure within the budgets AND high end
+        # within the part): the largest build whose CENTRAL estimate fits, said loudly (the build records it)
+        # -- the model can be wrong without the build failing, and a central-estimate build is what Vivado
+        # would be tried on
+        try:
+            cfg = search(b, ref, level="central")
+            warnings.warn(f"no {b.name} engine that holds this model keeps the high end of the resource model "
+                          f"inside the part; using one whose CENTRAL estimate fits the budgets ({cfg.rows} array "
+                          f"rows, pq={cfg.pq}, hash {cfg.hash()}): check its utilization report after Vivado",
+                          stacklevel=3)
+        except ResourceError:
+            cfg = None
+    if cfg is None:
+        small = dataclasses.replace(ref, rows=1, dsp_rows=1, cols=ref.lanes,
+                                    **{k: min(vals) for k, vals in LADDERS.items() if k != "max_ops"})
+        over = over_budget(estimate(small, b), b)
+        lines = [f"{k}: the model needs {v}, the {b.name} reference build has {getattr(REFERENCE[b.name], k)}"
+                 for k, v in grown.items()]
+        raise SizingError(f"no engine that fits {b.name} holds the model; the limits it needs:\n"
+                          + "\n".join("  " + line for line in lines)
+                          + "\n  and even the smallest such build (1 array row, the smallest parameter "
+                            "memories) over-uses:\n" + "\n".join("    " + line for line in over)) from None
+    return cfg
+
+
 def size_engine(model_or_graph, board: str = "pynq-z2", *, calib_x=None, n: int | None = None,
                 m: int | None = None):
     """An EngineConfig for ``board`` that runs ``model_or_graph`` (a QGraph, or an nn.Module with ``calib_x``).
@@ -243,32 +277,15 @@ def size_engine(model_or_graph, board: str = "pynq-z2", *, calib_x=None, n: int 
         # what this model does not use is not built: fewer activation buffers, no lookup unit
         ref = dataclasses.replace(ref, num_bufs=max(need["num_bufs"], 2 if need["num_bufs"] <= 2 else 3),
                                   pq=bool(need["pq"]) or "pq" in grown)
-        try:
-            cfg = search(b, ref)
-        except ResourceError:
-            cfg = None
-        if cfg is None:
-            # nothing holds the model at the HIGH end of the resource model: the largest build that fits at its
-            # CENTRAL estimate, said loudly (the build records it) -- the model can be wrong without the build
-            # failing, and a central-estimate build is what Vivado would be tried on
-            try:
-                cfg = search(b, ref, level="central")
-                warnings.warn(f"no {b.name} engine that holds this model fits at the HIGH end of the resource "
-                              f"model; using one that fits at the CENTRAL estimate ({cfg.rows} array rows, "
-                              f"pq={cfg.pq}, hash {cfg.hash()}): check its utilization report after Vivado",
-                              stacklevel=2)
-            except ResourceError:
-                cfg = None
-        if cfg is None:
-            small = dataclasses.replace(ref, rows=1, dsp_rows=1, cols=ref.lanes,
-                                        **{k: min(vals) for k, vals in LADDERS.items() if k != "max_ops"})
-            over = over_budget(estimate(small, b), b)
-            lines = [f"{k}: the model needs {v}, the {b.name} reference build has {getattr(REFERENCE[b.name], k)}"
-                     for k, v in grown.items()]
-            raise SizingError(f"no engine that fits {b.name} holds the model; the limits it needs:\n"
-                              + "\n".join("  " + line for line in lines)
-                              + "\n  and even the smallest such build (1 array row, the smallest parameter "
-                                "memories) over-uses:\n" + "\n".join("    " + line for line in over)) from None
+        # act_buf_bytes was sized for the base build's banks; a searched build with more rows has more banks
+        # (act_banks: a power of two >= rows * max_stride) and pads each row of pixels to a multiple of them,
+        # so the need is recomputed for the build found and the search repeated until it holds (it only grows)
+        for _ in range(len(ROWS) + 1):
+            cfg = _search_holding(b, ref, grown)
+            act = model_needs(graph, cfg.lanes, cfg.act_banks)["act_buf_bytes"]
+            if act <= cfg.act_buf_bytes:
+                break
+            ref = dataclasses.replace(ref, act_buf_bytes=act)
     try:
         lower(graph, cfg)
     except LoweringError as e:

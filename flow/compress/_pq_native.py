@@ -1,8 +1,8 @@
 """Loader of the fused PQ training kernel ``_pq_kernel.cpp`` (ctypes, no Python headers) and its calls.
 
-Built and cached like the k-means kernel (:mod:`flow.compress._kmeans_native`: a copy next to this file
-built at install time, else one in the kernel cache keyed by the source, compiler and flags, else compiled
-there once with ``$CXX``/``g++``, about 2 s). One build carries an AVX-512, an AVX2 + FMA and a baseline
+Built, cached and loaded like the k-means kernel, by :mod:`flow.compress._native_build` (a copy next to this
+file built at install time, else one in the kernel cache keyed by the source, compiler and flags, else
+compiled there once with ``$CXX``/``g++``, about 2 s). One build carries an AVX-512, an AVX2 + FMA and a baseline
 copy; :func:`isa` says which runs.
 
 ``VQHLS_PQ`` selects how :mod:`flow.compress.pq` trains: ``auto`` (default: the kernel for float32 CPU
@@ -13,41 +13,22 @@ or an error) or ``torch`` (never the kernel: the reference formulation). ``VQHLS
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ._kmeans_native import KernelUnavailable, _cache_dirs
+from ._native_build import KernelUnavailable, NativeKernel
 
 __all__ = ["backend", "load", "isa", "usable", "Tables", "encode", "soft_grad", "soft_grad_cols", "hard_lut_grad",
            "KernelUnavailable", "ISAS", "KP_MAX"]
 
 ABI = 6
 SRC = Path(__file__).with_name("_pq_kernel.cpp")
-FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
 ISAS = ("base", "avx2", "avx512")
 KP_MAX = 64  # the kernel is compiled for K padded to 16, 32 or 64
-
-_lock = threading.Lock()
-_state: dict = {}
-
-
-def backend() -> str:
-    """``auto``, ``native`` or ``torch`` from ``$VQHLS_PQ`` (read at every call)."""
-    b = os.environ.get("VQHLS_PQ", "auto").strip().lower() or "auto"
-    if b not in ("auto", "native", "torch"):
-        raise ValueError(f"VQHLS_PQ={b!r}: use auto, native or torch")
-    return b
 
 
 def _bind(path: Path) -> ctypes.CDLL:
@@ -70,52 +51,12 @@ def _bind(path: Path) -> ctypes.CDLL:
     return lib
 
 
-def _compile() -> Path:
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx:
-        raise KernelUnavailable("no C++ compiler (set CXX or install g++: `make setup` does)")
-    try:
-        ver = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        raise KernelUnavailable(f"{cxx} --version failed: {e}") from e
-    key = hashlib.sha1("\0".join([SRC.read_text(), ver, " ".join(FLAGS), platform.machine(), str(ABI)])
-                       .encode()).hexdigest()[:16]
-    for d in _cache_dirs():
-        out = d / f"pq-{key}.so"
-        if out.is_file():
-            return out
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".pq-", suffix=".so", dir=d)
-            os.close(fd)
-        except OSError:
-            continue
-        try:
-            r = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SRC)], capture_output=True, text=True, timeout=300)
-            if r.returncode != 0:
-                raise KernelUnavailable(f"{cxx} failed to build {SRC.name}:\n{r.stderr[-2000:]}")
-            os.replace(tmp, out)
-            return out
-        except (OSError, subprocess.SubprocessError) as e:
-            raise KernelUnavailable(f"building {SRC.name} with {cxx} failed: {e}") from e
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    raise KernelUnavailable("no writable cache directory for the kernel (set VQHLS_KERNEL_CACHE)")
+KERNEL = NativeKernel(SRC, ABI, "pq", "VQHLS_PQ", "PQ training", _bind)
 
 
-def _load() -> ctypes.CDLL:
-    src_mtime = SRC.stat().st_mtime
-    for p in sorted(SRC.parent.glob("_pq_kernel*.so")):
-        if p.stat().st_mtime >= src_mtime:
-            try:
-                return _bind(p)
-            except (OSError, AttributeError, KernelUnavailable):
-                pass
-    try:
-        return _bind(_compile())
-    except (OSError, AttributeError) as e:
-        raise KernelUnavailable(f"loading the PQ kernel failed: {e}") from e
+def backend() -> str:
+    """``auto``, ``native`` or ``torch`` from ``$VQHLS_PQ`` (read at every call)."""
+    return KERNEL.backend()
 
 
 def load() -> ctypes.CDLL | None:
@@ -124,24 +65,7 @@ def load() -> ctypes.CDLL | None:
     Raises:
         KernelUnavailable: ``VQHLS_PQ=native`` and the kernel cannot be built or loaded.
     """
-    b = backend()
-    if b == "torch":
-        return None
-    with _lock:
-        if "lib" not in _state and "error" not in _state:
-            try:
-                _state["lib"] = _load()
-            except KernelUnavailable as e:
-                _state["error"] = e
-        if "lib" in _state:
-            return _state["lib"]
-        err = _state["error"]
-        if b == "native":
-            raise err
-        if not _state.get("warned"):
-            _state["warned"] = True
-            warnings.warn(f"PQ training runs on the slower pure-torch path: {err}", RuntimeWarning, stacklevel=3)
-        return None
+    return KERNEL.load()
 
 
 def isa_level(lib: ctypes.CDLL) -> int:

@@ -30,6 +30,7 @@ import numpy as np
 
 from flow.boards.cycle_model import ACC_DISTANCE, conv_cycles, conv_tiles
 from flow.compile.engine import EngineConfig
+from flow.compile.layout import share_masks
 from flow.compile.program import CODEBOOK, DENSE, Op, Program
 from flow.compile.program_exec import run_program
 from flow.compile.validate import prepare
@@ -110,7 +111,6 @@ def make_case(name: str, engine: EngineConfig, *, seed: int = 0, residual: bool 
             mask[g0:g0 + engine.cols] = mask[g0]
     prog = Program(ops=ops, in_shape=(ops[0].H, ops[0].W, ops[0].C))
     if share:
-        from flow.compile.layout import share_masks
         prog = share_masks(prog, engine)
     placed = prepare(prog, engine)
     first = placed.ops[0]

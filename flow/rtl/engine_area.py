@@ -100,6 +100,15 @@ def build_config(build: str | EngineConfig) -> EngineConfig:
     raise ValueError(f"unknown build {build!r}: 'default' or 'dense', or pass an EngineConfig")
 
 
+def rtl_digest(engine: EngineConfig) -> str:
+    """sha256 (16 hex digits) of the engine's rendered Verilog, file names included: what a yosys figure was
+    measured on (the engine hash names the configuration only; the RTL text changes under it)."""
+    h = hashlib.sha256()
+    for name, text in sorted(engine_sources(engine).items()):
+        h.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def write_sources(engine: EngineConfig) -> list[Path]:
     """The engine's Verilog (flow.rtl.engine_rtl.engine_sources) written under build/rtl_engine_area/<hash>/,
     one file per unit (the file names are part of the synthesis cache key and of yosys' cell names)."""
@@ -620,7 +629,7 @@ def engine_area(build: str | EngineConfig = "default", board: str = "pynq-z2") -
                  "modelled": {r: [meng[r][i] + bd[r][i] for i in range(3)] for r in RESOURCES},
                  "yosys_plus_bd": with_bd})
     return {"build": build if isinstance(build, str) else "custom", "engine": engine.__dict__ if hasattr(engine, "__dict__")
-            else str(engine), "engine_hash": engine.hash(), "yosys": flat["yosys"],
+            else str(engine), "engine_hash": engine.hash(), "rtl_sha256": rtl_digest(engine), "yosys": flat["yosys"],
             "script": "synth_xilinx -family xc7 -top vqhls_engine_top [-flatten] -noiopad -noclkbuf; stat -json; "
                       "[flatten; write_json]",
             "total": total, "total_cells": flat["cells"], "hier_total": hier_total,
@@ -713,8 +722,11 @@ def yosys_reference(engine: EngineConfig, results_json: str | Path | None = None
     for b in builds:
         if b.get("engine_hash") == engine.hash():
             commit = payload.get("machine", {}).get("commit", "?")
-            return {"source": f"{_shown(path)} (build {b.get('build')}, written at commit {commit}; it names the engine "
-                              "config, not the RTL text, so RTL changed since then is not in it)",
+            same = b.get("rtl_sha256") is not None and b.get("rtl_sha256") == rtl_digest(engine)
+            text = ("synthesized from this very Verilog (rtl_sha256 " + b["rtl_sha256"] + ")" if same else
+                    "synthesized from OTHER Verilog than this build's (the RTL changed since, or the record predates "
+                    "rtl_sha256): rerun python bench/rtl_engine_area.py")
+            return {"source": f"{_shown(path)} (build {b.get('build')}, written at commit {commit}; {text})",
                     "yosys": b.get("yosys", payload.get("yosys", "yosys")), "engine_hash": engine.hash(),
                     "total": b["total"], "units": b.get("units"), "hier_total": b.get("hier_total")}, ""
     why.append(f"{_shown(path)} holds engines " + (", ".join(f"{b.get('engine_hash')} ({b.get('build')})" for b in builds)

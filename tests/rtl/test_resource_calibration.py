@@ -1,8 +1,8 @@
 """The resource model (flow/boards/resource_model.py) against the committed yosys 0.23 measurement of the RTL engine
 (bench/results/rtl_engine_area.json, written by bench/rtl_engine_area.py): every RTL unit's yosys figure lies in the
 model's [low, high] at the default and the dense PYNQ-Z2 builds (issue 20 item 4). No synthesis runs here: the
-JSON is the independent reference; a JSON whose engine digest is not the current build's fails (stale), it is not
-skipped."""
+JSON is the independent reference; a JSON whose engine digest or rendered-Verilog digest is not the current
+build's fails (stale: rerun bench/rtl_engine_area.py), it is not skipped."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flow.rtl.engine_area import RESOURCES, UNIT_MAP, build_config, model_rows
+from flow.rtl.engine_area import RESOURCES, UNIT_MAP, build_config, model_rows, rtl_digest
 
 JSON = Path(__file__).resolve().parents[2] / "bench" / "results" / "rtl_engine_area.json"
 
@@ -27,6 +27,10 @@ def test_json_is_of_the_current_build(build):
     assert rec["engine_hash"] == build_config(build).hash(), (
         f"{JSON} is stale: its {build} build is engine {rec['engine_hash']}, the current one "
         f"{build_config(build).hash()}; rerun python bench/rtl_engine_area.py")
+    # the same configuration with other Verilog is another circuit: the figures describe the RTL they were taken of
+    assert rec.get("rtl_sha256") == rtl_digest(build_config(build)), (
+        f"{JSON} is stale: its {build} build was synthesized from other Verilog (rtl_sha256 {rec.get('rtl_sha256')}, "
+        f"the current {rtl_digest(build_config(build))}); rerun python bench/rtl_engine_area.py")
 
 
 @pytest.mark.parametrize("build", ["default", "dense"])

@@ -67,3 +67,25 @@ def test_default_engine_config_fits_at_the_high_end():
     assert _fits_high(e, "pynq-z2")
     u = check_fit(e, "pynq-z2")
     assert u.lut == u.high.lut > u.central.lut >= u.low.lut
+
+
+def test_sized_activation_buffer_holds_the_model_at_the_banks_of_the_build_found():
+    """size_engine sizes act_buf_bytes for the base build's banks, then searches the geometry; a build with more
+    rows has more banks (a power of two >= rows * max_stride) and pads each pixel row to a multiple of them.
+    The engine returned must hold the model at ITS banks: the layout's own need (model_needs at cfg.act_banks)
+    and the compiler (lower) agree that it does."""
+    import torch
+    from torch import nn
+
+    from flow.boards.sizing import model_needs, size_engine
+    from flow.compile.lower import lower
+    from flow.quant.convert import quantize_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 96, 3, padding=1), nn.ReLU(), nn.Conv2d(96, 16, 3, padding=1), nn.ReLU(),
+                        nn.MaxPool2d(4), nn.Flatten(), nn.Linear(16 * 7 * 7, 10)).eval()
+    graph = quantize_model(net, torch.rand(8, 1, 28, 28))
+    cfg = size_engine(graph, "pynq-z2")
+    need = model_needs(graph, cfg.lanes, cfg.act_banks)["act_buf_bytes"]
+    assert cfg.act_buf_bytes >= need, (cfg.rows, cfg.act_banks, cfg.act_buf_bytes, need)
+    lower(graph, cfg)       # raises LoweringError when a tensor does not fit the banks
