@@ -17,16 +17,14 @@ makes the kernel run a narrower copy than the CPU's best (to test or time each c
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
-from ._native_build import KernelUnavailable, NativeKernel
+from ._native_build import ISAS, KernelUnavailable, NativeKernel
 
 __all__ = ["backend", "load", "isa", "isa_level", "supported_isas", "KernelUnavailable", "ISAS"]
 
 ABI = 3
 SRC = Path(__file__).with_name("_kmeans_kernel.cpp")
-ISAS = ("base", "avx2", "avx512")  # the kernel's code paths, by vq_kmeans_isa level (0, 1, 2)
 # the flags (_native_build.FLAGS) carry -ffp-contract=fast: ISO C++ mode turns multiply-add contraction off,
 # and the search is one FMA per codeword and kept column (the error bounds hold with or without it)
 
@@ -46,7 +44,7 @@ def _bind(path: Path) -> ctypes.CDLL:
     return lib
 
 
-KERNEL = NativeKernel(SRC, ABI, "kmeans", "VQHLS_KMEANS", "masked k-means", _bind)
+KERNEL = NativeKernel(SRC, ABI, "kmeans", "VQHLS_KMEANS", "masked k-means", _bind, isa_fn="vq_kmeans_isa")
 
 
 def backend() -> str:
@@ -70,7 +68,7 @@ def load() -> ctypes.CDLL | None:
 
 def supported_isas(lib: ctypes.CDLL) -> list[str]:
     """The kernel's code paths this CPU can run, narrowest first (``base`` always)."""
-    return list(ISAS[: lib.vq_kmeans_isa(-1) + 1])
+    return KERNEL.supported_isas(lib)
 
 
 def isa_level(lib: ctypes.CDLL) -> int:
@@ -79,16 +77,7 @@ def isa_level(lib: ctypes.CDLL) -> int:
     Raises:
         ValueError: an unknown value, or a path this CPU does not support.
     """
-    want = os.environ.get("VQHLS_KMEANS_ISA", "auto").strip().lower() or "auto"
-    if want == "auto":
-        return lib.vq_kmeans_isa(-1)
-    if want not in ISAS:
-        raise ValueError(f"VQHLS_KMEANS_ISA={want!r}: use auto, {', '.join(reversed(ISAS))}")
-    level = lib.vq_kmeans_isa(ISAS.index(want))
-    if level < 0:
-        raise ValueError(f"VQHLS_KMEANS_ISA={want}: this CPU runs only {', '.join(supported_isas(lib))}; "
-                         "pick one of those or auto")
-    return level
+    return KERNEL.isa_level(lib)
 
 
 def isa(lib: ctypes.CDLL | None = None) -> str:

@@ -31,6 +31,7 @@ from typing import Callable
 from engine_io.cache import cache_root
 
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
+ISAS = ("base", "avx2", "avx512")  # every kernel's code paths, by the level its <name>_isa(want) reports (0, 1, 2)
 
 
 class KernelUnavailable(RuntimeError):
@@ -60,9 +61,9 @@ class NativeKernel:
     that loads the library, checks its ABI (KernelUnavailable when stale) and declares its functions."""
 
     def __init__(self, src: Path, abi: int, prefix: str, env: str, what: str,
-                 bind: Callable[[Path], ctypes.CDLL], flags: list[str] = FLAGS):
+                 bind: Callable[[Path], ctypes.CDLL], isa_fn: str, flags: list[str] = FLAGS):
         self.src, self.abi, self.prefix, self.env, self.what = src, abi, prefix, env, what
-        self.flags, self._bind = list(flags), bind
+        self.flags, self._bind, self.isa_fn = list(flags), bind, isa_fn
         self._lock = threading.Lock()
         self._state: dict = {}
 
@@ -153,3 +154,25 @@ class NativeKernel:
                 self._state["warned"] = True
                 warnings.warn(f"{self.what} runs on the slower pure-torch path: {err}", RuntimeWarning, stacklevel=4)
             return None
+
+    def supported_isas(self, lib: ctypes.CDLL) -> list[str]:
+        """The kernel's code paths this CPU can run, narrowest first (``base`` always)."""
+        return list(ISAS[: getattr(lib, self.isa_fn)(-1) + 1])
+
+    def isa_level(self, lib: ctypes.CDLL) -> int:
+        """The code path (index into :data:`ISAS`) the kernel runs under ``$<ENV>_ISA`` (read at every call).
+
+        Raises:
+            ValueError: an unknown value, or a path this CPU does not support.
+        """
+        var = f"{self.env}_ISA"
+        want = os.environ.get(var, "auto").strip().lower() or "auto"
+        if want == "auto":
+            return getattr(lib, self.isa_fn)(-1)
+        if want not in ISAS:
+            raise ValueError(f"{var}={want!r}: use auto, {', '.join(reversed(ISAS))}")
+        level = getattr(lib, self.isa_fn)(ISAS.index(want))
+        if level < 0:
+            raise ValueError(f"{var}={want}: this CPU runs only {', '.join(self.supported_isas(lib))}; "
+                             "pick one of those or auto")
+        return level

@@ -13,21 +13,19 @@ or an error) or ``torch`` (never the kernel: the reference formulation). ``VQHLS
 from __future__ import annotations
 
 import ctypes
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ._native_build import KernelUnavailable, NativeKernel
+from ._native_build import ISAS, KernelUnavailable, NativeKernel
 
 __all__ = ["backend", "load", "isa", "usable", "Tables", "encode", "soft_grad", "soft_grad_cols", "hard_lut_grad",
            "KernelUnavailable", "ISAS", "KP_MAX"]
 
 ABI = 6
 SRC = Path(__file__).with_name("_pq_kernel.cpp")
-ISAS = ("base", "avx2", "avx512")
 KP_MAX = 64  # the kernel is compiled for K padded to 16, 32 or 64
 
 
@@ -51,7 +49,7 @@ def _bind(path: Path) -> ctypes.CDLL:
     return lib
 
 
-KERNEL = NativeKernel(SRC, ABI, "pq", "VQHLS_PQ", "PQ training", _bind)
+KERNEL = NativeKernel(SRC, ABI, "pq", "VQHLS_PQ", "PQ training", _bind, isa_fn="pq_kernel_isa")
 
 
 def backend() -> str:
@@ -69,16 +67,8 @@ def load() -> ctypes.CDLL | None:
 
 
 def isa_level(lib: ctypes.CDLL) -> int:
-    """The code path (index into :data:`ISAS`) under ``$VQHLS_PQ_ISA``."""
-    want = os.environ.get("VQHLS_PQ_ISA", "auto").strip().lower() or "auto"
-    if want == "auto":
-        return lib.pq_kernel_isa(-1)
-    if want not in ISAS:
-        raise ValueError(f"VQHLS_PQ_ISA={want!r}: use auto, {', '.join(reversed(ISAS))}")
-    level = lib.pq_kernel_isa(ISAS.index(want))
-    if level < 0:
-        raise ValueError(f"VQHLS_PQ_ISA={want}: this CPU does not run it")
-    return level
+    """The code path (index into :data:`ISAS`) under ``$VQHLS_PQ_ISA`` (ValueError: unknown, or not on this CPU)."""
+    return KERNEL.isa_level(lib)
 
 
 def isa() -> str:

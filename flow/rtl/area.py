@@ -201,6 +201,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VQHLS_AREA_CACHE", REPO_ROOT / ".cache" / "yosys-area"))
 
 
+def cache_key(version: str, flags: list[str], post: list[str], srcs: list[tuple[str, str]]) -> str:
+    """The key a synth_area run is cached under: sha1 of the yosys version, the synth_xilinx flags with the
+    post-steps, and every (file name, text) source (a reader of the cache computes the same key)."""
+    h = hashlib.sha1()
+    for part in (version, " ".join(flags + (["+"] + post if post else [])), *(f"{n}\0{t}" for n, t in srcs)):
+        h.update(part.encode())
+        h.update(b"\0\0")
+    return h.hexdigest()
+
+
 def synth_area(verilog: str | Path | list, top: str, *, nodsp: bool = False, family: str = "xc7",
                timeout: float = DEFAULT_TIMEOUT, cache: bool = True, flatten: bool = True,
                netlist: bool = False) -> dict:
@@ -219,11 +229,7 @@ def synth_area(verilog: str | Path | list, top: str, *, nodsp: bool = False, fam
     srcs = _sources(verilog)
     flags = script_flags(top, nodsp=nodsp, family=family, flatten=flatten)
     post = ["flatten", "write_json netlist.json"] if netlist else []
-    h = hashlib.sha1()
-    for part in (version, " ".join(flags + (["+"] + post if post else [])), *(f"{n}\0{t}" for n, t in srcs)):
-        h.update(part.encode())
-        h.update(b"\0\0")
-    key = h.hexdigest()
+    key = cache_key(version, flags, post, srcs)
     cfile = cache_dir() / f"{key}.json"
     nfile = cache_dir() / f"{key}.netlist.json.gz"
     if cache and cfile.is_file() and (not netlist or nfile.is_file()):

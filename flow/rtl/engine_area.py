@@ -653,17 +653,6 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def area_cache_key(version: str, flags: list[str], post: list[str], srcs: list[tuple[str, str]]) -> str:
-    """The key flow.rtl.area.synth_area stores a run under (sha1 of the yosys version, the synth_xilinx flags with
-    the post-steps, and every (file name, text) source); the same hash, so a lookup finds what synth_area wrote
-    (tests/flow/build/test_report_yosys.py checks the two agree on a real yosys run)."""
-    h = hashlib.sha1()
-    for part in (version, " ".join(flags + (["+"] + post if post else [])), *(f"{n}\0{t}" for n, t in srcs)):
-        h.update(part.encode())
-        h.update(b"\0\0")
-    return h.hexdigest()
-
-
 def cached_area(engine: EngineConfig, versions: tuple[str, ...] | None = None) -> dict | None:
     """The yosys figures engine_area gives for ``engine``, read from the synth_area cache ONLY (yosys is never run;
     ``yosys -V`` is, for the key): {"source", "yosys", "engine_hash", "total" (flattened: summary()), "units"
@@ -679,7 +668,7 @@ def cached_area(engine: EngineConfig, versions: tuple[str, ...] | None = None) -
     flat_flags = area.script_flags(TOP, nodsp=False, family="xc7", flatten=True)
     hier_flags = area.script_flags(TOP, nodsp=False, family="xc7", flatten=False)
     for version in versions:
-        flat_key = area_cache_key(version, flat_flags, ["flatten", "write_json netlist.json"], srcs)
+        flat_key = area.cache_key(version, flat_flags, ["flatten", "write_json netlist.json"], srcs)
         flat_file = area.cache_dir() / f"{flat_key}.json"
         if not flat_file.is_file():
             continue
@@ -688,7 +677,7 @@ def cached_area(engine: EngineConfig, versions: tuple[str, ...] | None = None) -
         except (OSError, json.JSONDecodeError):
             continue
         units = hier_total = None
-        hier_file = area.cache_dir() / f"{area_cache_key(version, hier_flags, [], srcs)}.json"
+        hier_file = area.cache_dir() / f"{area.cache_key(version, hier_flags, [], srcs)}.json"
         if hier_file.is_file():
             try:
                 hier = json.loads(hier_file.read_text())
@@ -774,5 +763,5 @@ def format_rows(rec: dict) -> str:
 
 
 __all__ = ["TOP", "XC7Z020", "UNIT_MAP", "build_config", "write_sources", "synth_engine", "summary", "unit_counts",
-           "model_rows", "netlist_facts", "engine_area", "format_rows", "unit_of", "memory_of", "area_cache_key",
+           "model_rows", "netlist_facts", "engine_area", "format_rows", "unit_of", "memory_of",
            "cached_area", "yosys_reference", "RESULTS_JSON", "RESULTS_ENV"]
