@@ -81,12 +81,12 @@ build: setup
 TEST_JOBS ?= $(shell nproc)
 PYTEST_ARGS ?=
 test: setup board-env
-	$(PY) -m pytest -m "not vitis and not board and not fuzz and not synth and not sim_matrix" -q --ignore=tests/board --durations=25 \
+	$(PY) -m pytest -m "not vitis and not board and not fuzz and not synth and not sim_matrix and not cocotb_verilator" -q --ignore=tests/board --durations=25 \
 	  -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 	$(BOARD_PY) -m pytest tests/board -q
 
 test-fast: setup
-	$(PY) -m pytest -m "not vitis and not board and not slow and not fuzz and not synth and not sim_matrix" -q --ignore=tests/board
+	$(PY) -m pytest -m "not vitis and not board and not slow and not fuzz and not synth and not sim_matrix and not cocotb_verilator" -q --ignore=tests/board
 
 # long fuzzing campaigns (VQHLS_FUZZ_EXAMPLES examples per property, default 5000); make test runs a bounded one
 fuzz: setup

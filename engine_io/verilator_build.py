@@ -24,6 +24,7 @@ Standard library only (subprocess, hashlib, ctypes): the flow is not imported, n
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import os
 import re
@@ -44,7 +45,7 @@ HARNESS = Path(__file__).resolve().parent / "verilator_harness.cpp"
 LIB_NAME = "libvqhls_rtl.so"
 SUMS_NAME = "build.sha256"
 TMP_PREFIX = ".tmp-build-"
-ABI_VERSION = 1                     # VQHLS_RTL_ABI_VERSION of the harness
+ABI_VERSION = 2                     # VQHLS_RTL_ABI_VERSION of the harness
 VERILATOR_FLAGS = ("--cc", "-O3", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
                    "--x-initial", "fast", "--output-split", "20000")
 CXX_FAST = ("-O2",)
@@ -194,6 +195,18 @@ def build_library(sources: RtlSources, *, force: bool = False, root: Optional[os
     _, vroot = _verilator_info(verilator)
     cxx, _ = find_cxx()
     make_dir(out)
+    with open(out / ".lock", "w") as lock:
+        # one builder per entry: a second process (a pytest-xdist worker, make csim beside make test) waits
+        # here and then takes the finished build instead of compiling the same engine again
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and verify_build(out):
+            return lib
+        return _build(sources, out, verilator, vroot, cxx, jobs, log)
+
+
+def _build(sources: RtlSources, out: Path, verilator: str, vroot: Path, cxx: str, jobs: Optional[int], log) -> Path:
+    """build_library's work, under the entry's lock."""
+    lib = out / LIB_NAME
     clean_stale(out.parent)
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=out))
     parallel = max(1, min(jobs or (os.cpu_count() or 1), 4))
@@ -263,6 +276,7 @@ ABI = {
     "vqhls_rtl_dma_reset": (None, [_VP]),
     "vqhls_rtl_state": (None, [_VP, ctypes.POINTER(_U64)]),
     "vqhls_rtl_cycles": (_U64, [_VP]),
+    "vqhls_rtl_throttle": (None, [_VP, _U32, _U32, _U32]),
 }
 
 

@@ -41,7 +41,7 @@
 #endif
 #include VQHLS_RTL_TOP_HEADER
 
-#define VQHLS_RTL_ABI_VERSION 1
+#define VQHLS_RTL_ABI_VERSION 2
 
 namespace {
 
@@ -88,6 +88,18 @@ struct Harness {
     uint64_t stream_in_bytes = 0, stream_out_bytes = 0, stray_out_bytes = 0;
     // stall detection: consecutive cycles in which a stream waits on a DMA channel that is not running
     uint64_t starved_in = 0, starved_out = 0;
+    // throttling (vqhls_rtl_throttle): a DMA sharing the HP port and the interconnect. Per cycle, with
+    // probability in_gap / 256 MM2S presents no new byte, with out_stall / 256 S2MM is not ready. A byte
+    // once presented stays valid until taken (AXI-Stream: TVALID does not fall before its handshake).
+    uint32_t in_gap = 0, out_stall = 0, rng = 1;
+    bool gap_now = false, stall_now = false, in_held = false;
+
+    uint32_t draw() {      // xorshift32: deterministic per seed
+        rng ^= rng << 13;
+        rng ^= rng >> 17;
+        rng ^= rng << 5;
+        return rng & 255u;
+    }
 
     uint8_t* find(uint64_t addr, uint64_t n) {
         auto it = mem.upper_bound(addr);
@@ -130,11 +142,11 @@ struct Harness {
             const uint8_t* p = find(mm2s.addr + mm2s.done, 1);
             if (p) byte = *p;
         }
-        t->s_axis_in_tvalid = send;
+        t->s_axis_in_tvalid = send && (in_held || !gap_now);
         t->s_axis_in_tdata = byte;
         t->s_axis_in_tlast = send && mm2s.done + 1 == mm2s.nbytes;
         // output stream -> S2MM
-        t->m_axis_out_tready = s2mm.active && !s2mm.last && s2mm.done < s2mm.nbytes;
+        t->m_axis_out_tready = s2mm.active && !s2mm.last && s2mm.done < s2mm.nbytes && !stall_now;
         // the write channels of m_axi_gmem: never used by the engine; accept anything
         t->m_axi_gmem_awready = 1;
         t->m_axi_gmem_wready = 1;
@@ -167,7 +179,8 @@ struct Harness {
         bool out_last = t->m_axis_out_tlast;
         // a stream waiting on a DMA channel that is not running (for the stall report)
         starved_in = (t->s_axis_in_tready && !mm2s_busy()) ? starved_in + 1 : 0;
-        starved_out = (t->m_axis_out_tvalid && !t->m_axis_out_tready) ? starved_out + 1 : 0;
+        starved_out = (t->m_axis_out_tvalid && !t->m_axis_out_tready && !stall_now) ? starved_out + 1 : 0;
+        bool in_wait = t->s_axis_in_tvalid && !t->s_axis_in_tready;
         // ---- the edge
         t->ap_clk = 1;
         t->eval();
@@ -205,6 +218,9 @@ struct Harness {
             ++s2mm.done;
             if (out_last) s2mm.last = true;
         }
+        in_held = in_wait;
+        gap_now = in_gap && draw() < in_gap;
+        stall_now = out_stall && draw() < out_stall;
         t->ap_clk = 0;
         t->eval();
     }
@@ -387,6 +403,16 @@ void vqhls_rtl_state(void* h, uint64_t* out) {
                       s->bursts, s->beats, s->bad_reads, s->stream_in_bytes, s->stream_out_bytes,
                       s->starved_in, s->starved_out};
     std::memcpy(out, v, sizeof v);
+}
+
+// Throttle the DMA from now on: per cycle MM2S offers no new byte with probability in_gap / 256 and S2MM is
+// not ready with probability out_stall / 256 (0, 0: full speed, the default), drawn from ``seed`` (not 0).
+void vqhls_rtl_throttle(void* h, uint32_t in_gap, uint32_t out_stall, uint32_t seed) {
+    Harness* s = H(h);
+    s->in_gap = in_gap > 255 ? 255 : in_gap;
+    s->out_stall = out_stall > 255 ? 255 : out_stall;
+    s->rng = seed ? seed : 1;
+    s->gap_now = s->stall_now = false;
 }
 
 // Rising edges of ap_clk since reset was released (the harness's count, not the engine's register).

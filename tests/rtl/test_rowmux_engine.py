@@ -208,7 +208,7 @@ def test_engine_runs_a_shared_mask_lenet_bit_exact():
     shared = [op for op in prog.ops if op.wfmt == CODEBOOK_SHARED]
     assert len(shared) == 2 and all(op.mg == RM_CFG.cols and op.rowmux == 1 and op.passes == 1 for op in shared)
     image = prog.to_bytes()
-    x, golden = _inputs(prog, 2, 5)
+    x, golden = _inputs(prog, 1, 5)
     run = run_engine(image, RM_CFG, x, simulator="icarus")
     assert run.load_status == _csim_load(image, RM_CFG) == 0, regmap.status_message(run.load_status)
     assert run.statuses == [0], [regmap.status_message(s) for s in run.statuses]
