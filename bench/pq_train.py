@@ -75,6 +75,13 @@ def _golden_acc(model, calib, x, y) -> float:
     return 100.0 * float((predict(g, np.asarray(x, np.float32)).argmax(1) == np.asarray(y)).mean())
 
 
+def drop_se(float_acc: float, acc: float, n: int) -> float:
+    """Binomial standard error (points) of float_acc - acc, both measured on the same n test images, taken as
+    independent: sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n) (the paired error on the same images is no larger)."""
+    p1, p2 = float_acc / 100, acc / 100
+    return 100 * float(np.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n))
+
+
 def run_model(name: str, setup: dict, configs, assignment: str, kd: float, log) -> tuple[list[dict], dict]:
     s = setup
     xtr, ytr = datasets.load(s["data"], "train")
@@ -112,6 +119,7 @@ def run_model(name: str, setup: dict, configs, assignment: str, kd: float, log) 
         row = dict(model=name, v=v, K=K, layers=f"{len(pq_layers(c))}/{cand}",
                    ratio=compression_report(c, dense_bits=8).ratio, float=base, kmeans=acc0, joint=acc_joint,
                    hard=acc_hard, int=acc_int, hard_on_int_images=acc_hard_g, drop=base - acc_hard,
+                   drop_se=drop_se(base, acc_hard, len(yte)),
                    soft_epochs=s["epochs"], images_per_epoch=int(s["images"] or len(xtr)),
                    hard_epochs=s["hard_epochs"], cpu_compress=c1 - c0, cpu_soft=hist["cpu_soft"],
                    cpu_hard=hist["cpu_hard"], cpu_int=c3 - c2,
@@ -195,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r.update(soft_ep=r["soft_epochs"], images_ep=r["images_per_epoch"], hard_ep=r["hard_epochs"])
     cols = ["model", "v", "K", "layers", "ratio", "soft_ep", "images_ep", "hard_ep", "float", "kmeans", "joint",
-            "hard", "int", "hard_on_int_images", "drop",
+            "hard", "int", "hard_on_int_images", "drop", "drop_se",
             "cpu_soft", "cpu_hard"]
     print(table(rows, cols))
     for r in rows:
         if r["model"] == "resnet20" and (r["v"], r["K"]) == (9, 16):
-            print(f"\nresnet20 (9,16): drop {r['drop']:.2f} points vs the goal {GOAL} "
+            print(f"\nresnet20 (9,16): drop {r['drop']:.2f} +- {r['drop_se']:.2f} points (binomial SE) vs the goal {GOAL} "
                   f"({'met' if r['drop'] <= GOAL else 'not met'}); PQA reports {PQA_DROP} on CIFAR-10")
     print(f"wall time {wall:.0f} s ({a.threads} thread(s))")
     stem = a.out or ("pq_train_quick" if a.quick else "pq_train")

@@ -85,7 +85,21 @@ ROW_MODULES = {"conv_unit": ("vqhls_conv_unit", "incl"), "pool_unit": ("vqhls_po
                "engine_core": ("vqhls_engine_core", "own"), "loader": ("vqhls_loader", "incl"),
                "stream_in+stream_out": (("vqhls_stream_in", "vqhls_stream_out"), "incl"),
                "control": ("vqhls_control", "incl"), "engine_top": ("vqhls_engine_top", "own")}
+# a build with the lookup unit (engine.pq): vqhls_pq_unit (instance u_pq of the core) holds the PQ op's encoder,
+# argmin and lookup, its prototype, LUT and accumulator memories and its requantization lane
+PQ_ROW = {"pq_unit": {"pq": 1, "mem.proto": 1, "mem.lut": 1, "mem.pq_acc": 1, "requant.pq": 1}}
+PQ_ROW_MODULES = {"pq_unit": ("vqhls_pq_unit", "incl")}
 RESOURCES = ("bram36", "dsp", "lut", "ff", "lutram")
+
+
+def unit_map(engine: EngineConfig) -> dict[str, dict[str, float]]:
+    """The comparison rows of ``engine``: UNIT_MAP, and PQ_ROW when the build has the lookup unit."""
+    return {**UNIT_MAP, **PQ_ROW} if engine.pq else dict(UNIT_MAP)
+
+
+def row_modules(engine: EngineConfig) -> dict[str, tuple]:
+    """The RTL modules of each row of unit_map(engine)."""
+    return {**ROW_MODULES, **PQ_ROW_MODULES} if engine.pq else dict(ROW_MODULES)
 
 
 # ---- the EngineConfigs ----------------------------------------------------------------------------
@@ -139,10 +153,10 @@ def summary(a: dict) -> dict:
             "lutram": a["lutram_luts"] + a["srl"], "carry4": a["carry4"], "muxf7": a["muxf7"], "muxf8": a["muxf8"]}
 
 
-def unit_counts(hier: dict) -> dict[str, dict]:
-    """Row -> summary of the hierarchical synthesis (ROW_MODULES)."""
+def unit_counts(hier: dict, engine: EngineConfig | None = None) -> dict[str, dict]:
+    """Row -> summary of the hierarchical synthesis (row_modules(engine); ROW_MODULES without an engine)."""
     out = {}
-    for row, (mods, kind) in ROW_MODULES.items():
+    for row, (mods, kind) in (ROW_MODULES if engine is None else row_modules(engine)).items():
         mods = (mods,) if isinstance(mods, str) else mods
         acc: dict | None = None
         for m in mods:
@@ -165,7 +179,7 @@ def model_rows(engine: EngineConfig, board: str = "pynq-z2", usage: rm.Usage | N
     usage = usage if usage is not None else rm.estimate(engine, board)
     mapped = defaultdict(float)
     rows: dict[str, dict] = {}
-    for row, units in UNIT_MAP.items():
+    for row, units in unit_map(engine).items():
         r = {res: [0.0, 0.0, 0.0] for res in RESOURCES}
         for name, f in units.items():
             mapped[name] += f
@@ -183,7 +197,7 @@ def model_rows(engine: EngineConfig, board: str = "pynq-z2", usage: rm.Usage | N
         if not name.startswith("bd.") and abs(mapped.get(name, 0.0) - 1.0) > 1e-9 and \
                 any(u.get(res).high for res in RESOURCES):
             raise AreaError(f"resource-model unit {name} is mapped {mapped.get(name, 0.0):g} times to an RTL unit "
-                            "(UNIT_MAP): map it once")
+                            "(UNIT_MAP, PQ_ROW): map it once")
         for res in RESOURCES:
             for i, x in enumerate(u.get(res).as_tuple()):
                 target[res][i] += x
@@ -609,14 +623,14 @@ def engine_area(build: str | EngineConfig = "default", board: str = "pynq-z2") -
     """The record of one EngineConfig: its totals (flattened), units (hierarchy kept), memories, depth, and
     the comparison rows against the resource model. Runs yosys twice unless cached."""
     engine = build_config(build)
+    mrows, bd, meng = model_rows(engine, board)     # first: a model unit with no row fails before any yosys
     flat = synth_engine(engine, flatten=True)
     hier = synth_engine(engine, flatten=False)
     facts = netlist_facts(flat["netlist"])
-    units = unit_counts(hier)
-    mrows, bd, meng = model_rows(engine, board)
+    units = unit_counts(hier, engine)
     total = summary(flat)
     rows = []
-    for row in UNIT_MAP:
+    for row in unit_map(engine):
         rows.append({"unit": row, "modelled": {r: list(mrows[row][r]) for r in RESOURCES},
                      "yosys": units[row]})
     hier_total = summary(hier)
@@ -762,6 +776,6 @@ def format_rows(rec: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["TOP", "XC7Z020", "UNIT_MAP", "build_config", "write_sources", "synth_engine", "summary", "unit_counts",
+__all__ = ["TOP", "XC7Z020", "UNIT_MAP", "PQ_ROW", "unit_map", "row_modules", "build_config", "write_sources", "synth_engine", "summary", "unit_counts",
            "model_rows", "netlist_facts", "engine_area", "format_rows", "unit_of", "memory_of",
            "cached_area", "yosys_reference", "RESULTS_JSON", "RESULTS_ENV"]

@@ -10,6 +10,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/ is not installed
 
 from bench import common  # noqa: E402
@@ -27,6 +29,10 @@ def test_quick_run_reports_every_stage(tmp_path, monkeypatch, capsys):
     for key in ("float", "kmeans", "joint", "hard", "int"):
         assert 0 <= row[key] <= 100 and not math.isnan(row[key]), key
     assert row["drop"] == row["float"] - row["hard"]
+    # the textbook binomial SE of a difference of two proportions on the same 100 images
+    p1, p2 = row["float"] / 100, row["hard"] / 100
+    assert row["drop_se"] == pytest.approx(100 * math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / 100))
+    assert pq_train.drop_se(90.0, 90.0, 10000) == pytest.approx(100 * math.sqrt(2 * 0.09 / 10000))
     b = data["budgets"]["lenet-digits"]
     assert (b["test_images"], b["golden_images"]) == (100, 50)
     assert (row["soft_epochs"], row["images_per_epoch"], row["hard_epochs"]) == (1, 128, 1)

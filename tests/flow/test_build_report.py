@@ -127,3 +127,22 @@ def test_the_report_names_the_engine_the_two_ratios_and_the_next_steps(tmp_path)
     b.summary.pop("stored_ratio")
     by = _by_title(sections(b, {}))
     assert "standard engine" in by["Engine"].text and "equals the model's" in by["Compression ratios"].text
+
+
+def test_mask_lines_state_the_convention_and_the_ratio_without_masks():
+    """The report's mask line for an MVQ model: the mask bits and their share, and the ratio with the masks left
+    out, against a hand count (2:4 shared by 4 output channels: 3 bits per 4 inputs per 4 channels)."""
+    from flow.build.report import mask_lines
+    from flow.compress.api import LayerRow, Report
+
+    conv = LayerRow("c1", "conv", "mvq", params=16 * 32 * 9, bits={"indices": 4608, "masks": 16 * 32 * 9 // 16 * 3,
+                                                                   "codebook": 2048})
+    dense = LayerRow("fc", "linear", "dense", params=100, bits={"weights": 800, "scale": 32})
+    rep = Report([conv, dense])
+    masks = 16 * 32 * 9 // 16 * 3                       # 864 bits
+    total = 4608 + masks + 2048 + 800 + 32
+    (line,) = mask_lines(rep)
+    assert f"{masks:,} bits" in line and f"{100 * masks / total:.1f} %" in line
+    assert f"{32 * (16 * 32 * 9 + 100) / (total - masks):.2f}x" in line
+    assert "design-notes.md \"Frontier\"" in line
+    assert mask_lines(Report([dense])) == [] and mask_lines(None) == []

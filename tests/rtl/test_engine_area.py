@@ -75,19 +75,24 @@ def test_stat_json_with_the_hierarchy_tree():
     assert own["top"]["dsp"] == 0 and own["top"]["cells"]["mid"] == 1
 
 
-@pytest.mark.parametrize("build", ["default", "dense"])
+@pytest.mark.parametrize("build", ["default", "dense", "pq"])
 def test_model_rows_cover_the_model(build):
     """Every resource-model unit lands in exactly one row (or the block design): the rows and the block
-    design add up to the model's own totals."""
+    design add up to the model's own totals. "pq": the default geometry with the lookup unit, whose
+    prototype, LUT and accumulator memories and requantization lane are the pq_unit row's."""
+    import dataclasses
+
     from flow.boards import resource_model as rm
-    e = build_config(build)
+    e = dataclasses.replace(build_config("default"), pq=True) if build == "pq" else build_config(build)
     rows, bd, eng = model_rows(e)
     u = rm.estimate(e, "pynq-z2")
     for res in ("bram36", "dsp", "lut", "ff", "lutram"):
         rsum = sum(r[res][1] for r in rows.values())
         assert rsum == pytest.approx(eng[res][1]), res
         assert rsum + bd[res][1] == pytest.approx(u.range(res)[1], abs=1), res
-    assert set(rows) == set(UNIT_MAP)
+    assert set(rows) == set(UNIT_MAP) | ({"pq_unit"} if e.pq else set())
+    if e.pq:
+        assert rows["pq_unit"]["lut"][1] > 0 and rows["pq_unit"]["bram36"][1] > 0
 
 
 PIPE = """

@@ -22,7 +22,8 @@ from flow.boards import get_board
 from flow.boards import resource_model as rm
 from flow.build.report import _md, sections
 from flow.compile.engine import EngineConfig
-from flow.rtl.engine_area import RESOURCES, ROW_MODULES, UNIT_MAP, cached_area, synth_engine
+from flow.rtl.engine_area import (PQ_ROW, RESOURCES, ROW_MODULES, UNIT_MAP, cached_area, model_rows, synth_engine,
+                                  unit_map)
 
 TITLE = "Resources: modelled vs yosys"
 LABEL = {"bram36": "BRAM36", "dsp": "DSP", "lut": "LUT", "ff": "FF", "lutram": "LUTRAM"}
@@ -49,11 +50,11 @@ def _figures(rng: np.random.Generator) -> dict:
     return {r: float(rng.integers(1, 40_000)) for r in RESOURCES}
 
 
-def _results_json(tmp_path: Path, engine_hash: str, seed: int = 0) -> tuple[Path, dict]:
+def _results_json(tmp_path: Path, engine_hash: str, seed: int = 0, units=UNIT_MAP) -> tuple[Path, dict]:
     """A bench-results file shaped like bench/results/rtl_engine_area.json, one build with ``engine_hash``."""
     rng = np.random.default_rng(seed)
     rec = {"build": "fake", "engine_hash": engine_hash, "yosys": "Yosys 0.23 (git sha1 7ce5011c24b)",
-           "total": _figures(rng), "hier_total": _figures(rng), "units": {u: _figures(rng) for u in UNIT_MAP}}
+           "total": _figures(rng), "hier_total": _figures(rng), "units": {u: _figures(rng) for u in units}}
     path = tmp_path / "rtl_engine_area.json"
     path.write_text(json.dumps({"yosys": rec["yosys"], "machine": {"commit": "abc1234"}, "builds": [rec]}))
     return path, rec
@@ -147,15 +148,24 @@ def test_no_results_file_is_the_not_available_line(lookup):
     assert sec.table is None and "not available" in sec.text and "is not readable" in sec.text
 
 
-def test_a_pq_engine_shows_the_totals_and_says_why_no_unit_rows(lookup):
+def test_a_pq_engine_has_a_pq_unit_row(lookup):
+    """A build with the lookup unit: its row (flow.rtl.engine_area.PQ_ROW: the encoder, the PQ memories and
+    lane) beside the others, modelled against the figures' pq_unit; figures from before the row existed
+    show the other rows and the totals."""
     engine = EngineConfig(pq=True)
-    _, rec = _results_json(lookup, engine.hash())
+    _, rec = _results_json(lookup, engine.hash(), units=unit_map(engine))
     sec = _section(_build(lookup, engine))
     rows = _rows(sec)
-    assert "Per-unit rows are not shown" in sec.text and "map it once" in sec.text
-    assert {k[0] for k in rows} == {"engine (sum of units, hierarchy kept)", FLAT, "block design (modelled only)",
-                                    WITH_BD}
+    assert "Per-unit rows are not shown" not in sec.text
+    assert {k[0] for k in rows} == set(unit_map(engine)) | {"engine (sum of units, hierarchy kept)", FLAT,
+                                                            "block design (modelled only)", WITH_BD}
     usage = rm.estimate(engine, "pynq-z2")
+    mrows, _, _ = model_rows(engine, "pynq-z2", usage=usage)
+    for r in RESOURCES:
+        assert rows[("pq_unit", LABEL[r])][5] == rec["units"]["pq_unit"][r]
+        assert rows[("pq_unit", LABEL[r])][3] == pytest.approx(mrows["pq_unit"][r][1])
+    assert mrows["pq_unit"]["lut"][1] == pytest.approx(sum(usage.units[n].lut.central * f
+                                                           for n, f in PQ_ROW["pq_unit"].items()))
     assert usage.units["pq"].lut.central > 0                 # the PQ unit is in the model, and in the total
     for r in RESOURCES:
         assert rows[(FLAT, LABEL[r])][5] == rec["total"][r]
