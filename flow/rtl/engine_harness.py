@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine_io import program_image, regmap
+from engine_io import regmap
 from engine_io import verilator_build as vb
 from flow.compile.engine import EngineConfig
-from flow.compile.program import Program
-from flow.rtl.engine_rtl import TOP, EngineRtlError, EngineRun, build_dir_for, unsupported
+from flow.rtl.engine_rtl import TOP, EngineRtlError, EngineRun, build_dir_for, prepare_run
 
 BASE = 0x1000_0000        # physical address of the first buffer in the double's DDR
 GUARD = 4096              # an unmapped page between buffers: a read past one answers DECERR
@@ -100,17 +99,7 @@ def run_engine_harness(image: bytes, engine: EngineConfig, inputs: np.ndarray, *
     ``run_anyway`` (the engine must refuse them; ``info["in_bytes_taken"]``: what each took from its stream).
     ``run_before_load``: first a one-image run call with no stream (``info["unloaded_status"]``).
     ``tlast_at``: the first call's DMA send ends, TLAST set, at that byte (an early TLAST)."""
-    if raw:
-        out_bytes = program_image.header_words(image)[program_image.WORD["output_bytes"]]
-    else:
-        out_bytes = program_image.parse_header(image).output_bytes
-        why = unsupported(Program.from_bytes(image))
-        if why:
-            raise EngineRtlError(why)
-    inputs = np.ascontiguousarray(inputs, np.uint8).reshape(len(inputs), -1)
-    batches = list(batches) if batches else [len(inputs)]
-    if sum(batches) != len(inputs):
-        raise ValueError(f"batches {batches} do not add up to the {len(inputs)} inputs")
+    out_bytes, inputs, batches = prepare_run(image, inputs, batches, raw)
     eng = _Engine(library(engine, bugs), mem_latency)
     try:
         if in_gaps or out_stalls:
@@ -123,10 +112,10 @@ def run_engine_harness(image: bytes, engine: EngineConfig, inputs: np.ndarray, *
         eng.write(regmap.PARAMS_HI, params >> 32)
         load_status, load_real = eng.call(0, max_cycles, "load call")
         config_hash = eng.read(regmap.CONFIG_HASH)
-        outputs = np.zeros((len(inputs), int(out_bytes)), np.uint8)
+        outputs = np.zeros((len(inputs), out_bytes), np.uint8)
         statuses, reals, calls, first = [], [], [], 0
         for n in batches if load_status == regmap.OK or run_anyway else []:
-            out_addr, out = eng.buffer(np.zeros(n * int(out_bytes), np.uint8))
+            out_addr, out = eng.buffer(np.zeros(n * out_bytes, np.uint8))
             in_addr, _ = eng.buffer(inputs[first:first + n])
             if eng.lib.vqhls_rtl_dma_recv(eng.h, out_addr, out.size) != 0:
                 raise EngineRtlError("internal: DMA receive refused")
@@ -141,7 +130,7 @@ def run_engine_harness(image: bytes, engine: EngineConfig, inputs: np.ndarray, *
                 eng.lib.vqhls_rtl_dma_reset(eng.h)     # a refused call moves no data: drop the transfers
             elif not eng.lib.vqhls_rtl_dma_wait(eng.h, 200_000, max_cycles):
                 raise EngineRtlError(f"RTL engine: the DMA did not finish the run call of {n} images")
-            outputs[first:first + n] = out[: n * int(out_bytes)].reshape(n, -1)
+            outputs[first:first + n] = out[: n * out_bytes].reshape(n, -1)
             statuses.append(status)
             reals.append(real)
             calls.append((first, n))

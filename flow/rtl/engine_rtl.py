@@ -157,15 +157,11 @@ def op_table(ops, n_ops: int) -> np.ndarray:
     return np.array(rows, np.int64).reshape(-1, n_ops)
 
 
-def run_engine(image: bytes, engine: EngineConfig, inputs: np.ndarray, *, batches: list[int] | None = None,
-               simulator: str = "verilator", in_gaps: float = 0.0, out_stalls: float = 0.0,
-               tlast_at: int | None = None, run_before_load: bool = False, run_anyway: bool = False,
-               bugs: dict | None = None, seed: int = 1, max_cycles: int = 50_000_000,
-               work: Path | None = None, raw: bool = False) -> EngineRun:
-    """Load ``image`` into the RTL engine and run ``inputs`` ([n, in_bytes] uint8, the engine's input bytes) in
-    run calls of ``batches`` images (default: one call of all). EngineRtlError when the Program holds an op
-    the RTL engine does not run (``unsupported``: none today) or the simulation fails. ``raw``: send the
-    image as it is, unchecked (the engine's own checks are under test: a corrupted image)."""
+def prepare_run(image: bytes, inputs: np.ndarray, batches: list[int] | None,
+                raw: bool) -> tuple[int, np.ndarray, list[int]]:
+    """(output bytes per image, inputs as [n, in_bytes] uint8, the run calls' image counts) of a run of
+    ``image``; EngineRtlError for a Program the RTL engine does not run (``unsupported``), unless ``raw``
+    (the image unchecked: a corrupted image, the engine's own checks under test)."""
     if raw:
         out_bytes = program_image.header_words(image)[program_image.WORD["output_bytes"]]
     else:
@@ -177,6 +173,19 @@ def run_engine(image: bytes, engine: EngineConfig, inputs: np.ndarray, *, batche
     batches = list(batches) if batches else [len(inputs)]
     if sum(batches) != len(inputs):
         raise ValueError(f"batches {batches} do not add up to the {len(inputs)} inputs")
+    return int(out_bytes), inputs, batches
+
+
+def run_engine(image: bytes, engine: EngineConfig, inputs: np.ndarray, *, batches: list[int] | None = None,
+               simulator: str = "verilator", in_gaps: float = 0.0, out_stalls: float = 0.0,
+               tlast_at: int | None = None, run_before_load: bool = False, run_anyway: bool = False,
+               bugs: dict | None = None, seed: int = 1, max_cycles: int = 50_000_000,
+               work: Path | None = None, raw: bool = False) -> EngineRun:
+    """Load ``image`` into the RTL engine and run ``inputs`` ([n, in_bytes] uint8, the engine's input bytes) in
+    run calls of ``batches`` images (default: one call of all). EngineRtlError when the Program holds an op
+    the RTL engine does not run (``unsupported``: none today) or the simulation fails. ``raw``: send the
+    image as it is, unchecked (the engine's own checks are under test: a corrupted image)."""
+    out_bytes, inputs, batches = prepare_run(image, inputs, batches, raw)
     find_simulator(simulator)
     build, sources = build_dir_for(engine, simulator, bugs)
     plan = {"out_bytes": int(out_bytes), "batches": batches, "in_gaps": in_gaps, "out_stalls": out_stalls,
@@ -207,5 +216,5 @@ def run_engine(image: bytes, engine: EngineConfig, inputs: np.ndarray, *, batche
     return run
 
 
-__all__ = ["RTL_DEPTH", "op_table", "ENGINE_UNITS", "PQ_UNITS", "units", "EngineRtlError", "EngineRun", "engine_sources", "build_dir_for", "run_engine",
+__all__ = ["RTL_DEPTH", "op_table", "prepare_run", "ENGINE_UNITS", "PQ_UNITS", "units", "EngineRtlError", "EngineRun", "engine_sources", "build_dir_for", "run_engine",
            "unsupported", "CosimError"]
