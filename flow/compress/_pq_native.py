@@ -5,9 +5,9 @@ file built at install time, else one in the kernel cache keyed by the source, co
 compiled there once with ``$CXX``/``g++``, about 2 s). One build carries an AVX-512, an AVX2 + FMA and a baseline
 copy; :func:`isa` says which runs.
 
-``VQHLS_PQ`` selects how :mod:`flow.compress.pq` trains: ``auto`` (default: the kernel for float32 CPU
-tensors with K <= 64 when it loads, else the torch path with a one-time warning), ``native`` (the kernel
-or an error) or ``torch`` (never the kernel: the reference formulation). ``VQHLS_PQ_ISA`` (``auto``,
+``VQHLS_PQ`` selects how :mod:`flow.compress.pq` trains and encodes: ``auto`` (default: the kernel for
+float32 CPU tensors with K <= 64 when it loads, else the torch path with a one-time warning), ``native`` (the
+kernel or an error) or ``torch`` (never the kernel: the reference formulation). ``VQHLS_PQ_ISA`` (``auto``,
 ``avx512``, ``avx2``, ``base``) picks a narrower copy than the CPU's best.
 """
 from __future__ import annotations

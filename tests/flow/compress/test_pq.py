@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -85,7 +86,14 @@ def make_pq_conv(cin=4, cout=5, kernel=(3, 3), stride=(1, 1), padding=(1, 1), v=
 # ----------------------------------------------------------------------------- encoding
 
 
-def test_encode_matches_bruteforce_with_planted_ties():
+# every float32 CPU encode (eval, compress, the distance scales) runs the fused kernel when it loads
+# (VQHLS_PQ=auto); "torch" is the reference formulation (_encode_block): both against the brute force
+BACKENDS = ["auto", "torch"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_encode_matches_bruteforce_with_planted_ties(backend, monkeypatch):
+    monkeypatch.setenv("VQHLS_PQ", backend)
     P = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 0.0], [1.0, 1.0]],  # k=2 duplicates k=0
                       [[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]])  # C=2, K=4, v=2
     a = torch.tensor([
@@ -106,17 +114,39 @@ def test_encode_matches_bruteforce_with_planted_ties():
     assert got.dtype == torch.int64
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=40, deadline=None)
 @given(st.data())
-def test_encode_matches_bruteforce_small_integers(data):
+def test_encode_matches_bruteforce_small_integers(backend, data):
     # Values in {-2..2} make exact ties frequent; float arithmetic on them is exact.
     C, K, v, M = (data.draw(st.integers(1, n)) for n in (3, 6, 3, 6))
     K = max(K, 2)
     ints = st.integers(-2, 2)
     P = np.array(data.draw(st.lists(ints, min_size=C * K * v, max_size=C * K * v)), np.float32).reshape(C, K, v)
     a = np.array(data.draw(st.lists(ints, min_size=M * C * v, max_size=M * C * v)), np.float32).reshape(M, C, v)
-    got = nearest_prototype(torch.from_numpy(a), torch.from_numpy(P))
+    # set here, after the draws (a draw may end the example by an exception): hypothesis runs every example
+    # inside one test call, so no monkeypatch; restored whatever happens
+    before = os.environ.get("VQHLS_PQ")
+    os.environ["VQHLS_PQ"] = backend
+    try:
+        got = nearest_prototype(torch.from_numpy(a), torch.from_numpy(P))
+    finally:
+        if before is None:
+            os.environ.pop("VQHLS_PQ", None)
+        else:
+            os.environ["VQHLS_PQ"] = before
     assert np.array_equal(got.numpy(), brute_nearest(a, P))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_encode_random_float32_matches_bruteforce(backend, monkeypatch):
+    """Random float32 data with many columns (several of the kernel's column tiles and a tail): the same
+    indices as the direct scan (near-ties are settled by it on both paths)."""
+    monkeypatch.setenv("VQHLS_PQ", backend)
+    g = torch.Generator().manual_seed(5)
+    P = torch.randn(4, 16, 9, generator=g)
+    a = torch.randn(1000, 4, 9, generator=g)
+    assert np.array_equal(nearest_prototype(a, P).numpy(), brute_nearest(a.numpy(), P.numpy()))
 
 
 def test_encode_random_float64_matches_bruteforce():

@@ -300,9 +300,10 @@ def test_native_linear_matches_torch_path(mode, monkeypatch):
         assert _rel(got, want) < 2e-4
 
 
-def test_native_encoder_equals_the_eval_encoder_on_near_ties():
-    """The kernel's encoder (expanded scores, ambiguous columns re-encoded directly) gives _encode_T's
-    indices exactly, on data built to put many columns within rounding of a tie."""
+def test_native_encoder_equals_the_eval_encoder_on_near_ties(monkeypatch):
+    """The kernel's encoder (expanded scores, ambiguous columns re-encoded directly) gives the torch
+    formulation's indices (_encode_T under VQHLS_PQ=torch) exactly, on data built to put many columns within
+    rounding of a tie, and _encode_T on the kernel (the default) gives the same."""
     lib = _pq_native.load()
     g = torch.Generator().manual_seed(2)
     C, K, v, m = 6, 16, 9, 3000
@@ -311,7 +312,10 @@ def test_native_encoder_equals_the_eval_encoder_on_near_ties():
     aT = torch.round(torch.randn(C, v, m, generator=g) * 4) / 4
     aT[:, :, :50] = P[:, 3, :, None]  # exact hits
     aT[:, :, 50:100] = (P[:, 4] + P[:, 5])[:, :, None] / 2 + 1e-7  # midpoints: near ties
+    monkeypatch.setenv("VQHLS_PQ", "torch")
     want = pqm._encode_T(aT, P)
+    monkeypatch.delenv("VQHLS_PQ")
+    assert torch.equal(pqm._encode_T(aT, P), want)
     raw = torch.empty(C, m, dtype=torch.int64)
     _pq_native.encode(lib, _pq_native.Tables(P), aT, raw, 2 * (8 * v + 16) * torch.finfo(torch.float32).eps)
     assert (raw < 0).sum() >= 100  # the ambiguous columns are there and flagged
