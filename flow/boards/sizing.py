@@ -115,21 +115,23 @@ def search(board: Board | str, ref: EngineConfig, level: str = "high") -> Engine
                         f"modelled range (lanes={ref.lanes}, n={ref.n}, m={ref.m}, pq={ref.pq})")
 
 
-def config_for_board(board: str, *, n: int | None = None, m: int | None = None) -> EngineConfig:
-    """The EngineConfig for ``board`` (n of every m weights kept; ``n == m``: dense build)."""
+def config_for_board(board: str, *, n: int | None = None, m: int | None = None,
+                     row_mux: bool = False) -> EngineConfig:
+    """The EngineConfig for ``board`` (n of every m weights kept; ``n == m``: dense build; ``row_mux``: the
+    sparse array with the selection once per row, searched like any other build)."""
     b = get_board(board)
     ref = REFERENCE[b.name]
     n = ref.n if n is None else n
     m = ref.m if m is None else m
     pinned = PINNED.get(b.name)
-    if pinned is not None and (n, m) == (pinned.n, pinned.m):
+    if pinned is not None and (n, m) == (pinned.n, pinned.m) and not row_mux:
         try:
             check_fit(pinned, b)
             return pinned
         except ResourceError as err:
             warnings.warn(f"EngineConfig() is not a fitting {b.name} build under the resource model; "
                           f"returning the searched config instead:\n{err}", stacklevel=2)
-    ref = dataclasses.replace(ref, n=n, m=m)     # raises ValueError for an invalid n:m
+    ref = dataclasses.replace(ref, n=n, m=m, row_mux=row_mux)     # raises ValueError for an invalid n:m
     return search(b, ref)
 
 
@@ -229,7 +231,7 @@ def _search_holding(b: Board, ref: EngineConfig, grown: dict[str, int]) -> Engin
 
 
 def size_engine(model_or_graph, board: str = "pynq-z2", *, calib_x=None, n: int | None = None,
-                m: int | None = None):
+                m: int | None = None, row_mux: bool = False):
     """An EngineConfig for ``board`` that runs ``model_or_graph`` (a QGraph, or an nn.Module with ``calib_x``).
 
     Starts from :func:`config_for_board` (returned as is when the model fits it: PYNQ-Z2's default
@@ -237,14 +239,14 @@ def size_engine(model_or_graph, board: str = "pynq-z2", *, calib_x=None, n: int 
     model needs, then searches the array geometry and parameter memories (:func:`search`) for a build
     within the board's resource budget (parameters that no longer fit on chip stream per image), and
     checks the result by lowering the model. ``n``/``m``: the engine's N:M (default: the board's; any
-    layer's N:M runs on it, denser masks in several passes).
+    layer's N:M runs on it, denser masks in several passes); ``row_mux``: the row-mux array (:func:`config_for_board`).
 
     Raises :class:`SizingError` listing every limit that cannot be met at once (limits no build
     supports, and every over-used resource of the smallest build that holds the model).
     """
     graph = _graph_of(model_or_graph, calib_x)
     b = get_board(board)
-    base = config_for_board(b.name, n=n, m=m)
+    base = config_for_board(b.name, n=n, m=m, row_mux=row_mux)
     need = model_needs(graph, base.lanes, base.act_banks)
     problems: list[str] = []
     hard = dict(d_max=16, pq_v_max=64, pq_k_max=256, k_max=1 << 16)

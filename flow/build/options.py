@@ -88,6 +88,8 @@ class BuildOptions:
     K: int = _SPEC.K
     bits: int = _SPEC.bits
     vecq_scheme: str = _SPEC.vecq_scheme
+    mask_group: int = 1                 # mvq: output channels sharing one N:M pattern (1: per channel)
+    row_mux: bool = False               # the engine's sparse array selects once per row (shared masks, issue 22)
     finetune_epochs: int | None = None
     train_epochs: int | None = None
     retrain: bool = False               # train the zoo model again, replacing its cached checkpoint
@@ -128,7 +130,7 @@ class BuildOptions:
         d = self.defaults()
         return CompressSpec(method=self.method, n=self.n, m=self.m, k=self.k or d["k"], d=self.d or d["d"],
                             clip_k=True, v=self.v, K=self.K, bits=self.bits, vecq_scheme=self.vecq_scheme,
-                            overrides=self.overrides(model))
+                            mask_group=self.mask_group, overrides=self.overrides(model))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -163,6 +165,14 @@ def parser() -> argparse.ArgumentParser:
     a("--vecq-scheme", choices=VECQ_SCHEMES,
       help="vecq: paper (default: half-integer levels, lambda*std step, least-squares scale, every layer "
            "quantized) or sweep (symmetric levels, exact vector-loss step, first/last layers dense)")
+    a("--mask-group", type=int,
+      help="mvq: g consecutive output channels share one N:M pattern per input position (default 1: per channel; "
+           "8 = the PYNQ-Z2 array's column tile, the grouping --row-mux runs at full speed); every layer's Cout "
+           "must be a multiple (a recipe's [[layers]] can set another g per layer)")
+    a("--row-mux", action="store_true",
+      help="build the sparse array with the N:M selection once per array row, broadcast to the columns (smaller "
+           "than a mux per PE; layers whose masks are shared by the column tile run at full speed, others on the "
+           "union of their tile's masks, in more passes)")
     a("--finetune-epochs", type=int, help="fine-tuning epochs after compression (default: per model)")
     a("--train-epochs", type=int, help="training epochs when no checkpoint is cached (default: per model)")
     a("--retrain", action="store_true",
@@ -177,14 +187,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 _INT_KEYS = {"n", "m", "k", "d", "v", "K", "bits", "iters", "seed", "lut_bits", "finetune_epochs", "train_epochs",
-             "limit", "vectors"}
+             "limit", "vectors", "mask_group"}
 _STR_KEYS = {"board", "engine", "model", "model_file", "checkpoint", "data", "method", "out", "stage", "json",
              "vecq_scheme"}
 
 
 # the smallest value each integer option takes (a 0 or negative --limit / --k must not mean "all" / default)
 _INT_MIN = {"n": 1, "m": 1, "k": 1, "d": 1, "v": 1, "K": 1, "bits": 1, "limit": 1, "vectors": 0,
-            "finetune_epochs": 0, "train_epochs": 1}
+            "finetune_epochs": 0, "train_epochs": 1, "mask_group": 1}
 
 
 def _check_value(key: str, value: Any, where: str) -> Any:
@@ -201,8 +211,8 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         raise OptionsError(f"{where}: engine {value!r}: choose one of {', '.join(ENGINES)}")
     if key == "vecq_scheme" and value not in VECQ_SCHEMES:
         raise OptionsError(f"{where}: vecq_scheme {value!r}: choose one of {', '.join(VECQ_SCHEMES)}")
-    if key == "retrain" and not isinstance(value, bool):
-        raise OptionsError(f"{where}: retrain = {value!r} must be true or false")
+    if key in ("retrain", "row_mux") and not isinstance(value, bool):
+        raise OptionsError(f"{where}: {key} = {value!r} must be true or false")
     if key == "stage" and value not in STAGES:
         raise OptionsError(f"{where}: stage {value!r}: choose one of {', '.join(STAGES)}")
     return value
@@ -281,6 +291,11 @@ def parse(argv: list[str] | None = None) -> BuildOptions:
         if ignored:
             problems.append(f"--method none compresses nothing, so {', '.join(ignored)} would be ignored: "
                             "drop them or choose a compression method")
+    if opts.mask_group != 1 and opts.method != "mvq" and "mask_group" in merged:
+        problems.append(f"--mask-group {opts.mask_group}: only mvq has N:M masks to share (--method {opts.method})")
+    if opts.row_mux and opts.n == opts.m:
+        problems.append(f"--row-mux with --n {opts.n} --m {opts.m}: a dense build has no N:M selection to move; "
+                        "keep n < m or drop --row-mux")
     if opts.model_file and ":" not in opts.model_file:
         problems.append(f"--model-file {opts.model_file}: give path/to/file.py:factory")
     if opts.method == "vecq" and not any(p.startswith("command line: --bits") for p in problems):

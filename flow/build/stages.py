@@ -322,8 +322,8 @@ def stage_lower(b: Build) -> None:
     o = b.opts
     # the board's standard build when the model fits it (its cached engine), else one grown for the model
     # within the board's resources (SizingError lists every limit it cannot meet)
-    standard = config_for_board(o.board, n=o.n, m=o.m).to_dict()
-    b.engine = size_engine(b.qgraph, o.board, n=o.n, m=o.m)
+    standard = config_for_board(o.board, n=o.n, m=o.m, row_mux=o.row_mux).to_dict()
+    b.engine = size_engine(b.qgraph, o.board, n=o.n, m=o.m, row_mux=o.row_mux)
     grown = {k: v for k, v in b.engine.to_dict().items() if standard.get(k) != v}
     if grown:
         b.summary["engine_sized"] = grown

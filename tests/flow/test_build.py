@@ -38,6 +38,46 @@ def test_main_job_is_bit_exact_on_digits(tmp_path, method):
     assert s["csim_cycles_per_image"] == s["modelled_cycles_per_image"]
 
 
+@pytest.mark.csim
+@pytest.mark.slow
+def test_shared_masks_on_the_row_mux_engine_are_bit_exact(tmp_path):
+    """--mask-group 8 --row-mux (issue 22): the engine is the row-mux build, the codebook convs are stored once
+    per 8-channel tile (wfmt CODEBOOK_SHARED, mg 8), their masks are shared in the compressed model, and C-sim
+    equals the golden model on every image it runs; the mask bits counted are the shared count (hand formula)."""
+    import torch
+
+    from flow.compile.program import CODEBOOK_SHARED, CONV, Program
+    from flow.compress.mvq import mask_bits
+
+    out, summary = tmp_path / "build", tmp_path / "summary.json"
+    r = _run("--stage", "csim", "--model", "lenet-digits", "--method", "mvq", "--mask-group", "8", "--row-mux",
+             "--finetune-epochs", "1", "--limit", "60", "--out", str(out), "--json", str(summary))
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads(summary.read_text())
+    assert s["images"] == 60 and s["bit_exact"] == 60
+    assert s["csim_cycles_per_image"] == s["modelled_cycles_per_image"]
+    prog = Program.from_bytes((out / "program.bin").read_bytes())
+    shared = [op for op in prog.ops if op.opcode == CONV and op.wfmt == CODEBOOK_SHARED]
+    assert shared and all(op.mg == 8 for op in shared)
+    assert json.loads((out / "program.json").read_text())["engine"]["row_mux"] is True
+    model = torch.load(out / "compressed.pt", weights_only=False)
+    layers = [m for m in model.modules() if getattr(m, "mask_group", 1) != 1]
+    assert layers and all(m.mask_group == 8 for m in layers)
+    rows = {row["name"]: row for row in json.loads((out / "compression.json").read_text())["layers"]}
+    for name, m in model.named_modules():
+        if getattr(m, "mask_group", 1) == 8:
+            w = m.mask.numel()
+            assert rows[name]["bits"]["masks"] == mask_bits(w, m.n, m.m, 8) == w // (m.m * 8) * 3   # 2:4: 3 bits
+
+
+def test_mask_group_and_row_mux_refusals():
+    """--mask-group needs mvq; --row-mux needs a sparse build: one line each, exit 2, nothing written."""
+    r = _run("--method", "vq", "--mask-group", "8", "--stage", "compress")
+    assert r.returncode == 2 and "--mask-group 8: only mvq" in r.stderr and "Traceback" not in r.stderr
+    r = _run("--n", "4", "--m", "4", "--row-mux", "--stage", "compress")
+    assert r.returncode == 2 and "--row-mux with --n 4 --m 4" in r.stderr and "Traceback" not in r.stderr
+
+
 # ---------------------------------------------------------------------------
 # the full build: vendor stages skipped, bundle and report written
 # ---------------------------------------------------------------------------
