@@ -179,7 +179,8 @@ struct Harness {
         bool out_last = t->m_axis_out_tlast;
         // a stream waiting on a DMA channel that is not running (for the stall report)
         starved_in = (t->s_axis_in_tready && !mm2s_busy()) ? starved_in + 1 : 0;
-        starved_out = (t->m_axis_out_tvalid && !t->m_axis_out_tready && !stall_now) ? starved_out + 1 : 0;
+        // (not the TREADY the throttle drops: a throttled but running S2MM is not a stall)
+        starved_out = (t->m_axis_out_tvalid && !s2mm_busy()) ? starved_out + 1 : 0;
         bool in_wait = t->s_axis_in_tvalid && !t->s_axis_in_tready;
         // ---- the edge
         t->ap_clk = 1;
