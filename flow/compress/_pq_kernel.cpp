@@ -28,6 +28,10 @@
 //   with gz that have long inner dimensions (dL/da = (2/T) P^T gz and sum_m a_m gz_m^T for dL/dP) are
 //   the caller's batched GEMMs.
 // pq_hard_lut_grad: the straight-through LUT gradient hard^T g, gl[c, idx[c, col]] += g[col].
+// pq_outer_acc: sum_m a_m gz_m^T for dL/dP (columns in L1-sized chunks, the K sums of a row in registers).
+// pq_lut_sum: the hard lookup's value sum_c lut[c, idx[c, col]], in embedding_bag's order (bit for bit).
+// pq_im2col / pq_col2im: a conv's patches [D, cols] of a range of images straight from its input, and their
+//   adjoint added into dL/dx (no padded copy, no stacked slices; the torch formulation is pq._im2col_T).
 
 #include <cmath>
 #include <cstdint>
@@ -37,7 +41,7 @@
 
 namespace {
 
-constexpr int ABI = 6;
+constexpr int ABI = 7;
 
 template <int W>
 struct VT {
@@ -350,7 +354,7 @@ struct EncColArgs {
 };
 
 template <int W, int KT, bool TAIL>
-PQ_INLINE void enc_tile(const EncColArgs& A, int64_t c, int64_t col, int n) {
+PQ_INLINE int64_t enc_tile(const EncColArgs& A, int64_t c, int64_t col, int n) {
     typedef typename VT<W>::f vf;
     const int64_t K = KT > 0 ? KT : A.K;
     const int64_t v = A.v, m = A.m;
@@ -391,21 +395,30 @@ PQ_INLINE void enc_tile(const EncColArgs& A, int64_t c, int64_t col, int n) {
         which = hit ? vf{} + (float)k : which;
     }
     int64_t* out = A.idx + c * A.ld + col;
-    for (int l = 0; l < n; ++l) out[l] = cnt[l] == 1.0f ? (int64_t)which[l] : -1;
+    int64_t amb = 0;
+    for (int l = 0; l < n; ++l) {
+        const bool one = cnt[l] == 1.0f;
+        out[l] = one ? (int64_t)which[l] : -1;
+        amb += !one;
+    }
+    return amb;
 }
 
+// Returns the number of ambiguous (-1) answers written.
 template <int W, int KT>
-PQ_INLINE void enc_cols_range(const EncColArgs& A) {
+PQ_INLINE int64_t enc_cols_range(const EncColArgs& A) {
+    int64_t amb = 0;
     for (int64_t c = A.c0; c < A.c1; ++c) {
         int64_t col = 0;
-        for (; col + W <= A.m; col += W) enc_tile<W, KT, false>(A, c, col, W);
-        if (col < A.m) enc_tile<W, KT, true>(A, c, col, (int)(A.m - col));
+        for (; col + W <= A.m; col += W) amb += enc_tile<W, KT, false>(A, c, col, W);
+        if (col < A.m) amb += enc_tile<W, KT, true>(A, c, col, (int)(A.m - col));
     }
+    return amb;
 }
 
 template <int W>
-PQ_INLINE void enc_cols_w(const EncColArgs& A) {
-    if (A.K == 16) enc_cols_range<W, 16>(A); else enc_cols_range<W, 0>(A);
+PQ_INLINE int64_t enc_cols_w(const EncColArgs& A) {
+    return A.K == 16 ? enc_cols_range<W, 16>(A) : enc_cols_range<W, 0>(A);
 }
 
 // gl[c, idx[c, col], :] += g[col, :] for col < m (idx [C, ld] int64, g [m, cout], gl [C, K, cout]).
@@ -449,12 +462,167 @@ void cols_avx2(const ColArgs& A) { cols_w<8>(A); }
 void cols_base(const ColArgs& A) { cols_w<4>(A); }
 #ifdef PQ_X86
 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
-void enc_cols_avx512(const EncColArgs& A) { enc_cols_w<16>(A); }
+int64_t enc_cols_avx512(const EncColArgs& A) { return enc_cols_w<16>(A); }
 __attribute__((target("avx2,fma")))
-void enc_cols_avx2(const EncColArgs& A) { enc_cols_w<8>(A); }
+int64_t enc_cols_avx2(const EncColArgs& A) { return enc_cols_w<8>(A); }
 #endif
-void enc_cols_base(const EncColArgs& A) { enc_cols_w<4>(A); }
+int64_t enc_cols_base(const EncColArgs& A) { return enc_cols_w<4>(A); }
 int grad_base(int64_t kp, const GradArgs& A) { return grad_w<4>(kp, A); }
+
+// out[col] = sum_c lut[c, idx[c, col]] in c order, a tile of columns at a time (the tile's rows stay in L1).
+PQ_INLINE void lut_sum_body(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx,
+                            int64_t ld, const float* lut, float* out) {
+    constexpr int64_t TILE = 32;
+    for (int64_t t0 = m0; t0 < m1; t0 += TILE) {
+        const int64_t t1 = t0 + TILE < m1 ? t0 + TILE : m1;
+        std::memset(out + t0 * cout, 0, (t1 - t0) * cout * sizeof(float));
+        for (int64_t c = 0; c < C; ++c) {
+            const int64_t* ic = idx + c * ld;
+            const float* lc = lut + c * K * cout;
+            for (int64_t col = t0; col < t1; ++col) {
+                const float* __restrict row = lc + ic[col] * cout;
+                float* __restrict o = out + col * cout;
+                for (int64_t j = 0; j < cout; ++j) o[j] += row[j];
+            }
+        }
+    }
+}
+void lut_sum(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ld,
+             const float* lut, float* out) { lut_sum_body(m0, m1, C, K, cout, idx, ld, lut, out); }
+#ifdef PQ_X86
+__attribute__((target("avx512f,avx512vl,avx2,fma")))
+void lut_sum_avx512(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ld,
+                    const float* lut, float* out) { lut_sum_body(m0, m1, C, K, cout, idx, ld, lut, out); }
+__attribute__((target("avx2,fma")))
+void lut_sum_avx2(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ld,
+                  const float* lut, float* out) { lut_sum_body(m0, m1, C, K, cout, idx, ld, lut, out); }
+#endif
+
+// A conv's patch geometry (pq_im2col, pq_col2im).
+struct Geom {
+    int64_t Cin, H, W, kh, kw, sh, sw, ph, pw;
+    int64_t OH() const { return (H + 2 * ph - kh) / sh + 1; }
+    int64_t OW() const { return (W + 2 * pw - kw) / sw + 1; }
+    // The output columns [lo, hi) whose input column ow*sw + j - pw lies inside [0, W).
+    void valid_ow(int64_t j, int64_t& lo, int64_t& hi) const {
+        const int64_t ow_n = OW();
+        lo = pw - j > 0 ? (pw - j + sw - 1) / sw : 0;
+        hi = W - 1 + pw - j >= 0 ? (W - 1 + pw - j) / sw + 1 : 0;
+        if (hi > ow_n) hi = ow_n;
+        if (lo > hi) lo = hi;
+    }
+};
+
+void im2col(const Geom& G, int64_t n0, int64_t n1, int64_t p0, int64_t p1, const float* x, float* out, int64_t ldo) {
+    const int64_t OH = G.OH(), OW = G.OW(), plane = G.H * G.W;
+    for (int64_t p = p0; p < p1; ++p) {
+        const int64_t t = p / G.Cin, cin = p % G.Cin, i = t / G.kw, j = t % G.kw;
+        int64_t lo, hi;
+        G.valid_ow(j, lo, hi);
+        float* dst = out + p * ldo;
+        for (int64_t n = n0; n < n1; ++n) {
+            const float* src = x + (n * G.Cin + cin) * plane;
+            for (int64_t oh = 0; oh < OH; ++oh, dst += OW) {
+                const int64_t ih = oh * G.sh + i - G.ph;
+                if (ih < 0 || ih >= G.H) {
+                    std::memset(dst, 0, OW * sizeof(float));
+                    continue;
+                }
+                for (int64_t ow = 0; ow < lo; ++ow) dst[ow] = 0.0f;
+                const float* row = src + ih * G.W + j - G.pw;
+                if (G.sw == 1) {
+                    std::memcpy(dst + lo, row + lo, (hi - lo) * sizeof(float));
+                } else {
+                    for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = row[ow * G.sw];
+                }
+                for (int64_t ow = hi; ow < OW; ++ow) dst[ow] = 0.0f;
+            }
+        }
+    }
+}
+
+void col2im(const Geom& G, int64_t n0, int64_t n1, int64_t ci0, int64_t ci1, const float* g, int64_t ldg, float* dx) {
+    const int64_t OH = G.OH(), OW = G.OW(), plane = G.H * G.W, L = OH * OW;
+    for (int64_t cin = ci0; cin < ci1; ++cin) {
+        for (int64_t t = 0; t < G.kh * G.kw; ++t) {
+            const int64_t i = t / G.kw, j = t % G.kw, p = t * G.Cin + cin;
+            int64_t lo, hi;
+            G.valid_ow(j, lo, hi);
+            for (int64_t n = n0; n < n1; ++n) {
+                float* dst = dx + (n * G.Cin + cin) * plane;
+                const float* src = g + p * ldg + (n - n0) * L;
+                for (int64_t oh = 0; oh < OH; ++oh) {
+                    const int64_t ih = oh * G.sh + i - G.ph;
+                    if (ih < 0 || ih >= G.H) continue;
+                    float* __restrict row = dst + ih * G.W + j - G.pw;
+                    const float* __restrict s = src + oh * OW;
+                    if (G.sw == 1) {
+                        for (int64_t ow = lo; ow < hi; ++ow) row[ow] += s[ow];
+                    } else {
+                        for (int64_t ow = lo; ow < hi; ++ow) row[ow * G.sw] += s[ow];
+                    }
+                }
+            }
+        }
+    }
+}
+
+// gp[c, j, k] += sum over col < m of a[c, j, col] gz[c, k, col]: a [C, v, m], gz [C, K, m], gp [C, v, K] (the
+// dL/dP term sum_m a_m gz_m^T). Columns in chunks whose K rows of gz stay in L1 while every j passes over them;
+// per (c, j, k) a W-lane sum carried from chunk to chunk and reduced once (the order does not depend on threads).
+template <int W, int KT>
+PQ_INLINE void outer_range(int64_t c0, int64_t c1, int64_t v, int64_t K_, int64_t m, const float* a, const float* gz,
+                           float* gp) {
+    typedef typename VT<W>::f vf;
+    const int64_t K = KT > 0 ? KT : K_;
+    constexpr int KM = KT > 0 ? KT : 64;
+    const int64_t chunk = (int64_t)(8192 / (K * W)) * W;  // K rows of `chunk` floats: 32 KiB
+    vf sums[64 * KM];
+    for (int64_t c = c0; c < c1; ++c) {
+        const float* gzc = gz + c * K * m;
+        for (int64_t i = 0; i < v * K; ++i) sums[i] = vf{};
+        for (int64_t s0 = 0; s0 < m; s0 += chunk) {
+            const int64_t s1 = s0 + chunk < m ? s0 + chunk : m;
+            for (int64_t j = 0; j < v; ++j) {
+                const float* aj = a + (c * v + j) * m;
+                vf acc[KM];
+                for (int64_t k = 0; k < K; ++k) acc[k] = sums[j * K + k];
+                int64_t col = s0;
+                for (; col + W <= s1; col += W) {
+                    const vf x = ld<W>(aj + col);
+                    for (int64_t k = 0; k < K; ++k) acc[k] += x * ld<W>(gzc + k * m + col);
+                }
+                if (col < s1) {
+                    const int n = (int)(s1 - col);
+                    const vf x = ldp<W>(aj + col, n);
+                    for (int64_t k = 0; k < K; ++k) acc[k] += x * ldp<W>(gzc + k * m + col, n);
+                }
+                for (int64_t k = 0; k < K; ++k) sums[j * K + k] = acc[k];
+            }
+        }
+        float* g = gp + c * v * K;
+        for (int64_t i = 0; i < v * K; ++i) g[i] += hsum<W>(sums[i]);
+    }
+}
+
+template <int W>
+PQ_INLINE void outer_w(int64_t c0, int64_t c1, int64_t v, int64_t K, int64_t m, const float* a, const float* gz,
+                       float* gp) {
+    if (K == 16) outer_range<W, 16>(c0, c1, v, K, m, a, gz, gp); else outer_range<W, 0>(c0, c1, v, K, m, a, gz, gp);
+}
+void outer_base(int64_t c0, int64_t c1, int64_t v, int64_t K, int64_t m, const float* a, const float* gz, float* gp) {
+    outer_w<4>(c0, c1, v, K, m, a, gz, gp);
+}
+#ifdef PQ_X86
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+void outer_avx512(int64_t c0, int64_t c1, int64_t v, int64_t K, int64_t m, const float* a, const float* gz, float* gp) {
+    outer_w<16>(c0, c1, v, K, m, a, gz, gp);
+}
+__attribute__((target("avx2,fma")))
+void outer_avx2(int64_t c0, int64_t c1, int64_t v, int64_t K, int64_t m, const float* a, const float* gz, float* gp) {
+    outer_w<8>(c0, c1, v, K, m, a, gz, gp);
+}
+#endif
 
 int best_isa() {
 #ifdef PQ_X86
@@ -482,16 +650,60 @@ int pq_kernel_isa(int want) {
     return want <= best ? want : -1;
 }
 
-// pq_encode with columns in the lanes (see enc_cols_range).
-int pq_encode_cols(int isa, int64_t c0, int64_t c1, int64_t v, int64_t m, int64_t K, const float* a, const float* p2,
-                   const float* pn, const float* pnmax, float rel2, int64_t* idx, int64_t ld) {
+// pq_encode with columns in the lanes (see enc_cols_range): the number of ambiguous (-1) answers, or -1
+// for an unsupported K or v.
+int64_t pq_encode_cols(int isa, int64_t c0, int64_t c1, int64_t v, int64_t m, int64_t K, const float* a,
+                       const float* p2, const float* pn, const float* pnmax, float rel2, int64_t* idx, int64_t ld) {
     if (K > 64 || v > 64) return -1;
     const EncColArgs A{c0, c1, v, m, K, a, p2, pn, pnmax, rel2, idx, ld};
 #ifdef PQ_X86
-    if (isa >= 2) return enc_cols_avx512(A), 0;
-    if (isa == 1) return enc_cols_avx2(A), 0;
+    if (isa >= 2) return enc_cols_avx512(A);
+    if (isa == 1) return enc_cols_avx2(A);
 #endif
-    return enc_cols_base(A), 0;
+    return enc_cols_base(A);
+}
+
+// The hard lookup's sum for columns [m0, m1): out[col, :] = sum over c = 0, 1, ..., C-1 (in that order, from
+// 0) of lut[c, idx[c, col], :]; idx [C, ld] int64, lut [C, K, cout], out [M, cout] (rows m0..m1 written).
+// The same additions in the same order as torch's embedding_bag(mode="sum") (flow.compress.pq._lut_sum).
+int pq_lut_sum(int isa, int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ld,
+               const float* lut, float* out) {
+#ifdef PQ_X86
+    if (isa >= 2) return lut_sum_avx512(m0, m1, C, K, cout, idx, ld, lut, out), 0;
+    if (isa == 1) return lut_sum_avx2(m0, m1, C, K, cout, idx, ld, lut, out), 0;
+#endif
+    return lut_sum(m0, m1, C, K, cout, idx, ld, lut, out), 0;
+}
+
+// The dL/dP term, accumulated (see outer_range); K <= 64.
+int pq_outer_acc(int isa, int64_t c0, int64_t c1, int64_t v, int64_t K, int64_t m, const float* a, const float* gz,
+                 float* gp) {
+    if (K > 64 || v > 64) return -1;
+#ifdef PQ_X86
+    if (isa >= 2) return outer_avx512(c0, c1, v, K, m, a, gz, gp), 0;
+    if (isa == 1) return outer_avx2(c0, c1, v, K, m, a, gz, gp), 0;
+#endif
+    return outer_base(c0, c1, v, K, m, a, gz, gp), 0;
+}
+
+// Patches of a conv input, subspace-major (flow.compress.pq._im2col_T): rows p in [p0, p1) of the D = kh*kw*Cin
+// patch rows in (kh, kw, cin) order, columns (n - n0, oh, ow) for images [n0, n1): out[p * ldo + col] =
+// x[n, cin, oh*sh + i - ph, ow*sw + j - pw], 0 outside the input; x [N, Cin, H, W] contiguous.
+int pq_im2col(int64_t n0, int64_t n1, int64_t p0, int64_t p1, int64_t Cin, int64_t H, int64_t W, int64_t kh,
+              int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, const float* x, float* out, int64_t ldo) {
+    const Geom G{Cin, H, W, kh, kw, sh, sw, ph, pw};
+    im2col(G, n0, n1, p0, p1, x, out, ldo);
+    return 0;
+}
+
+// The adjoint, accumulated: dx[n, cin, ih, iw] += g[p * ldg + col] over the patch rows p of channels
+// [ci0, ci1) (every kernel offset, in (kh, kw) order) and images [n0, n1) (columns as in pq_im2col).
+// Each dx element gets its terms in kernel-offset order, whatever the split of channels across calls.
+int pq_col2im(int64_t n0, int64_t n1, int64_t ci0, int64_t ci1, int64_t Cin, int64_t H, int64_t W, int64_t kh,
+              int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, const float* g, int64_t ldg, float* dx) {
+    const Geom G{Cin, H, W, kh, kw, sh, sw, ph, pw};
+    col2im(G, n0, n1, ci0, ci1, g, ldg, dx);
+    return 0;
 }
 
 // The STE backward with columns in the lanes (see cols_range); K <= 64, v <= 64.

@@ -22,9 +22,9 @@ from torch import Tensor
 from ._native_build import ISAS, KernelUnavailable, NativeKernel
 
 __all__ = ["backend", "load", "isa", "usable", "Tables", "encode", "soft_grad", "soft_grad_cols", "hard_lut_grad",
-           "KernelUnavailable", "ISAS", "KP_MAX"]
+           "outer_acc", "lut_sum", "im2col", "col2im", "KernelUnavailable", "ISAS", "KP_MAX"]
 
-ABI = 6
+ABI = 7
 SRC = Path(__file__).with_name("_pq_kernel.cpp")
 KP_MAX = 64  # the kernel is compiled for K padded to 16, 32 or 64
 
@@ -39,13 +39,20 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.pq_kernel_isa.argtypes = [i32]
     lib.pq_soft_grad.restype = i32
     lib.pq_soft_grad.argtypes = [i32, i64, i64, i64, i64, i64, i64, vp, vp, vp, vp, vp, f32, vp, vp, vp, i32]
-    lib.pq_encode_cols.restype = i32
+    lib.pq_encode_cols.restype = i64
     lib.pq_encode_cols.argtypes = [i32, i64, i64, i64, i64, i64, vp, vp, vp, vp, f32, vp, i64]
     lib.pq_soft_grad_cols.restype = i32
     lib.pq_soft_grad_cols.argtypes = [i32, i64, i64, i64, i64, i64, i64, i64, vp, vp, vp, vp, vp, vp, i64, f32, vp, i64,
                                       vp, vp]
     lib.pq_hard_lut_grad.restype = i32
     lib.pq_hard_lut_grad.argtypes = [i32, i64, i64, i64, i64, i64, vp, i64, vp, vp]
+    lib.pq_outer_acc.restype = i32
+    lib.pq_outer_acc.argtypes = [i32, i64, i64, i64, i64, i64, vp, vp, vp]
+    lib.pq_lut_sum.restype = i32
+    lib.pq_lut_sum.argtypes = [i32, i64, i64, i64, i64, i64, vp, i64, vp, vp]
+    lib.pq_im2col.restype = lib.pq_col2im.restype = i32
+    lib.pq_im2col.argtypes = [i64] * 13 + [vp, vp, i64]  # 4 ranges + 9 geometry, x, out, ldo
+    lib.pq_col2im.argtypes = [i64] * 13 + [vp, i64, vp]  # 4 ranges + 9 geometry, g, ldg, dx
     return lib
 
 
@@ -77,10 +84,11 @@ def isa() -> str:
     return "torch" if lib is None else ISAS[isa_level(lib)]
 
 
-def usable(*tensors: Tensor, K: int) -> ctypes.CDLL | None:
-    """The kernel when it applies to these tensors (float32, CPU) and K (<= 64), else None."""
-    if K > KP_MAX or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
-        if backend() == "native" and K > KP_MAX:
+def usable(*tensors: Tensor, K: int | None) -> ctypes.CDLL | None:
+    """The kernel when it applies to these tensors (float32, CPU) and K (<= 64; None: any K, for the functions
+    that do not score prototypes), else None."""
+    if (K is not None and K > KP_MAX) or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+        if backend() == "native" and K is not None and K > KP_MAX:
             raise KernelUnavailable(f"VQHLS_PQ=native: the kernel is compiled for K <= {KP_MAX}, not {K}")
         return None
     return load()
@@ -97,18 +105,22 @@ def _ptr(t: Tensor | None) -> int | None:
 _pool: ThreadPoolExecutor | None = None
 
 
-def _run(fn, C: int) -> None:
-    """fn(c0, c1) over [0, C): split across torch's intra-op thread count (ctypes releases the GIL)."""
+def _split(fn, C: int) -> list[int]:
+    """fn(c0, c1) over [0, C), split across torch's intra-op thread count (ctypes releases the GIL): the
+    return codes."""
     global _pool
     n = max(1, min(torch.get_num_threads(), C))
     if n == 1:
-        rc = [fn(0, C)]
-    else:
-        if _pool is None or _pool._max_workers < n:  # noqa: SLF001
-            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="vqhls-pq")
-        cuts = [C * i // n for i in range(n + 1)]
-        rc = list(_pool.map(lambda i: fn(cuts[i], cuts[i + 1]), range(n)))
-    if any(rc):
+        return [fn(0, C)]
+    if _pool is None or _pool._max_workers < n:  # noqa: SLF001
+        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="vqhls-pq")
+    cuts = [C * i // n for i in range(n + 1)]
+    return list(_pool.map(lambda i: fn(cuts[i], cuts[i + 1]), range(n)))
+
+
+def _run(fn, C: int) -> None:
+    """:func:`_split`, every call returning 0."""
+    if any(_split(fn, C)):
         raise KernelUnavailable("PQ kernel: unsupported K padding")
 
 
@@ -134,16 +146,65 @@ class Tables:
             self.lutT[:, :, :K] = lut.transpose(1, 2)
 
 
-def encode(lib: ctypes.CDLL, tab: Tables, aT: Tensor, out: Tensor, rel2: float) -> None:
+def encode(lib: ctypes.CDLL, tab: Tables, aT: Tensor, out: Tensor, rel2: float) -> int:
     """Nearest prototypes of aT [C, v, m] (contiguous float32) into out [C, >= m] int64 (a row-contiguous
-    view), -1 where the expanded form cannot decide (the caller re-encodes those directly)."""
+    view), -1 where the expanded form cannot decide (the caller re-encodes those directly): the number of -1s."""
     level = isa_level(lib)
     m = aT.shape[2]
     ld = out.stride(0)
     assert aT.is_contiguous() and out.stride(1) == 1
-    _run(lambda c0, c1: lib.pq_encode_cols(level, c0, c1, tab.v, m, tab.K, aT.data_ptr(), tab.p2.data_ptr(),
-                                           tab.pn_k.data_ptr(), tab.pnmax.data_ptr(), rel2, out.data_ptr(), ld),
-         tab.C)
+    rc = _split(lambda c0, c1: lib.pq_encode_cols(level, c0, c1, tab.v, m, tab.K, aT.data_ptr(), tab.p2.data_ptr(),
+                                                  tab.pn_k.data_ptr(), tab.pnmax.data_ptr(), rel2, out.data_ptr(),
+                                                  ld), tab.C)
+    if any(r < 0 for r in rc):
+        raise KernelUnavailable(f"PQ kernel: the encoder takes K <= {KP_MAX} and v <= 64, not K={tab.K}, v={tab.v}")
+    return sum(rc)
+
+
+def outer_acc(lib: ctypes.CDLL, a: Tensor, gz: Tensor, gp: Tensor) -> None:
+    """``gp[c] += a[c] @ gz[c]^T``: a [C, v, m], gz [C, K, m], gp [C, v, K] (contiguous float32), threads over c;
+    the sums in an order that does not depend on the split."""
+    C, v, m = a.shape
+    K = gz.shape[1]
+    assert a.is_contiguous() and gz.is_contiguous() and gp.is_contiguous() and gz.shape == (C, K, m)
+    level = isa_level(lib)
+    _run(lambda c0, c1: lib.pq_outer_acc(level, c0, c1, v, K, m, a.data_ptr(), gz.data_ptr(), gp.data_ptr()), C)
+
+
+def lut_sum(lib: ctypes.CDLL, lut: Tensor, idx: Tensor) -> Tensor:
+    """``out[m] = sum_c lut[c, idx[c, m]]`` (c in order, from 0: :func:`flow.compress.pq._lut_sum`'s additions):
+    lut [C, K, Cout] float32, idx [C, M] int64 (rows contiguous) -> [M, Cout], threads over the columns."""
+    C, K, cout = lut.shape
+    M = idx.shape[1]
+    lut = lut.contiguous()
+    assert idx.stride(1) == 1
+    out = lut.new_empty(M, cout)
+    level = isa_level(lib)
+    _run(lambda m0, m1: lib.pq_lut_sum(level, m0, m1, C, K, cout, idx.data_ptr(), idx.stride(0), lut.data_ptr(),
+                                       out.data_ptr()), M)
+    return out
+
+
+def _geom_args(x_shape: tuple[int, ...], kernel, stride, padding) -> tuple[int, ...]:
+    (_, cin, h, w), (kh, kw), (sh, sw), (ph, pw) = x_shape, kernel, stride, padding
+    return cin, h, w, kh, kw, sh, sw, ph, pw
+
+
+def im2col(lib: ctypes.CDLL, x: Tensor, n0: int, n1: int, kernel, stride, padding, out: Tensor) -> None:
+    """The patches of images [n0, n1) of x [N, Cin, H, W] (contiguous float32) into out [D, >= (n1-n0)*OH*OW]
+    (rows contiguous), rows in (kh, kw, cin) order (:func:`flow.compress.pq._im2col_T`), threads over rows."""
+    assert x.is_contiguous() and out.stride(1) == 1 and x.dtype == out.dtype == torch.float32
+    g = _geom_args(tuple(x.shape), kernel, stride, padding)
+    D = g[0] * g[3] * g[4]
+    _run(lambda p0, p1: lib.pq_im2col(n0, n1, p0, p1, *g, x.data_ptr(), out.data_ptr(), out.stride(0)), D)
+
+
+def col2im(lib: ctypes.CDLL, g: Tensor, n0: int, n1: int, kernel, stride, padding, dx: Tensor) -> None:
+    """The adjoint of :func:`im2col`, accumulated: dx [N, Cin, H, W] (contiguous float32) += the patch gradients
+    g [D, >= (n1-n0)*OH*OW] (rows contiguous) of images [n0, n1); threads over the input channels."""
+    assert dx.is_contiguous() and g.stride(1) == 1 and g.dtype == dx.dtype == torch.float32
+    ga = _geom_args(tuple(dx.shape), kernel, stride, padding)
+    _run(lambda c0, c1: lib.pq_col2im(n0, n1, c0, c1, *ga, g.data_ptr(), g.stride(0), dx.data_ptr()), ga[0])
 
 
 def soft_grad(lib: ctypes.CDLL, tab: Tables, aT: Tensor, g: Tensor, s: float, gz: Tensor | None,

@@ -235,10 +235,14 @@ def nearest_prototype(a: Tensor, prototypes: Tensor) -> Tensor:
 
 
 def _lut_sum(lut: Tensor, idx: Tensor) -> Tensor:
-    """``out[m] = sum_c lut[c, idx[c, m]]``: lut [C, K, Cout], idx [C, M] -> [M, Cout] (no grad)."""
+    """``out[m] = sum_c lut[c, idx[c, m]]``: lut [C, K, Cout], idx [C, M] -> [M, Cout] (differentiable in lut;
+    the native kernel when no gradient is wanted)."""
     C, K, Cout = lut.shape
     if idx.shape[1] == 0:
         return lut.new_zeros(0, Cout)
+    lib = _native.usable(lut, K=None) if idx.stride(1) == 1 else None
+    if lib is not None and not (lut.requires_grad and torch.is_grad_enabled()):
+        return _native.lut_sum(lib, lut, idx)  # the same additions in the same order, without the [M, C] row index
     rows = (idx + torch.arange(C, device=idx.device)[:, None] * K).T.contiguous()  # [M, C] rows of lut.flat
     return F.embedding_bag(rows, lut.reshape(C * K, Cout), mode="sum")
 
@@ -363,11 +367,16 @@ def _column_blocks(src: Tensor, geom: _ConvGeom | None, K: int) -> list[tuple[in
 
 
 def _block_cols(src: Tensor, geom: _ConvGeom | None, blk: tuple[int, int, int, int],
-                buf: Tensor | None) -> Tensor:
-    """The subvectors [C, v, i1 - i0] of one range of :func:`_column_blocks` (conv: built into ``buf``)."""
+                buf: Tensor | None, lib=None) -> Tensor:
+    """The subvectors [C, v, i1 - i0] of one range of :func:`_column_blocks` (conv: built into ``buf``; by the
+    native kernel when ``lib`` is given and src is a contiguous float32 CPU tensor)."""
     i0, i1, n0, n1 = blk
     if geom is None:
         return src[:, :, i0:i1]
+    if lib is not None and buf is not None and src.is_contiguous():
+        out = buf[:geom.C * geom.v * (i1 - i0)].view(geom.C * geom.v, i1 - i0)
+        _native.im2col(lib, src, n0, n1, geom.kernel, geom.stride, geom.padding, out)
+        return out.view(geom.C, geom.v, i1 - i0)
     return _im2col_T(src[n0:n1], geom.kernel, geom.stride, geom.padding, C=geom.C, v=geom.v,
                      out=None if buf is None else buf[:geom.C * geom.v * (i1 - i0)])
 
@@ -416,8 +425,9 @@ class _PQLookup(torch.autograd.Function):
             lib = _native.usable(src, Pd, K=K)
             if lib is not None:  # the fused kernel: the same answer as _encode_T (see _encode_native)
                 tab = _native.Tables(Pd)
+                src_c = src.detach().contiguous()
                 for blk in blocks:
-                    _encode_native(lib, tab, _block_cols(src, geom, blk, buf).detach(), Pd, idx[:, blk[0]:blk[1]])
+                    _encode_native(lib, tab, _block_cols(src_c, geom, blk, buf, lib), Pd, idx[:, blk[0]:blk[1]])
             else:
                 scratch = _Scratch(src, 2, C * K * _chunk_cols(C, K, M))
                 for blk in blocks:
@@ -481,11 +491,18 @@ def _encode_native(lib, tab: "_native.Tables", ab: Tensor, P: Tensor, out: Tenso
     ab = ab.contiguous()
     v = ab.shape[1]
     rel = (8 * v + 16) * torch.finfo(ab.dtype).eps
-    _native.encode(lib, tab, ab, out, 2 * rel)
-    amb = out < 0
-    if amb.any():
-        ci, mi = amb.nonzero(as_tuple=True)
+    if _native.encode(lib, tab, ab, out, 2 * rel):  # the count of ambiguous columns: look for them only then
+        ci, mi = (out < 0).nonzero(as_tuple=True)
         out[ci, mi] = _scan_nearest(ab[ci, :, mi], P[ci])
+
+
+def _spread_rows(rows: int, cols: int, like: Tensor) -> Tensor:
+    """An uninitialised [rows, cols] view whose row stride (floats) is a multiple of 16 (64-byte lines) with an
+    odd line count: the kernels read one tile from each of many rows at once, and rows a multiple of 4 KiB
+    apart (ResNet20's first stage: 64 x 784 floats) fall into one L1 set and evict each other."""
+    ld = -(-cols // 16) * 16
+    ld += 16 if (ld // 16) % 2 == 0 else 0
+    return like.new_empty(rows, ld)[:, :cols]
 
 
 def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: "_ConvGeom | None",
@@ -512,28 +529,44 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
         blocks = [(i, min(M, i + step), 0, 0) for i in range(0, M, step)]
         buf = None
     else:
+        src = src.contiguous()
         blocks = _column_blocks(src, geom, K)
         buf = src.new_empty(C * v * max(b[1] - b[0] for b in blocks))
     width = max(b[1] - b[0] for b in blocks)
     M = blocks[-1][1]
-    # dL/da for every column ([C, v, M]); a conv's goes through one _col2im_T at the end (one pass of
-    # kh*kw slice adds over the batch costs less than one per range)
-    grad_a = src.new_empty(C, v, M) if need_src else None
+    # dL/da: a linear layer's straight into dL/dsrc [C, v, M]; otherwise block by block into one reused buffer,
+    # a conv's then added into dL/dx [N, Cin, H, W] by the native col2im (kernel offsets in order, as _col2im_T)
+    grad_src = None
+    if need_src:
+        grad_src = src.new_empty(C, v, M) if geom is None else torch.zeros_like(src)
+    gab = None if need_src and geom is None else src.new_empty(C * v * width)
+
+    def ga_block(i0: int, i1: int) -> Tensor:
+        """Where block [i0, i1)'s dL/da goes: [C, v, i1 - i0] (rows contiguous)."""
+        if gab is None:
+            return grad_src[:, :, i0:i1]
+        return gab[:C * v * (i1 - i0)].view(C, v, i1 - i0)
+
+    def to_src(ga: Tensor, blk: tuple[int, int, int, int]) -> None:
+        if need_src and geom is not None:
+            _native.col2im(lib, ga.view(C * v, -1), blk[2], blk[3], geom.kernel, geom.stride, geom.padding,
+                           grad_src)
+
     if need_gz and not soft_lut:  # straight-through: the column-lane kernel writes dL/da itself
-        gT = g.t().contiguous()  # [Cout, M]
+        gT = _spread_rows(g.shape[1], M, g).copy_(g.t())  # [Cout, M]
         ps = (P.transpose(1, 2) * scale).contiguous()  # (2/T) P^T [C, v, K]
-        ga_all = grad_a if need_src else src.new_empty(C, v, M)
         gzsum = src.new_zeros(C, K)
         gzb = src.new_empty(C * K * width) if need_p else None
         gpT = src.new_zeros(C, v, K) if need_p else None  # sum_m a_m gz_m^T
         for blk in blocks:
             i0, i1 = blk[0], blk[1]
-            ab = _block_cols(src, geom, blk, buf).contiguous()
+            ab = _block_cols(src, geom, blk, buf, lib).contiguous()
             gz = gzb[:C * K * (i1 - i0)].view(C, K, i1 - i0) if need_p else None
-            _native.soft_grad_cols(lib, tab, ab, gT[:, i0:], _LOG2E / temperature, ps, ga_all[:, :, i0:], gz,
-                                   gzsum)
+            ga = ga_block(i0, i1)
+            _native.soft_grad_cols(lib, tab, ab, gT[:, i0:], _LOG2E / temperature, ps, ga, gz, gzsum)
+            to_src(ga, blk)
             if need_p:
-                gpT.baddbmm_(ab, gz.transpose(1, 2))
+                _native.outer_acc(lib, ab, gz, gpT)
         grad_lut = None
     else:  # soft forward: the prototype-lane kernel also accumulates dL/dlut
         gzbuf = src.new_empty(C * width * kp) if need_gz else None
@@ -543,19 +576,17 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
         Ps = tab.pt2 * (-scale / 2) if need_src else None  # (2/T) P^T [C, v, kp], padding 0
         for blk in blocks:
             i0, i1 = blk[0], blk[1]
-            ab = _block_cols(src, geom, blk, buf).contiguous()
+            ab = _block_cols(src, geom, blk, buf, lib).contiguous()
             gz = gzbuf[:C * (i1 - i0) * kp].view(C, i1 - i0, kp) if need_gz else None
             _native.soft_grad(lib, tab, ab, g[i0:i1], _LOG2E / temperature, gz, gzsum, glT)
             if need_p:
                 gpT.baddbmm_(ab, gz)
             if need_src:
-                grad_a[:, :, i0:i1] = torch.bmm(Ps, gz.transpose(1, 2))
+                ga = ga_block(i0, i1)
+                torch.bmm(Ps, gz.transpose(1, 2), out=ga)
+                to_src(ga, blk)
         gpT, gzsum = (None if gpT is None else gpT[:, :, :K]), gzsum[:, :K]
         grad_lut = glT[:, :, :K].transpose(1, 2).contiguous()
-    grad_src = None
-    if need_src:
-        grad_src = grad_a if geom is None else _col2im_T(grad_a, tuple(src.shape), geom.kernel, geom.stride,
-                                                         geom.padding)
     grad_p = (gpT.transpose(1, 2) - P * gzsum[..., None]).mul_(scale) if need_p else None
     return grad_src, grad_p, grad_lut
 

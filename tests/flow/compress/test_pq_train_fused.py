@@ -345,3 +345,105 @@ def test_native_threads_split_subspaces_without_changing_the_result(monkeypatch)
     assert torch.equal(y1, y2)
     assert torch.equal(g1[0], g2[0])  # dL/dx: the kernel's per-subspace work and col2im, the same on any split
     assert _rel(g1[1], g2[1]) < 1e-5  # dL/dP: also a torch GEMM, whose blocking may follow the thread count
+
+
+# (N, Cin, H, W, kernel, stride, padding): odd sizes, rectangular kernels, one-sided padding, strides > kernel
+IM2COL_SHAPES = [
+    (3, 16, 7, 6, (3, 3), (1, 1), (1, 1)),
+    (2, 5, 9, 5, (3, 2), (2, 1), (1, 0)),
+    (4, 3, 8, 8, (3, 3), (2, 2), (1, 1)),
+    (2, 2, 3, 3, (1, 1), (1, 1), (0, 0)),
+    (2, 3, 10, 9, (2, 2), (3, 3), (2, 1)),
+]
+
+
+@pytest.mark.parametrize("shape", IM2COL_SHAPES, ids=lambda s: "x".join(map(str, s[:4])))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_im2col_and_col2im_match_unfold(shape, threads):
+    """The kernel's patches of a range of images equal F.unfold's (reordered to (kh, kw, cin)) bit for bit, and
+    its accumulated adjoint equals autograd's gradient of those patches, on any thread split."""
+    lib = _pq_native.load()
+    N, Cin, H, W, kernel, stride, padding = shape
+    g = torch.Generator().manual_seed(zlib.crc32(repr(shape).encode()))
+    x = torch.randn(N, Cin, H, W, generator=g)
+    want = ref_patches(x, kernel, stride, padding).T  # [D, N*L]
+    D, M = want.shape
+    L = M // N
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        out = torch.full((D, M + 5), float("nan"))[:, :M + 3]  # rows strided, columns past the range untouched
+        _pq_native.im2col(lib, x, 0, N, kernel, stride, padding, out)
+        assert torch.equal(out[:, :M], want) and out[:, M:].isnan().all()
+        part = torch.empty(D, (N - 1) * L)
+        _pq_native.im2col(lib, x, 1, N, kernel, stride, padding, part)
+        assert torch.equal(part, want[:, L:])
+        gp = torch.randn(D, M, generator=g)
+        xr = x.double().requires_grad_(True)
+        (ref_patches(xr, kernel, stride, padding).T * gp.double()).sum().backward()
+        dx = torch.full_like(x, 0.5)  # accumulated into: two calls over image ranges, on top of 0.5
+        _pq_native.col2im(lib, gp[:, :L], 0, 1, kernel, stride, padding, dx)
+        _pq_native.col2im(lib, gp[:, L:], 1, N, kernel, stride, padding, dx)
+        torch.testing.assert_close(dx.double(), xr.grad + 0.5, rtol=1e-6, atol=1e-6)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_lut_sum_is_embedding_bag_bit_for_bit(threads, monkeypatch):
+    """The hard lookup's sum by the kernel equals torch's embedding_bag (the torch path and the eval path of
+    other devices) bit for bit: the same additions in the same order; and a brute-force sum within rounding."""
+    g = torch.Generator().manual_seed(4)
+    C, K, cout, M = 19, 16, 37, 1001
+    lut = torch.randn(C, K, cout, generator=g) * torch.logspace(-3, 3, cout)  # very different magnitudes
+    idx = torch.randint(0, K, (C, M), generator=g)
+    monkeypatch.setenv("VQHLS_PQ", "torch")
+    want = pqm._lut_sum(lut, idx)
+    monkeypatch.delenv("VQHLS_PQ")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = _pq_native.lut_sum(_pq_native.load(), lut, idx)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, want)
+    brute = sum(lut.double()[c, idx[c]] for c in range(C))
+    torch.testing.assert_close(got.double(), brute, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("K", [16, 5, 64])
+def test_native_outer_acc_matches_float64_einsum(K):
+    """dL/dP's sum_m a_m gz_m^T by the kernel (accumulated, any m including a partial last tile) against
+    float64 einsum; 2 threads give the same bits as 1."""
+    lib = _pq_native.load()
+    g = torch.Generator().manual_seed(K)
+    C, v, m = 5, 9, 1237
+    a, gz = torch.randn(C, v, m, generator=g), torch.randn(C, K, m, generator=g)
+    base = torch.randn(C, v, K, generator=g)
+    outs = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            gp = base.clone()
+            _pq_native.outer_acc(lib, a, gz, gp)
+            outs.append(gp)
+    finally:
+        torch.set_num_threads(before)
+    want = base.double() + torch.einsum("cjm,ckm->cjk", a.double(), gz.double())
+    torch.testing.assert_close(outs[0].double(), want, rtol=1e-5, atol=1e-4)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_native_encoder_counts_its_ambiguous_columns():
+    """encode returns how many columns it left at -1 (the caller looks for them only then)."""
+    lib = _pq_native.load()
+    g = torch.Generator().manual_seed(3)
+    C, K, v, m = 4, 16, 9, 500
+    P = torch.round(torch.randn(C, K, v, generator=g) * 4) / 4
+    P[:, 1] = P[:, 0]
+    aT = torch.randn(C, v, m, generator=g)
+    aT[:, :, :40] = P[:, 0, :, None]  # exact hits of the duplicated prototype: ambiguous
+    out = torch.empty(C, m, dtype=torch.int64)
+    n = _pq_native.encode(lib, _pq_native.Tables(P), aT, out, 2 * (8 * v + 16) * torch.finfo(torch.float32).eps)
+    assert n == int((out < 0).sum()) and n >= 4 * 40
