@@ -2,7 +2,7 @@
 
     python bench/pq_train.py [--quick] [--models resnet20,lenet-digits] [--configs 9x16,9x8,9x64,3x64]
         [--checkpoint-epochs E] [--epochs N] [--images N] [--hard-epochs N] [--test-images N]
-        [--golden-images N] [--assignment ste|soft] [--kd W] [--threads 1]
+        [--golden-images N] [--assignment ste|soft] [--kd W] [--threads 1] [--device cpu|cuda]
 
 For every model and (v, K) this reports, on the same test images:
 
@@ -19,11 +19,13 @@ For every model and (v, K) this reports, on the same test images:
 
 The skip policy is PQ's default: the first conv, every 1x1 conv (the projection shortcuts) and the
 classifier stay dense. Budgets are images, not wall time (the machine is shared); the CPU seconds of
-each stage are printed. Writes bench/results/pq_train.json (``--quick``: pq_train_quick.json).
+each stage are printed. ``--device cuda`` trains and evaluates on the GPU (the torch formulation of the PQ
+product: the native kernel is for CPUs); compression and the integer golden model run on the CPU. Writes bench/results/pq_train.json (``--quick``: pq_train_quick.json).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -71,7 +73,7 @@ def _golden_acc(model, calib, x, y) -> float:
     from flow.quant.convert import quantize_model
     from flow.quant.golden import predict
 
-    g = quantize_model(model, torch.as_tensor(calib).float())
+    g = quantize_model(copy.deepcopy(model).cpu(), torch.as_tensor(calib).float())
     return 100.0 * float((predict(g, np.asarray(x, np.float32)).argmax(1) == np.asarray(y)).mean())
 
 
@@ -82,12 +84,14 @@ def drop_se(float_acc: float, acc: float, n: int) -> float:
     return 100 * float(np.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n))
 
 
-def run_model(name: str, setup: dict, configs, assignment: str, kd: float, log) -> tuple[list[dict], dict]:
+def run_model(name: str, setup: dict, configs, assignment: str, kd: float, log,
+              device: str = "cpu") -> tuple[list[dict], dict]:
     s = setup
     xtr, ytr = datasets.load(s["data"], "train")
     xte, yte = _test_subset(*datasets.load(s["data"], "test"), s["test_images"])
     ng = len(yte) if s["golden_images"] is None else min(s["golden_images"], len(yte))
     model = trainer.get_trained(name, s["data"], s["checkpoint_epochs"], progress=False)
+    teacher = copy.deepcopy(model).to(device)
     # calibration images: the head of the train split; training draws from all of it
     calib = torch.from_numpy(xtr[:s["calib"]]).float()
     base = 100 * trainer.evaluate(model, xte, yte)
@@ -95,19 +99,19 @@ def run_model(name: str, setup: dict, configs, assignment: str, kd: float, log) 
     budget = dict(data=s["data"], checkpoint_epochs=s["checkpoint_epochs"], train_split=int(len(xtr)),
                   test_images=int(len(yte)), golden_images=int(ng),
                   calibration_images=int(len(calib)), batch_size=s["batch"], lr=s["lr"], assignment=assignment,
-                  kd_weight=kd, **SCHEDULE)
+                  kd_weight=kd, device=device, **SCHEDULE)
     log(f"[{name}] float {base:.2f}% on {len(yte)} test images; budget {budget}")
     rows = []
     for v, K in configs:
         s = dict(setup, **setup["per_config"].get((v, K), {}))
         torch.manual_seed(0)
         c0 = time.process_time()
-        c = compress(model, "pq", v=v, K=K, lut_bits=LUT_BITS, data=calib)
+        c = compress(model, "pq", v=v, K=K, lut_bits=LUT_BITS, data=calib).to(device)
         c1 = time.process_time()
         acc0 = 100 * trainer.evaluate(c, xte, yte)
         hist = pq_finetune(
             c, xtr, ytr, epochs=s["epochs"], images_per_epoch=s["images"], lr=s["lr"], batch_size=s["batch"],
-            hard_epochs=s["hard_epochs"], assignment=assignment, teacher=model if kd else None, kd_weight=kd,
+            hard_epochs=s["hard_epochs"], assignment=assignment, teacher=teacher if kd else None, kd_weight=kd,
             log=log, after_soft=lambda m: 100 * trainer.evaluate(m, xte, yte), **SCHEDULE)
         acc_joint = hist["after_soft"]
         acc_hard = 100 * trainer.evaluate(c, xte, yte)
@@ -150,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=None, help="soft-phase learning rate")
     ap.add_argument("--kd", type=float, default=0.0, help="distillation weight from the float model (default 0)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="where training and evaluation run (default cpu; cuda: the first GPU)")
     ap.add_argument("--out", default=None, help="results stem (default pq_train / pq_train_quick)")
     a = ap.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device here (a CPU-only build or no GPU); use --device cpu")
     torch.set_num_threads(a.threads)
     if a.t_start is not None:
         SCHEDULE["t_start"] = a.t_start
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             if val is not None:
                 s[key] = val
                 s["per_config"] = {c: {k: x for k, x in d.items() if k != key} for c, d in s["per_config"].items()}
-        r, budgets[name] = run_model(name, s, configs, a.assignment, a.kd, log)
+        r, budgets[name] = run_model(name, s, configs, a.assignment, a.kd, log, device=a.device)
         rows += r
     wall = time.perf_counter() - t_all
 

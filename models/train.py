@@ -78,9 +78,11 @@ def evaluate(model: nn.Module, x, y, batch_size: int = 512) -> float:
     x, y = _as_tensor(x).float(), _as_tensor(y).long()
     model.eval()
     correct = 0
+    device = next(model.parameters()).device  # batches go where the model is (bench/pq_train.py --device cuda)
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+            pred = model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+            correct += (pred == y[i:i + batch_size]).sum().item()
     return correct / max(len(x), 1)
 
 

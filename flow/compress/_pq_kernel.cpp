@@ -394,13 +394,16 @@ PQ_INLINE int64_t enc_tile(const EncColArgs& A, int64_t c, int64_t col, int n) {
         cnt += hit ? vf{} + 1.0f : vf{};
         which = hit ? vf{} + (float)k : which;
     }
+    // The answers as one int64 vector (-1 where ambiguous), stored whole or (tail) in part; the count of -1s
+    // from a lane mask, not a scalar loop over lanes.
+    typedef int64_t vl __attribute__((vector_size(W * sizeof(int64_t))));
+    const vf ans = cnt == 1.0f ? which : vf{} - 1.0f;
+    const vl res = __builtin_convertvector(ans, vl);
     int64_t* out = A.idx + c * A.ld + col;
+    std::memcpy(out, &res, (TAIL ? n : W) * sizeof(int64_t));
+    const typename VT<W>::i bad = (ans < 0.0f) & 1;
     int64_t amb = 0;
-    for (int l = 0; l < n; ++l) {
-        const bool one = cnt[l] == 1.0f;
-        out[l] = one ? (int64_t)which[l] : -1;
-        amb += !one;
-    }
+    for (int l = 0; l < (TAIL ? n : W); ++l) amb += bad[l];
     return amb;
 }
 
@@ -469,33 +472,50 @@ int64_t enc_cols_avx2(const EncColArgs& A) { return enc_cols_w<8>(A); }
 int64_t enc_cols_base(const EncColArgs& A) { return enc_cols_w<4>(A); }
 int grad_base(int64_t kp, const GradArgs& A) { return grad_w<4>(kp, A); }
 
-// out[col] = sum_c lut[c, idx[c, col]] in c order, a tile of columns at a time (the tile's rows stay in L1).
-PQ_INLINE void lut_sum_body(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx,
-                            int64_t ld, const float* lut, float* out) {
-    constexpr int64_t TILE = 32;
-    for (int64_t t0 = m0; t0 < m1; t0 += TILE) {
-        const int64_t t1 = t0 + TILE < m1 ? t0 + TILE : m1;
-        std::memset(out + t0 * cout, 0, (t1 - t0) * cout * sizeof(float));
-        for (int64_t c = 0; c < C; ++c) {
-            const int64_t* ic = idx + c * ld;
-            const float* lc = lut + c * K * cout;
-            for (int64_t col = t0; col < t1; ++col) {
-                const float* __restrict row = lc + ic[col] * cout;
-                float* __restrict o = out + col * cout;
-                for (int64_t j = 0; j < cout; ++j) o[j] += row[j];
+// out[col] = sum_c lut[c, idx[c, col]] in c order from 0: per tile of T columns and W outputs, the T partial
+// sums stay in registers through every c (one store each); outputs past the last multiple of W, one at a time.
+template <int W>
+PQ_INLINE void lut_sum_w(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ldi,
+                         const float* lut, float* out) {
+    typedef typename VT<W>::f vf;
+    constexpr int64_t T = 16;
+    const int64_t ov = cout - cout % W;
+    for (int64_t t0 = m0; t0 < m1; t0 += T) {
+        const int64_t nt = t0 + T < m1 ? T : m1 - t0;
+        for (int64_t o = 0; o < ov; o += W) {
+            vf acc[T];
+            for (int64_t l = 0; l < T; ++l) acc[l] = vf{};
+            for (int64_t c = 0; c < C; ++c) {
+                const int64_t* ic = idx + c * ldi + t0;
+                const float* lc = lut + c * K * cout + o;
+                if (nt == T) {
+                    for (int64_t l = 0; l < T; ++l) acc[l] += ld<W>(lc + ic[l] * cout);
+                } else {
+                    for (int64_t l = 0; l < nt; ++l) acc[l] += ld<W>(lc + ic[l] * cout);
+                }
             }
+            for (int64_t l = 0; l < nt; ++l) st<W>(out + (t0 + l) * cout + o, acc[l]);
+        }
+        for (int64_t o = ov; o < cout; ++o) {
+            float acc[T] = {};
+            for (int64_t c = 0; c < C; ++c) {
+                const int64_t* ic = idx + c * ldi + t0;
+                const float* lc = lut + c * K * cout + o;
+                for (int64_t l = 0; l < nt; ++l) acc[l] += lc[ic[l] * cout];
+            }
+            for (int64_t l = 0; l < nt; ++l) out[(t0 + l) * cout + o] = acc[l];
         }
     }
 }
 void lut_sum(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ld,
-             const float* lut, float* out) { lut_sum_body(m0, m1, C, K, cout, idx, ld, lut, out); }
+             const float* lut, float* out) { lut_sum_w<4>(m0, m1, C, K, cout, idx, ld, lut, out); }
 #ifdef PQ_X86
-__attribute__((target("avx512f,avx512vl,avx2,fma")))
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 void lut_sum_avx512(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ld,
-                    const float* lut, float* out) { lut_sum_body(m0, m1, C, K, cout, idx, ld, lut, out); }
+                    const float* lut, float* out) { lut_sum_w<16>(m0, m1, C, K, cout, idx, ld, lut, out); }
 __attribute__((target("avx2,fma")))
 void lut_sum_avx2(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ld,
-                  const float* lut, float* out) { lut_sum_body(m0, m1, C, K, cout, idx, ld, lut, out); }
+                  const float* lut, float* out) { lut_sum_w<8>(m0, m1, C, K, cout, idx, ld, lut, out); }
 #endif
 
 // A conv's patch geometry (pq_im2col, pq_col2im).

@@ -236,13 +236,14 @@ def soft_grad_cols(lib: ctypes.CDLL, tab: Tables, aT: Tensor, gT: Tensor, s: flo
 
 
 def hard_lut_grad(lib: ctypes.CDLL, idx: Tensor, g: Tensor, K: int) -> Tensor:
-    """``grad[c, k] = sum of g[m] over the m with idx[c, m] = k``: idx [C, M] int64, g [M, Cout] float32
-    (contiguous) -> [C, K, Cout] (:func:`flow.compress.pq._hard_lut_grad`, summed in column order)."""
+    """``grad[c, k] = sum of g[m] over the m with idx[c, m] = k``: idx [C, M] int64 (rows contiguous), g [M, Cout]
+    float32 (contiguous) -> [C, K, Cout] (:func:`flow.compress.pq._hard_lut_grad`, summed in column order)."""
     C, M = idx.shape
     cout = g.shape[1]
-    idx = idx.contiguous()
+    if idx.stride(1) != 1:
+        idx = idx.contiguous()
     gl = g.new_zeros(C, K, cout)
     level = isa_level(lib)
-    _run(lambda c0, c1: lib.pq_hard_lut_grad(level, c0, c1, M, cout, K, idx.data_ptr(), M, g.data_ptr(),
+    _run(lambda c0, c1: lib.pq_hard_lut_grad(level, c0, c1, M, cout, K, idx.data_ptr(), idx.stride(0), g.data_ptr(),
                                              gl.data_ptr()), C)
     return gl

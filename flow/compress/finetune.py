@@ -454,6 +454,8 @@ def _run_epochs(run: _PQRun, n_epochs: int, opt, sched, tag: str, step_t: Callab
 def _batch_loss(run: _PQRun, xb: Tensor, yb: Tensor) -> Tensor:
     """Cross-entropy, mixed with the teacher's distillation term when ``kd_weight`` is set."""
     s = run.spec
+    device = next(run.model.parameters()).device  # the data stays on the CPU; each batch goes where the model is
+    xb, yb = xb.to(device), yb.to(device)
     logits = run.model(xb)
     loss = F.cross_entropy(logits, yb)
     if s.kd_weight:

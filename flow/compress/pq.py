@@ -421,8 +421,9 @@ class _PQLookup(torch.autograd.Function):
                 out[blk[0]:blk[1]] = _soft_sum(_block_cols(src, geom, blk, buf), Pd, lut_d, temperature=temperature)
             idx = None
         else:
-            idx = torch.empty(C, M, dtype=torch.int64, device=src.device)
             lib = _native.usable(src, Pd, K=K)
+            idx = torch.empty(C, M, dtype=torch.int64, device=src.device) if lib is None else \
+                _spread_rows(C, M, src.new_empty(0, dtype=torch.int64))
             if lib is not None:  # the fused kernel: the same answer as _encode_T (see _encode_native)
                 tab = _native.Tables(Pd)
                 src_c = src.detach().contiguous()
@@ -497,12 +498,13 @@ def _encode_native(lib, tab: "_native.Tables", ab: Tensor, P: Tensor, out: Tenso
 
 
 def _spread_rows(rows: int, cols: int, like: Tensor) -> Tensor:
-    """An uninitialised [rows, cols] view whose row stride (floats) is a multiple of 16 (64-byte lines) with an
-    odd line count: the kernels read one tile from each of many rows at once, and rows a multiple of 4 KiB
-    apart (ResNet20's first stage: 64 x 784 floats) fall into one L1 set and evict each other."""
-    ld = -(-cols // 16) * 16
-    ld += 16 if (ld // 16) % 2 == 0 else 0
-    return like.new_empty(rows, ld)[:, :cols]
+    """An uninitialised [rows, cols] view (``like``'s dtype and device) whose row stride is a whole number of
+    64-byte lines, an odd one: the kernels read one tile from each of many rows at once, and rows a multiple of
+    4 KiB apart (ResNet20's first stage: 64 x 784 floats) fall into one L1 set and evict each other."""
+    per_line = 64 // like.element_size()
+    lines = -(-cols // per_line)
+    lines += 1 - lines % 2
+    return like.new_empty(rows, lines * per_line)[:, :cols]
 
 
 def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: "_ConvGeom | None",
@@ -1081,8 +1083,9 @@ def pq_distance_scales(model: nn.Module, x: Tensor, batch_size: int = 128) -> di
     model.eval()
     try:
         x = torch.as_tensor(x).float()
+        device = next(model.parameters()).device
         for i in range(0, len(x), batch_size):
-            model(x[i:i + batch_size])
+            model(x[i:i + batch_size].to(device))
     finally:
         for h in hooks:
             h.remove()

@@ -37,3 +37,16 @@ def test_quick_run_reports_every_stage(tmp_path, monkeypatch, capsys):
     assert (b["test_images"], b["golden_images"]) == (100, 50)
     assert (row["soft_epochs"], row["images_per_epoch"], row["hard_epochs"]) == (1, 128, 1)
     assert len(row["loss"]) == 1 and len(row["hard_loss"]) == 1
+
+
+def test_device_cuda_without_a_gpu_is_refused_in_one_line(capsys, monkeypatch):
+    """--device cuda where torch sees no CUDA device: argparse's exit 2 and a line naming the flag and the fix,
+    before any model is loaded."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        pq_train.main(["--quick", "--device", "cuda"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--device cuda" in err and "use --device cpu" in err
