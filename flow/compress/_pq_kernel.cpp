@@ -36,6 +36,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 
 #define PQ_INLINE __attribute__((always_inline)) inline
 
@@ -597,16 +598,18 @@ PQ_INLINE void outer_range(int64_t c0, int64_t c1, int64_t v, int64_t K_, int64_
     const int64_t K = KT > 0 ? KT : K_;
     constexpr int KM = KT > 0 ? KT : 64;
     const int64_t chunk = (int64_t)(8192 / (K * W)) * W;  // K rows of `chunk` floats: 32 KiB
-    vf sums[64 * KM];
+    // The carried sums, W floats per (j, k), on the heap (up to 64 x 64 vectors would not fit a small thread
+    // stack) and as plain floats: no library container of vector types crosses the target attributes.
+    std::unique_ptr<float[]> sums(new float[v * K * W]);
     for (int64_t c = c0; c < c1; ++c) {
         const float* gzc = gz + c * K * m;
-        for (int64_t i = 0; i < v * K; ++i) sums[i] = vf{};
+        std::memset(sums.get(), 0, v * K * W * sizeof(float));
         for (int64_t s0 = 0; s0 < m; s0 += chunk) {
             const int64_t s1 = s0 + chunk < m ? s0 + chunk : m;
             for (int64_t j = 0; j < v; ++j) {
                 const float* aj = a + (c * v + j) * m;
                 vf acc[KM];
-                for (int64_t k = 0; k < K; ++k) acc[k] = sums[j * K + k];
+                for (int64_t k = 0; k < K; ++k) acc[k] = ld<W>(sums.get() + (j * K + k) * W);
                 int64_t col = s0;
                 for (; col + W <= s1; col += W) {
                     const vf x = ld<W>(aj + col);
@@ -617,11 +620,11 @@ PQ_INLINE void outer_range(int64_t c0, int64_t c1, int64_t v, int64_t K_, int64_
                     const vf x = ldp<W>(aj + col, n);
                     for (int64_t k = 0; k < K; ++k) acc[k] += x * ldp<W>(gzc + k * m + col, n);
                 }
-                for (int64_t k = 0; k < K; ++k) sums[j * K + k] = acc[k];
+                for (int64_t k = 0; k < K; ++k) st<W>(sums.get() + (j * K + k) * W, acc[k]);
             }
         }
         float* g = gp + c * v * K;
-        for (int64_t i = 0; i < v * K; ++i) g[i] += hsum<W>(sums[i]);
+        for (int64_t i = 0; i < v * K; ++i) g[i] += hsum<W>(ld<W>(sums.get() + i * W));
     }
 }
 

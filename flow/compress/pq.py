@@ -512,11 +512,12 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
                      soft_lut: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """:class:`_PQLookup`'s soft-assignment backward by the fused kernels: ``(dL/dsrc, dL/dP, dL/dlut)``.
 
-    The same gradients as :func:`_soft_backward` (+ :func:`_col2im_T`), range of columns by range.
+    The same gradients as :func:`_soft_backward` (+ :func:`_col2im_T`), range of columns by range (a conv's
+    patches built by the native im2col, its dL/da added into dL/dx by the native col2im range by range).
     Straight-through (``soft_lut`` False): ``pq_soft_grad_cols`` computes per tile of columns the scores,
     the flushed ``exp2`` softmax, ``gs = lut . g``, ``gz``, its column sum and dL/da = ``(2/T) P^T gz``;
-    ``sum_m a_m gz_m^T`` for dL/dP is a batched GEMM. Soft forward: ``pq_soft_grad`` (prototypes in the
-    lanes) also accumulates dL/dlut = ``soft^T g``, and dL/da is a batched GEMM.
+    ``sum_m a_m gz_m^T`` for dL/dP is ``pq_outer_acc``. Soft forward: ``pq_soft_grad`` (prototypes in the
+    lanes) also accumulates dL/dlut = ``soft^T g``; dL/da and dL/dP are batched GEMMs.
     src [C, v, M] (``geom`` None) or a conv input [N, Cin, H, W]; g [M, Cout] contiguous; P [C, K, v];
     lut [C, K, Cout]; dL/dlut is None unless ``soft_lut``.
     """
