@@ -16,9 +16,10 @@
 // e_k = ||P_k||^2 - 2 P_k . a (the squared distance less ||a||^2); W is the machine's width, one copy
 // per instruction set as in _kmeans_kernel.cpp (AVX-512 16, AVX2 + FMA 8, baseline 4), picked at run time.
 //
-// pq_encode_cols: the nearest prototype, or -1 where the best and the runner-up lie within the error
-//   bound of the expanded form (e_k <= e_min + rel2 (||a||^2 + max_k ||P_k||^2) for two or more k): the
-//   caller re-encodes those with the direct formula, exactly as flow.compress.pq._encode_block does.
+// pq_encode_cols: the nearest prototype; where the best and the runner-up lie within the error bound of
+//   the expanded form (e_k <= e_min + rel2 (||a||^2 + max_k ||P_k||^2) for two or more k) it re-encodes the
+//   column with the direct formula in flow.compress.pq._scan_nearest's order (exact_nearest), as
+//   flow.compress.pq._encode_block does; returns how many columns that was.
 // pq_soft_grad_cols: the straight-through backward (below), W columns in the vector lanes.
 // pq_soft_grad: soft = softmax_k(-e / T) computed as 2^((e_min - e) s), s = log2(e) / T, with weights
 //   below 2^-126 flushed to 0 (flow.compress.pq._soft_block); then, with gs_k = lut_k . g (dL/dsoft),
@@ -37,6 +38,9 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #define PQ_INLINE __attribute__((always_inline)) inline
 
@@ -89,6 +93,34 @@ PQ_INLINE float hmin(V v) {
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// exp2_neg (below) on AVX-512 in 13 instructions instead of 18: the rounding by vrndscaleps, 2^n and the
+// flush by one zero-masked vscalefps (p * 2^n where z > -126, else 0). Same polynomial; n rounds to nearest,
+// so f lies in [-1/2, 1/2] instead of (-1/2, 1/2].
+// GCC's builtins rather than the intrinsics: an intrinsic carries target("avx512f") and could not be
+// inlined into this template, which only takes the target of the AVX-512 function it is inlined into.
+PQ_INLINE VT<16>::f exp2_neg16(VT<16>::f z) {
+    typedef VT<16>::f vf;
+    const vf zero = vf{};
+    const unsigned short keep = __builtin_ia32_cmpps512_mask(z, zero - 126.0f, _CMP_GT_OQ, (unsigned short)-1,
+                                                             _MM_FROUND_CUR_DIRECTION);
+    const vf lo = zero - 127.0f;
+    const vf zz = z > lo ? z : lo;
+    const vf n = __builtin_ia32_rndscaleps_mask(zz, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC, zz,
+                                                (unsigned short)-1, _MM_FROUND_CUR_DIRECTION);
+    const vf x = (zz - n) * 0.69314718055994531f;
+    vf p = x * (1.0f / 5040.0f) + 1.0f / 720.0f;
+    p = p * x + 1.0f / 120.0f;
+    p = p * x + 1.0f / 24.0f;
+    p = p * x + 1.0f / 6.0f;
+    p = p * x + 0.5f;
+    p = p * x + 1.0f;
+    p = p * x + 1.0f;
+    return __builtin_ia32_scalefps512_mask(p, n, zero, keep, _MM_FROUND_CUR_DIRECTION);
+}
+#define PQ_EXP2_AVX512 1
+#endif
+
 // 2^z for z <= 0, and exactly 0 where z <= -126 (below float32's smallest normal: flushed, as in
 // _soft_block).  z = n + f with n = trunc(z - 1/2) (so f in [-1/2, 1/2]); 2^f = e^(f ln 2) by its
 // Taylor series to degree 7 (truncation error < 6e-9 relative), 2^n from the exponent bits.
@@ -96,6 +128,9 @@ template <int W>
 PQ_INLINE typename VT<W>::f exp2_neg(typename VT<W>::f z) {
     typedef typename VT<W>::f vf;
     typedef typename VT<W>::i vi;
+#ifdef PQ_EXP2_AVX512
+    if constexpr (W == 16) return exp2_neg16(z);  // only the AVX-512 copies instantiate W = 16
+#endif
     const vf lo = vf{} - 126.0f;
     const vi keep = z > lo;  // -1 where kept
     const vf zz = z > lo ? z : lo;
@@ -344,6 +379,28 @@ PQ_INLINE void cols_w(const ColArgs& A) {
     if (A.K == 16) cols_range<W, 16>(A); else cols_range<W, 0>(A);
 }
 
+// flow.compress.pq._scan_nearest for one column a [v] against P = -p2c / 2 [K, v] (exact: a power of two):
+// d_k = (a_0 - P_k0)^2 + (a_1 - P_k1)^2 + ..., summed in j order with every square and sum rounded to float32
+// (no fused multiply-add: this function is compiled for the baseline instruction set, which has none, and is
+// not inlined into the AVX copies), and the first k with the least d_k (torch's argmin: the first minimum).
+__attribute__((noinline, optimize("fp-contract=off"))) int64_t exact_nearest(const float* a, const float* p2c, int64_t K, int64_t v) {
+    float best = INFINITY;
+    int64_t bi = 0;
+    for (int64_t k = 0; k < K; ++k) {
+        float d = 0.0f;
+        for (int64_t j = 0; j < v; ++j) {
+            const float df = a[j] - p2c[k * v + j] * -0.5f;
+            const float sq = df * df;
+            d = j ? d + sq : sq;
+        }
+        if (d < best) {
+            best = d;
+            bi = k;
+        }
+    }
+    return bi;
+}
+
 // pq_encode_cols: pq_encode with W columns in the vector lanes: p2 [C, K, v] = -2 P, pn [C, K], the same
 // test and the same answers (-1: ambiguous), K <= 64, v <= 64.
 struct EncColArgs {
@@ -395,20 +452,27 @@ PQ_INLINE int64_t enc_tile(const EncColArgs& A, int64_t c, int64_t col, int n) {
         cnt += hit ? vf{} + 1.0f : vf{};
         which = hit ? vf{} + (float)k : which;
     }
-    // The answers as one int64 vector (-1 where ambiguous), stored whole or (tail) in part; the count of -1s
-    // from a lane mask, not a scalar loop over lanes.
+    // The answers as one int64 vector, stored whole or (tail) in part. A column with two or more hits (rare:
+    // 0.1 % of ResNet20's) is re-encoded here by the direct formula, one lane at a time.
     typedef int64_t vl __attribute__((vector_size(W * sizeof(int64_t))));
-    const vf ans = cnt == 1.0f ? which : vf{} - 1.0f;
-    const vl res = __builtin_convertvector(ans, vl);
-    int64_t* out = A.idx + c * A.ld + col;
-    std::memcpy(out, &res, (TAIL ? n : W) * sizeof(int64_t));
+    vf ans = cnt == 1.0f ? which : vf{} - 1.0f;
     const typename VT<W>::i bad = (ans < 0.0f) & 1;
     int64_t amb = 0;
     for (int l = 0; l < (TAIL ? n : W); ++l) amb += bad[l];
+    if (amb) {
+        float lane[64];
+        for (int l = 0; l < (TAIL ? n : W); ++l) {
+            if (!bad[l]) continue;
+            for (int64_t i = 0; i < v; ++i) lane[i] = av[i][l];
+            ans[l] = (float)exact_nearest(lane, p2c, K, v);
+        }
+    }
+    const vl res = __builtin_convertvector(ans, vl);
+    std::memcpy(A.idx + c * A.ld + col, &res, (TAIL ? n : W) * sizeof(int64_t));
     return amb;
 }
 
-// Returns the number of ambiguous (-1) answers written.
+// Returns the number of columns re-encoded by the direct formula.
 template <int W, int KT>
 PQ_INLINE int64_t enc_cols_range(const EncColArgs& A) {
     int64_t amb = 0;
@@ -673,8 +737,8 @@ int pq_kernel_isa(int want) {
     return want <= best ? want : -1;
 }
 
-// pq_encode with columns in the lanes (see enc_cols_range): the number of ambiguous (-1) answers, or -1
-// for an unsupported K or v.
+// pq_encode with columns in the lanes (see enc_cols_range): every answer final (the ambiguous columns
+// re-encoded by exact_nearest); returns how many were, or -1 for an unsupported K or v.
 int64_t pq_encode_cols(int isa, int64_t c0, int64_t c1, int64_t v, int64_t m, int64_t K, const float* a,
                        const float* p2, const float* pn, const float* pnmax, float rel2, int64_t* idx, int64_t ld) {
     if (K > 64 || v > 64) return -1;

@@ -148,7 +148,8 @@ class Tables:
 
 def encode(lib: ctypes.CDLL, tab: Tables, aT: Tensor, out: Tensor, rel2: float) -> int:
     """Nearest prototypes of aT [C, v, m] (contiguous float32) into out [C, >= m] int64 (a row-contiguous
-    view), -1 where the expanded form cannot decide (the caller re-encodes those directly): the number of -1s."""
+    view), :func:`flow.compress.pq._encode_T`'s answers bit for bit: returns how many columns the expanded form
+    could not decide and the kernel re-encoded by the direct formula."""
     level = isa_level(lib)
     m = aT.shape[2]
     ld = out.stride(0)

@@ -112,12 +112,18 @@ def _check_pq(D: int, v: int, K: int, where: str) -> int:
 def _scan_nearest(a: Tensor, P: Tensor) -> Tensor:
     """Reference encoder: a [R, v], P [R, K, v] -> int64 [R]; direct distances, first minimum.
 
-    ``sum((a - P[k])^2)`` for every k at once, then the first index of the minimum (torch's
-    argmin returns the first one): the strict-less scan's answer, ties to the lowest index.
+    ``(a_0 - P_k0)^2 + (a_1 - P_k1)^2 + ...`` for every k at once, summed in element order (each square and
+    each sum rounded: a fixed order, which the native encoder's ``exact_nearest`` repeats bit for bit, where
+    ``sum(-1)``'s order is torch's to choose), then the first index of the minimum (torch's argmin returns
+    the first one): the strict-less scan's answer, ties to the lowest index.
     """
     if a.shape[0] == 0:
         return torch.zeros(0, dtype=torch.int64, device=a.device)
-    return ((a[:, None, :] - P) ** 2).sum(-1).argmin(-1)
+    sq = (a[:, None, :] - P).square_()  # [R, K, v]
+    d = sq[:, :, 0].clone()
+    for j in range(1, sq.shape[2]):
+        d += sq[:, :, j]
+    return d.argmin(-1)
 
 
 def _chunk_cols(C: int, K: int, M: int) -> int:
@@ -485,16 +491,15 @@ def _encode_native(lib, tab: "_native.Tables", ab: Tensor, P: Tensor, out: Tenso
     """:func:`_encode_T` by the fused kernel: nearest prototypes of ab [C, v, m] into out [C, m] (a view).
 
     The kernel computes the expanded scores and the same ambiguity test as :func:`_encode_block`
-    (two or more scores within ``min + 2 tol``: -1); those columns are re-encoded here with the
-    direct formula (:func:`_scan_nearest`). Every other column's single hit is the direct strict-less
-    scan's answer, so the result equals :func:`_encode_T`'s bit for bit.
+    (two or more scores within ``min + 2 tol``) and re-encodes those columns itself with the direct
+    formula in :func:`_scan_nearest`'s order. Every other column's single hit is the direct strict-less
+    scan's answer, so the result equals :func:`_encode_T`'s bit for bit. ``P`` is unused (the kernel's
+    tables hold it); kept for the callers' symmetry with the torch path.
     """
     ab = ab.contiguous()
     v = ab.shape[1]
     rel = (8 * v + 16) * torch.finfo(ab.dtype).eps
-    if _native.encode(lib, tab, ab, out, 2 * rel):  # the count of ambiguous columns: look for them only then
-        ci, mi = (out < 0).nonzero(as_tuple=True)
-        out[ci, mi] = _scan_nearest(ab[ci, :, mi], P[ci])
+    _native.encode(lib, tab, ab, out, 2 * rel)
 
 
 def _spread_rows(rows: int, cols: int, like: Tensor) -> Tensor:
