@@ -661,7 +661,7 @@ PQ_INLINE void outer_range(int64_t c0, int64_t c1, int64_t v, int64_t K_, int64_
     typedef typename VT<W>::f vf;
     const int64_t K = KT > 0 ? KT : K_;
     constexpr int KM = KT > 0 ? KT : 64;
-    const int64_t chunk = (int64_t)(8192 / (K * W)) * W;  // K rows of `chunk` floats: 32 KiB
+    const int64_t chunk = (int64_t)(4096 / (K * W)) * W;  // K rows of `chunk` floats: 16 KiB (half of L1)
     // The carried sums, W floats per (j, k), on the heap (up to 64 x 64 vectors would not fit a small thread
     // stack) and as plain floats: no library container of vector types crosses the target attributes.
     std::unique_ptr<float[]> sums(new float[v * K * W]);

@@ -229,6 +229,7 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 @pytest.mark.parametrize("T", [2.0, 0.02, 1e-4])  # 1e-4: nearly every column one-hot (the kernel skips them)
 def test_native_matches_bruteforce_and_torch_path(shape, mode, T, monkeypatch):
     monkeypatch.setattr(pqm, "_SCORE_CHUNK", 600)  # several image ranges per layer
+    monkeypatch.setattr(pqm, "_NATIVE_COLS", 60)  # and on the native path
     Cin, Cout, kernel, stride, padding, v, K, N, H, W = shape
     g = torch.Generator().manual_seed(zlib.crc32(repr((shape, mode, T)).encode()))
     x = torch.randn(N, Cin, H, W, generator=g)
@@ -286,6 +287,7 @@ def test_native_isa_copies_agree(isa, monkeypatch):
 @pytest.mark.parametrize("mode", ["ste", "soft"])
 def test_native_linear_matches_torch_path(mode, monkeypatch):
     monkeypatch.setattr(pqm, "_SCORE_CHUNK", 64)  # several column blocks
+    monkeypatch.setattr(pqm, "_NATIVE_COLS", 50)  # and on the native path
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 40, 24, generator=g)
     layer = PQLinear.from_linear(nn.Linear(24, 7), v=6, K=10, calib_x=x, iters=2)
