@@ -20,7 +20,8 @@ For every model and (v, K) this reports, on the same test images:
 The skip policy is PQ's default: the first conv, every 1x1 conv (the projection shortcuts) and the
 classifier stay dense. Budgets are images, not wall time (the machine is shared); the CPU seconds of
 each stage are printed. ``--device cuda`` trains and evaluates on the GPU (the torch formulation of the PQ
-product: the native kernel is for CPUs); compression and the integer golden model run on the CPU. Writes bench/results/pq_train.json (``--quick``: pq_train_quick.json).
+product: the native kernel is for CPUs); compression and the integer golden model run on the CPU.
+Writes bench/results/pq_train.json (``--quick``: pq_train_quick.json).
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def run_model(name: str, setup: dict, configs, assignment: str, kd: float, log,
     xte, yte = _test_subset(*datasets.load(s["data"], "test"), s["test_images"])
     ng = len(yte) if s["golden_images"] is None else min(s["golden_images"], len(yte))
     model = trainer.get_trained(name, s["data"], s["checkpoint_epochs"], progress=False)
-    teacher = copy.deepcopy(model).to(device)
+    teacher = model if device == "cpu" else copy.deepcopy(model).to(device)  # the float model stays on the CPU
     # calibration images: the head of the train split; training draws from all of it
     calib = torch.from_numpy(xtr[:s["calib"]]).float()
     base = 100 * trainer.evaluate(model, xte, yte)
