@@ -203,7 +203,7 @@ def _encode_T(aT: Tensor, prototypes: Tensor, scratch: _Scratch | None = None) -
     lib = _native.usable(aT, P, K=K) if M else None
     if lib is not None:  # the fused kernel: the same answer bit for bit (_encode_native)
         out = torch.empty(C, M, dtype=torch.int64)
-        _encode_native(lib, _native.Tables(P.contiguous()), aT.contiguous(), P, out)
+        _encode_native(lib, _native.Tables(P.contiguous()), aT.contiguous(), out)
         return out
     pn = (P * P).sum(-1)  # [C, K]
     pn_max = pn.amax(-1)
@@ -436,12 +436,12 @@ class _PQLookup(torch.autograd.Function):
             idx = None
         else:
             idx = torch.empty(C, M, dtype=torch.int64, device=src.device) if lib is None else \
-                _spread_rows(C, M, src.new_empty(0, dtype=torch.int64))
+                _spread_rows(C, M, src, torch.int64)
             if lib is not None:  # the fused kernel: the same answer as _encode_T (see _encode_native)
                 tab = _native.Tables(Pd)
                 src_c = src.detach().contiguous()
                 for blk in blocks:
-                    _encode_native(lib, tab, _block_cols(src_c, geom, blk, buf, lib), Pd, idx[:, blk[0]:blk[1]])
+                    _encode_native(lib, tab, _block_cols(src_c, geom, blk, buf, lib), idx[:, blk[0]:blk[1]])
             else:
                 scratch = _Scratch(src, 2, C * K * _chunk_cols(C, K, M))
                 for blk in blocks:
@@ -494,14 +494,13 @@ class _PQLookup(torch.autograd.Function):
         return grad_src, grad_p, grad_lut, None, None, None
 
 
-def _encode_native(lib, tab: "_native.Tables", ab: Tensor, P: Tensor, out: Tensor) -> None:
+def _encode_native(lib, tab: "_native.Tables", ab: Tensor, out: Tensor) -> None:
     """:func:`_encode_T` by the fused kernel: nearest prototypes of ab [C, v, m] into out [C, m] (a view).
 
     The kernel computes the expanded scores and the same ambiguity test as :func:`_encode_block`
     (two or more scores within ``min + 2 tol``) and re-encodes those columns itself with the direct
     formula in :func:`_scan_nearest`'s order. Every other column's single hit is the direct strict-less
-    scan's answer, so the result equals :func:`_encode_T`'s bit for bit. ``P`` is unused (the kernel's
-    tables hold it); kept for the callers' symmetry with the torch path.
+    scan's answer, so the result equals :func:`_encode_T`'s bit for bit. The prototypes are ``tab``'s.
     """
     ab = ab.contiguous()
     v = ab.shape[1]
@@ -509,14 +508,16 @@ def _encode_native(lib, tab: "_native.Tables", ab: Tensor, P: Tensor, out: Tenso
     _native.encode(lib, tab, ab, out, 2 * rel)
 
 
-def _spread_rows(rows: int, cols: int, like: Tensor) -> Tensor:
-    """An uninitialised [rows, cols] view (``like``'s dtype and device) whose row stride is a whole number of
-    64-byte lines, an odd one: the kernels read one tile from each of many rows at once, and rows a multiple of
-    4 KiB apart (ResNet20's first stage: 64 x 784 floats) fall into one L1 set and evict each other."""
-    per_line = 64 // like.element_size()
+def _spread_rows(rows: int, cols: int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """An uninitialised [rows, cols] view (on ``like``'s device, in ``dtype``, default ``like``'s) whose row stride
+    is a whole number of 64-byte lines, an odd one: the kernels read one tile from each of many rows at once, and
+    rows a multiple of 4 KiB apart (ResNet20's first stage: 64 x 784 floats) fall into one L1 set and evict each
+    other."""
+    dtype = like.dtype if dtype is None else dtype
+    per_line = 64 // dtype.itemsize
     lines = -(-cols // per_line)
     lines += 1 - lines % 2
-    return like.new_empty(rows, lines * per_line)[:, :cols]
+    return like.new_empty(rows, lines * per_line, dtype=dtype)[:, :cols]
 
 
 def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: "_ConvGeom | None",

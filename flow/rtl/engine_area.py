@@ -153,10 +153,10 @@ def summary(a: dict) -> dict:
             "lutram": a["lutram_luts"] + a["srl"], "carry4": a["carry4"], "muxf7": a["muxf7"], "muxf8": a["muxf8"]}
 
 
-def unit_counts(hier: dict, engine: EngineConfig | None = None) -> dict[str, dict]:
-    """Row -> summary of the hierarchical synthesis (row_modules(engine); ROW_MODULES without an engine)."""
+def unit_counts(hier: dict, engine: EngineConfig) -> dict[str, dict]:
+    """Row -> summary of the hierarchical synthesis of ``engine`` (row_modules(engine))."""
     out = {}
-    for row, (mods, kind) in (ROW_MODULES if engine is None else row_modules(engine)).items():
+    for row, (mods, kind) in row_modules(engine).items():
         mods = (mods,) if isinstance(mods, str) else mods
         acc: dict | None = None
         for m in mods:
@@ -695,7 +695,7 @@ def cached_area(engine: EngineConfig, versions: tuple[str, ...] | None = None) -
         if hier_file.is_file():
             try:
                 hier = json.loads(hier_file.read_text())
-                units, hier_total = unit_counts(hier), summary(hier)
+                units, hier_total = unit_counts(hier, engine), summary(hier)
             except (OSError, json.JSONDecodeError, KeyError, AreaError):
                 units = hier_total = None
         return {"source": f"the synth_area cache ({_shown(area.cache_dir())})", "yosys": flat.get("yosys", version),

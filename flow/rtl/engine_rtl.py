@@ -188,7 +188,7 @@ def run_engine(image: bytes, engine: EngineConfig, inputs: np.ndarray, *, batche
     out_bytes, inputs, batches = prepare_run(image, inputs, batches, raw)
     find_simulator(simulator)
     build, sources = build_dir_for(engine, simulator, bugs)
-    plan = {"out_bytes": int(out_bytes), "batches": batches, "in_gaps": in_gaps, "out_stalls": out_stalls,
+    plan = {"out_bytes": out_bytes, "batches": batches, "in_gaps": in_gaps, "out_stalls": out_stalls,
             "tlast_at": tlast_at, "run_before_load": run_before_load, "run_anyway": run_anyway, "seed": seed,
             "max_cycles": max_cycles}
     keep = work is not None

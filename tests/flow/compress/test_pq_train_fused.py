@@ -323,7 +323,7 @@ def test_native_encoder_equals_the_eval_encoder_on_near_ties(monkeypatch):
     assert n >= 100  # the ambiguous columns are there, re-encoded by the kernel's direct formula
     assert torch.equal(raw, want)
     got = torch.empty(C, m, dtype=torch.int64)
-    pqm._encode_native(lib, _pq_native.Tables(P), aT, P, got)
+    pqm._encode_native(lib, _pq_native.Tables(P), aT, got)
     assert torch.equal(got, want)
     assert torch.equal(got, pqm._scan_nearest(aT.permute(0, 2, 1).reshape(-1, v),
                                               P.repeat_interleave(m, 0)).reshape(C, m))
