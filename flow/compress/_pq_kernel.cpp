@@ -30,7 +30,8 @@
 //   the caller's batched GEMMs.
 // pq_hard_lut_grad: the straight-through LUT gradient hard^T g, gl[c, idx[c, col]] += g[col].
 // pq_outer_acc: sum_m a_m gz_m^T for dL/dP (columns in L1-sized chunks, the K sums of a row in registers).
-// pq_lut_sum: the hard lookup's value sum_c lut[c, idx[c, col]], in embedding_bag's order (bit for bit).
+// pq_lut_sum: the hard lookup's value sum_c lut[c, idx[c, col]], in embedding_bag's order (bit for bit), as rows
+//   [M, Cout] or straight into a conv's NCHW output.
 // pq_im2col / pq_col2im: a conv's patches [D, cols] of a range of images straight from its input, and their
 //   adjoint added into dL/dx (no padded copy, no stacked slices; the torch formulation is pq._im2col_T).
 
@@ -46,7 +47,7 @@
 
 namespace {
 
-constexpr int ABI = 7;
+constexpr int ABI = 8;
 
 template <int W>
 struct VT {
@@ -540,14 +541,18 @@ int grad_base(int64_t kp, const GradArgs& A) { return grad_w<4>(kp, A); }
 
 // out[col] = sum_c lut[c, idx[c, col]] in c order from 0: per tile of T columns and W outputs, the T partial
 // sums stay in registers through every c (one store each); outputs past the last multiple of W, one at a time.
+// Layout of out: rows [M, cout] (L = 0), or a conv's NCHW [M / L, cout, L] with L columns per image (each
+// tile's sums go out through a small transposing buffer: the column becomes the fastest index).
 template <int W>
 PQ_INLINE void lut_sum_w(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ldi,
-                         const float* lut, float* out) {
+                         const float* lut, float* out, int64_t L) {
     typedef typename VT<W>::f vf;
     constexpr int64_t T = 16;
-    const int64_t ov = cout - cout % W;
+    const int64_t ov = cout - cout % W, step = L ? L : 1;  // step: from one output to the next
+    int64_t at[T];  // where output 0 of each column of the tile goes
     for (int64_t t0 = m0; t0 < m1; t0 += T) {
         const int64_t nt = t0 + T < m1 ? T : m1 - t0;
+        for (int64_t l = 0; l < nt; ++l) at[l] = L ? ((t0 + l) / L) * cout * L + (t0 + l) % L : (t0 + l) * cout;
         for (int64_t o = 0; o < ov; o += W) {
             vf acc[T];
             for (int64_t l = 0; l < T; ++l) acc[l] = vf{};
@@ -560,7 +565,16 @@ PQ_INLINE void lut_sum_w(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t c
                     for (int64_t l = 0; l < nt; ++l) acc[l] += ld<W>(lc + ic[l] * cout);
                 }
             }
-            for (int64_t l = 0; l < nt; ++l) st<W>(out + (t0 + l) * cout + o, acc[l]);
+            if (!L) {
+                for (int64_t l = 0; l < nt; ++l) st<W>(out + (t0 + l) * cout + o, acc[l]);
+                continue;
+            }
+            float tr[T * W];
+            for (int64_t l = 0; l < nt; ++l) st<W>(tr + l * W, acc[l]);
+            for (int64_t i = 0; i < W; ++i) {
+                float* d = out + (o + i) * L;
+                for (int64_t l = 0; l < nt; ++l) d[at[l]] = tr[l * W + i];
+            }
         }
         for (int64_t o = ov; o < cout; ++o) {
             float acc[T] = {};
@@ -569,19 +583,19 @@ PQ_INLINE void lut_sum_w(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t c
                 const float* lc = lut + c * K * cout + o;
                 for (int64_t l = 0; l < nt; ++l) acc[l] += lc[ic[l] * cout];
             }
-            for (int64_t l = 0; l < nt; ++l) out[(t0 + l) * cout + o] = acc[l];
+            for (int64_t l = 0; l < nt; ++l) out[at[l] + o * step] = acc[l];
         }
     }
 }
 void lut_sum(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ld,
-             const float* lut, float* out) { lut_sum_w<4>(m0, m1, C, K, cout, idx, ld, lut, out); }
+             const float* lut, float* out, int64_t L) { lut_sum_w<4>(m0, m1, C, K, cout, idx, ld, lut, out, L); }
 #ifdef PQ_X86
 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 void lut_sum_avx512(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ld,
-                    const float* lut, float* out) { lut_sum_w<16>(m0, m1, C, K, cout, idx, ld, lut, out); }
+                    const float* lut, float* out, int64_t L) { lut_sum_w<16>(m0, m1, C, K, cout, idx, ld, lut, out, L); }
 __attribute__((target("avx2,fma")))
 void lut_sum_avx2(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ld,
-                  const float* lut, float* out) { lut_sum_w<8>(m0, m1, C, K, cout, idx, ld, lut, out); }
+                  const float* lut, float* out, int64_t L) { lut_sum_w<8>(m0, m1, C, K, cout, idx, ld, lut, out, L); }
 #endif
 
 // A conv's patch geometry (pq_im2col, pq_col2im).
@@ -599,13 +613,48 @@ struct Geom {
     }
 };
 
+// A "same" conv (stride 1, output plane = input plane): a patch row of one image is its input plane shifted by
+// `shift` elements, except the rows above or below the image (outside [q0, q1)) and the columns past its left
+// or right edge (outside [lo, hi) in each row), which are zero. One copy per (row, image) instead of one per
+// output row (ResNet20's 3x3 convs: 28, 14 or 7 rows of 28, 14 or 7 floats).
+struct SameShift {
+    int64_t shift, q0, q1, lo, hi;
+    SameShift(const Geom& G, int64_t i, int64_t j) {
+        const int64_t L = G.H * G.W;
+        shift = (i - G.ph) * G.W + (j - G.pw);
+        q0 = shift < 0 ? (-shift < L ? -shift : L) : 0;
+        q1 = shift > 0 ? (shift < L ? L - shift : 0) : L;
+        if (q1 < q0) q1 = q0;
+        G.valid_ow(j, lo, hi);
+    }
+};
+
+PQ_INLINE bool same_plane(const Geom& G) { return G.sh == 1 && G.sw == 1 && G.OH() == G.H && G.OW() == G.W; }
+
 void im2col(const Geom& G, int64_t n0, int64_t n1, int64_t p0, int64_t p1, const float* x, float* out, int64_t ldo) {
     const int64_t OH = G.OH(), OW = G.OW(), plane = G.H * G.W;
+    const bool same = same_plane(G);
     for (int64_t p = p0; p < p1; ++p) {
         const int64_t t = p / G.Cin, cin = p % G.Cin, i = t / G.kw, j = t % G.kw;
         int64_t lo, hi;
         G.valid_ow(j, lo, hi);
         float* dst = out + p * ldo;
+        if (same) {
+            const SameShift S(G, i, j);
+            for (int64_t n = n0; n < n1; ++n, dst += plane) {
+                const float* src = x + (n * G.Cin + cin) * plane;
+                std::memset(dst, 0, S.q0 * sizeof(float));
+                std::memcpy(dst + S.q0, src + S.q0 + S.shift, (S.q1 - S.q0) * sizeof(float));
+                std::memset(dst + S.q1, 0, (plane - S.q1) * sizeof(float));
+                if (S.lo > 0 || S.hi < OW) {  // the edge columns took a neighbouring row's element
+                    for (int64_t r = 0; r < plane; r += OW) {
+                        for (int64_t ow = 0; ow < S.lo; ++ow) dst[r + ow] = 0.0f;
+                        for (int64_t ow = S.hi; ow < OW; ++ow) dst[r + ow] = 0.0f;
+                    }
+                }
+            }
+            continue;
+        }
         for (int64_t n = n0; n < n1; ++n) {
             const float* src = x + (n * G.Cin + cin) * plane;
             for (int64_t oh = 0; oh < OH; ++oh, dst += OW) {
@@ -629,6 +678,20 @@ void im2col(const Geom& G, int64_t n0, int64_t n1, int64_t p0, int64_t p1, const
 
 void col2im(const Geom& G, int64_t n0, int64_t n1, int64_t ci0, int64_t ci1, const float* g, int64_t ldg, float* dx) {
     const int64_t OH = G.OH(), OW = G.OW(), plane = G.H * G.W, L = OH * OW;
+    const bool same = same_plane(G);
+    // "same" conv: per kernel offset, the bits of the patch positions whose input lies inside the image (all ones)
+    // or not (zero): one masked add over the whole shifted plane instead of one add loop per output row.
+    std::unique_ptr<uint32_t[]> keep;
+    if (same) {
+        keep.reset(new uint32_t[G.kh * G.kw * L]);
+        for (int64_t t = 0; t < G.kh * G.kw; ++t) {
+            const SameShift S(G, t / G.kw, t % G.kw);
+            for (int64_t q = 0; q < L; ++q) {
+                const int64_t ow = q % OW;
+                keep[t * L + q] = (q >= S.q0 && q < S.q1 && ow >= S.lo && ow < S.hi) ? 0xffffffffu : 0u;
+            }
+        }
+    }
     for (int64_t cin = ci0; cin < ci1; ++cin) {
         for (int64_t t = 0; t < G.kh * G.kw; ++t) {
             const int64_t i = t / G.kw, j = t % G.kw, p = t * G.Cin + cin;
@@ -637,6 +700,22 @@ void col2im(const Geom& G, int64_t n0, int64_t n1, int64_t ci0, int64_t ci1, con
             for (int64_t n = n0; n < n1; ++n) {
                 float* dst = dx + (n * G.Cin + cin) * plane;
                 const float* src = g + p * ldg + (n - n0) * L;
+                if (same) {
+                    // dx[q + shift] += g[q] where kept; a dropped position adds +0 to an element of its range
+                    // (exact), so each element's terms still come in kernel-offset order
+                    const SameShift S(G, i, j);
+                    const uint32_t* __restrict kt = keep.get() + t * L;
+                    float* __restrict d = dst + S.shift;
+                    for (int64_t q = S.q0; q < S.q1; ++q) {
+                        uint32_t b;
+                        std::memcpy(&b, src + q, sizeof(b));
+                        b &= kt[q];
+                        float f;
+                        std::memcpy(&f, &b, sizeof(f));
+                        d[q] += f;
+                    }
+                    continue;
+                }
                 for (int64_t oh = 0; oh < OH; ++oh) {
                     const int64_t ih = oh * G.sh + i - G.ph;
                     if (ih < 0 || ih >= G.H) continue;
@@ -752,15 +831,16 @@ int64_t pq_encode_cols(int isa, int64_t c0, int64_t c1, int64_t v, int64_t m, in
 }
 
 // The hard lookup's sum for columns [m0, m1): out[col, :] = sum over c = 0, 1, ..., C-1 (in that order, from
-// 0) of lut[c, idx[c, col], :]; idx [C, ld] int64, lut [C, K, cout], out [M, cout] (rows m0..m1 written).
+// 0) of lut[c, idx[c, col], :]; idx [C, ld] int64, lut [C, K, cout], out [M, cout] (L = 0) or [M / L, cout, L]
+// (L > 0: a conv's output, NCHW, L pixels per image); the columns m0..m1 written.
 // The same additions in the same order as torch's embedding_bag(mode="sum") (flow.compress.pq._lut_sum).
 int pq_lut_sum(int isa, int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ld,
-               const float* lut, float* out) {
+               const float* lut, float* out, int64_t L) {
 #ifdef PQ_X86
-    if (isa >= 2) return lut_sum_avx512(m0, m1, C, K, cout, idx, ld, lut, out), 0;
-    if (isa == 1) return lut_sum_avx2(m0, m1, C, K, cout, idx, ld, lut, out), 0;
+    if (isa >= 2) return lut_sum_avx512(m0, m1, C, K, cout, idx, ld, lut, out, L), 0;
+    if (isa == 1) return lut_sum_avx2(m0, m1, C, K, cout, idx, ld, lut, out, L), 0;
 #endif
-    return lut_sum(m0, m1, C, K, cout, idx, ld, lut, out), 0;
+    return lut_sum(m0, m1, C, K, cout, idx, ld, lut, out, L), 0;
 }
 
 // The dL/dP term, accumulated (see outer_range); K <= 64.

@@ -24,7 +24,7 @@ from ._native_build import ISAS, KernelUnavailable, NativeKernel
 __all__ = ["backend", "load", "isa", "usable", "Tables", "encode", "soft_grad", "soft_grad_cols", "hard_lut_grad",
            "outer_acc", "lut_sum", "im2col", "col2im", "KernelUnavailable", "ISAS", "KP_MAX"]
 
-ABI = 7
+ABI = 8
 SRC = Path(__file__).with_name("_pq_kernel.cpp")
 KP_MAX = 64  # the kernel is compiled for K padded to 16, 32 or 64
 
@@ -49,7 +49,7 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.pq_outer_acc.restype = i32
     lib.pq_outer_acc.argtypes = [i32, i64, i64, i64, i64, i64, vp, vp, vp]
     lib.pq_lut_sum.restype = i32
-    lib.pq_lut_sum.argtypes = [i32, i64, i64, i64, i64, i64, vp, i64, vp, vp]
+    lib.pq_lut_sum.argtypes = [i32, i64, i64, i64, i64, i64, vp, i64, vp, vp, i64]
     lib.pq_im2col.restype = lib.pq_col2im.restype = i32
     lib.pq_im2col.argtypes = [i64] * 13 + [vp, vp, i64]  # 4 ranges + 9 geometry, x, out, ldo
     lib.pq_col2im.argtypes = [i64] * 13 + [vp, i64, vp]  # 4 ranges + 9 geometry, g, ldg, dx
@@ -172,17 +172,18 @@ def outer_acc(lib: ctypes.CDLL, a: Tensor, gz: Tensor, gp: Tensor) -> None:
     _run(lambda c0, c1: lib.pq_outer_acc(level, c0, c1, v, K, m, a.data_ptr(), gz.data_ptr(), gp.data_ptr()), C)
 
 
-def lut_sum(lib: ctypes.CDLL, lut: Tensor, idx: Tensor) -> Tensor:
+def lut_sum(lib: ctypes.CDLL, lut: Tensor, idx: Tensor, per_image: int = 0) -> Tensor:
     """``out[m] = sum_c lut[c, idx[c, m]]`` (c in order, from 0: :func:`flow.compress.pq._lut_sum`'s additions):
-    lut [C, K, Cout] float32, idx [C, M] int64 (rows contiguous) -> [M, Cout], threads over the columns."""
+    lut [C, K, Cout] float32, idx [C, M] int64 (rows contiguous) -> [M, Cout], or with ``per_image`` = L > 0 a
+    conv's output [M / L, Cout, L] (NCHW, columns in (n, pixel) order); threads over the columns."""
     C, K, cout = lut.shape
     M = idx.shape[1]
     lut = lut.contiguous()
-    assert idx.stride(1) == 1
-    out = lut.new_empty(M, cout)
+    assert idx.stride(1) == 1 and (per_image == 0 or M % per_image == 0)
+    out = lut.new_empty(M, cout) if per_image == 0 else lut.new_empty(M // per_image, cout, per_image)
     level = isa_level(lib)
     _run(lambda m0, m1: lib.pq_lut_sum(level, m0, m1, C, K, cout, idx.data_ptr(), idx.stride(0), lut.data_ptr(),
-                                       out.data_ptr()), M)
+                                       out.data_ptr(), per_image), M)
     return out
 
 

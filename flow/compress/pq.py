@@ -92,11 +92,17 @@ _EXP2_FLOOR = 2.0 ** -126
 # Patch elements (Cin*kh*kw per output pixel) a PQConv2d builds at once outside training: a few
 # images at a time, so each one's patches are encoded while they are still in cache.
 _PATCH_CHUNK = 1 << 20
-# Columns per range of the native training kernels (whole images of a conv): a range's patches, dL/dz and
-# dL/da stay near the core while every kernel passes over them. ResNet20 (9, 16), batch 64, one core of the
-# 2-core EPYC: 1,600 gave the fastest step of 800 / 1,200 / 1,600 / 2,000 / 3,200 (about 4 % ahead of one
-# distance block, 2-5 images; 8 images per range cost 10-20 %).
-_NATIVE_COLS = 1600
+# Patch floats per range of the native training kernels (C*v per column; whole images of a conv): a range's
+# patches, dL/dz and dL/da stay near the core (the 1 MiB L2 of the 2-core EPYC) while every kernel passes over
+# them. ResNet20 (9, 16), batch 64, one core: 1,600 columns of its first stage (C*v = 144) gave the fastest step
+# of 800 / 1,200 / 1,600 / 2,000 / 3,200 columns in every stage; the same floats per range (fewer columns where
+# C*v is larger: 800 in the second stage, 400 in the third) are faster again (see docs/design-notes.md).
+_NATIVE_FLOATS = 1600 * 144
+
+
+def _native_cols(C: int, v: int) -> int:
+    """Columns per range of the native kernels for subvectors [C, v]: :data:`_NATIVE_FLOATS` patch floats."""
+    return max(1, _NATIVE_FLOATS // max(1, C * v))
 
 
 def _check_pq(D: int, v: int, K: int, where: str) -> int:
@@ -359,6 +365,11 @@ class _ConvGeom(NamedTuple):
     C: int
     v: int
 
+    def out_hw(self, x_shape) -> tuple[int, int]:
+        """(OH, OW) of the output for an input of shape [N, Cin, H, W]."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        return (x_shape[2] + 2 * ph - kh) // sh + 1, (x_shape[3] + 2 * pw - kw) // sw + 1
+
 
 def _column_blocks(src: Tensor, geom: _ConvGeom | None, K: int,
                    cols: int | None = None) -> list[tuple[int, int, int, int]]:
@@ -366,7 +377,7 @@ def _column_blocks(src: Tensor, geom: _ConvGeom | None, K: int,
 
     PQLinear (``geom`` None, src = aT [C, v, M]): one range, the functions chunk it themselves.
     PQConv2d (src = x [N, Cin, H, W]): whole images per range, about one distance block of columns
-    each (``cols`` columns when given: the native kernels' :data:`_NATIVE_COLS`), so a range's patches
+    each (``cols`` columns when given: the native kernels' :func:`_native_cols`), so a range's patches
     are built, used and dropped while they are in cache and the full [C, v, N*OH*OW] patch matrix
     never exists.
     """
@@ -398,8 +409,9 @@ class _PQLookup(torch.autograd.Function):
     """Straight-through PQ product (LUT-NN): value of the hard assignment, gradient of the soft one.
 
     forward(src, P [C, K, v], lut [C, K, Cout], temperature (float), soft_forward, geom) -> [M, Cout], where
-    src is the subvectors aT [C, v, M] (``geom`` None: PQLinear) or the input x [N, Cin, H, W] of a
-    PQConv2d with patch geometry ``geom`` (M = N*OH*OW, rows in (n, oh, ow) order). The value is
+    src is the subvectors aT [C, v, M] (``geom`` None: PQLinear), or -> [N, Cout, OH, OW] (NCHW, as
+    nn.Conv2d returns it) where src is the input x [N, Cin, H, W] of a PQConv2d with patch geometry ``geom``
+    (M = N*OH*OW columns in (n, oh, ow) order). The value is
     ``sum_c lut[c, idx[c, m]]`` with idx the nearest prototypes (:func:`_encode_T`: the eval path's
     encoding, so the value is the hard lookup bit for bit). The backward is that of
     ``(hard + soft - soft.detach()) @ lut`` with ``soft = softmax(-||a - P||^2 / T)`` over k:
@@ -426,7 +438,7 @@ class _PQLookup(torch.autograd.Function):
         C, K, _ = P.shape
         Pd, lut_d = P.detach(), lut.detach()
         lib = None if soft_forward else _native.usable(src, Pd, K=K)
-        blocks = _column_blocks(src, geom, K, cols=None if lib is None else _NATIVE_COLS)
+        blocks = _column_blocks(src, geom, K, cols=None if lib is None else _native_cols(C, P.shape[2]))
         M = blocks[-1][1]
         buf = None if geom is None else src.new_empty(C * P.shape[2] * max(b[1] - b[0] for b in blocks))
         if soft_forward:
@@ -446,7 +458,15 @@ class _PQLookup(torch.autograd.Function):
                 scratch = _Scratch(src, 2, C * K * _chunk_cols(C, K, M))
                 for blk in blocks:
                     idx[:, blk[0]:blk[1]] = _encode_T(_block_cols(src, geom, blk, buf).detach(), Pd, scratch=scratch)
-            out = _lut_sum(lut_d, idx)
+            lib_out = None if geom is None else _native.usable(lut_d, K=None)
+            # a conv's output straight into NCHW by the native gather-sum (the same sums; no transposing copy)
+            out = _lut_sum(lut_d, idx) if lib_out is None else \
+                _native.lut_sum(lib_out, lut_d, idx, per_image=M // src.shape[0])
+        if geom is not None:
+            N, (OH, OW) = src.shape[0], geom.out_hw(src.shape)
+            if out.dim() == 2:
+                out = out.view(N, OH * OW, -1).transpose(1, 2).contiguous()
+            out = out.view(N, -1, OH, OW)
         ctx.save_for_backward(src, P, lut)
         ctx.idx, ctx.geom = idx, geom
         ctx.temperature, ctx.soft_forward = float(temperature), bool(soft_forward)
@@ -458,12 +478,14 @@ class _PQLookup(torch.autograd.Function):
         geom = ctx.geom
         need_src, need_p, need_lut = ctx.needs_input_grad[:3]
         C, K, v = P.shape
-        g = g.contiguous()
+        g = g.contiguous()  # [M, Cout], or a conv's [N, Cout, OH, OW]
         grad_src = grad_p = grad_lut = None
         soft_lut = need_lut and ctx.soft_forward  # d/dlut of soft @ lut: accumulated block by block
         if need_lut and not soft_lut:
             lib = _native.usable(g, K=K)
-            grad_lut = _hard_lut_grad(ctx.idx, g, K) if lib is None else _native.hard_lut_grad(lib, ctx.idx, g, K)
+            g_rows = _grad_rows(g)
+            grad_lut = _hard_lut_grad(ctx.idx, g_rows, K) if lib is None else \
+                _native.hard_lut_grad(lib, ctx.idx, g_rows, K)
         elif need_lut:
             grad_lut = torch.zeros_like(lut)
         if need_src or need_p or soft_lut:
@@ -473,6 +495,7 @@ class _PQLookup(torch.autograd.Function):
                 gs, gp, gl = _native_backward(lib, src_d, Pd, lut_d, g, geom, ctx.temperature, need_src, need_p,
                                               soft_lut)
                 return gs, gp, gl if soft_lut else grad_lut, None, None, None
+            g = _grad_rows(g)
             blocks = _column_blocks(src_d, geom, K)
             buf = None if geom is None else src_d.new_empty(C * v * max(b[1] - b[0] for b in blocks))
             if need_src and geom is not None:
@@ -492,6 +515,11 @@ class _PQLookup(torch.autograd.Function):
                         _col2im_T(ga, (n1 - n0, *src_d.shape[1:]), geom.kernel, geom.stride, geom.padding,
                                   out=grad_src[n0:n1])
         return grad_src, grad_p, grad_lut, None, None, None
+
+
+def _grad_rows(g: Tensor) -> Tensor:
+    """The output gradient as rows [M, Cout]: a conv's [N, Cout, OH, OW] in (n, oh, ow) order (a copy); rows as is."""
+    return g if g.dim() == 2 else g.permute(0, 2, 3, 1).reshape(-1, g.shape[1])
 
 
 def _encode_native(lib, tab: "_native.Tables", ab: Tensor, out: Tensor) -> None:
@@ -531,7 +559,8 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
     the flushed ``exp2`` softmax, ``gs = lut . g``, ``gz``, its column sum and dL/da = ``(2/T) P^T gz``;
     ``sum_m a_m gz_m^T`` for dL/dP is ``pq_outer_acc``. Soft forward: ``pq_soft_grad`` (prototypes in the
     lanes) also accumulates dL/dlut = ``soft^T g``; dL/da and dL/dP are batched GEMMs.
-    src [C, v, M] (``geom`` None) or a conv input [N, Cin, H, W]; g [M, Cout] contiguous; P [C, K, v];
+    src [C, v, M] (``geom`` None) or a conv input [N, Cin, H, W]; g [M, Cout] (``geom`` None) or the conv's
+    [N, Cout, OH, OW], contiguous; P [C, K, v];
     lut [C, K, Cout]; dL/dlut is None unless ``soft_lut``.
     """
     C, K, v = P.shape
@@ -541,12 +570,12 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
     need_gz = need_src or need_p
     if geom is None:
         M = src.shape[2]
-        step = max(1, min(M, _NATIVE_COLS))
+        step = max(1, min(M, _native_cols(C, v)))
         blocks = [(i, min(M, i + step), 0, 0) for i in range(0, M, step)]
         buf = None
     else:
         src = src.contiguous()
-        blocks = _column_blocks(src, geom, K, cols=_NATIVE_COLS)
+        blocks = _column_blocks(src, geom, K, cols=_native_cols(C, v))
         buf = src.new_empty(C * v * max(b[1] - b[0] for b in blocks))
     width = max(b[1] - b[0] for b in blocks)
     M = blocks[-1][1]
@@ -569,7 +598,11 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
                            grad_src)
 
     if need_gz and not soft_lut:  # straight-through: the column-lane kernel writes dL/da itself
-        gT = _spread_rows(g.shape[1], M, g).copy_(g.t())  # [Cout, M]
+        gT = _spread_rows(cout, M, g)  # [Cout, M]: from NCHW, one contiguous run per (image, output)
+        if g.dim() == 4:
+            gT.unflatten(1, (g.shape[0], -1)).copy_(g.flatten(2).transpose(0, 1))
+        else:
+            gT.copy_(g.t())
         ps = (P.transpose(1, 2) * scale).contiguous()  # (2/T) P^T [C, v, K]
         gzsum = src.new_zeros(C, K)
         gzb = src.new_empty(C * K * width) if need_p else None
@@ -585,6 +618,7 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
                 _native.outer_acc(lib, ab, gz, gpT)
         grad_lut = None
     else:  # soft forward: the prototype-lane kernel also accumulates dL/dlut
+        g = _grad_rows(g)
         gzbuf = src.new_empty(C * width * kp) if need_gz else None
         gpT = src.new_zeros(C, v, kp) if need_p else None
         gzsum = src.new_zeros(C, kp)
@@ -810,12 +844,14 @@ class _PQBase(nn.Module):
         return out if self.bias is None else out + self.bias
 
     def _pq_train(self, src: Tensor, geom: _ConvGeom | None) -> Tensor:
-        """The training product (:class:`_PQLookup`): src = aT [C, v, M] (geom None) or a conv's input
-        x [N, Cin, H, W] with its patch geometry -> [M, Cout] (+ bias)."""
+        """The training product (:class:`_PQLookup`): src = aT [C, v, M] (geom None) -> [M, Cout], or a conv's
+        input x [N, Cin, H, W] with its patch geometry -> [N, Cout, OH, OW] (+ bias)."""
         soft = getattr(self, "soft_forward", False)
         out = _PQLookup.apply(src, self.prototypes.to(src.dtype), self.effective_lut(), float(self.temperature),
                               soft, geom)
-        return out if self.bias is None else out + self.bias
+        if self.bias is None:
+            return out
+        return out + (self.bias if geom is None else self.bias[:, None, None])
 
     # --- accounting ----------------------------------------------------------------------
     def stored_bits(self) -> dict[str, int]:
@@ -940,6 +976,7 @@ class PQConv2d(_PQBase):
             if x.shape[1] != self.in_channels:
                 raise ShapeMismatchError(f"PQConv2d expects input [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
             y = self._pq_train(x, _ConvGeom(self.kernel_size, self.stride, self.padding, self.num_subspaces, self.v))
+            return y[0] if unbatched else y  # NCHW already
         else:  # the pure lookup path: a few images at a time (see _PATCH_CHUNK)
             nb = max(1, _PATCH_CHUNK // max(1, self.D * OH * OW))
             y = torch.cat([self._pq_product(self._subvectors_T(x[i:i + nb])) for i in range(0, N, nb)]) if N > nb \

@@ -229,8 +229,8 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 @pytest.mark.parametrize("T", [2.0, 0.02, 1e-4])  # 1e-4: nearly every column one-hot (the kernel skips them)
 def test_native_matches_bruteforce_and_torch_path(shape, mode, T, monkeypatch):
     monkeypatch.setattr(pqm, "_SCORE_CHUNK", 600)  # several image ranges per layer
-    monkeypatch.setattr(pqm, "_NATIVE_COLS", 60)  # and on the native path
     Cin, Cout, kernel, stride, padding, v, K, N, H, W = shape
+    monkeypatch.setattr(pqm, "_NATIVE_FLOATS", 60 * Cin * kernel[0] * kernel[1])  # 60 columns per native range
     g = torch.Generator().manual_seed(zlib.crc32(repr((shape, mode, T)).encode()))
     x = torch.randn(N, Cin, H, W, generator=g)
     layer = PQConv2d.from_conv(nn.Conv2d(Cin, Cout, kernel, stride, padding), v=v, K=K, calib_x=x, iters=2)
@@ -287,7 +287,7 @@ def test_native_isa_copies_agree(isa, monkeypatch):
 @pytest.mark.parametrize("mode", ["ste", "soft"])
 def test_native_linear_matches_torch_path(mode, monkeypatch):
     monkeypatch.setattr(pqm, "_SCORE_CHUNK", 64)  # several column blocks
-    monkeypatch.setattr(pqm, "_NATIVE_COLS", 50)  # and on the native path
+    monkeypatch.setattr(pqm, "_NATIVE_FLOATS", 50 * 24)  # and 50 columns per native range
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 40, 24, generator=g)
     layer = PQLinear.from_linear(nn.Linear(24, 7), v=6, K=10, calib_x=x, iters=2)
@@ -357,6 +357,9 @@ IM2COL_SHAPES = [
     (4, 3, 8, 8, (3, 3), (2, 2), (1, 1)),
     (2, 2, 3, 3, (1, 1), (1, 1), (0, 0)),
     (2, 3, 10, 9, (2, 2), (3, 3), (2, 1)),
+    (2, 3, 6, 7, (5, 5), (1, 1), (2, 2)),  # "same" convs: the shifted-plane copy, 5x5
+    (3, 2, 5, 4, (3, 1), (1, 1), (1, 0)),  # and one padded in h only
+    (2, 2, 2, 3, (5, 3), (1, 1), (2, 1)),  # a kernel taller than the image: whole patch rows outside it
 ]
 
 
@@ -395,7 +398,8 @@ def test_native_im2col_and_col2im_match_unfold(shape, threads):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_lut_sum_is_embedding_bag_bit_for_bit(threads, monkeypatch):
     """The hard lookup's sum by the kernel equals torch's embedding_bag (the torch path and the eval path of
-    other devices) bit for bit: the same additions in the same order; and a brute-force sum within rounding."""
+    other devices) bit for bit: the same additions in the same order; and a brute-force sum within rounding. Written
+    as a conv's NCHW output (77 columns per image: tiles of 16 straddle images), the same numbers transposed."""
     g = torch.Generator().manual_seed(4)
     C, K, cout, M = 19, 16, 37, 1001
     lut = torch.randn(C, K, cout, generator=g) * torch.logspace(-3, 3, cout)  # very different magnitudes
@@ -407,9 +411,11 @@ def test_native_lut_sum_is_embedding_bag_bit_for_bit(threads, monkeypatch):
     try:
         torch.set_num_threads(threads)
         got = _pq_native.lut_sum(_pq_native.load(), lut, idx)
+        nchw = _pq_native.lut_sum(_pq_native.load(), lut, idx, per_image=77)
     finally:
         torch.set_num_threads(before)
     assert torch.equal(got, want)
+    assert nchw.shape == (13, cout, 77) and torch.equal(nchw, want.view(13, 77, cout).transpose(1, 2))
     brute = sum(lut.double()[c, idx[c]] for c in range(C))
     torch.testing.assert_close(got.double(), brute, rtol=1e-5, atol=1e-3)
 
