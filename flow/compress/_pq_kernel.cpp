@@ -543,6 +543,30 @@ int grad_base(int64_t kp, const GradArgs& A) { return grad_w<4>(kp, A); }
 // sums stay in registers through every c (one store each); outputs past the last multiple of W, one at a time.
 // Layout of out: rows [M, cout] (L = 0), or a conv's NCHW [M / L, cout, L] with L columns per image (each
 // tile's sums go out through a small transposing buffer: the column becomes the fastest index).
+// Transpose the W x W matrix held in W vectors r[0..W) (row i = r[i]) in place: log2(W) rounds of two-source
+// shuffles with constant masks; round h swaps the lanes j with bit h set of row i (bit h clear) with the lanes
+// j - h of row i + h.
+template <int W>
+PQ_INLINE void transpose(typename VT<W>::f* r) {
+    typedef typename VT<W>::i vi;
+#pragma GCC unroll 8
+    for (int h = W / 2; h >= 1; h /= 2) {
+        vi lo, hi;
+#pragma GCC unroll 16
+        for (int j = 0; j < W; ++j) {
+            lo[j] = (j & h) ? W + j - h : j;
+            hi[j] = (j & h) ? W + j : j + h;
+        }
+#pragma GCC unroll 16
+        for (int i = 0; i < W; ++i) {
+            if (i & h) continue;
+            const typename VT<W>::f a = r[i], b = r[i + h];
+            r[i] = __builtin_shuffle(a, b, lo);
+            r[i + h] = __builtin_shuffle(a, b, hi);
+        }
+    }
+}
+
 template <int W>
 PQ_INLINE void lut_sum_w(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ldi,
                          const float* lut, float* out, int64_t L) {
@@ -569,11 +593,21 @@ PQ_INLINE void lut_sum_w(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t c
                 for (int64_t l = 0; l < nt; ++l) st<W>(out + (t0 + l) * cout + o, acc[l]);
                 continue;
             }
-            float tr[T * W];
-            for (int64_t l = 0; l < nt; ++l) st<W>(tr + l * W, acc[l]);
-            for (int64_t i = 0; i < W; ++i) {
-                float* d = out + (o + i) * L;
-                for (int64_t l = 0; l < nt; ++l) d[at[l]] = tr[l * W + i];
+#pragma GCC unroll 16
+            for (int g = 0; g < T / W; ++g) {  // groups of W columns (constant indices: acc stays in registers)
+                const int64_t g0 = g * W;
+                if (g0 >= nt) break;
+                if (g0 + W <= nt && at[g0 + W - 1] == at[g0] + W - 1) {  // W columns of one image: transposed
+                    transpose<W>(acc + g0);  // in registers, then one store per output
+#pragma GCC unroll 16
+                    for (int i = 0; i < W; ++i) st<W>(out + at[g0] + (o + i) * L, acc[g0 + i]);
+                    continue;
+                }
+                float tr[W * W];  // straddling two images, or the last columns: lane by lane
+#pragma GCC unroll 16
+                for (int l = 0; l < W; ++l) st<W>(tr + l * W, acc[g0 + l]);
+                for (int64_t i = 0; i < W; ++i)
+                    for (int64_t l = 0; l < W && g0 + l < nt; ++l) out[at[g0 + l] + (o + i) * L] = tr[l * W + i];
             }
         }
         for (int64_t o = ov; o < cout; ++o) {
