@@ -34,6 +34,8 @@
 //   [M, Cout] or straight into a conv's NCHW output.
 // pq_im2col / pq_col2im: a conv's patches [D, cols] of a range of images straight from its input, and their
 //   adjoint added into dL/dx (no padded copy, no stacked slices; the torch formulation is pq._im2col_T).
+// pq_conv_encode / pq_conv_backward: a conv layer's straight-through forward encode and backward, range after
+//   range of images in one call (patches, kernels, col2im), for the training passes of flow.compress.pq.
 
 #include <cmath>
 #include <cstdint>
@@ -47,7 +49,7 @@
 
 namespace {
 
-constexpr int ABI = 8;
+constexpr int ABI = 9;
 
 template <int W>
 struct VT {
@@ -941,6 +943,49 @@ int pq_soft_grad(int isa, int64_t kp, int64_t c0, int64_t c1, int64_t v, int64_t
     if (isa == 1) return grad_avx2(kp, A);
 #endif
     return grad_base(kp, A);
+}
+
+// A conv layer's straight-through passes in one call (no Python per range): images [n0, n1) in ranges of nb
+// images; per range its patches into buf [C*v, m] (m = the range's columns, gm = the 9 geometry values of
+// pq_im2col, C*v = Cin*kh*kw), then
+// * pq_conv_encode: the encoder (pq_encode_cols) into idx [C, ld] (columns of image n from n * L, L = OH*OW);
+//   returns the columns re-encoded, or -1 for an unsupported K or v;
+// * pq_conv_backward: pq_soft_grad_cols (gT [Cout, ldg]: the layer's whole output gradient, transposed) with
+//   dL/da into ga [C*v, m], added into dx by col2im (dx NULL: not wanted); when gp is not NULL also gz
+//   [C, K, m] and pq_outer_acc's sum_m a_m gz_m^T into gp [C, v, K]; gzsum [C, K] accumulated. Returns 0 or -1.
+// A caller may run disjoint image ranges on its own threads, each with its own buf, ga, gz, gzsum and gp.
+int64_t pq_conv_encode(int isa, const int64_t* gm, int64_t n0, int64_t n1, int64_t nb, int64_t C, int64_t v,
+                       int64_t K, const float* x, float* buf, const float* p2, const float* pn, const float* pnmax,
+                       float rel2, int64_t* idx, int64_t ld) {
+    const Geom G{gm[0], gm[1], gm[2], gm[3], gm[4], gm[5], gm[6], gm[7], gm[8]};
+    const int64_t L = G.OH() * G.OW();
+    int64_t amb = 0;
+    for (int64_t r0 = n0; r0 < n1; r0 += nb) {
+        const int64_t r1 = r0 + nb < n1 ? r0 + nb : n1, m = (r1 - r0) * L;
+        im2col(G, r0, r1, 0, C * v, x, buf, m);
+        const int64_t a = pq_encode_cols(isa, 0, C, v, m, K, buf, p2, pn, pnmax, rel2, idx + r0 * L, ld);
+        if (a < 0) return -1;
+        amb += a;
+    }
+    return amb;
+}
+
+int pq_conv_backward(int isa, const int64_t* gm, int64_t n0, int64_t n1, int64_t nb, int64_t C, int64_t v, int64_t K,
+                     int64_t kp, int64_t cout, const float* x, float* buf, const float* p2, const float* ps,
+                     const float* pn, const float* lut, const float* gT, int64_t ldg, float s, float* ga, float* gz,
+                     float* gzsum, float* dx, float* gp) {
+    const Geom G{gm[0], gm[1], gm[2], gm[3], gm[4], gm[5], gm[6], gm[7], gm[8]};
+    const int64_t L = G.OH() * G.OW();
+    for (int64_t r0 = n0; r0 < n1; r0 += nb) {
+        const int64_t r1 = r0 + nb < n1 ? r0 + nb : n1, m = (r1 - r0) * L;
+        im2col(G, r0, r1, 0, C * v, x, buf, m);
+        if (pq_soft_grad_cols(isa, 0, C, v, m, cout, K, kp, buf, p2, ps, pn, lut, gT + r0 * L, ldg, s, ga, m,
+                              gp ? gz : nullptr, gzsum))
+            return -1;
+        if (dx) col2im(G, r0, r1, 0, G.Cin, ga, m, dx);
+        if (gp && pq_outer_acc(isa, 0, C, v, K, m, buf, gz, gp)) return -1;
+    }
+    return 0;
 }
 
 }  // extern "C"

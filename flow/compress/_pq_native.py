@@ -22,9 +22,10 @@ from torch import Tensor
 from ._native_build import ISAS, KernelUnavailable, NativeKernel
 
 __all__ = ["backend", "load", "isa", "usable", "Tables", "encode", "soft_grad", "soft_grad_cols", "hard_lut_grad",
-           "outer_acc", "lut_sum", "im2col", "col2im", "KernelUnavailable", "ISAS", "KP_MAX"]
+           "outer_acc", "lut_sum", "im2col", "col2im", "conv_encode", "conv_backward", "KernelUnavailable", "ISAS",
+           "KP_MAX"]
 
-ABI = 8
+ABI = 9
 SRC = Path(__file__).with_name("_pq_kernel.cpp")
 KP_MAX = 64  # the kernel is compiled for K padded to 16, 32 or 64
 
@@ -53,6 +54,11 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.pq_im2col.restype = lib.pq_col2im.restype = i32
     lib.pq_im2col.argtypes = [i64] * 13 + [vp, vp, i64]  # 4 ranges + 9 geometry, x, out, ldo
     lib.pq_col2im.argtypes = [i64] * 13 + [vp, i64, vp]  # 4 ranges + 9 geometry, g, ldg, dx
+    lib.pq_conv_encode.restype = i64
+    lib.pq_conv_encode.argtypes = [i32, vp, i64, i64, i64, i64, i64, i64, vp, vp, vp, vp, vp, f32, vp, i64]
+    lib.pq_conv_backward.restype = i32
+    lib.pq_conv_backward.argtypes = [i32, vp, i64, i64, i64, i64, i64, i64, i64, i64, vp, vp, vp, vp, vp, vp, vp, i64,
+                                     f32, vp, vp, vp, vp, vp]
     return lib
 
 
@@ -105,17 +111,21 @@ def _ptr(t: Tensor | None) -> int | None:
 _pool: ThreadPoolExecutor | None = None
 
 
-def _split(fn, C: int) -> list[int]:
-    """fn(c0, c1) over [0, C), split across torch's intra-op thread count (ctypes releases the GIL): the
-    return codes."""
+def _parallel(fns: list) -> list:
+    """Call each of fns (no arguments) on its own thread (ctypes releases the GIL; one: inline): their results."""
     global _pool
+    if len(fns) == 1:
+        return [fns[0]()]
+    if _pool is None or _pool._max_workers < len(fns):  # noqa: SLF001
+        _pool = ThreadPoolExecutor(max_workers=len(fns), thread_name_prefix="vqhls-pq")
+    return list(_pool.map(lambda f: f(), fns))
+
+
+def _split(fn, C: int) -> list[int]:
+    """fn(c0, c1) over [0, C), split across torch's intra-op thread count: the return codes."""
     n = max(1, min(torch.get_num_threads(), C))
-    if n == 1:
-        return [fn(0, C)]
-    if _pool is None or _pool._max_workers < n:  # noqa: SLF001
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="vqhls-pq")
     cuts = [C * i // n for i in range(n + 1)]
-    return list(_pool.map(lambda i: fn(cuts[i], cuts[i + 1]), range(n)))
+    return _parallel([lambda i=i: fn(cuts[i], cuts[i + 1]) for i in range(n)])
 
 
 def _run(fn, C: int) -> None:
@@ -207,6 +217,64 @@ def col2im(lib: ctypes.CDLL, g: Tensor, n0: int, n1: int, kernel, stride, paddin
     assert dx.is_contiguous() and g.stride(1) == 1 and g.dtype == dx.dtype == torch.float32
     ga = _geom_args(tuple(dx.shape), kernel, stride, padding)
     _run(lambda c0, c1: lib.pq_col2im(n0, n1, c0, c1, *ga, g.data_ptr(), g.stride(0), dx.data_ptr()), ga[0])
+
+
+def _image_parts(N: int, nb: int) -> list[tuple[int, int]]:
+    """Images [0, N), ranges of nb, split across torch's intra-op threads at range boundaries."""
+    R = -(-N // nb)
+    n = max(1, min(torch.get_num_threads(), R))
+    cuts = [min(N, (R * i // n) * nb) for i in range(n + 1)]
+    return [(cuts[i], cuts[i + 1]) for i in range(n)]
+
+
+def conv_encode(lib: ctypes.CDLL, tab: Tables, x: Tensor, kernel, stride, padding, nb: int, idx: Tensor,
+                rel2: float) -> int:
+    """:func:`encode` of a conv's patches straight from its input x [N, Cin, H, W] (contiguous float32), nb images
+    per range (each range's patches built and encoded while in cache), into idx [C, N*OH*OW] int64 (rows
+    contiguous); threads over image ranges. Returns the columns re-encoded by the direct formula."""
+    assert x.is_contiguous() and x.dtype == torch.float32 and idx.stride(1) == 1
+    gm = (ctypes.c_int64 * 9)(*_geom_args(tuple(x.shape), kernel, stride, padding))
+    level, N, D = isa_level(lib), x.shape[0], tab.C * tab.v
+    L = idx.shape[1] // N
+    parts = _image_parts(N, nb)
+    bufs = [x.new_empty(D * min(nb, N) * L) for _ in parts]
+    rc = _parallel([lambda i=i, n0=n0, n1=n1: lib.pq_conv_encode(
+        level, gm, n0, n1, nb, tab.C, tab.v, tab.K, x.data_ptr(), bufs[i].data_ptr(), tab.p2.data_ptr(),
+        tab.pn_k.data_ptr(), tab.pnmax.data_ptr(), rel2, idx.data_ptr(), idx.stride(0))
+        for i, (n0, n1) in enumerate(parts)])
+    if any(r < 0 for r in rc):
+        raise KernelUnavailable(f"PQ kernel: the encoder takes K <= {KP_MAX} and v <= 64, not K={tab.K}, v={tab.v}")
+    return sum(rc)
+
+
+def conv_backward(lib: ctypes.CDLL, tab: Tables, x: Tensor, kernel, stride, padding, nb: int, gT: Tensor, s: float,
+                  ps: Tensor, dx: Tensor | None, need_p: bool) -> tuple[Tensor, Tensor | None]:
+    """A conv's straight-through backward straight from its input x [N, Cin, H, W] (contiguous float32), nb images
+    per range: per range the patches, :func:`soft_grad_cols` (gT [Cout, >= N*OH*OW], rows contiguous: the whole
+    output gradient transposed; ps = (2/T) P^T [C, v, K]), dL/da added into dx [N, Cin, H, W] (None: not
+    wanted) and, with ``need_p``, :func:`outer_acc`. Threads over image ranges, each with its own sums, added in
+    thread order. Returns (gzsum [C, K], sum_m a_m gz_m^T [C, v, K] or None)."""
+    assert x.is_contiguous() and x.dtype == torch.float32 and gT.stride(1) == 1 and ps.is_contiguous()
+    assert dx is None or dx.is_contiguous()
+    gm = (ctypes.c_int64 * 9)(*_geom_args(tuple(x.shape), kernel, stride, padding))
+    level, N, C, K, v = isa_level(lib), x.shape[0], tab.C, tab.K, tab.v
+    L = gT.shape[1] // N
+    parts = _image_parts(N, nb)
+    cols = min(nb, N) * L
+    work = [(x.new_empty(C * v * cols), x.new_empty(C * v * cols), x.new_empty(C * K * cols) if need_p else None,
+             x.new_zeros(C, K), x.new_zeros(C, v, K) if need_p else None) for _ in parts]
+    rc = _parallel([lambda w=w, n0=n0, n1=n1: lib.pq_conv_backward(
+        level, gm, n0, n1, nb, C, v, K, tab.kp, tab.cout, x.data_ptr(), w[0].data_ptr(), tab.p2.data_ptr(),
+        ps.data_ptr(), tab.pn_k.data_ptr(), tab.lutT.data_ptr(), gT.data_ptr(), gT.stride(0), s, w[1].data_ptr(),
+        _ptr(w[2]), w[3].data_ptr(), _ptr(dx), _ptr(w[4])) for w, (n0, n1) in zip(work, parts)])
+    if any(rc):
+        raise KernelUnavailable(f"PQ kernel: the backward takes K <= {KP_MAX} and v <= 64, not K={K}, v={v}")
+    gzsum, gp = work[0][3], work[0][4]
+    for w in work[1:]:
+        gzsum += w[3]
+        if need_p:
+            gp += w[4]
+    return gzsum, gp
 
 
 def soft_grad(lib: ctypes.CDLL, tab: Tables, aT: Tensor, g: Tensor, s: float, gz: Tensor | None,

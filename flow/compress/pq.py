@@ -440,7 +440,9 @@ class _PQLookup(torch.autograd.Function):
         lib = None if soft_forward else _native.usable(src, Pd, K=K)
         blocks = _column_blocks(src, geom, K, cols=None if lib is None else _native_cols(C, P.shape[2]))
         M = blocks[-1][1]
-        buf = None if geom is None else src.new_empty(C * P.shape[2] * max(b[1] - b[0] for b in blocks))
+        conv_native = lib is not None and geom is not None  # one native call: its own per-range buffer
+        buf = None if geom is None or conv_native else \
+            src.new_empty(C * P.shape[2] * max(b[1] - b[0] for b in blocks))
         if soft_forward:
             out = lut_d.new_empty(M, lut.shape[2])
             for blk in blocks:
@@ -449,11 +451,13 @@ class _PQLookup(torch.autograd.Function):
         else:
             idx = torch.empty(C, M, dtype=torch.int64, device=src.device) if lib is None else \
                 _spread_rows(C, M, src, torch.int64)
-            if lib is not None:  # the fused kernel: the same answer as _encode_T (see _encode_native)
+            if conv_native:  # patches and encoder range by range in one native call (answers as _encode_native)
+                _native.conv_encode(lib, _native.Tables(Pd), src.detach().contiguous(), geom.kernel, geom.stride,
+                                    geom.padding, blocks[0][3] - blocks[0][2], idx, _encode_rel2(P.shape[2]))
+            elif lib is not None:  # the fused kernel: the same answer as _encode_T (see _encode_native)
                 tab = _native.Tables(Pd)
-                src_c = src.detach().contiguous()
                 for blk in blocks:
-                    _encode_native(lib, tab, _block_cols(src_c, geom, blk, buf, lib), idx[:, blk[0]:blk[1]])
+                    _encode_native(lib, tab, _block_cols(src, geom, blk, buf, lib), idx[:, blk[0]:blk[1]])
             else:
                 scratch = _Scratch(src, 2, C * K * _chunk_cols(C, K, M))
                 for blk in blocks:
@@ -530,10 +534,12 @@ def _encode_native(lib, tab: "_native.Tables", ab: Tensor, out: Tensor) -> None:
     formula in :func:`_scan_nearest`'s order. Every other column's single hit is the direct strict-less
     scan's answer, so the result equals :func:`_encode_T`'s bit for bit. The prototypes are ``tab``'s.
     """
-    ab = ab.contiguous()
-    v = ab.shape[1]
-    rel = (8 * v + 16) * torch.finfo(ab.dtype).eps
-    _native.encode(lib, tab, ab, out, 2 * rel)
+    _native.encode(lib, tab, ab.contiguous(), out, _encode_rel2(ab.shape[1]))
+
+
+def _encode_rel2(v: int) -> float:
+    """The native encoder's ambiguity bound for float32 subvectors of v elements: 2x :func:`_encode_block`'s."""
+    return 2 * (8 * v + 16) * torch.finfo(torch.float32).eps
 
 
 def _spread_rows(rows: int, cols: int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -576,7 +582,7 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
     else:
         src = src.contiguous()
         blocks = _column_blocks(src, geom, K, cols=_native_cols(C, v))
-        buf = src.new_empty(C * v * max(b[1] - b[0] for b in blocks))
+        buf = None if need_gz and not soft_lut else src.new_empty(C * v * max(b[1] - b[0] for b in blocks))
     width = max(b[1] - b[0] for b in blocks)
     M = blocks[-1][1]
     # dL/da: a linear layer's straight into dL/dsrc [C, v, M]; otherwise block by block into one reused buffer,
@@ -584,7 +590,9 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
     grad_src = None
     if need_src:
         grad_src = src.new_empty(C, v, M) if geom is None else torch.zeros_like(src)
-    gab = None if need_src and geom is None else src.new_empty(C * v * width)
+    # (a conv's straight-through backward keeps its per-range buffers inside the native call)
+    gab = None if (need_src and geom is None) or (geom is not None and need_gz and not soft_lut) else \
+        src.new_empty(C * v * width)
 
     def ga_block(i0: int, i1: int) -> Tensor:
         """Where block [i0, i1)'s dL/da goes: [C, v, i1 - i0] (rows contiguous)."""
@@ -604,18 +612,22 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
         else:
             gT.copy_(g.t())
         ps = (P.transpose(1, 2) * scale).contiguous()  # (2/T) P^T [C, v, K]
-        gzsum = src.new_zeros(C, K)
-        gzb = src.new_empty(C * K * width) if need_p else None
-        gpT = src.new_zeros(C, v, K) if need_p else None  # sum_m a_m gz_m^T
-        for blk in blocks:
-            i0, i1 = blk[0], blk[1]
-            ab = _block_cols(src, geom, blk, buf, lib).contiguous()
-            gz = gzb[:C * K * (i1 - i0)].view(C, K, i1 - i0) if need_p else None
-            ga = ga_block(i0, i1)
-            _native.soft_grad_cols(lib, tab, ab, gT[:, i0:], _LOG2E / temperature, ps, ga, gz, gzsum)
-            to_src(ga, blk)
-            if need_p:
-                _native.outer_acc(lib, ab, gz, gpT)
+        if geom is not None:  # a conv: patches, kernels and col2im range by range in one native call
+            gzsum, gpT = _native.conv_backward(lib, tab, src, geom.kernel, geom.stride, geom.padding,
+                                               blocks[0][3] - blocks[0][2], gT, _LOG2E / temperature, ps,
+                                               grad_src, need_p)
+        else:
+            gzsum = src.new_zeros(C, K)
+            gzb = src.new_empty(C * K * width) if need_p else None
+            gpT = src.new_zeros(C, v, K) if need_p else None  # sum_m a_m gz_m^T
+            for blk in blocks:
+                i0, i1 = blk[0], blk[1]
+                ab = src[:, :, i0:i1].contiguous()  # a linear layer's subvectors
+                gz = gzb[:C * K * (i1 - i0)].view(C, K, i1 - i0) if need_p else None
+                _native.soft_grad_cols(lib, tab, ab, gT[:, i0:], _LOG2E / temperature, ps, ga_block(i0, i1), gz,
+                                       gzsum)
+                if need_p:
+                    _native.outer_acc(lib, ab, gz, gpT)
         grad_lut = None
     else:  # soft forward: the prototype-lane kernel also accumulates dL/dlut
         g = _grad_rows(g)
