@@ -49,7 +49,7 @@
 
 namespace {
 
-constexpr int ABI = 9;
+constexpr int ABI = 10;
 
 template <int W>
 struct VT {
@@ -634,6 +634,40 @@ void lut_sum_avx2(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, co
                   const float* lut, float* out, int64_t L) { lut_sum_w<8>(m0, m1, C, K, cout, idx, ld, lut, out, L); }
 #endif
 
+// dst [m, cout] = src [cout, lds] transposed (columns [0, m) of src): W x W blocks through registers.
+template <int W>
+PQ_INLINE void rows_of_w(const float* src, int64_t lds, int64_t m, int64_t cout, float* dst) {
+    typedef typename VT<W>::f vf;
+    const int64_t mv = m - m % W, ov = cout - cout % W;
+    for (int64_t c0 = 0; c0 < mv; c0 += W) {
+        for (int64_t o = 0; o < ov; o += W) {
+            vf r[W];
+#pragma GCC unroll 16
+            for (int i = 0; i < W; ++i) r[i] = ld<W>(src + (o + i) * lds + c0);
+            transpose<W>(r);
+#pragma GCC unroll 16
+            for (int i = 0; i < W; ++i) st<W>(dst + (c0 + i) * cout + o, r[i]);
+        }
+        for (int64_t o = ov; o < cout; ++o)
+            for (int64_t i = 0; i < W; ++i) dst[(c0 + i) * cout + o] = src[o * lds + c0 + i];
+    }
+    for (int64_t col = mv; col < m; ++col)
+        for (int64_t o = 0; o < cout; ++o) dst[col * cout + o] = src[o * lds + col];
+}
+void rows_of(const float* src, int64_t lds, int64_t m, int64_t cout, float* dst) {
+    rows_of_w<4>(src, lds, m, cout, dst);
+}
+#ifdef PQ_X86
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+void rows_of_avx512(const float* src, int64_t lds, int64_t m, int64_t cout, float* dst) {
+    rows_of_w<16>(src, lds, m, cout, dst);
+}
+__attribute__((target("avx2,fma")))
+void rows_of_avx2(const float* src, int64_t lds, int64_t m, int64_t cout, float* dst) {
+    rows_of_w<8>(src, lds, m, cout, dst);
+}
+#endif
+
 // A conv's patch geometry (pq_im2col, pq_col2im).
 struct Geom {
     int64_t Cin, H, W, kh, kw, sh, sw, ph, pw;
@@ -952,7 +986,10 @@ int pq_soft_grad(int isa, int64_t kp, int64_t c0, int64_t c1, int64_t v, int64_t
 //   returns the columns re-encoded, or -1 for an unsupported K or v;
 // * pq_conv_backward: pq_soft_grad_cols (gT [Cout, ldg]: the layer's whole output gradient, transposed) with
 //   dL/da into ga [C*v, m], added into dx by col2im (dx NULL: not wanted); when gp is not NULL also gz
-//   [C, K, m] and pq_outer_acc's sum_m a_m gz_m^T into gp [C, v, K]; gzsum [C, K] accumulated. Returns 0 or -1.
+//   [C, K, m] and pq_outer_acc's sum_m a_m gz_m^T into gp [C, v, K]; gzsum [C, K] accumulated; when gl is not
+//   NULL also the straight-through LUT gradient (pq_hard_lut_grad, idx [C, ldi] the layer's encoding) of the
+//   range's output gradient, transposed back to rows [m, Cout] in `rows`, accumulated into gl [C, K, Cout].
+//   Returns 0 or -1.
 // A caller may run disjoint image ranges on its own threads, each with its own buf, ga, gz, gzsum and gp.
 int64_t pq_conv_encode(int isa, const int64_t* gm, int64_t n0, int64_t n1, int64_t nb, int64_t C, int64_t v,
                        int64_t K, const float* x, float* buf, const float* p2, const float* pn, const float* pnmax,
@@ -973,7 +1010,7 @@ int64_t pq_conv_encode(int isa, const int64_t* gm, int64_t n0, int64_t n1, int64
 int pq_conv_backward(int isa, const int64_t* gm, int64_t n0, int64_t n1, int64_t nb, int64_t C, int64_t v, int64_t K,
                      int64_t kp, int64_t cout, const float* x, float* buf, const float* p2, const float* ps,
                      const float* pn, const float* lut, const float* gT, int64_t ldg, float s, float* ga, float* gz,
-                     float* gzsum, float* dx, float* gp) {
+                     float* gzsum, float* dx, float* gp, const int64_t* idx, int64_t ldi, float* rows, float* gl) {
     const Geom G{gm[0], gm[1], gm[2], gm[3], gm[4], gm[5], gm[6], gm[7], gm[8]};
     const int64_t L = G.OH() * G.OW();
     for (int64_t r0 = n0; r0 < n1; r0 += nb) {
@@ -984,6 +1021,16 @@ int pq_conv_backward(int isa, const int64_t* gm, int64_t n0, int64_t n1, int64_t
             return -1;
         if (dx) col2im(G, r0, r1, 0, G.Cin, ga, m, dx);
         if (gp && pq_outer_acc(isa, 0, C, v, K, m, buf, gz, gp)) return -1;
+        if (gl) {
+            const float* gr = gT + r0 * L;
+#ifdef PQ_X86
+            if (isa >= 2) rows_of_avx512(gr, ldg, m, cout, rows);
+            else if (isa == 1) rows_of_avx2(gr, ldg, m, cout, rows);
+            else
+#endif
+                rows_of(gr, ldg, m, cout, rows);
+            pq_hard_lut_grad(isa, 0, C, m, cout, K, idx + r0 * L, ldi, rows, gl);
+        }
     }
     return 0;
 }

@@ -25,7 +25,7 @@ __all__ = ["backend", "load", "isa", "usable", "Tables", "encode", "soft_grad", 
            "outer_acc", "lut_sum", "im2col", "col2im", "conv_encode", "conv_backward", "KernelUnavailable", "ISAS",
            "KP_MAX"]
 
-ABI = 9
+ABI = 10
 SRC = Path(__file__).with_name("_pq_kernel.cpp")
 KP_MAX = 64  # the kernel is compiled for K padded to 16, 32 or 64
 
@@ -58,7 +58,7 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib.pq_conv_encode.argtypes = [i32, vp, i64, i64, i64, i64, i64, i64, vp, vp, vp, vp, vp, f32, vp, i64]
     lib.pq_conv_backward.restype = i32
     lib.pq_conv_backward.argtypes = [i32, vp, i64, i64, i64, i64, i64, i64, i64, i64, vp, vp, vp, vp, vp, vp, vp, i64,
-                                     f32, vp, vp, vp, vp, vp]
+                                     f32, vp, vp, vp, vp, vp, vp, i64, vp, vp]
     return lib
 
 
@@ -248,12 +248,15 @@ def conv_encode(lib: ctypes.CDLL, tab: Tables, x: Tensor, kernel, stride, paddin
 
 
 def conv_backward(lib: ctypes.CDLL, tab: Tables, x: Tensor, kernel, stride, padding, nb: int, gT: Tensor, s: float,
-                  ps: Tensor, dx: Tensor | None, need_p: bool) -> tuple[Tensor, Tensor | None]:
+                  ps: Tensor, dx: Tensor | None, need_p: bool,
+                  hard_idx: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """A conv's straight-through backward straight from its input x [N, Cin, H, W] (contiguous float32), nb images
     per range: per range the patches, :func:`soft_grad_cols` (gT [Cout, >= N*OH*OW], rows contiguous: the whole
     output gradient transposed; ps = (2/T) P^T [C, v, K]), dL/da added into dx [N, Cin, H, W] (None: not
-    wanted) and, with ``need_p``, :func:`outer_acc`. Threads over image ranges, each with its own sums, added in
-    thread order. Returns (gzsum [C, K], sum_m a_m gz_m^T [C, v, K] or None)."""
+    wanted), with ``need_p`` :func:`outer_acc` and, given the layer's encoding ``hard_idx`` [C, N*OH*OW] (rows
+    contiguous), :func:`hard_lut_grad` of the range (its gradient rows transposed back from gT in cache). Threads
+    over image ranges, each with its own sums, added in thread order. Returns (gzsum [C, K], sum_m a_m gz_m^T
+    [C, v, K] or None, the LUT gradient [C, K, Cout] or None)."""
     assert x.is_contiguous() and x.dtype == torch.float32 and gT.stride(1) == 1 and ps.is_contiguous()
     assert dx is None or dx.is_contiguous()
     gm = (ctypes.c_int64 * 9)(*_geom_args(tuple(x.shape), kernel, stride, padding))
@@ -261,20 +264,27 @@ def conv_backward(lib: ctypes.CDLL, tab: Tables, x: Tensor, kernel, stride, padd
     L = gT.shape[1] // N
     parts = _image_parts(N, nb)
     cols = min(nb, N) * L
+    hard = hard_idx is not None
+    assert not hard or hard_idx.stride(1) == 1
     work = [(x.new_empty(C * v * cols), x.new_empty(C * v * cols), x.new_empty(C * K * cols) if need_p else None,
-             x.new_zeros(C, K), x.new_zeros(C, v, K) if need_p else None) for _ in parts]
+             x.new_zeros(C, K), x.new_zeros(C, v, K) if need_p else None,
+             x.new_empty(cols * tab.cout) if hard else None, x.new_zeros(C, K, tab.cout) if hard else None)
+            for _ in parts]
     rc = _parallel([lambda w=w, n0=n0, n1=n1: lib.pq_conv_backward(
         level, gm, n0, n1, nb, C, v, K, tab.kp, tab.cout, x.data_ptr(), w[0].data_ptr(), tab.p2.data_ptr(),
         ps.data_ptr(), tab.pn_k.data_ptr(), tab.lutT.data_ptr(), gT.data_ptr(), gT.stride(0), s, w[1].data_ptr(),
-        _ptr(w[2]), w[3].data_ptr(), _ptr(dx), _ptr(w[4])) for w, (n0, n1) in zip(work, parts)])
+        _ptr(w[2]), w[3].data_ptr(), _ptr(dx), _ptr(w[4]), _ptr(hard_idx), hard_idx.stride(0) if hard else 0,
+        _ptr(w[5]), _ptr(w[6])) for w, (n0, n1) in zip(work, parts)])
     if any(rc):
         raise KernelUnavailable(f"PQ kernel: the backward takes K <= {KP_MAX} and v <= 64, not K={K}, v={v}")
-    gzsum, gp = work[0][3], work[0][4]
+    gzsum, gp, gl = work[0][3], work[0][4], work[0][6]
     for w in work[1:]:
         gzsum += w[3]
         if need_p:
             gp += w[4]
-    return gzsum, gp
+        if hard:
+            gl += w[6]
+    return gzsum, gp, gl
 
 
 def soft_grad(lib: ctypes.CDLL, tab: Tables, aT: Tensor, g: Tensor, s: float, gz: Tensor | None,

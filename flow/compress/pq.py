@@ -485,20 +485,23 @@ class _PQLookup(torch.autograd.Function):
         g = g.contiguous()  # [M, Cout], or a conv's [N, Cout, OH, OW]
         grad_src = grad_p = grad_lut = None
         soft_lut = need_lut and ctx.soft_forward  # d/dlut of soft @ lut: accumulated block by block
-        if need_lut and not soft_lut:
-            lib = _native.usable(g, K=K)
-            g_rows = _grad_rows(g)
-            grad_lut = _hard_lut_grad(ctx.idx, g_rows, K) if lib is None else \
-                _native.hard_lut_grad(lib, ctx.idx, g_rows, K)
-        elif need_lut:
-            grad_lut = torch.zeros_like(lut)
+        hard_idx = ctx.idx if need_lut and not soft_lut else None  # d/dlut of the hard lookup: hard^T g
         if need_src or need_p or soft_lut:
             src_d, Pd, lut_d = src.detach(), P.detach(), lut.detach()
             lib = _native.usable(src_d, Pd, lut_d, K=K)
             if lib is not None:  # the fused kernel (_native_backward); else the torch formulation below
                 gs, gp, gl = _native_backward(lib, src_d, Pd, lut_d, g, geom, ctx.temperature, need_src, need_p,
-                                              soft_lut)
-                return gs, gp, gl if soft_lut else grad_lut, None, None, None
+                                              soft_lut, hard_idx)
+                return gs, gp, gl, None, None, None
+        if hard_idx is not None:
+            lib = _native.usable(g, K=K)
+            g_rows = _grad_rows(g)
+            grad_lut = _hard_lut_grad(hard_idx, g_rows, K) if lib is None else \
+                _native.hard_lut_grad(lib, hard_idx, g_rows, K)
+        elif need_lut:
+            grad_lut = torch.zeros_like(lut)
+        if need_src or need_p or soft_lut:
+            src_d, Pd, lut_d = src.detach(), P.detach(), lut.detach()
             g = _grad_rows(g)
             blocks = _column_blocks(src_d, geom, K)
             buf = None if geom is None else src_d.new_empty(C * v * max(b[1] - b[0] for b in blocks))
@@ -555,8 +558,8 @@ def _spread_rows(rows: int, cols: int, like: Tensor, dtype: torch.dtype | None =
 
 
 def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: "_ConvGeom | None",
-                     temperature: float, need_src: bool, need_p: bool,
-                     soft_lut: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+                     temperature: float, need_src: bool, need_p: bool, soft_lut: bool,
+                     hard_idx: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """:class:`_PQLookup`'s soft-assignment backward by the fused kernels: ``(dL/dsrc, dL/dP, dL/dlut)``.
 
     The same gradients as :func:`_soft_backward` (+ :func:`_col2im_T`), range of columns by range (a conv's
@@ -567,7 +570,8 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
     lanes) also accumulates dL/dlut = ``soft^T g``; dL/da and dL/dP are batched GEMMs.
     src [C, v, M] (``geom`` None) or a conv input [N, Cin, H, W]; g [M, Cout] (``geom`` None) or the conv's
     [N, Cout, OH, OW], contiguous; P [C, K, v];
-    lut [C, K, Cout]; dL/dlut is None unless ``soft_lut``.
+    lut [C, K, Cout]; dL/dlut is ``soft^T g`` with ``soft_lut``, ``hard^T g`` given the forward's encoding
+    ``hard_idx`` [C, M] (a conv's in the same native call, range by range), else None.
     """
     C, K, v = P.shape
     tab = _native.Tables(P, lut)
@@ -613,9 +617,9 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
             gT.copy_(g.t())
         ps = (P.transpose(1, 2) * scale).contiguous()  # (2/T) P^T [C, v, K]
         if geom is not None:  # a conv: patches, kernels and col2im range by range in one native call
-            gzsum, gpT = _native.conv_backward(lib, tab, src, geom.kernel, geom.stride, geom.padding,
-                                               blocks[0][3] - blocks[0][2], gT, _LOG2E / temperature, ps,
-                                               grad_src, need_p)
+            gzsum, gpT, grad_lut = _native.conv_backward(lib, tab, src, geom.kernel, geom.stride, geom.padding,
+                                                         blocks[0][3] - blocks[0][2], gT, _LOG2E / temperature, ps,
+                                                         grad_src, need_p, hard_idx)
         else:
             gzsum = src.new_zeros(C, K)
             gzb = src.new_empty(C * K * width) if need_p else None
@@ -628,7 +632,7 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
                                        gzsum)
                 if need_p:
                     _native.outer_acc(lib, ab, gz, gpT)
-        grad_lut = None
+            grad_lut = None if hard_idx is None else _native.hard_lut_grad(lib, hard_idx, g, K)
     else:  # soft forward: the prototype-lane kernel also accumulates dL/dlut
         g = _grad_rows(g)
         gzbuf = src.new_empty(C * width * kp) if need_gz else None
