@@ -13,6 +13,7 @@ kernel or an error) or ``torch`` (never the kernel: the reference formulation). 
 from __future__ import annotations
 
 import ctypes
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -136,24 +137,35 @@ def _run(fn, C: int) -> None:
 
 class Tables:
     """The per-call constants of one layer, padded to KP lanes: P [C, K, v] (float32) and, for the
-    gradient, the LUT [C, K, Cout]."""
+    gradient, the LUT [C, K, Cout]. The columns-in-lanes kernels read p2, pn_k, pnmax and lutT; the
+    prototype-lane layouts pt2 and pn are built on first use (only the soft forward's backward reads them)."""
 
     def __init__(self, P: Tensor, lut: Tensor | None = None):
         C, K, v = P.shape
         self.C, self.K, self.v, self.kp = C, K, v, _kp(K)
-        kp = self.kp
-        self.pt2 = P.new_zeros(C, v, kp)
-        self.pt2[:, :, :K] = P.transpose(1, 2) * -2.0
+        self._P = P
         pn = (P * P).sum(-1)
-        self.pn = P.new_full((C, kp), float("inf"))
-        self.pn[:, :K] = pn
         self.pnmax = pn.amax(-1).contiguous()
         self.p2 = (P * -2.0).contiguous()  # [C, K, v]
         self.pn_k = pn.contiguous()  # [C, K]
         if lut is not None:
             self.cout = lut.shape[2]
-            self.lutT = P.new_zeros(C, self.cout, kp)
+            self.lutT = P.new_zeros(C, self.cout, self.kp)
             self.lutT[:, :, :K] = lut.transpose(1, 2)
+
+    @functools.cached_property
+    def pt2(self) -> Tensor:
+        """-2 P^T [C, v, KP], padding lanes 0."""
+        pt2 = self._P.new_zeros(self.C, self.v, self.kp)
+        pt2[:, :, :self.K] = self._P.transpose(1, 2) * -2.0
+        return pt2
+
+    @functools.cached_property
+    def pn(self) -> Tensor:
+        """||P_k||^2 [C, KP], padding lanes +inf (never the minimum, soft weight 0)."""
+        pn = self._P.new_full((self.C, self.kp), float("inf"))
+        pn[:, :self.K] = self.pn_k
+        return pn
 
 
 def encode(lib: ctypes.CDLL, tab: Tables, aT: Tensor, out: Tensor, rel2: float) -> int:
