@@ -493,16 +493,14 @@ class _PQLookup(torch.autograd.Function):
                 gs, gp, gl = _native_backward(lib, src_d, Pd, lut_d, g, geom, ctx.temperature, need_src, need_p,
                                               soft_lut, hard_idx)
                 return gs, gp, gl, None, None, None
+        g = _grad_rows(g)  # the torch formulation (and the hard LUT gradient alone) take rows [M, Cout]
         if hard_idx is not None:
             lib = _native.usable(g, K=K)
-            g_rows = _grad_rows(g)
-            grad_lut = _hard_lut_grad(hard_idx, g_rows, K) if lib is None else \
-                _native.hard_lut_grad(lib, hard_idx, g_rows, K)
+            grad_lut = _hard_lut_grad(hard_idx, g, K) if lib is None else _native.hard_lut_grad(lib, hard_idx, g, K)
         elif need_lut:
             grad_lut = torch.zeros_like(lut)
         if need_src or need_p or soft_lut:
             src_d, Pd, lut_d = src.detach(), P.detach(), lut.detach()
-            g = _grad_rows(g)
             blocks = _column_blocks(src_d, geom, K)
             buf = None if geom is None else src_d.new_empty(C * v * max(b[1] - b[0] for b in blocks))
             if need_src and geom is not None:
