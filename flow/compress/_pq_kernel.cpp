@@ -746,22 +746,27 @@ void im2col(const Geom& G, int64_t n0, int64_t n1, int64_t p0, int64_t p1, const
     }
 }
 
-void col2im(const Geom& G, int64_t n0, int64_t n1, int64_t ci0, int64_t ci1, const float* g, int64_t ldg, float* dx) {
-    const int64_t OH = G.OH(), OW = G.OW(), plane = G.H * G.W, L = OH * OW;
-    const bool same = same_plane(G);
-    // "same" conv: per kernel offset, the bits of the patch positions whose input lies inside the image (all ones)
-    // or not (zero): one masked add over the whole shifted plane instead of one add loop per output row.
+// A "same" conv's col2im masks: per kernel offset t, keep[t * L + q] = all ones where patch position q's input
+// lies inside the image, else 0 (one masked add over the whole shifted plane instead of one add loop per
+// output row). Empty for any other conv.
+std::unique_ptr<uint32_t[]> same_keep(const Geom& G) {
     std::unique_ptr<uint32_t[]> keep;
-    if (same) {
-        keep.reset(new uint32_t[G.kh * G.kw * L]);
-        for (int64_t t = 0; t < G.kh * G.kw; ++t) {
-            const SameShift S(G, t / G.kw, t % G.kw);
-            for (int64_t q = 0; q < L; ++q) {
-                const int64_t ow = q % OW;
-                keep[t * L + q] = (q >= S.q0 && q < S.q1 && ow >= S.lo && ow < S.hi) ? 0xffffffffu : 0u;
-            }
-        }
+    if (!same_plane(G)) return keep;
+    const int64_t OW = G.OW(), L = G.OH() * OW;
+    keep.reset(new uint32_t[G.kh * G.kw * L]);
+    for (int64_t t = 0; t < G.kh * G.kw; ++t) {
+        const SameShift S(G, t / G.kw, t % G.kw);
+        for (int64_t q = 0, ow = 0; q < L; ++q, ow = ow + 1 == OW ? 0 : ow + 1)
+            keep[t * L + q] = (q >= S.q0 && q < S.q1 && ow >= S.lo && ow < S.hi) ? 0xffffffffu : 0u;
     }
+    return keep;
+}
+
+// keep: same_keep(G) (built once per layer by the caller).
+void col2im(const Geom& G, int64_t n0, int64_t n1, int64_t ci0, int64_t ci1, const float* g, int64_t ldg, float* dx,
+            const uint32_t* keep) {
+    const int64_t OH = G.OH(), OW = G.OW(), plane = G.H * G.W, L = OH * OW;
+    const bool same = keep != nullptr;
     for (int64_t cin = ci0; cin < ci1; ++cin) {
         for (int64_t t = 0; t < G.kh * G.kw; ++t) {
             const int64_t i = t / G.kw, j = t % G.kw, p = t * G.Cin + cin;
@@ -774,7 +779,7 @@ void col2im(const Geom& G, int64_t n0, int64_t n1, int64_t ci0, int64_t ci1, con
                     // dx[q + shift] += g[q] where kept; a dropped position adds +0 to an element of its range
                     // (exact), so each element's terms still come in kernel-offset order
                     const SameShift S(G, i, j);
-                    const uint32_t* __restrict kt = keep.get() + t * L;
+                    const uint32_t* __restrict kt = keep + t * L;
                     float* __restrict d = dst + S.shift;
                     for (int64_t q = S.q0; q < S.q1; ++q) {
                         uint32_t b;
@@ -940,7 +945,7 @@ int pq_im2col(int64_t n0, int64_t n1, int64_t p0, int64_t p1, int64_t Cin, int64
 int pq_col2im(int64_t n0, int64_t n1, int64_t ci0, int64_t ci1, int64_t Cin, int64_t H, int64_t W, int64_t kh,
               int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, const float* g, int64_t ldg, float* dx) {
     const Geom G{Cin, H, W, kh, kw, sh, sw, ph, pw};
-    col2im(G, n0, n1, ci0, ci1, g, ldg, dx);
+    col2im(G, n0, n1, ci0, ci1, g, ldg, dx, same_keep(G).get());
     return 0;
 }
 
@@ -1013,13 +1018,14 @@ int pq_conv_backward(int isa, const int64_t* gm, int64_t n0, int64_t n1, int64_t
                      float* gzsum, float* dx, float* gp, const int64_t* idx, int64_t ldi, float* rows, float* gl) {
     const Geom G{gm[0], gm[1], gm[2], gm[3], gm[4], gm[5], gm[6], gm[7], gm[8]};
     const int64_t L = G.OH() * G.OW();
+    const std::unique_ptr<uint32_t[]> keep = same_keep(G);
     for (int64_t r0 = n0; r0 < n1; r0 += nb) {
         const int64_t r1 = r0 + nb < n1 ? r0 + nb : n1, m = (r1 - r0) * L;
         im2col(G, r0, r1, 0, C * v, x, buf, m);
         if (pq_soft_grad_cols(isa, 0, C, v, m, cout, K, kp, buf, p2, ps, pn, lut, gT + r0 * L, ldg, s, ga, m,
                               gp ? gz : nullptr, gzsum))
             return -1;
-        if (dx) col2im(G, r0, r1, 0, G.Cin, ga, m, dx);
+        if (dx) col2im(G, r0, r1, 0, G.Cin, ga, m, dx, keep.get());
         if (gp && pq_outer_acc(isa, 0, C, v, K, m, buf, gz, gp)) return -1;
         if (gl) {
             const float* gr = gT + r0 * L;
