@@ -995,7 +995,7 @@ int pq_soft_grad(int isa, int64_t kp, int64_t c0, int64_t c1, int64_t v, int64_t
 //   NULL also the straight-through LUT gradient (pq_hard_lut_grad, idx [C, ldi] the layer's encoding) of the
 //   range's output gradient, transposed back to rows [m, Cout] in `rows`, accumulated into gl [C, K, Cout].
 //   Returns 0 or -1.
-// A caller may run disjoint image ranges on its own threads, each with its own buf, ga, gz, gzsum and gp.
+// A caller may run disjoint image ranges on its own threads, each with its own buf, ga, gz, gzsum, gp, rows and gl.
 int64_t pq_conv_encode(int isa, const int64_t* gm, int64_t n0, int64_t n1, int64_t nb, int64_t C, int64_t v,
                        int64_t K, const float* x, float* buf, const float* p2, const float* pn, const float* pnmax,
                        float rel2, int64_t* idx, int64_t ld) {
