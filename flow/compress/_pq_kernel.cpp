@@ -405,8 +405,8 @@ int64_t exact_nearest(const float* a, const float* p2c, int64_t K, int64_t v) {
     return bi;
 }
 
-// pq_encode_cols: pq_encode with W columns in the vector lanes: p2 [C, K, v] = -2 P, pn [C, K], the same
-// test and the same answers (-1: ambiguous), K <= 64, v <= 64.
+// pq_encode_cols: the nearest prototype with W columns in the vector lanes: p2 [C, K, v] = -2 P, pn [C, K];
+// the ambiguity test of flow.compress.pq._encode_block, its columns re-encoded by exact_nearest; K, v <= 64.
 struct EncColArgs {
     int64_t c0, c1, v, m, K;
     const float *a, *p2, *pn, *pnmax;
@@ -541,10 +541,6 @@ int64_t enc_cols_avx2(const EncColArgs& A) { return enc_cols_w<8>(A); }
 int64_t enc_cols_base(const EncColArgs& A) { return enc_cols_w<4>(A); }
 int grad_base(int64_t kp, const GradArgs& A) { return grad_w<4>(kp, A); }
 
-// out[col] = sum_c lut[c, idx[c, col]] in c order from 0: per tile of T columns and W outputs, the T partial
-// sums stay in registers through every c (one store each); outputs past the last multiple of W, one at a time.
-// Layout of out: rows [M, cout] (L = 0), or a conv's NCHW [M / L, cout, L] with L columns per image (each
-// tile's sums go out through a small transposing buffer: the column becomes the fastest index).
 // Transpose the W x W matrix held in W vectors r[0..W) (row i = r[i]) in place: log2(W) rounds of two-source
 // shuffles with constant masks; round h swaps the lanes j with bit h set of row i (bit h clear) with the lanes
 // j - h of row i + h.
@@ -569,6 +565,11 @@ PQ_INLINE void transpose(typename VT<W>::f* r) {
     }
 }
 
+// out[col] = sum_c lut[c, idx[c, col]] in c order from 0: per tile of T columns and W outputs, the T partial
+// sums stay in registers through every c (one store each); outputs past the last multiple of W, one at a time.
+// Layout of out: rows [M, cout] (L = 0), or a conv's NCHW [M / L, cout, L] with L columns per image (each W x W
+// block of sums transposed in registers so that the column becomes the fastest index; a block straddling two
+// images, or a partial one, lane by lane).
 template <int W>
 PQ_INLINE void lut_sum_w(int64_t m0, int64_t m1, int64_t C, int64_t K, int64_t cout, const int64_t* idx, int64_t ldi,
                          const float* lut, float* out, int64_t L) {
@@ -772,13 +773,13 @@ void col2im(const Geom& G, int64_t n0, int64_t n1, int64_t ci0, int64_t ci1, con
             const int64_t i = t / G.kw, j = t % G.kw, p = t * G.Cin + cin;
             int64_t lo, hi;
             G.valid_ow(j, lo, hi);
+            const SameShift S(G, i, j);
             for (int64_t n = n0; n < n1; ++n) {
                 float* dst = dx + (n * G.Cin + cin) * plane;
                 const float* src = g + p * ldg + (n - n0) * L;
                 if (same) {
                     // dx[q + shift] += g[q] where kept; a dropped position adds +0 to an element of its range
                     // (exact), so each element's terms still come in kernel-offset order
-                    const SameShift S(G, i, j);
                     const uint32_t* __restrict kt = keep + t * L;
                     float* __restrict d = dst + S.shift;
                     for (int64_t q = S.q0; q < S.q1; ++q) {

@@ -383,9 +383,8 @@ def _column_blocks(src: Tensor, geom: _ConvGeom | None, K: int,
     """
     if geom is None:
         return [(0, src.shape[2], 0, 0)]
-    (kh, kw), (sh, sw), (ph, pw) = geom.kernel, geom.stride, geom.padding
-    N = src.shape[0]
-    L = ((src.shape[2] + 2 * ph - kh) // sh + 1) * ((src.shape[3] + 2 * pw - kw) // sw + 1)
+    N, (OH, OW) = src.shape[0], geom.out_hw(src.shape)
+    L = OH * OW
     nb = max(1, (_chunk_cols(geom.C, K, N * L) if cols is None else cols) // max(L, 1))
     return [(n0 * L, min(N, n0 + nb) * L, n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
 
@@ -576,6 +575,7 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
     kp, cout = tab.kp, tab.cout
     scale = 2.0 / temperature
     need_gz = need_src or need_p
+    conv_ste = geom is not None and need_gz and not soft_lut  # one native call, its buffers its own
     if geom is None:
         M = src.shape[2]
         step = max(1, min(M, _native_cols(C, v)))
@@ -584,7 +584,7 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
     else:
         src = src.contiguous()
         blocks = _column_blocks(src, geom, K, cols=_native_cols(C, v))
-        buf = None if need_gz and not soft_lut else src.new_empty(C * v * max(b[1] - b[0] for b in blocks))
+        buf = None if conv_ste else src.new_empty(C * v * max(b[1] - b[0] for b in blocks))
     width = max(b[1] - b[0] for b in blocks)
     M = blocks[-1][1]
     # dL/da: a linear layer's straight into dL/dsrc [C, v, M]; otherwise block by block into one reused buffer,
@@ -592,9 +592,7 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
     grad_src = None
     if need_src:
         grad_src = src.new_empty(C, v, M) if geom is None else torch.zeros_like(src)
-    # (a conv's straight-through backward keeps its per-range buffers inside the native call)
-    gab = None if (need_src and geom is None) or (geom is not None and need_gz and not soft_lut) else \
-        src.new_empty(C * v * width)
+    gab = None if (need_src and geom is None) or conv_ste else src.new_empty(C * v * width)
 
     def ga_block(i0: int, i1: int) -> Tensor:
         """Where block [i0, i1)'s dL/da goes: [C, v, i1 - i0] (rows contiguous)."""
@@ -614,7 +612,7 @@ def _native_backward(lib, src: Tensor, P: Tensor, lut: Tensor, g: Tensor, geom: 
         else:
             gT.copy_(g.t())
         ps = (P.transpose(1, 2) * scale).contiguous()  # (2/T) P^T [C, v, K]
-        if geom is not None:  # a conv: patches, kernels and col2im range by range in one native call
+        if conv_ste:  # a conv: patches, kernels and col2im range by range in one native call
             gzsum, gpT, grad_lut = _native.conv_backward(lib, tab, src, geom.kernel, geom.stride, geom.padding,
                                                          blocks[0][3] - blocks[0][2], gT, _LOG2E / temperature, ps,
                                                          grad_src, need_p, hard_idx)
